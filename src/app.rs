@@ -1,0 +1,175 @@
+//! Wiring and lifecycle: the only module that spawns tasks and threads for the daemon.
+//!
+//! [`run`] opens the outbox, starts one push lane per (endpoint, configuration id, external
+//! system), one thread per source and a housekeeping task, then waits for the shutdown token.
+//! On shutdown, sources stop at their next step (what they committed is safe), lanes finish the
+//! request in flight or leave the batch pending, and everything is awaited up to a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::outbox::{Outbox, OutboxError};
+use crate::push::{ApiClient, Lane, LaneSettings};
+use crate::sources::{self, SourceContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Builds a runtime, runs the daemon until SIGTERM or Ctrl-C, and drains it.
+pub fn main(config: Config) -> Result<(), RunError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Setup(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("stop requested");
+            signals.cancel();
+        });
+        run(config, shutdown).await
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the pipeline until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    let (outbox, writer) = Outbox::open(&config.state.path)?;
+    let client = Arc::new(ApiClient::new(&config.api).map_err(RunError::Setup)?);
+    let tracker = TaskTracker::new();
+    let settings = LaneSettings {
+        batch_records: config.api.batch_records,
+        batch_bytes: config.api.batch_bytes,
+        linger: config.api.linger,
+        retry_initial: config.api.retry_initial,
+        retry_max: config.api.retry_max,
+        pause_probe: config.api.pause_probe,
+    };
+
+    let mut lane_ids = Vec::new();
+    for key in config.lanes() {
+        let id = outbox.lane_id(&key).await?;
+        lane_ids.push((key.clone(), id));
+        let lane = Lane::new(
+            key,
+            id,
+            outbox.clone(),
+            client.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        );
+        tracker.spawn(lane.run());
+    }
+
+    for source in &config.sources {
+        let id = outbox.source_id(&source.name).await?;
+        let lane = lane_ids
+            .iter()
+            .find(|(k, _)| *k == source.lane)
+            .map(|(_, id)| *id)
+            .expect("every source's lane was registered");
+        let (waker, wake) = std::sync::mpsc::channel();
+        let stop = waker.clone();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            token.cancelled().await;
+            let _ = stop.send(());
+        });
+        let ctx = SourceContext {
+            name: source.name.clone(),
+            id,
+            lane,
+            emits: source.lane.emits,
+            outbox: outbox.clone(),
+            shutdown: shutdown.clone(),
+            wake,
+            waker,
+        };
+        let built = sources::build(source);
+        tracker.spawn_blocking(move || built.run(ctx));
+    }
+
+    let housekeeping = outbox.clone();
+    let keep = config.state.keep_sent;
+    let token = shutdown.clone();
+    tracker.spawn(async move {
+        loop {
+            match housekeeping.prune_sent(keep).await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    "removed {n} delivered records older than {}",
+                    humantime::format_duration(keep)
+                ),
+                Err(e) => warn!("cannot prune delivered records: {e}"),
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            }
+        }
+    });
+
+    info!(
+        sources = config.sources.len(),
+        lanes = lane_ids.len(),
+        state = %config.state.path.display(),
+        "injixo-sync {} running",
+        env!("CARGO_PKG_VERSION")
+    );
+    shutdown.cancelled().await;
+    tracker.close();
+    let deadline = config.api.timeout + Duration::from_secs(5);
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            "not everything stopped within {}; unconfirmed batches stay pending for the next start",
+            humantime::format_duration(deadline)
+        );
+        return Ok(());
+    }
+    drop(outbox);
+    if writer.join().is_err() {
+        error!("the outbox writer panicked");
+    }
+    info!("stopped");
+    Ok(())
+}

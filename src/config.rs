@@ -1,0 +1,1224 @@
+//! The TOML configuration: raw serde structs (unknown keys rejected) turned once into validated
+//! types. Nothing else in the program reads TOML.
+//!
+//! Validation collects every problem instead of stopping at the first, and each [`Problem`]
+//! names the key (`source[1] "acd".format`), the line where the file has it, and what would be
+//! valid. `check` prints them all; `run` refuses to start on any.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use crate::normalize::map::{ApiField, FieldSource, Mapping};
+use crate::normalize::time::{TimeFormat, TimeParser};
+use crate::types::{Emits, LaneKey, Secret, SourceName};
+
+/// The API's documented base URL.
+pub const DEFAULT_API_URL: &str = "https://api.injixo.com";
+
+/// Where the configuration is looked for when neither `--config` nor `$INJIXO_SYNC_CONFIG` says.
+pub fn default_config_path() -> PathBuf {
+    program_data().join("config.toml")
+}
+
+/// Where the outbox lives unless `[state] path` says otherwise.
+pub fn default_state_path() -> PathBuf {
+    if cfg!(windows) {
+        program_data().join("outbox.db")
+    } else {
+        PathBuf::from("/var/lib/injixo-sync/outbox.db")
+    }
+}
+
+fn program_data() -> PathBuf {
+    if cfg!(windows) {
+        let base = std::env::var_os("ProgramData").unwrap_or_else(|| r"C:\ProgramData".into());
+        PathBuf::from(base).join("injixo-sync")
+    } else {
+        PathBuf::from("/etc/injixo-sync")
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from; relative paths inside it are resolved against its folder.
+    pub file: PathBuf,
+    pub api: ApiConfig,
+    pub state: StateConfig,
+    pub log: LogConfig,
+    pub sources: Vec<SourceConfig>,
+    /// Things that work but should be changed (an inline token, say).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub url: reqwest::Url,
+    pub token: TokenSource,
+    pub batch_records: usize,
+    pub batch_bytes: usize,
+    pub linger: Duration,
+    pub timeout: Duration,
+    pub proxy: Option<reqwest::Url>,
+    pub ca_file: Option<PathBuf>,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub pause_probe: Duration,
+}
+
+/// Where the API key comes from. The key itself is read when needed, so a rotated key written
+/// to the file is picked up without a restart.
+#[derive(Clone, Debug)]
+pub enum TokenSource {
+    File(PathBuf),
+    Env(String),
+    Inline(Secret),
+}
+
+impl TokenSource {
+    pub fn load(&self) -> Result<Secret, String> {
+        let token = match self {
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read api.token_file {}: {e}", path.display()))?,
+            TokenSource::Env(var) => std::env::var(var).map_err(|_| {
+                format!("api.token_env names ${var}, which is not set in the environment")
+            })?,
+            TokenSource::Inline(secret) => secret.expose().to_owned(),
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(format!("the API key from {} is empty", self.describe()));
+        }
+        Ok(Secret::new(token))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            TokenSource::File(p) => format!("api.token_file ({})", p.display()),
+            TokenSource::Env(v) => format!("api.token_env (${v})"),
+            TokenSource::Inline(_) => "api.token".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    pub path: PathBuf,
+    pub keep_sent: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub name: SourceName,
+    pub lane: LaneKey,
+    pub kind: SourceKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum SourceKind {
+    Files(FilesConfig),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Ndjson,
+    Csv,
+    Tsv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMode {
+    /// Whole files appear; each is read once it has stopped changing.
+    Drop,
+    /// Files grow; appended lines are read as they arrive.
+    Tail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum After {
+    Keep,
+    Delete,
+    Move(PathBuf),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    End,
+}
+
+#[derive(Clone, Debug)]
+pub struct FilesConfig {
+    pub path: PathBuf,
+    pub recursive: bool,
+    pub include: GlobSet,
+    pub exclude: GlobSet,
+    pub format: FileFormat,
+    pub mode: FileMode,
+    pub after: After,
+    pub settle: Duration,
+    pub poll_interval: Duration,
+    pub start_at: StartAt,
+    pub delimiter: u8,
+    pub header: bool,
+    pub columns: Option<Vec<String>>,
+    pub map: Option<Mapping>,
+}
+
+/// One thing wrong with a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{} has {n} problem{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {}", p.render(&self.file))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Problem {
+    /// `config.toml:12: source[0] "acd".format: must be one of ...`
+    pub fn render(&self, file: &Path) -> String {
+        let place = match self.line {
+            Some(l) => format!("{}:{l}", file.display()),
+            None => file.display().to_string(),
+        };
+        if self.key.is_empty() {
+            format!("{place}: {}", self.message)
+        } else {
+            format!("{place}: {}: {}", self.key, self.message)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw shapes, exactly as the file may write them.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default, rename = "source")]
+    sources: Vec<RawSource>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    url: Option<String>,
+    token_file: Option<String>,
+    token_env: Option<String>,
+    token: Option<String>,
+    batch_records: Option<i64>,
+    batch_bytes: Option<String>,
+    linger: Option<String>,
+    timeout: Option<String>,
+    proxy: Option<String>,
+    ca_file: Option<String>,
+    retry_initial: Option<String>,
+    retry_max: Option<String>,
+    pause_probe: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    path: Option<String>,
+    keep_sent: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    integration_id: Option<i64>,
+    emits: Option<String>,
+    external_system: Option<String>,
+    path: Option<String>,
+    recursive: Option<bool>,
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    format: Option<String>,
+    mode: Option<String>,
+    after: Option<String>,
+    archive_dir: Option<String>,
+    settle: Option<String>,
+    poll_interval: Option<String>,
+    start_at: Option<String>,
+    delimiter: Option<String>,
+    header: Option<bool>,
+    columns: Option<Vec<String>>,
+    timestamp_format: Option<String>,
+    timezone: Option<String>,
+    map: Option<toml::Table>,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            problems: vec![Problem {
+                key: String::new(),
+                line: None,
+                message: format!(
+                    "cannot read the configuration: {e} (pass --config PATH or set INJIXO_SYNC_CONFIG)"
+                ),
+            }],
+        })?;
+        Self::parse(&text, file)
+    }
+
+    /// Validates configuration text; `file` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            problems: vec![Problem {
+                key: String::new(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                message: e.message().trim_end().to_owned(),
+            }],
+        })?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut v = Validator {
+            doc: toml_edit::Document::parse(text).ok(),
+            text,
+            base,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let api = v.api(raw.api);
+        let state = v.state(raw.state);
+        let log = v.log(raw.log);
+        let sources = v.sources(raw.sources);
+        if v.problems.is_empty() {
+            Ok(Config {
+                file: file.to_owned(),
+                api: api.expect("validated"),
+                state,
+                log,
+                sources,
+                warnings: v.warnings,
+            })
+        } else {
+            Err(ConfigError {
+                file: file.to_owned(),
+                problems: v.problems,
+            })
+        }
+    }
+
+    /// The distinct lanes the sources feed.
+    pub fn lanes(&self) -> Vec<LaneKey> {
+        let mut lanes: Vec<LaneKey> = Vec::new();
+        for s in &self.sources {
+            if !lanes.contains(&s.lane) {
+                lanes.push(s.lane.clone());
+            }
+        }
+        lanes
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+/// A key path: `["source", 1, "map", "timestamp"]`.
+#[derive(Clone)]
+enum Seg {
+    Key(&'static str),
+    Owned(String),
+    Index(usize),
+}
+
+struct Validator<'t> {
+    doc: Option<toml_edit::Document<&'t str>>,
+    text: &'t str,
+    base: PathBuf,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: &[Seg], label: &str, message: impl Into<String>) {
+        let line = self.locate(path);
+        self.problems.push(Problem {
+            key: label.to_owned(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// The line of the deepest part of `path` that the file has.
+    fn locate(&self, path: &[Seg]) -> Option<usize> {
+        let doc = self.doc.as_ref()?;
+        let mut item: &toml_edit::Item = doc.as_item();
+        let mut span = None;
+        for seg in path {
+            let next = match seg {
+                Seg::Key(k) => item.get(*k),
+                Seg::Owned(k) => item.get(k.as_str()),
+                Seg::Index(i) => item.get(*i),
+            };
+            match next {
+                Some(n) => {
+                    item = n;
+                    if let Some(s) = n.span() {
+                        span = Some(s);
+                    }
+                }
+                None => break,
+            }
+        }
+        span.map(|s| line_of(self.text, s.start))
+    }
+
+    fn duration(
+        &mut self,
+        path: &[Seg],
+        label: &str,
+        raw: Option<&str>,
+        default: Duration,
+        range: (Duration, Duration),
+    ) -> Duration {
+        let Some(raw) = raw else { return default };
+        match humantime::parse_duration(raw) {
+            Ok(d) if d >= range.0 && d <= range.1 => d,
+            Ok(_) => {
+                self.problem(
+                    path,
+                    label,
+                    format!(
+                        "{raw:?} is out of range ({} to {})",
+                        humantime::format_duration(range.0),
+                        humantime::format_duration(range.1)
+                    ),
+                );
+                default
+            }
+            Err(_) => {
+                self.problem(
+                    path,
+                    label,
+                    format!("{raw:?} is not a duration: write it like \"500ms\", \"30s\", \"5m\", \"14d\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn path(&self, raw: &str) -> PathBuf {
+        let p = PathBuf::from(raw);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn one_of<T: Copy>(
+        &mut self,
+        path: &[Seg],
+        label: &str,
+        raw: Option<&str>,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> T {
+        let Some(raw) = raw else { return default };
+        if let Some((_, v)) = choices.iter().find(|(n, _)| *n == raw) {
+            return *v;
+        }
+        let names: Vec<_> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        self.problem(
+            path,
+            label,
+            format!("{raw:?} is not valid: use one of {}", names.join(", ")),
+        );
+        default
+    }
+
+    fn api(&mut self, raw: RawApi) -> Option<ApiConfig> {
+        let k = |key: &'static str| [Seg::Key("api"), Seg::Key(key)];
+        let url_text = raw.url.as_deref().unwrap_or(DEFAULT_API_URL);
+        let url = match reqwest::Url::parse(url_text) {
+            Ok(u) if u.scheme() == "https" => Some(u),
+            Ok(u) if u.scheme() == "http" && host_is_loopback(&u) => Some(u),
+            Ok(u) if u.scheme() == "http" => {
+                self.problem(
+                    &k("url"),
+                    "api.url",
+                    format!(
+                        "plain http:// is refused for {:?}: the API key would cross the network in \
+                         clear text; use https://",
+                        u.host_str().unwrap_or("")
+                    ),
+                );
+                None
+            }
+            Ok(u) => {
+                self.problem(
+                    &k("url"),
+                    "api.url",
+                    format!("scheme {:?} is not supported: use https://", u.scheme()),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    &k("url"),
+                    "api.url",
+                    format!("{url_text:?} is not a URL ({e}); the default is {DEFAULT_API_URL}"),
+                );
+                None
+            }
+        };
+        let given = [
+            raw.token_file.is_some(),
+            raw.token_env.is_some(),
+            raw.token.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        let token = match (raw.token_file, raw.token_env, raw.token) {
+            _ if given > 1 => {
+                self.problem(
+                    &k("token_file"),
+                    "api",
+                    "set only one of token_file, token_env and token",
+                );
+                None
+            }
+            (Some(f), None, None) => Some(TokenSource::File(self.path(&f))),
+            (None, Some(e), None) if !e.is_empty() => Some(TokenSource::Env(e)),
+            (None, Some(_), None) => {
+                self.problem(&k("token_env"), "api.token_env", "names no variable");
+                None
+            }
+            (None, None, Some(t)) => {
+                self.warnings.push(
+                    "api.token is written inline in the configuration file: move the key to a \
+                     file readable only by the service (api.token_file) or to api.token_env"
+                        .into(),
+                );
+                Some(TokenSource::Inline(Secret::new(t)))
+            }
+            _ => {
+                self.problem(
+                    &[Seg::Key("api")],
+                    "api",
+                    "no API key configured: set token_file (a file holding the key generated in \
+                     injixo under Integrations > injixo API) or token_env",
+                );
+                None
+            }
+        };
+        let batch_records = match raw.batch_records {
+            None => 500,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(n) => {
+                self.problem(
+                    &k("batch_records"),
+                    "api.batch_records",
+                    format!("{n} is out of range (1 to 10000)"),
+                );
+                500
+            }
+        };
+        let batch_bytes = match raw.batch_bytes.as_deref() {
+            None => 1 << 20,
+            Some(s) => match s.parse::<bytesize::ByteSize>() {
+                Ok(b) if (1024..=64 << 20).contains(&b.as_u64()) => b.as_u64() as usize,
+                Ok(_) => {
+                    self.problem(
+                        &k("batch_bytes"),
+                        "api.batch_bytes",
+                        format!("{s:?} is out of range (1KiB to 64MiB)"),
+                    );
+                    1 << 20
+                }
+                Err(_) => {
+                    self.problem(
+                        &k("batch_bytes"),
+                        "api.batch_bytes",
+                        format!("{s:?} is not a size: write it like \"512KiB\" or \"1MiB\""),
+                    );
+                    1 << 20
+                }
+            },
+        };
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        let linger = self.duration(
+            &k("linger"),
+            "api.linger",
+            raw.linger.as_deref(),
+            s(1),
+            (ms(0), s(3600)),
+        );
+        let timeout = self.duration(
+            &k("timeout"),
+            "api.timeout",
+            raw.timeout.as_deref(),
+            s(30),
+            (ms(100), s(600)),
+        );
+        let retry_initial = self.duration(
+            &k("retry_initial"),
+            "api.retry_initial",
+            raw.retry_initial.as_deref(),
+            ms(500),
+            (ms(10), s(600)),
+        );
+        let retry_max = self.duration(
+            &k("retry_max"),
+            "api.retry_max",
+            raw.retry_max.as_deref(),
+            s(300),
+            (ms(10), s(86_400)),
+        );
+        let pause_probe = self.duration(
+            &k("pause_probe"),
+            "api.pause_probe",
+            raw.pause_probe.as_deref(),
+            s(300),
+            (ms(100), s(86_400)),
+        );
+        let proxy = raw.proxy.and_then(|p| match reqwest::Url::parse(&p) {
+            Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => Some(u),
+            _ => {
+                self.problem(
+                    &k("proxy"),
+                    "api.proxy",
+                    format!("{p:?} is not a proxy URL like \"http://proxy.example:3128\""),
+                );
+                None
+            }
+        });
+        let ca_file = raw.ca_file.map(|f| self.path(&f));
+        Some(ApiConfig {
+            url: url?,
+            token: token?,
+            batch_records,
+            batch_bytes,
+            linger,
+            timeout,
+            proxy,
+            ca_file,
+            retry_initial,
+            retry_max: retry_max.max(retry_initial),
+            pause_probe,
+        })
+    }
+
+    fn state(&mut self, raw: RawState) -> StateConfig {
+        let path = raw
+            .path
+            .map(|p| self.path(&p))
+            .unwrap_or_else(default_state_path);
+        let keep_sent = self.duration(
+            &[Seg::Key("state"), Seg::Key("keep_sent")],
+            "state.keep_sent",
+            raw.keep_sent.as_deref(),
+            Duration::from_secs(14 * 86_400),
+            (Duration::ZERO, Duration::from_secs(3650 * 86_400)),
+        );
+        StateConfig { path, keep_sent }
+    }
+
+    fn log(&mut self, raw: RawLog) -> LogConfig {
+        let format = self.one_of(
+            &[Seg::Key("log"), Seg::Key("format")],
+            "log.format",
+            raw.format.as_deref(),
+            LogFormat::Text,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        );
+        let level = raw.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            self.problem(
+                &[Seg::Key("log"), Seg::Key("level")],
+                "log.level",
+                format!("{level:?} is not a level: use error, warn, info, debug or trace"),
+            );
+        }
+        LogConfig { format, level }
+    }
+
+    fn sources(&mut self, raws: Vec<RawSource>) -> Vec<SourceConfig> {
+        if raws.is_empty() {
+            self.problem(
+                &[],
+                "source",
+                "no [[source]] is configured, so there is nothing to deliver",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, raw) in raws.into_iter().enumerate() {
+            if let Some(s) = self.source(i, raw, &mut names) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    fn source(
+        &mut self,
+        i: usize,
+        mut raw: RawSource,
+        names: &mut HashSet<String>,
+    ) -> Option<SourceConfig> {
+        let before = self.problems.len();
+        let label = match &raw.name {
+            Some(n) => format!("source[{i}] {n:?}"),
+            None => format!("source[{i}]"),
+        };
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+
+        let name = match raw.name.as_deref().map(SourceName::parse) {
+            None => {
+                self.problem(
+                    &at("name"),
+                    &key("name"),
+                    "is required: a stable name; cursors are keyed by it",
+                );
+                None
+            }
+            Some(Err(e)) => {
+                self.problem(&at("name"), &key("name"), e);
+                None
+            }
+            Some(Ok(n)) if !names.insert(n.as_str().to_owned()) => {
+                self.problem(
+                    &at("name"),
+                    &key("name"),
+                    "is used by an earlier source: names must be unique",
+                );
+                None
+            }
+            Some(Ok(n)) => Some(n),
+        };
+        let integration_id = match raw.integration_id {
+            Some(n) if n > 0 => Some(n as u64),
+            Some(n) => {
+                self.problem(
+                    &at("integration_id"),
+                    &key("integration_id"),
+                    format!("{n} is not a configuration id: copy the positive number from the integration's tile in injixo"),
+                );
+                None
+            }
+            None => {
+                self.problem(
+                    &at("integration_id"),
+                    &key("integration_id"),
+                    "is required: the integration's configuration id from its tile in injixo",
+                );
+                None
+            }
+        };
+        let emits = match raw.emits.as_deref() {
+            Some("contact_events") => Some(Emits::ContactEvents),
+            Some("agent_statuses") => Some(Emits::AgentStatuses),
+            Some("agent_states") => {
+                self.problem(
+                    &at("emits"),
+                    &key("emits"),
+                    "\"agent_states\" (state changes turned into intervals) is not available for \
+                     this source type: emit \"agent_statuses\" rows that already hold intervals",
+                );
+                None
+            }
+            Some(other) => {
+                self.problem(
+                    &at("emits"),
+                    &key("emits"),
+                    format!("{other:?} is not valid: use \"contact_events\" or \"agent_statuses\""),
+                );
+                None
+            }
+            None => {
+                self.problem(
+                    &at("emits"),
+                    &key("emits"),
+                    "is required: \"contact_events\" or \"agent_statuses\"",
+                );
+                None
+            }
+        };
+        let external_system = match (emits, raw.external_system.take()) {
+            (Some(Emits::AgentStatuses), None) => {
+                self.problem(
+                    &at("external_system"),
+                    &key("external_system"),
+                    "is required for agent statuses: the name injixo shows for the source system (meta.externalSystem)",
+                );
+                None
+            }
+            (_, Some(s)) if s.trim().is_empty() => {
+                self.problem(&at("external_system"), &key("external_system"), "is empty");
+                None
+            }
+            (Some(Emits::ContactEvents), Some(_)) => {
+                self.problem(
+                    &at("external_system"),
+                    &key("external_system"),
+                    "applies only to agent statuses: contact events carry no externalSystem",
+                );
+                None
+            }
+            (_, s) => s,
+        };
+        let kind = match raw.kind.clone().as_deref() {
+            Some("files") => self.files(i, &label, emits, raw),
+            Some(t @ ("asterisk_queue_log" | "http" | "sql" | "webhook")) => {
+                self.problem(
+                    &at("type"),
+                    &key("type"),
+                    format!("type {t:?} is not available in this version; available: \"files\""),
+                );
+                None
+            }
+            Some(t) => {
+                self.problem(
+                    &at("type"),
+                    &key("type"),
+                    format!("{t:?} is not a source type: use \"files\""),
+                );
+                None
+            }
+            None => {
+                self.problem(
+                    &at("type"),
+                    &key("type"),
+                    "is required, e.g. type = \"files\"",
+                );
+                None
+            }
+        };
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(SourceConfig {
+            name: name?,
+            lane: LaneKey {
+                emits: emits?,
+                integration_id: integration_id?,
+                external_system,
+            },
+            kind: kind?,
+        })
+    }
+
+    fn files(
+        &mut self,
+        i: usize,
+        label: &str,
+        emits: Option<Emits>,
+        raw: RawSource,
+    ) -> Option<SourceKind> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        let path = match raw.path {
+            Some(p) => Some(self.path(&p)),
+            None => {
+                self.problem(
+                    &at("path"),
+                    &key("path"),
+                    "is required: the directory the ACD writes its exports to",
+                );
+                None
+            }
+        };
+        let format = match raw.format.as_deref() {
+            None => {
+                self.problem(
+                    &at("format"),
+                    &key("format"),
+                    "is required: \"ndjson\", \"csv\" or \"tsv\"",
+                );
+                None
+            }
+            f => Some(self.one_of(
+                &at("format"),
+                &key("format"),
+                f,
+                FileFormat::Ndjson,
+                &[
+                    ("ndjson", FileFormat::Ndjson),
+                    ("csv", FileFormat::Csv),
+                    ("tsv", FileFormat::Tsv),
+                ],
+            )),
+        };
+        let mode = self.one_of(
+            &at("mode"),
+            &key("mode"),
+            raw.mode.as_deref(),
+            FileMode::Drop,
+            &[("drop", FileMode::Drop), ("tail", FileMode::Tail)],
+        );
+        let include = self.globs(&at("include"), &key("include"), raw.include, &["*"]);
+        let exclude = self.globs(&at("exclude"), &key("exclude"), raw.exclude, &[]);
+        let after = match (raw.after.as_deref(), raw.archive_dir) {
+            (None | Some("keep"), None) => After::Keep,
+            (Some("delete"), None) => After::Delete,
+            (Some("move"), Some(dir)) => After::Move(self.path(&dir)),
+            (Some("move"), None) => {
+                self.problem(
+                    &at("after"),
+                    &key("after"),
+                    "\"move\" needs archive_dir: the directory read files are moved to",
+                );
+                After::Keep
+            }
+            (Some("keep" | "delete") | None, Some(_)) => {
+                self.problem(
+                    &at("archive_dir"),
+                    &key("archive_dir"),
+                    "applies only with after = \"move\"",
+                );
+                After::Keep
+            }
+            (Some(other), _) => {
+                self.problem(
+                    &at("after"),
+                    &key("after"),
+                    format!("{other:?} is not valid: use \"keep\", \"delete\" or \"move\""),
+                );
+                After::Keep
+            }
+        };
+        if mode == FileMode::Tail && after != After::Keep {
+            self.problem(
+                &at("after"),
+                &key("after"),
+                "applies only to mode = \"drop\": a tailed file belongs to the ACD that writes it",
+            );
+        }
+        let s = Duration::from_secs;
+        let settle = self.duration(
+            &at("settle"),
+            &key("settle"),
+            raw.settle.as_deref(),
+            s(2),
+            (Duration::ZERO, s(3600)),
+        );
+        let poll_interval = self.duration(
+            &at("poll_interval"),
+            &key("poll_interval"),
+            raw.poll_interval.as_deref(),
+            s(5),
+            (Duration::from_millis(50), s(3600)),
+        );
+        let start_at = self.one_of(
+            &at("start_at"),
+            &key("start_at"),
+            raw.start_at.as_deref(),
+            StartAt::Beginning,
+            &[("beginning", StartAt::Beginning), ("end", StartAt::End)],
+        );
+        if raw.start_at.is_some() && mode == FileMode::Drop {
+            self.problem(
+                &at("start_at"),
+                &key("start_at"),
+                "applies only to mode = \"tail\": dropped files are always read whole",
+            );
+        }
+        let tabular = matches!(format, Some(FileFormat::Csv | FileFormat::Tsv));
+        let delimiter = match (&raw.delimiter, format) {
+            (None, Some(FileFormat::Tsv)) => b'\t',
+            (None, _) => b',',
+            (Some(d), _) if !tabular => {
+                let _ = d;
+                self.problem(
+                    &at("delimiter"),
+                    &key("delimiter"),
+                    "applies only to format = \"csv\" or \"tsv\"",
+                );
+                b','
+            }
+            (Some(d), _) if d == "\\t" || d == "\t" => b'\t',
+            (Some(d), _) if d.len() == 1 && d.is_ascii() && d != "\"" && d != "\n" => {
+                d.as_bytes()[0]
+            }
+            (Some(d), _) => {
+                self.problem(
+                    &at("delimiter"),
+                    &key("delimiter"),
+                    format!("{d:?} is not a delimiter: use one ASCII character such as \",\", \";\" or \"\\t\""),
+                );
+                b','
+            }
+        };
+        if !tabular && (raw.header.is_some() || raw.columns.is_some()) {
+            self.problem(
+                &at(if raw.header.is_some() {
+                    "header"
+                } else {
+                    "columns"
+                }),
+                &key(if raw.header.is_some() {
+                    "header"
+                } else {
+                    "columns"
+                }),
+                "applies only to format = \"csv\" or \"tsv\"",
+            );
+        }
+        let header = raw.header.unwrap_or(raw.columns.is_none());
+        if tabular && !header && raw.columns.is_none() {
+            self.problem(
+                &at("header"),
+                &key("header"),
+                "is false, so `columns = [...]` must name the columns",
+            );
+        }
+        let map = match (raw.map, emits) {
+            (Some(table), Some(emits)) => {
+                self.mapping(i, label, emits, table, raw.timestamp_format, raw.timezone)
+            }
+            (None, _) if tabular => {
+                self.problem(
+                    &[Seg::Key("source"), Seg::Index(i)],
+                    &key("map"),
+                    "is required for csv and tsv: a [source.map] table from API fields to columns",
+                );
+                None
+            }
+            (None, _) => {
+                for (k, v) in [
+                    ("timestamp_format", &raw.timestamp_format),
+                    ("timezone", &raw.timezone),
+                ] {
+                    if v.is_some() {
+                        self.problem(
+                            &at(k),
+                            &key(k),
+                            "applies only with a [source.map]: ndjson lines without a map are \
+                             already in the API's shape",
+                        );
+                    }
+                }
+                None
+            }
+            (Some(_), None) => None,
+        };
+        if let (Some(m), Some(cols)) = (&map, &raw.columns) {
+            for c in m.columns() {
+                if !cols.iter().any(|x| x == c) {
+                    self.problem(
+                        &[Seg::Key("source"), Seg::Index(i), Seg::Key("map")],
+                        &key("map"),
+                        format!("reads column `{c}`, which `columns` does not name"),
+                    );
+                }
+            }
+        }
+        Some(SourceKind::Files(FilesConfig {
+            path: path?,
+            recursive: raw.recursive.unwrap_or(false),
+            include,
+            exclude,
+            format: format?,
+            mode,
+            after,
+            settle,
+            poll_interval,
+            start_at,
+            delimiter,
+            header,
+            columns: raw.columns,
+            map,
+        }))
+    }
+
+    fn globs(
+        &mut self,
+        path: &[Seg],
+        label: &str,
+        raw: Option<Vec<String>>,
+        default: &[&str],
+    ) -> GlobSet {
+        let patterns = raw.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        let mut b = GlobSetBuilder::new();
+        for p in &patterns {
+            match Glob::new(p) {
+                Ok(g) => {
+                    b.add(g);
+                }
+                Err(e) => self.problem(path, label, format!("{p:?} is not a glob: {e}")),
+            }
+        }
+        b.build().unwrap_or_else(|_| GlobSet::empty())
+    }
+
+    fn mapping(
+        &mut self,
+        i: usize,
+        label: &str,
+        emits: Emits,
+        table: toml::Table,
+        timestamp_format: Option<String>,
+        timezone: Option<String>,
+    ) -> Option<Mapping> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let before = self.problems.len();
+        let format = match timestamp_format.as_deref().map(TimeFormat::parse) {
+            None => TimeFormat::Rfc3339,
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                self.problem(
+                    &at("timestamp_format"),
+                    &format!("{label}.timestamp_format"),
+                    e,
+                );
+                TimeFormat::Rfc3339
+            }
+        };
+        let zone = match timezone.as_deref() {
+            None | Some("UTC") => jiff::tz::TimeZone::UTC,
+            Some(name) => match jiff::tz::TimeZone::get(name) {
+                Ok(z) => z,
+                Err(_) => {
+                    self.problem(
+                        &at("timezone"),
+                        &format!("{label}.timezone"),
+                        format!("{name:?} is not an IANA time zone such as \"Europe/Berlin\""),
+                    );
+                    jiff::tz::TimeZone::UTC
+                }
+            },
+        };
+        let mut fields = Vec::new();
+        for (k, v) in table {
+            let path = vec![
+                Seg::Key("source"),
+                Seg::Index(i),
+                Seg::Key("map"),
+                Seg::Owned(k.clone()),
+            ];
+            let mkey = format!("{label}.map.{k}");
+            let field = match ApiField::parse(&k, emits) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.problem(&path, &mkey, e);
+                    continue;
+                }
+            };
+            let source = match v {
+                toml::Value::String(col) if !col.is_empty() => Ok(FieldSource::Column(col)),
+                toml::Value::Table(t) if t.len() == 1 => {
+                    let (kind, val) = t.into_iter().next().expect("one entry");
+                    match (kind.as_str(), val) {
+                        ("column", toml::Value::String(c)) => Ok(FieldSource::Column(c)),
+                        ("template", toml::Value::String(t)) => FieldSource::template(&t),
+                        ("value", toml::Value::String(s)) => Ok(FieldSource::Literal(s)),
+                        ("value", toml::Value::Boolean(b)) => {
+                            Ok(FieldSource::Literal(b.to_string()))
+                        }
+                        ("value", toml::Value::Integer(n)) => {
+                            Ok(FieldSource::Literal(n.to_string()))
+                        }
+                        ("value", toml::Value::Float(n)) => Ok(FieldSource::Literal(n.to_string())),
+                        (other, _) => Err(format!(
+                            "`{other}` is not understood: write \"column\", {{ column = \"c\" }}, \
+                             {{ value = ... }} or {{ template = \"{{a}}_{{b}}\" }}"
+                        )),
+                    }
+                }
+                _ => Err(
+                    "write a column name, { column = \"c\" }, { value = ... } or \
+                     { template = \"{a}_{b}\" }"
+                        .to_owned(),
+                ),
+            };
+            match source {
+                Ok(s) => fields.push((field, s)),
+                Err(e) => self.problem(&path, &mkey, e),
+            }
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        match Mapping::new(emits, fields, TimeParser::new(format, zone)) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.problem(&at("map"), &format!("{label}.map"), e);
+                None
+            }
+        }
+    }
+}
+
+fn host_is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}

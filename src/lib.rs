@@ -1,0 +1,34 @@
+//! injixo-sync: an on-premises connector that reads what a contact center's ACD produces and
+//! delivers it to the injixo import API without losing or duplicating a record.
+//!
+//! The data flows one way:
+//!
+//! ```text
+//! sources ──records──▶ normalize ──▶ outbox (SQLite) ──batches──▶ push ──HTTPS──▶ injixo
+//! ```
+//!
+//! * [`config`] turns the TOML file into validated types once; nothing else parses it.
+//! * [`sources`] read their input from a committed cursor and hand records *with* the cursor that
+//!   follows them to the [`outbox`], which commits both in one SQLite transaction.
+//! * [`normalize`] owns the API record shapes, field mapping and time handling.
+//! * [`push`] owns every HTTP request to injixo: lanes, batching, retry, dead letters.
+//! * [`app`] is the only place that spawns tasks; it wires the parts together and drains them
+//!   on shutdown.
+//!
+//! [`run`] is the daemon's entry point; `main.rs` only parses the command line around it.
+
+pub mod app;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod fake_api;
+pub mod logging;
+pub mod normalize;
+pub mod outbox;
+pub mod push;
+pub mod sources;
+pub mod status;
+pub mod types;
+
+pub use app::run;

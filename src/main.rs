@@ -1,0 +1,29 @@
+//! The `injixo-sync` binary: parse the command line, hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use injixo_sync::cli::{Cli, Command};
+use injixo_sync::config::{self, Config};
+use injixo_sync::{app, check, demo, logging, status};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = cli.config.unwrap_or_else(config::default_config_path);
+    let result = match cli.command {
+        Command::Run => Config::load(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                logging::init(&config.log);
+                app::main(config).map_err(anyhow::Error::from)
+            })
+            .map(|()| ExitCode::SUCCESS),
+        Command::Check { offline } => check::main(&path, offline),
+        Command::Status { json } => status::main(&path, json),
+        Command::Demo { records } => demo::main(records),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,476 @@
+//! `[source.map]`: how a row of columns becomes an API record.
+//!
+//! Each API field takes a column, a literal or a template of columns, and is converted by the
+//! field's type: timestamps through the source's [`TimeParser`], booleans from the usual
+//! spellings, durations from seconds (decimal point or comma) or `hh:mm:ss`. Errors name the API
+//! field and the column so the parked row tells the operator what to fix.
+
+use std::borrow::Cow;
+
+use serde_json::{Value, json};
+
+use super::schema::CHANNELS;
+use super::time::{self, TimeParser};
+use crate::types::Emits;
+
+/// A field of an API record that a map can fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiField {
+    Timestamp,
+    QueueName,
+    QueueIdentifier,
+    Channel,
+    Offered,
+    Handled,
+    Duration,
+    AgentIdentifier,
+    ActivityIdentifier,
+    StartTime,
+    EndTime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Bool,
+    Seconds,
+    Time,
+    Channel,
+}
+
+impl ApiField {
+    /// The fields each record kind needs, in the order they are documented.
+    pub fn required(emits: Emits) -> &'static [ApiField] {
+        use ApiField::*;
+        match emits {
+            Emits::ContactEvents => &[
+                Timestamp,
+                QueueName,
+                QueueIdentifier,
+                Channel,
+                Offered,
+                Handled,
+                Duration,
+            ],
+            Emits::AgentStatuses => &[AgentIdentifier, ActivityIdentifier, StartTime, EndTime],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        use ApiField::*;
+        match self {
+            Timestamp => "timestamp",
+            QueueName => "queueName",
+            QueueIdentifier => "queueIdentifier",
+            Channel => "channel",
+            Offered => "offered",
+            Handled => "handled",
+            Duration => "duration",
+            AgentIdentifier => "agentIdentifier",
+            ActivityIdentifier => "activityIdentifier",
+            StartTime => "startTime",
+            EndTime => "endTime",
+        }
+    }
+
+    /// Looks a map key up among the fields of `emits`.
+    pub fn parse(key: &str, emits: Emits) -> Result<Self, String> {
+        Self::required(emits)
+            .iter()
+            .copied()
+            .find(|f| f.name() == key)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::required(emits).iter().map(|f| f.name()).collect();
+                format!(
+                    "`{key}` is not a field of {} records (fields: {})",
+                    emits.as_str(),
+                    names.join(", ")
+                )
+            })
+    }
+
+    fn kind(self) -> Kind {
+        use ApiField::*;
+        match self {
+            Timestamp | StartTime | EndTime => Kind::Time,
+            Offered | Handled => Kind::Bool,
+            Duration => Kind::Seconds,
+            Channel => Kind::Channel,
+            QueueName | QueueIdentifier | AgentIdentifier | ActivityIdentifier => Kind::Text,
+        }
+    }
+}
+
+/// Where a field's value comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldSource {
+    Column(String),
+    Literal(String),
+    Template(Vec<Part>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Part {
+    Text(String),
+    Column(String),
+}
+
+impl FieldSource {
+    /// Parses `"{queue}_{site}"`: columns in braces, everything else literal.
+    pub fn template(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("template {s:?} has a '{{' without its '}}'"))?;
+            let column = &rest[open + 1..open + close];
+            if column.is_empty() {
+                return Err(format!("template {s:?} has an empty '{{}}'"));
+            }
+            parts.push(Part::Column(column.to_owned()));
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        if !parts.iter().any(|p| matches!(p, Part::Column(_))) {
+            return Err(format!(
+                "template {s:?} names no column: write {{column}}, or use `value` for a constant"
+            ));
+        }
+        Ok(FieldSource::Template(parts))
+    }
+
+    fn columns(&self) -> Vec<&str> {
+        match self {
+            FieldSource::Column(c) => vec![c.as_str()],
+            FieldSource::Literal(_) => vec![],
+            FieldSource::Template(parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Column(c) => Some(c.as_str()),
+                    Part::Text(_) => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A row of named values: a CSV line with its header, or a JSON object.
+pub trait Row {
+    fn get(&self, column: &str) -> Option<Cow<'_, str>>;
+}
+
+/// A row mapping failure: which field, from which column, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    pub field: &'static str,
+    pub column: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(c) => write!(f, "column `{c}` → {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// A validated `[source.map]`.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    emits: Emits,
+    fields: Vec<(ApiField, FieldSource)>,
+    time: TimeParser,
+}
+
+impl Mapping {
+    /// Builds a mapping; every field of `emits` must be present, and literals must convert.
+    pub fn new(
+        emits: Emits,
+        fields: Vec<(ApiField, FieldSource)>,
+        time: TimeParser,
+    ) -> Result<Self, String> {
+        let missing: Vec<_> = ApiField::required(emits)
+            .iter()
+            .filter(|f| !fields.iter().any(|(g, _)| g == *f))
+            .map(|f| f.name())
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "map lacks {} (every field of {} records needs a column, value or template)",
+                missing.join(", "),
+                emits.as_str()
+            ));
+        }
+        let mapping = Self {
+            emits,
+            fields,
+            time,
+        };
+        for (field, source) in &mapping.fields {
+            if let FieldSource::Literal(v) = source {
+                mapping
+                    .convert(*field, v)
+                    .map_err(|e| format!("value for `{}`: {e}", field.name()))?;
+            }
+        }
+        Ok(mapping)
+    }
+
+    pub fn emits(&self) -> Emits {
+        self.emits
+    }
+
+    /// Every column the map reads.
+    pub fn columns(&self) -> Vec<&str> {
+        self.fields.iter().flat_map(|(_, s)| s.columns()).collect()
+    }
+
+    /// Maps one row to an API record as compact JSON.
+    pub fn apply(&self, row: &dyn Row) -> Result<String, RowError> {
+        let mut values: [Option<Value>; 11] = Default::default();
+        for (field, source) in &self.fields {
+            let raw = self.resolve(*field, source, row)?;
+            let value = self.convert(*field, &raw).map_err(|message| RowError {
+                field: field.name(),
+                column: match source {
+                    FieldSource::Column(c) => Some(c.clone()),
+                    _ => None,
+                },
+                message,
+            })?;
+            values[*field as usize] = Some(value);
+        }
+        let mut take = |f: ApiField| values[f as usize].take().unwrap_or(Value::Null);
+        let record = match self.emits {
+            Emits::ContactEvents => json!({
+                "properties": {
+                    "offered": take(ApiField::Offered),
+                    "handled": take(ApiField::Handled),
+                    "duration": take(ApiField::Duration),
+                },
+                "queueName": take(ApiField::QueueName),
+                "queueIdentifier": take(ApiField::QueueIdentifier),
+                "timestamp": take(ApiField::Timestamp),
+                "channel": take(ApiField::Channel),
+            }),
+            Emits::AgentStatuses => json!({
+                "agentIdentifier": take(ApiField::AgentIdentifier),
+                "activityIdentifier": take(ApiField::ActivityIdentifier),
+                "startTime": take(ApiField::StartTime),
+                "endTime": take(ApiField::EndTime),
+            }),
+        };
+        let instant = |key: &str| {
+            record[key]
+                .as_str()
+                .and_then(|s| time::parse_rfc3339(s).ok())
+        };
+        if self.emits == Emits::AgentStatuses && instant("endTime") < instant("startTime") {
+            return Err(RowError {
+                field: "endTime",
+                column: None,
+                message: "ends before startTime".into(),
+            });
+        }
+        Ok(record.to_string())
+    }
+
+    fn resolve<'r>(
+        &self,
+        field: ApiField,
+        source: &'r FieldSource,
+        row: &'r dyn Row,
+    ) -> Result<Cow<'r, str>, RowError> {
+        let missing = |c: &str| RowError {
+            field: field.name(),
+            column: Some(c.to_owned()),
+            message: "the column is missing from this row".into(),
+        };
+        match source {
+            FieldSource::Column(c) => row.get(c).ok_or_else(|| missing(c)),
+            FieldSource::Literal(v) => Ok(Cow::Borrowed(v.as_str())),
+            FieldSource::Template(parts) => {
+                let mut out = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(t) => out.push_str(t),
+                        Part::Column(c) => out.push_str(&row.get(c).ok_or_else(|| missing(c))?),
+                    }
+                }
+                Ok(Cow::Owned(out))
+            }
+        }
+    }
+
+    fn convert(&self, field: ApiField, raw: &str) -> Result<Value, String> {
+        let s = raw.trim();
+        match field.kind() {
+            Kind::Text if s.is_empty() => Err("is empty".into()),
+            Kind::Text => Ok(Value::from(s)),
+            Kind::Channel => {
+                let lower = s.to_ascii_lowercase();
+                if CHANNELS.contains(&lower.as_str()) {
+                    Ok(Value::from(lower))
+                } else {
+                    Err(format!("{s:?} is not one of {}", CHANNELS.join(", ")))
+                }
+            }
+            Kind::Bool => parse_bool(s).map(Value::from),
+            Kind::Seconds => parse_seconds(s).map(Value::from),
+            Kind::Time => self.time.parse(s).map(|t| Value::from(time::to_api(t))),
+        }
+    }
+}
+
+/// `true/false`, `1/0`, `yes/no`, `y/n`, `t/f`, any case.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "y" | "t" => Ok(true),
+        "false" | "0" | "no" | "n" | "f" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (true/false, 1/0, yes/no)")),
+    }
+}
+
+/// Seconds as `124.6`, `124,6` or `hh:mm:ss` / `mm:ss`.
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    let bad = || format!("{s:?} is not a duration (seconds like 124.6, or hh:mm:ss)");
+    let secs = if s.contains(':') {
+        let mut total = 0.0;
+        let parts: Vec<_> = s.split(':').collect();
+        if parts.len() > 3 {
+            return Err(bad());
+        }
+        for p in parts {
+            let v: f64 = p.parse().map_err(|_| bad())?;
+            total = total * 60.0 + v;
+        }
+        total
+    } else if s.contains(',') && !s.contains('.') {
+        s.replace(',', ".").parse().map_err(|_| bad())?
+    } else {
+        s.parse().map_err(|_| bad())?
+    };
+    if secs.is_finite() && secs >= 0.0 {
+        Ok(secs)
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::normalize::schema;
+    use crate::normalize::time::TimeFormat;
+    use std::collections::HashMap;
+
+    struct MapRow(HashMap<&'static str, &'static str>);
+    impl Row for MapRow {
+        fn get(&self, column: &str) -> Option<Cow<'_, str>> {
+            self.0.get(column).map(|v| Cow::Borrowed(*v))
+        }
+    }
+
+    fn contact_mapping() -> Mapping {
+        use ApiField::*;
+        Mapping::new(
+            Emits::ContactEvents,
+            vec![
+                (Timestamp, FieldSource::Column("start".into())),
+                (QueueName, FieldSource::Column("queue".into())),
+                (
+                    QueueIdentifier,
+                    FieldSource::template("{site}_{queue}").unwrap(),
+                ),
+                (Channel, FieldSource::Literal("calls".into())),
+                (Offered, FieldSource::Literal("true".into())),
+                (Handled, FieldSource::Column("answered".into())),
+                (Duration, FieldSource::Column("talk".into())),
+            ],
+            TimeParser::new(
+                TimeFormat::Pattern("%Y-%m-%d %H:%M:%S".into()),
+                jiff::tz::TimeZone::get("Europe/Berlin").unwrap(),
+            ),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_csv_row_becomes_a_valid_contact_event() {
+        let row = MapRow(HashMap::from([
+            ("start", "2021-12-06 11:34:22"),
+            ("queue", "Support"),
+            ("site", "HH"),
+            ("answered", "Y"),
+            ("talk", "00:02:04"),
+        ]));
+        let out = contact_mapping().apply(&row).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        schema::check(Emits::ContactEvents, &v).unwrap();
+        assert_eq!(v["timestamp"], "2021-12-06T10:34:22Z");
+        assert_eq!(v["queueIdentifier"], "HH_Support");
+        assert_eq!(v["properties"]["handled"], true);
+        assert_eq!(v["properties"]["duration"], 124.0);
+    }
+
+    #[test]
+    fn a_bad_cell_names_field_and_column() {
+        let row = MapRow(HashMap::from([
+            ("start", "2021-12-06 11:34:22"),
+            ("queue", "Support"),
+            ("site", "HH"),
+            ("answered", "maybe"),
+            ("talk", "1"),
+        ]));
+        let err = contact_mapping().apply(&row).unwrap_err();
+        assert_eq!(err.field, "handled");
+        assert_eq!(err.column.as_deref(), Some("answered"));
+        assert!(err.to_string().contains("not a boolean"), "{err}");
+    }
+
+    #[test]
+    fn a_map_missing_required_fields_lists_them() {
+        let err = Mapping::new(
+            Emits::AgentStatuses,
+            vec![(ApiField::AgentIdentifier, FieldSource::Column("a".into()))],
+            TimeParser::utc_rfc3339(),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("activityIdentifier, startTime, endTime"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_in_the_usual_spellings() {
+        assert_eq!(parse_seconds("124.6").unwrap(), 124.6);
+        assert_eq!(parse_seconds("124,6").unwrap(), 124.6);
+        assert_eq!(parse_seconds("1:00:01").unwrap(), 3601.0);
+        assert_eq!(parse_seconds("02:04").unwrap(), 124.0);
+        assert!(parse_seconds("-3").is_err());
+        assert!(parse_seconds("1:2:3:4").is_err());
+    }
+
+    #[test]
+    fn templates_need_a_column_and_closed_braces() {
+        assert!(FieldSource::template("{a").is_err());
+        assert!(FieldSource::template("const").is_err());
+        assert_eq!(
+            FieldSource::template("x{a}y").unwrap(),
+            FieldSource::Template(vec![
+                Part::Text("x".into()),
+                Part::Column("a".into()),
+                Part::Text("y".into())
+            ])
+        );
+    }
+}

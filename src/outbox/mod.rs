@@ -1,0 +1,729 @@
+//! The durable outbox: the only module that touches SQLite.
+//!
+//! Sources hand it records *with* the cursor that follows them, and [`Outbox::commit`] writes
+//! both in one transaction, so after any crash a source resumes exactly where its committed
+//! records end. Every record carries a dedupe key unique per source; inserting a key that is
+//! already there is a no-op, so re-reading input never enqueues a record twice.
+//!
+//! One writer thread owns the read-write connection. Callers send it jobs; it runs every job
+//! that is waiting in one transaction (each job in its own savepoint, so one failing job does
+//! not fail the others) and answers each caller only after the commit is on disk. Many small
+//! commits from many sources thus share one fsync ("group commit").
+//!
+//! The pusher takes pending records in batches. A batch is written down (records tagged with
+//! the batch id, an idempotency key stored) before it is sent, so a retry after a crash sends
+//! the same records under the same key.
+
+mod report;
+mod schema;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use report::{DeadLetter, LaneReport, ParkedReport, Report, SourceReport, inspect, verify};
+
+use crate::types::{LaneKey, SourceName};
+
+/// Why the outbox could not do something. Messages name the state file and the next step.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OutboxError {
+    #[error("state file {path}: {message}", path = path.display())]
+    Sqlite {
+        path: PathBuf,
+        message: String,
+        disk_full: bool,
+    },
+    #[error("state file {path}: {message}", path = path.display())]
+    Io { path: PathBuf, message: String },
+    #[error(
+        "state file {path} is refused: {detail}. It was not changed. Point [state] path at \
+         another file, or move this one away if it really is not needed",
+        path = path.display()
+    )]
+    Foreign { path: PathBuf, detail: String },
+    #[error(
+        "state file {path} is corrupt ({detail}). It was not changed: stop the service, keep a \
+         copy, and try `sqlite3 {path} .recover`; injixo-sync never recreates it silently",
+        path = path.display()
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "state file {path} has schema version {version}, newer than this build understands: \
+         run the newer injixo-sync that wrote it",
+        path = path.display()
+    )]
+    Newer { path: PathBuf, version: i32 },
+    #[error("state file {} does not exist yet; `run` creates it", .0.display())]
+    Missing(PathBuf),
+    #[error("the outbox writer has stopped")]
+    Closed,
+}
+
+impl OutboxError {
+    fn sqlite(path: &Path, e: rusqlite::Error) -> Self {
+        let disk_full = matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull));
+        let message = if disk_full {
+            format!("the disk is full ({e}); reading is paused until space is freed")
+        } else {
+            e.to_string()
+        };
+        OutboxError::Sqlite {
+            path: path.to_owned(),
+            message,
+            disk_full,
+        }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            OutboxError::Sqlite {
+                disk_full: true,
+                ..
+            }
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceId(pub i64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LaneId(pub i64);
+
+/// A record on its way in.
+#[derive(Clone, Debug)]
+pub struct NewRecord {
+    /// Unique per source; see [`dedupe_key`].
+    pub dkey: [u8; 16],
+    /// The record as compact JSON in the API's shape.
+    pub payload: String,
+    /// Where it came from, such as `calls-2024-05-01.csv:17`.
+    pub origin: String,
+}
+
+/// Input that could not become a record: kept with its place and reason, never dropped.
+#[derive(Clone, Debug)]
+pub struct Parked {
+    pub origin: String,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// One atomic step of a source: records, parked input, and the cursors that follow them.
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub records: Vec<NewRecord>,
+    pub parked: Vec<Parked>,
+    pub cursors: Vec<(i64, String)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub inserted: usize,
+    pub duplicates: usize,
+}
+
+/// A dedupe key built from a cursor id and a position inside it (a byte offset, a row number).
+/// Keys of one file grow with the offset, so the unique index is written in order: the insert
+/// rate stays near SQLite's sequential ceiling instead of the random-key one.
+pub fn dedupe_key(cursor: i64, position: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&cursor.to_be_bytes());
+    k[8..].copy_from_slice(&position.to_be_bytes());
+    k
+}
+
+/// A batch of one lane's pending records, in order.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub id: i64,
+    /// Sent as `Idempotency-Key`; the same for every retry of these records.
+    pub key: String,
+    pub records: Vec<(i64, String)>,
+}
+
+#[derive(Debug)]
+pub enum NextBatch {
+    Ready(Batch),
+    /// Too few records to fill a batch; ask again after this long (the linger time left).
+    Linger(Duration),
+    /// Nothing pending.
+    Empty,
+}
+
+/// A lane's delivery health, written for `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    Retrying(String),
+    Paused(String),
+}
+
+type Finish = Box<dyn FnOnce(Option<&OutboxError>) + Send>;
+/// A unit of work for the writer. It receives the connection, or the error that kept the
+/// writer from opening a transaction (then it only answers its caller).
+type Job = Box<dyn FnOnce(Result<(&Connection, &Path), &OutboxError>) -> (bool, Finish) + Send>;
+
+/// Wakes the lane that a commit added records to.
+#[derive(Default)]
+struct Wakers(Mutex<HashMap<i64, Arc<Notify>>>);
+
+impl Wakers {
+    fn get(&self, lane: i64) -> Arc<Notify> {
+        self.0
+            .lock()
+            .expect("wakers lock")
+            .entry(lane)
+            .or_default()
+            .clone()
+    }
+}
+
+/// A handle to the outbox; cheap to clone. The writer stops when the last handle is dropped.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Job>,
+    wakers: Arc<Wakers>,
+    path: PathBuf,
+    instance: Arc<str>,
+}
+
+impl Outbox {
+    /// Opens the state file (creating it if absent), checks it, and starts the writer thread.
+    pub fn open(path: &Path) -> Result<(Outbox, std::thread::JoinHandle<()>), OutboxError> {
+        let conn = schema::open_rw(path)?;
+        let instance: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| OutboxError::sqlite(path, e))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let owned = path.to_owned();
+        let handle = std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer(conn, owned, rx))
+            .map_err(|e| OutboxError::Io {
+                path: path.to_owned(),
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok((
+            Outbox {
+                tx,
+                wakers: Arc::default(),
+                path: path.to_owned(),
+                instance: instance.into(),
+            },
+            handle,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The notification a lane waits on for new records.
+    pub fn lane_notify(&self, lane: LaneId) -> Arc<Notify> {
+        self.wakers.get(lane.0)
+    }
+
+    fn job<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection, &Path) -> Result<R, OutboxError> + Send + 'static,
+        after: impl FnOnce(&R) + Send + 'static,
+    ) -> oneshot::Receiver<Result<R, OutboxError>> {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db| {
+            let result = match db {
+                Ok((conn, path)) => work(conn, path),
+                Err(e) => Err(e.clone()),
+            };
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |commit_error| {
+                let result = match commit_error {
+                    Some(e) => Err(e.clone()),
+                    None => {
+                        if let Ok(r) = &result {
+                            after(r);
+                        }
+                        result
+                    }
+                };
+                let _ = reply.send(result);
+            });
+            (ok, finish)
+        });
+        // A closed channel drops the reply sender, which the caller sees as `Closed`.
+        let _ = self.tx.send(job);
+        rx
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection, &Path) -> Result<R, OutboxError> + Send + 'static,
+    ) -> Result<R, OutboxError> {
+        self.job(work, |_| {})
+            .await
+            .unwrap_or(Err(OutboxError::Closed))
+    }
+
+    fn call_blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection, &Path) -> Result<R, OutboxError> + Send + 'static,
+    ) -> Result<R, OutboxError> {
+        self.job(work, |_| {})
+            .blocking_recv()
+            .unwrap_or(Err(OutboxError::Closed))
+    }
+
+    /// The id of a source, registering its name on first use.
+    pub async fn source_id(&self, name: &SourceName) -> Result<SourceId, OutboxError> {
+        let name = name.as_str().to_owned();
+        self.call(move |c, p| {
+            c.execute(
+                "INSERT INTO sources (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                [&name],
+            )
+            .and_then(|_| {
+                c.query_row("SELECT id FROM sources WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+            })
+            .map(SourceId)
+            .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// The id of a lane, registering it on first use.
+    pub async fn lane_id(&self, lane: &LaneKey) -> Result<LaneId, OutboxError> {
+        let emits = lane.emits.as_str();
+        let integration = lane.integration_id as i64;
+        let system = lane.external_system.clone().unwrap_or_default();
+        self.call(move |c, p| {
+            c.execute(
+                "INSERT INTO lanes (emits, integration_id, external_system) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+                params![emits, integration, system],
+            )
+            .and_then(|_| {
+                c.query_row(
+                    "SELECT id FROM lanes WHERE emits = ?1 AND integration_id = ?2
+                     AND external_system = ?3",
+                    params![emits, integration, system],
+                    |r| r.get(0),
+                )
+            })
+            .map(LaneId)
+            .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// Every cursor of a source: `(id, key, value)`.
+    pub fn cursors_blocking(
+        &self,
+        source: SourceId,
+    ) -> Result<Vec<(i64, String, String)>, OutboxError> {
+        self.call_blocking(move |c, p| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, key, value FROM cursors WHERE source_id = ?1 ORDER BY id",
+                )
+                .map_err(|e| OutboxError::sqlite(p, e))?;
+            let rows = stmt
+                .query_map([source.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| OutboxError::sqlite(p, e))?;
+            Ok(rows)
+        })
+    }
+
+    /// Creates a cursor (or returns the existing one with that key) and returns its id.
+    pub fn create_cursor_blocking(
+        &self,
+        source: SourceId,
+        key: String,
+        value: String,
+    ) -> Result<i64, OutboxError> {
+        self.call_blocking(move |c, p| {
+            c.execute(
+                "INSERT INTO cursors (source_id, key, value, updated) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (source_id, key) DO NOTHING",
+                params![source.0, key, value, now_ms()],
+            )
+            .and_then(|_| {
+                c.query_row(
+                    "SELECT id FROM cursors WHERE source_id = ?1 AND key = ?2",
+                    params![source.0, key],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(|e| OutboxError::sqlite(p, e))
+        })
+    }
+
+    /// Deletes cursors a source no longer needs (files gone for longer than records are kept).
+    pub fn drop_cursors_blocking(&self, ids: Vec<i64>) -> Result<(), OutboxError> {
+        self.call_blocking(move |c, p| {
+            let mut stmt = c
+                .prepare_cached("DELETE FROM cursors WHERE id = ?1")
+                .map_err(|e| OutboxError::sqlite(p, e))?;
+            for id in ids {
+                stmt.execute([id]).map_err(|e| OutboxError::sqlite(p, e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Commits records, parked input and cursor moves of one source atomically.
+    pub fn commit_blocking(
+        &self,
+        source: SourceId,
+        lane: LaneId,
+        commit: Commit,
+    ) -> Result<Committed, OutboxError> {
+        let wake = self.wakers.get(lane.0);
+        self.job(
+            move |c, p| {
+                write_commit(c, source, lane, commit).map_err(|e| OutboxError::sqlite(p, e))
+            },
+            move |done: &Committed| {
+                if done.inserted > 0 {
+                    wake.notify_one();
+                }
+            },
+        )
+        .blocking_recv()
+        .unwrap_or(Err(OutboxError::Closed))
+    }
+
+    /// The lane's open batch, or a new one formed from its oldest pending records.
+    pub async fn next_batch(
+        &self,
+        lane: LaneId,
+        max_records: usize,
+        max_bytes: usize,
+        linger: Duration,
+    ) -> Result<NextBatch, OutboxError> {
+        let instance = self.instance.clone();
+        self.call(move |c, p| {
+            next_batch(c, &instance, lane, max_records, max_bytes, linger)
+                .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// Marks records `first..=last` of a batch delivered.
+    pub async fn mark_sent(
+        &self,
+        lane: LaneId,
+        batch: i64,
+        first: i64,
+        last: i64,
+    ) -> Result<usize, OutboxError> {
+        self.call(move |c, p| {
+            let now = now_ms();
+            let n = c
+                .prepare_cached(
+                    "UPDATE records SET state = 1, sent_at = ?1, batch_id = NULL
+                     WHERE batch_id = ?2 AND id BETWEEN ?3 AND ?4 AND state = 0",
+                )
+                .and_then(|mut s| s.execute(params![now, batch, first, last]))
+                .and_then(|n| {
+                    c.prepare_cached(
+                        "UPDATE lanes SET delivered_total = delivered_total + ?1,
+                         last_success = ?2, health = 'ok' WHERE id = ?3",
+                    )?
+                    .execute(params![n as i64, now, lane.0])?;
+                    close_batch_if_done(c, batch)?;
+                    Ok(n)
+                })
+                .map_err(|e| OutboxError::sqlite(p, e))?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Moves one record the API rejected to the dead letters, with the API's answer.
+    pub async fn mark_dead(
+        &self,
+        batch: i64,
+        record: i64,
+        status: u16,
+        answer: String,
+    ) -> Result<(), OutboxError> {
+        self.call(move |c, p| {
+            c.execute(
+                "UPDATE records SET state = 2, batch_id = NULL WHERE id = ?1 AND state = 0",
+                [record],
+            )
+            .and_then(|_| {
+                c.execute(
+                    "INSERT INTO dead (record_id, status, answer, at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (record_id) DO UPDATE SET status = ?2, answer = ?3, at = ?4",
+                    params![record, status, answer, now_ms()],
+                )
+            })
+            .and_then(|_| close_batch_if_done(c, batch))
+            .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// Records a lane's health for `status`.
+    pub async fn set_health(&self, lane: LaneId, health: Health) -> Result<(), OutboxError> {
+        self.call(move |c, p| {
+            let (name, error) = match health {
+                Health::Ok => ("ok", None),
+                Health::Retrying(e) => ("retrying", Some(e)),
+                Health::Paused(e) => ("paused", Some(e)),
+            };
+            let result = match error {
+                Some(e) => c.execute(
+                    "UPDATE lanes SET health = ?1, last_error = ?2, last_error_at = ?3 WHERE id = ?4",
+                    params![name, e, now_ms(), lane.0],
+                ),
+                None => c.execute(
+                    "UPDATE lanes SET health = ?1 WHERE id = ?2",
+                    params![name, lane.0],
+                ),
+            };
+            result.map(|_| ()).map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// Counts a retry of a batch whose previous attempt may have reached the API.
+    pub async fn count_unknown_outcome(&self, lane: LaneId) -> Result<(), OutboxError> {
+        self.call(move |c, p| {
+            c.execute(
+                "UPDATE lanes SET unknown_outcome_retries = unknown_outcome_retries + 1 WHERE id = ?1",
+                [lane.0],
+            )
+            .map(|_| ())
+            .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// Deletes delivered records older than `keep`; returns how many.
+    pub async fn prune_sent(&self, keep: Duration) -> Result<usize, OutboxError> {
+        let cutoff = now_ms() - keep.as_millis() as i64;
+        let mut total = 0;
+        loop {
+            let n = self
+                .call(move |c, p| {
+                    c.execute(
+                        "DELETE FROM records WHERE id IN (SELECT id FROM records
+                         WHERE state = 1 AND sent_at < ?1 LIMIT 5000)",
+                        [cutoff],
+                    )
+                    .map_err(|e| OutboxError::sqlite(p, e))
+                })
+                .await?;
+            total += n;
+            if n < 5000 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+fn writer(conn: Connection, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < 512 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut finishes = Vec::with_capacity(jobs.len());
+        let begin = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| OutboxError::sqlite(&path, e));
+        if let Err(e) = begin {
+            // Nothing ran: every caller gets the error and keeps its input.
+            for job in jobs {
+                let (_, finish) = job(Err(&e));
+                finish(Some(&e));
+            }
+            continue;
+        }
+        for job in jobs {
+            let sp = conn.execute_batch("SAVEPOINT job");
+            let (ok, finish) = job(Ok((&conn, &path)));
+            if sp.is_ok() {
+                let end = if ok {
+                    "RELEASE job"
+                } else {
+                    "ROLLBACK TO job; RELEASE job"
+                };
+                let _ = conn.execute_batch(end);
+            }
+            finishes.push(finish);
+        }
+        let commit = conn
+            .execute_batch("COMMIT")
+            .map_err(|e| OutboxError::sqlite(&path, e));
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for finish in finishes {
+            finish(commit.as_ref().err());
+        }
+    }
+}
+
+fn write_commit(
+    c: &Connection,
+    source: SourceId,
+    lane: LaneId,
+    commit: Commit,
+) -> rusqlite::Result<Committed> {
+    let now = now_ms();
+    let mut done = Committed::default();
+    if !commit.records.is_empty() {
+        let mut insert = c.prepare_cached(
+            "INSERT INTO records (lane_id, source_id, dkey, payload, origin, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (source_id, dkey) DO NOTHING",
+        )?;
+        for r in &commit.records {
+            let n = insert.execute(params![
+                lane.0,
+                source.0,
+                &r.dkey[..],
+                r.payload,
+                r.origin,
+                now
+            ])?;
+            if n == 1 {
+                done.inserted += 1;
+            } else {
+                done.duplicates += 1;
+            }
+        }
+    }
+    if !commit.parked.is_empty() {
+        let mut park = c.prepare_cached(
+            "INSERT INTO parked (source_id, origin, reason, raw, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for p in &commit.parked {
+            park.execute(params![source.0, p.origin, p.reason, p.raw, now])?;
+        }
+    }
+    let mut cursor =
+        c.prepare_cached("UPDATE cursors SET value = ?1, updated = ?2 WHERE id = ?3")?;
+    for (id, value) in &commit.cursors {
+        cursor.execute(params![value, now, id])?;
+    }
+    c.prepare_cached(
+        "UPDATE sources SET last_activity = ?1, records_total = records_total + ?2,
+         parked_total = parked_total + ?3 WHERE id = ?4",
+    )?
+    .execute(params![
+        now,
+        done.inserted as i64,
+        commit.parked.len() as i64,
+        source.0
+    ])?;
+    Ok(done)
+}
+
+fn next_batch(
+    c: &Connection,
+    instance: &str,
+    lane: LaneId,
+    max_records: usize,
+    max_bytes: usize,
+    linger: Duration,
+) -> rusqlite::Result<NextBatch> {
+    // An open batch is resent as it was, under the same key.
+    let open: Option<(i64, String)> = c
+        .prepare_cached("SELECT id, idem_key FROM batches WHERE lane_id = ?1 ORDER BY id LIMIT 1")?
+        .query_row([lane.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((id, key)) = open {
+        let records: Vec<(i64, String)> = c
+            .prepare_cached(
+                "SELECT id, payload FROM records WHERE batch_id = ?1 AND state = 0 ORDER BY id",
+            )?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        if !records.is_empty() {
+            return Ok(NextBatch::Ready(Batch { id, key, records }));
+        }
+        c.execute("DELETE FROM batches WHERE id = ?1", [id])?;
+    }
+
+    let mut stmt = c.prepare_cached(
+        "SELECT id, payload, created FROM records
+         WHERE lane_id = ?1 AND state = 0 AND batch_id IS NULL ORDER BY id LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![lane.0, max_records as i64])?;
+    let mut records = Vec::new();
+    let mut bytes = 64;
+    let mut oldest = None;
+    let mut full = false;
+    while let Some(row) = rows.next()? {
+        let payload: String = row.get(1)?;
+        if !records.is_empty() && bytes + payload.len() + 1 > max_bytes {
+            full = true;
+            break;
+        }
+        bytes += payload.len() + 1;
+        oldest.get_or_insert(row.get::<_, i64>(2)?);
+        records.push((row.get::<_, i64>(0)?, payload));
+    }
+    drop(rows);
+    let Some(oldest) = oldest else {
+        return Ok(NextBatch::Empty);
+    };
+    full |= records.len() >= max_records;
+    let waited = Duration::from_millis((now_ms() - oldest).max(0) as u64);
+    if !full && waited < linger {
+        return Ok(NextBatch::Linger(linger - waited));
+    }
+    let first = records[0].0;
+    let last = records[records.len() - 1].0;
+    c.prepare_cached("INSERT INTO batches (lane_id, idem_key, created) VALUES (?1, '', ?2)")?
+        .execute(params![lane.0, now_ms()])?;
+    let id = c.last_insert_rowid();
+    let mut h = Sha256::new();
+    h.update(format!("{instance}/{}/{id}/{first}/{last}", lane.0));
+    let key: String = h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    c.prepare_cached("UPDATE batches SET idem_key = ?1 WHERE id = ?2")?
+        .execute(params![key, id])?;
+    c.prepare_cached(
+        "UPDATE records SET batch_id = ?1 WHERE lane_id = ?2 AND state = 0
+         AND batch_id IS NULL AND id BETWEEN ?3 AND ?4",
+    )?
+    .execute(params![id, lane.0, first, last])?;
+    Ok(NextBatch::Ready(Batch { id, key, records }))
+}
+
+fn close_batch_if_done(c: &Connection, batch: i64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "DELETE FROM batches WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM records WHERE batch_id = ?1)",
+    )?
+    .execute([batch])?;
+    Ok(())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,261 @@
+//! Opening the state file: refusing what is not ours, checking integrity, migrating the schema.
+//!
+//! A file that is not an injixo-sync outbox, is corrupt, or was written by a newer version is
+//! refused with a message that says so. It is never deleted or recreated: the records in it may
+//! be the only copy of a day's contact-center data.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::OutboxError;
+
+/// `PRAGMA application_id`: "IJXS".
+pub const APPLICATION_ID: i32 = 0x494A_5853;
+/// The newest schema this build knows.
+pub const SCHEMA_VERSION: i32 = 1;
+
+const SCHEMA_V1: &str = r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE sources (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    last_activity INTEGER,
+    records_total INTEGER NOT NULL DEFAULT 0,
+    parked_total  INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE lanes (
+    id              INTEGER PRIMARY KEY,
+    emits           TEXT NOT NULL,
+    integration_id  INTEGER NOT NULL,
+    external_system TEXT NOT NULL DEFAULT '',
+    health          TEXT NOT NULL DEFAULT 'ok',
+    last_success    INTEGER,
+    last_error      TEXT,
+    last_error_at   INTEGER,
+    delivered_total INTEGER NOT NULL DEFAULT 0,
+    unknown_outcome_retries INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (emits, integration_id, external_system)
+);
+
+-- state: 0 pending, 1 sent, 2 dead.
+CREATE TABLE records (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    lane_id   INTEGER NOT NULL,
+    source_id INTEGER NOT NULL,
+    dkey      BLOB NOT NULL,
+    payload   TEXT NOT NULL,
+    origin    TEXT NOT NULL,
+    created   INTEGER NOT NULL,
+    state     INTEGER NOT NULL DEFAULT 0,
+    batch_id  INTEGER,
+    sent_at   INTEGER
+);
+CREATE UNIQUE INDEX records_dedupe ON records (source_id, dkey);
+CREATE INDEX records_pending ON records (lane_id, id) WHERE state = 0;
+CREATE INDEX records_batch ON records (batch_id, id) WHERE batch_id IS NOT NULL;
+CREATE INDEX records_sent ON records (sent_at) WHERE state = 1;
+
+CREATE TABLE batches (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    lane_id   INTEGER NOT NULL,
+    idem_key  TEXT NOT NULL,
+    created   INTEGER NOT NULL
+);
+
+CREATE TABLE cursors (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_id INTEGER NOT NULL,
+    key       TEXT NOT NULL,
+    value     TEXT NOT NULL,
+    updated   INTEGER NOT NULL,
+    UNIQUE (source_id, key)
+);
+
+CREATE TABLE dead (
+    id        INTEGER PRIMARY KEY,
+    record_id INTEGER NOT NULL UNIQUE,
+    status    INTEGER NOT NULL,
+    answer    TEXT NOT NULL,
+    at        INTEGER NOT NULL
+);
+
+CREATE TABLE parked (
+    id        INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL,
+    origin    TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    raw       TEXT NOT NULL,
+    at        INTEGER NOT NULL
+);
+"#;
+
+/// Opens (creating if absent) and migrates the outbox for writing.
+pub fn open_rw(path: &Path) -> Result<Connection, OutboxError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| OutboxError::Io {
+            path: dir.to_owned(),
+            message: format!("cannot create the state directory: {e}"),
+        })?;
+    }
+    refuse_foreign_bytes(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| OutboxError::sqlite(path, e))?;
+    configure(&conn, path)?;
+    quick_check(&conn, path)?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens an existing outbox read-only (for `status` and `check`).
+pub fn open_ro(path: &Path) -> Result<Connection, OutboxError> {
+    if !path.exists() {
+        return Err(OutboxError::Missing(path.to_owned()));
+    }
+    refuse_foreign_bytes(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| OutboxError::sqlite(path, e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| OutboxError::sqlite(path, e))?;
+    identify(&conn, path)?;
+    Ok(conn)
+}
+
+/// A full `PRAGMA integrity_check`; slow on a large file, so only `check` runs it.
+pub fn integrity_check(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
+    let result: String = conn
+        .query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))
+        .map_err(|e| OutboxError::sqlite(path, e))?;
+    if result == "ok" {
+        Ok(())
+    } else {
+        Err(OutboxError::Corrupt {
+            path: path.to_owned(),
+            detail: result,
+        })
+    }
+}
+
+fn refuse_foreign_bytes(path: &Path) -> Result<(), OutboxError> {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let mut head = [0u8; 16];
+    let n = f.read(&mut head).unwrap_or(0);
+    if n == 0 {
+        return Ok(());
+    }
+    if n < 16 || &head != b"SQLite format 3\0" {
+        return Err(OutboxError::Foreign {
+            path: path.to_owned(),
+            detail: "it is not an SQLite database".into(),
+        });
+    }
+    Ok(())
+}
+
+fn configure(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
+    let err = |e| OutboxError::sqlite(path, e);
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OutboxError::Io {
+            path: path.to_owned(),
+            message: format!(
+                "SQLite refused write-ahead logging (journal_mode is {mode}); the state file \
+                 must be on a local disk, not a network share"
+            ),
+        });
+    }
+    // FULL: a commit that moved a cursor is on disk before the source reads further.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA wal_autocheckpoint = 4000;",
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
+    let result: String = conn
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+        .map_err(|e| OutboxError::sqlite(path, e))?;
+    if result == "ok" {
+        Ok(())
+    } else {
+        Err(OutboxError::Corrupt {
+            path: path.to_owned(),
+            detail: result,
+        })
+    }
+}
+
+/// Returns the schema version after checking the file is ours.
+fn identify(conn: &Connection, path: &Path) -> Result<i32, OutboxError> {
+    let err = |e| OutboxError::sqlite(path, e);
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    let app: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(err)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(err)?;
+    if version == 0 && tables == 0 {
+        return Ok(0);
+    }
+    if app != APPLICATION_ID {
+        return Err(OutboxError::Foreign {
+            path: path.to_owned(),
+            detail: "it is an SQLite database of another program".into(),
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(OutboxError::Newer {
+            path: path.to_owned(),
+            version,
+        });
+    }
+    Ok(version)
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
+    let version = identify(conn, path)?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let instance: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let instance: String = instance.iter().map(|b| format!("{b:02x}")).collect();
+    let sql = format!(
+        "BEGIN IMMEDIATE;
+         {SCHEMA_V1}
+         INSERT INTO meta (key, value) VALUES ('instance', '{instance}');
+         PRAGMA application_id = {APPLICATION_ID};
+         PRAGMA user_version = {SCHEMA_VERSION};
+         COMMIT;"
+    );
+    conn.execute_batch(&sql)
+        .map_err(|e| OutboxError::sqlite(path, e))
+}

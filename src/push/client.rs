@@ -1,0 +1,188 @@
+//! The HTTP client for the injixo API: the only code that builds requests to it.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+
+use super::classify::{Attempt, parse_retry_after, truncate};
+use crate::config::{ApiConfig, TokenSource};
+use crate::types::{LaneKey, Secret};
+
+/// Sends batches; holds the API key and re-reads it when the API refuses it.
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    token_source: TokenSource,
+    token: RwLock<Secret>,
+}
+
+impl ApiClient {
+    /// Builds the client: timeout, proxy (`api.proxy`, else `HTTPS_PROXY`/`NO_PROXY`), extra CA
+    /// bundle. Fails if the key cannot be read or the CA file is unusable.
+    pub fn new(cfg: &ApiConfig) -> Result<Self, String> {
+        let token = cfg.token.load()?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("injixo-sync/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(50));
+        if let Some(proxy) = &cfg.proxy {
+            let p = reqwest::Proxy::all(proxy.as_str())
+                .map_err(|e| format!("api.proxy {proxy}: {e}"))?;
+            builder = builder.proxy(p);
+        }
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("cannot read api.ca_file {}: {e}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                format!(
+                    "api.ca_file {} holds no usable PEM certificate: {e}",
+                    ca.display()
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "api.ca_file {} holds no PEM certificate",
+                    ca.display()
+                ));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("cannot set up HTTPS: {e}"))?;
+        Ok(Self {
+            http,
+            base: cfg.url.clone(),
+            token_source: cfg.token.clone(),
+            token: RwLock::new(token),
+        })
+    }
+
+    /// Reads the key again (after a 401/403, the operator may have written a new one).
+    pub fn reload_token(&self) -> Result<(), String> {
+        let fresh = self.token_source.load()?;
+        *self.token.write().expect("token lock") = fresh;
+        Ok(())
+    }
+
+    /// The URL of an endpoint under the configured base.
+    pub fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base_path}{path}"));
+        url
+    }
+
+    /// Connects to the API's base URL (through the configured proxy and CA) and returns the
+    /// HTTP status it answered with: for `check`, which only asks "can we get there?".
+    pub async fn probe(&self) -> Result<u16, String> {
+        match self.http.get(self.url("/")).send().await {
+            Ok(r) => Ok(r.status().as_u16()),
+            Err(e) => Err(describe(&e)),
+        }
+    }
+
+    /// POSTs one batch and reports what happened, without judging it.
+    pub async fn post(&self, lane: &LaneKey, idempotency_key: &str, body: String) -> Attempt {
+        let auth = {
+            let token = self.token.read().expect("token lock");
+            HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        };
+        let Ok(mut auth) = auth else {
+            return Attempt::Answered {
+                status: 401,
+                retry_after: None,
+                body: "the API key contains characters that cannot be sent in a header".into(),
+            };
+        };
+        auth.set_sensitive(true);
+        let request = self
+            .http
+            .post(self.url(lane.emits.endpoint()))
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", idempotency_key)
+            .body(body);
+        match request.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
+                let body = match resp.text().await {
+                    Ok(t) => truncate(&t, 2000),
+                    Err(e) if (200..300).contains(&status) => {
+                        // The API said yes; a broken body after that does not undo it.
+                        format!("(answer body unreadable: {e})")
+                    }
+                    Err(e) => return Attempt::Unknown(describe(&e)),
+                };
+                Attempt::Answered {
+                    status,
+                    retry_after,
+                    body,
+                }
+            }
+            Err(e) if e.is_connect() => Attempt::NotSent(describe(&e)),
+            Err(e) => Attempt::Unknown(describe(&e)),
+        }
+    }
+}
+
+/// The request body: `{"data":[...],"meta":{...}}`, built from stored JSON without re-parsing.
+pub fn body(meta_json: &str, records: &[(i64, String)]) -> String {
+    let len: usize = records.iter().map(|(_, p)| p.len() + 1).sum();
+    let mut out = String::with_capacity(len + meta_json.len() + 20);
+    out.push_str("{\"data\":[");
+    for (i, (_, payload)) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(payload);
+    }
+    out.push_str("],\"meta\":");
+    out.push_str(meta_json);
+    out.push('}');
+    out
+}
+
+/// An error and its causes on one line. (The URL in it holds no secret: the key travels only in
+/// the `Authorization` header, which is marked sensitive.)
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        e.to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_has_the_documented_shape() {
+        let records = vec![(1, r#"{"a":1}"#.to_owned()), (2, r#"{"a":2}"#.to_owned())];
+        let b = body(r#"{"integrationConfigurationId":1234}"#, &records);
+        assert_eq!(
+            b,
+            r#"{"data":[{"a":1},{"a":2}],"meta":{"integrationConfigurationId":1234}}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,232 @@
+//! One lane's delivery loop: take the next batch from the outbox, send it until the API has
+//! decided on every record in it, mark what was accepted, repeat.
+//!
+//! Transient failures retry the same batch (same records, same `Idempotency-Key`) forever with
+//! backoff. A batch the API rejects as content is split in halves until the bad records stand
+//! alone; they become dead letters with the API's answer and the rest is delivered. An answer
+//! that points at the setup (401, 403, 404) holds the lane, re-reading the key every
+//! `pause_probe`, and never drops a record. Each lane runs on its own, so one lane's trouble
+//! does not slow another. Logs say when the state changes, not on every attempt.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::classify::{Action, Backoff, classify};
+use super::client::{ApiClient, body};
+use crate::outbox::{Batch, Health, LaneId, NextBatch, Outbox};
+use crate::types::LaneKey;
+
+/// How a lane forms batches and paces retries (from `[api]`).
+#[derive(Clone, Debug)]
+pub struct LaneSettings {
+    pub batch_records: usize,
+    pub batch_bytes: usize,
+    pub linger: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub pause_probe: Duration,
+}
+
+/// The shutdown token fired while the lane was waiting.
+struct Stopped;
+
+pub struct Lane {
+    key: LaneKey,
+    id: LaneId,
+    meta: String,
+    outbox: Outbox,
+    client: Arc<ApiClient>,
+    settings: LaneSettings,
+    shutdown: CancellationToken,
+    health: Health,
+}
+
+impl Lane {
+    pub fn new(
+        key: LaneKey,
+        id: LaneId,
+        outbox: Outbox,
+        client: Arc<ApiClient>,
+        settings: LaneSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            meta: key.meta_json(),
+            key,
+            id,
+            outbox,
+            client,
+            settings,
+            shutdown,
+            health: Health::Ok,
+        }
+    }
+
+    /// Runs until the shutdown token fires. A request under way when it fires is finished
+    /// (bounded by `api.timeout`); records not yet confirmed stay pending for the next start.
+    pub async fn run(mut self) {
+        let notify = self.outbox.lane_notify(self.id);
+        loop {
+            let next = self
+                .outbox
+                .next_batch(
+                    self.id,
+                    self.settings.batch_records,
+                    self.settings.batch_bytes,
+                    self.settings.linger,
+                )
+                .await;
+            let wait = match next {
+                Ok(NextBatch::Ready(batch)) => {
+                    if self.deliver(batch).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(NextBatch::Linger(left)) => Some(left),
+                Ok(NextBatch::Empty) => None,
+                Err(e) => {
+                    error!(lane = %self.key, "cannot read pending records: {e}");
+                    Some(Duration::from_secs(5))
+                }
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = notify.notified() => {}
+                _ = sleep_opt(wait) => {}
+            }
+        }
+    }
+
+    async fn deliver(&mut self, batch: Batch) -> Result<(), Stopped> {
+        let n = batch.records.len();
+        let mut parts: VecDeque<(usize, usize)> = VecDeque::from([(0, n)]);
+        while let Some((lo, hi)) = parts.pop_front() {
+            let slice = &batch.records[lo..hi];
+            let (first, last) = (slice[0].0, slice[slice.len() - 1].0);
+            // A part of a split batch gets its own key, derived so it too is stable.
+            let idem = if hi - lo == n {
+                batch.key.clone()
+            } else {
+                format!("{}-{first}-{last}", batch.key)
+            };
+            let request = body(&self.meta, slice);
+            let mut backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
+            loop {
+                if self.shutdown.is_cancelled() {
+                    return Err(Stopped);
+                }
+                let attempt = self.client.post(&self.key, &idem, request.clone()).await;
+                match classify(&attempt) {
+                    Action::Delivered => {
+                        self.persist(|o, id| {
+                            let o = o.clone();
+                            async move { o.mark_sent(id, batch.id, first, last).await.map(|_| ()) }
+                        })
+                        .await?;
+                        self.set_health(Health::Ok).await;
+                        break;
+                    }
+                    Action::Retry {
+                        after,
+                        unknown_outcome,
+                        reason,
+                    } => {
+                        if unknown_outcome {
+                            let _ = self.outbox.count_unknown_outcome(self.id).await;
+                        }
+                        self.set_health(Health::Retrying(reason)).await;
+                        let delay = backoff.next_delay(after, fastrand::f64());
+                        self.sleep(delay).await?;
+                    }
+                    Action::Split { status, .. } if hi - lo > 1 => {
+                        let mid = lo + (hi - lo) / 2;
+                        parts.push_front((mid, hi));
+                        parts.push_front((lo, mid));
+                        tracing::debug!(lane = %self.key, status, "batch refused; splitting {} records", hi - lo);
+                        break;
+                    }
+                    Action::Split { status, body } => {
+                        warn!(
+                            lane = %self.key, record = first, status,
+                            "the API refused a record; it is kept as a dead letter (see `status`): {body}"
+                        );
+                        self.persist(|o, _| {
+                            let o = o.clone();
+                            let body = body.clone();
+                            async move { o.mark_dead(batch.id, first, status, body).await }
+                        })
+                        .await?;
+                        break;
+                    }
+                    Action::Pause { reason, .. } => {
+                        self.set_health(Health::Paused(reason)).await;
+                        self.sleep(self.settings.pause_probe).await?;
+                        if let Err(e) = self.client.reload_token() {
+                            warn!(lane = %self.key, "cannot re-read the API key: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes an outcome to the outbox, retrying until it sticks (a full disk clears).
+    async fn persist<F, Fut>(&self, write: F) -> Result<(), Stopped>
+    where
+        F: Fn(&Outbox, LaneId) -> Fut,
+        Fut: std::future::Future<Output = Result<(), crate::outbox::OutboxError>>,
+    {
+        let mut logged = false;
+        loop {
+            match write(&self.outbox, self.id).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    if !logged {
+                        error!(lane = %self.key, "cannot record a delivery outcome: {e}; retrying");
+                        logged = true;
+                    }
+                    self.sleep(Duration::from_secs(1)).await?;
+                }
+            }
+        }
+    }
+
+    async fn set_health(&mut self, next: Health) {
+        let changed = std::mem::discriminant(&self.health) != std::mem::discriminant(&next);
+        if !changed {
+            return;
+        }
+        match (&self.health, &next) {
+            (_, Health::Paused(reason)) => error!(lane = %self.key, "delivery paused: {reason}"),
+            (_, Health::Retrying(reason)) => {
+                warn!(lane = %self.key, "delivery failing, retrying with backoff: {reason}")
+            }
+            (Health::Paused(_), Health::Ok) => info!(lane = %self.key, "delivery resumed"),
+            (_, Health::Ok) => info!(lane = %self.key, "delivery recovered"),
+        }
+        if let Err(e) = self.outbox.set_health(self.id, next.clone()).await {
+            warn!(lane = %self.key, "cannot record lane health: {e}");
+        }
+        self.health = next;
+    }
+
+    async fn sleep(&self, d: Duration) -> Result<(), Stopped> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(Stopped),
+            _ = tokio::time::sleep(d) => Ok(()),
+        }
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,963 @@
+//! The `files` source: export directories that ACDs drop files into (`mode = "drop"`) or append
+//! to (`mode = "tail"`).
+//!
+//! Every file gets a cursor row in the outbox: its identity, the byte offset up to which it is
+//! committed, the line number there, and (for CSV) its header. Records are keyed by
+//! `(cursor id, byte offset)`, so re-reading any part of a file is a no-op in the outbox.
+//!
+//! * **drop**: a file is taken once its size and mtime have not changed for `settle`. Its
+//!   identity is a SHA-256 of its content, so a file that reappears with the same content is
+//!   not read again. After the last record is committed the file is kept, deleted or moved
+//!   (`after`).
+//! * **tail**: a file's identity is its device and inode *plus* a fingerprint of its first
+//!   bytes (up to 1 KiB, growing with the file), so an inode reused by a new file, or files that
+//!   share a CSV header, are never mistaken for each other. The file stays open while tailed;
+//!   when its path is renamed away or deleted the rest is read through the open handle and the
+//!   handle is closed once the file has been quiet for `settle`. A file shorter than its
+//!   committed offset was truncated (copy-and-truncate rotation) and is read again from 0 as a
+//!   new file. A partial last line waits for its newline until the file is rotated away.
+//!
+//! The directory is watched with file-system events where they work and scanned every
+//! `poll_interval` regardless, so a missed event delays a file but never loses it.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{debug, error, info, warn};
+
+use super::parse;
+use super::{Source, SourceContext};
+use crate::config::{After, FileFormat, FileMode, FilesConfig, StartAt};
+use crate::normalize::map::Row;
+use crate::normalize::schema;
+use crate::outbox::{Commit, NewRecord, OutboxError, Parked, dedupe_key};
+
+/// How many leading bytes identify a tailed file.
+const FINGERPRINT_MAX: usize = 1024;
+/// The read buffer; a record longer than this grows it, up to [`RECORD_MAX`].
+const CHUNK: usize = 1 << 20;
+const RECORD_MAX: usize = 64 << 20;
+
+/// A file's committed position, stored as the cursor's JSON value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+struct FileCursor {
+    path: String,
+    #[serde(default)]
+    dev: u64,
+    #[serde(default)]
+    ino: u64,
+    /// How many leading bytes `fp` covers.
+    #[serde(default)]
+    fp_len: u64,
+    #[serde(default)]
+    fp: String,
+    offset: u64,
+    /// Newlines before `offset`: the line number of the next record is `line + 1`.
+    line: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header: Option<Vec<String>>,
+    #[serde(default)]
+    done: bool,
+}
+
+struct Known {
+    id: i64,
+    key: String,
+    cur: FileCursor,
+}
+
+/// A tailed file held open.
+struct Tailed {
+    known: usize,
+    file: File,
+    path: PathBuf,
+    /// Since when the path no longer leads to this file, and the size then.
+    gone_since: Option<(Instant, u64)>,
+}
+
+/// A dropped file waiting to settle.
+struct Settling {
+    len: u64,
+    mtime: Option<SystemTime>,
+    since: Instant,
+}
+
+pub struct FilesSource {
+    cfg: FilesConfig,
+    known: Vec<Known>,
+    tailed: Vec<Tailed>,
+    settling: HashMap<PathBuf, Settling>,
+    /// Dropped files already read and kept in place: (len, mtime) when read.
+    finished: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    warned: HashMap<PathBuf, String>,
+    buf: Vec<u8>,
+    first_pass: bool,
+}
+
+impl FilesSource {
+    pub fn new(cfg: FilesConfig) -> Self {
+        Self {
+            cfg,
+            known: Vec::new(),
+            tailed: Vec::new(),
+            settling: HashMap::new(),
+            finished: HashMap::new(),
+            warned: HashMap::new(),
+            buf: Vec::new(),
+            first_pass: true,
+        }
+    }
+}
+
+impl Source for FilesSource {
+    fn run(mut self: Box<Self>, ctx: SourceContext) {
+        let fresh = match ctx.outbox.cursors_blocking(ctx.id) {
+            Ok(rows) => {
+                let fresh = rows.is_empty();
+                for (id, key, value) in rows {
+                    match serde_json::from_str(&value) {
+                        Ok(cur) => self.known.push(Known { id, key, cur }),
+                        Err(e) => {
+                            warn!(source = %ctx.name, "ignoring unreadable cursor {key}: {e}")
+                        }
+                    }
+                }
+                fresh
+            }
+            Err(e) => {
+                error!(source = %ctx.name, "cannot load cursors: {e}");
+                return;
+            }
+        };
+        self.first_pass = fresh;
+        let mut watcher = None;
+        info!(source = %ctx.name, path = %self.cfg.path.display(), "watching for files");
+        let mut failures = 0u32;
+        while !ctx.shutdown.is_cancelled() {
+            if watcher.is_none() {
+                watcher = self.watch(&ctx);
+            }
+            let wait = match self.pass(&ctx) {
+                Ok(wait) => {
+                    failures = 0;
+                    wait
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || e.is_disk_full() {
+                        error!(source = %ctx.name, "cannot commit what was read, reading is paused and will resume: {e}");
+                    }
+                    Duration::from_secs(1 << failures.min(5))
+                }
+            };
+            self.first_pass = false;
+            match ctx.wake.recv_timeout(wait) {
+                Ok(()) => {
+                    // Events come in bursts: one pass serves them all.
+                    while ctx.wake.try_recv().is_ok() {}
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        debug!(source = %ctx.name, "stopped");
+    }
+}
+
+impl FilesSource {
+    fn watch(&mut self, ctx: &SourceContext) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        if !self.cfg.path.is_dir() {
+            self.warn_once(
+                &self.cfg.path.clone(),
+                format!(
+                    "directory {} does not exist (yet); checking every {}",
+                    self.cfg.path.display(),
+                    humantime::format_duration(self.cfg.poll_interval)
+                ),
+                ctx,
+            );
+            return None;
+        }
+        let waker = ctx.waker.clone();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = waker.send(());
+            }
+        })
+        .map_err(|e| warn!(source = %ctx.name, "file events unavailable, polling only: {e}"))
+        .ok()?;
+        let mode = if self.cfg.recursive {
+            notify::RecursiveMode::Recursive
+        } else {
+            notify::RecursiveMode::NonRecursive
+        };
+        match watcher.watch(&self.cfg.path, mode) {
+            Ok(()) => Some(watcher),
+            Err(e) => {
+                warn!(source = %ctx.name, "file events unavailable, polling only: {e}");
+                None
+            }
+        }
+    }
+
+    /// One pass over the directory; returns how long to sleep before the next.
+    fn pass(&mut self, ctx: &SourceContext) -> Result<Duration, OutboxError> {
+        let files = self.scan(ctx);
+        match self.cfg.mode {
+            FileMode::Drop => self.pass_drop(ctx, files),
+            FileMode::Tail => self.pass_tail(ctx, files),
+        }
+    }
+
+    /// Matching files, oldest first (so a backlog is read in the order it was written).
+    fn scan(&mut self, ctx: &SourceContext) -> Vec<(PathBuf, std::fs::Metadata)> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.cfg.path.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    if dir != self.cfg.path || e.kind() != std::io::ErrorKind::NotFound {
+                        self.warn_once(&dir, format!("cannot list {}: {e}", dir.display()), ctx);
+                    }
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    let archive = matches!(&self.cfg.after, After::Move(a) if *a == path);
+                    if self.cfg.recursive && !archive {
+                        dirs.push(path);
+                    }
+                    continue;
+                }
+                let rel = path.strip_prefix(&self.cfg.path).unwrap_or(&path);
+                if self.cfg.include.is_match(rel) && !self.cfg.exclude.is_match(rel) {
+                    out.push((path, meta));
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.1.modified().ok(), &a.0).cmp(&(b.1.modified().ok(), &b.0)));
+        out
+    }
+
+    fn pass_drop(
+        &mut self,
+        ctx: &SourceContext,
+        files: Vec<(PathBuf, std::fs::Metadata)>,
+    ) -> Result<Duration, OutboxError> {
+        let now = Instant::now();
+        let mut wait = self.cfg.poll_interval;
+        let present: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
+        self.settling.retain(|p, _| present.contains(p));
+        self.finished.retain(|p, _| present.contains(p));
+        for (path, meta) in files {
+            if ctx.shutdown.is_cancelled() {
+                break;
+            }
+            let stamp = (meta.len(), meta.modified().ok());
+            if self.finished.get(&path) == Some(&stamp) {
+                continue;
+            }
+            let s = self.settling.entry(path.clone()).or_insert(Settling {
+                len: stamp.0,
+                mtime: stamp.1,
+                since: now,
+            });
+            if (s.len, s.mtime) != stamp {
+                *s = Settling {
+                    len: stamp.0,
+                    mtime: stamp.1,
+                    since: now,
+                };
+            }
+            let quiet = now.duration_since(s.since);
+            if quiet < self.cfg.settle {
+                wait = wait.min(self.cfg.settle - quiet);
+                continue;
+            }
+            self.settling.remove(&path);
+            match self.take_dropped(ctx, &path) {
+                Ok(true) => {
+                    self.finish_dropped(ctx, &path, stamp);
+                }
+                Ok(false) => {}
+                Err(TakeError::Outbox(e)) => return Err(e),
+                Err(TakeError::Io(e)) => {
+                    self.warn_once(&path, format!("cannot read {}: {e}", path.display()), ctx)
+                }
+            }
+        }
+        Ok(wait)
+    }
+
+    /// Reads a settled dropped file completely. Returns whether it is done.
+    fn take_dropped(&mut self, ctx: &SourceContext, path: &Path) -> Result<bool, TakeError> {
+        let mut file = open_shared(path)?;
+        let (digest, len) = hash_file(&mut file)?;
+        let key = format!("sha256:{digest}");
+        let idx = match self.known.iter().position(|k| k.key == key) {
+            Some(i) => i,
+            None => self.new_cursor(
+                ctx,
+                key,
+                FileCursor {
+                    path: path.display().to_string(),
+                    ..FileCursor::default()
+                },
+            )?,
+        };
+        if self.known[idx].cur.done {
+            debug!(source = %ctx.name, file = %path.display(), "same content was read before; not read again");
+            return Ok(true);
+        }
+        self.known[idx].cur.path = path.display().to_string();
+        self.read(ctx, idx, &mut file, Some(len), true)?;
+        let cur = &mut self.known[idx];
+        if cur.cur.offset >= len {
+            let mut done = cur.cur.clone();
+            done.done = true;
+            commit(
+                ctx,
+                Commit {
+                    cursors: vec![(cur.id, to_json(&done))],
+                    ..Commit::default()
+                },
+            )?;
+            cur.cur = done;
+            info!(source = %ctx.name, file = %path.display(), lines = cur.cur.line, "file read");
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn finish_dropped(
+        &mut self,
+        ctx: &SourceContext,
+        path: &Path,
+        stamp: (u64, Option<SystemTime>),
+    ) {
+        let result = match &self.cfg.after {
+            After::Keep => {
+                self.finished.insert(path.to_owned(), stamp);
+                Ok(())
+            }
+            After::Delete => std::fs::remove_file(path),
+            After::Move(dir) => move_into(path, dir),
+        };
+        if let Err(e) = result {
+            self.warn_once(
+                path,
+                format!(
+                    "read {} but could not {:?} it: {e}",
+                    path.display(),
+                    self.cfg.after
+                ),
+                ctx,
+            );
+            self.finished.insert(path.to_owned(), stamp);
+        }
+    }
+
+    fn pass_tail(
+        &mut self,
+        ctx: &SourceContext,
+        files: Vec<(PathBuf, std::fs::Metadata)>,
+    ) -> Result<Duration, OutboxError> {
+        let mut wait = self.cfg.poll_interval;
+        // 1. Files already open: read on, notice rotation and truncation.
+        let mut i = 0;
+        while i < self.tailed.len() {
+            match self.follow(ctx, i) {
+                Ok(Some(w)) => {
+                    wait = wait.min(w);
+                    i += 1;
+                }
+                Ok(None) => {
+                    self.tailed.swap_remove(i);
+                }
+                Err(TakeError::Outbox(e)) => return Err(e),
+                Err(TakeError::Io(e)) => {
+                    let path = self.tailed[i].path.clone();
+                    self.warn_once(&path, format!("cannot read {}: {e}", path.display()), ctx);
+                    self.tailed.swap_remove(i);
+                }
+            }
+        }
+        // 2. Paths not open yet: new files, or files found again after a restart.
+        for (path, meta) in files {
+            if ctx.shutdown.is_cancelled() {
+                break;
+            }
+            let id = identity(&meta);
+            let open = self.tailed.iter().any(|t| {
+                let k = &self.known[t.known].cur;
+                t.path == path && (k.dev, k.ino) == id
+            });
+            if open || meta.len() == 0 {
+                continue;
+            }
+            match self.discover(ctx, &path, &meta) {
+                Ok(()) => {}
+                Err(TakeError::Outbox(e)) => return Err(e),
+                Err(TakeError::Io(e)) => {
+                    self.warn_once(&path, format!("cannot read {}: {e}", path.display()), ctx)
+                }
+            }
+        }
+        Ok(wait)
+    }
+
+    /// Identifies a file found at `path` and starts tailing it, unless it is a finished one.
+    fn discover(
+        &mut self,
+        ctx: &SourceContext,
+        path: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), TakeError> {
+        let mut file = open_shared(path)?;
+        let head = read_head(&mut file)?;
+        let (dev, ino) = identity(meta);
+        let found = self.known.iter().position(|k| {
+            (k.cur.dev, k.cur.ino) == (dev, ino)
+                && k.cur.fp_len as usize <= head.len()
+                && fingerprint(&head[..k.cur.fp_len as usize]) == k.cur.fp
+        });
+        let idx = match found {
+            Some(i) if self.known[i].cur.done => return Ok(()),
+            Some(i) if meta.len() < self.known[i].cur.offset => {
+                // Truncated while we were away: what is there now is new.
+                self.retire(ctx, i)?;
+                self.start_file(ctx, path, meta, &head, 0)?
+            }
+            Some(i) => {
+                if self.tailed.iter().any(|t| t.known == i) {
+                    // Open under its old name: a hard link or a rename we have not seen yet.
+                    return Ok(());
+                }
+                self.known[i].cur.path = path.display().to_string();
+                i
+            }
+            None => {
+                let start = if self.first_pass && self.cfg.start_at == StartAt::End {
+                    line_start_before(&mut file, meta.len())?
+                } else {
+                    0
+                };
+                self.start_file(ctx, path, meta, &head, start)?
+            }
+        };
+        info!(source = %ctx.name, file = %path.display(), offset = self.known[idx].cur.offset, "tailing");
+        self.tailed.push(Tailed {
+            known: idx,
+            file,
+            path: path.to_owned(),
+            gone_since: None,
+        });
+        let last = self.tailed.len() - 1;
+        self.follow(ctx, last).map(|_| ())
+    }
+
+    fn start_file(
+        &mut self,
+        ctx: &SourceContext,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        head: &[u8],
+        offset: u64,
+    ) -> Result<usize, TakeError> {
+        let (dev, ino) = identity(meta);
+        let created = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let key = format!("file:{dev}:{ino}:{created}");
+        Ok(self.new_cursor(
+            ctx,
+            key,
+            FileCursor {
+                path: path.display().to_string(),
+                dev,
+                ino,
+                fp_len: head.len() as u64,
+                fp: fingerprint(head),
+                offset,
+                line: 0,
+                header: None,
+                done: false,
+            },
+        )?)
+    }
+
+    /// Reads an open tailed file on. `None` when it is finished and can be closed; otherwise
+    /// how soon to look again.
+    fn follow(&mut self, ctx: &SourceContext, i: usize) -> Result<Option<Duration>, TakeError> {
+        let idx = self.tailed[i].known;
+        let len = self.tailed[i].file.metadata()?.len();
+        if len < self.known[idx].cur.offset {
+            // Copy-and-truncate: the old content is gone; what follows is a new file.
+            let path = self.tailed[i].path.clone();
+            info!(source = %ctx.name, file = %path.display(), "file was truncated; reading it from the start");
+            self.retire(ctx, idx)?;
+            let meta = std::fs::metadata(&path)?;
+            let head = read_head(&mut self.tailed[i].file)?;
+            let fresh = self.start_file(ctx, &path, &meta, &head, 0)?;
+            self.tailed[i].known = fresh;
+            return self.follow(ctx, i);
+        }
+        self.extend_fingerprint(i, len)?;
+        let mut file = self.tailed[i].file.try_clone()?;
+        self.read(ctx, idx, &mut file, None, false)?;
+
+        // Is the path still this file?
+        let path = self.tailed[i].path.clone();
+        let here = std::fs::metadata(&path).ok().map(|m| identity(&m));
+        let ours = (self.known[idx].cur.dev, self.known[idx].cur.ino);
+        if here == Some(ours) {
+            self.tailed[i].gone_since = None;
+            return Ok(Some(self.cfg.poll_interval));
+        }
+        let now = Instant::now();
+        match self.tailed[i].gone_since {
+            Some((since, size)) if size == len && now.duration_since(since) >= self.cfg.settle => {
+                // Rotated away and quiet: take a last unterminated line, then let go.
+                self.read(ctx, idx, &mut file, None, true)?;
+                self.retire(ctx, idx)?;
+                info!(source = %ctx.name, file = %path.display(), "rotated file finished");
+                Ok(None)
+            }
+            Some((_, size)) if size == len => Ok(Some(self.cfg.settle)),
+            _ => {
+                self.tailed[i].gone_since = Some((now, len));
+                Ok(Some(self.cfg.settle))
+            }
+        }
+    }
+
+    /// A tailed file's fingerprint covers up to [`FINGERPRINT_MAX`] bytes as it grows, so two
+    /// files that begin alike (a CSV header) are told apart once their content differs.
+    fn extend_fingerprint(&mut self, i: usize, len: u64) -> Result<(), TakeError> {
+        let idx = self.tailed[i].known;
+        let cur = &self.known[idx].cur;
+        if (cur.fp_len as usize) < FINGERPRINT_MAX && len > cur.fp_len {
+            let head = read_head(&mut self.tailed[i].file)?;
+            let cur = &mut self.known[idx].cur;
+            cur.fp_len = head.len() as u64;
+            cur.fp = fingerprint(&head);
+        }
+        Ok(())
+    }
+
+    /// Marks a file finished.
+    fn retire(&mut self, ctx: &SourceContext, idx: usize) -> Result<(), OutboxError> {
+        let mut done = self.known[idx].cur.clone();
+        done.done = true;
+        commit(
+            ctx,
+            Commit {
+                cursors: vec![(self.known[idx].id, to_json(&done))],
+                ..Commit::default()
+            },
+        )?;
+        self.known[idx].cur = done;
+        Ok(())
+    }
+
+    fn new_cursor(
+        &mut self,
+        ctx: &SourceContext,
+        key: String,
+        cur: FileCursor,
+    ) -> Result<usize, OutboxError> {
+        let id = ctx
+            .outbox
+            .create_cursor_blocking(ctx.id, key.clone(), to_json(&cur))?;
+        self.known.push(Known { id, key, cur });
+        Ok(self.known.len() - 1)
+    }
+
+    /// Reads from the cursor to the end of the file (or `limit`), committing as it goes.
+    /// `last`: the file is complete, so a final line without newline is a record.
+    fn read(
+        &mut self,
+        ctx: &SourceContext,
+        idx: usize,
+        file: &mut File,
+        limit: Option<u64>,
+        last: bool,
+    ) -> Result<(), TakeError> {
+        let mut cap = CHUNK;
+        let name = Path::new(&self.known[idx].cur.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        loop {
+            if ctx.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let cur = &self.known[idx];
+            let offset = cur.cur.offset;
+            let want = match limit {
+                Some(l) if l <= offset => return Ok(()),
+                Some(l) => cap.min((l - offset) as usize),
+                None => cap,
+            };
+            self.buf.resize(want, 0);
+            file.seek(SeekFrom::Start(offset))?;
+            let n = read_full(file, &mut self.buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            let at_end = n < want || limit.is_some_and(|l| offset + n as u64 >= l);
+            let buf = &self.buf[..n];
+            let step = self.parse(cur, &name, buf, last && at_end, ctx);
+            if step.consumed == 0 {
+                if at_end {
+                    return Ok(());
+                }
+                if cap >= RECORD_MAX {
+                    return Err(TakeError::Io(std::io::Error::other(format!(
+                        "a record at byte {offset} is longer than {} MiB",
+                        RECORD_MAX >> 20
+                    ))));
+                }
+                cap *= 2;
+                continue;
+            }
+            let mut next = cur.cur.clone();
+            next.offset = offset + step.consumed as u64;
+            next.line += step.newlines;
+            if step.header.is_some() {
+                next.header = step.header;
+            }
+            let id = cur.id;
+            commit(
+                ctx,
+                Commit {
+                    records: step.records,
+                    parked: step.parked,
+                    cursors: vec![(id, to_json(&next))],
+                },
+            )?;
+            self.known[idx].cur = next;
+            if at_end {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Turns a buffer into records and parked rows.
+    fn parse(&self, cur: &Known, name: &str, buf: &[u8], last: bool, ctx: &SourceContext) -> Step {
+        let base = cur.cur.offset;
+        let mut step = Step::default();
+        let origin = |newlines: u64| format!("{name}:{}", cur.cur.line + newlines + 1);
+        match self.cfg.format {
+            FileFormat::Ndjson => {
+                for item in parse::lines(buf, last) {
+                    let text = String::from_utf8_lossy(item.value);
+                    let text = text.trim_start_matches('\u{feff}');
+                    let result = match &self.cfg.map {
+                        None => schema::normalize_json(ctx.emits, text),
+                        Some(map) => match serde_json::from_str::<serde_json::Value>(text) {
+                            Ok(serde_json::Value::Object(obj)) => {
+                                map.apply(&JsonRow(&obj)).map_err(|e| e.to_string())
+                            }
+                            Ok(_) => Err("the line is not a JSON object".into()),
+                            Err(e) => Err(format!("not valid JSON: {e}")),
+                        },
+                    };
+                    step.push(
+                        cur.id,
+                        base + item.start as u64,
+                        origin(item.newlines_before),
+                        result,
+                        text,
+                    );
+                }
+                step.consumed = parse::consumed_lines(buf, last);
+            }
+            FileFormat::Csv | FileFormat::Tsv => {
+                let (items, consumed) = parse::csv(buf, self.cfg.delimiter, last);
+                let mut header: Option<Vec<String>> = cur.cur.header.clone();
+                for (n, item) in items.into_iter().enumerate() {
+                    let fields = match item.value {
+                        Ok(f) => f,
+                        Err(e) => {
+                            step.push(
+                                cur.id,
+                                base + item.start as u64,
+                                origin(item.newlines_before),
+                                Err(e),
+                                "",
+                            );
+                            continue;
+                        }
+                    };
+                    if n == 0 && base == 0 && self.cfg.header {
+                        step.header = Some(fields.clone());
+                        header = Some(fields);
+                        continue;
+                    }
+                    let columns: &[String] = match (&self.cfg.columns, &header) {
+                        (Some(c), _) => c,
+                        (None, Some(h)) => h,
+                        (None, None) => &[],
+                    };
+                    let map = self.cfg.map.as_ref().expect("csv sources have a map");
+                    let result = map
+                        .apply(&CsvRow {
+                            columns,
+                            fields: &fields,
+                        })
+                        .map_err(|e| e.to_string());
+                    let raw = fields.join(&(self.cfg.delimiter as char).to_string());
+                    step.push(
+                        cur.id,
+                        base + item.start as u64,
+                        origin(item.newlines_before),
+                        result,
+                        &raw,
+                    );
+                }
+                step.consumed = consumed;
+            }
+        }
+        step.newlines = buf[..step.consumed].iter().filter(|b| **b == b'\n').count() as u64;
+        step
+    }
+
+    fn warn_once(&mut self, path: &Path, message: String, ctx: &SourceContext) {
+        if self.warned.get(path) != Some(&message) {
+            warn!(source = %ctx.name, "{message}");
+            self.warned.insert(path.to_owned(), message);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Step {
+    records: Vec<NewRecord>,
+    parked: Vec<Parked>,
+    consumed: usize,
+    newlines: u64,
+    header: Option<Vec<String>>,
+}
+
+impl Step {
+    fn push(
+        &mut self,
+        cursor: i64,
+        offset: u64,
+        origin: String,
+        result: Result<String, String>,
+        raw: &str,
+    ) {
+        match result {
+            Ok(payload) => self.records.push(NewRecord {
+                dkey: dedupe_key(cursor, offset),
+                payload,
+                origin,
+            }),
+            Err(reason) => self.parked.push(Parked {
+                origin,
+                reason,
+                raw: crate::push::classify::truncate(raw, 4096),
+            }),
+        }
+    }
+}
+
+struct CsvRow<'a> {
+    columns: &'a [String],
+    fields: &'a [String],
+}
+
+impl Row for CsvRow<'_> {
+    fn get(&self, column: &str) -> Option<Cow<'_, str>> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.fields.get(i).map(|f| Cow::Borrowed(f.as_str()))
+    }
+}
+
+struct JsonRow<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+impl Row for JsonRow<'_> {
+    fn get(&self, column: &str) -> Option<Cow<'_, str>> {
+        match self.0.get(column)? {
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+            serde_json::Value::Null => None,
+            other => Some(Cow::Owned(other.to_string())),
+        }
+    }
+}
+
+enum TakeError {
+    Outbox(OutboxError),
+    Io(std::io::Error),
+}
+
+impl From<OutboxError> for TakeError {
+    fn from(e: OutboxError) -> Self {
+        TakeError::Outbox(e)
+    }
+}
+
+impl From<std::io::Error> for TakeError {
+    fn from(e: std::io::Error) -> Self {
+        TakeError::Io(e)
+    }
+}
+
+fn commit(ctx: &SourceContext, c: Commit) -> Result<(), OutboxError> {
+    ctx.outbox.commit_blocking(ctx.id, ctx.lane, c).map(|_| ())
+}
+
+fn to_json(cur: &FileCursor) -> String {
+    serde_json::to_string(cur).expect("cursor serializes")
+}
+
+fn fingerprint(head: &[u8]) -> String {
+    Sha256::digest(head)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn read_head(file: &mut File) -> std::io::Result<Vec<u8>> {
+    let mut head = vec![0u8; FINGERPRINT_MAX];
+    file.seek(SeekFrom::Start(0))?;
+    let n = read_full(file, &mut head)?;
+    head.truncate(n);
+    Ok(head)
+}
+
+fn hash_file(file: &mut File) -> std::io::Result<(String, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    file.seek(SeekFrom::Start(0))?;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    let digest = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((digest, len))
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The offset just after the last newline before `len` (for `start_at = "end"`).
+fn line_start_before(file: &mut File, len: u64) -> std::io::Result<u64> {
+    let from = len.saturating_sub(64 * 1024);
+    let mut tail = vec![0u8; (len - from) as usize];
+    file.seek(SeekFrom::Start(from))?;
+    let n = read_full(file, &mut tail)?;
+    Ok(match tail[..n].iter().rposition(|b| *b == b'\n') {
+        Some(i) => from + i as u64 + 1,
+        None => from,
+    })
+}
+
+/// Opens for reading without keeping the writer from renaming or deleting the file (on
+/// Windows that takes an explicit share mode; on Unix it is always so).
+fn open_shared(path: &Path) -> std::io::Result<File> {
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        const FILE_SHARE_READ: u32 = 0x1;
+        const FILE_SHARE_WRITE: u32 = 0x2;
+        const FILE_SHARE_DELETE: u32 = 0x4;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
+            .open(path)
+    }
+    #[cfg(not(windows))]
+    {
+        File::open(path)
+    }
+}
+
+/// Device and inode. Windows has no stable equivalent in `std`; there the fingerprint alone
+/// tells files apart.
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        (0, 0)
+    }
+}
+
+fn move_into(path: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().unwrap_or_default();
+    let mut target = dir.join(name);
+    let mut n = 1;
+    while target.exists() {
+        target = dir.join(format!("{}.{n}", name.to_string_lossy()));
+        n += 1;
+    }
+    std::fs::rename(path, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_differ_for_files_that_differ_after_a_shared_header() {
+        let a = b"id,queue\n1,a\n";
+        let b = b"id,queue\n2,b\n";
+        assert_eq!(fingerprint(&a[..9]), fingerprint(&b[..9]));
+        assert_ne!(fingerprint(a), fingerprint(b));
+    }
+
+    #[test]
+    fn cursor_json_round_trips() {
+        let cur = FileCursor {
+            path: "/x/a.csv".into(),
+            dev: 1,
+            ino: 2,
+            fp_len: 3,
+            fp: "ab".into(),
+            offset: 10,
+            line: 1,
+            header: Some(vec!["a".into()]),
+            done: false,
+        };
+        let back: FileCursor = serde_json::from_str(&to_json(&cur)).unwrap();
+        assert_eq!(back, cur);
+    }
+}

@@ -1,0 +1,46 @@
+//! Sources: each reads one kind of input from its committed cursor and commits what it read,
+//! records and cursor together, through the [`Outbox`].
+//!
+//! A source never talks to the API and never decides delivery; it only has to make sure that
+//! everything after its cursor is either committed as a record, parked with its place and
+//! reason, or still unread. Sources whose input is file I/O run on a thread of their own
+//! (given to them by `app`); they sleep on a channel that file events, the poll timer and
+//! shutdown all write to, so an idle source costs nothing.
+
+pub mod files;
+pub mod parse;
+
+use std::sync::mpsc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SourceConfig, SourceKind};
+use crate::outbox::{LaneId, Outbox, SourceId};
+use crate::types::{Emits, SourceName};
+
+/// What a source is given to run.
+pub struct SourceContext {
+    pub name: SourceName,
+    pub id: SourceId,
+    pub lane: LaneId,
+    pub emits: Emits,
+    pub outbox: Outbox,
+    pub shutdown: CancellationToken,
+    /// Wake-ups: file events and the shutdown signal send here.
+    pub wake: mpsc::Receiver<()>,
+    /// A sender for `wake`, for the source's own watchers.
+    pub waker: mpsc::Sender<()>,
+}
+
+/// A configured input.
+pub trait Source: Send + 'static {
+    /// Reads and commits until `ctx.shutdown` fires. Runs on its own thread: it may block.
+    fn run(self: Box<Self>, ctx: SourceContext);
+}
+
+/// Builds the source a configuration describes.
+pub fn build(cfg: &SourceConfig) -> Box<dyn Source> {
+    match &cfg.kind {
+        SourceKind::Files(files) => Box::new(files::FilesSource::new(files.clone())),
+    }
+}

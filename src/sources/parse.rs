@@ -1,0 +1,268 @@
+//! Splitting a buffer of file bytes into records with exact byte positions.
+//!
+//! A source reads from its committed offset into a buffer and asks these parsers for the
+//! complete records in it. Each item says where it starts and ends, so the cursor can move to
+//! the end of the last item and the dedupe key can use the start. Unless the input is `last`
+//! (the file is complete), a record without its terminating newline is left for later: a
+//! writer may be in the middle of it.
+
+/// One record found in a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item<T> {
+    /// Offset of the record's first byte in the buffer.
+    pub start: usize,
+    /// Offset just past the record (and its line terminator).
+    pub end: usize,
+    /// Newlines in the buffer before the record's first byte.
+    pub newlines_before: u64,
+    pub value: T,
+}
+
+/// Splits NDJSON (or any line format): one item per non-blank line, `\r\n` accepted.
+pub fn lines(buf: &[u8], last: bool) -> Vec<Item<&[u8]>> {
+    let mut items = Vec::new();
+    let mut pos = 0;
+    let mut newlines = 0u64;
+    while pos < buf.len() {
+        let (end, content_end, complete) = match memchr(b'\n', &buf[pos..]) {
+            Some(i) => (pos + i + 1, pos + i, true),
+            None => (buf.len(), buf.len(), false),
+        };
+        if !complete && !last {
+            break;
+        }
+        let mut line = &buf[pos..content_end];
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            items.push(Item {
+                start: pos,
+                end,
+                newlines_before: newlines,
+                value: line,
+            });
+        }
+        if complete {
+            newlines += 1;
+        }
+        pos = end;
+    }
+    items
+}
+
+/// Where the items of a buffer end: the offset to move the cursor to. Blank lines after the
+/// last item are consumed too, so they are not re-read forever.
+pub fn consumed_lines(buf: &[u8], last: bool) -> usize {
+    match memchr_last(b'\n', buf) {
+        _ if last => buf.len(),
+        Some(i) => i + 1,
+        None => 0,
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|b| *b == needle)
+}
+
+fn memchr_last(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().rposition(|b| *b == needle)
+}
+
+/// A CSV/TSV record: its fields, or why they are not text.
+pub type Fields = Result<Vec<String>, String>;
+
+/// Splits delimited text into records with RFC 4180 quoting (quoted delimiters, doubled quotes,
+/// newlines inside quotes), `\r\n` or `\n` endings; blank lines are skipped. Returns the items
+/// and the offset just past the last complete record.
+pub fn csv(buf: &[u8], delimiter: u8, last: bool) -> (Vec<Item<Fields>>, usize) {
+    let mut reader = csv_core::ReaderBuilder::new().delimiter(delimiter).build();
+    let mut items = Vec::new();
+    let mut out = vec![0u8; 4096];
+    let mut ends = vec![0usize; 64];
+    let (mut pos, mut outlen, mut endlen) = (0usize, 0usize, 0usize);
+    let mut record_start = 0usize;
+    let mut consumed = 0usize;
+    let mut counted = (0usize, 0u64); // (offset counted up to, newlines before it)
+    loop {
+        let input = &buf[pos..];
+        let (result, nin, nout, nend) =
+            reader.read_record(input, &mut out[outlen..], &mut ends[endlen..]);
+        pos += nin;
+        outlen += nout;
+        endlen += nend;
+        use csv_core::ReadRecordResult::*;
+        match result {
+            InputEmpty if !last => break,
+            InputEmpty => {
+                // `last`: an empty input tells the reader the data has ended.
+                let (result, _, _, nend) =
+                    reader.read_record(&[], &mut out[outlen..], &mut ends[endlen..]);
+                endlen += nend;
+                if matches!(result, Record) {
+                    push_record(
+                        buf,
+                        &mut items,
+                        record_start,
+                        buf.len(),
+                        &out,
+                        &ends[..endlen],
+                        &mut counted,
+                    );
+                }
+                consumed = buf.len();
+                break;
+            }
+            OutputFull => out.resize(out.len() * 2, 0),
+            OutputEndsFull => ends.resize(ends.len() * 2, 0),
+            Record => {
+                push_record(
+                    buf,
+                    &mut items,
+                    record_start,
+                    pos,
+                    &out,
+                    &ends[..endlen],
+                    &mut counted,
+                );
+                record_start = pos;
+                consumed = pos;
+                outlen = 0;
+                endlen = 0;
+            }
+            End => {
+                consumed = buf.len();
+                break;
+            }
+        }
+    }
+    // csv-core reports a record at its `\r` and skips the `\n` with the next one; take the
+    // `\n` now so the cursor does not stop between the two bytes.
+    if consumed < buf.len() && buf[consumed] == b'\n' && consumed > 0 && buf[consumed - 1] == b'\r'
+    {
+        consumed += 1;
+    }
+    (items, consumed)
+}
+
+fn push_record(
+    buf: &[u8],
+    items: &mut Vec<Item<Fields>>,
+    start: usize,
+    end: usize,
+    out: &[u8],
+    ends: &[usize],
+    counted: &mut (usize, u64),
+) {
+    // Skip the line terminators csv-core left in front of the record.
+    let content = start
+        + buf[start..end]
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
+    counted.1 += buf[counted.0..content]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count() as u64;
+    counted.0 = content;
+    let mut fields = Vec::with_capacity(ends.len());
+    let mut from = 0;
+    let mut value: Fields = Ok(Vec::new());
+    for &to in ends {
+        match std::str::from_utf8(&out[from..to]) {
+            Ok(s) => fields.push(s.to_owned()),
+            Err(e) => {
+                value = Err(format!(
+                    "field {} is not valid UTF-8: {e}",
+                    fields.len() + 1
+                ));
+                break;
+            }
+        }
+        from = to;
+    }
+    if value.is_ok() {
+        value = Ok(fields);
+    }
+    items.push(Item {
+        start: content,
+        end,
+        newlines_before: counted.1,
+        value,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_last_line_waits_unless_the_file_is_complete() {
+        let buf = b"{\"a\":1}\n{\"a\":2}\n{\"a\":";
+        let items = lines(buf, false);
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1].end, 16);
+        assert_eq!(consumed_lines(buf, false), 16);
+        assert_eq!(lines(buf, true).len(), 3);
+    }
+
+    #[test]
+    fn blank_lines_and_crlf_are_handled_and_lines_counted() {
+        let buf = b"a\r\n\r\n  \nb\n";
+        let items = lines(buf, false);
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].value, b"a");
+        assert_eq!(items[1].value, b"b");
+        assert_eq!(items[1].newlines_before, 3);
+        assert_eq!(consumed_lines(buf, false), buf.len());
+    }
+
+    #[test]
+    fn csv_quotes_doubled_quotes_and_embedded_newlines() {
+        let buf = b"id,note\n1,\"said \"\"hi\"\"\"\n2,\"two\nlines\"\n3,x\n";
+        let (items, consumed) = csv(buf, b',', false);
+        assert_eq!(consumed, buf.len());
+        let rows: Vec<_> = items.iter().map(|i| i.value.clone().unwrap()).collect();
+        assert_eq!(rows[1], vec!["1", "said \"hi\""]);
+        assert_eq!(rows[2], vec!["2", "two\nlines"]);
+        assert_eq!(rows[3], vec!["3", "x"]);
+        // Line numbers (0-based newlines before) account for the embedded newline.
+        assert_eq!(items[3].newlines_before, 4);
+    }
+
+    #[test]
+    fn csv_stops_before_a_record_cut_inside_quotes() {
+        let buf = b"1,a\n2,\"open\nstill open";
+        let (items, consumed) = csv(buf, b',', false);
+        assert_eq!(items.len(), 1);
+        assert_eq!(consumed, 4);
+        let (items, consumed) = csv(buf, b',', true);
+        assert_eq!(items.len(), 2);
+        assert_eq!(consumed, buf.len());
+    }
+
+    #[test]
+    fn csv_with_crlf_consumes_the_whole_terminator() {
+        let buf = b"a;b\r\nc;d\r\n";
+        let (items, consumed) = csv(buf, b';', false);
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1].value.as_ref().unwrap(), &vec!["c", "d"]);
+        assert_eq!(items[1].start, 5);
+        assert_eq!(consumed, buf.len());
+    }
+
+    #[test]
+    fn csv_without_final_newline_waits_until_complete() {
+        let (items, consumed) = csv(b"a,b\nc,d", b',', false);
+        assert_eq!((items.len(), consumed), (1, 4));
+        let (items, consumed) = csv(b"a,b\nc,d", b',', true);
+        assert_eq!((items.len(), consumed), (2, 7));
+    }
+
+    #[test]
+    fn invalid_utf8_is_reported_per_record() {
+        let (items, _) = csv(b"ok,1\n\xff,2\n", b',', false);
+        assert!(items[0].value.is_ok());
+        assert!(items[1].value.as_ref().unwrap_err().contains("UTF-8"));
+    }
+}

@@ -1,0 +1,144 @@
+//! `injixo-sync status`: what the outbox holds, per lane and per source, in words.
+
+use std::fmt::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::outbox::{self, Report};
+
+pub fn main(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let report = outbox::inspect(&config.state.path, 10)
+        .with_context(|| "cannot read the outbox".to_string())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!(
+            "{}",
+            render(&report, &config.state.path, crate::outbox::now_ms())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human-readable report.
+pub fn render(r: &Report, path: &Path, now_ms: i64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Outbox {}\n", path.display());
+    let _ = writeln!(
+        out,
+        "{:<40} {:<9} {:>9} {:>9} {:>11} {:>6}  LAST SUCCESS",
+        "LANE", "HEALTH", "PENDING", "OLDEST", "SENT(KEPT)", "DEAD"
+    );
+    for l in &r.lanes {
+        let mut name = format!("{} #{}", l.emits, l.integration_id);
+        if let Some(s) = &l.external_system {
+            let _ = write!(name, " ({s})");
+        }
+        let _ = writeln!(
+            out,
+            "{:<40} {:<9} {:>9} {:>9} {:>11} {:>6}  {}",
+            name,
+            l.health,
+            l.pending,
+            l.oldest_pending_ms
+                .map(|t| ago(now_ms, t))
+                .unwrap_or("-".into()),
+            l.sent_kept,
+            l.dead,
+            l.last_success_ms
+                .map(|t| format!("{} ago", ago(now_ms, t)))
+                .unwrap_or("never".into()),
+        );
+        if l.health != "ok"
+            && let Some(e) = &l.last_error
+        {
+            let when = l
+                .last_error_at_ms
+                .map(|t| format!(" ({} ago)", ago(now_ms, t)))
+                .unwrap_or_default();
+            let _ = writeln!(out, "    {}{when}: {e}", l.health);
+        }
+        if l.unknown_outcome_retries > 0 {
+            let _ = writeln!(
+                out,
+                "    {} retries after an unanswered request (the API may hold those batches twice)",
+                l.unknown_outcome_retries
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:>10} {:>8}  LAST ACTIVITY",
+        "SOURCE", "RECORDS", "PARKED"
+    );
+    for s in &r.sources {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>10} {:>8}  {}",
+            s.name,
+            s.records_total,
+            s.parked_total,
+            s.last_activity_ms
+                .map(|t| format!("{} ago", ago(now_ms, t)))
+                .unwrap_or("never".into())
+        );
+        for c in s.cursors.iter().take(3) {
+            let path = c
+                .value
+                .get("path")
+                .and_then(|p| p.as_str())
+                .unwrap_or(&c.key);
+            let offset = c.value.get("offset").and_then(|o| o.as_u64()).unwrap_or(0);
+            let line = c.value.get("line").and_then(|o| o.as_u64()).unwrap_or(0);
+            let done = c
+                .value
+                .get("done")
+                .and_then(|d| d.as_bool())
+                .unwrap_or(false);
+            let _ = writeln!(
+                out,
+                "    {path}: byte {offset}, line {line}{}",
+                if done { " (finished)" } else { "" }
+            );
+        }
+    }
+    if !r.dead.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nDEAD LETTERS (latest {}): records the API refused",
+            r.dead.len()
+        );
+        for d in &r.dead {
+            let _ = writeln!(
+                out,
+                "  #{} {} {} → HTTP {}: {}",
+                d.record_id, d.source, d.origin, d.status, d.answer
+            );
+        }
+    }
+    if !r.parked.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nPARKED INPUT (latest {}): lines that could not become records",
+            r.parked.len()
+        );
+        for p in &r.parked {
+            let _ = writeln!(out, "  {} {}: {}", p.source, p.origin, p.reason);
+        }
+    }
+    out
+}
+
+fn ago(now_ms: i64, then_ms: i64) -> String {
+    let secs = ((now_ms - then_ms).max(0) / 1000) as u64;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
