@@ -131,7 +131,10 @@ pub fn truncate(s: &str, max: usize) -> String {
 /// Exponential backoff with full jitter: attempt `n` (from 0) waits a uniformly random time in
 /// `[0, min(max, initial · 2ⁿ)]`. Full jitter spreads retries of many sites after an outage
 /// instead of having them return in lockstep. A server's `Retry-After` wins when it asks for
-/// longer, and is capped by `max` so a bogus value cannot stall a lane for days.
+/// longer (even beyond `max`: the server knows best), capped at [`RETRY_AFTER_CAP`] so a bogus
+/// value cannot stall a lane for days.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+
 pub struct Backoff {
     ceilings: backon::ExponentialBackoff,
     max: Duration,
@@ -159,7 +162,7 @@ impl Backoff {
         self.current = self.ceilings.next().unwrap_or(self.max);
         let jittered = self.current.mul_f64(roll.clamp(0.0, 1.0));
         match retry_after {
-            Some(server) => server.min(self.max).max(jittered),
+            Some(server) => server.min(RETRY_AFTER_CAP).max(jittered),
             None => jittered,
         }
     }
@@ -279,14 +282,14 @@ mod tests {
 
     #[test]
     fn retry_after_wins_when_longer_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         assert_eq!(
             b.next_delay(Some(Duration::from_secs(5)), 1.0),
             Duration::from_secs(5)
         );
         assert_eq!(
             b.next_delay(Some(Duration::from_secs(86_400)), 1.0),
-            Duration::from_secs(60)
+            RETRY_AFTER_CAP
         );
     }
 

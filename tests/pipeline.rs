@@ -1,0 +1,522 @@
+//! End-to-end behaviour of the core pipeline: real files, a real SQLite outbox, real HTTP over
+//! loopback to the fake injixo API.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_dropped_records_arrive_exactly_once() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    for f in 0..10u64 {
+        std::fs::write(
+            env.exports.join(format!("export-{f}.ndjson")),
+            events(f * 1000..(f + 1) * 1000),
+        )
+        .unwrap();
+    }
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "10,000 records", || api.record_count() >= 10_000).await;
+    daemon.stop().await;
+
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 10_000, "every record arrived");
+    assert!(got.values().all(|n| *n == 1), "no record arrived twice");
+    assert!(
+        api.accepted().iter().all(|a| a.records.len() <= 500),
+        "batches respect batch_records"
+    );
+    let report = env.report();
+    assert_eq!(report.lanes[0].pending, 0);
+    assert_eq!(report.lanes[0].sent_kept, 10_000);
+    assert_eq!(report.sources[0].records_total, 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_files_are_deleted_or_moved_after_commit_and_same_content_is_not_reread() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let archive = env.dir.path().join("archive");
+    let source = env.ndjson_source(
+        "acd",
+        "drop",
+        &format!(
+            "after = \"move\"\narchive_dir = {:?}\n",
+            archive.display().to_string()
+        ),
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    std::fs::write(env.exports.join("a.ndjson"), events(1..=3)).unwrap();
+    let daemon = Daemon::start(config.clone());
+    wait_for(LIMIT, "first file moved", || {
+        archive.join("a.ndjson").exists()
+    })
+    .await;
+    // The same export dropped again (a re-run of the ACD's job) is recognised by content.
+    std::fs::write(env.exports.join("a.ndjson"), events(1..=3)).unwrap();
+    std::fs::write(env.exports.join("b.ndjson"), events(4..=5)).unwrap();
+    wait_for(LIMIT, "second round moved", || {
+        archive.join("a.ndjson.1").exists() && archive.join("b.ndjson").exists()
+    })
+    .await;
+    wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
+    daemon.stop().await;
+    assert_eq!(api.record_count(), 5);
+    assert!(std::fs::read_dir(&env.exports).unwrap().next().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_rows_are_mapped_with_time_zone_types_and_templates() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = format!(
+        r#"[[source]]
+name = "acd-csv"
+type = "files"
+integration_id = 77
+emits = "contact_events"
+path = {path:?}
+format = "csv"
+delimiter = ";"
+settle = "100ms"
+timestamp_format = "%d.%m.%Y %H:%M:%S"
+timezone = "Europe/Berlin"
+[source.map]
+timestamp = "Beginn"
+queueName = "Warteschlange"
+queueIdentifier = {{ template = "{{Standort}}-{{Warteschlange}}" }}
+channel = "Kanal"
+offered = {{ value = true }}
+handled = "Angenommen"
+duration = "Gesprächszeit"
+"#,
+        path = env.exports.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    std::fs::write(
+        env.exports.join("calls.csv"),
+        "\u{feff}Beginn;Warteschlange;Standort;Kanal;Angenommen;Gesprächszeit\r\n\
+         06.12.2021 11:34:22;\"Level 1; Support\";HH;Calls;ja-not-bool;1\r\n\
+         06.07.2021 11:34:22;\"Level 1; Support\";HH;calls;Y;124,6\r\n\
+         31.10.2021 02:30:00;Billing;M;chats;0;00:02:04\r\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "2 records", || api.record_count() >= 2).await;
+    wait_for(LIMIT, "the bad row parked", || {
+        env.try_report()
+            .is_some_and(|r| r.sources.first().is_some_and(|s| s.parked_total == 1))
+    })
+    .await;
+    daemon.stop().await;
+
+    let records = api.records();
+    assert_eq!(
+        records[0],
+        serde_json::json!({"properties":{"offered":true,"handled":true,"duration":124.6},
+            "queueName":"Level 1; Support","queueIdentifier":"HH-Level 1; Support",
+            "timestamp":"2021-07-06T09:34:22Z","channel":"calls"})
+    );
+    // 02:30 on the night clocks go back exists twice: the first (CEST) is taken.
+    assert_eq!(records[1]["timestamp"], "2021-10-31T00:30:00Z");
+    assert_eq!(records[1]["properties"]["handled"], false);
+    assert_eq!(records[1]["properties"]["duration"], 124.0);
+    assert_eq!(
+        api.accepted()[0].meta,
+        serde_json::json!({"integrationConfigurationId": 77})
+    );
+    let parked = &env.report().parked[0];
+    assert_eq!(parked.origin, "calls.csv:2");
+    assert!(
+        parked.reason.contains("column `Angenommen` → handled"),
+        "{}",
+        parked.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lines_are_parked_with_file_and_line_and_the_rest_flows() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    let mut text = events(1..=2);
+    text.push_str("{\"this is\": not json\n");
+    text.push_str(&event(3).replace("\"calls\"", "\"pigeons\""));
+    text.push('\n');
+    text.push_str(&events(4..=5));
+    std::fs::write(env.exports.join("day.ndjson"), text).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "4 records", || api.record_count() >= 4).await;
+    daemon.stop().await;
+    let report = env.report();
+    let mut parked: Vec<_> = report
+        .parked
+        .iter()
+        .map(|p| (p.origin.clone(), p.reason.clone()))
+        .collect();
+    parked.sort();
+    assert_eq!(parked.len(), 2);
+    assert_eq!(parked[0].0, "day.ndjson:3");
+    assert!(parked[0].1.contains("not valid JSON"));
+    assert_eq!(parked[1].0, "day.ndjson:4");
+    assert!(
+        parked[1].1.contains("\"pigeons\" is not one of calls"),
+        "{}",
+        parked[1].1
+    );
+    assert_eq!(api.record_count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_mode_reads_appended_lines_and_a_partial_line_only_once_complete() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", "")));
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(1..=2)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "2 records", || api.record_count() >= 2).await;
+
+    // Half a line, as a writer flushes mid-record.
+    let third = event(3);
+    let (head, tail) = third.split_at(40);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(head.as_bytes()).unwrap();
+    f.flush().unwrap();
+    // Let several passes see the partial line (events and the 200 ms poll both fire).
+    let committed = std::fs::metadata(&path).unwrap().len() - head.len() as u64;
+    let seen = Instant::now();
+    wait_for(LIMIT, "passes over the partial line", || {
+        seen.elapsed() > Duration::from_millis(600)
+    })
+    .await;
+    let cursor = &env.report().sources[0].cursors[0].value;
+    assert_eq!(
+        cursor["offset"], committed,
+        "the cursor stops before the partial line"
+    );
+    f.write_all(tail.as_bytes()).unwrap();
+    f.write_all(b"\n").unwrap();
+    f.write_all(events(4..=5).as_bytes()).unwrap();
+    f.flush().unwrap();
+    wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
+    daemon.stop().await;
+    let ids: Vec<_> = api.records().iter().map(id_of).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        env.report().sources[0].parked_total,
+        0,
+        "the partial line was never parsed early"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_exactly_where_the_committed_records_end() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", "")));
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(0..100)).unwrap();
+    let daemon = Daemon::start(config.clone());
+    wait_for(LIMIT, "100 records", || api.record_count() >= 100).await;
+    daemon.stop().await;
+
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(events(100..200).as_bytes()).unwrap();
+    drop(f);
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "200 records", || api.record_count() >= 200).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 200);
+    assert!(
+        got.values().all(|n| *n == 1),
+        "nothing re-sent after the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_by_rename_finishes_the_old_file_and_reads_the_new_one() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env
+        .ndjson_source("acd", "tail", "")
+        .replace("[\"*.ndjson\"]", "[\"live.ndjson\"]");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(0..10)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "10 records", || api.record_count() >= 10).await;
+    // logrotate `create`: the writer appends to the renamed file a little longer, then a new
+    // file takes the name; the renamed one no longer matches `include`.
+    let mut old = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::fs::rename(&path, env.exports.join("live.ndjson.1")).unwrap();
+    old.write_all(events(10..20).as_bytes()).unwrap();
+    old.write_all(b"{\"unterminated\":").unwrap();
+    drop(old);
+    std::fs::write(&path, events(20..30)).unwrap();
+    wait_for(LIMIT, "30 records", || api.record_count() >= 30).await;
+    wait_for(LIMIT, "the rotated file finished", || {
+        env.try_report()
+            .is_some_and(|r| r.sources[0].parked_total == 1)
+    })
+    .await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 30, "every complete line of both files");
+    assert!(got.values().all(|n| *n == 1));
+    // The unterminated last line of the rotated file is taken once it is quiet (and parked,
+    // since it is not valid JSON) rather than lost or waited on forever.
+    assert_eq!(env.report().sources[0].parked_total, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_recreated_under_the_same_name_is_read_from_its_start() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", "")));
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(0..3)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "3 records", || api.record_count() >= 3).await;
+    // Delete and recreate: on most file systems the new file gets the freed inode back.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, events(3..5)).unwrap();
+    wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
+    daemon.stop().await;
+    assert_eq!(arrivals(&api).len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_csv_files_with_the_same_header_are_a_hundred_records() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = format!(
+        "[[source]]\nname = \"csv\"\ntype = \"files\"\nintegration_id = 1\nemits = \"contact_events\"\n\
+         path = {:?}\nformat = \"csv\"\nsettle = \"50ms\"\n[source.map]\ntimestamp = \"t\"\nqueueName = \"q\"\n\
+         queueIdentifier = \"q\"\nchannel = {{ value = \"calls\" }}\noffered = {{ value = true }}\n\
+         handled = {{ value = true }}\nduration = \"d\"\n",
+        env.exports.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    for i in 0..100 {
+        std::fs::write(
+            env.exports.join(format!("export-{i:03}.csv")),
+            format!("t,q,d\n2024-05-01T08:00:00Z,Support,{i}\n"),
+        )
+        .unwrap();
+    }
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "100 records", || api.record_count() >= 100).await;
+    daemon.stop().await;
+    assert_eq!(arrivals(&api).len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_outage_delays_but_loses_nothing_and_keeps_order() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.set_outage(Some((503, None)));
+    let config = env.write_config(&env.config_text(
+        &api.url(),
+        "batch_records = 50",
+        &env.ndjson_source("acd", "tail", ""),
+    ));
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(0..500)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "retries during the outage", || api.seen().len() >= 5).await;
+    wait_for(LIMIT, "lane marked retrying", || env.health() == "retrying").await;
+    assert_eq!(api.record_count(), 0);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(events(500..1000).as_bytes()).unwrap();
+    drop(f);
+    api.set_outage(None);
+    wait_for(LIMIT, "1000 records", || api.record_count() >= 1000).await;
+    daemon.stop().await;
+    let ids: Vec<_> = api.records().iter().map(id_of).collect();
+    assert_eq!(ids, (0..1000).collect::<Vec<_>>(), "in order, each once");
+    assert_eq!(env.report().lanes[0].health, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_record_in_a_batch_of_500_becomes_a_dead_letter_and_499_arrive() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.reject_records_containing("\"duration\":250,");
+    // The 500 lines are committed together, so they form one batch of 500.
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    std::fs::write(env.exports.join("day.ndjson"), events(0..500)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "499 records", || api.record_count() >= 499).await;
+    wait_for(LIMIT, "a dead letter", || {
+        env.try_report().is_some_and(|r| r.lanes[0].dead == 1)
+    })
+    .await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 499);
+    assert!(!got.contains_key(&250));
+    let report = env.report();
+    let dead = &report.dead[0];
+    assert_eq!(dead.status, 400);
+    assert_eq!(dead.origin, "day.ndjson:251");
+    assert!(dead.answer.contains("record refused"), "{}", dead.answer);
+    assert!(dead.payload.contains("\"duration\":250"));
+    // Bisection: the first request held all 500, and the records went out in few requests.
+    assert_eq!(api.seen()[0].records, 0);
+    assert!(api.seen().len() < 25, "{} requests", api.seen().len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_pauses_the_lane_with_advice_and_a_new_key_resumes_it() {
+    let env = Env::new();
+    let api = FakeApi::start("the-new-key").await.unwrap();
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    std::fs::write(env.exports.join("day.ndjson"), events(0..50)).unwrap();
+    let daemon = Daemon::start(config.clone());
+    wait_for(LIMIT, "lane paused", || env.health() == "paused").await;
+    let lane = &env.report().lanes[0];
+    assert!(
+        lane.last_error.as_deref().unwrap().contains("regenerated"),
+        "{:?}",
+        lane.last_error
+    );
+    assert_eq!(lane.pending, 50, "nothing dropped while paused");
+    assert_eq!(api.record_count(), 0);
+    daemon.stop().await;
+
+    // The operator writes the new key; after a restart (or the next probe) delivery resumes.
+    std::fs::write(&env.key_file, "the-new-key\n").unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "50 records", || api.record_count() >= 50).await;
+    daemon.stop().await;
+    assert_eq!(env.report().lanes[0].health, "ok");
+    assert_eq!(arrivals(&api).len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lane_picks_up_a_rotated_key_without_a_restart() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.set_token("rotated");
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    std::fs::write(env.exports.join("day.ndjson"), events(0..20)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "lane paused", || env.health() == "paused").await;
+    std::fs::write(&env.key_file, "rotated").unwrap();
+    wait_for(LIMIT, "20 records", || api.record_count() >= 20).await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.push_fault(Fault::RetryAfter(429, 2));
+    api.push_fault(Fault::RetryAfter(503, 1));
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    std::fs::write(env.exports.join("day.ndjson"), events(0..10)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "10 records", || api.record_count() >= 10).await;
+    daemon.stop().await;
+    let seen = api.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.status).collect::<Vec<_>>(),
+        vec![429, 503, 200]
+    );
+    assert!(
+        seen[1].at - seen[0].at >= Duration::from_secs(2),
+        "429 Retry-After: 2 honoured"
+    );
+    assert!(
+        seen[2].at - seen[1].at >= Duration::from_secs(1),
+        "503 Retry-After: 1 honoured"
+    );
+    let keys: Vec<_> = seen
+        .iter()
+        .map(|s| s.idempotency_key.clone().unwrap())
+        .collect();
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "one key across retries of a batch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_dropped_connections_lose_nothing_and_duplicate_only_unanswered_batches() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.push_fault(Fault::Drop);
+    api.push_fault(Fault::Slow(Duration::from_millis(1500)));
+    api.push_fault(Fault::AcceptThenDrop);
+    api.push_fault(Fault::Status(500));
+    let config = env.write_config(&env.config_text(
+        &api.url(),
+        "timeout = \"500ms\"\nbatch_records = 100",
+        &env.ndjson_source("acd", "drop", ""),
+    ));
+    std::fs::write(env.exports.join("day.ndjson"), events(0..300)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "300 records", || arrivals(&api).len() >= 300).await;
+    wait_for(LIMIT, "the lane idle", || {
+        env.try_report().is_some_and(|r| r.lanes[0].pending == 0)
+    })
+    .await;
+    daemon.stop().await;
+
+    // Every duplicate arrived in a request whose key had been accepted before: a retry of a
+    // batch whose answer was lost, never a record enqueued twice.
+    let mut accepted_keys = std::collections::HashMap::<String, usize>::new();
+    for a in api.accepted() {
+        *accepted_keys
+            .entry(a.idempotency_key.clone().unwrap())
+            .or_default() += 1;
+    }
+    let repeated: usize = api
+        .accepted()
+        .iter()
+        .filter(|a| accepted_keys[a.idempotency_key.as_ref().unwrap()] > 1)
+        .map(|a| a.records.len())
+        .sum();
+    let total = api.record_count();
+    let unique = arrivals(&api).len();
+    assert_eq!(unique, 300);
+    assert!(
+        total - unique <= repeated / 2,
+        "duplicates {} beyond repeated batches {repeated}",
+        total - unique
+    );
+    assert!(
+        env.report().lanes[0].unknown_outcome_retries >= 2,
+        "unanswered retries are counted"
+    );
+}

@@ -1,0 +1,215 @@
+//! Shared test fixtures: a temporary installation (export directory, key file, state file),
+//! configuration text, condition waits with deadlines, and the daemon run in-process or as a
+//! real child process. The fake injixo API itself is `injixo_sync::fake_api`, which `demo` uses
+//! too; it validates every request against the documented schema.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use injixo_sync::config::Config;
+pub use injixo_sync::fake_api::{FakeApi, Fault};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY: &str = "test-key-0123456789";
+
+/// A temporary installation.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub exports: PathBuf,
+    pub state: PathBuf,
+    pub key_file: PathBuf,
+    pub config_file: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        // Daemon logs go to the test's captured output (shown for failing tests); RUST_LOG
+        // chooses the level.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exports = dir.path().join("exports");
+        std::fs::create_dir_all(&exports).unwrap();
+        let key_file = dir.path().join("api-key");
+        std::fs::write(&key_file, KEY).unwrap();
+        Self {
+            state: dir.path().join("state").join("outbox.db"),
+            config_file: dir.path().join("config.toml"),
+            exports,
+            key_file,
+            dir,
+        }
+    }
+
+    /// `[api]` and `[state]` for a fake API at `url`, fast retries, plus `sources` verbatim.
+    pub fn config_text(&self, url: &str, api_extra: &str, sources: &str) -> String {
+        format!(
+            "[api]\nurl = {url:?}\ntoken_file = {key:?}\nlinger = \"50ms\"\nretry_initial = \"50ms\"\n\
+             retry_max = \"400ms\"\npause_probe = \"300ms\"\n{api_extra}\n\n[state]\npath = {state:?}\n\n{sources}",
+            key = self.key_file.display().to_string(),
+            state = self.state.display().to_string(),
+        )
+    }
+
+    /// An NDJSON contact-events source over the export directory.
+    pub fn ndjson_source(&self, name: &str, mode: &str, extra: &str) -> String {
+        format!(
+            "[[source]]\nname = {name:?}\ntype = \"files\"\nintegration_id = 1234\n\
+             emits = \"contact_events\"\npath = {path:?}\ninclude = [\"*.ndjson\"]\n\
+             format = \"ndjson\"\nmode = {mode:?}\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n{extra}\n",
+            path = self.exports.display().to_string(),
+        )
+    }
+
+    pub fn write_config(&self, text: &str) -> Config {
+        std::fs::write(&self.config_file, text).unwrap();
+        Config::load(&self.config_file).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn report(&self) -> injixo_sync::outbox::Report {
+        injixo_sync::outbox::inspect(&self.state, 50).expect("outbox report")
+    }
+
+    /// The report, or `None` while the daemon has not created the outbox yet.
+    pub fn try_report(&self) -> Option<injixo_sync::outbox::Report> {
+        injixo_sync::outbox::inspect(&self.state, 50)
+            .ok()
+            .filter(|r| !r.lanes.is_empty())
+    }
+
+    /// The first lane's health, `""` before it exists.
+    pub fn health(&self) -> String {
+        self.try_report()
+            .map(|r| r.lanes[0].health.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A contact event whose `duration` carries a unique id, as one NDJSON line.
+pub fn event(id: u64) -> String {
+    format!(
+        r#"{{"properties":{{"offered":true,"handled":true,"duration":{id}}},"queueName":"Support","queueIdentifier":"support","timestamp":"2024-05-01T08:00:00Z","channel":"calls"}}"#
+    )
+}
+
+pub fn events(ids: impl IntoIterator<Item = u64>) -> String {
+    ids.into_iter().map(|i| event(i) + "\n").collect()
+}
+
+/// The id of an accepted record (see [`event`]).
+pub fn id_of(record: &Value) -> u64 {
+    record["properties"]["duration"].as_f64().expect("duration") as u64
+}
+
+/// How often each id arrived.
+pub fn arrivals(api: &FakeApi) -> HashMap<u64, usize> {
+    let mut m = HashMap::new();
+    for r in api.records() {
+        *m.entry(id_of(&r)).or_default() += 1;
+    }
+    m
+}
+
+/// Polls `cond` until it holds or `limit` passes (then panics naming `what`).
+pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The daemon running inside the test process. Dropping it (a failed assertion) stops it, so
+/// the source threads do not keep the test's runtime from shutting down.
+pub struct Daemon {
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<Result<(), injixo_sync::app::RunError>>>,
+}
+
+impl Daemon {
+    pub fn start(config: Config) -> Self {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(injixo_sync::run(config, shutdown.clone()));
+        Self {
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let handle = self.handle.take().expect("running");
+        handle.await.expect("daemon task").expect("daemon run");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The real binary as a child process, for kill -9.
+pub struct Process(Child);
+
+impl Process {
+    pub fn start(config: &Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start injixo-sync");
+        Self(child)
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.0.id().to_string())
+                .status();
+        }
+        self.0.wait().expect("wait for injixo-sync")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the binary with arguments and returns (exit code, stdout + stderr).
+pub fn cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+        .args(args)
+        .output()
+        .expect("run injixo-sync");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
