@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use injixo_sync::config::Config;
+#[allow(unused_imports)]
 pub use injixo_sync::fake_api::{FakeApi, Fault};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -172,6 +173,13 @@ impl Process {
             .spawn()
             .expect("start injixo-sync");
         Self(child)
+    }
+
+    /// Panics if the process has already exited (a configuration it refused, say).
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            panic!("injixo-sync exited early with {status}");
+        }
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

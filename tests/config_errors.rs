@@ -1,0 +1,259 @@
+//! Every bad configuration gives its exact, readable message with file, line and key, and
+//! `check` exits non-zero on it.
+
+mod support;
+
+use std::path::Path;
+
+use injixo_sync::config::Config;
+use support::cli;
+
+const VALID: &str = r#"[api]
+token_file = "/etc/injixo-sync/api-key"
+
+[state]
+path = "/tmp/outbox.db"
+
+[[source]]
+name = "acd"
+type = "files"
+integration_id = 1234
+emits = "contact_events"
+path = "/srv/acd/exports"
+include = ["*.csv"]
+format = "csv"
+
+[source.map]
+timestamp = "start"
+queueName = "queue"
+queueIdentifier = "queue_id"
+channel = { value = "calls" }
+offered = { value = true }
+handled = "answered"
+duration = "talk"
+"#;
+
+/// (what to replace in VALID, with what, the expected message).
+const CASES: &[(&str, &str, &str)] = &[
+    (
+        "[api]\n",
+        "[api]\nbogus = 1\n",
+        "f.toml:2: unknown field `bogus`",
+    ),
+    (
+        "token_file = \"/etc/injixo-sync/api-key\"",
+        "",
+        "f.toml:1: api: no API key configured: set token_file",
+    ),
+    (
+        "token_file = \"/etc/injixo-sync/api-key\"",
+        "token_file = \"/k\"\ntoken_env = \"K\"",
+        "f.toml:2: api: set only one of token_file, token_env and token",
+    ),
+    (
+        "[api]\n",
+        "[api]\nurl = \"http://api.example.com\"\n",
+        "f.toml:2: api.url: plain http:// is refused for \"api.example.com\"",
+    ),
+    (
+        "[api]\n",
+        "[api]\nlinger = \"soon\"\n",
+        "f.toml:2: api.linger: \"soon\" is not a duration: write it like \"500ms\", \"30s\", \"5m\", \"14d\"",
+    ),
+    (
+        "[api]\n",
+        "[api]\nbatch_bytes = \"lots\"\n",
+        "f.toml:2: api.batch_bytes: \"lots\" is not a size: write it like \"512KiB\" or \"1MiB\"",
+    ),
+    (
+        "[api]\n",
+        "[api]\nbatch_records = 0\n",
+        "f.toml:2: api.batch_records: 0 is out of range (1 to 10000)",
+    ),
+    (
+        "[state]\n",
+        "[state]\nkeep_sent = \"-1d\"\n",
+        "f.toml:5: state.keep_sent: \"-1d\" is not a duration",
+    ),
+    (
+        "name = \"acd\"",
+        "name = \"acd exports\"",
+        "f.toml:8: source[0] \"acd exports\".name: \"acd exports\" may only contain ASCII letters",
+    ),
+    (
+        "type = \"files\"",
+        "type = \"ftp\"",
+        "f.toml:9: source[0] \"acd\".type: \"ftp\" is not a source type: use \"files\"",
+    ),
+    (
+        "integration_id = 1234",
+        "integration_id = -4",
+        "f.toml:10: source[0] \"acd\".integration_id: -4 is not a configuration id",
+    ),
+    (
+        "emits = \"contact_events\"",
+        "emits = \"calls\"",
+        "f.toml:11: source[0] \"acd\".emits: \"calls\" is not valid: use \"contact_events\" or \"agent_statuses\"",
+    ),
+    (
+        "emits = \"contact_events\"",
+        "emits = \"agent_statuses\"",
+        "source[0] \"acd\".external_system: is required for agent statuses",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"xlsx\"",
+        "f.toml:14: source[0] \"acd\".format: \"xlsx\" is not valid: use one of \"ndjson\", \"csv\", \"tsv\"",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nmode = \"stream\"",
+        "f.toml:15: source[0] \"acd\".mode: \"stream\" is not valid: use one of \"drop\", \"tail\"",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nafter = \"move\"",
+        "f.toml:15: source[0] \"acd\".after: \"move\" needs archive_dir",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nmode = \"tail\"\nafter = \"delete\"",
+        "f.toml:16: source[0] \"acd\".after: applies only to mode = \"drop\"",
+    ),
+    (
+        "include = [\"*.csv\"]",
+        "include = [\"[*.csv\"]",
+        "f.toml:13: source[0] \"acd\".include: \"[*.csv\" is not a glob",
+    ),
+    (
+        "channel = { value = \"calls\" }",
+        "channel = { value = \"pigeons\" }",
+        "f.toml:16: source[0] \"acd\".map: value for `channel`: \"pigeons\" is not one of calls, chats",
+    ),
+    (
+        "duration = \"talk\"",
+        "",
+        "f.toml:16: source[0] \"acd\".map: map lacks duration",
+    ),
+    (
+        "duration = \"talk\"",
+        "duration = \"talk\"\nagent = \"x\"",
+        "f.toml:24: source[0] \"acd\".map.agent: `agent` is not a field of contact_events records",
+    ),
+    (
+        "queueIdentifier = \"queue_id\"",
+        "queueIdentifier = { template = \"{site\" }",
+        "f.toml:19: source[0] \"acd\".map.queueIdentifier: template \"{site\" has a '{' without its '}'",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\ntimezone = \"Mars/Olympus\"",
+        "f.toml:15: source[0] \"acd\".timezone: \"Mars/Olympus\" is not an IANA time zone",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\ntimestamp_format = \"iso\"",
+        "f.toml:15: source[0] \"acd\".timestamp_format: \"iso\" is not a timestamp format",
+    ),
+    (
+        "[source.map]",
+        "[source.mapping]",
+        "f.toml:16: unknown field `mapping`, expected one of `name`",
+    ),
+    (
+        "integration_id = 1234",
+        "integration_id = \"1234\"",
+        "f.toml:10: invalid type: string \"1234\", expected i64",
+    ),
+];
+
+#[test]
+fn every_bad_config_names_file_line_key_and_remedy() {
+    Config::parse(VALID, Path::new("f.toml")).expect("the base config is valid");
+    let mut failures = Vec::new();
+    for (from, to, expected) in CASES {
+        assert!(VALID.contains(from), "case {from:?} does not apply");
+        let text = VALID.replacen(from, to, 1);
+        match Config::parse(&text, Path::new("f.toml")) {
+            Ok(_) => failures.push(format!("{to:?}: accepted")),
+            Err(e) => {
+                let msg = e.to_string();
+                if !msg.contains(expected) {
+                    failures.push(format!("{to:?}:\n   want {expected}\n   got  {msg}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = VALID
+        .replace("emits = \"contact_events\"", "emits = \"calls\"")
+        .replace("format = \"csv\"", "format = \"csv\"\nmode = \"stream\"");
+    let err = Config::parse(&text, Path::new("f.toml")).unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+    assert!(err.to_string().starts_with("f.toml has 2 problems:"));
+}
+
+#[test]
+fn an_inline_token_works_but_is_warned_about_and_never_printed() {
+    let text = VALID.replace(
+        "token_file = \"/etc/injixo-sync/api-key\"",
+        "token = \"sk-very-secret\"",
+    );
+    let config = Config::parse(&text, Path::new("f.toml")).unwrap();
+    assert!(config.warnings[0].contains("inline"));
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("sk-very-secret"),
+        "the token leaked into Debug output"
+    );
+}
+
+#[test]
+fn plain_http_is_allowed_only_to_loopback() {
+    for url in [
+        "http://127.0.0.1:8080",
+        "http://localhost:1",
+        "http://[::1]:9",
+    ] {
+        let text = VALID.replace("[api]\n", &format!("[api]\nurl = {url:?}\n"));
+        assert!(Config::parse(&text, Path::new("f.toml")).is_ok(), "{url}");
+    }
+}
+
+#[test]
+fn check_exits_non_zero_with_the_message_and_zero_on_a_good_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, VALID.replace("format = \"csv\"", "format = \"xlsx\"")).unwrap();
+    let (code, out) = cli(&["--config", bad.to_str().unwrap(), "check", "--offline"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("bad.toml:14: source[0] \"acd\".format"),
+        "{out}"
+    );
+
+    let exports = dir.path().join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    std::fs::write(dir.path().join("key"), "k").unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        VALID
+            .replace("/etc/injixo-sync/api-key", "key")
+            .replace("/tmp/outbox.db", "state/outbox.db")
+            .replace("/srv/acd/exports", "exports"),
+    )
+    .unwrap();
+    let (code, out) = cli(&["--config", good.to_str().unwrap(), "check", "--offline"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("will be created"), "{out}");
+
+    std::fs::remove_file(dir.path().join("key")).unwrap();
+    let (code, out) = cli(&["--config", good.to_str().unwrap(), "check", "--offline"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot read api.token_file"), "{out}");
+}

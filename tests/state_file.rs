@@ -1,0 +1,188 @@
+//! The state file is refused loudly, and left untouched, when it is not ours or is corrupt;
+//! `check` integrity-checks it.
+
+mod support;
+
+use injixo_sync::outbox::{Commit, NewRecord, Outbox, OutboxError, dedupe_key};
+use injixo_sync::types::{Emits, LaneKey, SourceName};
+use support::cli;
+
+fn config_for(dir: &std::path::Path, state: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("exports")).unwrap();
+    std::fs::write(dir.join("key"), "k").unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[api]\ntoken_file = \"key\"\n[state]\npath = {:?}\n[[source]]\nname = \"a\"\n\
+             type = \"files\"\nintegration_id = 1\nemits = \"contact_events\"\npath = \"exports\"\n\
+             format = \"ndjson\"\n",
+            state.display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outbox.db");
+    std::fs::write(&state, b"these are somebody's notes, not a database\n").unwrap();
+    let err = Outbox::open(&state).err().expect("refused");
+    assert!(matches!(err, OutboxError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("not an SQLite database"), "{err}");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        b"these are somebody's notes, not a database\n"
+    );
+    let (code, out) = cli(&[
+        "--config",
+        config_for(dir.path(), &state).to_str().unwrap(),
+        "check",
+        "--offline",
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.contains("is refused"), "{out}");
+}
+
+#[test]
+fn another_programs_sqlite_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outbox.db");
+    let other = rusqlite::Connection::open(&state).unwrap();
+    other
+        .execute_batch("CREATE TABLE invoices (id INTEGER)")
+        .unwrap();
+    drop(other);
+    let err = Outbox::open(&state).err().expect("refused");
+    assert!(err.to_string().contains("another program"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_outbox_is_refused_by_run_and_check_and_never_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outbox.db");
+    {
+        let (outbox, writer) = Outbox::open(&state).unwrap();
+        let source = outbox
+            .source_id(&SourceName::parse("a").unwrap())
+            .await
+            .unwrap();
+        let lane = outbox
+            .lane_id(&LaneKey {
+                emits: Emits::ContactEvents,
+                integration_id: 1,
+                external_system: None,
+            })
+            .await
+            .unwrap();
+        let ob = outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let records = (0..20_000u64)
+                .map(|i| NewRecord {
+                    dkey: dedupe_key(1, i),
+                    payload: format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100)),
+                    origin: format!("f:{i}"),
+                })
+                .collect();
+            ob.commit_blocking(
+                source,
+                lane,
+                Commit {
+                    records,
+                    ..Commit::default()
+                },
+            )
+            .unwrap();
+        })
+        .await
+        .unwrap();
+        drop(outbox);
+        writer.join().unwrap();
+    }
+    // Checkpoint the WAL into the main file, then damage pages in the middle.
+    rusqlite::Connection::open(&state)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 12_288] {
+        *b = 0x5a;
+    }
+    std::fs::write(&state, &bytes).unwrap();
+
+    let err = Outbox::open(&state).err().expect("refused");
+    assert!(
+        err.to_string().contains("corrupt") || err.to_string().contains("malformed"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        bytes,
+        "the file was left as it was"
+    );
+    let (code, out) = cli(&[
+        "--config",
+        config_for(dir.path(), &state).to_str().unwrap(),
+        "check",
+        "--offline",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("corrupt") || out.contains("malformed"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_key_already_in_the_outbox_is_not_enqueued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, _writer) = Outbox::open(&dir.path().join("o.db")).unwrap();
+    let source = outbox
+        .source_id(&SourceName::parse("a").unwrap())
+        .await
+        .unwrap();
+    let lane = outbox
+        .lane_id(&LaneKey {
+            emits: Emits::ContactEvents,
+            integration_id: 1,
+            external_system: None,
+        })
+        .await
+        .unwrap();
+    let rec = |i| NewRecord {
+        dkey: dedupe_key(7, i),
+        payload: format!("{{\"n\":{i}}}"),
+        origin: String::new(),
+    };
+    let ob = outbox.clone();
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        let a = ob
+            .commit_blocking(
+                source,
+                lane,
+                Commit {
+                    records: vec![rec(1), rec(2)],
+                    ..Commit::default()
+                },
+            )
+            .unwrap();
+        let b = ob
+            .commit_blocking(
+                source,
+                lane,
+                Commit {
+                    records: vec![rec(2), rec(3)],
+                    ..Commit::default()
+                },
+            )
+            .unwrap();
+        (a, b)
+    })
+    .await
+    .unwrap();
+    assert_eq!((first.inserted, first.duplicates), (2, 0));
+    assert_eq!((second.inserted, second.duplicates), (1, 1));
+}
