@@ -257,3 +257,55 @@ fn check_exits_non_zero_with_the_message_and_zero_on_a_good_setup() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("cannot read api.token_file"), "{out}");
 }
+
+#[test]
+fn the_example_config_is_valid_and_documents_every_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let keys = [
+        "url",
+        "token_file",
+        "token_env",
+        "batch_records",
+        "batch_bytes",
+        "linger",
+        "timeout",
+        "retry_initial",
+        "retry_max",
+        "pause_probe",
+        "proxy",
+        "ca_file",
+        "path",
+        "keep_sent",
+        "format",
+        "level",
+        "name",
+        "type",
+        "integration_id",
+        "emits",
+        "external_system",
+        "recursive",
+        "include",
+        "exclude",
+        "mode",
+        "settle",
+        "after",
+        "archive_dir",
+        "poll_interval",
+        "start_at",
+        "delimiter",
+        "header",
+        "columns",
+        "timestamp_format",
+        "timezone",
+        "[source.map]",
+    ];
+    for key in keys {
+        let documented = text.lines().any(|l| {
+            l.trim_start_matches("# ").starts_with(&format!("{key} ="))
+                || l.contains(key) && key.starts_with('[')
+        });
+        assert!(documented, "config.example.toml does not show `{key}`");
+    }
+}

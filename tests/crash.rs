@@ -35,11 +35,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         env.ndjson_source("live", "tail", ""),
         drops.display().to_string()
     );
-    let config = env.config_text(
-        &api.url(),
-        "batch_records = 200",
-        &sources,
-    );
+    let config = env.config_text(&api.url(), "batch_records = 200", &sources);
     std::fs::write(&env.config_file, &config).unwrap();
 
     // A writer that appends in random pieces (lines cut anywhere) and drops whole files.

@@ -367,6 +367,7 @@ async fn an_api_outage_delays_but_loses_nothing_and_keeps_order() {
 async fn one_bad_record_in_a_batch_of_500_becomes_a_dead_letter_and_499_arrive() {
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
+    // The fake matches against its own (key-sorted) rendering of each record.
     api.reject_records_containing("\"duration\":250,");
     // The 500 lines are committed together, so they form one batch of 500.
     let config =

@@ -421,32 +421,26 @@ impl Outbox {
     }
 
     /// Marks records `first..=last` of a batch delivered.
-    pub async fn mark_sent(
+    pub async fn mark_sent(&self, lane: LaneId, done: Delivered) -> Result<usize, OutboxError> {
+        self.call(move |c, p| write_sent(c, lane, done).map_err(|e| OutboxError::sqlite(p, e)))
+            .await
+    }
+
+    /// Marks a delivered batch and takes the next one in the same transaction: one fsync per
+    /// batch on the delivery path instead of two.
+    pub async fn mark_sent_and_next(
         &self,
         lane: LaneId,
-        batch: i64,
-        first: i64,
-        last: i64,
-    ) -> Result<usize, OutboxError> {
+        done: Delivered,
+        max_records: usize,
+        max_bytes: usize,
+        linger: Duration,
+    ) -> Result<NextBatch, OutboxError> {
+        let instance = self.instance.clone();
         self.call(move |c, p| {
-            let now = now_ms();
-            let n = c
-                .prepare_cached(
-                    "UPDATE records SET state = 1, sent_at = ?1, batch_id = NULL
-                     WHERE batch_id = ?2 AND id BETWEEN ?3 AND ?4 AND state = 0",
-                )
-                .and_then(|mut s| s.execute(params![now, batch, first, last]))
-                .and_then(|n| {
-                    c.prepare_cached(
-                        "UPDATE lanes SET delivered_total = delivered_total + ?1,
-                         last_success = ?2, health = 'ok' WHERE id = ?3",
-                    )?
-                    .execute(params![n as i64, now, lane.0])?;
-                    close_batch_if_done(c, batch)?;
-                    Ok(n)
-                })
-                .map_err(|e| OutboxError::sqlite(p, e))?;
-            Ok(n)
+            write_sent(c, lane, done)
+                .and_then(|_| next_batch(c, &instance, lane, max_records, max_bytes, linger))
+                .map_err(|e| OutboxError::sqlite(p, e))
         })
         .await
     }
@@ -663,11 +657,14 @@ fn next_batch(
         c.execute("DELETE FROM batches WHERE id = ?1", [id])?;
     }
 
+    let scanned: i64 = c
+        .prepare_cached("SELECT scanned_to FROM lanes WHERE id = ?1")?
+        .query_row([lane.0], |r| r.get(0))?;
     let mut stmt = c.prepare_cached(
         "SELECT id, payload, created FROM records
-         WHERE lane_id = ?1 AND state = 0 AND batch_id IS NULL ORDER BY id LIMIT ?2",
+         WHERE id > ?1 AND lane_id = ?2 AND state = 0 AND batch_id IS NULL ORDER BY id LIMIT ?3",
     )?;
-    let mut rows = stmt.query(params![lane.0, max_records as i64])?;
+    let mut rows = stmt.query(params![scanned, lane.0, max_records as i64])?;
     let mut records = Vec::new();
     let mut bytes = 64;
     let mut oldest = None;
@@ -684,6 +681,12 @@ fn next_batch(
     }
     drop(rows);
     let Some(oldest) = oldest else {
+        // Nothing of ours above `scanned_to`: the next scan can start at the newest record.
+        c.prepare_cached(
+            "UPDATE lanes SET scanned_to = (SELECT coalesce(max(id), 0) FROM records)
+             WHERE id = ?1 AND scanned_to < (SELECT coalesce(max(id), 0) FROM records)",
+        )?
+        .execute([lane.0])?;
         return Ok(NextBatch::Empty);
     };
     full |= records.len() >= max_records;
@@ -709,7 +712,34 @@ fn next_batch(
          AND batch_id IS NULL AND id BETWEEN ?3 AND ?4",
     )?
     .execute(params![id, lane.0, first, last])?;
+    c.prepare_cached("UPDATE lanes SET scanned_to = ?1 WHERE id = ?2")?
+        .execute(params![last, lane.0])?;
     Ok(NextBatch::Ready(Batch { id, key, records }))
+}
+
+/// Records `first..=last` of batch `batch` that the API accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub batch: i64,
+    pub first: i64,
+    pub last: i64,
+}
+
+fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusqlite::Result<usize> {
+    let now = now_ms();
+    let n = c
+        .prepare_cached(
+            "UPDATE records SET state = 1, sent_at = ?1, batch_id = NULL
+             WHERE batch_id = ?2 AND id BETWEEN ?3 AND ?4 AND state = 0",
+        )?
+        .execute(params![now, done.batch, done.first, done.last])?;
+    c.prepare_cached(
+        "UPDATE lanes SET delivered_total = delivered_total + ?1, last_success = ?2,
+         health = 'ok' WHERE id = ?3",
+    )?
+    .execute(params![n as i64, now, lane.0])?;
+    close_batch_if_done(c, done.batch)?;
+    Ok(n)
 }
 
 fn close_batch_if_done(c: &Connection, batch: i64) -> rusqlite::Result<()> {

@@ -40,6 +40,8 @@ CREATE TABLE lanes (
     last_error_at   INTEGER,
     delivered_total INTEGER NOT NULL DEFAULT 0,
     unknown_outcome_retries INTEGER NOT NULL DEFAULT 0,
+    -- Every pending record of this lane that is in no batch has an id above this.
+    scanned_to      INTEGER NOT NULL DEFAULT 0,
     UNIQUE (emits, integration_id, external_system)
 );
 
@@ -56,8 +58,9 @@ CREATE TABLE records (
     batch_id  INTEGER,
     sent_at   INTEGER
 );
+-- No index on pending records: batches are formed by a rowid range scan above the lane's
+-- `scanned_to`, which keeps inserts to two b-trees (table and dedupe key).
 CREATE UNIQUE INDEX records_dedupe ON records (source_id, dkey);
-CREATE INDEX records_pending ON records (lane_id, id) WHERE state = 0;
 CREATE INDEX records_batch ON records (batch_id, id) WHERE batch_id IS NOT NULL;
 CREATE INDEX records_sent ON records (sent_at) WHERE state = 1;
 

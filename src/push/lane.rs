@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use super::classify::{Action, Backoff, classify};
 use super::client::{ApiClient, body};
-use crate::outbox::{Batch, Health, LaneId, NextBatch, Outbox};
+use crate::outbox::{Batch, Delivered, Health, LaneId, NextBatch, Outbox};
 use crate::types::LaneKey;
 
 /// How a lane forms batches and paces retries (from `[api]`).
@@ -70,41 +70,68 @@ impl Lane {
     /// (bounded by `api.timeout`); records not yet confirmed stay pending for the next start.
     pub async fn run(mut self) {
         let notify = self.outbox.lane_notify(self.id);
+        let (max_records, max_bytes, linger) = (
+            self.settings.batch_records,
+            self.settings.batch_bytes,
+            self.settings.linger,
+        );
+        // The last delivered part of a batch, marked sent together with taking the next.
+        let mut delivered: Option<Delivered> = None;
         loop {
-            let next = self
-                .outbox
-                .next_batch(
-                    self.id,
-                    self.settings.batch_records,
-                    self.settings.batch_bytes,
-                    self.settings.linger,
-                )
-                .await;
-            let wait = match next {
-                Ok(NextBatch::Ready(batch)) => {
-                    if self.deliver(batch).await.is_err() {
-                        return;
-                    }
-                    continue;
+            let next = match delivered {
+                Some(done) => {
+                    self.outbox
+                        .mark_sent_and_next(self.id, done, max_records, max_bytes, linger)
+                        .await
                 }
-                Ok(NextBatch::Linger(left)) => Some(left),
-                Ok(NextBatch::Empty) => None,
-                Err(e) => {
-                    error!(lane = %self.key, "cannot read pending records: {e}");
-                    Some(Duration::from_secs(5))
+                None => {
+                    self.outbox
+                        .next_batch(self.id, max_records, max_bytes, linger)
+                        .await
                 }
             };
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = notify.notified() => {}
-                _ = sleep_opt(wait) => {}
+            if next.is_ok() {
+                delivered = None;
+            }
+            match next {
+                Ok(NextBatch::Ready(batch)) => match self.deliver(batch).await {
+                    Ok(done) => delivered = done,
+                    Err(Stopped) => return,
+                },
+                // A partial batch waits out its linger time without rescanning on every
+                // commit; whatever arrives meanwhile goes into it.
+                Ok(NextBatch::Linger(left)) => {
+                    if self.sleep(left).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(NextBatch::Empty) => {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = notify.notified() => {}
+                    }
+                }
+                Err(e) => {
+                    // `delivered` is kept: the mark is retried before anything else.
+                    error!(lane = %self.key, "cannot read or update pending records: {e}");
+                    if self.sleep(Duration::from_secs(1)).await.is_err() {
+                        if let Some(done) = delivered {
+                            let _ = self.outbox.mark_sent(self.id, done).await;
+                        }
+                        return;
+                    }
+                }
             }
         }
     }
 
-    async fn deliver(&mut self, batch: Batch) -> Result<(), Stopped> {
+    /// Sends a batch until the API has decided on every record in it. Returns the last
+    /// accepted part for the caller to mark sent (with the next batch); earlier parts of a
+    /// split batch are marked here.
+    async fn deliver(&mut self, batch: Batch) -> Result<Option<Delivered>, Stopped> {
         let n = batch.records.len();
         let mut parts: VecDeque<(usize, usize)> = VecDeque::from([(0, n)]);
+        let mut last_accepted: Option<Delivered> = None;
         while let Some((lo, hi)) = parts.pop_front() {
             let slice = &batch.records[lo..hi];
             let (first, last) = (slice[0].0, slice[slice.len() - 1].0);
@@ -118,16 +145,18 @@ impl Lane {
             let mut backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
             loop {
                 if self.shutdown.is_cancelled() {
+                    self.flush(last_accepted.take()).await;
                     return Err(Stopped);
                 }
                 let attempt = self.client.post(&self.key, &idem, request.clone()).await;
                 match classify(&attempt) {
                     Action::Delivered => {
-                        self.persist(|o, id| {
-                            let o = o.clone();
-                            async move { o.mark_sent(id, batch.id, first, last).await.map(|_| ()) }
-                        })
-                        .await?;
+                        self.flush(last_accepted.take()).await;
+                        last_accepted = Some(Delivered {
+                            batch: batch.id,
+                            first,
+                            last,
+                        });
                         self.set_health(Health::Ok).await;
                         break;
                     }
@@ -141,7 +170,10 @@ impl Lane {
                         }
                         self.set_health(Health::Retrying(reason)).await;
                         let delay = backoff.next_delay(after, fastrand::f64());
-                        self.sleep(delay).await?;
+                        if self.sleep(delay).await.is_err() {
+                            self.flush(last_accepted.take()).await;
+                            return Err(Stopped);
+                        }
                     }
                     Action::Split { status, .. } if hi - lo > 1 => {
                         let mid = lo + (hi - lo) / 2;
@@ -165,7 +197,10 @@ impl Lane {
                     }
                     Action::Pause { reason, .. } => {
                         self.set_health(Health::Paused(reason)).await;
-                        self.sleep(self.settings.pause_probe).await?;
+                        if self.sleep(self.settings.pause_probe).await.is_err() {
+                            self.flush(last_accepted.take()).await;
+                            return Err(Stopped);
+                        }
                         if let Err(e) = self.client.reload_token() {
                             warn!(lane = %self.key, "cannot re-read the API key: {e}");
                         }
@@ -173,7 +208,19 @@ impl Lane {
                 }
             }
         }
-        Ok(())
+        Ok(last_accepted)
+    }
+
+    /// Marks an accepted part sent now (before another part goes out, or on shutdown).
+    async fn flush(&self, done: Option<Delivered>) {
+        if let Some(done) = done {
+            let _ = self
+                .persist(|o, id| {
+                    let o = o.clone();
+                    async move { o.mark_sent(id, done).await.map(|_| ()) }
+                })
+                .await;
+        }
     }
 
     /// Writes an outcome to the outbox, retrying until it sticks (a full disk clears).
@@ -221,12 +268,5 @@ impl Lane {
             _ = self.shutdown.cancelled() => Err(Stopped),
             _ = tokio::time::sleep(d) => Ok(()),
         }
-    }
-}
-
-async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
     }
 }

@@ -188,7 +188,9 @@ impl FilesSource {
         }
         let waker = ctx.waker.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Access events (our own listing and reading) must not wake us, or the source
+            // would spin on its own activity.
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 let _ = waker.send(());
             }
         })
