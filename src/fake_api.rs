@@ -66,6 +66,7 @@ struct State {
     seen: Vec<Seen>,
     faults: VecDeque<Fault>,
     outage: Option<(u16, Option<u64>)>,
+    refused: Option<(Emits, u16)>,
     reject_containing: Vec<String>,
 }
 
@@ -141,6 +142,11 @@ impl FakeApi {
     /// Answers every request with `status` (and `Retry-After`) until cleared with `None`.
     pub fn set_outage(&self, outage: Option<(u16, Option<u64>)>) {
         self.with(|s| s.outage = outage);
+    }
+
+    /// Answers every request to one endpoint with `status` (say 403) until cleared.
+    pub fn refuse_endpoint(&self, refused: Option<(Emits, u16)>) {
+        self.with(|s| s.refused = refused);
     }
 
     /// Changes the accepted key (as when a customer regenerates it in injixo).
@@ -231,6 +237,17 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
             status,
             json!({"error": {"category": "unavailable"}}),
             retry,
+        ));
+    }
+    let refused = state.lock().expect("state").refused;
+    if let Some((emits, status)) = refused
+        && Emits::from_endpoint(req.uri().path()) == Some(emits)
+    {
+        log(status, 0);
+        return Ok(answer(
+            status,
+            json!({"error": {"category": "forbidden"}}),
+            None,
         ));
     }
     let verdict = validate(req, &state).await;

@@ -521,3 +521,61 @@ async fn timeouts_and_dropped_connections_lose_nothing_and_duplicate_only_unansw
         "unanswered retries are counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lane_does_not_hold_up_the_others() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.refuse_endpoint(Some((injixo_sync::types::Emits::AgentStatuses, 403)));
+    let statuses = env.dir.path().join("statuses");
+    std::fs::create_dir_all(&statuses).unwrap();
+    let sources = format!(
+        "{}\n[[source]]\nname = \"states\"\ntype = \"files\"\nintegration_id = 8431\n\
+         emits = \"agent_statuses\"\nexternal_system = \"My ACD\"\npath = {:?}\n\
+         format = \"ndjson\"\nsettle = \"100ms\"\n",
+        env.ndjson_source("calls", "drop", ""),
+        statuses.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &sources));
+    std::fs::write(
+        statuses.join("s.ndjson"),
+        r#"{"agentIdentifier":"bob@mycompany.com","activityIdentifier":"Break","startTime":"2021-12-06T10:00:00Z","endTime":"2021-12-06T10:15:00Z"}"#,
+    )
+    .unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "the agent-status lane paused", || {
+        env.try_report()
+            .is_some_and(|r| r.lanes.iter().any(|l| l.health == "paused"))
+    })
+    .await;
+    // Contact events keep flowing, one file after another, while the other lane is held.
+    for f in 0..5u64 {
+        std::fs::write(
+            env.exports.join(format!("c{f}.ndjson")),
+            events(f * 100..(f + 1) * 100),
+        )
+        .unwrap();
+        wait_for(LIMIT, "contact events delivered", || {
+            api.record_count() as u64 >= (f + 1) * 100
+        })
+        .await;
+    }
+    let report = env.try_report().unwrap();
+    let paused = report
+        .lanes
+        .iter()
+        .find(|l| l.emits == "agent_statuses")
+        .unwrap();
+    assert_eq!(paused.health, "paused");
+    assert_eq!(paused.pending, 1, "the held record is kept");
+    assert!(paused.last_error.as_deref().unwrap().contains("403"));
+
+    api.refuse_endpoint(None);
+    wait_for(LIMIT, "the agent status delivered", || {
+        api.accepted()
+            .iter()
+            .any(|a| a.meta["externalSystem"] == "My ACD")
+    })
+    .await;
+    daemon.stop().await;
+}

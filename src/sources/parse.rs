@@ -259,6 +259,66 @@ mod tests {
         assert_eq!((items.len(), consumed), (2, 7));
     }
 
+    fn quote(field: &str) -> String {
+        if field.contains([',', '"', '\n', '\r']) || field.is_empty() {
+            format!("\"{}\"", field.replace('"', "\"\""))
+        } else {
+            field.to_owned()
+        }
+    }
+
+    proptest::proptest! {
+        /// Reading a growing file in two steps (cut anywhere, the second step continuing at the
+        /// first step's `consumed`) yields exactly the rows of reading it whole.
+        #[test]
+        fn csv_read_in_two_steps_equals_read_whole(
+            rows in proptest::collection::vec(
+                proptest::collection::vec("[a-z\",\n ]{0,6}", 1..4), 1..12),
+            cut in 0usize..400,
+            crlf in proptest::bool::ANY,
+        ) {
+            let end = if crlf { "\r\n" } else { "\n" };
+            let text: String = rows
+                .iter()
+                .map(|r| r.iter().map(|f| quote(f)).collect::<Vec<_>>().join(",") + end)
+                .collect();
+            let buf = text.as_bytes();
+            let cut = cut.min(buf.len());
+            let (first, consumed) = csv(&buf[..cut], b',', false);
+            proptest::prop_assert!(consumed <= cut);
+            let (second, _) = csv(&buf[consumed..], b',', true);
+            let got: Vec<Vec<String>> = first
+                .into_iter()
+                .chain(second)
+                .map(|i| i.value.unwrap())
+                .collect();
+            proptest::prop_assert_eq!(got, rows);
+        }
+
+        #[test]
+        fn lines_read_in_two_steps_equal_read_whole(
+            lines in proptest::collection::vec("[a-z{}:]{1,20}", 1..20),
+            cut in 0usize..500,
+        ) {
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            let buf = text.as_bytes();
+            let cut = cut.min(buf.len());
+            let consumed = consumed_lines(&buf[..cut], false);
+            let first = lines_of(&buf[..cut], false);
+            proptest::prop_assert_eq!(first.len(), buf[..consumed].iter().filter(|b| **b == b'\n').count());
+            let mut got = first;
+            got.extend(lines_of(&buf[consumed..], true));
+            proptest::prop_assert_eq!(got, lines);
+        }
+    }
+
+    fn lines_of(buf: &[u8], last: bool) -> Vec<String> {
+        lines(buf, last)
+            .iter()
+            .map(|i| String::from_utf8(i.value.to_vec()).unwrap())
+            .collect()
+    }
+
     #[test]
     fn invalid_utf8_is_reported_per_record() {
         let (items, _) = csv(b"ok,1\n\xff,2\n", b',', false);
