@@ -3,7 +3,7 @@
 
 mod support;
 
-use injixo_sync::outbox::{Commit, NewRecord, Outbox, OutboxError, dedupe_key};
+use injixo_sync::outbox::{Commit, LaneId, NewRecord, Outbox, OutboxError, SourceId, dedupe_key};
 use injixo_sync::types::{Emits, LaneKey, SourceName};
 use support::cli;
 
@@ -22,6 +22,26 @@ fn config_for(dir: &std::path::Path, state: &std::path::Path) -> std::path::Path
     )
     .unwrap();
     path
+}
+
+/// An outbox with one source and one lane registered.
+async fn open_with_lane(
+    path: &std::path::Path,
+) -> (Outbox, std::thread::JoinHandle<()>, SourceId, LaneId) {
+    let (outbox, writer) = Outbox::open(path).unwrap();
+    let source = outbox
+        .source_id(&SourceName::parse("a").unwrap())
+        .await
+        .unwrap();
+    let lane = outbox
+        .lane_id(&LaneKey {
+            emits: Emits::ContactEvents,
+            integration_id: 1,
+            external_system: None,
+        })
+        .await
+        .unwrap();
+    (outbox, writer, source, lane)
 }
 
 #[test]
@@ -64,19 +84,7 @@ async fn a_corrupt_outbox_is_refused_by_run_and_check_and_never_recreated() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("outbox.db");
     {
-        let (outbox, writer) = Outbox::open(&state).unwrap();
-        let source = outbox
-            .source_id(&SourceName::parse("a").unwrap())
-            .await
-            .unwrap();
-        let lane = outbox
-            .lane_id(&LaneKey {
-                emits: Emits::ContactEvents,
-                integration_id: 1,
-                external_system: None,
-            })
-            .await
-            .unwrap();
+        let (outbox, writer, source, lane) = open_with_lane(&state).await;
         let ob = outbox.clone();
         tokio::task::spawn_blocking(move || {
             let records = (0..20_000u64)
@@ -139,19 +147,7 @@ async fn a_corrupt_outbox_is_refused_by_run_and_check_and_never_recreated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_key_already_in_the_outbox_is_not_enqueued_again() {
     let dir = tempfile::tempdir().unwrap();
-    let (outbox, _writer) = Outbox::open(&dir.path().join("o.db")).unwrap();
-    let source = outbox
-        .source_id(&SourceName::parse("a").unwrap())
-        .await
-        .unwrap();
-    let lane = outbox
-        .lane_id(&LaneKey {
-            emits: Emits::ContactEvents,
-            integration_id: 1,
-            external_system: None,
-        })
-        .await
-        .unwrap();
+    let (outbox, _writer, source, lane) = open_with_lane(&dir.path().join("o.db")).await;
     let rec = |i| NewRecord {
         dkey: dedupe_key(7, i),
         payload: format!("{{\"n\":{i}}}"),

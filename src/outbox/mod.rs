@@ -140,6 +140,14 @@ pub fn dedupe_key(cursor: i64, position: u64) -> [u8; 16] {
     k
 }
 
+/// How big a batch may grow and how long a partial one waits.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub linger: Duration,
+}
+
 /// A batch of one lane's pending records, in order.
 #[derive(Clone, Debug)]
 pub struct Batch {
@@ -404,18 +412,24 @@ impl Outbox {
         .unwrap_or(Err(OutboxError::Closed))
     }
 
-    /// The lane's open batch, or a new one formed from its oldest pending records.
+    /// Marks a delivered part sent (if given) and, in the same transaction, returns the lane's
+    /// open batch or a new one formed from its oldest pending records: one fsync per batch on
+    /// the delivery path.
     pub async fn next_batch(
         &self,
         lane: LaneId,
-        max_records: usize,
-        max_bytes: usize,
-        linger: Duration,
+        delivered: Option<Delivered>,
+        limits: BatchLimits,
     ) -> Result<NextBatch, OutboxError> {
         let instance = self.instance.clone();
         self.call(move |c, p| {
-            next_batch(c, &instance, lane, max_records, max_bytes, linger)
-                .map_err(|e| OutboxError::sqlite(p, e))
+            let step = || -> rusqlite::Result<NextBatch> {
+                if let Some(done) = delivered {
+                    write_sent(c, lane, done)?;
+                }
+                next_batch(c, &instance, lane, limits)
+            };
+            step().map_err(|e| OutboxError::sqlite(p, e))
         })
         .await
     }
@@ -424,25 +438,6 @@ impl Outbox {
     pub async fn mark_sent(&self, lane: LaneId, done: Delivered) -> Result<usize, OutboxError> {
         self.call(move |c, p| write_sent(c, lane, done).map_err(|e| OutboxError::sqlite(p, e)))
             .await
-    }
-
-    /// Marks a delivered batch and takes the next one in the same transaction: one fsync per
-    /// batch on the delivery path instead of two.
-    pub async fn mark_sent_and_next(
-        &self,
-        lane: LaneId,
-        done: Delivered,
-        max_records: usize,
-        max_bytes: usize,
-        linger: Duration,
-    ) -> Result<NextBatch, OutboxError> {
-        let instance = self.instance.clone();
-        self.call(move |c, p| {
-            write_sent(c, lane, done)
-                .and_then(|_| next_batch(c, &instance, lane, max_records, max_bytes, linger))
-                .map_err(|e| OutboxError::sqlite(p, e))
-        })
-        .await
     }
 
     /// Moves one record the API rejected to the dead letters, with the API's answer.
@@ -635,10 +630,13 @@ fn next_batch(
     c: &Connection,
     instance: &str,
     lane: LaneId,
-    max_records: usize,
-    max_bytes: usize,
-    linger: Duration,
+    limits: BatchLimits,
 ) -> rusqlite::Result<NextBatch> {
+    let BatchLimits {
+        max_records,
+        max_bytes,
+        linger,
+    } = limits;
     // An open batch is resent as it was, under the same key.
     let open: Option<(i64, String)> = c
         .prepare_cached("SELECT id, idem_key FROM batches WHERE lane_id = ?1 ORDER BY id LIMIT 1")?

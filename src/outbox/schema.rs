@@ -117,7 +117,7 @@ pub fn open_rw(path: &Path) -> Result<Connection, OutboxError> {
     )
     .map_err(|e| OutboxError::sqlite(path, e))?;
     configure(&conn, path)?;
-    quick_check(&conn, path)?;
+    verify_pragma(&conn, path, "quick_check")?;
     migrate(&conn, path)?;
     Ok(conn)
 }
@@ -141,8 +141,13 @@ pub fn open_ro(path: &Path) -> Result<Connection, OutboxError> {
 
 /// A full `PRAGMA integrity_check`; slow on a large file, so only `check` runs it.
 pub fn integrity_check(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
+    verify_pragma(conn, path, "integrity_check")
+}
+
+/// `quick_check` on open (O(pages), no index cross-checks) or `integrity_check` in `check`.
+fn verify_pragma(conn: &Connection, path: &Path, pragma: &str) -> Result<(), OutboxError> {
     let result: String = conn
-        .query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))
+        .query_row(&format!("PRAGMA {pragma}(1)"), [], |r| r.get(0))
         .map_err(|e| OutboxError::sqlite(path, e))?;
     if result == "ok" {
         Ok(())
@@ -198,20 +203,6 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
     )
     .map_err(err)?;
     Ok(())
-}
-
-fn quick_check(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
-    let result: String = conn
-        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
-        .map_err(|e| OutboxError::sqlite(path, e))?;
-    if result == "ok" {
-        Ok(())
-    } else {
-        Err(OutboxError::Corrupt {
-            path: path.to_owned(),
-            detail: result,
-        })
-    }
 }
 
 /// Returns the schema version after checking the file is ours.

@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use super::classify::{Action, Backoff, classify};
 use super::client::{ApiClient, body};
-use crate::outbox::{Batch, Delivered, Health, LaneId, NextBatch, Outbox};
+use crate::outbox::{Batch, BatchLimits, Delivered, Health, LaneId, NextBatch, Outbox};
 use crate::types::LaneKey;
 
 /// How a lane forms batches and paces retries (from `[api]`).
@@ -70,26 +70,15 @@ impl Lane {
     /// (bounded by `api.timeout`); records not yet confirmed stay pending for the next start.
     pub async fn run(mut self) {
         let notify = self.outbox.lane_notify(self.id);
-        let (max_records, max_bytes, linger) = (
-            self.settings.batch_records,
-            self.settings.batch_bytes,
-            self.settings.linger,
-        );
+        let limits = BatchLimits {
+            max_records: self.settings.batch_records,
+            max_bytes: self.settings.batch_bytes,
+            linger: self.settings.linger,
+        };
         // The last delivered part of a batch, marked sent together with taking the next.
         let mut delivered: Option<Delivered> = None;
         loop {
-            let next = match delivered {
-                Some(done) => {
-                    self.outbox
-                        .mark_sent_and_next(self.id, done, max_records, max_bytes, linger)
-                        .await
-                }
-                None => {
-                    self.outbox
-                        .next_batch(self.id, max_records, max_bytes, linger)
-                        .await
-                }
-            };
+            let next = self.outbox.next_batch(self.id, delivered, limits).await;
             if next.is_ok() {
                 delivered = None;
             }
