@@ -309,3 +309,21 @@ fn the_example_config_is_valid_and_documents_every_key() {
         assert!(documented, "config.example.toml does not show `{key}`");
     }
 }
+
+#[test]
+fn an_unusable_ca_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key"), "k").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+    let text = VALID
+        .replace("/etc/injixo-sync/api-key", "key")
+        .replace("[api]\n", "[api]\nca_file = \"ca.pem\"\n");
+    let config = Config::parse(&text, &dir.path().join("f.toml")).unwrap();
+    let err = injixo_sync::push::ApiClient::new(&config.api)
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("api.ca_file") && err.contains("ca.pem"),
+        "{err}"
+    );
+}

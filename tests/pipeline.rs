@@ -579,3 +579,48 @@ async fn a_paused_lane_does_not_hold_up_the_others() {
     .await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_through_the_configured_proxy() {
+    use tokio::io::AsyncReadExt;
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    // A forward proxy: note each request line, then relay the bytes to the API.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (log, upstream) = (seen.clone(), api.addr());
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = proxy.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 4096];
+                let n = client.peek(&mut head).await.unwrap_or(0);
+                let line = String::from_utf8_lossy(&head[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                log.lock().unwrap().push(line);
+                let mut server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                let _ = client.read(&mut [0u8; 1]).await;
+            });
+        }
+    });
+    let config = env.write_config(&env.config_text(
+        &api.url(),
+        &format!("proxy = {proxy_url:?}"),
+        &env.ndjson_source("acd", "drop", ""),
+    ));
+    std::fs::write(env.exports.join("day.ndjson"), events(0..10)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "10 records", || api.record_count() >= 10).await;
+    daemon.stop().await;
+    let lines = seen.lock().unwrap().clone();
+    let expected = format!(
+        "POST {}/external-systems/contact-events HTTP/1.1",
+        api.url()
+    );
+    assert!(lines.iter().any(|l| *l == expected), "proxy saw {lines:?}");
+}
