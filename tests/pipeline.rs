@@ -622,5 +622,5 @@ async fn requests_go_through_the_configured_proxy() {
         "POST {}/external-systems/contact-events HTTP/1.1",
         api.url()
     );
-    assert!(lines.iter().any(|l| *l == expected), "proxy saw {lines:?}");
+    assert!(lines.contains(&expected), "proxy saw {lines:?}");
 }
