@@ -36,10 +36,46 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List, resend or give up records the API refused.
+    Dead {
+        #[command(subcommand)]
+        action: DeadAction,
+    },
     /// Run the whole pipeline against an embedded fake API with generated ACD data.
     Demo {
         /// How many contact events to generate.
         #[arg(long, default_value_t = 5000)]
         records: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadAction {
+    /// Show dead letters with the API's answer for each.
+    List {
+        /// Only this source's.
+        #[arg(long)]
+        source: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make dead letters pending again (after fixing the cause in injixo or the data).
+    Retry {
+        /// Record ids as shown by `dead list`.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Give dead letters up for good.
+    Drop {
+        /// Record ids as shown by `dead list`.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
     },
 }

@@ -159,6 +159,11 @@ impl FakeApi {
         self.with(|s| s.reject_containing.push(marker.to_owned()));
     }
 
+    /// Stops refusing records (see [`FakeApi::reject_records_containing`]).
+    pub fn clear_rejections(&self) {
+        self.with(|s| s.reject_containing.clear());
+    }
+
     pub fn accepted(&self) -> Vec<Accepted> {
         self.with(|s| s.accepted.clone())
     }

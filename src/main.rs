@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::Check { offline } => check::main(&path, offline),
         Command::Status { json } => status::main(&path, json),
+        Command::Dead { action } => status::dead(&path, action),
         Command::Demo { records } => demo::main(records),
     };
     result.unwrap_or_else(|e| {

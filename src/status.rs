@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::cli::DeadAction;
 use crate::config::Config;
-use crate::outbox::{self, Report};
+use crate::outbox::{self, DeadLetter, Report, Selection};
 
 pub fn main(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
@@ -22,6 +23,51 @@ pub fn main(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `dead list|retry|drop`.
+pub fn dead(config_path: &Path, action: DeadAction) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let state = &config.state.path;
+    let selection = |ids: Vec<i64>, all: bool| {
+        if all {
+            Selection::All
+        } else {
+            Selection::Ids(ids)
+        }
+    };
+    match action {
+        DeadAction::List { source, json } => {
+            let dead = outbox::dead_letters(state, source.as_deref(), usize::MAX)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&dead)?);
+            } else if dead.is_empty() {
+                println!("no dead letters");
+            } else {
+                for d in &dead {
+                    print!("{}", render_dead(d));
+                }
+            }
+        }
+        DeadAction::Retry { ids, all } => {
+            let n = outbox::retry_dead(state, &selection(ids, all))?;
+            println!("{n} record(s) pending again; a running daemon sends them within a minute");
+        }
+        DeadAction::Drop { ids, all } => {
+            let n = outbox::drop_dead(state, &selection(ids, all))?;
+            println!("{n} record(s) given up");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_dead(d: &DeadLetter) -> String {
+    format!(
+        "#{} {} {} → HTTP {}: {}
+    {}
+",
+        d.record_id, d.source, d.origin, d.status, d.answer, d.payload
+    )
 }
 
 /// The human-readable report.
@@ -113,11 +159,7 @@ pub fn render(r: &Report, path: &Path, now_ms: i64) -> String {
             r.dead.len()
         );
         for d in &r.dead {
-            let _ = writeln!(
-                out,
-                "  #{} {} {} → HTTP {}: {}",
-                d.record_id, d.source, d.origin, d.status, d.answer
-            );
+            out.push_str(&render_dead(d));
         }
     }
     if !r.parked.is_empty() {

@@ -14,6 +14,7 @@
 //! the batch id, an idempotency key stored) before it is sent, so a retry after a crash sends
 //! the same records under the same key.
 
+mod dead;
 mod report;
 mod schema;
 
@@ -26,6 +27,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use dead::{Selection, dead_letters, drop_dead, retry_dead};
 pub use report::{DeadLetter, LaneReport, ParkedReport, Report, SourceReport, inspect, verify};
 
 use crate::types::{LaneKey, SourceName};
@@ -511,7 +513,7 @@ impl Outbox {
                 .call(move |c, p| {
                     c.execute(
                         "DELETE FROM records WHERE id IN (SELECT id FROM records
-                         WHERE state = 1 AND sent_at < ?1 LIMIT 5000)",
+                         WHERE state IN (1, 3) AND sent_at < ?1 LIMIT 5000)",
                         [cutoff],
                     )
                     .map_err(|e| OutboxError::sqlite(p, e))

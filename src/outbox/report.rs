@@ -146,25 +146,7 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
     }
     drop(rows);
 
-    let dead = c
-        .prepare(
-            "SELECT d.record_id, s.name, r.origin, d.status, d.answer, d.at, r.payload
-             FROM dead d JOIN records r ON r.id = d.record_id
-             JOIN sources s ON s.id = r.source_id
-             WHERE r.state = 2 ORDER BY d.at DESC LIMIT ?1",
-        )?
-        .query_map([recent as i64], |r| {
-            Ok(DeadLetter {
-                record_id: r.get(0)?,
-                source: r.get(1)?,
-                origin: r.get(2)?,
-                status: r.get(3)?,
-                answer: r.get(4)?,
-                at_ms: r.get(5)?,
-                payload: r.get(6)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let dead = super::dead::query(c, None, recent)?;
     let parked = c
         .prepare(
             "SELECT s.name, p.origin, p.reason, p.at FROM parked p

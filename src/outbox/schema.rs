@@ -45,7 +45,7 @@ CREATE TABLE lanes (
     UNIQUE (emits, integration_id, external_system)
 );
 
--- state: 0 pending, 1 sent, 2 dead.
+-- state: 0 pending, 1 sent, 2 dead, 3 dropped by the operator (kept as a dedupe key).
 CREATE TABLE records (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
     lane_id   INTEGER NOT NULL,
@@ -124,15 +124,25 @@ pub fn open_rw(path: &Path) -> Result<Connection, OutboxError> {
 
 /// Opens an existing outbox read-only (for `status` and `check`).
 pub fn open_ro(path: &Path) -> Result<Connection, OutboxError> {
+    open_existing(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
+/// Opens an existing outbox for a short operator change (`dead retry`) beside a running
+/// daemon: WAL and the busy timeout let the two take turns.
+pub fn open_admin(path: &Path) -> Result<Connection, OutboxError> {
+    let conn = open_existing(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.execute_batch("PRAGMA synchronous = FULL")
+        .map_err(|e| OutboxError::sqlite(path, e))?;
+    Ok(conn)
+}
+
+fn open_existing(path: &Path, mode: OpenFlags) -> Result<Connection, OutboxError> {
     if !path.exists() {
         return Err(OutboxError::Missing(path.to_owned()));
     }
     refuse_foreign_bytes(path)?;
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| OutboxError::sqlite(path, e))?;
+    let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| OutboxError::sqlite(path, e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| OutboxError::sqlite(path, e))?;
     identify(&conn, path)?;

@@ -94,10 +94,13 @@ impl Lane {
                         return;
                     }
                 }
+                // New records wake the lane; the timer catches records an operator made
+                // pending again from the command line (`dead retry`).
                 Ok(NextBatch::Empty) => {
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
                         _ = notify.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                     }
                 }
                 Err(e) => {

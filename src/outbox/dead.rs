@@ -1,0 +1,118 @@
+//! Dead letters for the operator: list them, send them again, or drop them.
+//!
+//! These run from the command line beside a running daemon, each as one short transaction on
+//! its own connection (WAL and the busy timeout let the two take turns). A retried record
+//! becomes pending again in its lane, and the lane's `scanned_to` is lowered below it so the
+//! next batch picks it up; a running daemon notices within a minute. A dropped record stays as
+//! a row (state 3) so that its dedupe key keeps the same input from being enqueued again, and
+//! is pruned like a delivered one.
+
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+
+use super::report::DeadLetter;
+use super::{OutboxError, now_ms, schema};
+
+/// Which dead letters an operator command applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    Ids(Vec<i64>),
+}
+
+/// Dead letters, newest first, optionally of one source.
+pub fn dead_letters(
+    path: &Path,
+    source: Option<&str>,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, OutboxError> {
+    let conn = schema::open_ro(path)?;
+    query(&conn, source, limit).map_err(|e| OutboxError::sqlite(path, e))
+}
+
+pub(super) fn query(
+    c: &Connection,
+    source: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<DeadLetter>> {
+    c.prepare(
+        "SELECT d.record_id, s.name, r.origin, d.status, d.answer, d.at, r.payload
+         FROM dead d JOIN records r ON r.id = d.record_id
+         JOIN sources s ON s.id = r.source_id
+         WHERE r.state = 2 AND (?1 IS NULL OR s.name = ?1)
+         ORDER BY d.at DESC, d.record_id DESC LIMIT ?2",
+    )?
+    .query_map(params![source, limit as i64], |r| {
+        Ok(DeadLetter {
+            record_id: r.get(0)?,
+            source: r.get(1)?,
+            origin: r.get(2)?,
+            status: r.get(3)?,
+            answer: r.get(4)?,
+            at_ms: r.get(5)?,
+            payload: r.get(6)?,
+        })
+    })?
+    .collect()
+}
+
+/// Makes the selected dead letters pending again; returns how many.
+pub fn retry_dead(path: &Path, selection: &Selection) -> Result<usize, OutboxError> {
+    change(path, selection, |c, id, lane| {
+        c.execute(
+            "UPDATE records SET state = 0, batch_id = NULL WHERE id = ?1 AND state = 2",
+            [id],
+        )?;
+        c.execute(
+            "UPDATE lanes SET scanned_to = min(scanned_to, ?1 - 1) WHERE id = ?2",
+            params![id, lane],
+        )?;
+        Ok(())
+    })
+}
+
+/// Gives the selected dead letters up; returns how many.
+pub fn drop_dead(path: &Path, selection: &Selection) -> Result<usize, OutboxError> {
+    change(path, selection, |c, id, _| {
+        c.execute(
+            "UPDATE records SET state = 3, sent_at = ?1 WHERE id = ?2 AND state = 2",
+            params![now_ms(), id],
+        )?;
+        Ok(())
+    })
+}
+
+fn change(
+    path: &Path,
+    selection: &Selection,
+    apply: impl Fn(&Connection, i64, i64) -> rusqlite::Result<()>,
+) -> Result<usize, OutboxError> {
+    let conn = schema::open_admin(path)?;
+    let run = || -> rusqlite::Result<usize> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let chosen: Vec<(i64, i64)> = conn
+            .prepare(
+                "SELECT d.record_id, r.lane_id FROM dead d JOIN records r ON r.id = d.record_id
+                 WHERE r.state = 2 ORDER BY d.record_id",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|(id, _)| match selection {
+                Selection::All => true,
+                Selection::Ids(ids) => ids.contains(id),
+            })
+            .collect();
+        for (id, lane) in &chosen {
+            apply(&conn, *id, *lane)?;
+            conn.execute("DELETE FROM dead WHERE record_id = ?1", [id])?;
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(chosen.len())
+    };
+    run().map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        OutboxError::sqlite(path, e)
+    })
+}

@@ -1,0 +1,71 @@
+//! The operator's view of refused records: `dead list`, `dead retry`, `dead drop`, beside a
+//! running daemon.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_retried_and_dropped_from_the_command_line() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.reject_records_containing("\"duration\":7,");
+    api.reject_records_containing("\"duration\":8,");
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    std::fs::write(env.exports.join("a.ndjson"), events(1..=10)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "two dead letters", || {
+        env.try_report().is_some_and(|r| r.lanes[0].dead == 2)
+    })
+    .await;
+    let cfg = env.config_file.to_str().unwrap();
+
+    let (code, out) = cli(&["--config", cfg, "dead", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("acd a.ndjson:7 → HTTP 400"), "{out}");
+    assert!(out.contains("record refused"), "{out}");
+    let (_, json) = cli(&["--config", cfg, "dead", "list", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let id_of_8 = listed
+        .iter()
+        .find(|d| d["origin"] == "a.ndjson:8")
+        .and_then(|d| d["record_id"].as_i64())
+        .unwrap();
+
+    // The cause is fixed in injixo; record 7 is sent again, record 8 is given up.
+    api.clear_rejections();
+    let (code, out) = cli(&["--config", cfg, "dead", "drop", &id_of_8.to_string()]);
+    assert_eq!((code, out.trim()), (0, "1 record(s) given up"));
+    let (code, out) = cli(&["--config", cfg, "dead", "retry", "--all"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("1 record(s) pending again"), "{out}");
+    // New input wakes the lane, which now also picks up the retried record.
+    std::fs::write(env.exports.join("b.ndjson"), events(11..=12)).unwrap();
+    wait_for(LIMIT, "record 7 delivered", || {
+        arrivals(&api).contains_key(&7)
+    })
+    .await;
+    wait_for(LIMIT, "records 11 and 12", || arrivals(&api).len() == 11).await;
+    daemon.stop().await;
+
+    let got = arrivals(&api);
+    assert!(!got.contains_key(&8), "a dropped record is not sent");
+    assert!(got.values().all(|n| *n == 1));
+    let report = env.report();
+    assert_eq!(report.lanes[0].dead, 0);
+    assert_eq!(report.lanes[0].pending, 0);
+    let (_, out) = cli(&["--config", cfg, "dead", "list"]);
+    assert_eq!(out.trim(), "no dead letters");
+}
+
+#[test]
+fn dead_retry_needs_ids_or_all() {
+    let (code, out) = cli(&["--config", "/nonexistent.toml", "dead", "retry"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("required arguments were not provided"), "{out}");
+}
