@@ -13,8 +13,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::metrics::{LaneMetrics, SourceMetrics};
 use crate::outbox::{Outbox, OutboxError};
 use crate::push::{ApiClient, Lane, LaneSettings};
+use crate::server;
 use crate::sources::{self, SourceContext};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +85,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         pause_probe: config.api.pause_probe,
     };
 
+    // Bind first: a taken address stops the start before anything else runs.
+    let listener = match &config.listen {
+        Some(l) => Some(server::bind(l.address).await.map_err(RunError::Setup)?),
+        None => None,
+    };
+
     let mut lane_ids = Vec::new();
+    let mut lane_metrics = Vec::new();
     for key in config.lanes() {
         let id = outbox.lane_id(&key).await?;
+        let metrics = Arc::new(LaneMetrics::new(key.clone()));
         lane_ids.push((key.clone(), id));
+        lane_metrics.push((id, metrics.clone()));
         let lane = Lane::new(
             key,
             id,
@@ -94,9 +105,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             client.clone(),
             settings.clone(),
             shutdown.clone(),
+            metrics,
         );
         tracker.spawn(lane.run());
     }
+    let mut source_metrics = Vec::new();
 
     for source in &config.sources {
         let id = outbox.source_id(&source.name).await?;
@@ -121,7 +134,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             shutdown: shutdown.clone(),
             wake,
             waker,
+            metrics: Arc::new(SourceMetrics::new(source.name.clone())),
         };
+        source_metrics.push(ctx.metrics.clone());
         let built = sources::build(source);
         tracker.spawn_blocking(move || built.run(ctx));
     }
@@ -145,6 +160,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             }
         }
     });
+
+    if let (Some(listener), Some(listen)) = (listener, &config.listen) {
+        let observed = Arc::new(server::Observed {
+            outbox: outbox.clone(),
+            state_path: config.state.path.clone(),
+            sources: source_metrics,
+            lanes: lane_metrics,
+            ready_pending_age: listen.ready_pending_age,
+        });
+        info!(address = %listen.address, "serving /healthz, /readyz and /metrics");
+        tracker.spawn(server::serve(listener, observed, shutdown.clone()));
+    }
 
     info!(
         sources = config.sources.len(),

@@ -51,6 +51,7 @@ pub struct Config {
     pub file: PathBuf,
     pub api: ApiConfig,
     pub state: StateConfig,
+    pub listen: Option<ListenConfig>,
     pub log: LogConfig,
     pub sources: Vec<SourceConfig>,
     /// Things that work but should be changed (an inline token, say).
@@ -111,6 +112,14 @@ impl TokenSource {
 pub struct StateConfig {
     pub path: PathBuf,
     pub keep_sent: Duration,
+}
+
+/// The local HTTP listener for `/healthz`, `/readyz` and `/metrics`.
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    pub address: std::net::SocketAddr,
+    /// `/readyz` fails while a lane's oldest pending record is older than this.
+    pub ready_pending_age: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +250,7 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     state: RawState,
+    listen: Option<RawListen>,
     #[serde(default)]
     log: RawLog,
     #[serde(default, rename = "source")]
@@ -270,6 +280,13 @@ struct RawApi {
 struct RawState {
     path: Option<String>,
     keep_sent: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    address: Option<String>,
+    ready_pending_age: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -345,6 +362,7 @@ impl Config {
         };
         let api = v.api(raw.api);
         let state = v.state(raw.state);
+        let listen = raw.listen.map(|l| v.listen(l));
         let log = v.log(raw.log);
         let sources = v.sources(raw.sources);
         if v.problems.is_empty() {
@@ -352,6 +370,7 @@ impl Config {
                 file: file.to_owned(),
                 api: api.expect("validated"),
                 state,
+                listen,
                 log,
                 sources,
                 warnings: v.warnings,
@@ -685,6 +704,30 @@ impl Validator<'_> {
             (Duration::ZERO, Duration::from_secs(3650 * 86_400)),
         );
         StateConfig { path, keep_sent }
+    }
+
+    fn listen(&mut self, raw: RawListen) -> ListenConfig {
+        let at = |key: &'static str| [Seg::Key("listen"), Seg::Key(key)];
+        let text = raw.address.as_deref().unwrap_or("127.0.0.1:9850");
+        let address = text.parse().unwrap_or_else(|_| {
+            self.problem(
+                &at("address"),
+                "listen.address",
+                format!("{text:?} is not an address like \"127.0.0.1:9850\""),
+            );
+            ([127, 0, 0, 1], 9850).into()
+        });
+        let ready_pending_age = self.duration(
+            &at("ready_pending_age"),
+            "listen.ready_pending_age",
+            raw.ready_pending_age.as_deref(),
+            Duration::from_secs(3600),
+            (Duration::from_secs(1), Duration::from_secs(30 * 86_400)),
+        );
+        ListenConfig {
+            address,
+            ready_pending_age,
+        }
     }
 
     fn log(&mut self, raw: RawLog) -> LogConfig {

@@ -67,5 +67,8 @@ async fn dead_letters_are_listed_retried_and_dropped_from_the_command_line() {
 fn dead_retry_needs_ids_or_all() {
     let (code, out) = cli(&["--config", "/nonexistent.toml", "dead", "retry"]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("required arguments were not provided"), "{out}");
+    assert!(
+        out.contains("required arguments were not provided"),
+        "{out}"
+    );
 }

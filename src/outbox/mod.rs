@@ -28,7 +28,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use dead::{Selection, dead_letters, drop_dead, retry_dead};
-pub use report::{DeadLetter, LaneReport, ParkedReport, Report, SourceReport, inspect, verify};
+pub use report::{
+    DeadLetter, LaneReport, ParkedReport, Report, SourceReport, inspect, lane_depths, verify,
+};
 
 use crate::types::{LaneKey, SourceName};
 
@@ -236,6 +238,11 @@ impl Outbox {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the writer thread still takes work.
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
     }
 
     /// The notification a lane waits on for new records.
@@ -751,7 +758,8 @@ fn close_batch_if_done(c: &Connection, batch: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -70,6 +70,31 @@ pub struct ParkedReport {
     pub at_ms: i64,
 }
 
+/// Per lane id: records waiting and the creation time of the oldest (for `/metrics` and
+/// `/readyz`). Reads only the unsent tail above each lane's `scanned_to` and its open batch.
+pub fn lane_depths(path: &Path) -> Result<Vec<(i64, i64, Option<i64>)>, OutboxError> {
+    let conn = schema::open_ro(path)?;
+    let read = || -> rusqlite::Result<Vec<(i64, i64, Option<i64>)>> {
+        // Two index-friendly parts: the rowid range above `scanned_to`, and the open batch
+        // (whose records are older, so its oldest is the lane's oldest when it exists).
+        conn.prepare(
+            "WITH tail AS (
+                 SELECT l.id AS lane, count(r.id) AS n, min(r.created) AS oldest FROM lanes l
+                 LEFT JOIN records r ON r.id > l.scanned_to AND r.lane_id = l.id AND r.state = 0
+                 GROUP BY l.id),
+             open AS (
+                 SELECT b.lane_id AS lane, count(r.id) AS n, min(r.created) AS oldest
+                 FROM batches b JOIN records r ON r.batch_id = b.id AND r.state = 0
+                 GROUP BY b.lane_id)
+             SELECT tail.lane, tail.n + coalesce(open.n, 0), coalesce(open.oldest, tail.oldest)
+             FROM tail LEFT JOIN open ON open.lane = tail.lane",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect()
+    };
+    read().map_err(|e| OutboxError::sqlite(path, e))
+}
+
 /// Checks the whole file (`PRAGMA integrity_check`) and that it is ours.
 pub fn verify(path: &Path) -> Result<(), OutboxError> {
     let conn = schema::open_ro(path)?;

@@ -10,14 +10,16 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::classify::{Action, Backoff, classify};
+use super::classify::{Action, Attempt, Backoff, classify};
 use super::client::{ApiClient, body};
-use crate::outbox::{Batch, BatchLimits, Delivered, Health, LaneId, NextBatch, Outbox};
+use crate::metrics::LaneMetrics;
+use crate::outbox::{Batch, BatchLimits, Delivered, Health, LaneId, NextBatch, Outbox, now_ms};
 use crate::types::LaneKey;
 
 /// How a lane forms batches and paces retries (from `[api]`).
@@ -43,6 +45,7 @@ pub struct Lane {
     settings: LaneSettings,
     shutdown: CancellationToken,
     health: Health,
+    metrics: Arc<LaneMetrics>,
 }
 
 impl Lane {
@@ -53,6 +56,7 @@ impl Lane {
         client: Arc<ApiClient>,
         settings: LaneSettings,
         shutdown: CancellationToken,
+        metrics: Arc<LaneMetrics>,
     ) -> Self {
         Self {
             meta: key.meta_json(),
@@ -63,6 +67,7 @@ impl Lane {
             settings,
             shutdown,
             health: Health::Ok,
+            metrics,
         }
     }
 
@@ -140,9 +145,17 @@ impl Lane {
                     self.flush(last_accepted.take()).await;
                     return Err(Stopped);
                 }
+                let started = Instant::now();
                 let attempt = self.client.post(&self.key, &idem, request.clone()).await;
+                let status = match &attempt {
+                    Attempt::Answered { status, .. } => *status,
+                    _ => 0,
+                };
+                self.metrics.observe(status, started.elapsed());
                 match classify(&attempt) {
                     Action::Delivered => {
+                        self.metrics.sent.fetch_add((hi - lo) as u64, Relaxed);
+                        self.metrics.last_success_ms.store(now_ms(), Relaxed);
                         self.flush(last_accepted.take()).await;
                         last_accepted = Some(Delivered {
                             batch: batch.id,
@@ -157,7 +170,9 @@ impl Lane {
                         unknown_outcome,
                         reason,
                     } => {
+                        self.metrics.retries.fetch_add(1, Relaxed);
                         if unknown_outcome {
+                            self.metrics.unknown_outcome.fetch_add(1, Relaxed);
                             let _ = self.outbox.count_unknown_outcome(self.id).await;
                         }
                         self.set_health(Health::Retrying(reason)).await;
@@ -185,6 +200,7 @@ impl Lane {
                             async move { o.mark_dead(batch.id, first, status, body).await }
                         })
                         .await?;
+                        self.metrics.dead.fetch_add(1, Relaxed);
                         break;
                     }
                     Action::Pause { reason, .. } => {
@@ -241,6 +257,10 @@ impl Lane {
         if !changed {
             return;
         }
+        self.metrics.set_paused(match &next {
+            Health::Paused(reason) => Some(reason.clone()),
+            _ => None,
+        });
         match (&self.health, &next) {
             (_, Health::Paused(reason)) => error!(lane = %self.key, "delivery paused: {reason}"),
             (_, Health::Retrying(reason)) => {

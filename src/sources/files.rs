@@ -823,7 +823,15 @@ impl From<std::io::Error> for TakeError {
 }
 
 fn commit(ctx: &SourceContext, c: Commit) -> Result<(), OutboxError> {
-    ctx.outbox.commit_blocking(ctx.id, ctx.lane, c).map(|_| ())
+    use std::sync::atomic::Ordering::Relaxed;
+    let parked = c.parked.len() as u64;
+    let done = ctx.outbox.commit_blocking(ctx.id, ctx.lane, c)?;
+    let m = &ctx.metrics;
+    m.records.fetch_add(done.inserted as u64, Relaxed);
+    m.duplicates.fetch_add(done.duplicates as u64, Relaxed);
+    m.parked.fetch_add(parked, Relaxed);
+    m.last_activity_ms.store(crate::outbox::now_ms(), Relaxed);
+    Ok(())
 }
 
 fn to_json(cur: &FileCursor) -> String {

@@ -10,11 +10,13 @@
 pub mod files;
 pub mod parse;
 
+use std::sync::Arc;
 use std::sync::mpsc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SourceConfig, SourceKind};
+use crate::metrics::SourceMetrics;
 use crate::outbox::{LaneId, Outbox, SourceId};
 use crate::types::{Emits, SourceName};
 
@@ -30,6 +32,7 @@ pub struct SourceContext {
     pub wake: mpsc::Receiver<()>,
     /// A sender for `wake`, for the source's own watchers.
     pub waker: mpsc::Sender<()>,
+    pub metrics: Arc<SourceMetrics>,
 }
 
 /// A configured input.

@@ -1,0 +1,162 @@
+//! `/metrics`, `/healthz` and `/readyz` on the `[listen]` address.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("daemon answers");
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix}\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_add_up_to_what_the_api_received() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.push_fault(Fault::Status(503));
+    api.reject_records_containing("\"duration\":42,");
+    let port = free_port();
+    let config = env.write_config(&format!(
+        "{}\n[listen]\naddress = \"127.0.0.1:{port}\"\n",
+        env.config_text(
+            &api.url(),
+            "batch_records = 100",
+            &env.ndjson_source("acd", "drop", "")
+        )
+    ));
+    let mut text = events(0..1000);
+    text.push_str("not json\n");
+    std::fs::write(env.exports.join("day.ndjson"), text).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "999 records", || api.record_count() >= 999).await;
+    wait_for(LIMIT, "the lane drained", || {
+        env.try_report()
+            .is_some_and(|r| r.lanes[0].pending == 0 && r.lanes[0].dead == 1)
+    })
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    let (status, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    let lane = r#"{endpoint="contact_events",integration_id="1234",external_system=""}"#;
+    assert_eq!(
+        sample(&metrics, &format!("injixo_sync_lane_sent_total{lane}")),
+        api.record_count() as f64
+    );
+    assert_eq!(
+        sample(&metrics, &format!("injixo_sync_lane_dead_total{lane}")),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, &format!("injixo_sync_lane_pending_records{lane}")),
+        0.0
+    );
+    assert_eq!(
+        sample(&metrics, "injixo_sync_source_records_total{source=\"acd\"}"),
+        1000.0
+    );
+    assert_eq!(
+        sample(&metrics, "injixo_sync_source_parked_total{source=\"acd\"}"),
+        1.0
+    );
+    let answered_200 = api.seen().iter().filter(|s| s.status == 200).count() as f64;
+    let endpoint = r#"injixo_sync_http_responses_total{endpoint="contact_events",integration_id="1234",external_system="""#;
+    assert_eq!(
+        sample(&metrics, &format!("{endpoint},status=\"200\"}}")),
+        answered_200
+    );
+    assert_eq!(
+        sample(&metrics, &format!("{endpoint},status=\"503\"}}")),
+        1.0
+    );
+    assert!(sample(&metrics, &format!("injixo_sync_lane_retries_total{lane}")) >= 1.0);
+    let requests = api.seen().len() as f64;
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("injixo_sync_batch_duration_seconds_count{lane}")
+        ),
+        requests
+    );
+
+    let (status, body) = get(&format!("{base}/healthz")).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"alive"}"#));
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_a_lane_is_paused_and_recovers() {
+    let env = Env::new();
+    let api = FakeApi::start("rotated-key").await.unwrap();
+    let port = free_port();
+    let config = env.write_config(&format!(
+        "{}\n[listen]\naddress = \"127.0.0.1:{port}\"\n",
+        env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", ""))
+    ));
+    std::fs::write(env.exports.join("day.ndjson"), events(0..5)).unwrap();
+    let daemon = Daemon::start(config);
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    wait_for(LIMIT, "lane paused", || env.health() == "paused").await;
+    let (status, body) = get(&url).await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["ready"], false);
+    assert!(
+        body["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("paused: the API answered 401"),
+        "{body}"
+    );
+
+    std::fs::write(&env.key_file, "rotated-key").unwrap();
+    wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
+    let (status, body) = get(&url).await;
+    assert_eq!(status, 200, "{body}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_listen_address_stops_the_start_with_a_clear_error() {
+    let env = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = env.write_config(&format!(
+        "{}\n[listen]\naddress = \"127.0.0.1:{port}\"\n",
+        env.config_text(
+            "http://127.0.0.1:9",
+            "",
+            &env.ndjson_source("acd", "drop", "")
+        )
+    ));
+    let err = injixo_sync::run(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} is already in use")),
+        "{err}"
+    );
+}
