@@ -134,7 +134,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             shutdown: shutdown.clone(),
             wake,
             waker,
-            metrics: Arc::new(SourceMetrics::new(source.name.clone())),
+            metrics: Arc::new(SourceMetrics::new(
+                source.name.clone(),
+                source.stale.clone(),
+                crate::outbox::now_ms(),
+            )),
         };
         source_metrics.push(ctx.metrics.clone());
         let built = sources::build(source);

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::normalize::map::{ApiField, FieldSource, Mapping};
 use crate::normalize::time::{TimeFormat, TimeParser};
+use crate::stale::{BusinessHours, StalePolicy};
 use crate::types::{Emits, LaneKey, Secret, SourceName};
 
 /// The API's documented base URL.
@@ -139,6 +140,8 @@ pub struct SourceConfig {
     pub name: SourceName,
     pub lane: LaneKey,
     pub kind: SourceKind,
+    /// When the source counts as silent (`stale_after`, `business_hours`).
+    pub stale: Option<StalePolicy>,
 }
 
 #[derive(Clone, Debug)]
@@ -322,6 +325,8 @@ struct RawSource {
     timestamp_format: Option<String>,
     timezone: Option<String>,
     map: Option<toml::Table>,
+    stale_after: Option<String>,
+    business_hours: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -875,6 +880,7 @@ impl Validator<'_> {
             }
             (_, s) => s,
         };
+        let stale = self.stale(i, &label, &raw);
         let kind = match raw.kind.clone().as_deref() {
             Some("files") => self.files(i, &label, emits, raw),
             Some(t @ ("asterisk_queue_log" | "http" | "sql" | "webhook")) => {
@@ -913,7 +919,47 @@ impl Validator<'_> {
                 external_system,
             },
             kind: kind?,
+            stale,
         })
+    }
+
+    fn stale(&mut self, i: usize, label: &str, raw: &RawSource) -> Option<StalePolicy> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let Some(after) = raw.stale_after.as_deref() else {
+            if raw.business_hours.is_some() {
+                self.problem(
+                    &at("business_hours"),
+                    &format!("{label}.business_hours"),
+                    "applies only with stale_after",
+                );
+            }
+            return None;
+        };
+        let after = self.duration(
+            &at("stale_after"),
+            &format!("{label}.stale_after"),
+            Some(after),
+            Duration::from_secs(7200),
+            (Duration::from_secs(1), Duration::from_secs(365 * 86_400)),
+        );
+        let zone = raw
+            .timezone
+            .as_deref()
+            .and_then(|z| jiff::tz::TimeZone::get(z).ok())
+            .unwrap_or(jiff::tz::TimeZone::UTC);
+        let hours = match raw
+            .business_hours
+            .as_deref()
+            .map(|h| BusinessHours::parse(h, zone))
+        {
+            None => None,
+            Some(Ok(h)) => Some(h),
+            Some(Err(e)) => {
+                self.problem(&at("business_hours"), &format!("{label}.business_hours"), e);
+                None
+            }
+        };
+        Some(StalePolicy { after, hours })
     }
 
     fn files(

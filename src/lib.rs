@@ -30,6 +30,7 @@ pub mod outbox;
 pub mod push;
 pub mod server;
 pub mod sources;
+pub mod stale;
 pub mod status;
 pub mod types;
 

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::stale::StalePolicy;
 use crate::types::{LaneKey, SourceName};
 
 /// Upper bounds (seconds) of the batch latency histogram.
@@ -26,6 +27,9 @@ pub struct SourceMetrics {
     pub parked: AtomicU64,
     /// Unix milliseconds of the last commit, 0 before any.
     pub last_activity_ms: AtomicI64,
+    /// When the daemon started: silence is counted from here at the earliest.
+    pub since_ms: i64,
+    pub stale: Option<StalePolicy>,
 }
 
 #[derive(Debug)]
@@ -85,14 +89,23 @@ impl LaneMetrics {
 }
 
 impl SourceMetrics {
-    pub fn new(name: SourceName) -> Self {
+    pub fn new(name: SourceName, stale: Option<StalePolicy>, since_ms: i64) -> Self {
         Self {
             name,
             records: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             parked: AtomicU64::new(0),
             last_activity_ms: AtomicI64::new(0),
+            since_ms,
+            stale,
         }
+    }
+
+    /// Why this source counts as silent now, if it does.
+    pub fn stale_verdict(&self, now_ms: i64) -> Option<String> {
+        let last = self.last_activity_ms.load(Relaxed).max(self.since_ms);
+        let now = jiff::Timestamp::from_millisecond(now_ms).ok()?;
+        self.stale.as_ref()?.verdict(last, now)
     }
 }
 
@@ -168,6 +181,20 @@ pub fn render(
             "injixo_sync_source_last_activity_timestamp_seconds{{source=\"{}\"}} {}",
             escape(s.name.as_str()),
             s.last_activity_ms.load(Relaxed) as f64 / 1000.0
+        );
+    }
+
+    let _ = writeln!(
+        o,
+        "# HELP injixo_sync_source_stale 1 while a source with stale_after has read nothing for that long.\n\
+         # TYPE injixo_sync_source_stale gauge"
+    );
+    for s in sources.iter().filter(|s| s.stale.is_some()) {
+        let _ = writeln!(
+            o,
+            "injixo_sync_source_stale{{source=\"{}\"}} {}",
+            escape(s.name.as_str()),
+            u8::from(s.stale_verdict(now_ms).is_some())
         );
     }
 
@@ -301,7 +328,11 @@ mod tests {
         lane.sent.fetch_add(499, Relaxed);
         lane.observe(200, Duration::from_millis(30));
         lane.observe(503, Duration::from_secs(60));
-        let source = Arc::new(SourceMetrics::new(SourceName::parse("acd").unwrap()));
+        let source = Arc::new(SourceMetrics::new(
+            SourceName::parse("acd").unwrap(),
+            None,
+            0,
+        ));
         source.records.fetch_add(500, Relaxed);
         let text = render(
             &[source],

@@ -168,6 +168,11 @@ async fn not_ready(o: &Observed) -> Vec<String> {
     }
     let depths = depths(o).await;
     let now = now_ms();
+    for s in &o.sources {
+        if let Some(why) = s.stale_verdict(now) {
+            reasons.push(format!("source {} is silent: {why}", s.name));
+        }
+    }
     for (id, lane) in &o.lanes {
         if lane.paused.load(Relaxed) {
             let why = lane

@@ -17,10 +17,22 @@ pub fn main(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!(
-            "{}",
-            render(&report, &config.state.path, crate::outbox::now_ms())
-        );
+        let now = crate::outbox::now_ms();
+        let silent: Vec<(String, String)> = config
+            .sources
+            .iter()
+            .filter_map(|src| {
+                let policy = src.stale.as_ref()?;
+                let last = report
+                    .sources
+                    .iter()
+                    .find(|r| r.name == src.name.as_str())?
+                    .last_activity_ms?;
+                let verdict = policy.verdict(last, jiff::Timestamp::from_millisecond(now).ok()?)?;
+                Some((src.name.as_str().to_owned(), verdict))
+            })
+            .collect();
+        print!("{}", render(&report, &config.state.path, now, &silent));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -70,8 +82,8 @@ fn render_dead(d: &DeadLetter) -> String {
     )
 }
 
-/// The human-readable report.
-pub fn render(r: &Report, path: &Path, now_ms: i64) -> String {
+/// The human-readable report; `silent` names sources past their `stale_after`, with why.
+pub fn render(r: &Report, path: &Path, now_ms: i64, silent: &[(String, String)]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Outbox {}\n", path.display());
     let _ = writeln!(
@@ -132,6 +144,9 @@ pub fn render(r: &Report, path: &Path, now_ms: i64) -> String {
                 .map(|t| format!("{} ago", ago(now_ms, t)))
                 .unwrap_or("never".into())
         );
+        if let Some((_, why)) = silent.iter().find(|(name, _)| *name == s.name) {
+            let _ = writeln!(out, "    silent: {why}");
+        }
         for c in s.cursors.iter().take(3) {
             let path = c
                 .value

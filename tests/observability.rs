@@ -160,3 +160,51 @@ async fn a_taken_listen_address_stops_the_start_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_source_makes_readyz_fail_until_it_reads_again() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    let config = env.write_config(&format!(
+        "{}\n[listen]\naddress = \"127.0.0.1:{port}\"\n",
+        env.config_text(
+            &api.url(),
+            "",
+            &env.ndjson_source("acd", "drop", "stale_after = \"1s\"")
+        )
+    ));
+    let daemon = Daemon::start(config);
+    let base = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + LIMIT;
+    let body = loop {
+        // The listener may not be up yet on the first tries.
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+            && r.status().as_u16() == 503
+        {
+            break r.text().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz never reported the silence"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        body.contains("source acd is silent: nothing read for 1s (stale_after 1s)"),
+        "{body}"
+    );
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(
+        sample(&metrics, "injixo_sync_source_stale{source=\"acd\"}"),
+        1.0
+    );
+
+    std::fs::write(env.exports.join("day.ndjson"), events(0..3)).unwrap();
+    wait_for(LIMIT, "3 records", || api.record_count() >= 3).await;
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    daemon.stop().await;
+}
