@@ -41,6 +41,15 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadAction,
     },
+    /// Send one visible test record and print the API's whole answer (first-time set-up).
+    SendTest {
+        /// Which kind of record.
+        #[arg(long = "type", value_enum)]
+        kind: TestKind,
+        /// The source whose configuration id to use (default: the first that fits).
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Run the whole pipeline against an embedded fake API with generated ACD data.
     Demo {
         /// How many contact events to generate.
@@ -78,4 +87,10 @@ pub enum DeadAction {
         #[arg(long)]
         all: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TestKind {
+    ContactEvent,
+    AgentStatus,
 }

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod outbox;
 pub mod push;
+pub mod send_test;
 pub mod server;
 pub mod sources;
 pub mod stale;

@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use injixo_sync::cli::{Cli, Command};
+use injixo_sync::cli::{Cli, Command, TestKind};
 use injixo_sync::config::{self, Config};
-use injixo_sync::{app, check, demo, logging, status};
+use injixo_sync::types::Emits;
+use injixo_sync::{app, check, demo, logging, send_test, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,6 +22,13 @@ fn main() -> ExitCode {
         Command::Check { offline } => check::main(&path, offline),
         Command::Status { json } => status::main(&path, json),
         Command::Dead { action } => status::dead(&path, action),
+        Command::SendTest { kind, source } => {
+            let emits = match kind {
+                TestKind::ContactEvent => Emits::ContactEvents,
+                TestKind::AgentStatus => Emits::AgentStatuses,
+            };
+            send_test::main(&path, emits, source.as_deref())
+        }
         Command::Demo { records } => demo::main(records),
     };
     result.unwrap_or_else(|e| {

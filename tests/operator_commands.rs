@@ -1,5 +1,4 @@
-//! The operator's view of refused records: `dead list`, `dead retry`, `dead drop`, beside a
-//! running daemon.
+//! The operator's commands: `dead list|retry|drop` beside a running daemon, and `send-test`.
 
 mod support;
 
@@ -69,6 +68,62 @@ fn dead_retry_needs_ids_or_all() {
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains("required arguments were not provided"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_test_shows_the_whole_answer_and_explains_a_refusal() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let statuses = format!(
+        "[[source]]\nname = \"states\"\ntype = \"files\"\nintegration_id = 8431\n\
+         emits = \"agent_statuses\"\nexternal_system = \"My ACD\"\npath = {:?}\nformat = \"ndjson\"\n",
+        env.exports.display().to_string()
+    );
+    env.write_config(&env.config_text(
+        &api.url(),
+        "",
+        &(env.ndjson_source("acd", "drop", "") + &statuses),
+    ));
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+    let args = |kind: &str| {
+        vec![
+            "--config".into(),
+            cfg.clone(),
+            "send-test".into(),
+            "--type".into(),
+            kind.into(),
+        ]
+    };
+
+    let (code, out) = run(args("contact-event")).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("HTTP 200\n{\"accepted\":1}"), "{out}");
+    assert!(
+        out.contains("ok: the API accepted the test record"),
+        "{out}"
+    );
+    let (code, out) = run(args("agent-status")).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    let accepted = api.accepted();
+    assert_eq!(accepted[0].records[0]["queueName"], "injixo-sync test");
+    assert_eq!(
+        accepted[1].meta,
+        serde_json::json!({"integrationConfigurationId": 8431, "externalSystem": "My ACD"})
+    );
+
+    api.set_token("regenerated");
+    let (code, out) = run(args("contact-event")).await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("HTTP 401"), "{out}");
+    assert!(
+        out.contains("problem: the API answered 401 Unauthorized"),
         "{out}"
     );
 }
