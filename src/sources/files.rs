@@ -363,9 +363,12 @@ impl FilesSource {
             self.warn_once(
                 path,
                 format!(
-                    "read {} but could not {:?} it: {e}",
+                    "read {} but could not {}: {e} (it is not read again)",
                     path.display(),
-                    self.cfg.after
+                    match &self.cfg.after {
+                        After::Move(dir) => format!("move it to {}", dir.display()),
+                        _ => "delete it".to_owned(),
+                    }
                 ),
                 ctx,
             );
