@@ -204,3 +204,70 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     info!("stopped");
     Ok(())
 }
+
+/// Reads one source's files once into the outbox (`import`), stopping early on Ctrl-C.
+/// `progress` is called about five times a second with the source's counters. Returns
+/// whether every file was read to its end.
+pub fn import(
+    config: &Config,
+    source: &crate::config::SourceConfig,
+    files: crate::config::FilesConfig,
+    mut progress: impl FnMut(&SourceMetrics),
+) -> Result<bool, RunError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Setup(format!("cannot start the async runtime: {e}")))?;
+    let (outbox, writer) = Outbox::open(&config.state.path)?;
+    let (id, lane) = runtime.block_on(async {
+        Ok::<_, OutboxError>((
+            outbox.source_id(&source.name).await?,
+            outbox.lane_id(&source.lane).await?,
+        ))
+    })?;
+    let shutdown = CancellationToken::new();
+    let interrupt = shutdown.clone();
+    runtime.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            interrupt.cancel();
+        }
+    });
+    let (waker, wake) = std::sync::mpsc::channel();
+    let metrics = Arc::new(SourceMetrics::new(
+        source.name.clone(),
+        None,
+        crate::outbox::now_ms(),
+    ));
+    let ctx = SourceContext {
+        name: source.name.clone(),
+        id,
+        lane,
+        emits: source.lane.emits,
+        outbox: outbox.clone(),
+        shutdown: shutdown.clone(),
+        wake,
+        waker,
+        metrics: metrics.clone(),
+    };
+    let reader = std::thread::Builder::new()
+        .name("import".into())
+        .spawn(move || crate::sources::files::FilesSource::new(files).run_once(&ctx))
+        .map_err(|e| RunError::Setup(format!("cannot start the import thread: {e}")))?;
+    while !reader.is_finished() {
+        progress(&metrics);
+        runtime.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+    progress(&metrics);
+    let result = reader
+        .join()
+        .map_err(|_| RunError::Setup("the import thread panicked".into()))?;
+    drop(outbox);
+    let _ = writer.join();
+    result?;
+    Ok(!shutdown.is_cancelled())
+}

@@ -41,6 +41,18 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadAction,
     },
+    /// Read a source's history into the outbox once, with progress; resumable.
+    Import {
+        /// The source (its name in the configuration).
+        #[arg(long)]
+        source: String,
+        /// A directory or file to read instead of the source's `path`.
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+        /// Only files modified since this date (2024-01-31) or RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
     /// Send one visible test record and print the API's whole answer (first-time set-up).
     SendTest {
         /// Which kind of record.

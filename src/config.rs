@@ -193,6 +193,8 @@ pub struct FilesConfig {
     pub header: bool,
     pub columns: Option<Vec<String>>,
     pub map: Option<Mapping>,
+    /// Only files modified at or after this (`import --since`; not a configuration key).
+    pub modified_since: Option<std::time::SystemTime>,
 }
 
 /// One thing wrong with a configuration file.
@@ -1182,6 +1184,7 @@ impl Validator<'_> {
             header,
             columns: raw.columns,
             map,
+            modified_since: None,
         }))
     }
 

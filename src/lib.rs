@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod fake_api;
+pub mod import;
 pub mod logging;
 pub mod metrics;
 pub mod normalize;

@@ -6,7 +6,7 @@ use clap::Parser;
 use injixo_sync::cli::{Cli, Command, TestKind};
 use injixo_sync::config::{self, Config};
 use injixo_sync::types::Emits;
-use injixo_sync::{app, check, demo, logging, send_test, status};
+use injixo_sync::{app, check, demo, import, logging, send_test, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,6 +22,11 @@ fn main() -> ExitCode {
         Command::Check { offline } => check::main(&path, offline),
         Command::Status { json } => status::main(&path, json),
         Command::Dead { action } => status::dead(&path, action),
+        Command::Import {
+            source,
+            from,
+            since,
+        } => import::main(&path, &source, from, since.as_deref()),
         Command::SendTest { kind, source } => {
             let emits = match kind {
                 TestKind::ContactEvent => Emits::ContactEvents,

@@ -25,6 +25,8 @@ pub struct SourceMetrics {
     pub records: AtomicU64,
     pub duplicates: AtomicU64,
     pub parked: AtomicU64,
+    /// Input bytes committed (records, parked lines and what lies between).
+    pub bytes: AtomicU64,
     /// Unix milliseconds of the last commit, 0 before any.
     pub last_activity_ms: AtomicI64,
     /// When the daemon started: silence is counted from here at the earliest.
@@ -95,6 +97,7 @@ impl SourceMetrics {
             records: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             parked: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             last_activity_ms: AtomicI64::new(0),
             since_ms,
             stale,

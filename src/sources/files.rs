@@ -118,25 +118,13 @@ impl FilesSource {
 
 impl Source for FilesSource {
     fn run(mut self: Box<Self>, ctx: SourceContext) {
-        let fresh = match ctx.outbox.cursors_blocking(ctx.id) {
-            Ok(rows) => {
-                let fresh = rows.is_empty();
-                for (id, key, value) in rows {
-                    match serde_json::from_str(&value) {
-                        Ok(cur) => self.known.push(Known { id, key, cur }),
-                        Err(e) => {
-                            warn!(source = %ctx.name, "ignoring unreadable cursor {key}: {e}")
-                        }
-                    }
-                }
-                fresh
-            }
+        match self.load_cursors(&ctx) {
+            Ok(fresh) => self.first_pass = fresh,
             Err(e) => {
                 error!(source = %ctx.name, "cannot load cursors: {e}");
                 return;
             }
-        };
-        self.first_pass = fresh;
+        }
         let mut watcher = None;
         info!(source = %ctx.name, path = %self.cfg.path.display(), "watching for files");
         let mut failures = 0u32;
@@ -172,6 +160,27 @@ impl Source for FilesSource {
 }
 
 impl FilesSource {
+    /// Reads every matching file once, completely, and returns (for `import`). Files already
+    /// read are skipped by their cursors, so an interrupted import continues where it stopped.
+    pub fn run_once(mut self, ctx: &SourceContext) -> Result<(), OutboxError> {
+        self.load_cursors(ctx)?;
+        self.first_pass = false;
+        self.pass(ctx).map(|_| ())
+    }
+
+    /// Loads the source's cursors; `true` when it has none yet (a first start).
+    fn load_cursors(&mut self, ctx: &SourceContext) -> Result<bool, OutboxError> {
+        let rows = ctx.outbox.cursors_blocking(ctx.id)?;
+        let fresh = rows.is_empty();
+        for (id, key, value) in rows {
+            match serde_json::from_str(&value) {
+                Ok(cur) => self.known.push(Known { id, key, cur }),
+                Err(e) => warn!(source = %ctx.name, "ignoring unreadable cursor {key}: {e}"),
+            }
+        }
+        Ok(fresh)
+    }
+
     fn watch(&mut self, ctx: &SourceContext) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
         if !self.cfg.path.is_dir() {
@@ -220,39 +229,12 @@ impl FilesSource {
     }
 
     /// Matching files, oldest first (so a backlog is read in the order it was written).
-    fn scan(&mut self, ctx: &SourceContext) -> Vec<(PathBuf, std::fs::Metadata)> {
-        let mut out = Vec::new();
-        let mut dirs = vec![self.cfg.path.clone()];
-        while let Some(dir) = dirs.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) => {
-                    if dir != self.cfg.path || e.kind() != std::io::ErrorKind::NotFound {
-                        self.warn_once(&dir, format!("cannot list {}: {e}", dir.display()), ctx);
-                    }
-                    continue;
-                }
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let Ok(meta) = std::fs::metadata(&path) else {
-                    continue;
-                };
-                if meta.is_dir() {
-                    let archive = matches!(&self.cfg.after, After::Move(a) if *a == path);
-                    if self.cfg.recursive && !archive {
-                        dirs.push(path);
-                    }
-                    continue;
-                }
-                let rel = path.strip_prefix(&self.cfg.path).unwrap_or(&path);
-                if self.cfg.include.is_match(rel) && !self.cfg.exclude.is_match(rel) {
-                    out.push((path, meta));
-                }
-            }
+    fn scan(&mut self, ctx: &SourceContext) -> Found {
+        let (files, problems) = matching_files(&self.cfg);
+        for (dir, message) in problems {
+            self.warn_once(&dir, message, ctx);
         }
-        out.sort_by(|a, b| (a.1.modified().ok(), &a.0).cmp(&(b.1.modified().ok(), &b.0)));
-        out
+        files
     }
 
     fn pass_drop(
@@ -648,6 +630,7 @@ impl FilesSource {
                 next.header = step.header;
             }
             let id = cur.id;
+            let consumed = step.consumed as u64;
             commit(
                 ctx,
                 Commit {
@@ -656,6 +639,9 @@ impl FilesSource {
                     cursors: vec![(id, to_json(&next))],
                 },
             )?;
+            ctx.metrics
+                .bytes
+                .fetch_add(consumed, std::sync::atomic::Ordering::Relaxed);
             self.known[idx].cur = next;
             if at_end {
                 return Ok(());
@@ -749,6 +735,53 @@ impl FilesSource {
             self.warned.insert(path.to_owned(), message);
         }
     }
+}
+
+/// Files with their metadata.
+pub(crate) type Found = Vec<(PathBuf, std::fs::Metadata)>;
+/// Directories that could not be listed, with why.
+pub(crate) type Unlisted = Vec<(PathBuf, String)>;
+
+/// The files of a source's directory that its globs select, oldest first (a backlog is read in
+/// the order it was written), and the directories that could not be listed.
+pub(crate) fn matching_files(cfg: &FilesConfig) -> (Found, Unlisted) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    let mut dirs = vec![cfg.path.clone()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                if dir != cfg.path || e.kind() != std::io::ErrorKind::NotFound {
+                    problems.push((dir.clone(), format!("cannot list {}: {e}", dir.display())));
+                }
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                let archive = matches!(&cfg.after, After::Move(a) if *a == path);
+                if cfg.recursive && !archive {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            let rel = path.strip_prefix(&cfg.path).unwrap_or(&path);
+            let recent = match (cfg.modified_since, meta.modified()) {
+                (Some(since), Ok(m)) => m >= since,
+                _ => true,
+            };
+            if recent && cfg.include.is_match(rel) && !cfg.exclude.is_match(rel) {
+                out.push((path, meta));
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.1.modified().ok(), &a.0).cmp(&(b.1.modified().ok(), &b.0)));
+    (out, problems)
 }
 
 #[derive(Default)]

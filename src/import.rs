@@ -1,0 +1,126 @@
+//! `injixo-sync import`: a one-shot backfill of a source's history (last year's exports, for
+//! forecasting) into the outbox, with a progress bar on a terminal and plain lines otherwise.
+//!
+//! Files are read under the source's own name and cursors, so an import that is interrupted
+//! continues where it stopped, and records the daemon already has are not enqueued again. The
+//! running daemon delivers what was imported.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use globset::{Glob, GlobSetBuilder};
+
+use crate::config::{After, Config, FileMode, SourceKind};
+use crate::sources::files::matching_files;
+
+pub fn main(
+    config_path: &Path,
+    source: &str,
+    from: Option<PathBuf>,
+    since: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    // The progress is the output; per-file log lines would only interleave with it.
+    crate::logging::init(&crate::config::LogConfig {
+        level: "warn".into(),
+        ..config.log.clone()
+    });
+    let Some(chosen) = config.sources.iter().find(|s| s.name.as_str() == source) else {
+        let names: Vec<_> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "no source is named {source:?}; configured: {}",
+            names.join(", ")
+        );
+    };
+    let SourceKind::Files(mut files) = chosen.kind.clone();
+    if let Some(from) = from {
+        if from.is_file() {
+            let name = from.file_name().context("--from names no file")?;
+            let mut one = GlobSetBuilder::new();
+            one.add(Glob::new(&globset::escape(&name.to_string_lossy()))?);
+            files.include = one.build()?;
+            files.path = from.parent().map(Path::to_path_buf).unwrap_or_default();
+        } else if from.is_dir() {
+            files.path = from;
+        } else {
+            bail!("--from {}: no such file or directory", from.display());
+        }
+    }
+    // History is read whole and left where it is.
+    files.mode = FileMode::Drop;
+    files.settle = Duration::ZERO;
+    files.after = After::Keep;
+    files.modified_since = since.map(parse_since).transpose()?;
+    let (selected, problems) = matching_files(&files);
+    for (_, p) in problems {
+        eprintln!("warning: {p}");
+    }
+    let total: u64 = selected.iter().map(|(_, m)| m.len()).sum();
+    println!(
+        "importing {} file(s), {} from {} into source {source:?}",
+        selected.len(),
+        bytesize::ByteSize(total),
+        files.path.display()
+    );
+
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {percent:>3}% {bytes}/{total_bytes} {msg} ETA {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut last_line = Instant::now();
+    let complete = crate::app::import(&config, chosen, files, |m| {
+        let records = m.records.load(Relaxed);
+        let rate = records as f64 / started.elapsed().as_secs_f64().max(0.001);
+        bar.set_position(m.bytes.load(Relaxed));
+        bar.set_message(format!("{records} records ({rate:.0}/s)"));
+        if bar.is_hidden() && last_line.elapsed() >= Duration::from_secs(2) {
+            last_line = Instant::now();
+            println!(
+                "progress: {records} records, {} of {}, {rate:.0} records/s",
+                bytesize::ByteSize(m.bytes.load(Relaxed)),
+                bytesize::ByteSize(total)
+            );
+        }
+    })?;
+    bar.finish_and_clear();
+    let report = crate::outbox::inspect(&config.state.path, 0)?;
+    let s = report.sources.iter().find(|s| s.name == source);
+    let (records, parked) = s
+        .map(|s| (s.records_total, s.parked_total))
+        .unwrap_or_default();
+    if complete {
+        println!(
+            "done in {:.1} s: source {source:?} now holds {records} records ({parked} lines \
+             parked, see `status`); the running daemon delivers them",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "interrupted: what was read is kept; run the same command again to continue where \
+             it stopped"
+        );
+        Ok(ExitCode::from(130))
+    }
+}
+
+/// `2024-01-31` (midnight UTC) or an RFC 3339 timestamp.
+fn parse_since(s: &str) -> anyhow::Result<SystemTime> {
+    let ts = match s.parse::<jiff::civil::Date>() {
+        Ok(d) => jiff::tz::TimeZone::UTC
+            .to_ambiguous_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+            .compatible()?,
+        Err(_) => s.parse::<jiff::Timestamp>().with_context(|| {
+            format!("--since {s:?} is neither a date like 2024-01-31 nor an RFC 3339 timestamp")
+        })?,
+    };
+    let secs = u64::try_from(ts.as_second()).context("--since is before 1970")?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
