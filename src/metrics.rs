@@ -27,6 +27,8 @@ pub struct SourceMetrics {
     pub parked: AtomicU64,
     /// Input bytes committed (records, parked lines and what lies between).
     pub bytes: AtomicU64,
+    /// Bytes the source's open files hold beyond its cursors (tail mode), after its last pass.
+    pub lag_bytes: AtomicU64,
     /// Unix milliseconds of the last commit, 0 before any.
     pub last_activity_ms: AtomicI64,
     /// When the daemon started: silence is counted from here at the earliest.
@@ -98,6 +100,7 @@ impl SourceMetrics {
             duplicates: AtomicU64::new(0),
             parked: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            lag_bytes: AtomicU64::new(0),
             last_activity_ms: AtomicI64::new(0),
             since_ms,
             stale,
@@ -145,7 +148,12 @@ pub fn render(
     );
 
     type SourceCounter = fn(&SourceMetrics) -> &AtomicU64;
-    let per_source: [(&str, &str, SourceCounter); 3] = [
+    let per_source: [(&str, &str, SourceCounter); 4] = [
+        (
+            "injixo_sync_source_read_bytes_total",
+            "Input bytes a source committed past.",
+            |s| &s.bytes,
+        ),
         (
             "injixo_sync_source_records_total",
             "Records a source committed to the outbox.",
@@ -172,6 +180,19 @@ pub fn render(
                 get(s).load(Relaxed)
             );
         }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP injixo_sync_source_lag_bytes Bytes in the files a source tails beyond its cursors.\n\
+         # TYPE injixo_sync_source_lag_bytes gauge"
+    );
+    for s in sources {
+        let _ = writeln!(
+            o,
+            "injixo_sync_source_lag_bytes{{source=\"{}\"}} {}",
+            escape(s.name.as_str()),
+            s.lag_bytes.load(Relaxed)
+        );
     }
     let _ = writeln!(
         o,

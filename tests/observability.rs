@@ -79,6 +79,10 @@ async fn metrics_add_up_to_what_the_api_received() {
         sample(&metrics, "injixo_sync_source_parked_total{source=\"acd\"}"),
         1.0
     );
+    assert_eq!(
+        sample(&metrics, "injixo_sync_source_lag_bytes{source=\"acd\"}"),
+        0.0
+    );
     let answered_200 = api.seen().iter().filter(|s| s.status == 200).count() as f64;
     let endpoint = r#"injixo_sync_http_responses_total{endpoint="contact_events",integration_id="1234",external_system="""#;
     assert_eq!(
@@ -206,5 +210,72 @@ async fn a_silent_source_makes_readyz_fail_until_it_reads_again() {
     wait_for(LIMIT, "3 records", || api.record_count() >= 3).await;
     let (status, body) = get(&format!("{base}/readyz")).await;
     assert_eq!(status, 200, "{body}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_describes_each_lane_state_in_words() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.set_outage(Some((503, None)));
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let status = |json: bool| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["--config", cfg.as_str(), "status"];
+            if json {
+                args.push("--json");
+            }
+            cli(&args)
+        })
+    };
+    std::fs::write(env.exports.join("a.ndjson"), events(0..5)).unwrap();
+    let daemon = Daemon::start(config);
+
+    wait_for(LIMIT, "retrying", || env.health() == "retrying").await;
+    let (code, out) = status(false).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    let lane = out
+        .lines()
+        .find(|l| l.starts_with("contact_events #1234"))
+        .unwrap();
+    assert!(
+        lane.contains(" retrying ") && lane.contains(" 5 ") && lane.ends_with("never"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    retrying (") && out.contains("the API answered 503"),
+        "{out}"
+    );
+
+    api.set_outage(None);
+    wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
+    wait_for(LIMIT, "ok", || env.health() == "ok").await;
+    let (_, out) = status(false).await.unwrap();
+    let lane = out
+        .lines()
+        .find(|l| l.starts_with("contact_events #1234"))
+        .unwrap();
+    assert!(lane.contains(" ok ") && lane.contains(" ago"), "{out}");
+    assert!(
+        !out.contains("    retrying ("),
+        "no stale error once healthy: {out}"
+    );
+    assert!(out.contains("a.ndjson: byte"), "{out}");
+
+    api.set_token("regenerated");
+    std::fs::write(env.exports.join("b.ndjson"), events(5..7)).unwrap();
+    wait_for(LIMIT, "paused", || env.health() == "paused").await;
+    let (_, out) = status(false).await.unwrap();
+    assert!(
+        out.contains("    paused (") && out.contains("the API key was probably regenerated"),
+        "{out}"
+    );
+    let (_, json) = status(true).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["lanes"][0]["health"], "paused");
+    assert_eq!(v["lanes"][0]["pending"], 2);
     daemon.stop().await;
 }

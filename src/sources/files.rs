@@ -383,6 +383,18 @@ impl FilesSource {
                 }
             }
         }
+        // The cursor lag: bytes the open files hold beyond what is committed.
+        let lag: u64 = self
+            .tailed
+            .iter()
+            .map(|t| {
+                let len = t.file.metadata().map(|m| m.len()).unwrap_or(0);
+                len.saturating_sub(self.known[t.known].cur.offset)
+            })
+            .sum();
+        ctx.metrics
+            .lag_bytes
+            .store(lag, std::sync::atomic::Ordering::Relaxed);
         // 2. Paths not open yet: new files, or files found again after a restart.
         for (path, meta) in files {
             if ctx.shutdown.is_cancelled() {
