@@ -17,6 +17,7 @@ use crate::metrics::{LaneMetrics, SourceMetrics};
 use crate::outbox::{Outbox, OutboxError};
 use crate::push::{ApiClient, Lane, LaneSettings};
 use crate::server;
+use crate::service::{Notifier, watchdog_interval};
 use crate::sources::{self, SourceContext};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,11 +94,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let mut lane_ids = Vec::new();
     let mut lane_metrics = Vec::new();
+    let mut lane_metrics_for_service = Vec::new();
     for key in config.lanes() {
         let id = outbox.lane_id(&key).await?;
         let metrics = Arc::new(LaneMetrics::new(key.clone()));
         lane_ids.push((key.clone(), id));
         lane_metrics.push((id, metrics.clone()));
+        lane_metrics_for_service.push(metrics.clone());
         let lane = Lane::new(
             key,
             id,
@@ -177,6 +180,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         tracker.spawn(server::serve(listener, observed, shutdown.clone()));
     }
 
+    let notifier = Arc::new(Notifier::from_env());
+    if notifier.is_active() {
+        let supervised = Supervised {
+            notifier: notifier.clone(),
+            outbox: outbox.clone(),
+            state_path: config.state.path.clone(),
+            lanes: lane_metrics_for_service,
+            stuck_after: config.api.timeout + Duration::from_secs(60),
+        };
+        tracker.spawn(supervise(supervised, shutdown.clone()));
+        notifier.notify(&format!(
+            "READY=1\nSTATUS=running: {} sources, {} lanes",
+            config.sources.len(),
+            lane_ids.len()
+        ));
+    }
+
     info!(
         sources = config.sources.len(),
         lanes = lane_ids.len(),
@@ -185,6 +205,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         env!("CARGO_PKG_VERSION")
     );
     shutdown.cancelled().await;
+    notifier.notify("STOPPING=1\nSTATUS=stopping: finishing the request in flight");
     tracker.close();
     let deadline = config.api.timeout + Duration::from_secs(5);
     if tokio::time::timeout(deadline, tracker.wait())
@@ -203,6 +224,70 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     }
     info!("stopped");
     Ok(())
+}
+
+/// What the service-manager task watches.
+struct Supervised {
+    notifier: Arc<Notifier>,
+    outbox: Outbox,
+    state_path: std::path::PathBuf,
+    lanes: Vec<Arc<LaneMetrics>>,
+    /// A lane in one step for longer than this counts as stuck.
+    stuck_after: Duration,
+}
+
+/// Keeps systemd's `STATUS=` current and sends `WATCHDOG=1` while the outbox is open and no
+/// lane is stuck; a stuck daemon thus stops feeding the watchdog and is restarted.
+async fn supervise(s: Supervised, shutdown: CancellationToken) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let watchdog = watchdog_interval();
+    let tick = watchdog
+        .unwrap_or(Duration::from_secs(10))
+        .min(Duration::from_secs(10));
+    let mut stuck_logged = false;
+    loop {
+        let now = crate::outbox::now_ms();
+        let stuck: Vec<String> = s
+            .lanes
+            .iter()
+            .filter(|l| {
+                let since = l.busy_since_ms.load(Relaxed);
+                since > 0 && now - since > s.stuck_after.as_millis() as i64
+            })
+            .map(|l| l.key.to_string())
+            .collect();
+        let healthy = s.outbox.is_open() && stuck.is_empty();
+        if healthy {
+            stuck_logged = false;
+            if watchdog.is_some() {
+                s.notifier.notify("WATCHDOG=1");
+            }
+        } else if !stuck_logged {
+            error!(lanes = ?stuck, "not feeding the watchdog: the outbox is closed or a lane is stuck");
+            stuck_logged = true;
+        }
+        let path = s.state_path.clone();
+        let pending: i64 = tokio::task::spawn_blocking(move || crate::outbox::lane_depths(&path))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|rows| rows.iter().map(|(_, n, _)| n).sum())
+            .unwrap_or(0);
+        let sent: u64 = s.lanes.iter().map(|l| l.sent.load(Relaxed)).sum();
+        let paused = s.lanes.iter().filter(|l| l.paused.load(Relaxed)).count();
+        s.notifier.notify(&format!(
+            "STATUS={pending} pending, {sent} delivered since start{}",
+            if paused > 0 {
+                format!(", {paused} lane(s) paused")
+            } else {
+                String::new()
+            }
+        ));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
 }
 
 /// Reads one source's files once into the outbox (`import`), stopping early on Ctrl-C.

@@ -31,6 +31,7 @@ pub mod outbox;
 pub mod push;
 pub mod send_test;
 pub mod server;
+pub mod service;
 pub mod sources;
 pub mod stale;
 pub mod status;

@@ -46,6 +46,9 @@ pub struct LaneMetrics {
     pub last_success_ms: AtomicI64,
     pub paused: AtomicBool,
     pub pause_reason: Mutex<Option<String>>,
+    /// When the lane began the step it is in (an outbox call or a request); 0 while it waits
+    /// for work or for a retry. The watchdog looks at it.
+    pub busy_since_ms: AtomicI64,
     answers: Mutex<BTreeMap<u16, u64>>,
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
@@ -62,6 +65,7 @@ impl LaneMetrics {
             last_success_ms: AtomicI64::new(0),
             paused: AtomicBool::new(false),
             pause_reason: Mutex::new(None),
+            busy_since_ms: AtomicI64::new(0),
             answers: Mutex::new(BTreeMap::new()),
             latency: Default::default(),
             latency_sum_us: AtomicU64::new(0),

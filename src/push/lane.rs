@@ -82,6 +82,7 @@ impl Lane {
         };
         // The last delivered part of a batch, marked sent together with taking the next.
         let mut delivered: Option<Delivered> = None;
+        self.metrics.busy_since_ms.store(now_ms(), Relaxed);
         loop {
             let next = self.outbox.next_batch(self.id, delivered, limits).await;
             if next.is_ok() {
@@ -102,10 +103,17 @@ impl Lane {
                 // New records wake the lane; the timer catches records an operator made
                 // pending again from the command line (`dead retry`).
                 Ok(NextBatch::Empty) => {
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return,
-                        _ = notify.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    let stop = self
+                        .idle(async {
+                            tokio::select! {
+                                _ = self.shutdown.cancelled() => true,
+                                _ = notify.notified() => false,
+                                _ = tokio::time::sleep(Duration::from_secs(60)) => false,
+                            }
+                        })
+                        .await;
+                    if stop {
+                        return;
                     }
                 }
                 Err(e) => {
@@ -276,9 +284,20 @@ impl Lane {
     }
 
     async fn sleep(&self, d: Duration) -> Result<(), Stopped> {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => Err(Stopped),
-            _ = tokio::time::sleep(d) => Ok(()),
-        }
+        self.idle(async {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => Err(Stopped),
+                _ = tokio::time::sleep(d) => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// Runs a wait with the lane marked idle, so the watchdog does not count it as stuck.
+    async fn idle<T>(&self, wait: impl std::future::Future<Output = T>) -> T {
+        self.metrics.busy_since_ms.store(0, Relaxed);
+        let out = wait.await;
+        self.metrics.busy_since_ms.store(now_ms(), Relaxed);
+        out
     }
 }

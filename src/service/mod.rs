@@ -1,0 +1,88 @@
+//! Telling the service manager how the daemon is doing.
+//!
+//! Under systemd (`Type=notify`) the daemon says `READY=1` once the outbox is open and every
+//! lane and source has started, keeps a `STATUS=` line with the backlog current, sends
+//! `WATCHDOG=1` only while every lane is responsive (no lane stuck in one step longer than the
+//! request timeout plus a margin), so a wedged pusher gets restarted, and says `STOPPING=1`
+//! when it drains. Elsewhere these calls do nothing.
+
+use std::time::Duration;
+
+/// A connection to the service manager's notification socket, if there is one.
+pub struct Notifier {
+    #[cfg(unix)]
+    socket: Option<(
+        std::os::unix::net::UnixDatagram,
+        std::os::unix::net::SocketAddr,
+    )>,
+}
+
+impl Notifier {
+    /// From `$NOTIFY_SOCKET` (a path, or `@name` for Linux's abstract namespace).
+    pub fn from_env() -> Self {
+        #[cfg(unix)]
+        {
+            let socket = std::env::var_os("NOTIFY_SOCKET").and_then(|raw| {
+                let raw = raw.to_string_lossy().into_owned();
+                let addr = socket_addr(&raw)?;
+                let sock = std::os::unix::net::UnixDatagram::unbound().ok()?;
+                Some((sock, addr))
+            });
+            Self { socket }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        #[cfg(unix)]
+        {
+            self.socket.is_some()
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    }
+
+    /// Sends newline-separated `KEY=value` assignments; failures are ignored (the manager may
+    /// be gone while we stop).
+    pub fn notify(&self, state: &str) {
+        #[cfg(unix)]
+        if let Some((sock, addr)) = &self.socket {
+            let _ = sock.send_to_addr(state.as_bytes(), addr);
+        }
+        #[cfg(not(unix))]
+        let _ = state;
+    }
+}
+
+#[cfg(unix)]
+fn socket_addr(raw: &str) -> Option<std::os::unix::net::SocketAddr> {
+    if let Some(name) = raw.strip_prefix('@') {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            return std::os::unix::net::SocketAddr::from_abstract_name(name).ok();
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = name;
+            return None;
+        }
+    }
+    std::os::unix::net::SocketAddr::from_pathname(raw).ok()
+}
+
+/// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, when it is set for this process.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}

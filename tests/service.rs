@@ -1,0 +1,107 @@
+//! The systemd notification protocol, over a real notify socket: READY once running, STATUS
+//! with the backlog, WATCHDOG while healthy, STOPPING on SIGTERM; and the unit file as
+//! systemd itself reads it.
+#![cfg(unix)]
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_speaks_sd_notify_ready_status_watchdog_and_stopping() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    std::fs::write(env.exports.join("a.ndjson"), events(0..50)).unwrap();
+    let socket_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
+    let child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+        .args(["--config", env.config_file.to_str().unwrap(), "run"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages: Vec<String> = Vec::new();
+    read(&socket, &mut messages, &|m| {
+        m.iter().filter(|s| s.as_str() == "WATCHDOG=1").count() >= 3
+    });
+    assert!(
+        messages[0].starts_with("READY=1\nSTATUS=running: 1 sources, 1 lanes"),
+        "{messages:?}"
+    );
+    wait_for(Duration::from_secs(30), "50 records", || {
+        api.record_count() >= 50
+    })
+    .await;
+    read(&socket, &mut messages, &|m| {
+        m.iter()
+            .any(|s| s == "STATUS=0 pending, 50 delivered since start")
+    });
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    read(&socket, &mut messages, &|m| {
+        m.iter().any(|s| s.starts_with("STOPPING=1"))
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+}
+
+/// Receives notifications into `messages` until `until` holds.
+fn read(socket: &UnixDatagram, messages: &mut Vec<String>, until: &dyn Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    while !until(messages) {
+        assert!(
+            Instant::now() < deadline,
+            "notifications so far: {messages:?}"
+        );
+        if let Ok(n) = socket.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+#[test]
+fn the_unit_file_passes_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze is not installed; .ci/run installs it");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/injixo-sync.service"
+    ))
+    .unwrap()
+    .replace("/usr/bin/injixo-sync", env!("CARGO_BIN_EXE_injixo-sync"));
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
+    let path = dir.path().join("injixo-sync.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
