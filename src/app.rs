@@ -28,7 +28,10 @@ pub enum RunError {
     Setup(String),
 }
 
-/// Builds a runtime, runs the daemon until SIGTERM or Ctrl-C, and drains it.
+/// Builds a runtime, runs the daemon until SIGTERM or Ctrl-C, and drains it. SIGHUP reloads
+/// the configuration file: a valid one replaces the running pipeline (drained first, so
+/// nothing is lost or read twice: every cursor is committed with its records); an invalid one
+/// is refused and the running one stays, with an error that says why.
 pub fn main(config: Config) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -37,34 +40,59 @@ pub fn main(config: Config) -> Result<(), RunError> {
         .map_err(|e| RunError::Setup(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
+        let reload = Arc::new(tokio::sync::Notify::new());
+        let (signals, hup) = (shutdown.clone(), reload.clone());
         tokio::spawn(async move {
-            wait_for_signal().await;
+            wait_for_signals(&hup).await;
             info!("stop requested");
             signals.cancel();
         });
-        run(config, shutdown).await
+        let mut config = config;
+        loop {
+            let generation = shutdown.child_token();
+            let running = run(config.clone(), generation.clone());
+            tokio::pin!(running);
+            let next = loop {
+                tokio::select! {
+                    done = &mut running => return done,
+                    _ = reload.notified() => match Config::load(&config.file) {
+                        Ok(next) => break next,
+                        Err(e) => error!("reload refused, the running configuration stays: {e}"),
+                    },
+                }
+            };
+            info!(file = %next.file.display(), "reloading the configuration");
+            Notifier::from_env().notify("RELOADING=1");
+            generation.cancel();
+            running.await?;
+            config = next;
+        }
     })
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or Ctrl-C; SIGHUP (Unix) wakes `reload` meanwhile.
+async fn wait_for_signals(reload: &tokio::sync::Notify) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => reload.notify_one(),
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = reload;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -105,3 +105,90 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_for_an_invalid_one() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let second = env.dir.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    let one_source = env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", ""));
+    let two_sources = format!(
+        "{one_source}\n[[source]]\nname = \"second\"\ntype = \"files\"\nintegration_id = 99\n\
+         emits = \"contact_events\"\npath = {:?}\nformat = \"ndjson\"\nsettle = \"100ms\"\n",
+        second.display().to_string()
+    );
+    env.write_config(&one_source);
+    let log = env.dir.path().join("daemon.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+        .args(["--config", env.config_file.to_str().unwrap(), "run"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    let live = env.exports.join("live.ndjson");
+    std::fs::write(&live, events(0..10)).unwrap();
+    wait_for(Duration::from_secs(30), "10 records", || {
+        api.record_count() >= 10
+    })
+    .await;
+
+    // A valid change: a second source is added.
+    env.write_config(&two_sources);
+    std::fs::write(second.join("b.ndjson"), events(100..105)).unwrap();
+    hup();
+    wait_for(Duration::from_secs(30), "the new source's records", || {
+        api.record_count() >= 15
+    })
+    .await;
+
+    // An invalid change is refused and the running configuration keeps working.
+    std::fs::write(
+        &env.config_file,
+        two_sources.replace("emits = \"contact_events\"", "emits = \"calls\""),
+    )
+    .unwrap();
+    hup();
+    wait_for(Duration::from_secs(30), "the refusal logged", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("reload refused, the running configuration stays")
+    })
+    .await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&live)
+        .unwrap();
+    std::io::Write::write_all(&mut f, events(10..20).as_bytes()).unwrap();
+    std::fs::write(second.join("c.ndjson"), events(105..110)).unwrap();
+    wait_for(Duration::from_secs(30), "30 records", || {
+        api.record_count() >= 30
+    })
+    .await;
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 30);
+    assert!(
+        got.values().all(|n| *n == 1),
+        "nothing read twice across reloads"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("reloading the configuration"), "{text}");
+    assert!(
+        text.contains("\"calls\" is not valid"),
+        "the refusal says why: {text}"
+    );
+}
