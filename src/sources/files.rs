@@ -400,7 +400,9 @@ impl FilesSource {
             if ctx.shutdown.is_cancelled() {
                 break;
             }
-            let id = identity(&meta);
+            let Some(id) = path_identity(&path) else {
+                continue;
+            };
             let open = self.tailed.iter().any(|t| {
                 let k = &self.known[t.known].cur;
                 t.path == path && (k.dev, k.ino) == id
@@ -428,7 +430,7 @@ impl FilesSource {
     ) -> Result<(), TakeError> {
         let mut file = open_shared(path)?;
         let head = read_head(&mut file)?;
-        let (dev, ino) = identity(meta);
+        let (dev, ino) = file_identity(&file);
         let found = self.known.iter().position(|k| {
             (k.cur.dev, k.cur.ino) == (dev, ino)
                 && k.cur.fp_len as usize <= head.len()
@@ -439,7 +441,7 @@ impl FilesSource {
             Some(i) if meta.len() < self.known[i].cur.offset => {
                 // Truncated while we were away: what is there now is new.
                 self.retire(ctx, i)?;
-                self.start_file(ctx, path, meta, &head, 0)?
+                self.start_file(ctx, path, (dev, ino), &head, 0)?
             }
             Some(i) => {
                 if self.tailed.iter().any(|t| t.known == i) {
@@ -455,7 +457,7 @@ impl FilesSource {
                 } else {
                     0
                 };
-                self.start_file(ctx, path, meta, &head, start)?
+                self.start_file(ctx, path, (dev, ino), &head, start)?
             }
         };
         info!(source = %ctx.name, file = %path.display(), offset = self.known[idx].cur.offset, "tailing");
@@ -473,11 +475,10 @@ impl FilesSource {
         &mut self,
         ctx: &SourceContext,
         path: &Path,
-        meta: &std::fs::Metadata,
+        (dev, ino): (u64, u64),
         head: &[u8],
         offset: u64,
     ) -> Result<usize, TakeError> {
-        let (dev, ino) = identity(meta);
         let created = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -510,9 +511,9 @@ impl FilesSource {
             let path = self.tailed[i].path.clone();
             info!(source = %ctx.name, file = %path.display(), "file was truncated; reading it from the start");
             self.retire(ctx, idx)?;
-            let meta = std::fs::metadata(&path)?;
+            let id = file_identity(&self.tailed[i].file);
             let head = read_head(&mut self.tailed[i].file)?;
-            let fresh = self.start_file(ctx, &path, &meta, &head, 0)?;
+            let fresh = self.start_file(ctx, &path, id, &head, 0)?;
             self.tailed[i].known = fresh;
             return self.follow(ctx, i);
         }
@@ -522,7 +523,7 @@ impl FilesSource {
 
         // Is the path still this file?
         let path = self.tailed[i].path.clone();
-        let here = std::fs::metadata(&path).ok().map(|m| identity(&m));
+        let here = path_identity(&path);
         let ours = (self.known[idx].cur.dev, self.known[idx].cur.ino);
         if here == Some(ours) {
             self.tailed[i].gone_since = None;
@@ -963,18 +964,43 @@ fn open_shared(path: &Path) -> std::io::Result<File> {
     }
 }
 
-/// Device and inode. Windows has no stable equivalent in `std`; there the fingerprint alone
-/// tells files apart.
-fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+/// Device and inode (Unix), or volume serial number and file index (Windows): what stays the
+/// same while a file is renamed and changes when a new file takes its name.
+fn file_identity(file: &File) -> (u64, u64) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        (meta.dev(), meta.ino())
+        file.metadata().map(|m| (m.dev(), m.ino())).unwrap_or((0, 0))
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     {
-        let _ = meta;
-        (0, 0)
+        use std::os::windows::io::AsRawHandle;
+        use windows_sys::Win32::Storage::FileSystem::{
+            BY_HANDLE_FILE_INFORMATION, GetFileInformationByHandle,
+        };
+        // SAFETY: the handle is open for the duration of the call and `info` is a plain
+        // struct the call fills in.
+        let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+        if unsafe { GetFileInformationByHandle(file.as_raw_handle() as _, &mut info) } == 0 {
+            return (0, 0);
+        }
+        (
+            u64::from(info.dwVolumeSerialNumber),
+            (u64::from(info.nFileIndexHigh) << 32) | u64::from(info.nFileIndexLow),
+        )
+    }
+}
+
+/// The identity of whatever `path` names now.
+fn path_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(windows)]
+    {
+        open_shared(path).ok().map(|f| file_identity(&f))
     }
 }
 
