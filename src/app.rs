@@ -149,28 +149,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             .find(|(k, _)| *k == source.lane)
             .map(|(_, id)| *id)
             .expect("every source's lane was registered");
-        let (waker, wake) = std::sync::mpsc::channel();
-        let stop = waker.clone();
+        let metrics = Arc::new(SourceMetrics::new(
+            source.name.clone(),
+            source.stale.clone(),
+            crate::outbox::now_ms(),
+        ));
+        let ctx = SourceContext::new(
+            source,
+            (id, lane),
+            outbox.clone(),
+            shutdown.clone(),
+            metrics,
+        );
+        let stop = ctx.waker.clone();
         let token = shutdown.clone();
         tracker.spawn(async move {
             token.cancelled().await;
             let _ = stop.send(());
         });
-        let ctx = SourceContext {
-            name: source.name.clone(),
-            id,
-            lane,
-            emits: source.lane.emits,
-            outbox: outbox.clone(),
-            shutdown: shutdown.clone(),
-            wake,
-            waker,
-            metrics: Arc::new(SourceMetrics::new(
-                source.name.clone(),
-                source.stale.clone(),
-                crate::outbox::now_ms(),
-            )),
-        };
         source_metrics.push(ctx.metrics.clone());
         let built = sources::build(source);
         tracker.spawn_blocking(move || built.run(ctx));
@@ -345,23 +341,18 @@ pub fn import(
             interrupt.cancel();
         }
     });
-    let (waker, wake) = std::sync::mpsc::channel();
     let metrics = Arc::new(SourceMetrics::new(
         source.name.clone(),
         None,
         crate::outbox::now_ms(),
     ));
-    let ctx = SourceContext {
-        name: source.name.clone(),
-        id,
-        lane,
-        emits: source.lane.emits,
-        outbox: outbox.clone(),
-        shutdown: shutdown.clone(),
-        wake,
-        waker,
-        metrics: metrics.clone(),
-    };
+    let ctx = SourceContext::new(
+        source,
+        (id, lane),
+        outbox.clone(),
+        shutdown.clone(),
+        metrics.clone(),
+    );
     let reader = std::thread::Builder::new()
         .name("import".into())
         .spawn(move || crate::sources::files::FilesSource::new(files).run_once(&ctx))

@@ -141,6 +141,20 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Writes one metric family: its help, its type, and a sample per `(labels, value)`.
+fn family<V: std::fmt::Display>(
+    o: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(o, "{name}{{{labels}}} {value}");
+    }
+}
+
 /// The Prometheus text exposition (format 0.0.4).
 pub fn render(
     sources: &[std::sync::Arc<SourceMetrics>],
@@ -150,192 +164,174 @@ pub fn render(
     let mut o = String::from(
         "# HELP injixo_sync_up 1 while the daemon runs.\n# TYPE injixo_sync_up gauge\ninjixo_sync_up 1\n",
     );
-
-    type SourceCounter = fn(&SourceMetrics) -> &AtomicU64;
-    let per_source: [(&str, &str, SourceCounter); 4] = [
+    let source = |s: &SourceMetrics| format!("source=\"{}\"", escape(s.name.as_str()));
+    type SourceValue = fn(&SourceMetrics, i64) -> f64;
+    let per_source: [(&str, &str, &str, SourceValue); 6] = [
         (
             "injixo_sync_source_read_bytes_total",
+            "counter",
             "Input bytes a source committed past.",
-            |s| &s.bytes,
+            |s, _| s.bytes.load(Relaxed) as f64,
         ),
         (
             "injixo_sync_source_records_total",
+            "counter",
             "Records a source committed to the outbox.",
-            |s| &s.records,
+            |s, _| s.records.load(Relaxed) as f64,
         ),
         (
             "injixo_sync_source_duplicates_total",
+            "counter",
             "Records read again and recognised by their dedupe key.",
-            |s| &s.duplicates,
+            |s, _| s.duplicates.load(Relaxed) as f64,
         ),
         (
             "injixo_sync_source_parked_total",
+            "counter",
             "Input lines that could not become records.",
-            |s| &s.parked,
+            |s, _| s.parked.load(Relaxed) as f64,
+        ),
+        (
+            "injixo_sync_source_lag_bytes",
+            "gauge",
+            "Bytes in the files a source tails beyond its cursors.",
+            |s, _| s.lag_bytes.load(Relaxed) as f64,
+        ),
+        (
+            "injixo_sync_source_last_activity_timestamp_seconds",
+            "gauge",
+            "When a source last committed.",
+            |s, _| s.last_activity_ms.load(Relaxed) as f64 / 1000.0,
         ),
     ];
-    for (name, help, get) in per_source {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-        for s in sources {
-            let _ = writeln!(
-                o,
-                "{name}{{source=\"{}\"}} {}",
-                escape(s.name.as_str()),
-                get(s).load(Relaxed)
-            );
-        }
-    }
-    let _ = writeln!(
-        o,
-        "# HELP injixo_sync_source_lag_bytes Bytes in the files a source tails beyond its cursors.\n\
-         # TYPE injixo_sync_source_lag_bytes gauge"
-    );
-    for s in sources {
-        let _ = writeln!(
-            o,
-            "injixo_sync_source_lag_bytes{{source=\"{}\"}} {}",
-            escape(s.name.as_str()),
-            s.lag_bytes.load(Relaxed)
+    for (name, kind, help, value) in per_source {
+        family(
+            &mut o,
+            name,
+            kind,
+            help,
+            sources.iter().map(|s| (source(s), value(s, now_ms))),
         );
     }
-    let _ = writeln!(
-        o,
-        "# HELP injixo_sync_source_last_activity_timestamp_seconds When a source last committed.\n\
-         # TYPE injixo_sync_source_last_activity_timestamp_seconds gauge"
+    family(
+        &mut o,
+        "injixo_sync_source_stale",
+        "gauge",
+        "1 while a source with stale_after has read nothing for that long.",
+        sources
+            .iter()
+            .filter(|s| s.stale.is_some())
+            .map(|s| (source(s), u8::from(s.stale_verdict(now_ms).is_some()))),
     );
-    for s in sources {
-        let _ = writeln!(
-            o,
-            "injixo_sync_source_last_activity_timestamp_seconds{{source=\"{}\"}} {}",
-            escape(s.name.as_str()),
-            s.last_activity_ms.load(Relaxed) as f64 / 1000.0
-        );
-    }
 
-    let _ = writeln!(
-        o,
-        "# HELP injixo_sync_source_stale 1 while a source with stale_after has read nothing for that long.\n\
-         # TYPE injixo_sync_source_stale gauge"
-    );
-    for s in sources.iter().filter(|s| s.stale.is_some()) {
-        let _ = writeln!(
-            o,
-            "injixo_sync_source_stale{{source=\"{}\"}} {}",
-            escape(s.name.as_str()),
-            u8::from(s.stale_verdict(now_ms).is_some())
-        );
-    }
-
-    type LaneCounter = fn(&LaneMetrics) -> &AtomicU64;
-    let per_lane: [(&str, &str, LaneCounter); 4] = [
+    type LaneValue = fn(&LaneMetrics, &Depth, i64) -> f64;
+    let per_lane: [(&str, &str, &str, LaneValue); 8] = [
         (
             "injixo_sync_lane_sent_total",
+            "counter",
             "Records the API accepted.",
-            |l| &l.sent,
+            |l, _, _| l.sent.load(Relaxed) as f64,
         ),
         (
             "injixo_sync_lane_dead_total",
+            "counter",
             "Records the API refused (dead letters).",
-            |l| &l.dead,
+            |l, _, _| l.dead.load(Relaxed) as f64,
         ),
         (
             "injixo_sync_lane_retries_total",
+            "counter",
             "Attempts repeated after a transient failure.",
-            |l| &l.retries,
+            |l, _, _| l.retries.load(Relaxed) as f64,
         ),
         (
             "injixo_sync_lane_unknown_outcome_retries_total",
+            "counter",
             "Retries of a batch whose previous attempt got no answer (may duplicate).",
-            |l| &l.unknown_outcome,
+            |l, _, _| l.unknown_outcome.load(Relaxed) as f64,
         ),
-    ];
-    for (name, help, get) in per_lane {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (l, _) in lanes {
-            let _ = writeln!(
-                o,
-                "{name}{{{}}} {}",
-                lane_labels(&l.key),
-                get(l).load(Relaxed)
-            );
-        }
-    }
-    let gauges: [(&str, &str); 4] = [
         (
             "injixo_sync_lane_pending_records",
+            "gauge",
             "Records waiting in the outbox.",
+            |_, d, _| d.pending as f64,
         ),
         (
             "injixo_sync_lane_oldest_pending_age_seconds",
+            "gauge",
             "Age of the oldest waiting record (0 when none).",
+            |_, d, now| {
+                d.oldest_pending_ms
+                    .map(|t| (now - t).max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0)
+            },
         ),
         (
             "injixo_sync_lane_last_success_timestamp_seconds",
+            "gauge",
             "When the API last accepted a batch (0 never).",
+            |l, _, _| l.last_success_ms.load(Relaxed) as f64 / 1000.0,
         ),
         (
             "injixo_sync_lane_paused",
+            "gauge",
             "1 while the API refuses the key or configuration (401/403/404).",
+            |l, _, _| f64::from(u8::from(l.paused.load(Relaxed))),
         ),
     ];
-    for (i, (name, help)) in gauges.iter().enumerate() {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (l, depth) in lanes {
-            let value = match i {
-                0 => depth.pending as f64,
-                1 => depth
-                    .oldest_pending_ms
-                    .map(|t| ((now_ms - t).max(0)) as f64 / 1000.0)
-                    .unwrap_or(0.0),
-                2 => l.last_success_ms.load(Relaxed) as f64 / 1000.0,
-                _ => u8::from(l.paused.load(Relaxed)) as f64,
-            };
-            let _ = writeln!(o, "{name}{{{}}} {value}", lane_labels(&l.key));
-        }
+    for (name, kind, help, value) in per_lane {
+        family(
+            &mut o,
+            name,
+            kind,
+            help,
+            lanes
+                .iter()
+                .map(|(l, d)| (lane_labels(&l.key), value(l, d, now_ms))),
+        );
     }
-    let _ = writeln!(
-        o,
-        "# HELP injixo_sync_http_responses_total Answers from the API by status (0: no answer).\n\
-         # TYPE injixo_sync_http_responses_total counter"
+    family(
+        &mut o,
+        "injixo_sync_http_responses_total",
+        "counter",
+        "Answers from the API by status (0: no answer).",
+        lanes.iter().flat_map(|(l, _)| {
+            let labels = lane_labels(&l.key);
+            let answers = l.answers.lock().expect("answers").clone();
+            answers
+                .into_iter()
+                .map(move |(status, n)| (format!("{labels},status=\"{status}\""), n))
+        }),
     );
-    for (l, _) in lanes {
-        for (status, n) in l.answers.lock().expect("answers").iter() {
-            let _ = writeln!(
-                o,
-                "injixo_sync_http_responses_total{{{},status=\"{status}\"}} {n}",
-                lane_labels(&l.key)
-            );
-        }
-    }
-    let _ = writeln!(
-        o,
-        "# HELP injixo_sync_batch_duration_seconds Time of one request to the API.\n\
-         # TYPE injixo_sync_batch_duration_seconds histogram"
-    );
+    let mut histogram = Vec::new();
     for (l, _) in lanes {
         let labels = lane_labels(&l.key);
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += l.latency[i].load(Relaxed);
-            let _ = writeln!(
-                o,
-                "injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-            );
+            histogram.push((
+                format!("_bucket{{{labels},le=\"{bound}\"}}"),
+                cumulative as f64,
+            ));
         }
         cumulative += l.latency[LATENCY_BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(
-            o,
-            "injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
-        );
-        let _ = writeln!(
-            o,
-            "injixo_sync_batch_duration_seconds_sum{{{labels}}} {}",
-            l.latency_sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(
-            o,
-            "injixo_sync_batch_duration_seconds_count{{{labels}}} {cumulative}"
-        );
+        histogram.push((
+            format!("_bucket{{{labels},le=\"+Inf\"}}"),
+            cumulative as f64,
+        ));
+        histogram.push((
+            format!("_sum{{{labels}}}"),
+            l.latency_sum_us.load(Relaxed) as f64 / 1e6,
+        ));
+        histogram.push((format!("_count{{{labels}}}"), cumulative as f64));
+    }
+    let name = "injixo_sync_batch_duration_seconds";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Time of one request to the API.\n# TYPE {name} histogram"
+    );
+    for (suffix, value) in histogram {
+        let _ = writeln!(o, "{name}{suffix} {value}");
     }
     o
 }

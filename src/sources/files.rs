@@ -970,7 +970,9 @@ fn file_identity(file: &File) -> (u64, u64) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        file.metadata().map(|m| (m.dev(), m.ino())).unwrap_or((0, 0))
+        file.metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or((0, 0))
     }
     #[cfg(windows)]
     {

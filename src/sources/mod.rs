@@ -35,6 +35,31 @@ pub struct SourceContext {
     pub metrics: Arc<SourceMetrics>,
 }
 
+impl SourceContext {
+    /// A context with a fresh wake-up channel; `waker` is kept for whoever must wake the
+    /// source (file events, shutdown).
+    pub fn new(
+        source: &SourceConfig,
+        ids: (SourceId, LaneId),
+        outbox: Outbox,
+        shutdown: CancellationToken,
+        metrics: Arc<SourceMetrics>,
+    ) -> Self {
+        let (waker, wake) = mpsc::channel();
+        Self {
+            name: source.name.clone(),
+            id: ids.0,
+            lane: ids.1,
+            emits: source.lane.emits,
+            outbox,
+            shutdown,
+            wake,
+            waker,
+            metrics,
+        }
+    }
+}
+
 /// A configured input.
 pub trait Source: Send + 'static {
     /// Reads and commits until `ctx.shutdown` fires. Runs on its own thread: it may block.
