@@ -1083,8 +1083,7 @@ impl Validator<'_> {
         let delimiter = match (&raw.delimiter, format) {
             (None, Some(FileFormat::Tsv)) => b'\t',
             (None, _) => b',',
-            (Some(d), _) if !tabular => {
-                let _ = d;
+            (Some(_), _) if !tabular => {
                 self.problem(
                     &at("delimiter"),
                     &key("delimiter"),
