@@ -142,7 +142,7 @@ impl Source for FilesSource {
                     if failures == 1 || e.is_disk_full() {
                         error!(source = %ctx.name, "cannot commit what was read, reading is paused and will resume: {e}");
                     }
-                    Duration::from_secs(1 << failures.min(5))
+                    Duration::from_secs(1 << failures.min(3))
                 }
             };
             self.first_pass = false;

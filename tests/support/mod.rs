@@ -34,6 +34,7 @@ impl Env {
         // chooses the level.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
+            .with_ansi(false)
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
