@@ -624,3 +624,70 @@ async fn requests_go_through_the_configured_proxy() {
     );
     assert!(lines.contains(&expected), "proxy saw {lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_mix_of_api_faults_delays_but_delivers_everything() {
+    let seed = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("FAULT_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    for _ in 0..40 {
+        api.push_fault(match rng.u8(..7) {
+            0 => Fault::Status(500),
+            1 => Fault::RetryAfter(503, 1),
+            2 => Fault::RetryAfter(429, 0),
+            3 => Fault::Drop,
+            4 => Fault::AcceptThenDrop,
+            5 => Fault::Slow(Duration::from_millis(rng.u64(50..900))),
+            _ => Fault::Status(502),
+        });
+    }
+    let config = env.write_config(&env.config_text(
+        &api.url(),
+        "timeout = \"400ms\"\nbatch_records = 50",
+        &env.ndjson_source("acd", "drop", ""),
+    ));
+    std::fs::write(env.exports.join("day.ndjson"), events(0..2000)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(Duration::from_secs(120), "2,000 records", || {
+        arrivals(&api).len() >= 2000
+    })
+    .await;
+    wait_for(LIMIT, "the lane drained", || {
+        env.try_report().is_some_and(|r| r.lanes[0].pending == 0)
+    })
+    .await;
+    daemon.stop().await;
+
+    let seen = api.seen();
+    // After a 503 with Retry-After: 1, the next request waited at least that second.
+    for pair in seen.windows(2) {
+        if pair[0].status == 503 {
+            assert!(
+                pair[1].at - pair[0].at >= Duration::from_secs(1),
+                "Retry-After not honoured"
+            );
+        }
+    }
+    let mut by_key = std::collections::HashMap::<String, usize>::new();
+    for a in api.accepted() {
+        *by_key
+            .entry(a.idempotency_key.clone().unwrap())
+            .or_default() += 1;
+    }
+    let resent: usize = api
+        .accepted()
+        .iter()
+        .filter(|a| by_key[a.idempotency_key.as_ref().unwrap()] > 1)
+        .map(|a| a.records.len())
+        .sum();
+    let duplicates = api.record_count() - 2000;
+    assert!(
+        duplicates <= resent,
+        "{duplicates} duplicates outside resent batches"
+    );
+}
