@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,18 +122,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
     assert_eq!(got.len(), expected, "no record that was never written");
 
     // Duplicates only come from batches accepted more than once under one key.
-    let mut by_key: HashMap<String, usize> = HashMap::new();
-    for a in api.accepted() {
-        *by_key
-            .entry(a.idempotency_key.clone().unwrap())
-            .or_default() += 1;
-    }
-    let resent: usize = api
-        .accepted()
-        .iter()
-        .filter(|a| by_key[a.idempotency_key.as_ref().unwrap()] > 1)
-        .map(|a| a.records.len())
-        .sum();
+    let resent = records_in_resent_batches(&api);
     let duplicates = api.record_count() - got.len();
     eprintln!(
         "{kills} kills: {expected} records delivered, {duplicates} duplicates, all inside batches \

@@ -496,18 +496,7 @@ async fn timeouts_and_dropped_connections_lose_nothing_and_duplicate_only_unansw
 
     // Every duplicate arrived in a request whose key had been accepted before: a retry of a
     // batch whose answer was lost, never a record enqueued twice.
-    let mut accepted_keys = std::collections::HashMap::<String, usize>::new();
-    for a in api.accepted() {
-        *accepted_keys
-            .entry(a.idempotency_key.clone().unwrap())
-            .or_default() += 1;
-    }
-    let repeated: usize = api
-        .accepted()
-        .iter()
-        .filter(|a| accepted_keys[a.idempotency_key.as_ref().unwrap()] > 1)
-        .map(|a| a.records.len())
-        .sum();
+    let repeated = records_in_resent_batches(&api);
     let total = api.record_count();
     let unique = arrivals(&api).len();
     assert_eq!(unique, 300);
@@ -673,18 +662,7 @@ async fn a_random_mix_of_api_faults_delays_but_delivers_everything() {
             );
         }
     }
-    let mut by_key = std::collections::HashMap::<String, usize>::new();
-    for a in api.accepted() {
-        *by_key
-            .entry(a.idempotency_key.clone().unwrap())
-            .or_default() += 1;
-    }
-    let resent: usize = api
-        .accepted()
-        .iter()
-        .filter(|a| by_key[a.idempotency_key.as_ref().unwrap()] > 1)
-        .map(|a| a.records.len())
-        .sum();
+    let resent = records_in_resent_batches(&api);
     let duplicates = api.record_count() - 2000;
     assert!(
         duplicates <= resent,

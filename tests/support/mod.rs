@@ -120,6 +120,23 @@ pub fn arrivals(api: &FakeApi) -> HashMap<u64, usize> {
     m
 }
 
+/// Records the API accepted inside batches it accepted more than once under one
+/// `Idempotency-Key`: resends of a batch whose answer was lost. Duplicates must fit in here.
+pub fn records_in_resent_batches(api: &FakeApi) -> usize {
+    let accepted = api.accepted();
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    for a in &accepted {
+        *by_key
+            .entry(a.idempotency_key.clone().unwrap())
+            .or_default() += 1;
+    }
+    accepted
+        .iter()
+        .filter(|a| by_key[a.idempotency_key.as_ref().unwrap()] > 1)
+        .map(|a| a.records.len())
+        .sum()
+}
+
 /// Polls `cond` until it holds or `limit` passes (then panics naming `what`).
 pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
