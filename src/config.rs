@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::normalize::map::{ApiField, FieldSource, Mapping};
 use crate::normalize::time::{TimeFormat, TimeParser};
+use crate::sources::parse::Charset;
 use crate::stale::{BusinessHours, StalePolicy};
 use crate::types::{Emits, LaneKey, Secret, SourceName};
 
@@ -190,6 +191,8 @@ pub struct FilesConfig {
     pub poll_interval: Duration,
     pub start_at: StartAt,
     pub delimiter: u8,
+    /// How the files' bytes become text (`encoding`).
+    pub charset: Charset,
     pub header: bool,
     pub columns: Option<Vec<String>>,
     pub map: Option<Mapping>,
@@ -322,6 +325,7 @@ struct RawSource {
     poll_interval: Option<String>,
     start_at: Option<String>,
     delimiter: Option<String>,
+    encoding: Option<String>,
     header: Option<bool>,
     columns: Option<Vec<String>>,
     timestamp_format: Option<String>,
@@ -1104,6 +1108,26 @@ impl Validator<'_> {
                 b','
             }
         };
+        let charset = match raw
+            .encoding
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("utf-8" | "utf8") => Charset::Utf8,
+            Some("windows-1252" | "cp1252" | "latin1" | "iso-8859-1") => Charset::Windows1252,
+            Some(other) => {
+                self.problem(
+                    &at("encoding"),
+                    &key("encoding"),
+                    format!(
+                        "{other:?} is not supported: use \"utf-8\" or \"windows-1252\" (also for \
+                         latin1); re-export UTF-16 files as UTF-8"
+                    ),
+                );
+                Charset::Utf8
+            }
+        };
         if !tabular && (raw.header.is_some() || raw.columns.is_some()) {
             self.problem(
                 &at(if raw.header.is_some() {
@@ -1180,6 +1204,7 @@ impl Validator<'_> {
             poll_interval,
             start_at,
             delimiter,
+            charset,
             header,
             columns: raw.columns,
             map,

@@ -156,6 +156,11 @@ const CASES: &[(&str, &str, &str)] = &[
         "f.toml:15: source[0] \"acd\".timestamp_format: \"iso\" is not a timestamp format",
     ),
     (
+        "format = \"csv\"",
+        "format = \"csv\"\nencoding = \"utf-16\"",
+        "f.toml:15: source[0] \"acd\".encoding: \"utf-16\" is not supported: use \"utf-8\" or \"windows-1252\"",
+    ),
+    (
         "[source.map]",
         "[source.mapping]",
         "f.toml:16: unknown field `mapping`, expected one of `name`",

@@ -153,7 +153,9 @@ async fn malformed_lines_are_parked_with_file_and_line_and_the_rest_flows() {
     text.push_str(&event(3).replace("\"calls\"", "\"pigeons\""));
     text.push('\n');
     text.push_str(&events(4..=5));
-    std::fs::write(env.exports.join("day.ndjson"), text).unwrap();
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(b"{\"queueName\":\"M\xfcller\"}\n");
+    std::fs::write(env.exports.join("day.ndjson"), bytes).unwrap();
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "4 records", || api.record_count() >= 4).await;
     daemon.stop().await;
@@ -164,7 +166,9 @@ async fn malformed_lines_are_parked_with_file_and_line_and_the_rest_flows() {
         .map(|p| (p.origin.clone(), p.reason.clone()))
         .collect();
     parked.sort();
-    assert_eq!(parked.len(), 2);
+    assert_eq!(parked.len(), 3);
+    assert_eq!(parked[2].0, "day.ndjson:7");
+    assert!(parked[2].1.contains("not valid UTF-8"), "{}", parked[2].1);
     assert_eq!(parked[0].0, "day.ndjson:3");
     assert!(parked[0].1.contains("not valid JSON"));
     assert_eq!(parked[1].0, "day.ndjson:4");
@@ -668,4 +672,33 @@ async fn a_random_mix_of_api_faults_delays_but_delivers_everything() {
         duplicates <= resent,
         "{duplicates} duplicates outside resent batches"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_1252_csv_from_excel_is_read_as_text() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = format!(
+        "[[source]]\nname = \"excel\"\ntype = \"files\"\nintegration_id = 1\nemits = \"contact_events\"\n\
+         path = {:?}\nformat = \"csv\"\ndelimiter = \";\"\nencoding = \"windows-1252\"\nsettle = \"50ms\"\n\
+         [source.map]\ntimestamp = \"Zeit\"\nqueueName = \"Warteschlange\"\nqueueIdentifier = \"Warteschlange\"\n\
+         channel = {{ value = \"calls\" }}\noffered = {{ value = true }}\nhandled = {{ value = true }}\n\
+         duration = \"Gesprächszeit\"\n",
+        env.exports.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let text = "Zeit;Warteschlange;Gesprächszeit\r\n2024-05-01T08:00:00Z;Kündigung Müller;12,5\r\n";
+    let (bytes, _, unmappable) = encoding_rs::WINDOWS_1252.encode(text);
+    assert!(!unmappable);
+    assert!(
+        std::str::from_utf8(&bytes).is_err(),
+        "the file really is not UTF-8"
+    );
+    std::fs::write(env.exports.join("export.csv"), &bytes).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "1 record", || api.record_count() >= 1).await;
+    daemon.stop().await;
+    let record = &api.records()[0];
+    assert_eq!(record["queueName"], "Kündigung Müller");
+    assert_eq!(record["properties"]["duration"], 12.5);
 }

@@ -670,7 +670,15 @@ impl FilesSource {
         match self.cfg.format {
             FileFormat::Ndjson => {
                 for item in parse::lines(buf, last) {
-                    let text = String::from_utf8_lossy(item.value);
+                    let origin_here = origin(item.newlines_before);
+                    let text = match self.cfg.charset.decode(item.value) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let raw = String::from_utf8_lossy(item.value);
+                            step.push(cur.id, base + item.start as u64, origin_here, Err(e), &raw);
+                            continue;
+                        }
+                    };
                     let text = text.trim_start_matches('\u{feff}');
                     let result = match &self.cfg.map {
                         None => schema::normalize_json(ctx.emits, text),
@@ -682,18 +690,12 @@ impl FilesSource {
                             Err(e) => Err(format!("not valid JSON: {e}")),
                         },
                     };
-                    step.push(
-                        cur.id,
-                        base + item.start as u64,
-                        origin(item.newlines_before),
-                        result,
-                        text,
-                    );
+                    step.push(cur.id, base + item.start as u64, origin_here, result, text);
                 }
                 step.consumed = parse::consumed_lines(buf, last);
             }
             FileFormat::Csv | FileFormat::Tsv => {
-                let (items, consumed) = parse::csv(buf, self.cfg.delimiter, last);
+                let (items, consumed) = parse::csv(buf, self.cfg.delimiter, self.cfg.charset, last);
                 let mut header: Option<Vec<String>> = cur.cur.header.clone();
                 for (n, item) in items.into_iter().enumerate() {
                     let fields = match item.value {

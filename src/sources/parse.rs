@@ -72,10 +72,35 @@ fn memchr_last(needle: u8, hay: &[u8]) -> Option<usize> {
 /// A CSV/TSV record: its fields, or why they are not text.
 pub type Fields = Result<Vec<String>, String>;
 
+/// How input bytes become text (`encoding`). Windows-1252 also serves Latin-1, as browsers do:
+/// it is a superset for every printable character.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Charset {
+    Utf8,
+    Windows1252,
+}
+
+impl Charset {
+    /// UTF-8 is checked strictly (a bad byte is an error naming its place); single-byte
+    /// encodings always decode.
+    pub fn decode(self, bytes: &[u8]) -> Result<std::borrow::Cow<'_, str>, String> {
+        match self {
+            Charset::Utf8 => std::str::from_utf8(bytes)
+                .map(std::borrow::Cow::Borrowed)
+                .map_err(|e| {
+                    format!("not valid UTF-8 ({e}); set `encoding` if the export is not UTF-8")
+                }),
+            Charset::Windows1252 => Ok(encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(bytes)
+                .0),
+        }
+    }
+}
+
 /// Splits delimited text into records with RFC 4180 quoting (quoted delimiters, doubled quotes,
 /// newlines inside quotes), `\r\n` or `\n` endings; blank lines are skipped. Returns the items
 /// and the offset just past the last complete record.
-pub fn csv(buf: &[u8], delimiter: u8, last: bool) -> (Vec<Item<Fields>>, usize) {
+pub fn csv(buf: &[u8], delimiter: u8, charset: Charset, last: bool) -> (Vec<Item<Fields>>, usize) {
     let mut reader = csv_core::ReaderBuilder::new().delimiter(delimiter).build();
     let mut items = Vec::new();
     let mut out = vec![0u8; 4096];
@@ -101,10 +126,10 @@ pub fn csv(buf: &[u8], delimiter: u8, last: bool) -> (Vec<Item<Fields>>, usize) 
                 endlen += nend;
                 if matches!(result, Record) {
                     push_record(
+                        charset,
                         buf,
                         &mut items,
-                        record_start,
-                        buf.len(),
+                        record_start..buf.len(),
                         &out,
                         &ends[..endlen],
                         &mut counted,
@@ -117,10 +142,10 @@ pub fn csv(buf: &[u8], delimiter: u8, last: bool) -> (Vec<Item<Fields>>, usize) 
             OutputEndsFull => ends.resize(ends.len() * 2, 0),
             Record => {
                 push_record(
+                    charset,
                     buf,
                     &mut items,
-                    record_start,
-                    pos,
+                    record_start..pos,
                     &out,
                     &ends[..endlen],
                     &mut counted,
@@ -146,14 +171,15 @@ pub fn csv(buf: &[u8], delimiter: u8, last: bool) -> (Vec<Item<Fields>>, usize) 
 }
 
 fn push_record(
+    charset: Charset,
     buf: &[u8],
     items: &mut Vec<Item<Fields>>,
-    start: usize,
-    end: usize,
+    span: std::ops::Range<usize>,
     out: &[u8],
     ends: &[usize],
     counted: &mut (usize, u64),
 ) {
+    let (start, end) = (span.start, span.end);
     // Skip the line terminators csv-core left in front of the record.
     let content = start
         + buf[start..end]
@@ -169,13 +195,10 @@ fn push_record(
     let mut from = 0;
     let mut value: Fields = Ok(Vec::new());
     for &to in ends {
-        match std::str::from_utf8(&out[from..to]) {
-            Ok(s) => fields.push(s.to_owned()),
+        match charset.decode(&out[from..to]) {
+            Ok(s) => fields.push(s.into_owned()),
             Err(e) => {
-                value = Err(format!(
-                    "field {} is not valid UTF-8: {e}",
-                    fields.len() + 1
-                ));
+                value = Err(format!("field {}: {e}", fields.len() + 1));
                 break;
             }
         }
@@ -220,7 +243,7 @@ mod tests {
     #[test]
     fn csv_quotes_doubled_quotes_and_embedded_newlines() {
         let buf = b"id,note\n1,\"said \"\"hi\"\"\"\n2,\"two\nlines\"\n3,x\n";
-        let (items, consumed) = csv(buf, b',', false);
+        let (items, consumed) = csv(buf, b',', Charset::Utf8, false);
         assert_eq!(consumed, buf.len());
         let rows: Vec<_> = items.iter().map(|i| i.value.clone().unwrap()).collect();
         assert_eq!(rows[1], vec!["1", "said \"hi\""]);
@@ -233,10 +256,10 @@ mod tests {
     #[test]
     fn csv_stops_before_a_record_cut_inside_quotes() {
         let buf = b"1,a\n2,\"open\nstill open";
-        let (items, consumed) = csv(buf, b',', false);
+        let (items, consumed) = csv(buf, b',', Charset::Utf8, false);
         assert_eq!(items.len(), 1);
         assert_eq!(consumed, 4);
-        let (items, consumed) = csv(buf, b',', true);
+        let (items, consumed) = csv(buf, b',', Charset::Utf8, true);
         assert_eq!(items.len(), 2);
         assert_eq!(consumed, buf.len());
     }
@@ -244,7 +267,7 @@ mod tests {
     #[test]
     fn csv_with_crlf_consumes_the_whole_terminator() {
         let buf = b"a;b\r\nc;d\r\n";
-        let (items, consumed) = csv(buf, b';', false);
+        let (items, consumed) = csv(buf, b';', Charset::Utf8, false);
         assert_eq!(items.len(), 2);
         assert_eq!(items[1].value.as_ref().unwrap(), &vec!["c", "d"]);
         assert_eq!(items[1].start, 5);
@@ -253,9 +276,9 @@ mod tests {
 
     #[test]
     fn csv_without_final_newline_waits_until_complete() {
-        let (items, consumed) = csv(b"a,b\nc,d", b',', false);
+        let (items, consumed) = csv(b"a,b\nc,d", b',', Charset::Utf8, false);
         assert_eq!((items.len(), consumed), (1, 4));
-        let (items, consumed) = csv(b"a,b\nc,d", b',', true);
+        let (items, consumed) = csv(b"a,b\nc,d", b',', Charset::Utf8, true);
         assert_eq!((items.len(), consumed), (2, 7));
     }
 
@@ -284,9 +307,9 @@ mod tests {
                 .collect();
             let buf = text.as_bytes();
             let cut = cut.min(buf.len());
-            let (first, consumed) = csv(&buf[..cut], b',', false);
+            let (first, consumed) = csv(&buf[..cut], b',', Charset::Utf8, false);
             proptest::prop_assert!(consumed <= cut);
-            let (second, _) = csv(&buf[consumed..], b',', true);
+            let (second, _) = csv(&buf[consumed..], b',', Charset::Utf8, true);
             let got: Vec<Vec<String>> = first
                 .into_iter()
                 .chain(second)
@@ -321,8 +344,23 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_reported_per_record() {
-        let (items, _) = csv(b"ok,1\n\xff,2\n", b',', false);
+        let (items, _) = csv(b"ok,1\n\xff,2\n", b',', Charset::Utf8, false);
         assert!(items[0].value.is_ok());
         assert!(items[1].value.as_ref().unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn windows_1252_fields_decode_to_text() {
+        let (items, _) = csv(
+            b"Warteschlange;Gespr\xe4chszeit\nM\xfcller;1,5\n",
+            b';',
+            Charset::Windows1252,
+            false,
+        );
+        assert_eq!(
+            items[0].value.as_ref().unwrap(),
+            &vec!["Warteschlange", "Gesprächszeit"]
+        );
+        assert_eq!(items[1].value.as_ref().unwrap(), &vec!["Müller", "1,5"]);
     }
 }
