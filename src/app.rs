@@ -149,18 +149,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             .find(|(k, _)| *k == source.lane)
             .map(|(_, id)| *id)
             .expect("every source's lane was registered");
-        let metrics = Arc::new(SourceMetrics::new(
-            source.name.clone(),
-            source.stale.clone(),
-            crate::outbox::now_ms(),
-        ));
-        let ctx = SourceContext::new(
-            source,
-            (id, lane),
-            outbox.clone(),
-            shutdown.clone(),
-            metrics,
-        );
+        let ctx = SourceContext::new(source, (id, lane), outbox.clone(), shutdown.clone());
         let stop = ctx.waker.clone();
         let token = shutdown.clone();
         tracker.spawn(async move {
@@ -341,18 +330,8 @@ pub fn import(
             interrupt.cancel();
         }
     });
-    let metrics = Arc::new(SourceMetrics::new(
-        source.name.clone(),
-        None,
-        crate::outbox::now_ms(),
-    ));
-    let ctx = SourceContext::new(
-        source,
-        (id, lane),
-        outbox.clone(),
-        shutdown.clone(),
-        metrics.clone(),
-    );
+    let ctx = SourceContext::new(source, (id, lane), outbox.clone(), shutdown.clone());
+    let metrics = ctx.metrics.clone();
     let reader = std::thread::Builder::new()
         .name("import".into())
         .spawn(move || crate::sources::files::FilesSource::new(files).run_once(&ctx))

@@ -17,12 +17,8 @@ const DROP_RECORDS: u64 = 250;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_loses_nothing() {
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    eprintln!("CRASH_SEED={seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = seeded_rng("CRASH_SEED");
+    let writer_seed = rng.u64(..);
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
     let drops = env.dir.path().join("drops");
@@ -43,7 +39,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
         let live = env.exports.join("live.ndjson");
         let drops = drops.clone();
         let done = done.clone();
-        let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+        let mut rng = fastrand::Rng::with_seed(writer_seed);
         std::thread::spawn(move || {
             let text = events(0..TAIL_RECORDS);
             let bytes = text.as_bytes();

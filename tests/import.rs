@@ -26,6 +26,12 @@ fn setup(files: u64, per_file: u64) -> (Env, std::path::PathBuf) {
     (env, history)
 }
 
+/// `--config CFG import --source acd --from HISTORY`.
+fn import_args<'a>(cfg: &'a str, history: &'a std::path::Path) -> [&'a str; 7] {
+    let from = history.to_str().unwrap();
+    ["--config", cfg, "import", "--source", "acd", "--from", from]
+}
+
 fn records(env: &Env) -> i64 {
     env.report().sources.iter().map(|s| s.records_total).sum()
 }
@@ -34,15 +40,7 @@ fn records(env: &Env) -> i64 {
 fn an_import_reads_history_once_and_a_second_run_adds_nothing() {
     let (env, history) = setup(12, 500);
     let cfg = env.config_file.to_str().unwrap();
-    let args = [
-        "--config",
-        cfg,
-        "import",
-        "--source",
-        "acd",
-        "--from",
-        history.to_str().unwrap(),
-    ];
+    let args = import_args(cfg, &history);
     let (code, out) = cli(&args);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("importing 12 file(s)"), "{out}");
@@ -117,15 +115,7 @@ fn an_interrupted_import_continues_where_it_stopped() {
     let (env, history) = setup(30, 10_000);
     let cfg = env.config_file.to_str().unwrap().to_owned();
     let child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
-        .args([
-            "--config",
-            &cfg,
-            "import",
-            "--source",
-            "acd",
-            "--from",
-            history.to_str().unwrap(),
-        ])
+        .args(import_args(&cfg, &history))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -152,15 +142,7 @@ fn an_interrupted_import_continues_where_it_stopped() {
     let partial = records(&env);
     assert!(partial > 0 && partial < 300_000, "{partial}");
 
-    let (code, out) = cli(&[
-        "--config",
-        &cfg,
-        "import",
-        "--source",
-        "acd",
-        "--from",
-        history.to_str().unwrap(),
-    ]);
+    let (code, out) = cli(&import_args(&cfg, &history));
     assert_eq!(code, 0, "{out}");
     assert_eq!(records(&env), 300_000, "every record once");
 }

@@ -620,12 +620,7 @@ async fn requests_go_through_the_configured_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_random_mix_of_api_faults_delays_but_delivers_everything() {
-    let seed = std::env::var("FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    eprintln!("FAULT_SEED={seed}");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rng = seeded_rng("FAULT_SEED");
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
     for _ in 0..40 {

@@ -36,16 +36,20 @@ pub struct SourceContext {
 }
 
 impl SourceContext {
-    /// A context with a fresh wake-up channel; `waker` is kept for whoever must wake the
-    /// source (file events, shutdown).
+    /// A context with a fresh wake-up channel (`waker` is kept for whoever must wake the
+    /// source: file events, shutdown) and fresh counters, silence counted from now.
     pub fn new(
         source: &SourceConfig,
         ids: (SourceId, LaneId),
         outbox: Outbox,
         shutdown: CancellationToken,
-        metrics: Arc<SourceMetrics>,
     ) -> Self {
         let (waker, wake) = mpsc::channel();
+        let metrics = Arc::new(SourceMetrics::new(
+            source.name.clone(),
+            source.stale.clone(),
+            crate::outbox::now_ms(),
+        ));
         Self {
             name: source.name.clone(),
             id: ids.0,

@@ -137,6 +137,17 @@ pub fn records_in_resent_batches(api: &FakeApi) -> usize {
         .sum()
 }
 
+/// A random generator seeded from `$var` when set, else at random; the seed is printed so a
+/// failing run can be repeated.
+pub fn seeded_rng(var: &str) -> fastrand::Rng {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("{var}={seed}");
+    fastrand::Rng::with_seed(seed)
+}
+
 /// Polls `cond` until it holds or `limit` passes (then panics naming `what`).
 pub async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
