@@ -14,9 +14,11 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use crate::normalize::map::{ApiField, FieldSource, Mapping};
+use crate::normalize::map::{
+    ApiField, Expand, ExpandDuration, FieldSource, KeyTemplate, Mapping, SkipIf,
+};
 use crate::normalize::time::{TimeFormat, TimeParser};
-use crate::sources::parse::Charset;
+use crate::sources::parse::{Charset, Endian};
 use crate::stale::{BusinessHours, StalePolicy};
 use crate::types::{Emits, LaneKey, Secret, SourceName};
 
@@ -172,6 +174,69 @@ pub enum After {
     Move(PathBuf),
 }
 
+/// How a directory is watched (`watch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// File-system events, unless the directory is on a network file system (SMB/CIFS, NFS,
+    /// ...), where events from other machines never arrive: then the poll scan alone.
+    Auto,
+    /// File-system events wherever the directory is.
+    Events,
+    /// The poll scan alone.
+    Poll,
+}
+
+/// `marker = "{name}.done"` or `"{stem}.ok"`: the file that says an export is complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// `{stem}` (the name without its last extension) rather than `{name}`.
+    pub stem: bool,
+    pub suffix: String,
+}
+
+impl Marker {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (stem, suffix) = if let Some(rest) = s.strip_prefix("{name}") {
+            (false, rest)
+        } else if let Some(rest) = s.strip_prefix("{stem}") {
+            (true, rest)
+        } else {
+            return Err(format!(
+                "{s:?} is not a marker: write \"{{name}}.done\" (calls.csv → calls.csv.done) or \
+                 \"{{stem}}.ok\" (calls.csv → calls.ok)"
+            ));
+        };
+        if suffix.is_empty() || suffix.contains(['/', '\\', '{', '}']) {
+            return Err(format!(
+                "{s:?}: the marker needs a plain suffix after {{name}} or {{stem}}, such as \".done\""
+            ));
+        }
+        Ok(Self {
+            stem,
+            suffix: suffix.to_owned(),
+        })
+    }
+
+    /// The marker file of a data file.
+    pub fn of(&self, path: &Path) -> PathBuf {
+        let base = if self.stem {
+            path.file_stem()
+        } else {
+            path.file_name()
+        }
+        .unwrap_or_default();
+        let mut name = base.to_os_string();
+        name.push(&self.suffix);
+        path.with_file_name(name)
+    }
+
+    /// Whether a file is a marker rather than data.
+    pub fn is_marker(&self, path: &Path) -> bool {
+        path.file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(&self.suffix))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartAt {
     Beginning,
@@ -196,6 +261,12 @@ pub struct FilesConfig {
     pub header: bool,
     pub columns: Option<Vec<String>>,
     pub map: Option<Mapping>,
+    /// The natural key of a row (`key`), if rows are deduplicated by content.
+    pub key: Option<KeyTemplate>,
+    pub skip_if: SkipIf,
+    pub watch: Watch,
+    /// `marker`: a dropped file is complete once its marker file exists.
+    pub marker: Option<Marker>,
     /// Only files modified at or after this (`import --since`; not a configuration key).
     pub modified_since: Option<std::time::SystemTime>,
 }
@@ -331,6 +402,13 @@ struct RawSource {
     timestamp_format: Option<String>,
     timezone: Option<String>,
     map: Option<toml::Table>,
+    key: Option<String>,
+    skip_if: Option<toml::Table>,
+    expand: Option<String>,
+    interval: Option<String>,
+    expand_duration: Option<String>,
+    watch: Option<String>,
+    marker: Option<String>,
     stale_after: Option<String>,
     business_hours: Option<String>,
 }
@@ -1017,7 +1095,14 @@ impl Validator<'_> {
             &[("drop", FileMode::Drop), ("tail", FileMode::Tail)],
         );
         let include = self.globs(&at("include"), &key("include"), raw.include, &["*"]);
-        let exclude = self.globs(&at("exclude"), &key("exclude"), raw.exclude, &[]);
+        // Names that writers use while a file is incomplete (rsync's hidden temporaries,
+        // browsers' and copy tools' partial files, Office lock files).
+        let exclude = self.globs(
+            &at("exclude"),
+            &key("exclude"),
+            raw.exclude,
+            &[".*", "*/.*", "*.tmp", "*.part", "*.partial", "~$*"],
+        );
         let after = match (raw.after.as_deref(), raw.archive_dir) {
             (None | Some("keep"), None) => After::Keep,
             (Some("delete"), None) => After::Delete,
@@ -1116,13 +1201,16 @@ impl Validator<'_> {
         {
             None | Some("utf-8" | "utf8") => Charset::Utf8,
             Some("windows-1252" | "cp1252" | "latin1" | "iso-8859-1") => Charset::Windows1252,
+            Some("utf-16" | "utf16" | "ucs-2" | "unicode") => Charset::Utf16(Endian::Detect),
+            Some("utf-16le" | "utf16le") => Charset::Utf16(Endian::Little),
+            Some("utf-16be" | "utf16be") => Charset::Utf16(Endian::Big),
             Some(other) => {
                 self.problem(
                     &at("encoding"),
                     &key("encoding"),
                     format!(
-                        "{other:?} is not supported: use \"utf-8\" or \"windows-1252\" (also for \
-                         latin1); re-export UTF-16 files as UTF-8"
+                        "{other:?} is not supported: use \"utf-8\", \"windows-1252\" (also for \
+                         latin1), \"utf-16\" (byte order from the BOM), \"utf-16le\" or \"utf-16be\""
                     ),
                 );
                 Charset::Utf8
@@ -1151,10 +1239,133 @@ impl Validator<'_> {
                 "is false, so `columns = [...]` must name the columns",
             );
         }
-        let map = match (raw.map, emits) {
-            (Some(table), Some(emits)) => {
-                self.mapping(i, label, emits, table, raw.timestamp_format, raw.timezone)
+        let expand = match (raw.expand.as_deref(), raw.interval.as_deref()) {
+            (None, None) if raw.expand_duration.is_none() => None,
+            (Some("interval"), interval) => {
+                if interval.is_none() {
+                    self.problem(
+                        &at("interval"),
+                        &key("interval"),
+                        "is required with expand = \"interval\": the length of the report's intervals, e.g. \"15m\"",
+                    );
+                }
+                let interval = self.duration(
+                    &at("interval"),
+                    &key("interval"),
+                    interval,
+                    Duration::from_secs(900),
+                    (Duration::from_secs(1), Duration::from_secs(86_400)),
+                );
+                let duration = self.one_of(
+                    &at("expand_duration"),
+                    &key("expand_duration"),
+                    raw.expand_duration.as_deref(),
+                    ExpandDuration::Total,
+                    &[
+                        ("total", ExpandDuration::Total),
+                        ("average", ExpandDuration::Average),
+                    ],
+                );
+                Some(Expand { interval, duration })
             }
+            (Some(other), _) => {
+                self.problem(
+                    &at("expand"),
+                    &key("expand"),
+                    format!("{other:?} is not valid: the only expansion is \"interval\""),
+                );
+                None
+            }
+            (None, _) => {
+                let k = if raw.interval.is_some() {
+                    "interval"
+                } else {
+                    "expand_duration"
+                };
+                self.problem(&at(k), &key(k), "applies only with expand = \"interval\"");
+                None
+            }
+        };
+        if expand.is_some() && raw.map.is_none() {
+            self.problem(
+                &at("expand"),
+                &key("expand"),
+                "needs a [source.map] naming the interval's columns",
+            );
+        }
+        let row_key = match raw.key.as_deref().map(KeyTemplate::parse) {
+            None => None,
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                self.problem(&at("key"), &key("key"), e);
+                None
+            }
+        };
+        let skip_if = match raw.skip_if {
+            None => SkipIf::default(),
+            Some(table) => {
+                let mut rules = Vec::new();
+                for (column, v) in table {
+                    let patterns = match v {
+                        toml::Value::String(p) => vec![p],
+                        toml::Value::Array(a) => a
+                            .into_iter()
+                            .filter_map(|p| p.as_str().map(str::to_owned))
+                            .collect(),
+                        _ => {
+                            self.problem(
+                                &at("skip_if"),
+                                &key(&format!("skip_if.{column}")),
+                                "write a pattern or a list of patterns, e.g. [\"TEST*\", \"Internal\"]",
+                            );
+                            continue;
+                        }
+                    };
+                    rules.push((column, patterns));
+                }
+                SkipIf::new(rules).unwrap_or_else(|e| {
+                    self.problem(&at("skip_if"), &key("skip_if"), e);
+                    SkipIf::default()
+                })
+            }
+        };
+        let watch = self.one_of(
+            &at("watch"),
+            &key("watch"),
+            raw.watch.as_deref(),
+            Watch::Auto,
+            &[
+                ("auto", Watch::Auto),
+                ("events", Watch::Events),
+                ("poll", Watch::Poll),
+            ],
+        );
+        let marker = match raw.marker.as_deref().map(Marker::parse) {
+            None => None,
+            Some(_) if mode == FileMode::Tail => {
+                self.problem(
+                    &at("marker"),
+                    &key("marker"),
+                    "applies only to mode = \"drop\": a tailed file is never complete",
+                );
+                None
+            }
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                self.problem(&at("marker"), &key("marker"), e);
+                None
+            }
+        };
+        let map = match (raw.map, emits) {
+            (Some(table), Some(emits)) => self
+                .mapping(i, label, emits, table, raw.timestamp_format, raw.timezone)
+                .and_then(|m| match expand {
+                    None => Some(m),
+                    Some(e) => m
+                        .with_expand(e)
+                        .map_err(|e| self.problem(&at("expand"), &key("expand"), e))
+                        .ok(),
+                }),
             (None, _) if tabular => {
                 self.problem(
                     &[Seg::Key("source"), Seg::Index(i)],
@@ -1182,7 +1393,8 @@ impl Validator<'_> {
             (Some(_), None) => None,
         };
         if let (Some(m), Some(cols)) = (&map, &raw.columns) {
-            for c in m.columns() {
+            let keyed = row_key.iter().flat_map(|k| k.columns());
+            for c in m.columns().into_iter().chain(keyed) {
                 if !cols.iter().any(|x| x == c) {
                     self.problem(
                         &[Seg::Key("source"), Seg::Index(i), Seg::Key("map")],
@@ -1208,6 +1420,10 @@ impl Validator<'_> {
             header,
             columns: raw.columns,
             map,
+            key: row_key,
+            skip_if,
+            watch,
+            marker,
             modified_since: None,
         }))
     }

@@ -25,6 +25,8 @@ pub struct SourceMetrics {
     pub records: AtomicU64,
     pub duplicates: AtomicU64,
     pub parked: AtomicU64,
+    /// Rows left out on purpose (`skip_if`).
+    pub skipped: AtomicU64,
     /// Input bytes committed (records, parked lines and what lies between).
     pub bytes: AtomicU64,
     /// Bytes the source's open files hold beyond its cursors (tail mode), after its last pass.
@@ -103,6 +105,7 @@ impl SourceMetrics {
             records: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             parked: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
             last_activity_ms: AtomicI64::new(0),
@@ -166,7 +169,7 @@ pub fn render(
     );
     let source = |s: &SourceMetrics| format!("source=\"{}\"", escape(s.name.as_str()));
     type SourceValue = fn(&SourceMetrics, i64) -> f64;
-    let per_source: [(&str, &str, &str, SourceValue); 6] = [
+    let per_source: [(&str, &str, &str, SourceValue); 7] = [
         (
             "injixo_sync_source_read_bytes_total",
             "counter",
@@ -190,6 +193,12 @@ pub fn render(
             "counter",
             "Input lines that could not become records.",
             |s, _| s.parked.load(Relaxed) as f64,
+        ),
+        (
+            "injixo_sync_source_skipped_total",
+            "counter",
+            "Input rows left out on purpose by skip_if.",
+            |s, _| s.skipped.load(Relaxed) as f64,
         ),
         (
             "injixo_sync_source_lag_bytes",

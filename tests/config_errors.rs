@@ -157,8 +157,48 @@ const CASES: &[(&str, &str, &str)] = &[
     ),
     (
         "format = \"csv\"",
-        "format = \"csv\"\nencoding = \"utf-16\"",
-        "f.toml:15: source[0] \"acd\".encoding: \"utf-16\" is not supported: use \"utf-8\" or \"windows-1252\"",
+        "format = \"csv\"\nencoding = \"ebcdic\"",
+        "f.toml:15: source[0] \"acd\".encoding: \"ebcdic\" is not supported: use \"utf-8\", \"windows-1252\"",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nexpand = \"interval\"",
+        "f.toml:7: source[0] \"acd\".interval: is required with expand = \"interval\"",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\ninterval = \"15m\"",
+        "f.toml:15: source[0] \"acd\".interval: applies only with expand = \"interval\"",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nexpand = \"interval\"\ninterval = \"15m\"",
+        "f.toml:15: source[0] \"acd\".expand: `offered` must hold a number of contacts per interval: \"true\" is not a number of contacts",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nkey = \"{call_id\"",
+        "f.toml:15: source[0] \"acd\".key: template \"{call_id\" has a '{' without its '}'",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nskip_if = { queue = 5 }",
+        "f.toml:15: source[0] \"acd\".skip_if.queue: write a pattern or a list of patterns",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nwatch = \"inotify\"",
+        "f.toml:15: source[0] \"acd\".watch: \"inotify\" is not valid: use one of \"auto\", \"events\", \"poll\"",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nmarker = \".done\"",
+        "f.toml:15: source[0] \"acd\".marker: \".done\" is not a marker: write \"{name}.done\"",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nmode = \"tail\"\nmarker = \"{name}.done\"",
+        "f.toml:16: source[0] \"acd\".marker: applies only to mode = \"drop\"",
     ),
     (
         "[source.map]",
@@ -304,6 +344,14 @@ fn the_example_config_is_valid_and_documents_every_key() {
         "columns",
         "timestamp_format",
         "timezone",
+        "encoding",
+        "watch",
+        "marker",
+        "key",
+        "skip_if",
+        "expand",
+        "interval",
+        "expand_duration",
         "[source.map]",
     ];
     for key in keys {

@@ -36,6 +36,8 @@ enum Kind {
     Seconds,
     Time,
     Channel,
+    /// A number of contacts (`expand = "interval"`).
+    Count,
 }
 
 impl ApiField {
@@ -160,6 +162,114 @@ impl FieldSource {
     }
 }
 
+/// Fills a template's columns from a row.
+fn render(parts: &[Part], row: &dyn Row, field: &'static str) -> Result<String, RowError> {
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            Part::Text(t) => out.push_str(t),
+            Part::Column(c) => out.push_str(&row.get(c).ok_or_else(|| RowError {
+                field,
+                column: Some(c.clone()),
+                message: "the column is missing from this row".into(),
+            })?),
+        }
+    }
+    Ok(out)
+}
+
+/// `key = "{call_id}"`: the natural key of a row, a template of its columns. Rows with the
+/// same key are one record, however often an export repeats them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyTemplate(Vec<Part>);
+
+impl KeyTemplate {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match FieldSource::template(s)? {
+            FieldSource::Template(parts) => Ok(Self(parts)),
+            _ => unreachable!("template() returns templates"),
+        }
+    }
+
+    pub fn render(&self, row: &dyn Row) -> Result<String, RowError> {
+        let key = render(&self.0, row, "key")?;
+        if key.trim().is_empty() {
+            return Err(RowError {
+                field: "key",
+                column: None,
+                message: "the row's key is empty".into(),
+            });
+        }
+        Ok(key)
+    }
+
+    pub fn columns(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter_map(|p| match p {
+                Part::Column(c) => Some(c.as_str()),
+                Part::Text(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// `skip_if = { queue = ["TEST*", "Internal"] }`: rows whose column matches one of the
+/// patterns (globs, any case) are left out on purpose; they are counted, not parked.
+#[derive(Clone, Debug, Default)]
+pub struct SkipIf(Vec<(String, globset::GlobSet)>);
+
+impl SkipIf {
+    pub fn new(rules: Vec<(String, Vec<String>)>) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for (column, patterns) in rules {
+            let mut set = globset::GlobSetBuilder::new();
+            for p in &patterns {
+                let glob = globset::GlobBuilder::new(p)
+                    .case_insensitive(true)
+                    .build()
+                    .map_err(|e| format!("`{column}`: {p:?} is not a pattern: {e}"))?;
+                set.add(glob);
+            }
+            let set = set.build().map_err(|e| e.to_string())?;
+            out.push((column, set));
+        }
+        Ok(Self(out))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the row is to be skipped: one of its columns matches (a missing column never
+    /// does).
+    pub fn skips(&self, row: &dyn Row) -> bool {
+        self.0
+            .iter()
+            .any(|(c, set)| row.get(c).is_some_and(|v| set.is_match(v.trim())))
+    }
+}
+
+/// `expand = "interval"`: a row of interval totals becomes one contact event per contact.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Expand {
+    /// The length of the report's intervals; `timestamp` is the start of one.
+    pub interval: std::time::Duration,
+    /// What the `duration` column holds.
+    pub duration: ExpandDuration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpandDuration {
+    /// The handle time of all handled contacts of the interval.
+    Total,
+    /// The average handle time of a handled contact.
+    Average,
+}
+
+/// The most contacts one interval row may expand to.
+pub const EXPAND_MAX: u64 = 10_000;
+
 /// A row of named values: a CSV line with its header, or a JSON object.
 pub trait Row {
     fn get(&self, column: &str) -> Option<Cow<'_, str>>;
@@ -188,6 +298,7 @@ pub struct Mapping {
     emits: Emits,
     fields: Vec<(ApiField, FieldSource)>,
     time: TimeParser,
+    expand: Option<Expand>,
 }
 
 impl Mapping {
@@ -213,6 +324,7 @@ impl Mapping {
             emits,
             fields,
             time,
+            expand: None,
         };
         for (field, source) in &mapping.fields {
             if let FieldSource::Literal(v) = source {
@@ -228,6 +340,30 @@ impl Mapping {
         self.emits
     }
 
+    /// Turns rows of interval totals into contact events (`expand = "interval"`); the
+    /// `offered` and `handled` columns then hold counts.
+    pub fn with_expand(mut self, expand: Expand) -> Result<Self, String> {
+        if self.emits != Emits::ContactEvents {
+            return Err("expand = \"interval\" applies only to contact events".into());
+        }
+        self.expand = Some(expand);
+        for (field, source) in &self.fields {
+            if let FieldSource::Literal(v) = source {
+                self.convert(*field, v).map_err(|e| {
+                    format!(
+                        "`{}` must hold a number of contacts per interval: {e}",
+                        field.name()
+                    )
+                })?;
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn expands(&self) -> bool {
+        self.expand.is_some()
+    }
+
     /// Every column the map reads.
     pub fn columns(&self) -> Vec<&str> {
         self.fields.iter().flat_map(|(_, s)| s.columns()).collect()
@@ -235,6 +371,80 @@ impl Mapping {
 
     /// Maps one row to an API record as compact JSON.
     pub fn apply(&self, row: &dyn Row) -> Result<String, RowError> {
+        let mut values = self.values(row)?;
+        self.record(&mut values)
+    }
+
+    /// Maps one row to its records: one, or with `expand` one per contact of the interval
+    /// (none for an interval without contacts).
+    pub fn apply_all(&self, row: &dyn Row) -> Result<Vec<String>, RowError> {
+        let Some(expand) = self.expand else {
+            return self.apply(row).map(|r| vec![r]);
+        };
+        let values = self.values(row)?;
+        let count = |values: &[Option<Value>; 11], f: ApiField| {
+            values[f as usize]
+                .as_ref()
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        let offered = count(&values, ApiField::Offered);
+        let handled = count(&values, ApiField::Handled);
+        let error = |field: ApiField, message: String| RowError {
+            field: field.name(),
+            column: None,
+            message,
+        };
+        if handled > offered {
+            return Err(error(
+                ApiField::Handled,
+                format!("{handled} handled is more than {offered} offered"),
+            ));
+        }
+        if offered > EXPAND_MAX {
+            return Err(error(
+                ApiField::Offered,
+                format!(
+                    "{offered} contacts in one interval is more than the {EXPAND_MAX} this expands"
+                ),
+            ));
+        }
+        let duration = values[ApiField::Duration as usize]
+            .as_ref()
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let per_contact = match expand.duration {
+            ExpandDuration::Average => duration,
+            ExpandDuration::Total if handled > 0 => duration / handled as f64,
+            ExpandDuration::Total => 0.0,
+        };
+        let start = values[ApiField::Timestamp as usize]
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(|s| time::parse_rfc3339(s).ok())
+            .ok_or_else(|| error(ApiField::Timestamp, "no interval start".into()))?;
+        let interval_ms = expand.interval.as_millis() as i64;
+        let mut out = Vec::with_capacity(offered as usize);
+        for k in 0..offered {
+            // Evenly inside the interval, at whole seconds: the middle of the k-th of `offered`
+            // equal slices.
+            let offset_ms = interval_ms * (2 * k as i64 + 1) / (2 * offered as i64);
+            let at = start
+                .checked_add(jiff::SignedDuration::from_secs(offset_ms / 1000))
+                .map_err(|e| error(ApiField::Timestamp, e.to_string()))?;
+            let is_handled = k < handled;
+            let mut v = values.clone();
+            v[ApiField::Timestamp as usize] = Some(Value::from(time::to_api(at)));
+            v[ApiField::Offered as usize] = Some(Value::from(true));
+            v[ApiField::Handled as usize] = Some(Value::from(is_handled));
+            v[ApiField::Duration as usize] =
+                Some(Value::from(if is_handled { per_contact } else { 0.0 }));
+            out.push(self.record(&mut v)?);
+        }
+        Ok(out)
+    }
+
+    fn values(&self, row: &dyn Row) -> Result<[Option<Value>; 11], RowError> {
         let mut values: [Option<Value>; 11] = Default::default();
         for (field, source) in &self.fields {
             let raw = self.resolve(*field, source, row)?;
@@ -248,6 +458,10 @@ impl Mapping {
             })?;
             values[*field as usize] = Some(value);
         }
+        Ok(values)
+    }
+
+    fn record(&self, values: &mut [Option<Value>; 11]) -> Result<String, RowError> {
         let mut take = |f: ApiField| values[f as usize].take().unwrap_or(Value::Null);
         let record = match self.emits {
             Emits::ContactEvents => json!({
@@ -297,22 +511,21 @@ impl Mapping {
         match source {
             FieldSource::Column(c) => row.get(c).ok_or_else(|| missing(c)),
             FieldSource::Literal(v) => Ok(Cow::Borrowed(v.as_str())),
-            FieldSource::Template(parts) => {
-                let mut out = String::new();
-                for part in parts {
-                    match part {
-                        Part::Text(t) => out.push_str(t),
-                        Part::Column(c) => out.push_str(&row.get(c).ok_or_else(|| missing(c))?),
-                    }
-                }
-                Ok(Cow::Owned(out))
-            }
+            FieldSource::Template(parts) => render(parts, row, field.name()).map(Cow::Owned),
         }
     }
 
     fn convert(&self, field: ApiField, raw: &str) -> Result<Value, String> {
         let s = raw.trim();
-        match field.kind() {
+        let kind = match field.kind() {
+            Kind::Bool if self.expand.is_some() => Kind::Count,
+            k => k,
+        };
+        match kind {
+            Kind::Count => s
+                .parse::<u64>()
+                .map(Value::from)
+                .map_err(|_| format!("{s:?} is not a number of contacts")),
             Kind::Text if s.is_empty() => Err("is empty".into()),
             Kind::Text => Ok(Value::from(s)),
             Kind::Channel => {

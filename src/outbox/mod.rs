@@ -144,6 +144,20 @@ pub fn dedupe_key(cursor: i64, position: u64) -> [u8; 16] {
     k
 }
 
+/// The dedupe key of a record named by its content (`key = "{call_id}"`): a hash of the
+/// natural key and the record's number among those the row gave. The top bit is set, so it
+/// never equals a [`dedupe_key`] (cursor ids are positive).
+pub fn natural_key(key: &str, piece: u32) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    h.update(piece.to_be_bytes());
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&h.finalize()[..16]);
+    k[0] |= 0x80;
+    k
+}
+
 /// How big a batch may grow and how long a partial one waits.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchLimits {

@@ -34,10 +34,10 @@ use tracing::{debug, error, info, warn};
 
 use super::parse;
 use super::{Source, SourceContext};
-use crate::config::{After, FileFormat, FileMode, FilesConfig, StartAt};
+use crate::config::{After, FileFormat, FileMode, FilesConfig, StartAt, Watch};
 use crate::normalize::map::Row;
 use crate::normalize::schema;
-use crate::outbox::{Commit, NewRecord, OutboxError, Parked, dedupe_key};
+use crate::outbox::{Commit, NewRecord, OutboxError, Parked, dedupe_key, natural_key};
 
 /// How many leading bytes identify a tailed file.
 const FINGERPRINT_MAX: usize = 1024;
@@ -69,7 +69,6 @@ struct FileCursor {
 
 struct Known {
     id: i64,
-    key: String,
     cur: FileCursor,
 }
 
@@ -92,6 +91,8 @@ struct Settling {
 pub struct FilesSource {
     cfg: FilesConfig,
     known: Vec<Known>,
+    /// `known` by cursor key (drop mode looks files up by content hash).
+    by_key: HashMap<String, usize>,
     tailed: Vec<Tailed>,
     settling: HashMap<PathBuf, Settling>,
     /// Dropped files already read and kept in place: (len, mtime) when read.
@@ -106,6 +107,7 @@ impl FilesSource {
         Self {
             cfg,
             known: Vec::new(),
+            by_key: HashMap::new(),
             tailed: Vec::new(),
             settling: HashMap::new(),
             finished: HashMap::new(),
@@ -174,7 +176,10 @@ impl FilesSource {
         let fresh = rows.is_empty();
         for (id, key, value) in rows {
             match serde_json::from_str(&value) {
-                Ok(cur) => self.known.push(Known { id, key, cur }),
+                Ok(cur) => {
+                    self.by_key.insert(key, self.known.len());
+                    self.known.push(Known { id, cur });
+                }
                 Err(e) => warn!(source = %ctx.name, "ignoring unreadable cursor {key}: {e}"),
             }
         }
@@ -183,6 +188,9 @@ impl FilesSource {
 
     fn watch(&mut self, ctx: &SourceContext) -> Option<notify::RecommendedWatcher> {
         use notify::Watcher;
+        if self.cfg.watch == Watch::Poll {
+            return None;
+        }
         if !self.cfg.path.is_dir() {
             self.warn_once(
                 &self.cfg.path.clone(),
@@ -194,6 +202,20 @@ impl FilesSource {
                 ctx,
             );
             return None;
+        }
+        if self.cfg.watch == Watch::Auto {
+            if let Some(fs) = super::fsinfo::network_fs(&self.cfg.path) {
+                info!(
+                    source = %ctx.name,
+                    "{} is on a network file system ({fs}), where changes made by other machines \
+                     raise no events: scanning every {} instead (set watch = \"events\" to use \
+                     events anyway)",
+                    self.cfg.path.display(),
+                    humantime::format_duration(self.cfg.poll_interval)
+                );
+                self.cfg.watch = Watch::Poll;
+                return None;
+            }
         }
         let waker = ctx.waker.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -244,7 +266,7 @@ impl FilesSource {
     ) -> Result<Duration, OutboxError> {
         let now = Instant::now();
         let mut wait = self.cfg.poll_interval;
-        let present: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
+        let present: std::collections::HashSet<&PathBuf> = files.iter().map(|(p, _)| p).collect();
         self.settling.retain(|p, _| present.contains(p));
         self.finished.retain(|p, _| present.contains(p));
         for (path, meta) in files {
@@ -253,6 +275,21 @@ impl FilesSource {
             }
             let stamp = (meta.len(), meta.modified().ok());
             if self.finished.get(&path) == Some(&stamp) {
+                continue;
+            }
+            if let Some(marker) = &self.cfg.marker {
+                // The writer says when the file is complete; no need to watch it settle.
+                if !marker.of(&path).exists() {
+                    continue;
+                }
+                match self.take_dropped(ctx, &path) {
+                    Ok(true) => self.finish_dropped(ctx, &path, stamp),
+                    Ok(false) => {}
+                    Err(TakeError::Outbox(e)) => return Err(e),
+                    Err(TakeError::Io(e)) => {
+                        self.warn_once(&path, format!("cannot read {}: {e}", path.display()), ctx)
+                    }
+                }
                 continue;
             }
             let s = self.settling.entry(path.clone()).or_insert(Settling {
@@ -292,8 +329,8 @@ impl FilesSource {
         let mut file = open_shared(path)?;
         let (digest, len) = hash_file(&mut file)?;
         let key = format!("sha256:{digest}");
-        let idx = match self.known.iter().position(|k| k.key == key) {
-            Some(i) => i,
+        let idx = match self.by_key.get(&key) {
+            Some(&i) => i,
             None => self.new_cursor(
                 ctx,
                 key,
@@ -333,13 +370,20 @@ impl FilesSource {
         path: &Path,
         stamp: (u64, Option<SystemTime>),
     ) {
+        let marker = self.cfg.marker.as_ref().map(|m| m.of(path));
         let result = match &self.cfg.after {
             After::Keep => {
                 self.finished.insert(path.to_owned(), stamp);
                 Ok(())
             }
-            After::Delete => std::fs::remove_file(path),
-            After::Move(dir) => move_into(path, dir),
+            After::Delete => std::fs::remove_file(path).and_then(|()| match &marker {
+                Some(m) => std::fs::remove_file(m),
+                None => Ok(()),
+            }),
+            After::Move(dir) => move_into(path, dir).and_then(|()| match &marker {
+                Some(m) => move_into(m, dir),
+                None => Ok(()),
+            }),
         };
         if let Err(e) = result {
             self.warn_once(
@@ -431,11 +475,37 @@ impl FilesSource {
         let mut file = open_shared(path)?;
         let head = read_head(&mut file)?;
         let (dev, ino) = file_identity(&file);
-        let found = self.known.iter().position(|k| {
-            (k.cur.dev, k.cur.ino) == (dev, ino)
-                && k.cur.fp_len as usize <= head.len()
+        let same_start = |k: &Known| {
+            k.cur.fp_len as usize <= head.len()
                 && fingerprint(&head[..k.cur.fp_len as usize]) == k.cur.fp
-        });
+        };
+        // A finished file is only the same if it is also still as long as when it was
+        // finished: a new file that got its inode back after a delete may begin alike.
+        let len = meta.len();
+        let found = self
+            .known
+            .iter()
+            .position(|k| {
+                (k.cur.dev, k.cur.ino) == (dev, ino)
+                    && same_start(k)
+                    && (!k.cur.done || k.cur.offset == len)
+            })
+            .or_else(|| {
+                // A network share mounted again gets a new device number; its files keep
+                // their inodes and content. An unfinished file that is not open elsewhere,
+                // with the same inode and the same first bytes, is the same file.
+                let open: Vec<usize> = self.tailed.iter().map(|t| t.known).collect();
+                self.known.iter().enumerate().position(|(i, k)| {
+                    !k.cur.done
+                        && k.cur.ino == ino
+                        && k.cur.fp_len > 0
+                        && !open.contains(&i)
+                        && same_start(k)
+                })
+            });
+        if let Some(i) = found {
+            self.known[i].cur.dev = dev;
+        }
         let idx = match found {
             Some(i) if self.known[i].cur.done => return Ok(()),
             Some(i) if meta.len() < self.known[i].cur.offset => {
@@ -506,8 +576,19 @@ impl FilesSource {
     fn follow(&mut self, ctx: &SourceContext, i: usize) -> Result<Option<Duration>, TakeError> {
         let idx = self.tailed[i].known;
         let len = self.tailed[i].file.metadata()?.len();
-        if len < self.known[idx].cur.offset {
-            // Copy-and-truncate: the old content is gone; what follows is a new file.
+        // Copy-and-truncate: the file is shorter than what was read, or (when the writer has
+        // already written past the old offset again) no longer begins with the same bytes.
+        let rewritten = {
+            let cur = &self.known[idx].cur;
+            cur.fp_len > 0 && {
+                let head = read_head(&mut self.tailed[i].file)?;
+                let cur = &self.known[idx].cur;
+                head.len() < cur.fp_len as usize
+                    || fingerprint(&head[..cur.fp_len as usize]) != cur.fp
+            }
+        };
+        if len < self.known[idx].cur.offset || rewritten {
+            // The old content is gone; what follows is a new file.
             let path = self.tailed[i].path.clone();
             info!(source = %ctx.name, file = %path.display(), "file was truncated; reading it from the start");
             self.retire(ctx, idx)?;
@@ -525,7 +606,9 @@ impl FilesSource {
         let path = self.tailed[i].path.clone();
         let here = path_identity(&path);
         let ours = (self.known[idx].cur.dev, self.known[idx].cur.ino);
-        if here == Some(ours) {
+        // A deleted file whose inode a new file at the same path got back looks like the same
+        // file by identity; the open handle knows it has no name any more.
+        if here == Some(ours) && !is_unlinked(&self.tailed[i].file) {
             self.tailed[i].gone_since = None;
             return Ok(Some(self.cfg.poll_interval));
         }
@@ -584,7 +667,8 @@ impl FilesSource {
         let id = ctx
             .outbox
             .create_cursor_blocking(ctx.id, key.clone(), to_json(&cur))?;
-        self.known.push(Known { id, key, cur });
+        self.by_key.insert(key, self.known.len());
+        self.known.push(Known { id, cur });
         Ok(self.known.len() - 1)
     }
 
@@ -603,6 +687,13 @@ impl FilesSource {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let charset = self.cfg.charset;
+        // The first bytes tell a byte-order mark and UTF-16's byte order.
+        let mut head = [0u8; 4];
+        file.seek(SeekFrom::Start(0))?;
+        let head_len = read_full(file, &mut head)?;
+        let head = &head[..head_len];
+        let big_endian = charset.big_endian(head);
         loop {
             if ctx.shutdown.is_cancelled() {
                 return Ok(());
@@ -621,9 +712,28 @@ impl FilesSource {
                 return Ok(());
             }
             let at_end = n < want || limit.is_some_and(|l| offset + n as u64 >= l);
-            let buf = &self.buf[..n];
-            let step = self.parse(cur, &name, buf, last && at_end, ctx);
-            if step.consumed == 0 {
+            let complete = last && at_end;
+            let skip = if offset == 0 {
+                charset.bom_len(head).min(n)
+            } else {
+                0
+            };
+            let raw = &self.buf[skip..n];
+            let transcoded = big_endian.map(|be| parse::Transcoded::utf16(raw, be, complete));
+            let positions = Positions {
+                base: offset + skip as u64,
+                map: transcoded.as_ref(),
+            };
+            let text = transcoded.as_ref().map_or(raw, |t| &t.text[..]);
+            let step = self.parse(cur, &name, text, &positions, complete, ctx);
+            let consumed = if complete {
+                n
+            } else if step.consumed == 0 {
+                0
+            } else {
+                (positions.at(step.consumed) - offset) as usize
+            };
+            if consumed == 0 {
                 if at_end {
                     return Ok(());
                 }
@@ -637,13 +747,14 @@ impl FilesSource {
                 continue;
             }
             let mut next = cur.cur.clone();
-            next.offset = offset + step.consumed as u64;
+            next.offset = offset + consumed as u64;
             next.line += step.newlines;
             if step.header.is_some() {
                 next.header = step.header;
             }
             let id = cur.id;
-            let consumed = step.consumed as u64;
+            let consumed = consumed as u64;
+            let skipped = step.skipped;
             commit(
                 ctx,
                 Commit {
@@ -655,6 +766,9 @@ impl FilesSource {
             ctx.metrics
                 .bytes
                 .fetch_add(consumed, std::sync::atomic::Ordering::Relaxed);
+            ctx.metrics
+                .skipped
+                .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
             self.known[idx].cur = next;
             if at_end {
                 return Ok(());
@@ -663,34 +777,51 @@ impl FilesSource {
     }
 
     /// Turns a buffer into records and parked rows.
-    fn parse(&self, cur: &Known, name: &str, buf: &[u8], last: bool, ctx: &SourceContext) -> Step {
-        let base = cur.cur.offset;
-        let mut step = Step::default();
+    fn parse(
+        &self,
+        cur: &Known,
+        name: &str,
+        buf: &[u8],
+        pos: &Positions<'_>,
+        last: bool,
+        ctx: &SourceContext,
+    ) -> Step {
+        let mut step = Step {
+            expands: self.cfg.map.as_ref().is_some_and(|m| m.expands()),
+            ..Step::default()
+        };
         let origin = |newlines: u64| format!("{name}:{}", cur.cur.line + newlines + 1);
         match self.cfg.format {
             FileFormat::Ndjson => {
+                // Lines already in the API's shape need no object unless a key or skip rule
+                // reads their fields.
+                let plain =
+                    self.cfg.map.is_none() && self.cfg.key.is_none() && self.cfg.skip_if.is_empty();
                 for item in parse::lines(buf, last) {
                     let origin_here = origin(item.newlines_before);
+                    let at = pos.at(item.start);
                     let text = match self.cfg.charset.decode(item.value) {
                         Ok(t) => t,
                         Err(e) => {
                             let raw = String::from_utf8_lossy(item.value);
-                            step.push(cur.id, base + item.start as u64, origin_here, Err(e), &raw);
+                            step.push(cur.id, at, origin_here, Err(e), &raw);
                             continue;
                         }
                     };
                     let text = text.trim_start_matches('\u{feff}');
-                    let result = match &self.cfg.map {
-                        None => schema::normalize_json(ctx.emits, text),
-                        Some(map) => match serde_json::from_str::<serde_json::Value>(text) {
-                            Ok(serde_json::Value::Object(obj)) => {
-                                map.apply(&JsonRow(&obj)).map_err(|e| e.to_string())
-                            }
+                    let result = if plain {
+                        schema::normalize_json(ctx.emits, text).map(|r| Some((vec![r], None)))
+                    } else {
+                        match serde_json::from_str::<serde_json::Value>(text) {
+                            Ok(serde_json::Value::Object(obj)) => self
+                                .convert_row(&JsonRow(&obj), || {
+                                    schema::normalize_json(ctx.emits, text)
+                                }),
                             Ok(_) => Err("the line is not a JSON object".into()),
                             Err(e) => Err(format!("not valid JSON: {e}")),
-                        },
+                        }
                     };
-                    step.push(cur.id, base + item.start as u64, origin_here, result, text);
+                    step.push(cur.id, at, origin_here, result, text);
                 }
                 step.consumed = parse::consumed_lines(buf, last);
             }
@@ -698,20 +829,15 @@ impl FilesSource {
                 let (items, consumed) = parse::csv(buf, self.cfg.delimiter, self.cfg.charset, last);
                 let mut header: Option<Vec<String>> = cur.cur.header.clone();
                 for (n, item) in items.into_iter().enumerate() {
+                    let at = pos.at(item.start);
                     let fields = match item.value {
                         Ok(f) => f,
                         Err(e) => {
-                            step.push(
-                                cur.id,
-                                base + item.start as u64,
-                                origin(item.newlines_before),
-                                Err(e),
-                                "",
-                            );
+                            step.push(cur.id, at, origin(item.newlines_before), Err(e), "");
                             continue;
                         }
                     };
-                    if n == 0 && base == 0 && self.cfg.header {
+                    if n == 0 && cur.cur.offset == 0 && self.cfg.header {
                         step.header = Some(fields.clone());
                         header = Some(fields);
                         continue;
@@ -721,27 +847,40 @@ impl FilesSource {
                         (None, Some(h)) => h,
                         (None, None) => &[],
                     };
-                    let map = self.cfg.map.as_ref().expect("csv sources have a map");
-                    let result = map
-                        .apply(&CsvRow {
-                            columns,
-                            fields: &fields,
-                        })
-                        .map_err(|e| e.to_string());
+                    let row = CsvRow {
+                        columns,
+                        fields: &fields,
+                    };
+                    let result = self.convert_row(&row, || unreachable!("csv sources have a map"));
                     let raw = fields.join(&(self.cfg.delimiter as char).to_string());
-                    step.push(
-                        cur.id,
-                        base + item.start as u64,
-                        origin(item.newlines_before),
-                        result,
-                        &raw,
-                    );
+                    step.push(cur.id, at, origin(item.newlines_before), result, &raw);
                 }
                 step.consumed = consumed;
             }
         }
         step.newlines = buf[..step.consumed].iter().filter(|b| **b == b'\n').count() as u64;
         step
+    }
+
+    /// What a row becomes: nothing (`skip_if`), its records with its natural key (`key`), or
+    /// why it cannot become any. `plain` converts a line that is already in the API's shape.
+    fn convert_row(
+        &self,
+        row: &dyn Row,
+        plain: impl FnOnce() -> Result<String, String>,
+    ) -> RowOutcome {
+        if self.cfg.skip_if.skips(row) {
+            return Ok(None);
+        }
+        let key = match &self.cfg.key {
+            Some(k) => Some(k.render(row).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let records = match &self.cfg.map {
+            Some(map) => map.apply_all(row).map_err(|e| e.to_string())?,
+            None => vec![plain()?],
+        };
+        Ok(Some((records, key)))
     }
 
     fn warn_once(&mut self, path: &Path, message: String, ctx: &SourceContext) {
@@ -785,6 +924,9 @@ pub(crate) fn matching_files(cfg: &FilesConfig) -> (Found, Unlisted) {
                 }
                 continue;
             }
+            if cfg.marker.as_ref().is_some_and(|m| m.is_marker(&path)) {
+                continue;
+            }
             let rel = path.strip_prefix(&cfg.path).unwrap_or(&path);
             let recent = match (cfg.modified_since, meta.modified()) {
                 (Some(since), Ok(m)) => m >= since,
@@ -799,30 +941,54 @@ pub(crate) fn matching_files(cfg: &FilesConfig) -> (Found, Unlisted) {
     (out, problems)
 }
 
+/// Where a position in the parsed text lies in the file.
+struct Positions<'a> {
+    /// The file offset of the text's first byte.
+    base: u64,
+    /// For UTF-16 input, the way back from the UTF-8 text to the file's bytes.
+    map: Option<&'a parse::Transcoded>,
+}
+
+impl Positions<'_> {
+    fn at(&self, pos: usize) -> u64 {
+        self.base + self.map.map_or(pos, |t| t.input_offset(pos)) as u64
+    }
+}
+
+/// A row's records and natural key; `None` for a row skipped on purpose.
+type RowOutcome = Result<Option<(Vec<String>, Option<String>)>, String>;
+
 #[derive(Default)]
 struct Step {
     records: Vec<NewRecord>,
     parked: Vec<Parked>,
+    skipped: u64,
     consumed: usize,
     newlines: u64,
     header: Option<Vec<String>>,
+    /// Rows may give many records (`expand`): positions then leave room for them.
+    expands: bool,
 }
 
 impl Step {
-    fn push(
-        &mut self,
-        cursor: i64,
-        offset: u64,
-        origin: String,
-        result: Result<String, String>,
-        raw: &str,
-    ) {
-        match result {
-            Ok(payload) => self.records.push(NewRecord {
-                dkey: dedupe_key(cursor, offset),
-                payload,
-                origin,
-            }),
+    /// Adds what the row at file offset `offset` became.
+    fn push(&mut self, cursor: i64, offset: u64, origin: String, outcome: RowOutcome, raw: &str) {
+        match outcome {
+            Ok(None) => self.skipped += 1,
+            Ok(Some((records, key))) => {
+                for (piece, payload) in records.into_iter().enumerate() {
+                    let dkey = match &key {
+                        Some(key) => natural_key(key, piece as u32),
+                        None if self.expands => dedupe_key(cursor, (offset << 16) | piece as u64),
+                        None => dedupe_key(cursor, offset),
+                    };
+                    self.records.push(NewRecord {
+                        dkey,
+                        payload,
+                        origin: origin.clone(),
+                    });
+                }
+            }
             Err(reason) => self.parked.push(Parked {
                 origin,
                 reason,
@@ -995,6 +1161,20 @@ fn file_identity(file: &File) -> (u64, u64) {
     }
 }
 
+/// Whether an open file has been deleted (Unix: no links left).
+fn is_unlinked(file: &File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata().is_ok_and(|m| m.nlink() == 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        false
+    }
+}
+
 /// The identity of whatever `path` names now.
 fn path_identity(path: &Path) -> Option<(u64, u64)> {
     #[cfg(unix)]
@@ -1047,5 +1227,244 @@ mod tests {
         };
         let back: FileCursor = serde_json::from_str(&to_json(&cur)).unwrap();
         assert_eq!(back, cur);
+    }
+
+    /// Random interleavings of appends (some ending mid-line), rotations and restarts, with
+    /// the source reading in between: every line arrives exactly once.
+    mod interleavings {
+        use super::*;
+        use crate::config::{Config, SourceKind};
+        use crate::outbox::{BatchLimits, NextBatch, Outbox};
+        use proptest::prelude::*;
+        use std::io::Write;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// Lines, and whether the writer then stops in the middle of the next one.
+            Append(u8, bool),
+            /// A pass of the source.
+            Read,
+            /// logrotate `create`: rename to live.ndjson.N, new empty file.
+            RotateRename,
+            /// logrotate `copytruncate` (copy to a name the source does not read).
+            CopyTruncate,
+            /// The file is deleted and a new one created under its name.
+            DeleteRecreate,
+            /// The daemon stops and starts again.
+            Restart,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (1u8..30, any::<bool>()).prop_map(|(n, p)| Op::Append(n, p)),
+                3 => Just(Op::Read),
+                1 => Just(Op::RotateRename),
+                1 => Just(Op::CopyTruncate),
+                1 => Just(Op::DeleteRecreate),
+                1 => Just(Op::Restart),
+            ]
+        }
+
+        struct Writer {
+            dir: std::path::PathBuf,
+            next: u64,
+            /// The rest of a line the writer is in the middle of.
+            partial: Option<String>,
+            rotations: u32,
+        }
+
+        impl Writer {
+            fn live(&self) -> std::path::PathBuf {
+                self.dir.join("live.ndjson")
+            }
+
+            fn append(&mut self, text: &str) {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.live())
+                    .unwrap();
+                f.write_all(text.as_bytes()).unwrap();
+            }
+
+            fn line(&mut self) -> String {
+                let id = self.next;
+                self.next += 1;
+                format!(
+                    "{{\"properties\":{{\"offered\":true,\"handled\":true,\"duration\":{id}}},\
+                     \"queueName\":\"Q\",\"queueIdentifier\":\"q\",\
+                     \"timestamp\":\"2024-05-01T08:00:00Z\",\"channel\":\"calls\"}}\n"
+                )
+            }
+
+            /// Writers finish their line before a rotation.
+            fn finish_line(&mut self) {
+                if let Some(rest) = self.partial.take() {
+                    self.append(&rest);
+                }
+            }
+        }
+
+        struct Harness {
+            _rt: tokio::runtime::Runtime,
+            outbox: Outbox,
+            _writer: std::thread::JoinHandle<()>,
+            ctx: SourceContext,
+            cfg: FilesConfig,
+            lane: crate::outbox::LaneId,
+        }
+
+        impl Harness {
+            fn new(dir: &Path) -> Self {
+                let exports = dir.join("exports");
+                std::fs::create_dir_all(&exports).unwrap();
+                let text = format!(
+                    "[api]\ntoken = \"k\"\n[state]\npath = {:?}\n[[source]]\nname = \"live\"\n\
+                     type = \"files\"\nintegration_id = 1\nemits = \"contact_events\"\npath = {:?}\n\
+                     include = [\"live.ndjson*\"]\nformat = \"ndjson\"\nmode = \"tail\"\n\
+                     settle = \"0s\"\nwatch = \"poll\"\n",
+                    dir.join("outbox.db").display().to_string(),
+                    exports.display().to_string()
+                );
+                let config = Config::parse(&text, &dir.join("c.toml")).unwrap();
+                let source = config.sources[0].clone();
+                let SourceKind::Files(cfg) = source.kind.clone();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let (outbox, writer_thread) = Outbox::open(&config.state.path).unwrap();
+                let ids = rt.block_on(async {
+                    (
+                        outbox.source_id(&source.name).await.unwrap(),
+                        outbox.lane_id(&source.lane).await.unwrap(),
+                    )
+                });
+                let ctx = SourceContext::new(
+                    &source,
+                    ids,
+                    outbox.clone(),
+                    tokio_util::sync::CancellationToken::new(),
+                );
+                Self {
+                    _rt: rt,
+                    outbox,
+                    _writer: writer_thread,
+                    ctx,
+                    cfg,
+                    lane: ids.1,
+                }
+            }
+
+            fn start(&self) -> FilesSource {
+                let mut source = FilesSource::new(self.cfg.clone());
+                source.load_cursors(&self.ctx).unwrap();
+                source.first_pass = false;
+                source
+            }
+
+            /// Every committed record's id, in outbox order.
+            fn delivered(&self) -> Vec<u64> {
+                let mut ids = Vec::new();
+                let limits = BatchLimits {
+                    max_records: 100_000,
+                    max_bytes: usize::MAX,
+                    linger: Duration::ZERO,
+                };
+                if let NextBatch::Ready(batch) = self
+                    ._rt
+                    .block_on(self.outbox.next_batch(self.lane, None, limits))
+                    .unwrap()
+                {
+                    for (_, payload) in batch.records {
+                        let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+                        ids.push(v["properties"]["duration"].as_u64().unwrap());
+                    }
+                }
+                ids
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+            #[test]
+            fn every_line_exactly_once(ops in proptest::collection::vec(op(), 1..40)) {
+                let dir = tempfile::tempdir().unwrap();
+                let h = Harness::new(dir.path());
+                let mut w = Writer {
+                    dir: dir.path().join("exports"),
+                    next: 0,
+                    partial: None,
+                    rotations: 0,
+                };
+                let mut source = h.start();
+                for op in ops {
+                    match op {
+                        Op::Append(n, stop_mid_line) => {
+                            w.finish_line();
+                            let mut text = String::new();
+                            for _ in 0..n {
+                                text += &w.line();
+                            }
+                            if stop_mid_line {
+                                let line = w.line();
+                                let cut = line.len() / 2;
+                                text += &line[..cut];
+                                w.partial = Some(line[cut..].to_owned());
+                            }
+                            w.append(&text);
+                        }
+                        Op::Read => {
+                            source.pass(&h.ctx).unwrap();
+                        }
+                        Op::RotateRename => {
+                            w.finish_line();
+                            if w.live().exists() {
+                                w.rotations += 1;
+                                let to = w.dir.join(format!("live.ndjson.{}", w.rotations));
+                                std::fs::rename(w.live(), to).unwrap();
+                                std::fs::File::create(w.live()).unwrap();
+                            }
+                        }
+                        Op::CopyTruncate => {
+                            w.finish_line();
+                            // Lines written after the source's last read and before the
+                            // truncation exist only in the copy: logrotate's documented
+                            // copytruncate window. The source reads right before it here.
+                            source.pass(&h.ctx).unwrap();
+                            if w.live().exists() {
+                                w.rotations += 1;
+                                std::fs::copy(w.live(), w.dir.join(format!("copy-{}.bak", w.rotations))).unwrap();
+                                std::fs::OpenOptions::new().write(true).open(w.live()).unwrap().set_len(0).unwrap();
+                            }
+                        }
+                        Op::DeleteRecreate => {
+                            w.finish_line();
+                            // A file deleted before the source ever opened it is gone for
+                            // anyone; here the source has it open.
+                            source.pass(&h.ctx).unwrap();
+                            if w.live().exists() {
+                                std::fs::remove_file(w.live()).unwrap();
+                                std::fs::File::create(w.live()).unwrap();
+                            }
+                        }
+                        Op::Restart => {
+                            drop(source);
+                            source = h.start();
+                        }
+                    }
+                }
+                w.finish_line();
+                for _ in 0..4 {
+                    source.pass(&h.ctx).unwrap();
+                }
+                let got = h.delivered();
+                let mut sorted = got.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                prop_assert_eq!(sorted.len(), got.len(), "a line arrived twice: {:?}", got);
+                prop_assert_eq!(sorted, (0..w.next).collect::<Vec<_>>());
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! shutdown all write to, so an idle source costs nothing.
 
 pub mod files;
+pub mod fsinfo;
 pub mod parse;
 
 use std::sync::Arc;

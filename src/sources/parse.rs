@@ -73,19 +73,31 @@ fn memchr_last(needle: u8, hay: &[u8]) -> Option<usize> {
 pub type Fields = Result<Vec<String>, String>;
 
 /// How input bytes become text (`encoding`). Windows-1252 also serves Latin-1, as browsers do:
-/// it is a superset for every printable character.
+/// it is a superset for every printable character. UTF-16 input is re-encoded as UTF-8 before
+/// it is split (see [`Transcoded`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Charset {
     Utf8,
     Windows1252,
+    Utf16(Endian),
+}
+
+/// The byte order of UTF-16 input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endian {
+    Little,
+    Big,
+    /// From the byte-order mark; without one, from the first character (ASCII text has a zero
+    /// high byte), else little-endian as Windows writes it.
+    Detect,
 }
 
 impl Charset {
     /// UTF-8 is checked strictly (a bad byte is an error naming its place); single-byte
-    /// encodings always decode.
+    /// encodings always decode. UTF-16 text reaches the parsers already as UTF-8.
     pub fn decode(self, bytes: &[u8]) -> Result<std::borrow::Cow<'_, str>, String> {
         match self {
-            Charset::Utf8 => std::str::from_utf8(bytes)
+            Charset::Utf8 | Charset::Utf16(_) => std::str::from_utf8(bytes)
                 .map(std::borrow::Cow::Borrowed)
                 .map_err(|e| {
                     format!("not valid UTF-8 ({e}); set `encoding` if the export is not UTF-8")
@@ -93,6 +105,89 @@ impl Charset {
             Charset::Windows1252 => Ok(encoding_rs::WINDOWS_1252
                 .decode_without_bom_handling(bytes)
                 .0),
+        }
+    }
+
+    /// How many bytes of byte-order mark open a file that begins with `head`.
+    pub fn bom_len(self, head: &[u8]) -> usize {
+        match self {
+            Charset::Utf16(_)
+                if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) =>
+            {
+                2
+            }
+            Charset::Utf8 | Charset::Windows1252 if head.starts_with(&[0xef, 0xbb, 0xbf]) => 3,
+            _ => 0,
+        }
+    }
+
+    /// For UTF-16: whether a file that begins with `head` is big-endian.
+    pub fn big_endian(self, head: &[u8]) -> Option<bool> {
+        match self {
+            Charset::Utf16(Endian::Little) => Some(false),
+            Charset::Utf16(Endian::Big) => Some(true),
+            Charset::Utf16(Endian::Detect) => Some(match head {
+                [0xfe, 0xff, ..] => true,
+                [0xff, 0xfe, ..] => false,
+                [0, b, ..] if *b != 0 => true,
+                _ => false,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// UTF-16 input re-encoded as UTF-8, with the way back from a line start in the UTF-8 text to
+/// its byte offset in the input, so cursors and dedupe keys stay byte offsets in the file.
+pub struct Transcoded {
+    pub text: Vec<u8>,
+    /// (offset in `text`, offset in the input) at the start, after each newline and at the end.
+    marks: Vec<(usize, usize)>,
+}
+
+impl Transcoded {
+    /// Re-encodes complete lines of `input` (up to its last newline), or all of it if `last`.
+    pub fn utf16(input: &[u8], big_endian: bool, last: bool) -> Self {
+        let codec = if big_endian {
+            encoding_rs::UTF_16BE
+        } else {
+            encoding_rs::UTF_16LE
+        };
+        let newline: [u8; 2] = if big_endian { [0, b'\n'] } else { [b'\n', 0] };
+        let mut text = Vec::with_capacity(input.len() / 2 + 16);
+        let mut marks = vec![(0, 0)];
+        let mut from = 0;
+        for (unit, pair) in input.chunks_exact(2).enumerate() {
+            if pair == newline {
+                let to = unit * 2 + 2;
+                text.extend_from_slice(
+                    codec
+                        .decode_without_bom_handling(&input[from..to])
+                        .0
+                        .as_bytes(),
+                );
+                marks.push((text.len(), to));
+                from = to;
+            }
+        }
+        if last && from < input.len() {
+            text.extend_from_slice(
+                codec
+                    .decode_without_bom_handling(&input[from..])
+                    .0
+                    .as_bytes(),
+            );
+            marks.push((text.len(), input.len()));
+        }
+        Self { text, marks }
+    }
+
+    /// The input offset of `pos`, a line start or the end of `text`; any other position maps
+    /// to the start of its line.
+    pub fn input_offset(&self, pos: usize) -> usize {
+        match self.marks.binary_search_by_key(&pos, |m| m.0) {
+            Ok(i) => self.marks[i].1,
+            Err(i) => self.marks[i.saturating_sub(1)].1,
         }
     }
 }
@@ -347,6 +442,47 @@ mod tests {
         let (items, _) = csv(b"ok,1\n\xff,2\n", b',', Charset::Utf8, false);
         assert!(items[0].value.is_ok());
         assert!(items[1].value.as_ref().unwrap_err().contains("UTF-8"));
+    }
+
+    fn utf16(text: &str, big_endian: bool) -> Vec<u8> {
+        text.encode_utf16()
+            .flat_map(|u| {
+                if big_endian {
+                    u.to_be_bytes()
+                } else {
+                    u.to_le_bytes()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn utf16_lines_map_back_to_input_offsets() {
+        for be in [false, true] {
+            let input = utf16("Zeit;Müller\r\n1;€\r\n2;partial", be);
+            let t = Transcoded::utf16(&input, be, false);
+            assert_eq!(t.text, "Zeit;Müller\r\n1;€\r\n".as_bytes());
+            let (items, consumed) = csv(&t.text, b';', Charset::Utf8, false);
+            assert_eq!(items[1].value.as_ref().unwrap(), &vec!["1", "€"]);
+            // The second record starts after 13 UTF-16 units; the cursor stops after 18.
+            assert_eq!(t.input_offset(items[1].start), 26);
+            assert_eq!(t.input_offset(consumed), 36);
+            let whole = Transcoded::utf16(&input, be, true);
+            assert!(whole.text.ends_with(b"2;partial"));
+            assert_eq!(whole.input_offset(whole.text.len()), input.len());
+        }
+    }
+
+    #[test]
+    fn utf16_byte_order_from_bom_or_first_character() {
+        let detect = Charset::Utf16(Endian::Detect);
+        assert_eq!(detect.big_endian(&[0xfe, 0xff, 0, b'a']), Some(true));
+        assert_eq!(detect.big_endian(&[0xff, 0xfe, b'a', 0]), Some(false));
+        assert_eq!(detect.big_endian(&[0, b'a']), Some(true));
+        assert_eq!(detect.big_endian(&[b'a', 0]), Some(false));
+        assert_eq!(detect.bom_len(&[0xff, 0xfe, b'a', 0]), 2);
+        assert_eq!(Charset::Utf8.bom_len(&[0xef, 0xbb, 0xbf, b'a']), 3);
+        assert_eq!(Charset::Utf8.big_endian(b"a"), None);
     }
 
     #[test]

@@ -1,0 +1,432 @@
+//! Export directories in depth: every way ACDs write files, read exactly once. Real files, a
+//! real SQLite outbox and real HTTP over loopback to the fake injixo API.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A CSV contact-events source over the export directory; `extra` goes before the map.
+fn csv_source(env: &Env, extra: &str) -> String {
+    format!(
+        "[[source]]\nname = \"csv\"\ntype = \"files\"\nintegration_id = 1\nemits = \"contact_events\"\n\
+         path = {:?}\nformat = \"csv\"\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n{extra}\n\
+         [source.map]\ntimestamp = \"start\"\nqueueName = \"queue\"\nqueueIdentifier = \"queue\"\n\
+         channel = {{ value = \"calls\" }}\noffered = {{ value = true }}\nhandled = {{ value = true }}\n\
+         duration = \"talk\"\n",
+        env.exports.display().to_string()
+    )
+}
+
+/// Rows `start,queue,talk` with talk = the id.
+fn csv_rows(ids: impl IntoIterator<Item = u64>) -> String {
+    ids.into_iter()
+        .map(|i| format!("2024-05-01T08:00:00Z,Support,{i}\n"))
+        .collect()
+}
+
+fn utf16le_with_bom(text: &str) -> Vec<u8> {
+    [0xff, 0xfe]
+        .into_iter()
+        .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utf16_and_bom_prefixed_exports_are_read_as_text() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    // Excel's "Unicode text": UTF-16LE with a BOM, tab-separated, CRLF.
+    let mut source = csv_source(
+        &env,
+        "encoding = \"utf-16\"\ndelimiter = \"\\t\"\ninclude = [\"*.txt\"]",
+    );
+    source = source.replace("name = \"csv\"", "name = \"unicode\"");
+    source.push_str(&csv_source(&env, "include = [\"*.csv\"]"));
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let text = "start\tqueue\ttalk\r\n2024-05-01T08:00:00Z\tKündigung 東京\t1\r\n\
+                2024-05-01T08:00:01Z\tSupport\t2\r\n";
+    std::fs::write(env.exports.join("export.txt"), utf16le_with_bom(text)).unwrap();
+    // A UTF-8 file with a BOM: the BOM is not part of the first column's name.
+    std::fs::write(
+        env.exports.join("export.csv"),
+        format!("\u{feff}start,queue,talk\n{}", csv_rows([3])),
+    )
+    .unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "3 records", || api.record_count() >= 3).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 3, "{got:?}");
+    let names: Vec<String> = api
+        .records()
+        .iter()
+        .map(|r| r["queueName"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&"Kündigung 東京".to_owned()), "{names:?}");
+    assert_eq!(
+        env.report()
+            .sources
+            .iter()
+            .map(|s| s.parked_total)
+            .sum::<i64>(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_utf16_file_tailed_across_appends_keeps_exact_offsets() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = csv_source(&env, "mode = \"tail\"\nencoding = \"utf-16le\"");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let path = env.exports.join("live.csv");
+    let mut bytes = utf16le_with_bom(&format!("start,queue,talk\n{}", csv_rows(0..5)));
+    // Half a line (and half a code unit) waits for the rest.
+    let tail: Vec<u8> = "2024-05-01T08:00:00Z,Support,5\n"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    bytes.extend_from_slice(&tail[..7]);
+    std::fs::write(&path, &bytes).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(&tail[7..]).unwrap();
+    let more: Vec<u8> = csv_rows(6..10)
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    f.write_all(&more).unwrap();
+    drop(f);
+    wait_for(LIMIT, "10 records", || api.record_count() >= 10).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 10, "{got:?}");
+    assert!(got.values().all(|n| *n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_nightly_exports_yield_only_new_rows_by_natural_key() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = csv_source(&env, "key = \"{call_id}\"")
+        .replace("duration = \"talk\"", "duration = \"call_id\"");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let export = |ids: std::ops::Range<u64>| {
+        let rows: String = ids
+            .map(|i| format!("2024-05-01T08:00:00Z,Support,{i}\n"))
+            .collect();
+        format!("start,queue,call_id\n{rows}")
+    };
+    // Monday's export covers calls 0..100, Tuesday's 50..150 (the overlap a nightly job
+    // produces when it exports "the last 36 hours"), and Monday's reappears under a new name.
+    std::fs::write(env.exports.join("mon.csv"), export(0..100)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "100 records", || api.record_count() >= 100).await;
+    std::fs::write(env.exports.join("tue.csv"), export(50..150)).unwrap();
+    std::fs::write(env.exports.join("mon-copy.csv"), export(0..100)).unwrap();
+    wait_for(LIMIT, "150 records", || api.record_count() >= 150).await;
+    // Give both files time to be read completely.
+    wait_for(LIMIT, "both read", || {
+        env.try_report()
+            .is_some_and(|r| r.sources[0].records_total == 150)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 150);
+    assert!(got.values().all(|n| *n == 1), "no call twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_if_leaves_test_queues_out_and_counts_them() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = csv_source(&env, "skip_if = { queue = [\"TEST*\", \"internal\"] }");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    std::fs::write(
+        env.exports.join("a.csv"),
+        "start,queue,talk\n2024-05-01T08:00:00Z,Support,1\n2024-05-01T08:00:00Z,Test-Queue,2\n\
+         2024-05-01T08:00:00Z,Internal,3\n2024-05-01T08:00:00Z,Sales,4\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "2 records", || api.record_count() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.stop().await;
+    let mut got: Vec<u64> = arrivals(&api).into_keys().collect();
+    got.sort();
+    assert_eq!(got, vec![1, 4]);
+    let report = env.report();
+    assert_eq!(report.sources[0].records_total, 2);
+    assert_eq!(
+        report.sources[0].parked_total, 0,
+        "skipped rows are not errors"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_rows_expand_to_contact_events_with_the_same_totals() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = format!(
+        "[[source]]\nname = \"intervals\"\ntype = \"files\"\nintegration_id = 1\nemits = \"contact_events\"\n\
+         path = {:?}\nformat = \"csv\"\ndelimiter = \";\"\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n\
+         expand = \"interval\"\ninterval = \"15m\"\ntimestamp_format = \"%d.%m.%Y %H:%M\"\ntimezone = \"Europe/Berlin\"\n\
+         [source.map]\ntimestamp = \"Intervall\"\nqueueName = \"Queue\"\nqueueIdentifier = \"Queue\"\n\
+         channel = {{ value = \"calls\" }}\noffered = \"Angeboten\"\nhandled = \"Bearbeitet\"\n\
+         duration = \"Bearbeitungszeit\"\n",
+        env.exports.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    std::fs::write(
+        env.exports.join("report.csv"),
+        "Intervall;Queue;Angeboten;Bearbeitet;Bearbeitungszeit\n\
+         01.05.2024 10:00;Support;12;10;1800\n01.05.2024 10:15;Support;0;0;0\n\
+         01.05.2024 10:15;Sales;3;3;90,0\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "15 records", || api.record_count() >= 15).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.stop().await;
+    let records = api.records();
+    assert_eq!(records.len(), 15);
+    let support: Vec<_> = records
+        .iter()
+        .filter(|r| r["queueName"] == "Support")
+        .collect();
+    assert_eq!(support.len(), 12, "one event per offered contact");
+    let handled: Vec<_> = support
+        .iter()
+        .filter(|r| r["properties"]["handled"] == true)
+        .collect();
+    assert_eq!(handled.len(), 10);
+    let total: f64 = support
+        .iter()
+        .map(|r| r["properties"]["duration"].as_f64().unwrap())
+        .sum();
+    assert_eq!(total, 1800.0, "the interval's handle time is kept");
+    for r in &support {
+        let ts = r["timestamp"].as_str().unwrap();
+        // 10:00 Berlin summer time is 08:00 UTC; every event lies inside the interval.
+        assert!(
+            ("2024-05-01T08:00:00Z".."2024-05-01T08:15:00Z").contains(&ts),
+            "{ts}"
+        );
+    }
+    let sales_total: f64 = records
+        .iter()
+        .filter(|r| r["queueName"] == "Sales")
+        .map(|r| r["properties"]["duration"].as_f64().unwrap())
+        .sum();
+    assert_eq!(sales_total, 90.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_file_says_when_an_export_is_complete() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env.ndjson_source(
+        "acd",
+        "drop",
+        "marker = \"{name}.done\"\nafter = \"delete\"",
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let data = env.exports.join("calls.ndjson");
+    std::fs::write(&data, events(0..5)).unwrap();
+    let daemon = Daemon::start(config);
+    // Settled long ago, but no marker yet: not complete.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(api.record_count(), 0, "no record before the marker");
+    std::fs::write(env.exports.join("calls.ndjson.done"), "").unwrap();
+    wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
+    wait_for(LIMIT, "file and marker deleted", || {
+        std::fs::read_dir(&env.exports).unwrap().count() == 0
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(arrivals(&api).len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_name_renamed_when_done_is_read_once_complete() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    // include = ["*"]: the default exclude keeps "*.tmp" (and hidden rsync temporaries) out.
+    let source = env
+        .ndjson_source("acd", "drop", "")
+        .replace("include = [\"*.ndjson\"]", "include = [\"*\"]")
+        .replace("settle = \"100ms\"", "settle = \"0s\"");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let daemon = Daemon::start(config);
+    let tmp = env.exports.join("calls.tmp");
+    let hidden = env.exports.join(".calls.ndjson.x1Yz");
+    let mut f = std::fs::File::create(&tmp).unwrap();
+    std::fs::write(&hidden, events(100..101)).unwrap();
+    for i in 0..5 {
+        f.write_all(event(i).as_bytes()).unwrap();
+        f.write_all(b"\n").unwrap();
+        f.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    drop(f);
+    assert_eq!(
+        api.record_count(),
+        0,
+        "nothing read while it is being written"
+    );
+    std::fs::rename(&tmp, env.exports.join("calls.ndjson")).unwrap();
+    wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 5, "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_only_directory_finds_every_file() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env.ndjson_source("acd", "tail", "watch = \"poll\"");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let daemon = Daemon::start(config);
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(0..3)).unwrap();
+    wait_for(LIMIT, "3 records", || api.record_count() >= 3).await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(events(3..6).as_bytes()).unwrap();
+    drop(f);
+    std::fs::write(env.exports.join("second.ndjson"), events(6..8)).unwrap();
+    wait_for(LIMIT, "8 records", || api.record_count() >= 8).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 8);
+    assert!(got.values().all(|n| *n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_arrived_while_stopped_are_read_oldest_first() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env.ndjson_source("acd", "drop", "");
+    let config = env.write_config(&env.config_text(&api.url(), "batch_records = 1000", &source));
+    // Names sort the other way round from their age.
+    let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for (n, name) in ["c.ndjson", "b.ndjson", "a.ndjson"].iter().enumerate() {
+        let path = env.exports.join(name);
+        let ids = (n as u64 * 10)..(n as u64 * 10 + 10);
+        std::fs::write(&path, events(ids)).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(base + Duration::from_secs(n as u64 * 60))
+            .unwrap();
+    }
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "30 records", || api.record_count() >= 30).await;
+    daemon.stop().await;
+    let order: Vec<u64> = api.records().iter().map(id_of).collect();
+    assert_eq!(order, (0..30).collect::<Vec<_>>(), "oldest file first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_files_in_one_directory_arrive_exactly_once() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    for i in 0..2000u64 {
+        std::fs::write(env.exports.join(format!("e{i:05}.ndjson")), events([i])).unwrap();
+    }
+    let source = env.ndjson_source("acd", "drop", "after = \"move\"\narchive_dir = \"ARCHIVE\"");
+    let archive = env.dir.path().join("archive");
+    let source = source.replace(
+        "\"ARCHIVE\"",
+        &format!("{:?}", archive.display().to_string()),
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "2000 records", || api.record_count() >= 2000).await;
+    wait_for(LIMIT, "all moved", || {
+        std::fs::read_dir(&env.exports).unwrap().count() == 0
+    })
+    .await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 2000);
+    assert!(got.values().all(|n| *n == 1));
+    assert_eq!(std::fs::read_dir(&archive).unwrap().count(), 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_and_truncate_under_a_burst_of_writes_loses_and_repeats_nothing() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env
+        .ndjson_source("acd", "tail", "")
+        .replace("[\"*.ndjson\"]", "[\"live.ndjson\"]");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(0..100)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "100 records", || api.record_count() >= 100).await;
+    // logrotate `copytruncate`: copy (to a name the source does not read), truncate, and the
+    // writer carries on at offset 0 at once.
+    std::fs::copy(&path, env.exports.join("live.ndjson.1")).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(0).unwrap();
+    drop(f);
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    for chunk in 0..10u64 {
+        w.write_all(events(100 + chunk * 50..150 + chunk * 50).as_bytes())
+            .unwrap();
+    }
+    drop(w);
+    wait_for(LIMIT, "600 records", || api.record_count() >= 600).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 600);
+    assert!(got.values().all(|n| *n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_at_end_skips_history_but_reads_new_files_whole() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env.ndjson_source("acd", "tail", "start_at = \"end\"");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let path = env.exports.join("live.ndjson");
+    // History, and a partial last line the writer is still in the middle of.
+    std::fs::write(&path, events(0..50) + &event(50)[..20]).unwrap();
+    let daemon = Daemon::start(config);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(&event(50).as_bytes()[20..]).unwrap();
+    f.write_all(b"\n").unwrap();
+    f.write_all(events(51..53).as_bytes()).unwrap();
+    drop(f);
+    // A small new file (one line) is read at once, from its start.
+    std::fs::write(env.exports.join("new.ndjson"), events([99])).unwrap();
+    wait_for(LIMIT, "4 records", || api.record_count() >= 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.stop().await;
+    let mut got: Vec<u64> = arrivals(&api).into_keys().collect();
+    got.sort();
+    assert_eq!(got, vec![50, 51, 52, 99]);
+}
