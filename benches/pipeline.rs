@@ -8,10 +8,12 @@
 //! 3. Peak RSS of the daemon (VmHWM), and its CPU while idle for BENCH_IDLE_SECS.
 
 use std::fmt::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use injixo_sync::fake_api::FakeApi;
+
+mod common;
+use common::*;
 
 fn main() {
     let n: u64 = env_or("BENCH_RECORDS", 100_000);
@@ -57,26 +59,10 @@ fn main() {
     .unwrap();
 
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let child = daemon(&config);
     let pid = child.id();
     // A cheap read of the source's counter, so the measuring does not load the machine.
-    let committed = || {
-        rusqlite::Connection::open_with_flags(&state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|c| {
-                c.query_row("SELECT records_total FROM sources", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-            })
-            .map(|n| n as u64)
-            .unwrap_or(0)
-    };
+    let committed = || committed(&state);
     wait(Duration::from_secs(600), || committed() >= n);
     let ingest = start.elapsed();
 
@@ -97,11 +83,7 @@ fn main() {
         + std::fs::metadata(dir.path().join("outbox.db-wal"))
             .map(|m| m.len())
             .unwrap_or(0);
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let _ = child.wait();
+    stop(child);
 
     let ingest_rate = n as f64 / ingest.as_secs_f64();
     let deliver_rate = n as f64 / deliver.as_secs_f64();
@@ -113,9 +95,7 @@ fn main() {
          | peak RSS of the daemon | {:.1} MB | < 30 MB |\n\
          | CPU while idle over {idle_secs} s | {:.3} % of a core | ≈ 0 |\n\
          | outbox on disk (records kept as sent) | {:.0} bytes/record | |\n",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        cores(),
         ingest_rate,
         ingest.as_secs_f64(),
         deliver_rate,
@@ -124,12 +104,9 @@ fn main() {
         idle_pct,
         db_bytes as f64 / n as f64,
     );
-    println!("{table}");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/out");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("pipeline.md"), &table).unwrap();
-    std::fs::write(
-        out.join("pipeline.json"),
+    save(
+        "pipeline",
+        &table,
         serde_json::json!({
             "records": n,
             "ingest_records_per_s": ingest_rate,
@@ -138,43 +115,6 @@ fn main() {
             "idle_cpu_percent": idle_pct,
             "idle_seconds": idle_secs,
             "outbox_bytes": db_bytes,
-        })
-        .to_string(),
-    )
-    .unwrap();
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn wait(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "benchmark step timed out");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    utime + stime
+        }),
+    );
 }

@@ -430,3 +430,145 @@ async fn start_at_end_skips_history_but_reads_new_files_whole() {
     got.sort();
     assert_eq!(got, vec![50, 51, 52, 99]);
 }
+
+/// Whether this process may mount (the test is skipped, and says so, where it may not).
+fn can_mount() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn sh(cmd: &str) {
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cmd}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_that_disappears_for_a_while_is_not_read_again_from_the_start() {
+    if !can_mount() {
+        eprintln!("skipped: mounting needs root");
+        return;
+    }
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    // The "server" side of the share, and the mount the daemon reads.
+    let server = env.dir.path().join("server");
+    std::fs::create_dir_all(&server).unwrap();
+    let (srv, mnt) = (
+        server.display().to_string(),
+        env.exports.display().to_string(),
+    );
+    sh(&format!("mount --bind '{srv}' '{mnt}'"));
+    let source = env.ndjson_source("acd", "tail", "");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let live = server.join("live.ndjson");
+    std::fs::write(&live, events(0..10)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "10 records", || api.record_count() >= 10).await;
+    // The share goes away (the daemon's open handle stays valid, as with a lazy unmount).
+    sh(&format!("umount -l '{mnt}'"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The ACD goes on writing on the server while the share is away.
+    let append = |ids: std::ops::Range<u64>| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&live)
+            .unwrap();
+        f.write_all(events(ids).as_bytes()).unwrap();
+    };
+    append(10..15);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    append(15..20);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The share is back.
+    sh(&format!("mount --bind '{srv}' '{mnt}'"));
+    append(20..25);
+    wait_for(LIMIT, "25 records", || api.record_count() >= 25).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    daemon.stop().await;
+    sh(&format!("umount -l '{mnt}'"));
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 25, "{got:?}");
+    assert!(got.values().all(|n| *n == 1), "nothing read twice: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_in_the_middle_of_a_burst_of_writes_reads_every_line_once() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env
+        .ndjson_source("acd", "tail", "")
+        .replace("[\"*.ndjson\"]", "[\"live.ndjson\"]");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, "").unwrap();
+    let daemon = Daemon::start(config);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rotated = env.exports.join("live.ndjson.1");
+    // A logger writing as fast as it can; half-way logrotate renames the file and the logger
+    // writes a few more lines to the old handle before it reopens the path.
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        for i in 0..20_000u64 {
+            if i == 10_000 {
+                std::fs::rename(&path, &rotated).unwrap();
+            }
+            if i == 10_050 {
+                f = std::fs::File::create(&path).unwrap();
+            }
+            f.write_all((event(i) + "\n").as_bytes()).unwrap();
+        }
+    });
+    writer.join().unwrap();
+    wait_for(LIMIT, "20,000 records", || api.record_count() >= 20_000).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 20_000);
+    assert!(got.values().all(|n| *n == 1));
+}
+
+/// Open descriptors of this process that point at a deleted file under `dir`.
+fn deleted_files_held(dir: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| t.starts_with(dir) && t.to_string_lossy().ends_with(" (deleted)"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_file_is_let_go_even_while_the_api_is_down() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.set_outage(Some((503, None)));
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", "")));
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(0..100)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "100 records committed", || {
+        env.try_report()
+            .is_some_and(|r| r.sources[0].records_total == 100)
+    })
+    .await;
+    std::fs::remove_file(&path).unwrap();
+    // The outage goes on; the handle must not keep the deleted file's space taken.
+    wait_for(LIMIT, "the handle released", || {
+        deleted_files_held(&env.exports) == 0
+    })
+    .await;
+    assert_eq!(api.record_count(), 0, "the API is still down");
+    api.set_outage(None);
+    wait_for(LIMIT, "100 records", || api.record_count() >= 100).await;
+    daemon.stop().await;
+}

@@ -65,6 +65,10 @@ struct FileCursor {
     header: Option<Vec<String>>,
     #[serde(default)]
     done: bool,
+    /// For a finished file: a fingerprint of the bytes just before `offset`, so the file can
+    /// be recognised if it comes back longer (a share that was away).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    end_fp: String,
 }
 
 struct Known {
@@ -503,8 +507,33 @@ impl FilesSource {
                         && same_start(k)
                 })
             });
+        // A finished file found again, longer, with the same beginning and the same bytes
+        // before where it was finished: it was away (a share that disappeared, a rename and
+        // back) and has grown since. It continues where it stopped.
+        let found = found.or_else(|| {
+            let open: Vec<usize> = self.tailed.iter().map(|t| t.known).collect();
+            let i = self.known.iter().enumerate().position(|(i, k)| {
+                k.cur.done
+                    && k.cur.ino == ino
+                    && k.cur.fp_len > 0
+                    && len > k.cur.offset
+                    && !open.contains(&i)
+                    && same_start(k)
+            })?;
+            let cur = &self.known[i].cur;
+            let same_end = cur.offset <= cur.fp_len
+                || (!cur.end_fp.is_empty()
+                    && end_fingerprint(&mut file, cur.offset).ok().as_ref() == Some(&cur.end_fp));
+            same_end.then_some(i)
+        });
         if let Some(i) = found {
-            self.known[i].cur.dev = dev;
+            let cur = &mut self.known[i].cur;
+            cur.dev = dev;
+            if cur.done && len > cur.offset {
+                info!(source = %ctx.name, file = %path.display(), offset = cur.offset, "a finished file is back and has grown; reading on");
+                cur.done = false;
+                cur.end_fp.clear();
+            }
         }
         let idx = match found {
             Some(i) if self.known[i].cur.done => return Ok(()),
@@ -567,6 +596,7 @@ impl FilesSource {
                 line: 0,
                 header: None,
                 done: false,
+                end_fp: String::new(),
             },
         )?)
     }
@@ -617,6 +647,8 @@ impl FilesSource {
             Some((since, size)) if size == len && now.duration_since(since) >= self.cfg.settle => {
                 // Rotated away and quiet: take a last unterminated line, then let go.
                 self.read(ctx, idx, &mut file, None, true)?;
+                self.known[idx].cur.end_fp =
+                    end_fingerprint(&mut file, self.known[idx].cur.offset)?;
                 self.retire(ctx, idx)?;
                 info!(source = %ctx.name, file = %path.display(), "rotated file finished");
                 Ok(None)
@@ -726,7 +758,7 @@ impl FilesSource {
             };
             let text = transcoded.as_ref().map_or(raw, |t| &t.text[..]);
             let step = self.parse(cur, &name, text, &positions, complete, ctx);
-            let consumed = if complete {
+            let consumed = if complete && !step.cut_short {
                 n
             } else if step.consumed == 0 {
                 0
@@ -770,7 +802,7 @@ impl FilesSource {
                 .skipped
                 .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
             self.known[idx].cur = next;
-            if at_end {
+            if at_end && !step.cut_short {
                 return Ok(());
             }
         }
@@ -797,7 +829,9 @@ impl FilesSource {
                 // reads their fields.
                 let plain =
                     self.cfg.map.is_none() && self.cfg.key.is_none() && self.cfg.skip_if.is_empty();
-                for item in parse::lines(buf, last) {
+                let mut items = parse::lines(buf, last);
+                let cut = step.limit(&mut items);
+                for item in items {
                     let origin_here = origin(item.newlines_before);
                     let at = pos.at(item.start);
                     let text = match self.cfg.charset.decode(item.value) {
@@ -823,10 +857,17 @@ impl FilesSource {
                     };
                     step.push(cur.id, at, origin_here, result, text);
                 }
-                step.consumed = parse::consumed_lines(buf, last);
+                step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
             }
             FileFormat::Csv | FileFormat::Tsv => {
-                let (items, consumed) = parse::csv(buf, self.cfg.delimiter, self.cfg.charset, last);
+                let (items, consumed) = parse::csv(
+                    buf,
+                    self.cfg.delimiter,
+                    self.cfg.charset,
+                    last,
+                    ROWS_PER_COMMIT,
+                );
+                step.cut_short = items.len() == ROWS_PER_COMMIT && consumed < buf.len();
                 let mut header: Option<Vec<String>> = cur.cur.header.clone();
                 for (n, item) in items.into_iter().enumerate() {
                     let at = pos.at(item.start);
@@ -968,9 +1009,22 @@ struct Step {
     header: Option<Vec<String>>,
     /// Rows may give many records (`expand`): positions then leave room for them.
     expands: bool,
+    /// The buffer held more rows than one commit takes; the rest is read again next.
+    cut_short: bool,
 }
 
+/// The most rows one commit takes: bounds memory for files of short rows.
+const ROWS_PER_COMMIT: usize = 16_384;
+
 impl Step {
+    /// Keeps the first [`ROWS_PER_COMMIT`] items; returns where the first one left out starts.
+    fn limit<T>(&mut self, items: &mut Vec<parse::Item<T>>) -> Option<usize> {
+        let next = items.get(ROWS_PER_COMMIT)?.start;
+        items.truncate(ROWS_PER_COMMIT);
+        self.cut_short = true;
+        Some(next)
+    }
+
     /// Adds what the row at file offset `offset` became.
     fn push(&mut self, cursor: i64, offset: u64, origin: String, outcome: RowOutcome, raw: &str) {
         match outcome {
@@ -1068,6 +1122,15 @@ fn read_head(file: &mut File) -> std::io::Result<Vec<u8>> {
     let n = read_full(file, &mut head)?;
     head.truncate(n);
     Ok(head)
+}
+
+/// A fingerprint of the (up to [`FINGERPRINT_MAX`]) bytes before `offset`.
+fn end_fingerprint(file: &mut File, offset: u64) -> std::io::Result<String> {
+    let from = offset.saturating_sub(FINGERPRINT_MAX as u64);
+    let mut buf = vec![0u8; (offset - from) as usize];
+    file.seek(SeekFrom::Start(from))?;
+    let n = read_full(file, &mut buf)?;
+    Ok(fingerprint(&buf[..n]))
 }
 
 fn hash_file(file: &mut File) -> std::io::Result<(String, u64)> {
@@ -1224,6 +1287,7 @@ mod tests {
             line: 1,
             header: Some(vec!["a".into()]),
             done: false,
+            end_fp: String::new(),
         };
         let back: FileCursor = serde_json::from_str(&to_json(&cur)).unwrap();
         assert_eq!(back, cur);

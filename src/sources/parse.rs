@@ -194,8 +194,15 @@ impl Transcoded {
 
 /// Splits delimited text into records with RFC 4180 quoting (quoted delimiters, doubled quotes,
 /// newlines inside quotes), `\r\n` or `\n` endings; blank lines are skipped. Returns the items
-/// and the offset just past the last complete record.
-pub fn csv(buf: &[u8], delimiter: u8, charset: Charset, last: bool) -> (Vec<Item<Fields>>, usize) {
+/// and the offset just past the last complete record. At most `limit` records are split; the
+/// caller knows there may be more when it gets `limit` of them.
+pub fn csv(
+    buf: &[u8],
+    delimiter: u8,
+    charset: Charset,
+    last: bool,
+    limit: usize,
+) -> (Vec<Item<Fields>>, usize) {
     let mut reader = csv_core::ReaderBuilder::new().delimiter(delimiter).build();
     let mut items = Vec::new();
     let mut out = vec![0u8; 4096];
@@ -249,6 +256,9 @@ pub fn csv(buf: &[u8], delimiter: u8, charset: Charset, last: bool) -> (Vec<Item
                 consumed = pos;
                 outlen = 0;
                 endlen = 0;
+                if items.len() >= limit {
+                    break;
+                }
             }
             End => {
                 consumed = buf.len();
@@ -338,7 +348,7 @@ mod tests {
     #[test]
     fn csv_quotes_doubled_quotes_and_embedded_newlines() {
         let buf = b"id,note\n1,\"said \"\"hi\"\"\"\n2,\"two\nlines\"\n3,x\n";
-        let (items, consumed) = csv(buf, b',', Charset::Utf8, false);
+        let (items, consumed) = csv(buf, b',', Charset::Utf8, false, usize::MAX);
         assert_eq!(consumed, buf.len());
         let rows: Vec<_> = items.iter().map(|i| i.value.clone().unwrap()).collect();
         assert_eq!(rows[1], vec!["1", "said \"hi\""]);
@@ -351,18 +361,28 @@ mod tests {
     #[test]
     fn csv_stops_before_a_record_cut_inside_quotes() {
         let buf = b"1,a\n2,\"open\nstill open";
-        let (items, consumed) = csv(buf, b',', Charset::Utf8, false);
+        let (items, consumed) = csv(buf, b',', Charset::Utf8, false, usize::MAX);
         assert_eq!(items.len(), 1);
         assert_eq!(consumed, 4);
-        let (items, consumed) = csv(buf, b',', Charset::Utf8, true);
+        let (items, consumed) = csv(buf, b',', Charset::Utf8, true, usize::MAX);
         assert_eq!(items.len(), 2);
         assert_eq!(consumed, buf.len());
     }
 
     #[test]
+    fn csv_stops_at_its_limit_where_the_next_record_starts() {
+        let buf = b"a\r\nb\r\nc\r\n";
+        let (items, consumed) = csv(buf, b',', Charset::Utf8, false, 2);
+        assert_eq!(items.len(), 2);
+        assert_eq!(consumed, 6);
+        let (rest, _) = csv(&buf[consumed..], b',', Charset::Utf8, false, 2);
+        assert_eq!(rest[0].value.as_ref().unwrap(), &vec!["c"]);
+    }
+
+    #[test]
     fn csv_with_crlf_consumes_the_whole_terminator() {
         let buf = b"a;b\r\nc;d\r\n";
-        let (items, consumed) = csv(buf, b';', Charset::Utf8, false);
+        let (items, consumed) = csv(buf, b';', Charset::Utf8, false, usize::MAX);
         assert_eq!(items.len(), 2);
         assert_eq!(items[1].value.as_ref().unwrap(), &vec!["c", "d"]);
         assert_eq!(items[1].start, 5);
@@ -371,9 +391,9 @@ mod tests {
 
     #[test]
     fn csv_without_final_newline_waits_until_complete() {
-        let (items, consumed) = csv(b"a,b\nc,d", b',', Charset::Utf8, false);
+        let (items, consumed) = csv(b"a,b\nc,d", b',', Charset::Utf8, false, usize::MAX);
         assert_eq!((items.len(), consumed), (1, 4));
-        let (items, consumed) = csv(b"a,b\nc,d", b',', Charset::Utf8, true);
+        let (items, consumed) = csv(b"a,b\nc,d", b',', Charset::Utf8, true, usize::MAX);
         assert_eq!((items.len(), consumed), (2, 7));
     }
 
@@ -402,9 +422,9 @@ mod tests {
                 .collect();
             let buf = text.as_bytes();
             let cut = cut.min(buf.len());
-            let (first, consumed) = csv(&buf[..cut], b',', Charset::Utf8, false);
+            let (first, consumed) = csv(&buf[..cut], b',', Charset::Utf8, false, usize::MAX);
             proptest::prop_assert!(consumed <= cut);
-            let (second, _) = csv(&buf[consumed..], b',', Charset::Utf8, true);
+            let (second, _) = csv(&buf[consumed..], b',', Charset::Utf8, true, usize::MAX);
             let got: Vec<Vec<String>> = first
                 .into_iter()
                 .chain(second)
@@ -439,7 +459,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_reported_per_record() {
-        let (items, _) = csv(b"ok,1\n\xff,2\n", b',', Charset::Utf8, false);
+        let (items, _) = csv(b"ok,1\n\xff,2\n", b',', Charset::Utf8, false, usize::MAX);
         assert!(items[0].value.is_ok());
         assert!(items[1].value.as_ref().unwrap_err().contains("UTF-8"));
     }
@@ -462,7 +482,7 @@ mod tests {
             let input = utf16("Zeit;Müller\r\n1;€\r\n2;partial", be);
             let t = Transcoded::utf16(&input, be, false);
             assert_eq!(t.text, "Zeit;Müller\r\n1;€\r\n".as_bytes());
-            let (items, consumed) = csv(&t.text, b';', Charset::Utf8, false);
+            let (items, consumed) = csv(&t.text, b';', Charset::Utf8, false, usize::MAX);
             assert_eq!(items[1].value.as_ref().unwrap(), &vec!["1", "€"]);
             // The second record starts after 13 UTF-16 units; the cursor stops after 18.
             assert_eq!(t.input_offset(items[1].start), 26);
@@ -492,6 +512,7 @@ mod tests {
             b';',
             Charset::Windows1252,
             false,
+            usize::MAX,
         );
         assert_eq!(
             items[0].value.as_ref().unwrap(),
