@@ -407,6 +407,7 @@ struct RawSource {
     expand: Option<String>,
     interval: Option<String>,
     expand_duration: Option<String>,
+    duration_unit: Option<String>,
     watch: Option<String>,
     marker: Option<String>,
     stale_after: Option<String>,
@@ -1356,9 +1357,29 @@ impl Validator<'_> {
                 None
             }
         };
+        let millis = self.one_of(
+            &at("duration_unit"),
+            &key("duration_unit"),
+            raw.duration_unit.as_deref(),
+            false,
+            &[
+                ("s", false),
+                ("seconds", false),
+                ("ms", true),
+                ("milliseconds", true),
+            ],
+        );
+        if raw.duration_unit.is_some() && raw.map.is_none() {
+            self.problem(
+                &at("duration_unit"),
+                &key("duration_unit"),
+                "applies only with a [source.map]",
+            );
+        }
         let map = match (raw.map, emits) {
             (Some(table), Some(emits)) => self
                 .mapping(i, label, emits, table, raw.timestamp_format, raw.timezone)
+                .map(|m| if millis { m.with_milliseconds() } else { m })
                 .and_then(|m| match expand {
                     None => Some(m),
                     Some(e) => m

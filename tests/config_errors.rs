@@ -352,6 +352,7 @@ fn the_example_config_is_valid_and_documents_every_key() {
         "expand",
         "interval",
         "expand_duration",
+        "duration_unit",
         "[source.map]",
     ];
     for key in keys {

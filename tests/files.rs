@@ -572,3 +572,50 @@ async fn a_deleted_file_is_let_go_even_while_the_api_is_down() {
     wait_for(LIMIT, "100 records", || api.record_count() >= 100).await;
     daemon.stop().await;
 }
+
+/// Peak resident memory of a process, in KiB (Linux).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_tailed_file_streams_in_bounded_memory() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", ""));
+    std::fs::write(&env.config_file, config).unwrap();
+    // 128 MiB of records (the benchmark does 1 GiB on a release build).
+    let path = env.exports.join("big.ndjson");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut rows = 0u64;
+    let mut written = 0usize;
+    while written < 128 << 20 {
+        let line = event(rows) + "\n";
+        f.write_all(line.as_bytes()).unwrap();
+        written += line.len();
+        rows += 1;
+    }
+    f.flush().unwrap();
+    drop(f);
+    let mut daemon = Process::start(&env.config_file);
+    let pid = daemon.pid();
+    wait_for(Duration::from_secs(600), "every row committed", || {
+        daemon.assert_running();
+        env.try_report().is_some_and(|r| {
+            r.sources
+                .first()
+                .is_some_and(|s| s.records_total == rows as i64)
+        })
+    })
+    .await;
+    let peak_mib = peak_rss_kib(pid) / 1024;
+    daemon.terminate();
+    eprintln!("{rows} rows, peak RSS {peak_mib} MiB");
+    // A debug build; what matters is that memory does not follow the file's size.
+    assert!(peak_mib < 64, "peak RSS {peak_mib} MiB for a 128 MiB file");
+}

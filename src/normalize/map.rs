@@ -299,6 +299,8 @@ pub struct Mapping {
     fields: Vec<(ApiField, FieldSource)>,
     time: TimeParser,
     expand: Option<Expand>,
+    /// Durations written as plain numbers are milliseconds (`duration_unit = "ms"`).
+    millis: bool,
 }
 
 impl Mapping {
@@ -325,6 +327,7 @@ impl Mapping {
             fields,
             time,
             expand: None,
+            millis: false,
         };
         for (field, source) in &mapping.fields {
             if let FieldSource::Literal(v) = source {
@@ -358,6 +361,12 @@ impl Mapping {
             }
         }
         Ok(self)
+    }
+
+    /// Plain numbers in `duration` are milliseconds; `hh:mm:ss` stays what it says.
+    pub fn with_milliseconds(mut self) -> Self {
+        self.millis = true;
+        self
     }
 
     pub fn expands(&self) -> bool {
@@ -537,6 +546,9 @@ impl Mapping {
                 }
             }
             Kind::Bool => parse_bool(s).map(Value::from),
+            Kind::Seconds if self.millis && !s.contains(':') => {
+                parse_seconds(s).map(|ms| Value::from(ms / 1000.0))
+            }
             Kind::Seconds => parse_seconds(s).map(Value::from),
             Kind::Time => self.time.parse(s).map(|t| Value::from(time::to_api(t))),
         }
@@ -671,6 +683,102 @@ mod tests {
         assert_eq!(parse_seconds("02:04").unwrap(), 124.0);
         assert!(parse_seconds("-3").is_err());
         assert!(parse_seconds("1:2:3:4").is_err());
+    }
+
+    #[test]
+    fn durations_in_milliseconds_when_configured() {
+        let row = MapRow(HashMap::from([
+            ("start", "2021-12-06 11:34:22"),
+            ("queue", "Support"),
+            ("site", "HH"),
+            ("answered", "1"),
+            ("talk", "124600"),
+        ]));
+        let out = contact_mapping().with_milliseconds().apply(&row).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["properties"]["duration"], 124.6);
+    }
+
+    #[test]
+    fn an_interval_row_expands_inside_its_interval_with_its_totals() {
+        use ApiField::*;
+        let map = Mapping::new(
+            Emits::ContactEvents,
+            vec![
+                (Timestamp, FieldSource::Column("start".into())),
+                (QueueName, FieldSource::Column("queue".into())),
+                (QueueIdentifier, FieldSource::Column("queue".into())),
+                (Channel, FieldSource::Literal("calls".into())),
+                (Offered, FieldSource::Column("offered".into())),
+                (Handled, FieldSource::Column("handled".into())),
+                (Duration, FieldSource::Column("aht".into())),
+            ],
+            TimeParser::utc_rfc3339(),
+        )
+        .unwrap();
+        let expand = |duration| Expand {
+            interval: std::time::Duration::from_secs(900),
+            duration,
+        };
+        let row = |offered: &'static str, handled: &'static str| {
+            MapRow(HashMap::from([
+                ("start", "2021-12-06T11:30:00Z"),
+                ("queue", "Support"),
+                ("offered", offered),
+                ("handled", handled),
+                ("aht", "60"),
+            ]))
+        };
+        let average = map
+            .clone()
+            .with_expand(expand(ExpandDuration::Average))
+            .unwrap();
+        let out: Vec<Value> = average
+            .apply_all(&row("4", "3"))
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_str(r).unwrap())
+            .collect();
+        let times: Vec<&str> = out
+            .iter()
+            .map(|v| v["timestamp"].as_str().unwrap())
+            .collect();
+        // The middles of four 225-second slices, at whole seconds.
+        assert_eq!(
+            times,
+            [
+                "2021-12-06T11:31:52Z",
+                "2021-12-06T11:35:37Z",
+                "2021-12-06T11:39:22Z",
+                "2021-12-06T11:43:07Z"
+            ]
+        );
+        let handled: Vec<bool> = out
+            .iter()
+            .map(|v| v["properties"]["handled"].as_bool().unwrap())
+            .collect();
+        assert_eq!(handled, [true, true, true, false]);
+        assert_eq!(out[0]["properties"]["duration"], 60.0);
+        assert_eq!(out[3]["properties"]["duration"], 0.0);
+        for v in &out {
+            schema::check(Emits::ContactEvents, v).unwrap();
+        }
+        let total = map
+            .clone()
+            .with_expand(expand(ExpandDuration::Total))
+            .unwrap();
+        let out = total.apply_all(&row("4", "3")).unwrap();
+        assert!(out[0].contains("\"duration\":20.0"), "{}", out[0]);
+        assert!(total.apply_all(&row("0", "0")).unwrap().is_empty());
+        let err = total.apply_all(&row("2", "3")).unwrap_err();
+        assert!(err.to_string().contains("more than 2 offered"), "{err}");
+        assert!(total.apply_all(&row("many", "3")).is_err());
+        // A map whose `offered` is the literal `true` cannot count contacts.
+        assert!(
+            contact_mapping()
+                .with_expand(expand(ExpandDuration::Total))
+                .is_err()
+        );
     }
 
     #[test]

@@ -204,6 +204,10 @@ impl Process {
         Self(child)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Panics if the process has already exited (a configuration it refused, say).
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.0.try_wait() {
