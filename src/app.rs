@@ -33,6 +33,11 @@ pub enum RunError {
 /// nothing is lost or read twice: every cursor is committed with its records); an invalid one
 /// is refused and the running one stays, with an error that says why.
 pub fn main(config: Config) -> Result<(), RunError> {
+    main_until(config, CancellationToken::new())
+}
+
+/// [`main`], also stopped by `stop` (the Windows service control manager).
+pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -43,7 +48,10 @@ pub fn main(config: Config) -> Result<(), RunError> {
         let reload = Arc::new(tokio::sync::Notify::new());
         let (signals, hup) = (shutdown.clone(), reload.clone());
         tokio::spawn(async move {
-            wait_for_signals(&hup).await;
+            tokio::select! {
+                _ = wait_for_signals(&hup) => {}
+                _ = stop.cancelled() => {}
+            }
             info!("stop requested");
             signals.cancel();
         });

@@ -68,6 +68,40 @@ pub enum Command {
         #[arg(long, default_value_t = 5000)]
         records: usize,
     },
+    /// The Windows service: install (automatic start, restart on failure), uninstall, start,
+    /// stop. Run as Administrator.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+    /// Serve the fake injixo API (as in `demo`) until stopped: for trying a configuration
+    /// without an injixo account. GET /_fake/stats counts what it accepted.
+    #[command(hide = true)]
+    FakeApi {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9851")]
+        listen: std::net::SocketAddr,
+        /// The API key it accepts.
+        #[arg(long)]
+        key: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ServiceAction {
+    /// Register the service: automatic (delayed) start, restart on failure, this executable
+    /// and the configuration given with --config (or the default); creates
+    /// %ProgramData%\injixo-sync with a config.example.toml and a logs folder.
+    Install,
+    /// Stop the service if it runs and remove it; configuration, outbox and logs stay.
+    Uninstall,
+    /// Start the service and wait until it runs.
+    Start,
+    /// Stop the service and wait until it has drained.
+    Stop,
+    /// What the service control manager starts.
+    #[command(hide = true)]
+    Run,
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,12 +39,42 @@ pub fn default_state_path() -> PathBuf {
     }
 }
 
-fn program_data() -> PathBuf {
-    if cfg!(windows) {
-        let base = std::env::var_os("ProgramData").unwrap_or_else(|| r"C:\ProgramData".into());
-        PathBuf::from(base).join("injixo-sync")
-    } else {
+/// `%ProgramData%\injixo-sync` on Windows (configuration, outbox, logs); `/etc/injixo-sync`
+/// elsewhere.
+pub fn program_data() -> PathBuf {
+    #[cfg(windows)]
+    {
+        known_program_data()
+            .or_else(|| std::env::var_os("ProgramData").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+            .join("injixo-sync")
+    }
+    #[cfg(not(windows))]
+    {
         PathBuf::from("/etc/injixo-sync")
+    }
+}
+
+/// The ProgramData folder as Windows knows it (services do not always get `%ProgramData%`).
+#[cfg(windows)]
+fn known_program_data() -> Option<PathBuf> {
+    use std::os::windows::ffi::OsStringExt;
+    use windows_sys::Win32::System::Com::CoTaskMemFree;
+    use windows_sys::Win32::UI::Shell::{FOLDERID_ProgramData, SHGetKnownFolderPath};
+    let mut raw: windows_sys::core::PWSTR = std::ptr::null_mut();
+    // SAFETY: SHGetKnownFolderPath allocates a NUL-terminated string into `raw`, which is read
+    // up to its NUL and then freed with CoTaskMemFree as documented.
+    unsafe {
+        let ok =
+            SHGetKnownFolderPath(&FOLDERID_ProgramData, 0, std::ptr::null_mut(), &mut raw) == 0;
+        let path = (ok && !raw.is_null()).then(|| {
+            let len = (0..).take_while(|&i| *raw.add(i) != 0).count();
+            PathBuf::from(std::ffi::OsString::from_wide(std::slice::from_raw_parts(
+                raw, len,
+            )))
+        });
+        CoTaskMemFree(raw as *const _);
+        path
     }
 }
 
@@ -136,6 +166,15 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -36,6 +36,33 @@ pub fn main(records: usize) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// `injixo-sync fake-api`: the fake API alone, until Ctrl-C or SIGTERM.
+pub fn serve_fake_api(listen: std::net::SocketAddr, key: &str) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let api = FakeApi::start_on(listen, key)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        println!("fake injixo API listening on {}", api.url());
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await?;
+        println!("fake injixo API accepted {} records", api.record_count());
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 async fn demo(dir: &Path, records: usize) -> anyhow::Result<()> {
     let api = FakeApi::start(KEY).await?;
     // One outage answer and one rate limit, to show the retry path; one refused record.

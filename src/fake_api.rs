@@ -197,6 +197,16 @@ impl std::fmt::Display for DropConnection {
 impl std::error::Error for DropConnection {}
 
 async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
+    // For scripts driving a fake API in another process (`injixo-sync fake-api`).
+    if req.method() == hyper::Method::GET && req.uri().path() == "/_fake/stats" {
+        let s = state.lock().expect("state");
+        let records: usize = s.accepted.iter().map(|a| a.records.len()).sum();
+        return Ok(answer(
+            200,
+            json!({"records": records, "requests": s.seen.len()}),
+            None,
+        ));
+    }
     let key = req
         .headers()
         .get("idempotency-key")

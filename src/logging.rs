@@ -1,20 +1,44 @@
-//! Log output: human text or JSON lines on stderr (journald and the Windows service wrapper
-//! capture it). `RUST_LOG`, when set, overrides `[log] level`.
+//! Log output: human text or JSON lines, on stderr (journald captures it) or, for the Windows
+//! service, in daily files under %ProgramData%\injixo-sync\logs. `RUST_LOG`, when set,
+//! overrides `[log] level`.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber. A second call (tests, `demo`) is a no-op.
+/// Installs the global subscriber writing to stderr. A second call (tests, `demo`) is a no-op.
 pub fn init(cfg: &LogConfig) {
+    // Colours only for a person at a terminal; the journal and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    init_with(cfg, std::io::stderr, ansi);
+}
+
+/// Installs the global subscriber writing to daily files `injixo-sync.YYYY-MM-DD.log` in
+/// `dir`, keeping the last `keep` of them.
+#[cfg(windows)]
+pub fn init_files(cfg: &LogConfig, dir: &std::path::Path, keep: usize) -> Result<(), String> {
+    let appender = tracing_appender::rolling::Builder::new()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix("injixo-sync")
+        .filename_suffix("log")
+        .max_log_files(keep)
+        .build(dir)
+        .map_err(|e| format!("cannot write logs to {}: {e}", dir.display()))?;
+    init_with(cfg, appender, false);
+    Ok(())
+}
+
+fn init_with<W>(cfg: &LogConfig, writer: W, ansi: bool)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal; the journal and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi)
         .with_target(false);
     let _ = match cfg.format {

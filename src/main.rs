@@ -6,7 +6,7 @@ use clap::Parser;
 use injixo_sync::cli::{Cli, Command, TestKind};
 use injixo_sync::config::{self, Config};
 use injixo_sync::types::Emits;
-use injixo_sync::{app, check, demo, import, logging, send_test, status};
+use injixo_sync::{app, check, demo, import, logging, send_test, service, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,6 +35,8 @@ fn main() -> ExitCode {
             send_test::main(&path, emits, source.as_deref())
         }
         Command::Demo { records } => demo::main(records),
+        Command::Service { action } => service::main(&path, action),
+        Command::FakeApi { listen, key } => demo::serve_fake_api(listen, &key),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -4,9 +4,41 @@
 //! lane and source has started, keeps a `STATUS=` line with the backlog current, sends
 //! `WATCHDOG=1` only while every lane is responsive (no lane stuck in one step longer than the
 //! request timeout plus a margin), so a wedged pusher gets restarted, and says `STOPPING=1`
-//! when it drains. Elsewhere these calls do nothing.
+//! when it drains. Under the Windows service control manager, `READY=1` and `STOPPING=1`
+//! become the service's running and stop-pending states (see [`windows`]). Elsewhere these
+//! calls do nothing.
 
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::Duration;
+
+use crate::cli::ServiceAction;
+
+#[cfg(windows)]
+pub mod windows;
+
+/// `injixo-sync service ...`.
+pub fn main(config: &Path, action: ServiceAction) -> anyhow::Result<ExitCode> {
+    #[cfg(windows)]
+    {
+        match action {
+            ServiceAction::Install => windows::install(config)?,
+            ServiceAction::Uninstall => windows::uninstall()?,
+            ServiceAction::Start => windows::start()?,
+            ServiceAction::Stop => windows::stop()?,
+            ServiceAction::Run => windows::run(config)?,
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = (config, action);
+        anyhow::bail!(
+            "`service` manages the Windows service; on Linux the systemd unit does this \
+             (installed by the .deb and .rpm packages): systemctl enable --now injixo-sync"
+        )
+    }
+}
 
 /// A connection to the service manager's notification socket, if there is one.
 pub struct Notifier {
@@ -41,7 +73,11 @@ impl Notifier {
         {
             self.socket.is_some()
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        {
+            windows::is_service()
+        }
+        #[cfg(not(any(unix, windows)))]
         {
             false
         }
@@ -54,7 +90,9 @@ impl Notifier {
         if let Some((sock, addr)) = &self.socket {
             let _ = sock.send_to_addr(state.as_bytes(), addr);
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        windows::notify(state);
+        #[cfg(not(any(unix, windows)))]
         let _ = state;
     }
 }

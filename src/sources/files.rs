@@ -260,6 +260,7 @@ impl FilesSource {
         for (dir, message) in problems {
             self.warn_once(&dir, message, ctx);
         }
+        debug!(source = %ctx.name, files = files.len(), "scanned");
         files
     }
 
