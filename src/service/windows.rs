@@ -34,6 +34,8 @@ const DESCRIPTION: &str = "Delivers contact-center data (contact events, agent s
 const EXAMPLE: &str = include_str!("../../config.example.toml");
 /// Daily log files kept.
 const LOG_FILES_KEPT: usize = 14;
+/// The SCM's answer when a service of that name is registered already.
+const ERROR_SERVICE_EXISTS: i32 = 1073;
 /// How long the SCM is told a stop may take: the request in flight plus a margin.
 const STOP_HINT: Duration = Duration::from_secs(45);
 
@@ -71,12 +73,22 @@ pub fn install(config: &Path) -> anyhow::Result<()> {
         account_name: None,
         account_password: None,
     };
-    let service = manager
-        .create_service(
-            &info,
-            ServiceAccess::CHANGE_CONFIG | ServiceAccess::QUERY_CONFIG | ServiceAccess::START,
-        )
-        .map_err(|e| scm_error(e, "cannot register the service"))?;
+    let access = ServiceAccess::CHANGE_CONFIG | ServiceAccess::QUERY_CONFIG | ServiceAccess::START;
+    // Installing again (an upgrade, or the MSI's registration) updates the registration.
+    let service = match manager.create_service(&info, access) {
+        Ok(s) => s,
+        Err(windows_service::Error::Winapi(e))
+            if e.raw_os_error() == Some(ERROR_SERVICE_EXISTS) =>
+        {
+            let s = manager
+                .open_service(NAME, access)
+                .map_err(|e| scm_error(e, "cannot open the registered service"))?;
+            s.change_config(&info)
+                .map_err(|e| scm_error(e, "cannot update the registered service"))?;
+            s
+        }
+        Err(e) => return Err(scm_error(e, "cannot register the service")),
+    };
     service
         .set_description(DESCRIPTION)
         .map_err(|e| scm_error(e, "cannot set the description"))?;
