@@ -213,6 +213,44 @@ pub enum After {
     Move(PathBuf),
 }
 
+/// How agent state changes become intervals (`emits = "agent_states"`).
+#[derive(Clone, Debug)]
+pub struct StatesConfig {
+    pub settings: crate::normalize::intervals::Settings,
+    /// `[source.agents]`: external agent id → the identifier injixo knows; others unchanged.
+    pub agents: std::collections::HashMap<String, String>,
+    /// `[source.activities]`: ACD state → activity identifier; `"*"` for any other state,
+    /// else other states are sent unchanged.
+    pub activities: std::collections::HashMap<String, String>,
+    /// States that end the agent's session (compared in any case).
+    pub logout: Vec<String>,
+}
+
+impl StatesConfig {
+    /// The activity a raw state means, or `None` for a logout.
+    pub fn activity(&self, state: &str) -> Option<String> {
+        let state = state.trim();
+        if self.logout.iter().any(|l| l.eq_ignore_ascii_case(state)) {
+            return None;
+        }
+        Some(
+            self.activities
+                .get(state)
+                .or_else(|| self.activities.get("*"))
+                .cloned()
+                .unwrap_or_else(|| state.to_owned()),
+        )
+    }
+
+    pub fn agent(&self, id: &str) -> String {
+        let id = id.trim();
+        self.agents
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_owned())
+    }
+}
+
 /// How a directory is watched (`watch`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watch {
@@ -306,6 +344,8 @@ pub struct FilesConfig {
     pub watch: Watch,
     /// `marker`: a dropped file is complete once its marker file exists.
     pub marker: Option<Marker>,
+    /// `emits = "agent_states"`: rows are state changes, built into intervals.
+    pub states: Option<StatesConfig>,
     /// Only files modified at or after this (`import --since`; not a configuration key).
     pub modified_since: Option<std::time::SystemTime>,
 }
@@ -447,6 +487,11 @@ struct RawSource {
     interval: Option<String>,
     expand_duration: Option<String>,
     duration_unit: Option<String>,
+    agents: Option<toml::Table>,
+    activities: Option<toml::Table>,
+    logout_states: Option<Vec<String>>,
+    open_interval_flush: Option<String>,
+    max_interval: Option<String>,
     watch: Option<String>,
     marker: Option<String>,
     stale_after: Option<String>,
@@ -955,20 +1000,12 @@ impl Validator<'_> {
         let emits = match raw.emits.as_deref() {
             Some("contact_events") => Some(Emits::ContactEvents),
             Some("agent_statuses") => Some(Emits::AgentStatuses),
-            Some("agent_states") => {
-                self.problem(
-                    &at("emits"),
-                    &key("emits"),
-                    "\"agent_states\" (state changes turned into intervals) is not available for \
-                     this source type: emit \"agent_statuses\" rows that already hold intervals",
-                );
-                None
-            }
+            Some("agent_states") => Some(Emits::AgentStatuses),
             Some(other) => {
                 self.problem(
                     &at("emits"),
                     &key("emits"),
-                    format!("{other:?} is not valid: use \"contact_events\" or \"agent_statuses\""),
+                    format!("{other:?} is not valid: use \"contact_events\", \"agent_statuses\" or \"agent_states\""),
                 );
                 None
             }
@@ -976,7 +1013,7 @@ impl Validator<'_> {
                 self.problem(
                     &at("emits"),
                     &key("emits"),
-                    "is required: \"contact_events\" or \"agent_statuses\"",
+                    "is required: \"contact_events\", \"agent_statuses\" or \"agent_states\"",
                 );
                 None
             }
@@ -1091,7 +1128,7 @@ impl Validator<'_> {
         i: usize,
         label: &str,
         emits: Option<Emits>,
-        raw: RawSource,
+        mut raw: RawSource,
     ) -> Option<SourceKind> {
         let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
         let key = |k: &str| format!("{label}.{k}");
@@ -1396,6 +1433,81 @@ impl Validator<'_> {
                 None
             }
         };
+        let states = if raw.emits.as_deref() == Some("agent_states") {
+            if raw.map.is_none() {
+                self.problem(
+                    &at("emits"),
+                    &key("emits"),
+                    "\"agent_states\" needs a [source.map] with agentIdentifier, \
+                     activityIdentifier and timestamp",
+                );
+            }
+            let table = |this: &mut Self, name: &'static str, t: Option<toml::Table>| {
+                let mut out = std::collections::HashMap::new();
+                for (k, v) in t.unwrap_or_default() {
+                    match v {
+                        toml::Value::String(v) if !v.trim().is_empty() => {
+                            out.insert(k, v);
+                        }
+                        _ => this.problem(
+                            &at(name),
+                            &key(&format!("{name}.{k}")),
+                            "write the identifier as a non-empty string",
+                        ),
+                    }
+                }
+                out
+            };
+            let agents = table(self, "agents", raw.agents.take());
+            let activities = table(self, "activities", raw.activities.take());
+            let max_interval = self.duration(
+                &at("max_interval"),
+                &key("max_interval"),
+                raw.max_interval.as_deref(),
+                Duration::from_secs(12 * 3600),
+                (Duration::from_secs(60), Duration::from_secs(7 * 86_400)),
+            );
+            let flush = raw.open_interval_flush.as_deref().map(|f| {
+                self.duration(
+                    &at("open_interval_flush"),
+                    &key("open_interval_flush"),
+                    Some(f),
+                    Duration::from_secs(60),
+                    (Duration::from_secs(1), Duration::from_secs(86_400)),
+                )
+            });
+            let signed = |d: Duration| jiff::SignedDuration::try_from(d).unwrap_or_default();
+            Some(StatesConfig {
+                settings: crate::normalize::intervals::Settings {
+                    max_interval: signed(max_interval),
+                    flush_after: flush.map(signed),
+                },
+                agents,
+                activities,
+                logout: raw.logout_states.take().unwrap_or_else(|| {
+                    ["logout", "logged_out", "loggedout", "offline"]
+                        .map(String::from)
+                        .to_vec()
+                }),
+            })
+        } else {
+            for (k, set) in [
+                ("agents", raw.agents.is_some()),
+                ("activities", raw.activities.is_some()),
+                ("logout_states", raw.logout_states.is_some()),
+                ("open_interval_flush", raw.open_interval_flush.is_some()),
+                ("max_interval", raw.max_interval.is_some()),
+            ] {
+                if set {
+                    self.problem(
+                        &at(k),
+                        &key(k),
+                        "applies only with emits = \"agent_states\"",
+                    );
+                }
+            }
+            None
+        };
         let millis = self.one_of(
             &at("duration_unit"),
             &key("duration_unit"),
@@ -1417,7 +1529,15 @@ impl Validator<'_> {
         }
         let map = match (raw.map, emits) {
             (Some(table), Some(emits)) => self
-                .mapping(i, label, emits, table, raw.timestamp_format, raw.timezone)
+                .mapping(
+                    i,
+                    label,
+                    emits,
+                    states.is_some(),
+                    table,
+                    raw.timestamp_format,
+                    raw.timezone,
+                )
                 .map(|m| if millis { m.with_milliseconds() } else { m })
                 .and_then(|m| match expand {
                     None => Some(m),
@@ -1484,6 +1604,7 @@ impl Validator<'_> {
             skip_if,
             watch,
             marker,
+            states,
             modified_since: None,
         }))
     }
@@ -1508,11 +1629,13 @@ impl Validator<'_> {
         b.build().unwrap_or_else(|_| GlobSet::empty())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn mapping(
         &mut self,
         i: usize,
         label: &str,
         emits: Emits,
+        states: bool,
         table: toml::Table,
         timestamp_format: Option<String>,
         timezone: Option<String>,
@@ -1554,7 +1677,21 @@ impl Validator<'_> {
                 Seg::Owned(k.clone()),
             ];
             let mkey = format!("{label}.map.{k}");
-            let field = match ApiField::parse(&k, emits) {
+            let parsed = if states {
+                Mapping::STATE_FIELDS
+                    .iter()
+                    .copied()
+                    .find(|f| f.name() == k)
+                    .ok_or_else(|| {
+                        format!(
+                            "`{k}` is not a field of agent state changes (fields: \
+                             agentIdentifier, activityIdentifier, timestamp)"
+                        )
+                    })
+            } else {
+                ApiField::parse(&k, emits)
+            };
+            let field = match parsed {
                 Ok(f) => f,
                 Err(e) => {
                     self.problem(&path, &mkey, e);
@@ -1596,7 +1733,13 @@ impl Validator<'_> {
         if self.problems.len() > before {
             return None;
         }
-        match Mapping::new(emits, fields, TimeParser::new(format, zone)) {
+        let time = TimeParser::new(format, zone);
+        let built = if states {
+            Mapping::states(fields, time)
+        } else {
+            Mapping::new(emits, fields, time)
+        };
+        match built {
             Ok(m) => Some(m),
             Err(e) => {
                 self.problem(&at("map"), &format!("{label}.map"), e);

@@ -93,7 +93,7 @@ const CASES: &[(&str, &str, &str)] = &[
     (
         "emits = \"contact_events\"",
         "emits = \"calls\"",
-        "f.toml:11: source[0] \"acd\".emits: \"calls\" is not valid: use \"contact_events\" or \"agent_statuses\"",
+        "f.toml:11: source[0] \"acd\".emits: \"calls\" is not valid: use \"contact_events\", \"agent_statuses\" or \"agent_states\"",
     ),
     (
         "emits = \"contact_events\"",
@@ -184,6 +184,16 @@ const CASES: &[(&str, &str, &str)] = &[
         "format = \"csv\"",
         "format = \"csv\"\nskip_if = { queue = 5 }",
         "f.toml:15: source[0] \"acd\".skip_if.queue: write a pattern or a list of patterns",
+    ),
+    (
+        "emits = \"contact_events\"",
+        "emits = \"agent_states\"\nexternal_system = \"ACD\"",
+        "source[0] \"acd\".map.queueName: `queueName` is not a field of agent state changes",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nmax_interval = \"4h\"",
+        "f.toml:15: source[0] \"acd\".max_interval: applies only with emits = \"agent_states\"",
     ),
     (
         "format = \"csv\"",
@@ -353,6 +363,11 @@ fn the_example_config_is_valid_and_documents_every_key() {
         "interval",
         "expand_duration",
         "duration_unit",
+        "logout_states",
+        "open_interval_flush",
+        "max_interval",
+        "[source.agents]",
+        "[source.activities]",
         "[source.map]",
     ];
     for key in keys {

@@ -301,6 +301,8 @@ pub struct Mapping {
     expand: Option<Expand>,
     /// Durations written as plain numbers are milliseconds (`duration_unit = "ms"`).
     millis: bool,
+    /// Rows are agent state changes (`emits = "agent_states"`), not records.
+    states: bool,
 }
 
 impl Mapping {
@@ -328,6 +330,7 @@ impl Mapping {
             time,
             expand: None,
             millis: false,
+            states: false,
         };
         for (field, source) in &mapping.fields {
             if let FieldSource::Literal(v) = source {
@@ -361,6 +364,79 @@ impl Mapping {
             }
         }
         Ok(self)
+    }
+
+    /// The fields a map of agent state changes names: the agent, its state and when it began.
+    pub const STATE_FIELDS: [ApiField; 3] = [
+        ApiField::AgentIdentifier,
+        ApiField::ActivityIdentifier,
+        ApiField::Timestamp,
+    ];
+
+    /// A map whose rows are agent state changes (`emits = "agent_states"`): `agentIdentifier`,
+    /// `activityIdentifier` (the ACD's state, before `[source.activities]`) and `timestamp`.
+    pub fn states(fields: Vec<(ApiField, FieldSource)>, time: TimeParser) -> Result<Self, String> {
+        let missing: Vec<_> = Self::STATE_FIELDS
+            .iter()
+            .filter(|f| !fields.iter().any(|(g, _)| g == *f))
+            .map(|f| f.name())
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "map lacks {} (agent state changes need agentIdentifier, activityIdentifier and \
+                 timestamp)",
+                missing.join(", ")
+            ));
+        }
+        if let Some((f, _)) = fields.iter().find(|(f, _)| !Self::STATE_FIELDS.contains(f)) {
+            return Err(format!(
+                "`{}` is not a field of agent state changes (fields: agentIdentifier, \
+                 activityIdentifier, timestamp)",
+                f.name()
+            ));
+        }
+        let mapping = Self {
+            emits: Emits::AgentStatuses,
+            fields,
+            time,
+            expand: None,
+            millis: false,
+            states: true,
+        };
+        for (field, source) in &mapping.fields {
+            if let FieldSource::Literal(v) = source {
+                mapping
+                    .convert(*field, v)
+                    .map_err(|e| format!("value for `{}`: {e}", field.name()))?;
+            }
+        }
+        Ok(mapping)
+    }
+
+    pub fn is_states(&self) -> bool {
+        self.states
+    }
+
+    /// A row of a states map: (agent, state, when).
+    pub fn change(&self, row: &dyn Row) -> Result<(String, String, jiff::Timestamp), RowError> {
+        let values = self.values(row)?;
+        let text = |f: ApiField| {
+            values[f as usize]
+                .as_ref()
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let at = time::parse_rfc3339(&text(ApiField::Timestamp)).map_err(|message| RowError {
+            field: "timestamp",
+            column: None,
+            message,
+        })?;
+        Ok((
+            text(ApiField::AgentIdentifier),
+            text(ApiField::ActivityIdentifier),
+            at,
+        ))
     }
 
     /// Plain numbers in `duration` are milliseconds; `hh:mm:ss` stays what it says.

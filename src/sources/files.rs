@@ -35,6 +35,7 @@ use tracing::{debug, error, info, warn};
 use super::parse;
 use super::{Source, SourceContext};
 use crate::config::{After, FileFormat, FileMode, FilesConfig, StartAt, Watch};
+use crate::normalize::intervals::{Builder, Change, Interval};
 use crate::normalize::map::Row;
 use crate::normalize::schema;
 use crate::outbox::{Commit, NewRecord, OutboxError, Parked, dedupe_key, natural_key};
@@ -104,7 +105,12 @@ pub struct FilesSource {
     warned: HashMap<PathBuf, String>,
     buf: Vec<u8>,
     first_pass: bool,
+    /// `emits = "agent_states"`: the open states and the cursor row that stores them.
+    states: Option<(i64, Builder)>,
 }
+
+/// The cursor key under which a source's open agent states are stored.
+const STATES_CURSOR: &str = "agent-states";
 
 impl FilesSource {
     pub fn new(cfg: FilesConfig) -> Self {
@@ -118,6 +124,7 @@ impl FilesSource {
             warned: HashMap::new(),
             buf: Vec::new(),
             first_pass: true,
+            states: None,
         }
     }
 }
@@ -138,7 +145,10 @@ impl Source for FilesSource {
             if watcher.is_none() {
                 watcher = self.watch(&ctx);
             }
-            let wait = match self.pass(&ctx) {
+            let wait = match self
+                .pass(&ctx)
+                .and_then(|w| self.flush_states(&ctx).map(|f| w.min(f)))
+            {
                 Ok(wait) => {
                     failures = 0;
                     wait
@@ -178,7 +188,31 @@ impl FilesSource {
     fn load_cursors(&mut self, ctx: &SourceContext) -> Result<bool, OutboxError> {
         let rows = ctx.outbox.cursors_blocking(ctx.id)?;
         let fresh = rows.is_empty();
+        if self.cfg.states.is_some() {
+            let stored = rows.iter().find(|(_, key, _)| key == STATES_CURSOR);
+            self.states = Some(match stored {
+                Some((id, _, value)) => match serde_json::from_str(value) {
+                    Ok(b) => (*id, b),
+                    Err(e) => {
+                        warn!(source = %ctx.name, "open agent states unreadable, starting without: {e}");
+                        (*id, Builder::default())
+                    }
+                },
+                None => {
+                    let b = Builder::default();
+                    let id = ctx.outbox.create_cursor_blocking(
+                        ctx.id,
+                        STATES_CURSOR.into(),
+                        serde_json::to_string(&b).expect("serializes"),
+                    )?;
+                    (id, b)
+                }
+            });
+        }
         for (id, key, value) in rows {
+            if key == STATES_CURSOR {
+                continue;
+            }
             match serde_json::from_str(&value) {
                 Ok(cur) => {
                     self.by_key.insert(key, self.known.len());
@@ -788,12 +822,19 @@ impl FilesSource {
             let id = cur.id;
             let consumed = consumed as u64;
             let skipped = step.skipped;
+            let mut cursors = vec![(id, to_json(&next))];
+            let (mut records, mut parked) = (step.records, step.parked);
+            if !step.changes.is_empty() {
+                let (states_id, json) =
+                    self.apply_changes(ctx, step.changes, &mut records, &mut parked);
+                cursors.push((states_id, json));
+            }
             commit(
                 ctx,
                 Commit {
-                    records: step.records,
-                    parked: step.parked,
-                    cursors: vec![(id, to_json(&next))],
+                    records,
+                    parked,
+                    cursors,
                 },
             )?;
             ctx.metrics
@@ -845,7 +886,8 @@ impl FilesSource {
                     };
                     let text = text.trim_start_matches('\u{feff}');
                     let result = if plain {
-                        schema::normalize_json(ctx.emits, text).map(|r| Some((vec![r], None)))
+                        schema::normalize_json(ctx.emits, text)
+                            .map(|r| Some(RowOut::Records(vec![r], None)))
                     } else {
                         match serde_json::from_str::<serde_json::Value>(text) {
                             Ok(serde_json::Value::Object(obj)) => self
@@ -914,6 +956,14 @@ impl FilesSource {
         if self.cfg.skip_if.skips(row) {
             return Ok(None);
         }
+        if let (Some(states), Some(map)) = (&self.cfg.states, &self.cfg.map) {
+            let (agent, state, at) = map.change(row).map_err(|e| e.to_string())?;
+            return Ok(Some(RowOut::Change(Change {
+                agent: states.agent(&agent),
+                activity: states.activity(&state),
+                at,
+            })));
+        }
         let key = match &self.cfg.key {
             Some(k) => Some(k.render(row).map_err(|e| e.to_string())?),
             None => None,
@@ -922,7 +972,71 @@ impl FilesSource {
             Some(map) => map.apply_all(row).map_err(|e| e.to_string())?,
             None => vec![plain()?],
         };
-        Ok(Some((records, key)))
+        Ok(Some(RowOut::Records(records, key)))
+    }
+
+    /// Runs state changes through the interval builder: closed intervals become records,
+    /// out-of-order changes are parked. Returns the states cursor to commit with them.
+    fn apply_changes(
+        &mut self,
+        ctx: &SourceContext,
+        changes: Vec<ChangeRead>,
+        records: &mut Vec<NewRecord>,
+        parked: &mut Vec<Parked>,
+    ) -> (i64, String) {
+        let settings = self
+            .cfg
+            .states
+            .as_ref()
+            .expect("states configured")
+            .settings;
+        let (id, builder) = self.states.as_mut().expect("states loaded");
+        let mut closed = Vec::new();
+        for read in changes {
+            let before = closed.len();
+            match builder.apply(read.change, &settings, &mut closed) {
+                Ok(()) => records.extend(
+                    closed[before..]
+                        .iter()
+                        .map(|i| interval_record(ctx, i, &read.origin)),
+                ),
+                Err(reason) => parked.push(Parked {
+                    origin: read.origin,
+                    reason,
+                    raw: read.raw,
+                }),
+            }
+        }
+        (*id, serde_json::to_string(builder).expect("serializes"))
+    }
+
+    /// Emits and caps open agent states as time passes (`open_interval_flush`,
+    /// `max_interval`); returns how long until that is due again.
+    fn flush_states(&mut self, ctx: &SourceContext) -> Result<Duration, OutboxError> {
+        let idle = self.cfg.poll_interval;
+        let (Some(cfg), Some((id, builder))) = (&self.cfg.states, self.states.as_mut()) else {
+            return Ok(idle);
+        };
+        let now = jiff::Timestamp::now();
+        let mut closed = Vec::new();
+        if builder.flush(now, &cfg.settings, &mut closed) {
+            let records = closed
+                .iter()
+                .map(|i| interval_record(ctx, i, "open state"))
+                .collect();
+            commit(
+                ctx,
+                Commit {
+                    records,
+                    parked: Vec::new(),
+                    cursors: vec![(*id, serde_json::to_string(builder).expect("serializes"))],
+                },
+            )?;
+        }
+        Ok(builder
+            .next_flush(now, &cfg.settings)
+            .and_then(|d| Duration::try_from(d).ok())
+            .map_or(idle, |d| d.max(Duration::from_millis(100))))
     }
 
     fn warn_once(&mut self, path: &Path, message: String, ctx: &SourceContext) {
@@ -997,8 +1111,21 @@ impl Positions<'_> {
     }
 }
 
-/// A row's records and natural key; `None` for a row skipped on purpose.
-type RowOutcome = Result<Option<(Vec<String>, Option<String>)>, String>;
+/// What a row became: records with the row's natural key, or an agent state change; `None`
+/// for a row skipped on purpose.
+type RowOutcome = Result<Option<RowOut>, String>;
+
+enum RowOut {
+    Records(Vec<String>, Option<String>),
+    Change(Change),
+}
+
+/// A state change read, with where it came from (for the interval it closes, or for parking).
+struct ChangeRead {
+    change: Change,
+    origin: String,
+    raw: String,
+}
 
 #[derive(Default)]
 struct Step {
@@ -1012,6 +1139,8 @@ struct Step {
     expands: bool,
     /// The buffer held more rows than one commit takes; the rest is read again next.
     cut_short: bool,
+    /// Agent state changes, in order (`emits = "agent_states"`).
+    changes: Vec<ChangeRead>,
 }
 
 /// The most rows one commit takes: bounds memory for files of short rows.
@@ -1030,7 +1159,12 @@ impl Step {
     fn push(&mut self, cursor: i64, offset: u64, origin: String, outcome: RowOutcome, raw: &str) {
         match outcome {
             Ok(None) => self.skipped += 1,
-            Ok(Some((records, key))) => {
+            Ok(Some(RowOut::Change(change))) => self.changes.push(ChangeRead {
+                change,
+                origin,
+                raw: crate::push::classify::truncate(raw, 4096),
+            }),
+            Ok(Some(RowOut::Records(records, key))) => {
                 for (piece, payload) in records.into_iter().enumerate() {
                     let dkey = match &key {
                         Some(key) => natural_key(key, piece as u32),
@@ -1104,6 +1238,31 @@ fn commit(ctx: &SourceContext, c: Commit) -> Result<(), OutboxError> {
     m.parked.fetch_add(parked, Relaxed);
     m.last_activity_ms.store(crate::outbox::now_ms(), Relaxed);
     Ok(())
+}
+
+/// An interval as an agent-status record, keyed by agent and start so that the same interval
+/// built again is the same record.
+fn interval_record(ctx: &SourceContext, i: &Interval, origin: &str) -> NewRecord {
+    use crate::normalize::time::to_api;
+    if i.capped {
+        warn!(
+            source = %ctx.name,
+            agent = %i.agent,
+            "state {:?} since {} was never closed; cut at max_interval ({})",
+            i.activity, i.start, i.end
+        );
+    }
+    let payload = serde_json::json!({
+        "agentIdentifier": i.agent,
+        "activityIdentifier": i.activity,
+        "startTime": to_api(i.start),
+        "endTime": to_api(i.end),
+    });
+    NewRecord {
+        dkey: natural_key(&format!("{}\u{1f}{}", i.agent, i.start.as_millisecond()), 0),
+        payload: payload.to_string(),
+        origin: origin.to_owned(),
+    }
 }
 
 fn to_json(cur: &FileCursor) -> String {
