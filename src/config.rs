@@ -196,6 +196,27 @@ pub enum FileFormat {
     Ndjson,
     Csv,
     Tsv,
+    /// Asterisk's queue_log (`type = "asterisk_queue_log"`).
+    QueueLog,
+}
+
+/// What an `asterisk_queue_log` source sends for its queues.
+#[derive(Clone, Debug)]
+pub struct QueueLogConfig {
+    /// `channel` of every contact event (default "calls").
+    pub channel: String,
+    /// `[source.queues]`: Asterisk queue → (queueIdentifier, queueName); others use the
+    /// Asterisk queue name for both.
+    pub queues: std::collections::HashMap<String, (String, String)>,
+}
+
+impl QueueLogConfig {
+    pub fn queue(&self, name: &str) -> (String, String) {
+        self.queues
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| (name.to_owned(), name.to_owned()))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,9 +254,12 @@ impl StatesConfig {
         if self.logout.iter().any(|l| l.eq_ignore_ascii_case(state)) {
             return None;
         }
+        // "paused:lunch" falls back to "paused" (Asterisk pause reasons), then to "*".
+        let general = state.split_once(':').map(|(g, _)| g);
         Some(
             self.activities
                 .get(state)
+                .or_else(|| general.and_then(|g| self.activities.get(g)))
                 .or_else(|| self.activities.get("*"))
                 .cloned()
                 .unwrap_or_else(|| state.to_owned()),
@@ -346,6 +370,8 @@ pub struct FilesConfig {
     pub marker: Option<Marker>,
     /// `emits = "agent_states"`: rows are state changes, built into intervals.
     pub states: Option<StatesConfig>,
+    /// `type = "asterisk_queue_log"`.
+    pub queue_log: Option<QueueLogConfig>,
     /// Only files modified at or after this (`import --since`; not a configuration key).
     pub modified_since: Option<std::time::SystemTime>,
 }
@@ -494,6 +520,8 @@ struct RawSource {
     max_interval: Option<String>,
     watch: Option<String>,
     marker: Option<String>,
+    channel: Option<String>,
+    queues: Option<toml::Table>,
     stale_after: Option<String>,
     business_hours: Option<String>,
 }
@@ -1044,11 +1072,15 @@ impl Validator<'_> {
         let stale = self.stale(i, &label, &raw);
         let kind = match raw.kind.clone().as_deref() {
             Some("files") => self.files(i, &label, emits, raw),
-            Some(t @ ("asterisk_queue_log" | "http" | "sql" | "webhook")) => {
+            Some("asterisk_queue_log") => self.queue_log(i, &label, emits, raw),
+            Some(t @ ("http" | "sql" | "webhook")) => {
                 self.problem(
                     &at("type"),
                     &key("type"),
-                    format!("type {t:?} is not available in this version; available: \"files\""),
+                    format!(
+                        "type {t:?} is not available in this version; available: \"files\", \
+                         \"asterisk_queue_log\""
+                    ),
                 );
                 None
             }
@@ -1056,7 +1088,7 @@ impl Validator<'_> {
                 self.problem(
                     &at("type"),
                     &key("type"),
-                    format!("{t:?} is not a source type: use \"files\""),
+                    format!("{t:?} is not a source type: use \"files\" or \"asterisk_queue_log\""),
                 );
                 None
             }
@@ -1123,6 +1155,67 @@ impl Validator<'_> {
         Some(StalePolicy { after, hours })
     }
 
+    /// `type = "asterisk_queue_log"`: the files source tailing one queue_log (and its rotated
+    /// names), with the queue_log parser.
+    fn queue_log(
+        &mut self,
+        i: usize,
+        label: &str,
+        emits: Option<Emits>,
+        mut raw: RawSource,
+    ) -> Option<SourceKind> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        for (k, set) in [
+            ("format", raw.format.is_some()),
+            ("mode", raw.mode.is_some()),
+            ("include", raw.include.is_some()),
+            ("map", raw.map.is_some()),
+        ] {
+            if set {
+                self.problem(
+                    &at(k),
+                    &key(k),
+                    "does not apply to asterisk_queue_log: the file's format is fixed",
+                );
+            }
+        }
+        if emits == Some(Emits::AgentStatuses) && raw.emits.as_deref() != Some("agent_states") {
+            self.problem(
+                &at("emits"),
+                &key("emits"),
+                "asterisk_queue_log emits \"contact_events\" or \"agent_states\"",
+            );
+        }
+        let Some(file) = raw.path.take() else {
+            self.problem(
+                &at("path"),
+                &key("path"),
+                "is required: the queue_log file, e.g. /var/log/asterisk/queue_log",
+            );
+            return None;
+        };
+        let file = self.path(&file);
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+            self.problem(&at("path"), &key("path"), "names no file");
+            return None;
+        };
+        let name = globset::escape(&name.to_string_lossy());
+        raw.path = Some(dir.display().to_string());
+        // The file and its rotated names (queue_log.1 ...), but not compressed rotations.
+        raw.include = Some(vec![name.clone(), format!("{name}.*")]);
+        if raw.exclude.is_none() {
+            raw.exclude = Some(
+                [".*", "*.gz", "*.bz2", "*.xz", "*.zst", "*.tmp"]
+                    .map(String::from)
+                    .to_vec(),
+            );
+        }
+        raw.mode = Some("tail".into());
+        raw.format = Some("asterisk_queue_log".into());
+        self.files(i, label, emits, raw)
+    }
+
     fn files(
         &mut self,
         i: usize,
@@ -1157,13 +1250,69 @@ impl Validator<'_> {
                 &key("format"),
                 f,
                 FileFormat::Ndjson,
-                &[
-                    ("ndjson", FileFormat::Ndjson),
-                    ("csv", FileFormat::Csv),
-                    ("tsv", FileFormat::Tsv),
-                ],
+                if raw.kind.as_deref() == Some("asterisk_queue_log") {
+                    &[("asterisk_queue_log", FileFormat::QueueLog)]
+                } else {
+                    &[
+                        ("ndjson", FileFormat::Ndjson),
+                        ("csv", FileFormat::Csv),
+                        ("tsv", FileFormat::Tsv),
+                    ]
+                },
             )),
         };
+        let queue_log = (format == Some(FileFormat::QueueLog)).then(|| {
+            let mut queues = std::collections::HashMap::new();
+            for (q, v) in raw.queues.take().unwrap_or_default() {
+                let pair = match v {
+                    toml::Value::String(n) if !n.trim().is_empty() => Some((q.clone(), n)),
+                    toml::Value::Table(t) => {
+                        let get = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+                        match (get("identifier"), get("name")) {
+                            (Some(id), Some(n)) if t.len() == 2 => Some((id, n)),
+                            (Some(id), None) if t.len() == 1 => Some((id, q.clone())),
+                            (None, Some(n)) if t.len() == 1 => Some((q.clone(), n)),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match pair {
+                    Some(p) => {
+                        queues.insert(q, p);
+                    }
+                    None => self.problem(
+                        &at("queues"),
+                        &key(&format!("queues.{q}")),
+                        "write the queue's name, or { identifier = \"...\", name = \"...\" }",
+                    ),
+                }
+            }
+            let channel = raw.channel.take().unwrap_or_else(|| "calls".into());
+            if !crate::normalize::schema::CHANNELS.contains(&channel.as_str()) {
+                self.problem(
+                    &at("channel"),
+                    &key("channel"),
+                    format!(
+                        "{channel:?} is not a channel injixo knows: use one of {}",
+                        crate::normalize::schema::CHANNELS.join(", ")
+                    ),
+                );
+            }
+            QueueLogConfig { channel, queues }
+        });
+        for (k, set) in [
+            ("channel", raw.channel.is_some()),
+            ("queues", raw.queues.is_some()),
+        ] {
+            if set {
+                self.problem(
+                    &at(k),
+                    &key(k),
+                    "applies only to type = \"asterisk_queue_log\"",
+                );
+            }
+        }
         let mode = self.one_of(
             &at("mode"),
             &key("mode"),
@@ -1434,7 +1583,7 @@ impl Validator<'_> {
             }
         };
         let states = if raw.emits.as_deref() == Some("agent_states") {
-            if raw.map.is_none() {
+            if raw.map.is_none() && queue_log.is_none() {
                 self.problem(
                     &at("emits"),
                     &key("emits"),
@@ -1605,6 +1754,7 @@ impl Validator<'_> {
             watch,
             marker,
             states,
+            queue_log,
             modified_since: None,
         }))
     }

@@ -366,6 +366,8 @@ fn the_example_config_is_valid_and_documents_every_key() {
         "logout_states",
         "open_interval_flush",
         "max_interval",
+        "channel",
+        "[source.queues]",
         "[source.agents]",
         "[source.activities]",
         "[source.map]",

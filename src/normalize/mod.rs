@@ -6,5 +6,6 @@
 
 pub mod intervals;
 pub mod map;
+pub mod queue_log;
 pub mod schema;
 pub mod time;

@@ -37,6 +37,7 @@ use super::{Source, SourceContext};
 use crate::config::{After, FileFormat, FileMode, FilesConfig, StartAt, Watch};
 use crate::normalize::intervals::{Builder, Change, Interval};
 use crate::normalize::map::Row;
+use crate::normalize::queue_log;
 use crate::normalize::schema;
 use crate::outbox::{Commit, NewRecord, OutboxError, Parked, dedupe_key, natural_key};
 
@@ -107,10 +108,14 @@ pub struct FilesSource {
     first_pass: bool,
     /// `emits = "agent_states"`: the open states and the cursor row that stores them.
     states: Option<(i64, Builder)>,
+    /// `asterisk_queue_log`: calls waiting and agents' memberships, and their cursor row.
+    tracker: Option<(i64, queue_log::Tracker)>,
 }
 
 /// The cursor key under which a source's open agent states are stored.
 const STATES_CURSOR: &str = "agent-states";
+/// The cursor key of an asterisk_queue_log source's tracker.
+const TRACKER_CURSOR: &str = "queue-log";
 
 impl FilesSource {
     pub fn new(cfg: FilesConfig) -> Self {
@@ -125,6 +130,7 @@ impl FilesSource {
             buf: Vec::new(),
             first_pass: true,
             states: None,
+            tracker: None,
         }
     }
 }
@@ -189,28 +195,13 @@ impl FilesSource {
         let rows = ctx.outbox.cursors_blocking(ctx.id)?;
         let fresh = rows.is_empty();
         if self.cfg.states.is_some() {
-            let stored = rows.iter().find(|(_, key, _)| key == STATES_CURSOR);
-            self.states = Some(match stored {
-                Some((id, _, value)) => match serde_json::from_str(value) {
-                    Ok(b) => (*id, b),
-                    Err(e) => {
-                        warn!(source = %ctx.name, "open agent states unreadable, starting without: {e}");
-                        (*id, Builder::default())
-                    }
-                },
-                None => {
-                    let b = Builder::default();
-                    let id = ctx.outbox.create_cursor_blocking(
-                        ctx.id,
-                        STATES_CURSOR.into(),
-                        serde_json::to_string(&b).expect("serializes"),
-                    )?;
-                    (id, b)
-                }
-            });
+            self.states = Some(json_cursor(ctx, &rows, STATES_CURSOR)?);
+        }
+        if self.cfg.queue_log.is_some() {
+            self.tracker = Some(json_cursor(ctx, &rows, TRACKER_CURSOR)?);
         }
         for (id, key, value) in rows {
-            if key == STATES_CURSOR {
+            if key == STATES_CURSOR || key == TRACKER_CURSOR {
                 continue;
             }
             match serde_json::from_str(&value) {
@@ -824,9 +815,14 @@ impl FilesSource {
             let skipped = step.skipped;
             let mut cursors = vec![(id, to_json(&next))];
             let (mut records, mut parked) = (step.records, step.parked);
-            if !step.changes.is_empty() {
-                let (states_id, json) =
-                    self.apply_changes(ctx, step.changes, &mut records, &mut parked);
+            let mut changes = step.changes;
+            if !step.queue_log.is_empty() {
+                let (tracker_id, json) =
+                    self.apply_queue_log(step.queue_log, &mut records, &mut changes);
+                cursors.push((tracker_id, json));
+            }
+            if !changes.is_empty() {
+                let (states_id, json) = self.apply_changes(ctx, changes, &mut records, &mut parked);
                 cursors.push((states_id, json));
             }
             commit(
@@ -902,6 +898,27 @@ impl FilesSource {
                 }
                 step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
             }
+            FileFormat::QueueLog => {
+                let mut items = parse::lines(buf, last);
+                let cut = step.limit(&mut items);
+                for item in items {
+                    let origin_here = origin(item.newlines_before);
+                    let at = pos.at(item.start);
+                    let line = match self.cfg.charset.decode(item.value) {
+                        Ok(t) => t.into_owned(),
+                        Err(e) => {
+                            let raw = String::from_utf8_lossy(item.value);
+                            step.push(cur.id, at, origin_here, Err(e), &raw);
+                            continue;
+                        }
+                    };
+                    match queue_log::parse(&line) {
+                        Ok(_) => step.queue_log.push((origin_here, line)),
+                        Err(e) => step.push(cur.id, at, origin_here, Err(e), &line),
+                    }
+                }
+                step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
+            }
             FileFormat::Csv | FileFormat::Tsv => {
                 let (items, consumed) = parse::csv(
                     buf,
@@ -973,6 +990,56 @@ impl FilesSource {
             None => vec![plain()?],
         };
         Ok(Some(RowOut::Records(records, key)))
+    }
+
+    /// Runs queue_log lines through the tracker: ended calls become contact events (keyed by
+    /// call and queue), agents' state changes go on to the interval builder. Returns the
+    /// tracker's cursor to commit with them.
+    fn apply_queue_log(
+        &mut self,
+        lines: Vec<(String, String)>,
+        records: &mut Vec<NewRecord>,
+        changes: &mut Vec<ChangeRead>,
+    ) -> (i64, String) {
+        let cfg = self.cfg.queue_log.as_ref().expect("queue_log configured");
+        let (id, tracker) = self.tracker.as_mut().expect("tracker loaded");
+        for (origin, line) in lines {
+            let Ok(parsed) = queue_log::parse(&line) else {
+                continue;
+            };
+            let out = tracker.apply(&parsed);
+            if let (Some(call), None) = (out.call, &self.cfg.states) {
+                let (identifier, name) = cfg.queue(&call.queue);
+                let payload = serde_json::json!({
+                    "properties": {
+                        "offered": true,
+                        "handled": call.handled,
+                        "duration": call.duration,
+                    },
+                    "queueName": name,
+                    "queueIdentifier": identifier,
+                    "timestamp": crate::normalize::time::to_api(call.entered),
+                    "channel": cfg.channel,
+                });
+                records.push(NewRecord {
+                    dkey: natural_key(&format!("{}\u{1f}{}", call.callid, call.queue), 0),
+                    payload: payload.to_string(),
+                    origin: origin.clone(),
+                });
+            }
+            if let Some(states) = &self.cfg.states {
+                changes.extend(out.changes.into_iter().map(|c| ChangeRead {
+                    change: Change {
+                        agent: states.agent(&c.agent),
+                        activity: c.state.and_then(|s| states.activity(&s)),
+                        at: c.at,
+                    },
+                    origin: origin.clone(),
+                    raw: crate::push::classify::truncate(&line, 4096),
+                }));
+            }
+        }
+        (*id, serde_json::to_string(tracker).expect("serializes"))
     }
 
     /// Runs state changes through the interval builder: closed intervals become records,
@@ -1141,6 +1208,8 @@ struct Step {
     cut_short: bool,
     /// Agent state changes, in order (`emits = "agent_states"`).
     changes: Vec<ChangeRead>,
+    /// queue_log lines (origin, line), in order.
+    queue_log: Vec<(String, String)>,
 }
 
 /// The most rows one commit takes: bounds memory for files of short rows.
@@ -1238,6 +1307,34 @@ fn commit(ctx: &SourceContext, c: Commit) -> Result<(), OutboxError> {
     m.parked.fetch_add(parked, Relaxed);
     m.last_activity_ms.store(crate::outbox::now_ms(), Relaxed);
     Ok(())
+}
+
+/// A source's JSON state kept in a cursor row (`key`), created empty at the first start.
+fn json_cursor<T>(
+    ctx: &SourceContext,
+    rows: &[(i64, String, String)],
+    key: &str,
+) -> Result<(i64, T), OutboxError>
+where
+    T: Default + Serialize + serde::de::DeserializeOwned,
+{
+    match rows.iter().find(|(_, k, _)| k == key) {
+        Some((id, _, value)) => Ok((
+            *id,
+            serde_json::from_str(value).unwrap_or_else(|e| {
+                warn!(source = %ctx.name, "{key} state unreadable, starting without: {e}");
+                T::default()
+            }),
+        )),
+        None => {
+            let value = T::default();
+            let json = serde_json::to_string(&value).expect("serializes");
+            let id = ctx
+                .outbox
+                .create_cursor_blocking(ctx.id, key.into(), json)?;
+            Ok((id, value))
+        }
+    }
 }
 
 /// An interval as an agent-status record, keyed by agent and start so that the same interval
