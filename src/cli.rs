@@ -68,6 +68,25 @@ pub enum Command {
         #[arg(long, default_value_t = 5000)]
         records: usize,
     },
+    /// List the agent identifiers sent so far, per configuration id and external system.
+    Agents {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send kept records again (after mapping agent ids in injixo, say): those whose own time
+    /// (startTime, timestamp) is at or after --since.
+    Resend {
+        /// A date (2024-01-31, midnight UTC) or an RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        since: String,
+        /// Only this agent identifier's records.
+        #[arg(long, value_name = "ID")]
+        agent: Option<String>,
+        /// Only this source's records.
+        #[arg(long, value_name = "NAME")]
+        source: Option<String>,
+    },
     /// The Windows service: install (automatic start, restart on failure), uninstall, start,
     /// stop. Run as Administrator.
     Service {

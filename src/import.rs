@@ -111,16 +111,9 @@ pub fn main(
     }
 }
 
-/// `2024-01-31` (midnight UTC) or an RFC 3339 timestamp.
+/// `--since` as the modification time files must have.
 fn parse_since(s: &str) -> anyhow::Result<SystemTime> {
-    let ts = match s.parse::<jiff::civil::Date>() {
-        Ok(d) => jiff::tz::TimeZone::UTC
-            .to_ambiguous_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
-            .compatible()?,
-        Err(_) => s.parse::<jiff::Timestamp>().with_context(|| {
-            format!("--since {s:?} is neither a date like 2024-01-31 nor an RFC 3339 timestamp")
-        })?,
-    };
+    let ts = crate::normalize::time::parse_since(s).map_err(|e| anyhow::anyhow!("--since {e}"))?;
     let secs = u64::try_from(ts.as_second()).context("--since is before 1970")?;
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }

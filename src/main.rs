@@ -22,6 +22,12 @@ fn main() -> ExitCode {
         Command::Check { offline } => check::main(&path, offline),
         Command::Status { json } => status::main(&path, json),
         Command::Dead { action } => status::dead(&path, action),
+        Command::Agents { json } => status::agents(&path, json),
+        Command::Resend {
+            since,
+            agent,
+            source,
+        } => status::resend(&path, &since, agent, source),
         Command::Import {
             source,
             from,

@@ -38,6 +38,67 @@ pub fn main(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// `dead list|retry|drop`.
+/// `injixo-sync agents`.
+pub fn agents(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let agents = outbox::agents_sent(&config.state.path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&agents)?);
+    } else if agents.is_empty() {
+        println!("no agent statuses sent yet");
+    } else {
+        println!("configuration id  external system  agent  first sent  last sent");
+        for a in &agents {
+            println!(
+                "{}  {}  {}  {}  {}",
+                a.integration_id,
+                a.external_system,
+                a.agent,
+                when(a.first_sent_ms),
+                when(a.last_sent_ms)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `injixo-sync resend`.
+pub fn resend(
+    config_path: &Path,
+    since: &str,
+    agent: Option<String>,
+    source: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    if let Some(s) = &source {
+        anyhow::ensure!(
+            config.sources.iter().any(|c| c.name.as_str() == s),
+            "no source is named {s:?}"
+        );
+    }
+    let since =
+        crate::normalize::time::parse_since(since).map_err(|e| anyhow::anyhow!("--since {e}"))?;
+    let what = outbox::Resend {
+        since: crate::normalize::time::to_api(since),
+        agent,
+        source,
+    };
+    let n = outbox::resend(&config.state.path, &what)?;
+    println!(
+        "{n} kept record(s) from {} on pending again; a running daemon sends them within a \
+         minute (records older than keep_sent = {} are no longer kept)",
+        what.since,
+        humantime::format_duration(config.state.keep_sent)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn when(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_default()
+}
+
 pub fn dead(config_path: &Path, action: DeadAction) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     let state = &config.state.path;

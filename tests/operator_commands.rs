@@ -1,4 +1,5 @@
-//! The operator's commands: `dead list|retry|drop` beside a running daemon, and `send-test`.
+//! The operator's commands beside a running daemon: `dead list|retry|drop`, `agents`, `resend`,
+//! and `send-test`.
 
 mod support;
 
@@ -126,4 +127,69 @@ async fn send_test_shows_the_whole_answer_and_explains_a_refusal() {
         out.contains("problem: the API answered 401 Unauthorized"),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sent_are_listed_and_an_agents_records_are_sent_again() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = format!(
+        "[[source]]\nname = \"states\"\ntype = \"files\"\nintegration_id = 7\nemits = \"agent_statuses\"\n\
+         external_system = \"ACD\"\npath = {:?}\nformat = \"ndjson\"\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n",
+        env.exports.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let status = |agent: &str, hour: u32| {
+        format!(
+            "{{\"agentIdentifier\":\"{agent}\",\"activityIdentifier\":\"ready\",\
+             \"startTime\":\"2024-05-0{day}T{hour:02}:00:00Z\",\"endTime\":\"2024-05-0{day}T{hour:02}:30:00Z\"}}\n",
+            day = 1 + hour / 24,
+            hour = hour % 24
+        )
+    };
+    let lines: String = [("anna", 8), ("ben", 8), ("anna", 30), ("ben", 31)]
+        .iter()
+        .map(|(a, h)| status(a, *h))
+        .collect();
+    std::fs::write(env.exports.join("s.ndjson"), lines).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "4 statuses", || api.record_count() >= 4).await;
+    let cfg = env.config_file.to_str().unwrap();
+
+    let (code, out) = cli(&["--config", cfg, "agents"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("7  ACD  anna"), "{out}");
+    assert!(out.contains("7  ACD  ben"), "{out}");
+    let (_, json) = cli(&["--config", cfg, "agents", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(listed.len(), 2);
+
+    // Anna was mapped in injixo after her data arrived: her statuses since 2 May again.
+    let (code, out) = cli(&[
+        "--config",
+        cfg,
+        "resend",
+        "--since",
+        "2024-05-02",
+        "--agent",
+        "anna",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("1 kept record(s)"), "{out}");
+    // New input wakes the lane (an idle lane also looks again within a minute).
+    std::fs::write(env.exports.join("t.ndjson"), status("carl", 40)).unwrap();
+    wait_for(LIMIT, "the resent status", || api.record_count() >= 6).await;
+    daemon.stop().await;
+    let again: Vec<_> = api.records()[4..]
+        .iter()
+        .map(|r| (r["agentIdentifier"].clone(), r["startTime"].clone()))
+        .collect();
+    assert!(
+        again.contains(&("anna".into(), "2024-05-02T06:00:00Z".into())),
+        "{again:?}"
+    );
+
+    let (code, out) = cli(&["--config", cfg, "resend", "--since", "yesterday"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("neither a date"), "{out}");
 }

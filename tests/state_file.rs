@@ -182,3 +182,59 @@ async fn a_record_key_already_in_the_outbox_is_not_enqueued_again() {
     assert_eq!((first.inserted, first.duplicates), (2, 0));
     assert_eq!((second.inserted, second.duplicates), (1, 1));
 }
+
+#[tokio::test]
+async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outbox.db");
+    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let record = NewRecord {
+        dkey: dedupe_key(1, 0),
+        payload: "{}".into(),
+        origin: "a:1".into(),
+    };
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || {
+        ob.commit_blocking(
+            source,
+            lane,
+            Commit {
+                records: vec![record],
+                ..Commit::default()
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    drop(outbox);
+    writer.join().unwrap();
+    // What version 1 wrote: no `agents` table.
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    conn.execute_batch("DROP TABLE agents; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let (outbox, writer) = Outbox::open(&state).expect("a version 1 outbox opens");
+    drop(outbox);
+    writer.join().unwrap();
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let kept: i64 = conn
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 1, "migration keeps the records");
+    conn.query_row("SELECT count(*) FROM agents", [], |r| r.get::<_, i64>(0))
+        .expect("the agents table exists");
+    conn.execute_batch("PRAGMA user_version = 3;").unwrap();
+    drop(conn);
+    match Outbox::open(&state) {
+        Err(e @ OutboxError::Newer { .. }) => {
+            assert!(e.to_string().contains("newer"), "{e}")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a newer outbox was opened"),
+    }
+}

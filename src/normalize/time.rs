@@ -99,6 +99,19 @@ pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
         .map_err(|_| format!("{s:?} is not an RFC 3339 timestamp with an offset"))
 }
 
+/// An operator's point in time on the command line: a date (`2024-01-31`, midnight UTC) or an
+/// RFC 3339 timestamp.
+pub fn parse_since(s: &str) -> Result<Timestamp, String> {
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        return TimeZone::UTC
+            .to_ambiguous_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+            .compatible()
+            .map_err(|e| e.to_string());
+    }
+    s.parse::<Timestamp>()
+        .map_err(|_| format!("{s:?} is neither a date like 2024-01-31 nor an RFC 3339 timestamp"))
+}
+
 /// The API's form: RFC 3339, UTC, `Z`, fractional seconds only when present.
 pub fn to_api(ts: Timestamp) -> String {
     ts.to_string()

@@ -16,6 +16,7 @@
 
 mod dead;
 mod report;
+mod resend;
 mod schema;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ pub use dead::{Selection, dead_letters, drop_dead, retry_dead};
 pub use report::{
     DeadLetter, LaneReport, ParkedReport, Report, SourceReport, inspect, lane_depths, verify,
 };
+pub use resend::{AgentSent, Resend, agents_sent, resend};
 
 use crate::types::{LaneKey, SourceName};
 
@@ -748,6 +750,16 @@ pub struct Delivered {
 
 fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusqlite::Result<usize> {
     let now = now_ms();
+    // Agent identifiers sent, for `injixo-sync agents` (agent-status lanes only).
+    c.prepare_cached(
+        "INSERT INTO agents (lane_id, agent, first_sent, last_sent)
+         SELECT ?1, json_extract(r.payload, '$.agentIdentifier'), ?2, ?2
+         FROM records r JOIN lanes l ON l.id = ?1
+         WHERE l.emits = 'agent_statuses' AND r.batch_id = ?3 AND r.id BETWEEN ?4 AND ?5
+           AND r.state = 0 AND json_extract(r.payload, '$.agentIdentifier') IS NOT NULL
+         ON CONFLICT (lane_id, agent) DO UPDATE SET last_sent = excluded.last_sent",
+    )?
+    .execute(params![lane.0, now, done.batch, done.first, done.last])?;
     let n = c
         .prepare_cached(
             "UPDATE records SET state = 1, sent_at = ?1, batch_id = NULL

@@ -13,7 +13,7 @@ use super::OutboxError;
 /// `PRAGMA application_id`: "IJXS".
 pub const APPLICATION_ID: i32 = 0x494A_5853;
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -96,6 +96,17 @@ CREATE TABLE parked (
     raw       TEXT NOT NULL,
     at        INTEGER NOT NULL
 );
+"#;
+
+/// Version 2: the agent identifiers each lane has sent, for `injixo-sync agents`.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE agents (
+    lane_id    INTEGER NOT NULL,
+    agent      TEXT NOT NULL,
+    first_sent INTEGER NOT NULL,
+    last_sent  INTEGER NOT NULL,
+    PRIMARY KEY (lane_id, agent)
+) WITHOUT ROWID;
 "#;
 
 /// Opens (creating if absent) and migrates the outbox for writing.
@@ -250,16 +261,27 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
-    let instance: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-    let instance: String = instance.iter().map(|b| format!("{b:02x}")).collect();
-    let sql = format!(
+    // Each step in its own transaction: an interrupted migration leaves a valid older version.
+    let run = |sql: String| {
+        conn.execute_batch(&sql)
+            .map_err(|e| OutboxError::sqlite(path, e))
+    };
+    if version == 0 {
+        let instance: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+        let instance: String = instance.iter().map(|b| format!("{b:02x}")).collect();
+        run(format!(
+            "BEGIN IMMEDIATE;
+             {SCHEMA_V1}
+             INSERT INTO meta (key, value) VALUES ('instance', '{instance}');
+             PRAGMA application_id = {APPLICATION_ID};
+             PRAGMA user_version = 1;
+             COMMIT;"
+        ))?;
+    }
+    run(format!(
         "BEGIN IMMEDIATE;
-         {SCHEMA_V1}
-         INSERT INTO meta (key, value) VALUES ('instance', '{instance}');
-         PRAGMA application_id = {APPLICATION_ID};
-         PRAGMA user_version = {SCHEMA_VERSION};
+         {SCHEMA_V2}
+         PRAGMA user_version = 2;
          COMMIT;"
-    );
-    conn.execute_batch(&sql)
-        .map_err(|e| OutboxError::sqlite(path, e))
+    ))
 }

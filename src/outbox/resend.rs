@@ -1,0 +1,95 @@
+//! Sending kept records again, and the agent identifiers sent so far.
+//!
+//! injixo drops agent statuses of agent ids it cannot map to an employee; once the operator
+//! has mapped them in injixo, the data must be sent again. `injixo-sync agents` lists every
+//! agent id each lane has sent (first and last time), and `injixo-sync resend --since TIME
+//! [--agent ID] [--source NAME]` makes kept records (those delivered within `keep_sent`) whose
+//! own time (`startTime` of an agent status, `timestamp` of a contact event) is at or after
+//! TIME pending again. Like `dead retry`, it is one short transaction beside a running daemon,
+//! and it lowers the lanes' `scanned_to` so the records are batched again (with new
+//! idempotency keys: it is meant to reach injixo again).
+
+use std::path::Path;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{OutboxError, schema};
+
+/// Which kept records to send again.
+#[derive(Clone, Debug, Default)]
+pub struct Resend {
+    /// The records' own time, in the API's form (`2024-05-01T00:00:00Z`): at or after.
+    pub since: String,
+    pub agent: Option<String>,
+    pub source: Option<String>,
+}
+
+/// An agent identifier a lane has sent.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentSent {
+    pub integration_id: i64,
+    pub external_system: String,
+    pub agent: String,
+    pub first_sent_ms: i64,
+    pub last_sent_ms: i64,
+}
+
+/// Makes the chosen kept records pending again; returns how many.
+pub fn resend(path: &Path, what: &Resend) -> Result<usize, OutboxError> {
+    let conn = schema::open_admin(path)?;
+    let run = || -> rusqlite::Result<usize> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        // The records' own time: startTime (agent statuses) or timestamp (contact events).
+        let chosen = "FROM records r
+             WHERE r.state = 1
+               AND coalesce(json_extract(r.payload, '$.startTime'),
+                            json_extract(r.payload, '$.timestamp')) >= ?1
+               AND (?2 IS NULL OR json_extract(r.payload, '$.agentIdentifier') = ?2)
+               AND (?3 IS NULL OR r.source_id = (SELECT id FROM sources WHERE name = ?3))";
+        conn.execute(
+            &format!(
+                "UPDATE lanes SET scanned_to = min(scanned_to, (SELECT min(r.id) - 1 {chosen}
+                   AND r.lane_id = lanes.id))
+                 WHERE EXISTS (SELECT 1 {chosen} AND r.lane_id = lanes.id)"
+            ),
+            params![what.since, what.agent, what.source],
+        )?;
+        let n = conn.execute(
+            &format!(
+                "UPDATE records SET state = 0, batch_id = NULL, sent_at = NULL
+                 WHERE id IN (SELECT r.id {chosen})"
+            ),
+            params![what.since, what.agent, what.source],
+        )?;
+        conn.execute_batch("COMMIT")?;
+        Ok(n)
+    };
+    run().map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        OutboxError::sqlite(path, e)
+    })
+}
+
+/// Every agent identifier sent, by lane, in order of first sending.
+pub fn agents_sent(path: &Path) -> Result<Vec<AgentSent>, OutboxError> {
+    let conn = schema::open_ro(path)?;
+    let rows = || -> rusqlite::Result<Vec<AgentSent>> {
+        conn.prepare(
+            "SELECT l.integration_id, l.external_system, a.agent, a.first_sent, a.last_sent
+             FROM agents a JOIN lanes l ON l.id = a.lane_id
+             ORDER BY l.integration_id, l.external_system, a.first_sent, a.agent",
+        )?
+        .query_map([], |r| {
+            Ok(AgentSent {
+                integration_id: r.get(0)?,
+                external_system: r.get(1)?,
+                agent: r.get(2)?,
+                first_sent_ms: r.get(3)?,
+                last_sent_ms: r.get(4)?,
+            })
+        })?
+        .collect()
+    };
+    rows().map_err(|e| OutboxError::sqlite(path, e))
+}
