@@ -74,6 +74,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The queues sent so far, and contact events held back because they bring a new name
+    /// for a known queue identifier (injixo would make a second queue of it).
+    Queues {
+        #[command(subcommand)]
+        action: Option<QueueAction>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send kept records again (after mapping agent ids in injixo, say): those whose own time
     /// (startTime, timestamp) is at or after --since.
     Resend {
@@ -104,6 +113,27 @@ pub enum Command {
         #[arg(long)]
         key: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// Accept the new name: its held records are sent (injixo makes a queue of it).
+    Confirm(QueueChoice),
+    /// Give the held records of that name up.
+    Drop(QueueChoice),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueueChoice {
+    /// The configuration id (meta.integrationConfigurationId).
+    #[arg(long)]
+    pub integration_id: i64,
+    /// The queue identifier.
+    #[arg(long)]
+    pub identifier: String,
+    /// The new name, as `queues` shows it.
+    #[arg(long)]
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Status { json } => status::main(&path, json),
         Command::Dead { action } => status::dead(&path, action),
         Command::Agents { json } => status::agents(&path, json),
+        Command::Queues { action, json } => status::queues(&path, action, json),
         Command::Resend {
             since,
             agent,

@@ -62,6 +62,82 @@ pub fn agents(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `injixo-sync queues [confirm|drop]`.
+pub fn queues(
+    config_path: &Path,
+    action: Option<crate::cli::QueueAction>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::cli::QueueAction;
+    let config = Config::load(config_path)?;
+    let state = &config.state.path;
+    match action {
+        Some(QueueAction::Confirm(q)) => {
+            let n = outbox::confirm_queue(state, q.integration_id, &q.identifier, &q.name, true)?;
+            println!(
+                "{:?} accepted as a name of queue {:?}; {n} held record(s) pending again",
+                q.name, q.identifier
+            );
+        }
+        Some(QueueAction::Drop(q)) => {
+            let n = outbox::confirm_queue(state, q.integration_id, &q.identifier, &q.name, false)?;
+            println!(
+                "{n} held record(s) of {:?} / {:?} given up",
+                q.identifier, q.name
+            );
+        }
+        None => {
+            let (known, held) = outbox::queues(state)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"queues": known, "held": held})
+                    )?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if known.is_empty() {
+                println!("no contact events sent yet");
+            }
+            for q in &known {
+                println!(
+                    "{}  {}  {:?}  {}  since {}",
+                    q.integration_id,
+                    q.identifier,
+                    q.name,
+                    q.channel,
+                    when(q.first_sent_ms)
+                );
+            }
+            for h in &held {
+                println!(
+                    "HELD {} record(s): configuration id {}, identifier {:?} under the new name \
+                     {:?} (injixo knows it as {}); accept with `injixo-sync queues confirm \
+                     --integration-id {} --identifier {:?} --name {:?}`, or fix the map and \
+                     `queues drop` them",
+                    h.records,
+                    h.integration_id,
+                    h.identifier,
+                    h.new_name,
+                    h.known_names
+                        .iter()
+                        .map(|n| format!("{n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    h.integration_id,
+                    h.identifier,
+                    h.new_name
+                );
+            }
+            if !held.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `injixo-sync resend`.
 pub fn resend(
     config_path: &Path,

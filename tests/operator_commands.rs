@@ -193,3 +193,56 @@ async fn agents_sent_are_listed_and_an_agents_records_are_sent_again() {
     assert_eq!(code, 1);
     assert!(out.contains("neither a date"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_name_for_a_known_queue_is_held_until_the_operator_decides() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    std::fs::write(env.exports.join("a.ndjson"), events(1..=3)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "3 records", || api.record_count() >= 3).await;
+    // The queue was renamed in the ACD: same identifier, new name.
+    let renamed = |ids: std::ops::RangeInclusive<u64>| {
+        events(ids).replace(
+            "\"queueName\":\"Support\"",
+            "\"queueName\":\"Support Hamburg\"",
+        )
+    };
+    std::fs::write(env.exports.join("b.ndjson"), renamed(4..=6)).unwrap();
+    std::fs::write(env.exports.join("c.ndjson"), events(7..=8)).unwrap();
+    wait_for(LIMIT, "the old name's records", || api.record_count() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.record_count(), 5, "the renamed ones are held back");
+    let cfg = env.config_file.to_str().unwrap();
+    let (code, out) = cli(&["--config", cfg, "queues"]);
+    assert_eq!(code, 1, "held records make `queues` fail: {out}");
+    assert!(out.contains("1234  support  \"Support\"  calls"), "{out}");
+    assert!(
+        out.contains("HELD 3 record(s): configuration id 1234, identifier \"support\" under the new name \"Support Hamburg\" (injixo knows it as \"Support\")"),
+        "{out}"
+    );
+    let (code, out) = cli(&[
+        "--config",
+        cfg,
+        "queues",
+        "confirm",
+        "--integration-id",
+        "1234",
+        "--identifier",
+        "support",
+        "--name",
+        "Support Hamburg",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 held record(s) pending again"), "{out}");
+    std::fs::write(env.exports.join("d.ndjson"), renamed(9..=9)).unwrap();
+    wait_for(LIMIT, "all 9", || api.record_count() >= 9).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 9);
+    assert!(got.values().all(|n| *n == 1));
+    let (code, _) = cli(&["--config", cfg, "queues"]);
+    assert_eq!(code, 0);
+}

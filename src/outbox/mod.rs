@@ -15,6 +15,7 @@
 //! the same records under the same key.
 
 mod dead;
+mod guard;
 mod report;
 mod resend;
 mod schema;
@@ -29,6 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use dead::{Selection, dead_letters, drop_dead, retry_dead};
+pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
 pub use report::{
     DeadLetter, LaneReport, ParkedReport, Report, SourceReport, inspect, lane_depths, verify,
 };
@@ -683,26 +685,33 @@ fn next_batch(
     let scanned: i64 = c
         .prepare_cached("SELECT scanned_to FROM lanes WHERE id = ?1")?
         .query_row([lane.0], |r| r.get(0))?;
-    let mut stmt = c.prepare_cached(
-        "SELECT id, payload, created FROM records
-         WHERE id > ?1 AND lane_id = ?2 AND state = 0 AND batch_id IS NULL ORDER BY id LIMIT ?3",
-    )?;
-    let mut rows = stmt.query(params![scanned, lane.0, max_records as i64])?;
-    let mut records = Vec::new();
-    let mut bytes = 64;
-    let mut oldest = None;
-    let mut full = false;
-    while let Some(row) = rows.next()? {
-        let payload: String = row.get(1)?;
-        if !records.is_empty() && bytes + payload.len() + 1 > max_bytes {
-            full = true;
+    let (mut records, mut oldest, mut full);
+    loop {
+        let mut stmt = c.prepare_cached(
+            "SELECT id, payload, created FROM records
+             WHERE id > ?1 AND lane_id = ?2 AND state = 0 AND batch_id IS NULL ORDER BY id LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(params![scanned, lane.0, max_records as i64])?;
+        records = Vec::new();
+        let mut bytes = 64;
+        oldest = None;
+        full = false;
+        while let Some(row) = rows.next()? {
+            let payload: String = row.get(1)?;
+            if !records.is_empty() && bytes + payload.len() + 1 > max_bytes {
+                full = true;
+                break;
+            }
+            bytes += payload.len() + 1;
+            oldest.get_or_insert(row.get::<_, i64>(2)?);
+            records.push((row.get::<_, i64>(0)?, payload));
+        }
+        drop(rows);
+        // Held records leave the batch; if that empties it, look again past them.
+        if guard::hold_renamed_queues(c, lane, &mut records)? == 0 || !records.is_empty() {
             break;
         }
-        bytes += payload.len() + 1;
-        oldest.get_or_insert(row.get::<_, i64>(2)?);
-        records.push((row.get::<_, i64>(0)?, payload));
     }
-    drop(rows);
     let Some(oldest) = oldest else {
         // Nothing of ours above `scanned_to`: the next scan can start at the newest record.
         c.prepare_cached(

@@ -98,7 +98,9 @@ CREATE TABLE parked (
 );
 "#;
 
-/// Version 2: the agent identifiers each lane has sent, for `injixo-sync agents`.
+/// Version 2: the agent identifiers each lane has sent (`injixo-sync agents`), and the queues
+/// (identifier and name per configuration id) contact events were sent under (the queue
+/// guard). Records held back by the guard have state 4.
 const SCHEMA_V2: &str = r#"
 CREATE TABLE agents (
     lane_id    INTEGER NOT NULL,
@@ -106,6 +108,14 @@ CREATE TABLE agents (
     first_sent INTEGER NOT NULL,
     last_sent  INTEGER NOT NULL,
     PRIMARY KEY (lane_id, agent)
+) WITHOUT ROWID;
+CREATE TABLE queues (
+    integration_id INTEGER NOT NULL,
+    identifier     TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    channel        TEXT NOT NULL,
+    first_sent     INTEGER NOT NULL,
+    PRIMARY KEY (integration_id, identifier, name)
 ) WITHOUT ROWID;
 "#;
 

@@ -1,0 +1,252 @@
+//! The queue guard. injixo makes a new queue of every new combination of configuration id,
+//! `queueIdentifier` and `queueName`: a queue renamed in an ACD or a map would silently split
+//! the customer's history in two. So the outbox remembers every combination it has sent, and
+//! when a batch is formed, contact events that bring a *new name for a known identifier* are
+//! held back (state 4) instead. `injixo-sync queues` shows them with the name injixo knows;
+//! `injixo-sync queues confirm` accepts the new name (the records are then sent, and injixo
+//! makes the second queue the operator asked for), `injixo-sync queues drop` gives them up
+//! (after the map is fixed and the input read again, say). The operator decides; there is
+//! never a silent duplicate. New identifiers are simply remembered.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::{LaneId, OutboxError, now_ms, schema};
+
+#[derive(Deserialize)]
+struct QueueOf<'a> {
+    #[serde(rename = "queueIdentifier", borrow)]
+    identifier: Cow<'a, str>,
+    #[serde(rename = "queueName", borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+}
+
+/// Removes from `records` (and marks held) the contact events whose queue identifier is known
+/// under another name; remembers new identifiers. Returns how many were held.
+pub(super) fn hold_renamed_queues(
+    c: &Connection,
+    lane: LaneId,
+    records: &mut Vec<(i64, String)>,
+) -> rusqlite::Result<usize> {
+    let (emits, integration): (String, i64) = c
+        .prepare_cached("SELECT emits, integration_id FROM lanes WHERE id = ?1")?
+        .query_row([lane.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if emits != "contact_events" || records.is_empty() {
+        return Ok(0);
+    }
+    let mut verdicts: HashMap<(String, String), bool> = HashMap::new();
+    let mut held = Vec::new();
+    for (id, payload) in records.iter() {
+        let Ok(q) = serde_json::from_str::<QueueOf<'_>>(payload) else {
+            continue;
+        };
+        let key = (q.identifier.to_string(), q.name.to_string());
+        let allowed = match verdicts.get(&key) {
+            Some(v) => *v,
+            None => {
+                let v = verdict(c, integration, &q)?;
+                verdicts.insert(key, v);
+                v
+            }
+        };
+        if !allowed {
+            held.push(*id);
+        }
+    }
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let mut hold = c.prepare_cached("UPDATE records SET state = 4 WHERE id = ?1 AND state = 0")?;
+    for id in &held {
+        hold.execute([id])?;
+    }
+    records.retain(|(id, _)| !held.contains(id));
+    for ((identifier, name), allowed) in verdicts {
+        if !allowed {
+            tracing::error!(
+                integration_id = integration,
+                "contact events for queue identifier {identifier:?} came with the new name \
+                 {name:?}: held back, since injixo would make a second queue of it; see \
+                 `injixo-sync queues`"
+            );
+        }
+    }
+    Ok(held.len())
+}
+
+/// Whether a record's queue may be sent: its identifier is new (then remembered) or known
+/// under this name.
+fn verdict(c: &Connection, integration: i64, q: &QueueOf<'_>) -> rusqlite::Result<bool> {
+    let known: Option<i64> = c
+        .prepare_cached(
+            "SELECT count(*) FROM queues WHERE integration_id = ?1 AND identifier = ?2
+             HAVING count(*) > 0",
+        )?
+        .query_row(params![integration, q.identifier], |r| r.get(0))
+        .optional()?;
+    if known.is_none() {
+        c.prepare_cached(
+            "INSERT INTO queues (integration_id, identifier, name, channel, first_sent)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            integration,
+            q.identifier,
+            q.name,
+            q.channel,
+            now_ms()
+        ])?;
+        return Ok(true);
+    }
+    let same: i64 = c
+        .prepare_cached(
+            "SELECT count(*) FROM queues WHERE integration_id = ?1 AND identifier = ?2
+             AND name = ?3",
+        )?
+        .query_row(params![integration, q.identifier, q.name], |r| r.get(0))?;
+    Ok(same > 0)
+}
+
+/// A queue as sent: configuration id, identifier, name, channel, since when.
+#[derive(Clone, Debug, Serialize)]
+pub struct KnownQueue {
+    pub integration_id: i64,
+    pub identifier: String,
+    pub name: String,
+    pub channel: String,
+    pub first_sent_ms: i64,
+}
+
+/// Records held back: a new name for a known identifier.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldQueue {
+    pub integration_id: i64,
+    pub identifier: String,
+    pub new_name: String,
+    pub known_names: Vec<String>,
+    pub records: i64,
+}
+
+/// The queues sent so far and the records held back.
+pub fn queues(path: &Path) -> Result<(Vec<KnownQueue>, Vec<HeldQueue>), OutboxError> {
+    let conn = schema::open_ro(path)?;
+    let read = || -> rusqlite::Result<(Vec<KnownQueue>, Vec<HeldQueue>)> {
+        let known: Vec<KnownQueue> = conn
+            .prepare(
+                "SELECT integration_id, identifier, name, channel, first_sent FROM queues
+                 ORDER BY integration_id, identifier, first_sent",
+            )?
+            .query_map([], |r| {
+                Ok(KnownQueue {
+                    integration_id: r.get(0)?,
+                    identifier: r.get(1)?,
+                    name: r.get(2)?,
+                    channel: r.get(3)?,
+                    first_sent_ms: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let held = conn
+            .prepare(
+                "SELECT l.integration_id, json_extract(r.payload, '$.queueIdentifier'),
+                        json_extract(r.payload, '$.queueName'), count(*)
+                 FROM records r JOIN lanes l ON l.id = r.lane_id
+                 WHERE r.state = 4 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            )?
+            .query_map([], |r| {
+                Ok(HeldQueue {
+                    integration_id: r.get(0)?,
+                    identifier: r.get(1)?,
+                    new_name: r.get(2)?,
+                    known_names: Vec::new(),
+                    records: r.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .map(|mut h| {
+                h.known_names = known
+                    .iter()
+                    .filter(|k| {
+                        k.integration_id == h.integration_id && k.identifier == h.identifier
+                    })
+                    .map(|k| k.name.clone())
+                    .collect();
+                h
+            })
+            .collect();
+        Ok((known, held))
+    };
+    read().map_err(|e| OutboxError::sqlite(path, e))
+}
+
+/// Accepts `name` for a known identifier (`accept`: held records with it become pending) or
+/// gives its held records up; returns how many records.
+pub fn confirm_queue(
+    path: &Path,
+    integration: i64,
+    identifier: &str,
+    name: &str,
+    accept: bool,
+) -> Result<usize, OutboxError> {
+    let conn = schema::open_admin(path)?;
+    let run = || -> rusqlite::Result<usize> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let held = "FROM records r JOIN lanes l ON l.id = r.lane_id
+             WHERE r.state = 4 AND l.integration_id = ?1
+               AND json_extract(r.payload, '$.queueIdentifier') = ?2
+               AND json_extract(r.payload, '$.queueName') = ?3";
+        if !accept {
+            let n = conn.execute(
+                &format!(
+                    "UPDATE records SET state = 3, sent_at = ?4 WHERE id IN (SELECT r.id {held})"
+                ),
+                params![integration, identifier, name, now_ms()],
+            )?;
+            conn.execute_batch("COMMIT")?;
+            return Ok(n);
+        }
+        let channel: Option<String> = conn
+            .query_row(
+                &format!("SELECT json_extract(r.payload, '$.channel') {held} LIMIT 1"),
+                params![integration, identifier, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        conn.execute(
+            "INSERT OR IGNORE INTO queues (integration_id, identifier, name, channel, first_sent)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                integration,
+                identifier,
+                name,
+                channel.unwrap_or_else(|| "calls".into()),
+                now_ms()
+            ],
+        )?;
+        conn.execute(
+            &format!(
+                "UPDATE lanes SET scanned_to = min(scanned_to, (SELECT min(r.id) - 1 {held}
+                   AND r.lane_id = lanes.id))
+                 WHERE EXISTS (SELECT 1 {held} AND r.lane_id = lanes.id)"
+            ),
+            params![integration, identifier, name],
+        )?;
+        let n = conn.execute(
+            &format!("UPDATE records SET state = 0 WHERE id IN (SELECT r.id {held})"),
+            params![integration, identifier, name],
+        )?;
+        conn.execute_batch("COMMIT")?;
+        Ok(n)
+    };
+    run().map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        OutboxError::sqlite(path, e)
+    })
+}
