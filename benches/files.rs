@@ -7,6 +7,11 @@
 //!    which must not grow with the file.
 //! 3. Latency from a line appended to its commit in tail mode, with file events and with the
 //!    poll scan alone (poll_interval = "1s"): p50 and p99 over BENCH_APPENDS lines (200).
+//! 4. A synthetic Asterisk queue_log of BENCH_QUEUE_LOG_CALLS calls (default 200,000; about
+//!    six lines each, with agents logging in, pausing and taking calls): lines/s into contact
+//!    events.
+//! 5. The interval builder alone, in this process: state changes/s for 1,000,000 changes of
+//!    500 agents.
 //!
 //! The fake API is down (503) throughout, so the outbox only fills and reading is measured
 //! alone.
@@ -25,6 +30,7 @@ fn main() {
     let csv_rows = env_or("BENCH_CSV_ROWS", 1_000_000);
     let tail_mb = env_or("BENCH_TAIL_MB", 1024);
     let appends = env_or("BENCH_APPENDS", 200);
+    let ql_calls = env_or("BENCH_QUEUE_LOG_CALLS", 200_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -37,13 +43,17 @@ fn main() {
     let (tail_rows, tail_secs, tail_rss) = big_tail(&api.url(), tail_mb);
     let events = latency(&api.url(), "events", appends);
     let poll = latency(&api.url(), "poll", appends);
+    let (ql_lines, ql_secs) = queue_log(&api.url(), ql_calls);
+    let builder_rate = builder();
 
     let table = format!(
         "| measure (release build, {} cores) | value |\n|---|---:|\n\
          | CSV with a map, {csv_rows} rows | {:.0} rows/s ({csv_secs:.2} s), peak RSS {:.1} MB |\n\
          | tail of a {tail_mb} MiB file, {tail_rows} rows | {:.0} rows/s ({tail_secs:.1} s), peak RSS {:.1} MB |\n\
          | append → commit, file events | p50 {:.1} ms, p99 {:.1} ms |\n\
-         | append → commit, poll scan every 1 s | p50 {:.0} ms, p99 {:.0} ms |\n",
+         | append → commit, poll scan every 1 s | p50 {:.0} ms, p99 {:.0} ms |\n\
+         | Asterisk queue_log, {ql_calls} calls, {ql_lines} lines | {:.0} lines/s ({ql_secs:.1} s) |\n\
+         | interval builder, 1,000,000 changes of 500 agents | {:.0} changes/s |\n",
         cores(),
         csv_rows as f64 / csv_secs,
         csv_rss as f64 / 1024.0,
@@ -53,6 +63,8 @@ fn main() {
         events.1,
         poll.0,
         poll.1,
+        ql_lines as f64 / ql_secs,
+        builder_rate,
     );
     save(
         "files",
@@ -67,6 +79,9 @@ fn main() {
             "tail_peak_rss_kib": tail_rss,
             "latency_events_ms": {"p50": events.0, "p99": events.1},
             "latency_poll_1s_ms": {"p50": poll.0, "p99": poll.1},
+            "queue_log_lines": ql_lines,
+            "queue_log_lines_per_s": ql_lines as f64 / ql_secs,
+            "builder_changes_per_s": builder_rate,
         }),
     );
 }
@@ -193,6 +208,78 @@ fn latency(url: &str, watch: &str, appends: u64) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     (at(0.5), at(0.99))
+}
+
+/// (lines, seconds) to read a synthetic queue_log into contact events.
+fn queue_log(url: &str, calls: u64) -> (u64, f64) {
+    let (dir, state) = setup(url, "");
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "type = \"files\"\nintegration_id = 1\nemits = \"contact_events\"\npath = \"exports\"\n",
+        "type = \"asterisk_queue_log\"\nintegration_id = 1\nemits = \"contact_events\"\npath = \"exports/queue_log\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut log = String::new();
+    let mut lines = 0u64;
+    let t0 = 1_764_000_000u64;
+    for agent in 0..50 {
+        let _ = writeln!(log, "{t0}|NONE|support|SIP/{agent}|ADDMEMBER|");
+        lines += 1;
+    }
+    for c in 0..calls {
+        let t = t0 + c;
+        let agent = c % 50;
+        let q = ["support", "sales", "billing"][(c % 3) as usize];
+        let _ = writeln!(log, "{t}|c{c}|{q}|NONE|ENTERQUEUE||0401234{c}|1");
+        if c % 10 == 0 {
+            let _ = writeln!(log, "{}|c{c}|{q}|NONE|ABANDON|1|1|12", t + 12);
+            lines += 2;
+            continue;
+        }
+        let _ = writeln!(log, "{}|c{c}|{q}|SIP/{agent}|RINGNOANSWER|15000", t + 5);
+        let _ = writeln!(log, "{}|c{c}|{q}|SIP/{agent}|CONNECT|20|c{c}.1|3", t + 20);
+        let _ = writeln!(log, "{}|NONE|{q}|SIP/{agent}|PAUSE|after call", t + 60);
+        let _ = writeln!(
+            log,
+            "{}|c{c}|{q}|SIP/{agent}|COMPLETEAGENT|20|120|1",
+            t + 140
+        );
+        let _ = writeln!(log, "{}|NONE|{q}|SIP/{agent}|UNPAUSE|", t + 150);
+        lines += 6;
+    }
+    std::fs::write(dir.path().join("exports/queue_log"), log).unwrap();
+    let start = Instant::now();
+    let child = run_in(dir.path());
+    wait(Duration::from_secs(900), || committed(&state) >= calls);
+    let secs = start.elapsed().as_secs_f64();
+    stop(child);
+    (lines, secs)
+}
+
+/// State changes/s through the interval builder.
+fn builder() -> f64 {
+    use injixo_sync::normalize::intervals::{Builder, Change, Settings};
+    let settings = Settings {
+        max_interval: jiff::SignedDuration::from_hours(12),
+        flush_after: None,
+    };
+    let states = ["available", "on_call", "wrap_up", "break"];
+    let agents: Vec<String> = (0..500).map(|a| format!("agent{a}")).collect();
+    let t0 = jiff::Timestamp::from_second(1_764_000_000).unwrap();
+    let mut b = Builder::default();
+    let mut out = Vec::with_capacity(1 << 20);
+    let start = Instant::now();
+    for i in 0..1_000_000i64 {
+        let change = Change {
+            agent: agents[(i % 500) as usize].clone(),
+            activity: Some(states[((i / 500) % 4) as usize].to_owned()),
+            at: t0 + jiff::SignedDuration::from_secs(i),
+        };
+        b.apply(change, &settings, &mut out).unwrap();
+    }
+    let rate = 1_000_000.0 / start.elapsed().as_secs_f64();
+    assert!(out.len() > 990_000);
+    rate
 }
 
 fn run_in(dir: &Path) -> std::process::Child {
