@@ -209,9 +209,9 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
     .unwrap();
     drop(outbox);
     writer.join().unwrap();
-    // What version 1 wrote: no `agents` table.
+    // What version 1 wrote: no `agents` or `queues` table.
     let conn = rusqlite::Connection::open(&state).unwrap();
-    conn.execute_batch("DROP TABLE agents; PRAGMA user_version = 1;")
+    conn.execute_batch("DROP TABLE agents; DROP TABLE queues; PRAGMA user_version = 1;")
         .unwrap();
     drop(conn);
     let (outbox, writer) = Outbox::open(&state).expect("a version 1 outbox opens");
