@@ -257,6 +257,14 @@ pub fn render(r: &Report, path: &Path, now_ms: i64, silent: &[(String, String)])
                 .unwrap_or_default();
             let _ = writeln!(out, "    {}{when}: {e}", l.health);
         }
+        if l.held > 0 {
+            let _ = writeln!(
+                out,
+                "    {} record(s) held back: a new name for a known queue identifier \
+                 (`injixo-sync queues` says which, and how to decide)",
+                l.held
+            );
+        }
         if l.unknown_outcome_retries > 0 {
             let _ = writeln!(
                 out,

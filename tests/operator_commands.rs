@@ -216,6 +216,8 @@ async fn a_new_name_for_a_known_queue_is_held_until_the_operator_decides() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.record_count(), 5, "the renamed ones are held back");
     let cfg = env.config_file.to_str().unwrap();
+    let (_, out) = cli(&["--config", cfg, "status"]);
+    assert!(out.contains("3 record(s) held back"), "{out}");
     let (code, out) = cli(&["--config", cfg, "queues"]);
     assert_eq!(code, 1, "held records make `queues` fail: {out}");
     assert!(out.contains("1234  support  \"Support\"  calls"), "{out}");

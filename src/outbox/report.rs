@@ -30,6 +30,8 @@ pub struct LaneReport {
     pub oldest_pending_ms: Option<i64>,
     pub sent_kept: i64,
     pub dead: i64,
+    /// Held back by the queue guard (`injixo-sync queues`).
+    pub held: i64,
     pub delivered_total: i64,
     pub unknown_outcome_retries: i64,
 }
@@ -115,7 +117,8 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
                 (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 0),
                 (SELECT min(created) FROM records r WHERE r.lane_id = l.id AND r.state = 0),
                 (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 1),
-                (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 2)
+                (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 2),
+                (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 4)
          FROM lanes l ORDER BY l.id",
     )?;
     let mut rows = stmt.query([])?;
@@ -135,6 +138,7 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
             oldest_pending_ms: r.get(11)?,
             sent_kept: r.get(12)?,
             dead: r.get(13)?,
+            held: r.get(14)?,
         });
     }
     drop(rows);
