@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, error, info, warn};
 
-use super::parse;
+use super::parse::{self, Charset};
 use super::{Source, SourceContext};
 use crate::config::{After, FileFormat, FileMode, FilesConfig, StartAt, Watch};
 use crate::normalize::intervals::{Builder, Change, Interval};
@@ -632,29 +632,31 @@ impl FilesSource {
     fn follow(&mut self, ctx: &SourceContext, i: usize) -> Result<Option<Duration>, TakeError> {
         let idx = self.tailed[i].known;
         let len = self.tailed[i].file.metadata()?.len();
+        // One read of the first bytes serves both the check and the growing fingerprint.
+        let head = read_head(&mut self.tailed[i].file)?;
         // Copy-and-truncate: the file is shorter than what was read, or (when the writer has
         // already written past the old offset again) no longer begins with the same bytes.
-        let rewritten = {
-            let cur = &self.known[idx].cur;
-            cur.fp_len > 0 && {
-                let head = read_head(&mut self.tailed[i].file)?;
-                let cur = &self.known[idx].cur;
-                head.len() < cur.fp_len as usize
-                    || fingerprint(&head[..cur.fp_len as usize]) != cur.fp
-            }
-        };
-        if len < self.known[idx].cur.offset || rewritten {
+        let cur = &self.known[idx].cur;
+        let rewritten = cur.fp_len > 0
+            && (head.len() < cur.fp_len as usize
+                || fingerprint(&head[..cur.fp_len as usize]) != cur.fp);
+        if len < cur.offset || rewritten {
             // The old content is gone; what follows is a new file.
             let path = self.tailed[i].path.clone();
             info!(source = %ctx.name, file = %path.display(), "file was truncated; reading it from the start");
             self.retire(ctx, idx)?;
             let id = file_identity(&self.tailed[i].file);
-            let head = read_head(&mut self.tailed[i].file)?;
             let fresh = self.start_file(ctx, &path, id, &head, 0)?;
             self.tailed[i].known = fresh;
             return self.follow(ctx, i);
         }
-        self.extend_fingerprint(i, len)?;
+        // The fingerprint covers up to FINGERPRINT_MAX bytes as the file grows, so two files
+        // that begin alike (a CSV header) are told apart once their content differs.
+        let cur = &mut self.known[idx].cur;
+        if head.len() > cur.fp_len as usize {
+            cur.fp_len = head.len() as u64;
+            cur.fp = fingerprint(&head);
+        }
         let mut file = self.tailed[i].file.try_clone()?;
         self.read(ctx, idx, &mut file, None, false)?;
 
@@ -685,20 +687,6 @@ impl FilesSource {
                 Ok(Some(self.cfg.settle))
             }
         }
-    }
-
-    /// A tailed file's fingerprint covers up to [`FINGERPRINT_MAX`] bytes as it grows, so two
-    /// files that begin alike (a CSV header) are told apart once their content differs.
-    fn extend_fingerprint(&mut self, i: usize, len: u64) -> Result<(), TakeError> {
-        let idx = self.tailed[i].known;
-        let cur = &self.known[idx].cur;
-        if (cur.fp_len as usize) < FINGERPRINT_MAX && len > cur.fp_len {
-            let head = read_head(&mut self.tailed[i].file)?;
-            let cur = &mut self.known[idx].cur;
-            cur.fp_len = head.len() as u64;
-            cur.fp = fingerprint(&head);
-        }
-        Ok(())
     }
 
     /// Marks a file finished.
@@ -746,10 +734,14 @@ impl FilesSource {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let charset = self.cfg.charset;
-        // The first bytes tell a byte-order mark and UTF-16's byte order.
+        // The first bytes tell a byte-order mark (read from the start) and UTF-16's byte order.
         let mut head = [0u8; 4];
-        file.seek(SeekFrom::Start(0))?;
-        let head_len = read_full(file, &mut head)?;
+        let head_len = if self.known[idx].cur.offset == 0 || matches!(charset, Charset::Utf16(_)) {
+            file.seek(SeekFrom::Start(0))?;
+            read_full(file, &mut head)?
+        } else {
+            0
+        };
         let head = &head[..head_len];
         let big_endian = charset.big_endian(head);
         loop {
