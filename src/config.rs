@@ -632,6 +632,19 @@ impl Validator<'_> {
     }
 
     /// The line of the deepest part of `path` that the file has.
+    /// A problem for each of a source's `keys` that is set where it does not apply.
+    fn not_applicable(&mut self, i: usize, label: &str, keys: &[(&'static str, bool)], why: &str) {
+        for (k, set) in keys {
+            if *set {
+                self.problem(
+                    &[Seg::Key("source"), Seg::Index(i), Seg::Key(k)],
+                    &format!("{label}.{k}"),
+                    why,
+                );
+            }
+        }
+    }
+
     fn locate(&self, path: &[Seg]) -> Option<usize> {
         let doc = self.doc.as_ref()?;
         let mut item: &toml_edit::Item = doc.as_item();
@@ -1166,20 +1179,17 @@ impl Validator<'_> {
     ) -> Option<SourceKind> {
         let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
         let key = |k: &str| format!("{label}.{k}");
-        for (k, set) in [
-            ("format", raw.format.is_some()),
-            ("mode", raw.mode.is_some()),
-            ("include", raw.include.is_some()),
-            ("map", raw.map.is_some()),
-        ] {
-            if set {
-                self.problem(
-                    &at(k),
-                    &key(k),
-                    "does not apply to asterisk_queue_log: the file's format is fixed",
-                );
-            }
-        }
+        self.not_applicable(
+            i,
+            label,
+            &[
+                ("format", raw.format.is_some()),
+                ("mode", raw.mode.is_some()),
+                ("include", raw.include.is_some()),
+                ("map", raw.map.is_some()),
+            ],
+            "does not apply to asterisk_queue_log: the file's format is fixed",
+        );
         if emits == Some(Emits::AgentStatuses) && raw.emits.as_deref() != Some("agent_states") {
             self.problem(
                 &at("emits"),
@@ -1301,18 +1311,15 @@ impl Validator<'_> {
             }
             QueueLogConfig { channel, queues }
         });
-        for (k, set) in [
-            ("channel", raw.channel.is_some()),
-            ("queues", raw.queues.is_some()),
-        ] {
-            if set {
-                self.problem(
-                    &at(k),
-                    &key(k),
-                    "applies only to type = \"asterisk_queue_log\"",
-                );
-            }
-        }
+        self.not_applicable(
+            i,
+            label,
+            &[
+                ("channel", raw.channel.is_some()),
+                ("queues", raw.queues.is_some()),
+            ],
+            "applies only to type = \"asterisk_queue_log\"",
+        );
         let mode = self.one_of(
             &at("mode"),
             &key("mode"),
@@ -1640,21 +1647,18 @@ impl Validator<'_> {
                 }),
             })
         } else {
-            for (k, set) in [
-                ("agents", raw.agents.is_some()),
-                ("activities", raw.activities.is_some()),
-                ("logout_states", raw.logout_states.is_some()),
-                ("open_interval_flush", raw.open_interval_flush.is_some()),
-                ("max_interval", raw.max_interval.is_some()),
-            ] {
-                if set {
-                    self.problem(
-                        &at(k),
-                        &key(k),
-                        "applies only with emits = \"agent_states\"",
-                    );
-                }
-            }
+            self.not_applicable(
+                i,
+                label,
+                &[
+                    ("agents", raw.agents.is_some()),
+                    ("activities", raw.activities.is_some()),
+                    ("logout_states", raw.logout_states.is_some()),
+                    ("open_interval_flush", raw.open_interval_flush.is_some()),
+                    ("max_interval", raw.max_interval.is_some()),
+                ],
+                "applies only with emits = \"agent_states\"",
+            );
             None
         };
         let millis = self.one_of(
@@ -1704,19 +1708,16 @@ impl Validator<'_> {
                 None
             }
             (None, _) => {
-                for (k, v) in [
-                    ("timestamp_format", &raw.timestamp_format),
-                    ("timezone", &raw.timezone),
-                ] {
-                    if v.is_some() {
-                        self.problem(
-                            &at(k),
-                            &key(k),
-                            "applies only with a [source.map]: ndjson lines without a map are \
-                             already in the API's shape",
-                        );
-                    }
-                }
+                self.not_applicable(
+                    i,
+                    label,
+                    &[
+                        ("timestamp_format", raw.timestamp_format.is_some()),
+                        ("timezone", raw.timezone.is_some()),
+                    ],
+                    "applies only with a [source.map]: ndjson lines without a map are \
+                     already in the API's shape",
+                );
                 None
             }
             (Some(_), None) => None,

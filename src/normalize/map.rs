@@ -301,8 +301,6 @@ pub struct Mapping {
     expand: Option<Expand>,
     /// Durations written as plain numbers are milliseconds (`duration_unit = "ms"`).
     millis: bool,
-    /// Rows are agent state changes (`emits = "agent_states"`), not records.
-    states: bool,
 }
 
 impl Mapping {
@@ -312,34 +310,40 @@ impl Mapping {
         fields: Vec<(ApiField, FieldSource)>,
         time: TimeParser,
     ) -> Result<Self, String> {
-        let missing: Vec<_> = ApiField::required(emits)
-            .iter()
-            .filter(|f| !fields.iter().any(|(g, _)| g == *f))
-            .map(|f| f.name())
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "map lacks {} (every field of {} records needs a column, value or template)",
-                missing.join(", "),
-                emits.as_str()
-            ));
-        }
+        let why = format!(
+            "every field of {} records needs a column, value or template",
+            emits.as_str()
+        );
+        require(ApiField::required(emits), &why, &fields)?;
+        Self::build(emits, fields, time)
+    }
+
+    /// A mapping whose literals convert.
+    fn build(
+        emits: Emits,
+        fields: Vec<(ApiField, FieldSource)>,
+        time: TimeParser,
+    ) -> Result<Self, String> {
         let mapping = Self {
             emits,
             fields,
             time,
             expand: None,
             millis: false,
-            states: false,
         };
-        for (field, source) in &mapping.fields {
+        mapping.check_literals(|field, e| format!("value for `{}`: {e}", field.name()))?;
+        Ok(mapping)
+    }
+
+    /// Converts every literal of the map, as each row would; the first failure, worded by
+    /// `error`.
+    fn check_literals(&self, error: impl Fn(ApiField, String) -> String) -> Result<(), String> {
+        for (field, source) in &self.fields {
             if let FieldSource::Literal(v) = source {
-                mapping
-                    .convert(*field, v)
-                    .map_err(|e| format!("value for `{}`: {e}", field.name()))?;
+                self.convert(*field, v).map_err(|e| error(*field, e))?;
             }
         }
-        Ok(mapping)
+        Ok(())
     }
 
     pub fn emits(&self) -> Emits {
@@ -353,16 +357,12 @@ impl Mapping {
             return Err("expand = \"interval\" applies only to contact events".into());
         }
         self.expand = Some(expand);
-        for (field, source) in &self.fields {
-            if let FieldSource::Literal(v) = source {
-                self.convert(*field, v).map_err(|e| {
-                    format!(
-                        "`{}` must hold a number of contacts per interval: {e}",
-                        field.name()
-                    )
-                })?;
-            }
-        }
+        self.check_literals(|field, e| {
+            format!(
+                "`{}` must hold a number of contacts per interval: {e}",
+                field.name()
+            )
+        })?;
         Ok(self)
     }
 
@@ -376,18 +376,11 @@ impl Mapping {
     /// A map whose rows are agent state changes (`emits = "agent_states"`): `agentIdentifier`,
     /// `activityIdentifier` (the ACD's state, before `[source.activities]`) and `timestamp`.
     pub fn states(fields: Vec<(ApiField, FieldSource)>, time: TimeParser) -> Result<Self, String> {
-        let missing: Vec<_> = Self::STATE_FIELDS
-            .iter()
-            .filter(|f| !fields.iter().any(|(g, _)| g == *f))
-            .map(|f| f.name())
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "map lacks {} (agent state changes need agentIdentifier, activityIdentifier and \
-                 timestamp)",
-                missing.join(", ")
-            ));
-        }
+        require(
+            &Self::STATE_FIELDS,
+            "agent state changes need agentIdentifier, activityIdentifier and timestamp",
+            &fields,
+        )?;
         if let Some((f, _)) = fields.iter().find(|(f, _)| !Self::STATE_FIELDS.contains(f)) {
             return Err(format!(
                 "`{}` is not a field of agent state changes (fields: agentIdentifier, \
@@ -395,26 +388,7 @@ impl Mapping {
                 f.name()
             ));
         }
-        let mapping = Self {
-            emits: Emits::AgentStatuses,
-            fields,
-            time,
-            expand: None,
-            millis: false,
-            states: true,
-        };
-        for (field, source) in &mapping.fields {
-            if let FieldSource::Literal(v) = source {
-                mapping
-                    .convert(*field, v)
-                    .map_err(|e| format!("value for `{}`: {e}", field.name()))?;
-            }
-        }
-        Ok(mapping)
-    }
-
-    pub fn is_states(&self) -> bool {
-        self.states
+        Self::build(Emits::AgentStatuses, fields, time)
     }
 
     /// A row of a states map: (agent, state, when).
@@ -628,6 +602,24 @@ impl Mapping {
             Kind::Seconds => parse_seconds(s).map(Value::from),
             Kind::Time => self.time.parse(s).map(|t| Value::from(time::to_api(t))),
         }
+    }
+}
+
+/// Every field of `required` has a column, value or template; else which lack one, and `why`.
+fn require(
+    required: &[ApiField],
+    why: &str,
+    fields: &[(ApiField, FieldSource)],
+) -> Result<(), String> {
+    let missing: Vec<_> = required
+        .iter()
+        .filter(|f| !fields.iter().any(|(g, _)| g == *f))
+        .map(|f| f.name())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("map lacks {} ({why})", missing.join(", ")))
     }
 }
 

@@ -88,9 +88,7 @@ fn change(
     selection: &Selection,
     apply: impl Fn(&Connection, i64, i64) -> rusqlite::Result<()>,
 ) -> Result<usize, OutboxError> {
-    let conn = schema::open_admin(path)?;
-    let run = || -> rusqlite::Result<usize> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+    schema::admin_transaction(path, |conn| {
         let chosen: Vec<(i64, i64)> = conn
             .prepare(
                 "SELECT d.record_id, r.lane_id FROM dead d JOIN records r ON r.id = d.record_id
@@ -105,14 +103,9 @@ fn change(
             })
             .collect();
         for (id, lane) in &chosen {
-            apply(&conn, *id, *lane)?;
+            apply(conn, *id, *lane)?;
             conn.execute("DELETE FROM dead WHERE record_id = ?1", [id])?;
         }
-        conn.execute_batch("COMMIT")?;
         Ok(chosen.len())
-    };
-    run().map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        OutboxError::sqlite(path, e)
     })
 }

@@ -195,31 +195,27 @@ pub fn confirm_queue(
     name: &str,
     accept: bool,
 ) -> Result<usize, OutboxError> {
-    let conn = schema::open_admin(path)?;
-    let run = || -> rusqlite::Result<usize> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+    schema::admin_transaction(path, |c| {
         let held = "FROM records r JOIN lanes l ON l.id = r.lane_id
              WHERE r.state = 4 AND l.integration_id = ?1
                AND json_extract(r.payload, '$.queueIdentifier') = ?2
                AND json_extract(r.payload, '$.queueName') = ?3";
         if !accept {
-            let n = conn.execute(
+            return c.execute(
                 &format!(
                     "UPDATE records SET state = 3, sent_at = ?4 WHERE id IN (SELECT r.id {held})"
                 ),
                 params![integration, identifier, name, now_ms()],
-            )?;
-            conn.execute_batch("COMMIT")?;
-            return Ok(n);
+            );
         }
-        let channel: Option<String> = conn
+        let channel: Option<String> = c
             .query_row(
                 &format!("SELECT json_extract(r.payload, '$.channel') {held} LIMIT 1"),
                 params![integration, identifier, name],
                 |r| r.get(0),
             )
             .optional()?;
-        conn.execute(
+        c.execute(
             "INSERT OR IGNORE INTO queues (integration_id, identifier, name, channel, first_sent)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
@@ -230,23 +226,6 @@ pub fn confirm_queue(
                 now_ms()
             ],
         )?;
-        conn.execute(
-            &format!(
-                "UPDATE lanes SET scanned_to = min(scanned_to, (SELECT min(r.id) - 1 {held}
-                   AND r.lane_id = lanes.id))
-                 WHERE EXISTS (SELECT 1 {held} AND r.lane_id = lanes.id)"
-            ),
-            params![integration, identifier, name],
-        )?;
-        let n = conn.execute(
-            &format!("UPDATE records SET state = 0 WHERE id IN (SELECT r.id {held})"),
-            params![integration, identifier, name],
-        )?;
-        conn.execute_batch("COMMIT")?;
-        Ok(n)
-    };
-    run().map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        OutboxError::sqlite(path, e)
+        super::resend::requeue(c, held, params![integration, identifier, name])
     })
 }

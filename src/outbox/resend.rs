@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use rusqlite::params;
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::{OutboxError, schema};
@@ -37,38 +37,43 @@ pub struct AgentSent {
 
 /// Makes the chosen kept records pending again; returns how many.
 pub fn resend(path: &Path, what: &Resend) -> Result<usize, OutboxError> {
-    let conn = schema::open_admin(path)?;
-    let run = || -> rusqlite::Result<usize> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+    schema::admin_transaction(path, |c| {
         // The records' own time: startTime (agent statuses) or timestamp (contact events).
-        let chosen = "FROM records r
+        requeue(
+            c,
+            "FROM records r
              WHERE r.state = 1
                AND coalesce(json_extract(r.payload, '$.startTime'),
                             json_extract(r.payload, '$.timestamp')) >= ?1
                AND (?2 IS NULL OR json_extract(r.payload, '$.agentIdentifier') = ?2)
-               AND (?3 IS NULL OR r.source_id = (SELECT id FROM sources WHERE name = ?3))";
-        conn.execute(
-            &format!(
-                "UPDATE lanes SET scanned_to = min(scanned_to, (SELECT min(r.id) - 1 {chosen}
-                   AND r.lane_id = lanes.id))
-                 WHERE EXISTS (SELECT 1 {chosen} AND r.lane_id = lanes.id)"
-            ),
+               AND (?3 IS NULL OR r.source_id = (SELECT id FROM sources WHERE name = ?3))",
             params![what.since, what.agent, what.source],
-        )?;
-        let n = conn.execute(
-            &format!(
-                "UPDATE records SET state = 0, batch_id = NULL, sent_at = NULL
-                 WHERE id IN (SELECT r.id {chosen})"
-            ),
-            params![what.since, what.agent, what.source],
-        )?;
-        conn.execute_batch("COMMIT")?;
-        Ok(n)
-    };
-    run().map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        OutboxError::sqlite(path, e)
+        )
     })
+}
+
+/// Makes the records `chosen` selects (`FROM records r WHERE ...`, with `params`) pending
+/// again, and lowers their lanes' `scanned_to` below them so the next batch takes them.
+pub(super) fn requeue(
+    c: &Connection,
+    chosen: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<usize> {
+    c.execute(
+        &format!(
+            "UPDATE lanes SET scanned_to = min(scanned_to, (SELECT min(r.id) - 1 {chosen}
+               AND r.lane_id = lanes.id))
+             WHERE EXISTS (SELECT 1 {chosen} AND r.lane_id = lanes.id)"
+        ),
+        params,
+    )?;
+    c.execute(
+        &format!(
+            "UPDATE records SET state = 0, batch_id = NULL, sent_at = NULL
+             WHERE id IN (SELECT r.id {chosen})"
+        ),
+        params,
+    )
 }
 
 /// Every agent identifier sent, by lane, in order of first sending.

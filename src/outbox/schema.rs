@@ -157,6 +157,25 @@ pub fn open_admin(path: &Path) -> Result<Connection, OutboxError> {
     Ok(conn)
 }
 
+/// Runs an operator change (`dead`, `resend`, `queues`) as one immediate transaction on its
+/// own connection beside a running daemon; rolled back if any step fails.
+pub fn admin_transaction<T>(
+    path: &Path,
+    change: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<T, OutboxError> {
+    let conn = open_admin(path)?;
+    let run = || -> rusqlite::Result<T> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let done = change(&conn)?;
+        conn.execute_batch("COMMIT")?;
+        Ok(done)
+    };
+    run().map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        OutboxError::sqlite(path, e)
+    })
+}
+
 fn open_existing(path: &Path, mode: OpenFlags) -> Result<Connection, OutboxError> {
     if !path.exists() {
         return Err(OutboxError::Missing(path.to_owned()));
