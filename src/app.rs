@@ -210,12 +210,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             lanes: lane_metrics_for_service,
             stuck_after: config.api.timeout + Duration::from_secs(60),
         };
-        tracker.spawn(supervise(supervised, shutdown.clone()));
+        // READY=1 goes out before the first WATCHDOG=1 and STATUS= from the supervisor.
         notifier.notify(&format!(
             "READY=1\nSTATUS=running: {} sources, {} lanes",
             config.sources.len(),
             lane_ids.len()
         ));
+        tracker.spawn(supervise(supervised, shutdown.clone()));
     }
 
     info!(
