@@ -361,19 +361,25 @@ pub struct FilesConfig {
     pub charset: Charset,
     pub header: bool,
     pub columns: Option<Vec<String>>,
-    pub map: Option<Mapping>,
-    /// The natural key of a row (`key`), if rows are deduplicated by content.
-    pub key: Option<KeyTemplate>,
-    pub skip_if: SkipIf,
+    pub rows: RowRules,
     pub watch: Watch,
     /// `marker`: a dropped file is complete once its marker file exists.
     pub marker: Option<Marker>,
-    /// `emits = "agent_states"`: rows are state changes, built into intervals.
-    pub states: Option<StatesConfig>,
     /// `type = "asterisk_queue_log"`.
     pub queue_log: Option<QueueLogConfig>,
     /// Only files modified at or after this (`import --since`; not a configuration key).
     pub modified_since: Option<std::time::SystemTime>,
+}
+
+/// What turns a row (a CSV line, a JSON object, a database row) into records.
+#[derive(Clone, Debug, Default)]
+pub struct RowRules {
+    pub map: Option<Mapping>,
+    /// The natural key of a row (`key`), if rows are deduplicated by content.
+    pub key: Option<KeyTemplate>,
+    pub skip_if: SkipIf,
+    /// `emits = "agent_states"`: rows are state changes, built into intervals.
+    pub states: Option<StatesConfig>,
 }
 
 /// One thing wrong with a configuration file.
@@ -1235,7 +1241,7 @@ impl Validator<'_> {
     ) -> Option<SourceKind> {
         let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
         let key = |k: &str| format!("{label}.{k}");
-        let path = match raw.path {
+        let path = match raw.path.take() {
             Some(p) => Some(self.path(&p)),
             None => {
                 self.problem(
@@ -1327,16 +1333,16 @@ impl Validator<'_> {
             FileMode::Drop,
             &[("drop", FileMode::Drop), ("tail", FileMode::Tail)],
         );
-        let include = self.globs(&at("include"), &key("include"), raw.include, &["*"]);
+        let include = self.globs(&at("include"), &key("include"), raw.include.take(), &["*"]);
         // Names that writers use while a file is incomplete (rsync's hidden temporaries,
         // browsers' and copy tools' partial files, Office lock files).
         let exclude = self.globs(
             &at("exclude"),
             &key("exclude"),
-            raw.exclude,
+            raw.exclude.take(),
             &[".*", "*/.*", "*.tmp", "*.part", "*.partial", "~$*"],
         );
-        let after = match (raw.after.as_deref(), raw.archive_dir) {
+        let after = match (raw.after.as_deref(), raw.archive_dir.take()) {
             (None | Some("keep"), None) => After::Keep,
             (Some("delete"), None) => After::Delete,
             (Some("move"), Some(dir)) => After::Move(self.path(&dir)),
@@ -1472,6 +1478,71 @@ impl Validator<'_> {
                 "is false, so `columns = [...]` must name the columns",
             );
         }
+        let watch = self.one_of(
+            &at("watch"),
+            &key("watch"),
+            raw.watch.as_deref(),
+            Watch::Auto,
+            &[
+                ("auto", Watch::Auto),
+                ("events", Watch::Events),
+                ("poll", Watch::Poll),
+            ],
+        );
+        let marker = match raw.marker.as_deref().map(Marker::parse) {
+            None => None,
+            Some(_) if mode == FileMode::Tail => {
+                self.problem(
+                    &at("marker"),
+                    &key("marker"),
+                    "applies only to mode = \"drop\": a tailed file is never complete",
+                );
+                None
+            }
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                self.problem(&at("marker"), &key("marker"), e);
+                None
+            }
+        };
+        let rows = self.rows(i, label, emits, &mut raw, tabular, queue_log.is_some())?;
+        Some(SourceKind::Files(FilesConfig {
+            path: path?,
+            recursive: raw.recursive.unwrap_or(false),
+            include,
+            exclude,
+            format: format?,
+            mode,
+            after,
+            settle,
+            poll_interval,
+            start_at,
+            delimiter,
+            charset,
+            header,
+            columns: raw.columns,
+            rows,
+            watch,
+            marker,
+            queue_log,
+            modified_since: None,
+        }))
+    }
+
+    /// The keys that turn a row into records: the map, `key`, `skip_if`, `expand` and the
+    /// agent-state settings. `tabular` rows (csv, tsv) need a map; `builtin_states` sources
+    /// (asterisk) make state changes without one.
+    fn rows(
+        &mut self,
+        i: usize,
+        label: &str,
+        emits: Option<Emits>,
+        raw: &mut RawSource,
+        tabular: bool,
+        builtin_states: bool,
+    ) -> Option<RowRules> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
         let expand = match (raw.expand.as_deref(), raw.interval.as_deref()) {
             (None, None) if raw.expand_duration.is_none() => None,
             (Some("interval"), interval) => {
@@ -1534,7 +1605,7 @@ impl Validator<'_> {
                 None
             }
         };
-        let skip_if = match raw.skip_if {
+        let skip_if = match raw.skip_if.take() {
             None => SkipIf::default(),
             Some(table) => {
                 let mut rules = Vec::new();
@@ -1562,35 +1633,8 @@ impl Validator<'_> {
                 })
             }
         };
-        let watch = self.one_of(
-            &at("watch"),
-            &key("watch"),
-            raw.watch.as_deref(),
-            Watch::Auto,
-            &[
-                ("auto", Watch::Auto),
-                ("events", Watch::Events),
-                ("poll", Watch::Poll),
-            ],
-        );
-        let marker = match raw.marker.as_deref().map(Marker::parse) {
-            None => None,
-            Some(_) if mode == FileMode::Tail => {
-                self.problem(
-                    &at("marker"),
-                    &key("marker"),
-                    "applies only to mode = \"drop\": a tailed file is never complete",
-                );
-                None
-            }
-            Some(Ok(m)) => Some(m),
-            Some(Err(e)) => {
-                self.problem(&at("marker"), &key("marker"), e);
-                None
-            }
-        };
         let states = if raw.emits.as_deref() == Some("agent_states") {
-            if raw.map.is_none() && queue_log.is_none() {
+            if raw.map.is_none() && !builtin_states {
                 self.problem(
                     &at("emits"),
                     &key("emits"),
@@ -1680,7 +1724,7 @@ impl Validator<'_> {
                 "applies only with a [source.map]",
             );
         }
-        let map = match (raw.map, emits) {
+        let map = match (raw.map.take(), emits) {
             (Some(table), Some(emits)) => self
                 .mapping(
                     i,
@@ -1688,8 +1732,8 @@ impl Validator<'_> {
                     emits,
                     states.is_some(),
                     table,
-                    raw.timestamp_format,
-                    raw.timezone,
+                    raw.timestamp_format.take(),
+                    raw.timezone.clone(),
                 )
                 .map(|m| if millis { m.with_milliseconds() } else { m })
                 .and_then(|m| match expand {
@@ -1734,30 +1778,12 @@ impl Validator<'_> {
                 }
             }
         }
-        Some(SourceKind::Files(FilesConfig {
-            path: path?,
-            recursive: raw.recursive.unwrap_or(false),
-            include,
-            exclude,
-            format: format?,
-            mode,
-            after,
-            settle,
-            poll_interval,
-            start_at,
-            delimiter,
-            charset,
-            header,
-            columns: raw.columns,
+        Some(RowRules {
             map,
             key: row_key,
             skip_if,
-            watch,
-            marker,
             states,
-            queue_log,
-            modified_since: None,
-        }))
+        })
     }
 
     fn globs(

@@ -114,6 +114,15 @@ impl SourceMetrics {
         }
     }
 
+    /// Counts a commit: records inserted, duplicates absorbed, input parked.
+    pub fn committed(&self, done: crate::outbox::Committed, parked: u64) {
+        self.records.fetch_add(done.inserted as u64, Relaxed);
+        self.duplicates.fetch_add(done.duplicates as u64, Relaxed);
+        self.parked.fetch_add(parked, Relaxed);
+        self.last_activity_ms
+            .store(crate::outbox::now_ms(), Relaxed);
+    }
+
     /// Why this source counts as silent now, if it does.
     pub fn stale_verdict(&self, now_ms: i64) -> Option<String> {
         let last = self.last_activity_ms.load(Relaxed).max(self.since_ms);

@@ -166,6 +166,11 @@ impl Builder {
         })
     }
 
+    /// The agents with an open state.
+    pub fn agents(&self) -> impl Iterator<Item = &str> {
+        self.open.keys().map(String::as_str)
+    }
+
     pub fn open_agents(&self) -> usize {
         self.open.len()
     }

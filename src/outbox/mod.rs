@@ -424,6 +424,30 @@ impl Outbox {
         lane: LaneId,
         commit: Commit,
     ) -> Result<Committed, OutboxError> {
+        self.commit_job(source, lane, commit)
+            .blocking_recv()
+            .unwrap_or(Err(OutboxError::Closed))
+    }
+
+    /// [`Outbox::commit_blocking`] for async callers: it returns once the transaction is
+    /// durable, so a push acknowledged after it is a push kept.
+    pub async fn commit(
+        &self,
+        source: SourceId,
+        lane: LaneId,
+        commit: Commit,
+    ) -> Result<Committed, OutboxError> {
+        self.commit_job(source, lane, commit)
+            .await
+            .unwrap_or(Err(OutboxError::Closed))
+    }
+
+    fn commit_job(
+        &self,
+        source: SourceId,
+        lane: LaneId,
+        commit: Commit,
+    ) -> oneshot::Receiver<Result<Committed, OutboxError>> {
         let wake = self.wakers.get(lane.0);
         self.job(
             move |c, p| {
@@ -435,8 +459,6 @@ impl Outbox {
                 }
             },
         )
-        .blocking_recv()
-        .unwrap_or(Err(OutboxError::Closed))
     }
 
     /// Marks a delivered part sent (if given) and, in the same transaction, returns the lane's

@@ -33,9 +33,12 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, error, info, warn};
 
 use super::parse::{self, Charset};
+use super::rows::{
+    ChangeRead, JsonRow, RowOut, RowOutcome, STATES_CURSOR, States, commit_blocking, json_cursor,
+};
 use super::{Source, SourceContext};
 use crate::config::{After, FileFormat, FileMode, FilesConfig, StartAt, Watch};
-use crate::normalize::intervals::{Builder, Change, Interval};
+use crate::normalize::intervals::Change;
 use crate::normalize::map::Row;
 use crate::normalize::queue_log;
 use crate::normalize::schema;
@@ -107,13 +110,11 @@ pub struct FilesSource {
     buf: Vec<u8>,
     first_pass: bool,
     /// `emits = "agent_states"`: the open states and the cursor row that stores them.
-    states: Option<(i64, Builder)>,
+    states: Option<States>,
     /// `asterisk_queue_log`: calls waiting and agents' memberships, and their cursor row.
     tracker: Option<(i64, queue_log::Tracker)>,
 }
 
-/// The cursor key under which a source's open agent states are stored.
-const STATES_CURSOR: &str = "agent-states";
 /// The cursor key of an asterisk_queue_log source's tracker.
 const TRACKER_CURSOR: &str = "queue-log";
 
@@ -194,8 +195,8 @@ impl FilesSource {
     fn load_cursors(&mut self, ctx: &SourceContext) -> Result<bool, OutboxError> {
         let rows = ctx.outbox.cursors_blocking(ctx.id)?;
         let fresh = rows.is_empty();
-        if self.cfg.states.is_some() {
-            self.states = Some(json_cursor(ctx, &rows, STATES_CURSOR)?);
+        if let Some(cfg) = &self.cfg.rows.states {
+            self.states = Some(States::load(cfg.clone(), ctx, &rows)?);
         }
         if self.cfg.queue_log.is_some() {
             self.tracker = Some(json_cursor(ctx, &rows, TRACKER_CURSOR)?);
@@ -380,7 +381,7 @@ impl FilesSource {
         if cur.cur.offset >= len {
             let mut done = cur.cur.clone();
             done.done = true;
-            commit(
+            commit_blocking(
                 ctx,
                 Commit {
                     cursors: vec![(cur.id, to_json(&done))],
@@ -693,7 +694,7 @@ impl FilesSource {
     fn retire(&mut self, ctx: &SourceContext, idx: usize) -> Result<(), OutboxError> {
         let mut done = self.known[idx].cur.clone();
         done.done = true;
-        commit(
+        commit_blocking(
             ctx,
             Commit {
                 cursors: vec![(self.known[idx].id, to_json(&done))],
@@ -814,10 +815,15 @@ impl FilesSource {
                 cursors.push((tracker_id, json));
             }
             if !changes.is_empty() {
-                let (states_id, json) = self.apply_changes(ctx, changes, &mut records, &mut parked);
+                let (states_id, json) = self.states.as_mut().expect("states loaded").apply(
+                    ctx,
+                    changes,
+                    &mut records,
+                    &mut parked,
+                );
                 cursors.push((states_id, json));
             }
-            commit(
+            commit_blocking(
                 ctx,
                 Commit {
                     records,
@@ -849,7 +855,7 @@ impl FilesSource {
         ctx: &SourceContext,
     ) -> Step {
         let mut step = Step {
-            expands: self.cfg.map.as_ref().is_some_and(|m| m.expands()),
+            expands: self.cfg.rows.map.as_ref().is_some_and(|m| m.expands()),
             ..Step::default()
         };
         let origin = |newlines: u64| format!("{name}:{}", cur.cur.line + newlines + 1);
@@ -857,8 +863,7 @@ impl FilesSource {
             FileFormat::Ndjson => {
                 // Lines already in the API's shape need no object unless a key or skip rule
                 // reads their fields.
-                let plain =
-                    self.cfg.map.is_none() && self.cfg.key.is_none() && self.cfg.skip_if.is_empty();
+                let plain = self.cfg.rows.is_plain();
                 let mut items = parse::lines(buf, last);
                 let cut = step.limit(&mut items);
                 for item in items {
@@ -878,10 +883,11 @@ impl FilesSource {
                             .map(|r| Some(RowOut::Records(vec![r], None)))
                     } else {
                         match serde_json::from_str::<serde_json::Value>(text) {
-                            Ok(serde_json::Value::Object(obj)) => self
-                                .convert_row(&JsonRow(&obj), || {
+                            Ok(serde_json::Value::Object(obj)) => {
+                                self.cfg.rows.convert(&JsonRow(&obj), || {
                                     schema::normalize_json(ctx.emits, text)
-                                }),
+                                })
+                            }
                             Ok(_) => Err("the line is not a JSON object".into()),
                             Err(e) => Err(format!("not valid JSON: {e}")),
                         }
@@ -944,7 +950,10 @@ impl FilesSource {
                         columns,
                         fields: &fields,
                     };
-                    let result = self.convert_row(&row, || unreachable!("csv sources have a map"));
+                    let result = self
+                        .cfg
+                        .rows
+                        .convert(&row, || unreachable!("csv sources have a map"));
                     let raw = fields.join(&(self.cfg.delimiter as char).to_string());
                     step.push(cur.id, at, origin(item.newlines_before), result, &raw);
                 }
@@ -953,35 +962,6 @@ impl FilesSource {
         }
         step.newlines = buf[..step.consumed].iter().filter(|b| **b == b'\n').count() as u64;
         step
-    }
-
-    /// What a row becomes: nothing (`skip_if`), its records with its natural key (`key`), or
-    /// why it cannot become any. `plain` converts a line that is already in the API's shape.
-    fn convert_row(
-        &self,
-        row: &dyn Row,
-        plain: impl FnOnce() -> Result<String, String>,
-    ) -> RowOutcome {
-        if self.cfg.skip_if.skips(row) {
-            return Ok(None);
-        }
-        if let (Some(states), Some(map)) = (&self.cfg.states, &self.cfg.map) {
-            let (agent, state, at) = map.change(row).map_err(|e| e.to_string())?;
-            return Ok(Some(RowOut::Change(Change {
-                agent: states.agent(&agent),
-                activity: states.activity(&state),
-                at,
-            })));
-        }
-        let key = match &self.cfg.key {
-            Some(k) => Some(k.render(row).map_err(|e| e.to_string())?),
-            None => None,
-        };
-        let records = match &self.cfg.map {
-            Some(map) => map.apply_all(row).map_err(|e| e.to_string())?,
-            None => vec![plain()?],
-        };
-        Ok(Some(RowOut::Records(records, key)))
     }
 
     /// Runs queue_log lines through the tracker: ended calls become contact events (keyed by
@@ -1000,7 +980,7 @@ impl FilesSource {
                 continue;
             };
             let out = tracker.apply(&parsed);
-            if let (Some(call), None) = (out.call, &self.cfg.states) {
+            if let (Some(call), None) = (out.call, &self.cfg.rows.states) {
                 let (identifier, name) = cfg.queue(&call.queue);
                 let payload = serde_json::json!({
                     "properties": {
@@ -1019,7 +999,7 @@ impl FilesSource {
                     origin: origin.clone(),
                 });
             }
-            if let Some(states) = &self.cfg.states {
+            if let Some(states) = &self.cfg.rows.states {
                 changes.extend(out.changes.into_iter().map(|c| ChangeRead {
                     change: Change {
                         agent: states.agent(&c.agent),
@@ -1034,68 +1014,18 @@ impl FilesSource {
         (*id, serde_json::to_string(tracker).expect("serializes"))
     }
 
-    /// Runs state changes through the interval builder: closed intervals become records,
-    /// out-of-order changes are parked. Returns the states cursor to commit with them.
-    fn apply_changes(
-        &mut self,
-        ctx: &SourceContext,
-        changes: Vec<ChangeRead>,
-        records: &mut Vec<NewRecord>,
-        parked: &mut Vec<Parked>,
-    ) -> (i64, String) {
-        let settings = self
-            .cfg
-            .states
-            .as_ref()
-            .expect("states configured")
-            .settings;
-        let (id, builder) = self.states.as_mut().expect("states loaded");
-        let mut closed = Vec::new();
-        for read in changes {
-            let before = closed.len();
-            match builder.apply(read.change, &settings, &mut closed) {
-                Ok(()) => records.extend(
-                    closed[before..]
-                        .iter()
-                        .map(|i| interval_record(ctx, i, &read.origin)),
-                ),
-                Err(reason) => parked.push(Parked {
-                    origin: read.origin,
-                    reason,
-                    raw: read.raw,
-                }),
-            }
-        }
-        (*id, serde_json::to_string(builder).expect("serializes"))
-    }
-
-    /// Emits and caps open agent states as time passes (`open_interval_flush`,
-    /// `max_interval`); returns how long until that is due again.
+    /// Emits and caps open agent states as time passes; returns how long until that is due
+    /// again.
     fn flush_states(&mut self, ctx: &SourceContext) -> Result<Duration, OutboxError> {
         let idle = self.cfg.poll_interval;
-        let (Some(cfg), Some((id, builder))) = (&self.cfg.states, self.states.as_mut()) else {
+        let Some(states) = self.states.as_mut() else {
             return Ok(idle);
         };
-        let now = jiff::Timestamp::now();
-        let mut closed = Vec::new();
-        if builder.flush(now, &cfg.settings, &mut closed) {
-            let records = closed
-                .iter()
-                .map(|i| interval_record(ctx, i, "open state"))
-                .collect();
-            commit(
-                ctx,
-                Commit {
-                    records,
-                    parked: Vec::new(),
-                    cursors: vec![(*id, serde_json::to_string(builder).expect("serializes"))],
-                },
-            )?;
+        let (commit, wait) = states.flush(ctx, idle);
+        if let Some(c) = commit {
+            commit_blocking(ctx, c)?;
         }
-        Ok(builder
-            .next_flush(now, &cfg.settings)
-            .and_then(|d| Duration::try_from(d).ok())
-            .map_or(idle, |d| d.max(Duration::from_millis(100))))
+        Ok(wait)
     }
 
     fn warn_once(&mut self, path: &Path, message: String, ctx: &SourceContext) {
@@ -1172,19 +1102,6 @@ impl Positions<'_> {
 
 /// What a row became: records with the row's natural key, or an agent state change; `None`
 /// for a row skipped on purpose.
-type RowOutcome = Result<Option<RowOut>, String>;
-
-enum RowOut {
-    Records(Vec<String>, Option<String>),
-    Change(Change),
-}
-
-/// A state change read, with where it came from (for the interval it closes, or for parking).
-struct ChangeRead {
-    change: Change,
-    origin: String,
-    raw: String,
-}
 
 #[derive(Default)]
 struct Step {
@@ -1260,18 +1177,6 @@ impl Row for CsvRow<'_> {
     }
 }
 
-struct JsonRow<'a>(&'a serde_json::Map<String, serde_json::Value>);
-
-impl Row for JsonRow<'_> {
-    fn get(&self, column: &str) -> Option<Cow<'_, str>> {
-        match self.0.get(column)? {
-            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
-            serde_json::Value::Null => None,
-            other => Some(Cow::Owned(other.to_string())),
-        }
-    }
-}
-
 enum TakeError {
     Outbox(OutboxError),
     Io(std::io::Error),
@@ -1286,71 +1191,6 @@ impl From<OutboxError> for TakeError {
 impl From<std::io::Error> for TakeError {
     fn from(e: std::io::Error) -> Self {
         TakeError::Io(e)
-    }
-}
-
-fn commit(ctx: &SourceContext, c: Commit) -> Result<(), OutboxError> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let parked = c.parked.len() as u64;
-    let done = ctx.outbox.commit_blocking(ctx.id, ctx.lane, c)?;
-    let m = &ctx.metrics;
-    m.records.fetch_add(done.inserted as u64, Relaxed);
-    m.duplicates.fetch_add(done.duplicates as u64, Relaxed);
-    m.parked.fetch_add(parked, Relaxed);
-    m.last_activity_ms.store(crate::outbox::now_ms(), Relaxed);
-    Ok(())
-}
-
-/// A source's JSON state kept in a cursor row (`key`), created empty at the first start.
-fn json_cursor<T>(
-    ctx: &SourceContext,
-    rows: &[(i64, String, String)],
-    key: &str,
-) -> Result<(i64, T), OutboxError>
-where
-    T: Default + Serialize + serde::de::DeserializeOwned,
-{
-    match rows.iter().find(|(_, k, _)| k == key) {
-        Some((id, _, value)) => Ok((
-            *id,
-            serde_json::from_str(value).unwrap_or_else(|e| {
-                warn!(source = %ctx.name, "{key} state unreadable, starting without: {e}");
-                T::default()
-            }),
-        )),
-        None => {
-            let value = T::default();
-            let json = serde_json::to_string(&value).expect("serializes");
-            let id = ctx
-                .outbox
-                .create_cursor_blocking(ctx.id, key.into(), json)?;
-            Ok((id, value))
-        }
-    }
-}
-
-/// An interval as an agent-status record, keyed by agent and start so that the same interval
-/// built again is the same record.
-fn interval_record(ctx: &SourceContext, i: &Interval, origin: &str) -> NewRecord {
-    use crate::normalize::time::to_api;
-    if i.capped {
-        warn!(
-            source = %ctx.name,
-            agent = %i.agent,
-            "state {:?} since {} was never closed; cut at max_interval ({})",
-            i.activity, i.start, i.end
-        );
-    }
-    let payload = serde_json::json!({
-        "agentIdentifier": i.agent,
-        "activityIdentifier": i.activity,
-        "startTime": to_api(i.start),
-        "endTime": to_api(i.end),
-    });
-    NewRecord {
-        dkey: natural_key(&format!("{}\u{1f}{}", i.agent, i.start.as_millisecond()), 0),
-        payload: payload.to_string(),
-        origin: origin.to_owned(),
     }
 }
 

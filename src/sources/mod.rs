@@ -10,6 +10,7 @@
 pub mod files;
 pub mod fsinfo;
 pub mod parse;
+pub mod rows;
 
 use std::sync::Arc;
 use std::sync::mpsc;

@@ -1,0 +1,269 @@
+//! What every source shares once it has a row: turning it into records or a state change
+//! ([`RowRules::convert`]), keeping agents' open states ([`States`]), and committing.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::warn;
+
+use super::SourceContext;
+use crate::config::{RowRules, StatesConfig};
+use crate::normalize::intervals::{Builder, Change, Interval};
+use crate::normalize::map::Row;
+use crate::outbox::{Commit, NewRecord, OutboxError, Parked, natural_key};
+
+/// What a row became.
+pub enum RowOut {
+    /// Records in the API's shape, with the row's natural key (`key`) if it has one.
+    Records(Vec<String>, Option<String>),
+    /// An agent's state change (`emits = "agent_states"`).
+    Change(Change),
+}
+
+/// Nothing (`skip_if`), something, or why the row cannot become anything.
+pub type RowOutcome = Result<Option<RowOut>, String>;
+
+impl RowRules {
+    /// What a row becomes. `plain` converts a row that is already in the API's shape (a
+    /// JSON object without a map).
+    pub fn convert(
+        &self,
+        row: &dyn Row,
+        plain: impl FnOnce() -> Result<String, String>,
+    ) -> RowOutcome {
+        if self.skip_if.skips(row) {
+            return Ok(None);
+        }
+        if let (Some(states), Some(map)) = (&self.states, &self.map) {
+            let (agent, state, at) = map.change(row).map_err(|e| e.to_string())?;
+            return Ok(Some(RowOut::Change(Change {
+                agent: states.agent(&agent),
+                activity: states.activity(&state),
+                at,
+            })));
+        }
+        let key = match &self.key {
+            Some(k) => Some(k.render(row).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let records = match &self.map {
+            Some(map) => map.apply_all(row).map_err(|e| e.to_string())?,
+            None => vec![plain()?],
+        };
+        Ok(Some(RowOut::Records(records, key)))
+    }
+
+    /// Rows are taken as they are: no map, key or skip rule reads their fields.
+    pub fn is_plain(&self) -> bool {
+        self.map.is_none() && self.key.is_none() && self.skip_if.is_empty()
+    }
+}
+
+/// A JSON object as a row: strings as they are, other values as JSON text, `null` as absent.
+pub struct JsonRow<'a>(pub &'a serde_json::Map<String, serde_json::Value>);
+
+impl Row for JsonRow<'_> {
+    fn get(&self, column: &str) -> Option<Cow<'_, str>> {
+        match self.0.get(column)? {
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+            serde_json::Value::Null => None,
+            other => Some(Cow::Owned(other.to_string())),
+        }
+    }
+}
+
+/// A state change read, with where it came from (for the interval it closes, or for parking).
+pub struct ChangeRead {
+    pub change: Change,
+    pub origin: String,
+    pub raw: String,
+}
+
+/// The cursor key under which a source's open agent states are stored.
+pub const STATES_CURSOR: &str = "agent-states";
+
+/// A source's agents' open states, kept in the outbox in the cursor row [`STATES_CURSOR`]
+/// and committed with the intervals they close.
+pub struct States {
+    pub cfg: StatesConfig,
+    id: i64,
+    builder: Builder,
+}
+
+impl States {
+    /// Loads the open states from the source's cursor rows (creating the row at first start).
+    pub fn load(
+        cfg: StatesConfig,
+        ctx: &SourceContext,
+        rows: &[(i64, String, String)],
+    ) -> Result<Self, OutboxError> {
+        let (id, builder) = json_cursor(ctx, rows, STATES_CURSOR)?;
+        Ok(Self { cfg, id, builder })
+    }
+
+    /// Runs changes through the interval builder: closed intervals become records,
+    /// out-of-order changes are parked. Returns the cursor to commit with them.
+    pub fn apply(
+        &mut self,
+        ctx: &SourceContext,
+        changes: Vec<ChangeRead>,
+        records: &mut Vec<NewRecord>,
+        parked: &mut Vec<Parked>,
+    ) -> (i64, String) {
+        let mut closed = Vec::new();
+        for read in changes {
+            let before = closed.len();
+            match self
+                .builder
+                .apply(read.change, &self.cfg.settings, &mut closed)
+            {
+                Ok(()) => records.extend(
+                    closed[before..]
+                        .iter()
+                        .map(|i| interval_record(ctx, i, &read.origin)),
+                ),
+                Err(reason) => parked.push(Parked {
+                    origin: read.origin,
+                    reason,
+                    raw: read.raw,
+                }),
+            }
+        }
+        self.cursor()
+    }
+
+    /// A complete snapshot of current states as changes: each agent in it at its state, and
+    /// a logout at `now` for every agent with an open state who is missing from it.
+    pub fn snapshot(&self, changes: &mut Vec<ChangeRead>, now: jiff::Timestamp) {
+        let present: HashSet<&str> = changes.iter().map(|c| c.change.agent.as_str()).collect();
+        let gone: Vec<ChangeRead> = self
+            .builder
+            .agents()
+            .filter(|a| !present.contains(a))
+            .map(|agent| ChangeRead {
+                change: Change {
+                    agent: agent.to_owned(),
+                    activity: None,
+                    at: now,
+                },
+                origin: "snapshot".into(),
+                raw: format!("{agent} missing from a complete snapshot: logged out"),
+            })
+            .collect();
+        changes.extend(gone);
+    }
+
+    /// Emits and caps open states as time passes (`open_interval_flush`, `max_interval`):
+    /// the commit to make, if any, and how long until this is due again (at most `idle`).
+    pub fn flush(&mut self, ctx: &SourceContext, idle: Duration) -> (Option<Commit>, Duration) {
+        let now = jiff::Timestamp::now();
+        let mut closed = Vec::new();
+        let commit = self
+            .builder
+            .flush(now, &self.cfg.settings, &mut closed)
+            .then(|| Commit {
+                records: closed
+                    .iter()
+                    .map(|i| interval_record(ctx, i, "open state"))
+                    .collect(),
+                parked: Vec::new(),
+                cursors: vec![self.cursor()],
+            });
+        let wait = self
+            .builder
+            .next_flush(now, &self.cfg.settings)
+            .and_then(|d| Duration::try_from(d).ok())
+            .map_or(idle, |d| d.clamp(Duration::from_millis(100), idle));
+        (commit, wait)
+    }
+
+    fn cursor(&self) -> (i64, String) {
+        (
+            self.id,
+            serde_json::to_string(&self.builder).expect("serializes"),
+        )
+    }
+}
+
+/// Commits and counts, from a source's own thread.
+pub fn commit_blocking(ctx: &SourceContext, c: Commit) -> Result<(), OutboxError> {
+    let parked = c.parked.len() as u64;
+    let done = ctx.outbox.commit_blocking(ctx.id, ctx.lane, c)?;
+    ctx.metrics.committed(done, parked);
+    Ok(())
+}
+
+/// Commits and counts, from async code; returns once the commit is durable.
+pub async fn commit(
+    ctx: &SourceContext,
+    c: Commit,
+) -> Result<crate::outbox::Committed, OutboxError> {
+    let parked = c.parked.len() as u64;
+    let done = ctx.outbox.commit(ctx.id, ctx.lane, c).await?;
+    ctx.metrics.committed(done, parked);
+    Ok(done)
+}
+
+/// A source's JSON state kept in a cursor row (`key`), created empty at the first start.
+pub fn json_cursor<T>(
+    ctx: &SourceContext,
+    rows: &[(i64, String, String)],
+    key: &str,
+) -> Result<(i64, T), OutboxError>
+where
+    T: Default + Serialize + serde::de::DeserializeOwned,
+{
+    match rows.iter().find(|(_, k, _)| k == key) {
+        Some((id, _, value)) => Ok((
+            *id,
+            serde_json::from_str(value).unwrap_or_else(|e| {
+                warn!(source = %ctx.name, "{key} state unreadable, starting without: {e}");
+                T::default()
+            }),
+        )),
+        None => {
+            let value = T::default();
+            let json = serde_json::to_string(&value).expect("serializes");
+            let id = ctx
+                .outbox
+                .create_cursor_blocking(ctx.id, key.into(), json)?;
+            Ok((id, value))
+        }
+    }
+}
+
+/// An interval as an agent-status record, keyed by agent and start so that the same interval
+/// built again is the same record.
+pub fn interval_record(ctx: &SourceContext, i: &Interval, origin: &str) -> NewRecord {
+    use crate::normalize::time::to_api;
+    if i.capped {
+        warn!(
+            source = %ctx.name,
+            agent = %i.agent,
+            "state {:?} since {} was never closed; cut at max_interval ({})",
+            i.activity, i.start, i.end
+        );
+    }
+    let payload = serde_json::json!({
+        "agentIdentifier": i.agent,
+        "activityIdentifier": i.activity,
+        "startTime": to_api(i.start),
+        "endTime": to_api(i.end),
+    });
+    NewRecord {
+        dkey: natural_key(&format!("{}\u{1f}{}", i.agent, i.start.as_millisecond()), 0),
+        payload: payload.to_string(),
+        origin: origin.to_owned(),
+    }
+}
+
+/// A record's dedupe key when a row has no position (database rows, pushes, API records):
+/// its natural key if `key` names one, else its content.
+pub fn content_key(key: Option<&str>, payload: &str, piece: u32) -> [u8; 16] {
+    match key {
+        Some(k) => natural_key(k, piece),
+        None => natural_key(&format!("\u{1e}{payload}"), piece),
+    }
+}
