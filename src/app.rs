@@ -110,6 +110,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     for w in &config.warnings {
         warn!("{w}");
     }
+    // Sources first: a secret that cannot be read stops the start before anything runs.
+    let mut hooks = Vec::new();
+    let built = config
+        .sources
+        .iter()
+        .map(|s| {
+            sources::build(s, &mut hooks)
+                .map_err(|e| RunError::Setup(format!("source {:?}: {e}", s.name.as_str())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let (outbox, writer) = Outbox::open(&config.state.path)?;
     let client = Arc::new(ApiClient::new(&config.api).map_err(RunError::Setup)?);
     let tracker = TaskTracker::new();
@@ -149,7 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         tracker.spawn(lane.run());
     }
     let mut source_metrics = Vec::new();
-
+    let mut built = built.into_iter();
     for source in &config.sources {
         let id = outbox.source_id(&source.name).await?;
         let lane = lane_ids
@@ -165,7 +175,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             let _ = stop.send(());
         });
         source_metrics.push(ctx.metrics.clone());
-        let built = sources::build(source);
+        let built = built.next().expect("one per source");
         tracker.spawn_blocking(move || built.run(ctx));
     }
 
@@ -196,8 +206,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             sources: source_metrics,
             lanes: lane_metrics,
             ready_pending_age: listen.ready_pending_age,
+            hooks,
         });
-        info!(address = %listen.address, "serving /healthz, /readyz and /metrics");
+        info!(address = %listen.address, "serving /healthz, /readyz, /metrics and {} webhook(s)", observed.hooks.len());
         tracker.spawn(server::serve(listener, observed, shutdown.clone()));
     }
 

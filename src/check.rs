@@ -72,6 +72,42 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
                     ));
                 }
             }
+            SourceKind::Webhook(w) => {
+                match crate::sources::webhook::WebhookSource::new(&s.name, w.clone()) {
+                    Ok(_) => ok.push(format!(
+                        "source {:?}: receives pushes at /webhook/{}/<{}>",
+                        s.name.as_str(),
+                        s.name.as_str(),
+                        w.token.from.describe_as(&w.token.key)
+                    )),
+                    Err(e) => problems.push(format!("source {:?}: {e}", s.name.as_str())),
+                }
+            }
+            SourceKind::Sql(_) | SourceKind::Http(_) => {}
+        }
+        for secret in source_secrets(&s.kind) {
+            match secret.load() {
+                Ok(_) => ok.push(format!(
+                    "source {:?}: {} is set",
+                    s.name.as_str(),
+                    secret.from.describe_as(&secret.key)
+                )),
+                Err(e) => problems.push(format!("source {:?}: {e}", s.name.as_str())),
+            }
+        }
+        if let SourceKind::Sql(sql) = &s.kind
+            && !offline
+        {
+            match database_reachable(sql) {
+                Ok(()) => ok.push(format!(
+                    "source {:?}: the database answers",
+                    s.name.as_str()
+                )),
+                Err(e) => problems.push(format!(
+                    "source {:?}: cannot connect to the database: {e} (pass --offline to skip)",
+                    s.name.as_str()
+                )),
+            }
         }
     }
 
@@ -94,6 +130,30 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
         println!("{} problem(s) found", problems.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The secrets a source reads when it runs.
+fn source_secrets(kind: &SourceKind) -> Vec<&crate::config::SourceSecret> {
+    use crate::config::HttpAuth;
+    match kind {
+        SourceKind::Sql(sql) => vec![&sql.connection],
+        SourceKind::Http(http) => match &http.auth {
+            HttpAuth::None => vec![],
+            HttpAuth::Bearer(t) => vec![t],
+            HttpAuth::Basic { password, .. } => vec![password],
+            HttpAuth::OAuth2 { secret, .. } => vec![secret],
+        },
+        SourceKind::Files(_) | SourceKind::Webhook(_) => vec![],
+    }
+}
+
+/// Connects to a `sql` source's database once.
+fn database_reachable(sql: &crate::config::SqlConfig) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(crate::sources::sql::connect(sql)).map(|_| ())
 }
 
 fn writable_dir(dir: &Path) -> Result<(), String> {

@@ -25,6 +25,11 @@ use crate::types::{Emits, LaneKey, Secret, SourceName};
 /// The API's documented base URL.
 pub const DEFAULT_API_URL: &str = "https://api.injixo.com";
 
+mod pollers;
+pub use pollers::{
+    HttpAuth, HttpConfig, HttpCursor, Pagination, Schedule, SqlConfig, WebhookConfig, When,
+};
+
 /// Where the configuration is looked for when neither `--config` nor `$INJIXO_SYNC_CONFIG` says.
 pub fn default_config_path() -> PathBuf {
     program_data().join("config.toml")
@@ -118,27 +123,53 @@ pub enum TokenSource {
 
 impl TokenSource {
     pub fn load(&self) -> Result<Secret, String> {
-        let token = match self {
-            TokenSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read api.token_file {}: {e}", path.display()))?,
-            TokenSource::Env(var) => std::env::var(var).map_err(|_| {
-                format!("api.token_env names ${var}, which is not set in the environment")
-            })?,
-            TokenSource::Inline(secret) => secret.expose().to_owned(),
-        };
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(format!("the API key from {} is empty", self.describe()));
-        }
-        Ok(Secret::new(token))
+        self.load_as("api.token", "the API key")
     }
 
     pub fn describe(&self) -> String {
-        match self {
-            TokenSource::File(p) => format!("api.token_file ({})", p.display()),
-            TokenSource::Env(v) => format!("api.token_env (${v})"),
-            TokenSource::Inline(_) => "api.token".into(),
+        self.describe_as("api.token")
+    }
+
+    /// Reads the secret configured under `key` (`key`, `key_file` or `key_env`); `what` names
+    /// it in errors. The value itself never appears in them.
+    pub fn load_as(&self, key: &str, what: &str) -> Result<Secret, String> {
+        let value = match self {
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {key}_file {}: {e}", path.display()))?,
+            TokenSource::Env(var) => std::env::var(var).map_err(|_| {
+                format!("{key}_env names ${var}, which is not set in the environment")
+            })?,
+            TokenSource::Inline(secret) => secret.expose().to_owned(),
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(format!("{what} from {} is empty", self.describe_as(key)));
         }
+        Ok(Secret::new(value))
+    }
+
+    pub fn describe_as(&self, key: &str) -> String {
+        match self {
+            TokenSource::File(p) => format!("{key}_file ({})", p.display()),
+            TokenSource::Env(v) => format!("{key}_env (${v})"),
+            TokenSource::Inline(_) => key.into(),
+        }
+    }
+}
+
+/// A secret a source needs (a connection string, a token, a password), with the key it is
+/// configured under for messages.
+#[derive(Clone, Debug)]
+pub struct SourceSecret {
+    /// The configuration key without `_file`/`_env`, e.g. `source "pg".connection`.
+    pub key: String,
+    pub from: TokenSource,
+}
+
+impl SourceSecret {
+    pub fn load(&self) -> Result<Secret, String> {
+        let what = self.key.rsplit('.').next().unwrap_or("secret");
+        self.from.load_as(&self.key, &format!("the {what}"))
     }
 }
 
@@ -189,6 +220,9 @@ pub struct SourceConfig {
 #[derive(Clone, Debug)]
 pub enum SourceKind {
     Files(FilesConfig),
+    Sql(SqlConfig),
+    Http(HttpConfig),
+    Webhook(WebhookConfig),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -530,6 +564,48 @@ struct RawSource {
     queues: Option<toml::Table>,
     stale_after: Option<String>,
     business_hours: Option<String>,
+    schedule: Option<String>,
+    every: Option<String>,
+    jitter: Option<String>,
+    connection: Option<String>,
+    connection_file: Option<String>,
+    connection_env: Option<String>,
+    query: Option<String>,
+    cursor_column: Option<String>,
+    initial_cursor: Option<String>,
+    page_size: Option<i64>,
+    lag: Option<String>,
+    overlap: Option<String>,
+    snapshot: Option<bool>,
+    timeout: Option<String>,
+    url: Option<String>,
+    method: Option<String>,
+    headers: Option<toml::Table>,
+    body: Option<String>,
+    auth: Option<String>,
+    token: Option<String>,
+    token_file: Option<String>,
+    token_env: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+    password_env: Option<String>,
+    token_url: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<String>,
+    client_secret_env: Option<String>,
+    scope: Option<String>,
+    records: Option<String>,
+    pagination: Option<String>,
+    next_pointer: Option<String>,
+    page_param: Option<String>,
+    first_page: Option<i64>,
+    offset_param: Option<String>,
+    limit_param: Option<String>,
+    cursor_field: Option<String>,
+    cursor_pointer: Option<String>,
+    max_body: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -572,7 +648,23 @@ impl Config {
         let state = v.state(raw.state);
         let listen = raw.listen.map(|l| v.listen(l));
         let log = v.log(raw.log);
+        let webhooks: Vec<(usize, String)> = raw
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.kind.as_deref() == Some("webhook"))
+            .map(|(i, s)| (i, s.name.clone().unwrap_or_default()))
+            .collect();
         let sources = v.sources(raw.sources);
+        if listen.is_none() {
+            for (i, name) in webhooks {
+                v.problem(
+                    &[Seg::Key("source"), Seg::Index(i), Seg::Key("type")],
+                    &format!("source[{i}] {name:?}.type"),
+                    "\"webhook\" is served on the [listen] address: add [listen] with address = \"...\"",
+                );
+            }
+        }
         if v.problems.is_empty() {
             Ok(Config {
                 file: file.to_owned(),
@@ -1092,22 +1184,17 @@ impl Validator<'_> {
         let kind = match raw.kind.clone().as_deref() {
             Some("files") => self.files(i, &label, emits, raw),
             Some("asterisk_queue_log") => self.queue_log(i, &label, emits, raw),
-            Some(t @ ("http" | "sql" | "webhook")) => {
-                self.problem(
-                    &at("type"),
-                    &key("type"),
-                    format!(
-                        "type {t:?} is not available in this version; available: \"files\", \
-                         \"asterisk_queue_log\""
-                    ),
-                );
-                None
-            }
+            Some("sql") => self.sql(i, &label, emits, raw),
+            Some("http") => self.http(i, &label, emits, raw),
+            Some("webhook") => self.webhook(i, &label, emits, raw),
             Some(t) => {
                 self.problem(
                     &at("type"),
                     &key("type"),
-                    format!("{t:?} is not a source type: use \"files\" or \"asterisk_queue_log\""),
+                    format!(
+                        "{t:?} is not a source type: use \"files\", \"asterisk_queue_log\", \
+                         \"sql\", \"http\" or \"webhook\""
+                    ),
                 );
                 None
             }
@@ -1831,20 +1918,7 @@ impl Validator<'_> {
                 TimeFormat::Rfc3339
             }
         };
-        let zone = match timezone.as_deref() {
-            None | Some("UTC") => jiff::tz::TimeZone::UTC,
-            Some(name) => match jiff::tz::TimeZone::get(name) {
-                Ok(z) => z,
-                Err(_) => {
-                    self.problem(
-                        &at("timezone"),
-                        &format!("{label}.timezone"),
-                        format!("{name:?} is not an IANA time zone such as \"Europe/Berlin\""),
-                    );
-                    jiff::tz::TimeZone::UTC
-                }
-            },
-        };
+        let zone = self.zone(i, label, timezone.as_deref());
         let mut fields = Vec::new();
         for (k, v) in table {
             let path = vec![
@@ -1922,6 +1996,23 @@ impl Validator<'_> {
                 self.problem(&at("map"), &format!("{label}.map"), e);
                 None
             }
+        }
+    }
+}
+
+impl Validator<'_> {
+    /// `timezone`: an IANA zone, UTC when unset.
+    fn zone(&mut self, i: usize, label: &str, raw: Option<&str>) -> jiff::tz::TimeZone {
+        match raw {
+            None | Some("UTC") => jiff::tz::TimeZone::UTC,
+            Some(name) => jiff::tz::TimeZone::get(name).unwrap_or_else(|_| {
+                self.problem(
+                    &[Seg::Key("source"), Seg::Index(i), Seg::Key("timezone")],
+                    &format!("{label}.timezone"),
+                    format!("{name:?} is not an IANA time zone such as \"Europe/Berlin\""),
+                );
+                jiff::tz::TimeZone::UTC
+            }),
         }
     }
 }

@@ -35,7 +35,12 @@ pub fn main(
             names.join(", ")
         );
     };
-    let SourceKind::Files(mut files) = chosen.kind.clone();
+    let SourceKind::Files(mut files) = chosen.kind.clone() else {
+        bail!(
+            "source {source:?} is not a files source: import reads export files; sql and http \
+             sources read their history on their own from initial_cursor"
+        );
+    };
     if let Some(from) = from {
         if from.is_file() {
             let name = from.file_name().context("--from names no file")?;

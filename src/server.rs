@@ -1,6 +1,8 @@
-//! The local HTTP listener (`[listen] address`): `/healthz`, `/readyz` and `/metrics`.
+//! The local HTTP listener (`[listen] address`): `/healthz`, `/readyz` and `/metrics`, and
+//! the `webhook` sources' `POST /webhook/<source>/<token>`.
 //!
-//! It reads the daemon's counters and the outbox (read-only) and changes nothing. It binds to
+//! The health and metrics endpoints read the daemon's counters and the outbox (read-only)
+//! and change nothing; pushes go to their source's thread, which commits them. It binds to
 //! loopback unless told otherwise, and refuses to start when the address is taken.
 
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, Depth, LaneMetrics, SourceMetrics};
 use crate::outbox::{LaneId, Outbox, now_ms};
+use crate::sources::webhook::{Hook, Push};
 
 /// What the endpoints read.
 pub struct Observed {
@@ -28,6 +31,8 @@ pub struct Observed {
     pub lanes: Vec<(LaneId, Arc<LaneMetrics>)>,
     /// `/readyz` fails when a lane's oldest pending record is older than this.
     pub ready_pending_age: Duration,
+    /// The `webhook` sources' routes.
+    pub hooks: Vec<Hook>,
 }
 
 /// Binds the listener, with an error that says what to do when the address is taken.
@@ -44,46 +49,78 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
-/// Serves until `shutdown` fires.
+/// Serves until `shutdown` fires: each connection on a task of its own (at most
+/// [`MAX_CONNECTIONS`] at once), a client that sends no request within 10 s cut off.
 pub async fn serve(listener: TcpListener, observed: Arc<Observed>, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = slots.clone().acquire_owned() => s.expect("never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(_) => continue,
             },
         };
+        while connections.try_join_next().is_some() {}
         let observed = observed.clone();
         let stop = shutdown.clone();
-        // One request per connection, one connection at a time: plenty for a scraper and a
-        // health probe, a stuck client is cut off after 5 s, and every task of the daemon
-        // stays owned by `app`.
-        let service = hyper::service::service_fn(move |req| answer(req, observed.clone()));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(false)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        tokio::select! {
-            _ = conn => {}
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
+        connections.spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req| answer(req, observed.clone(), peer));
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    // A request in flight still gets its answer; then the connection closes.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                }
+            }
+            drop(slot);
+        });
     }
+    while connections.join_next().await.is_some() {}
 }
 
-async fn answer(
-    req: Request<Incoming>,
-    o: Arc<Observed>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let reply = |status: StatusCode, kind: &'static str, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static(kind),
-        );
-        Ok(r)
-    };
+/// The most connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+
+type Answer = Result<Response<Full<Bytes>>, std::convert::Infallible>;
+
+fn reply(status: StatusCode, kind: &'static str, body: String) -> Answer {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(kind),
+    );
+    Ok(r)
+}
+
+/// A JSON error answer: `{"error": why}`.
+fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Answer {
+    reply(
+        status,
+        "application/json",
+        json!({"error": why.to_string()}).to_string(),
+    )
+}
+
+async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> Answer {
+    if let Some(rest) = req.uri().path().strip_prefix("/webhook/") {
+        let rest = rest.to_owned();
+        return webhook(req, &o, &rest, peer).await;
+    }
     if req.method() != Method::GET {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -137,6 +174,159 @@ async fn answer(
             "text/plain",
             "not found: try /healthz, /readyz or /metrics\n".into(),
         ),
+    }
+}
+
+/// `POST /webhook/<source>/<token>`: the body is committed to the outbox before the 2xx.
+///
+/// 404 for an unknown source or a wrong token (alike, so neither can be probed), 405 for a
+/// method other than POST, 415 for a body that is not JSON, 413 above `max_body`, 400 for
+/// JSON that is not an object or an array of objects, 422 when nothing in the push could
+/// become a record (kept all the same, parked with the reason), 503 when the outbox cannot take it
+/// now (retry). 200 otherwise, with what was accepted, skipped and rejected.
+async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketAddr) -> Answer {
+    use http_body_util::BodyExt;
+    let (name, token) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some(hook) = o
+        .hooks
+        .iter()
+        .find(|h| h.name.as_str() == name && h.token_matches(token))
+    else {
+        return refuse(StatusCode::NOT_FOUND, "no such webhook");
+    };
+    if req.method() != Method::POST {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+    }
+    let json = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if !json {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send Content-Type: application/json",
+        );
+    }
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than max_body ({} bytes)", hook.max_body),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > hook.max_body as u64) {
+        return too_large();
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), hook.max_body)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let objects = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(o)) => vec![o],
+        Ok(serde_json::Value::Array(items)) => {
+            let mut objects = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                match item {
+                    serde_json::Value::Object(o) => objects.push(o),
+                    other => {
+                        return refuse(
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "item {i} of the array is not an object but {}",
+                                kind(&other)
+                            ),
+                        );
+                    }
+                }
+            }
+            objects
+        }
+        Ok(other) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body is {}, not an object or an array of objects",
+                    kind(&other)
+                ),
+            );
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let n = objects.len();
+    let at = now_ms();
+    let objects = objects
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| (format!("push from {peer} at {at}, item {i}"), o))
+        .collect();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let push = Push { objects, reply: tx };
+    if hook.offer(push).is_err() {
+        return busy("too many pushes are waiting");
+    }
+    match rx.await {
+        Ok(Ok(outcome)) => {
+            let status = if n > 0 && outcome.accepted == 0 && outcome.rejected > 0 {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::OK
+            };
+            reply(
+                status,
+                "application/json",
+                serde_json::to_string(&outcome).expect("serializes"),
+            )
+        }
+        Ok(Err(e)) => busy(&format!("the outbox cannot take the push now: {e}")),
+        Err(_) => busy("the source is stopping"),
+    }
+}
+
+/// 503 with `Retry-After`: nothing was kept, send again.
+fn busy(why: &str) -> Answer {
+    let mut r = refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{why}; nothing was kept, send it again"),
+    )?;
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("5"),
+    );
+    Ok(r)
+}
+
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 

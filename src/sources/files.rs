@@ -38,7 +38,6 @@ use super::rows::{
 };
 use super::{Source, SourceContext};
 use crate::config::{After, FileFormat, FileMode, FilesConfig, StartAt, Watch};
-use crate::normalize::intervals::Change;
 use crate::normalize::map::Row;
 use crate::normalize::queue_log;
 use crate::normalize::schema;
@@ -114,9 +113,6 @@ pub struct FilesSource {
     /// `asterisk_queue_log`: calls waiting and agents' memberships, and their cursor row.
     tracker: Option<(i64, queue_log::Tracker)>,
 }
-
-/// The cursor key of an asterisk_queue_log source's tracker.
-const TRACKER_CURSOR: &str = "queue-log";
 
 impl FilesSource {
     pub fn new(cfg: FilesConfig) -> Self {
@@ -199,10 +195,10 @@ impl FilesSource {
             self.states = Some(States::load(cfg.clone(), ctx, &rows)?);
         }
         if self.cfg.queue_log.is_some() {
-            self.tracker = Some(json_cursor(ctx, &rows, TRACKER_CURSOR)?);
+            self.tracker = Some(json_cursor(ctx, &rows, super::queue_log::TRACKER_CURSOR)?);
         }
         for (id, key, value) in rows {
-            if key == STATES_CURSOR || key == TRACKER_CURSOR {
+            if key == STATES_CURSOR || key == super::queue_log::TRACKER_CURSOR {
                 continue;
             }
             match serde_json::from_str(&value) {
@@ -816,7 +812,7 @@ impl FilesSource {
             }
             if !changes.is_empty() {
                 let (states_id, json) = self.states.as_mut().expect("states loaded").apply(
-                    ctx,
+                    &ctx.name,
                     changes,
                     &mut records,
                     &mut parked,
@@ -964,9 +960,8 @@ impl FilesSource {
         step
     }
 
-    /// Runs queue_log lines through the tracker: ended calls become contact events (keyed by
-    /// call and queue), agents' state changes go on to the interval builder. Returns the
-    /// tracker's cursor to commit with them.
+    /// Runs queue_log lines through the tracker; returns the tracker's cursor to commit with
+    /// what they gave.
     fn apply_queue_log(
         &mut self,
         lines: Vec<(String, String)>,
@@ -975,42 +970,14 @@ impl FilesSource {
     ) -> (i64, String) {
         let cfg = self.cfg.queue_log.as_ref().expect("queue_log configured");
         let (id, tracker) = self.tracker.as_mut().expect("tracker loaded");
-        for (origin, line) in lines {
-            let Ok(parsed) = queue_log::parse(&line) else {
-                continue;
-            };
-            let out = tracker.apply(&parsed);
-            if let (Some(call), None) = (out.call, &self.cfg.rows.states) {
-                let (identifier, name) = cfg.queue(&call.queue);
-                let payload = serde_json::json!({
-                    "properties": {
-                        "offered": true,
-                        "handled": call.handled,
-                        "duration": call.duration,
-                    },
-                    "queueName": name,
-                    "queueIdentifier": identifier,
-                    "timestamp": crate::normalize::time::to_api(call.entered),
-                    "channel": cfg.channel,
-                });
-                records.push(NewRecord {
-                    dkey: natural_key(&format!("{}\u{1f}{}", call.callid, call.queue), 0),
-                    payload: payload.to_string(),
-                    origin: origin.clone(),
-                });
-            }
-            if let Some(states) = &self.cfg.rows.states {
-                changes.extend(out.changes.into_iter().map(|c| ChangeRead {
-                    change: Change {
-                        agent: states.agent(&c.agent),
-                        activity: c.state.and_then(|s| states.activity(&s)),
-                        at: c.at,
-                    },
-                    origin: origin.clone(),
-                    raw: crate::push::classify::truncate(&line, 4096),
-                }));
-            }
-        }
+        super::queue_log::apply(
+            cfg,
+            self.cfg.rows.states.as_ref(),
+            tracker,
+            lines,
+            records,
+            changes,
+        );
         (*id, serde_json::to_string(tracker).expect("serializes"))
     }
 
@@ -1021,7 +988,7 @@ impl FilesSource {
         let Some(states) = self.states.as_mut() else {
             return Ok(idle);
         };
-        let (commit, wait) = states.flush(ctx, idle);
+        let (commit, wait) = states.flush(&ctx.name, idle);
         if let Some(c) = commit {
             commit_blocking(ctx, c)?;
         }
@@ -1481,7 +1448,9 @@ mod tests {
                 );
                 let config = Config::parse(&text, &dir.join("c.toml")).unwrap();
                 let source = config.sources[0].clone();
-                let SourceKind::Files(cfg) = source.kind.clone();
+                let SourceKind::Files(cfg) = source.kind.clone() else {
+                    unreachable!("a files source")
+                };
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

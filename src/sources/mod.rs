@@ -9,8 +9,14 @@
 
 pub mod files;
 pub mod fsinfo;
+pub mod http;
 pub mod parse;
+pub mod poll;
+pub mod queue_log;
 pub mod rows;
+pub mod schedule;
+pub mod sql;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -72,9 +78,21 @@ pub trait Source: Send + 'static {
     fn run(self: Box<Self>, ctx: SourceContext);
 }
 
-/// Builds the source a configuration describes.
-pub fn build(cfg: &SourceConfig) -> Box<dyn Source> {
-    match &cfg.kind {
+/// Builds the source a configuration describes; a `webhook` source adds the route the
+/// listener serves it under to `hooks`. Fails when a secret the source needs at start
+/// cannot be read.
+pub fn build(
+    cfg: &SourceConfig,
+    hooks: &mut Vec<webhook::Hook>,
+) -> Result<Box<dyn Source>, String> {
+    Ok(match &cfg.kind {
         SourceKind::Files(files) => Box::new(files::FilesSource::new(files.clone())),
-    }
+        SourceKind::Sql(sql) => Box::new(sql::SqlSource::new(sql.clone())),
+        SourceKind::Http(http) => Box::new(http::HttpSource::new(http.clone())),
+        SourceKind::Webhook(w) => {
+            let (source, hook) = webhook::WebhookSource::new(&cfg.name, w.clone())?;
+            hooks.push(hook);
+            Box::new(source)
+        }
+    })
 }

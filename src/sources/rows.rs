@@ -12,7 +12,9 @@ use super::SourceContext;
 use crate::config::{RowRules, StatesConfig};
 use crate::normalize::intervals::{Builder, Change, Interval};
 use crate::normalize::map::Row;
+use crate::normalize::schema;
 use crate::outbox::{Commit, NewRecord, OutboxError, Parked, natural_key};
+use crate::types::{Emits, SourceName};
 
 /// What a row became.
 pub enum RowOut {
@@ -107,7 +109,7 @@ impl States {
     /// out-of-order changes are parked. Returns the cursor to commit with them.
     pub fn apply(
         &mut self,
-        ctx: &SourceContext,
+        source: &SourceName,
         changes: Vec<ChangeRead>,
         records: &mut Vec<NewRecord>,
         parked: &mut Vec<Parked>,
@@ -122,7 +124,7 @@ impl States {
                 Ok(()) => records.extend(
                     closed[before..]
                         .iter()
-                        .map(|i| interval_record(ctx, i, &read.origin)),
+                        .map(|i| interval_record(source, i, &read.origin)),
                 ),
                 Err(reason) => parked.push(Parked {
                     origin: read.origin,
@@ -157,7 +159,7 @@ impl States {
 
     /// Emits and caps open states as time passes (`open_interval_flush`, `max_interval`):
     /// the commit to make, if any, and how long until this is due again (at most `idle`).
-    pub fn flush(&mut self, ctx: &SourceContext, idle: Duration) -> (Option<Commit>, Duration) {
+    pub fn flush(&mut self, source: &SourceName, idle: Duration) -> (Option<Commit>, Duration) {
         let now = jiff::Timestamp::now();
         let mut closed = Vec::new();
         let commit = self
@@ -166,7 +168,7 @@ impl States {
             .then(|| Commit {
                 records: closed
                     .iter()
-                    .map(|i| interval_record(ctx, i, "open state"))
+                    .map(|i| interval_record(source, i, "open state"))
                     .collect(),
                 parked: Vec::new(),
                 cursors: vec![self.cursor()],
@@ -236,11 +238,11 @@ where
 
 /// An interval as an agent-status record, keyed by agent and start so that the same interval
 /// built again is the same record.
-pub fn interval_record(ctx: &SourceContext, i: &Interval, origin: &str) -> NewRecord {
+pub fn interval_record(source: &SourceName, i: &Interval, origin: &str) -> NewRecord {
     use crate::normalize::time::to_api;
     if i.capped {
         warn!(
-            source = %ctx.name,
+            source = %source,
             agent = %i.agent,
             "state {:?} since {} was never closed; cut at max_interval ({})",
             i.activity, i.start, i.end
@@ -266,4 +268,49 @@ pub fn content_key(key: Option<&str>, payload: &str, piece: u32) -> [u8; 16] {
         Some(k) => natural_key(k, piece),
         None => natural_key(&format!("\u{1e}{payload}"), piece),
     }
+}
+
+/// What a list of JSON objects became.
+#[derive(Default)]
+pub struct Converted {
+    pub records: Vec<NewRecord>,
+    pub parked: Vec<Parked>,
+    pub changes: Vec<ChangeRead>,
+    pub skipped: u64,
+}
+
+/// Converts JSON objects (database rows, API records, pushes), each with its origin. Objects
+/// without a map must already be records of the API's shape.
+pub fn convert_objects(
+    rules: &RowRules,
+    emits: Emits,
+    rows: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
+) -> Converted {
+    let mut out = Converted::default();
+    for (origin, obj) in rows {
+        let text = || serde_json::Value::Object(obj.clone()).to_string();
+        match rules.convert(&JsonRow(&obj), || schema::normalize_json(emits, &text())) {
+            Ok(None) => out.skipped += 1,
+            Ok(Some(RowOut::Records(list, key))) => {
+                for (piece, payload) in list.into_iter().enumerate() {
+                    out.records.push(NewRecord {
+                        dkey: content_key(key.as_deref(), &payload, piece as u32),
+                        payload,
+                        origin: origin.clone(),
+                    });
+                }
+            }
+            Ok(Some(RowOut::Change(change))) => out.changes.push(ChangeRead {
+                change,
+                origin,
+                raw: crate::push::classify::truncate(&text(), 4096),
+            }),
+            Err(reason) => out.parked.push(Parked {
+                origin,
+                reason,
+                raw: crate::push::classify::truncate(&text(), 4096),
+            }),
+        }
+    }
+    out
 }

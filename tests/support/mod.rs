@@ -5,6 +5,10 @@
 
 #![allow(dead_code)]
 
+pub mod acd_api;
+#[cfg(unix)]
+pub mod databases;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,265 @@
+//! When pollers poll: `schedule` (cron with seconds, in the source's `timezone`) or `every`,
+//! fired by tokio-cron-scheduler.
+//!
+//! * **No overlap**: the scheduler's job only offers a tick into a channel that holds one; a
+//!   tick that comes while a poll still runs (and one is already waiting) is dropped and said
+//!   so in the debug log, so a slow poll is never started twice.
+//! * **Missed polls**: the time of the last poll is stored with the source's cursor. At start,
+//!   if the schedule was due at least once since then (the daemon was down), one poll runs at
+//!   once, not one per missed occurrence. A source's first start polls at once too.
+//! * **Jitter**: each poll waits a random part of `jitter` first, so many sites sharing an
+//!   API do not hit it at the same second.
+//! * **Time zones**: tokio-cron-scheduler applies a zone as the fixed offset it has when the
+//!   job is created. The job is therefore created again at each of the zone's offset changes
+//!   (daylight saving time), so "at 06:00" stays 06:00 local all year.
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
+use tokio::sync::mpsc;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tracing::{debug, warn};
+
+use crate::config::{Schedule, When};
+
+/// Parses a cron expression with seconds (`sec min hour day-of-month month day-of-week`).
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .map_err(|e| {
+            format!(
+                "{expr:?} is not a cron schedule with seconds, such as \"0 */5 * * * *\" \
+                 (every five minutes) or \"0 0 6 * * Mon-Fri\": {e}"
+            )
+        })
+}
+
+/// The zone's offset at `at`, as chrono wants it.
+fn offset(zone: &jiff::tz::TimeZone, at: jiff::Timestamp) -> FixedOffset {
+    FixedOffset::east_opt(zone.to_offset(at).seconds()).unwrap_or(FixedOffset::east_opt(0).unwrap())
+}
+
+/// Whether the schedule was due in `(last, now]`: a poll was missed.
+pub fn missed(schedule: &Schedule, last: jiff::Timestamp, now: jiff::Timestamp) -> bool {
+    match &schedule.when {
+        When::Every(every) => now.duration_since(last).unsigned_abs() >= *every,
+        When::Cron(expr) => {
+            let Ok(cron) = parse_cron(expr) else {
+                return false;
+            };
+            let Some(from) = DateTime::from_timestamp_millis(last.as_millisecond()) else {
+                return true;
+            };
+            let from = from.with_timezone(&offset(&schedule.zone, last));
+            cron.find_next_occurrence(&from, false)
+                .is_ok_and(|next| next.timestamp_millis() <= now.as_millisecond())
+        }
+    }
+}
+
+/// The ticks of a running schedule.
+pub struct Ticks {
+    rx: mpsc::Receiver<()>,
+    scheduler: JobScheduler,
+    jitter: Duration,
+}
+
+impl Ticks {
+    /// Starts firing; `due_now` offers the first tick at once (a first start or a missed poll).
+    pub async fn start(schedule: &Schedule, source: &str, due_now: bool) -> Result<Ticks, String> {
+        let (tx, rx) = mpsc::channel(1);
+        if due_now {
+            let _ = tx.try_send(());
+        }
+        let scheduler = JobScheduler::new()
+            .await
+            .map_err(|e| format!("cannot start the scheduler: {e}"))?;
+        match &schedule.when {
+            When::Every(every) => {
+                scheduler
+                    .add(job_every(*every, tx, source)?)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            When::Cron(expr) => {
+                arm_cron(
+                    &scheduler,
+                    expr.clone(),
+                    schedule.zone.clone(),
+                    tx,
+                    source.into(),
+                )
+                .await?;
+            }
+        }
+        scheduler.start().await.map_err(|e| e.to_string())?;
+        Ok(Ticks {
+            rx,
+            scheduler,
+            jitter: schedule.jitter,
+        })
+    }
+
+    /// Waits for the next tick, then for its jitter.
+    pub async fn next(&mut self) -> Option<()> {
+        self.rx.recv().await?;
+        if !self.jitter.is_zero() {
+            let wait = self.jitter.mul_f64(fastrand::f64());
+            tokio::time::sleep(wait).await;
+        }
+        Some(())
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.scheduler.shutdown().await;
+    }
+}
+
+/// Offers a tick unless one is already waiting.
+fn offer(tx: &mpsc::Sender<()>, source: &str) {
+    if tx.try_send(()).is_err() {
+        debug!(
+            source,
+            "the previous poll is still running; this one is skipped"
+        );
+    }
+}
+
+fn job_every(every: Duration, tx: mpsc::Sender<()>, source: &str) -> Result<Job, String> {
+    let source = source.to_owned();
+    Job::new_repeated_async(every, move |_, _| {
+        offer(&tx, &source);
+        Box::pin(async {})
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Adds the cron job with the zone's current offset, and a one-shot job at the zone's next
+/// offset change that replaces both.
+fn arm_cron(
+    scheduler: &JobScheduler,
+    expr: String,
+    zone: jiff::tz::TimeZone,
+    tx: mpsc::Sender<()>,
+    source: String,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    Box::pin(async move {
+        let now = jiff::Timestamp::now();
+        let fire = {
+            let (tx, source) = (tx.clone(), source.clone());
+            Job::new_async_tz(expr.as_str(), offset(&zone, now), move |_, _| {
+                offer(&tx, &source);
+                Box::pin(async {})
+            })
+            .map_err(|e| format!("cannot schedule {expr:?}: {e}"))?
+        };
+        let fire_id = scheduler.add(fire).await.map_err(|e| e.to_string())?;
+        let Some(change) = zone.following(now).next() else {
+            return Ok(());
+        };
+        let until = Duration::try_from(change.timestamp().duration_since(now)).unwrap_or_default()
+            + Duration::from_secs(1);
+        let again = scheduler.clone();
+        let rearm = Job::new_one_shot_async(until, move |_, _| {
+            let (sched, expr, zone, tx, source) = (
+                again.clone(),
+                expr.clone(),
+                zone.clone(),
+                tx.clone(),
+                source.clone(),
+            );
+            Box::pin(async move {
+                let _ = sched.remove(&fire_id).await;
+                if let Err(e) = arm_cron(&sched, expr, zone, tx, source.clone()).await {
+                    warn!(
+                        source,
+                        "cannot re-arm the schedule after an offset change: {e}"
+                    );
+                }
+            })
+        })
+        .map_err(|e| e.to_string())?;
+        scheduler.add(rearm).await.map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched(when: When, zone: &str) -> Schedule {
+        Schedule {
+            when,
+            zone: jiff::tz::TimeZone::get(zone).unwrap(),
+            jitter: Duration::ZERO,
+        }
+    }
+
+    fn ts(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_missed_poll_is_found_once_whatever_the_gap() {
+        let every = sched(When::Every(Duration::from_secs(30)), "UTC");
+        assert!(!missed(
+            &every,
+            ts("2024-01-01T00:00:00Z"),
+            ts("2024-01-01T00:00:29Z")
+        ));
+        assert!(missed(
+            &every,
+            ts("2024-01-01T00:00:00Z"),
+            ts("2024-01-03T00:00:00Z")
+        ));
+        let cron = sched(When::Cron("0 0 6 * * *".into()), "Europe/Berlin");
+        // 06:00 in Berlin in summer is 04:00 UTC.
+        assert!(!missed(
+            &cron,
+            ts("2024-07-01T04:00:00Z"),
+            ts("2024-07-02T03:59:59Z")
+        ));
+        assert!(missed(
+            &cron,
+            ts("2024-07-01T04:00:00Z"),
+            ts("2024-07-02T04:00:00Z")
+        ));
+        // In winter it is 05:00 UTC.
+        assert!(!missed(
+            &cron,
+            ts("2024-01-01T05:00:00Z"),
+            ts("2024-01-02T04:30:00Z")
+        ));
+    }
+
+    #[test]
+    fn cron_expressions_need_seconds_and_say_so() {
+        assert!(parse_cron("0 */5 * * * *").is_ok());
+        assert!(parse_cron("0 0 6 * * Mon-Fri").is_ok());
+        let e = parse_cron("*/5 * * * *").unwrap_err();
+        assert!(e.contains("with seconds"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn ticks_do_not_pile_up_while_a_poll_runs() {
+        let s = sched(When::Every(Duration::from_millis(1000)), "UTC");
+        let mut ticks = Ticks::start(&s, "t", true).await.unwrap();
+        // The first tick is there at once.
+        tokio::time::timeout(Duration::from_millis(200), ticks.next())
+            .await
+            .unwrap();
+        // A "poll" three periods long: afterwards one tick waits, not three.
+        tokio::time::sleep(Duration::from_millis(3300)).await;
+        tokio::time::timeout(Duration::from_millis(200), ticks.next())
+            .await
+            .unwrap();
+        assert!(ticks.rx.try_recv().is_err(), "ticks piled up");
+        ticks.stop().await;
+    }
+}

@@ -1,0 +1,512 @@
+//! The `sql` source: a query polled on a schedule, against PostgreSQL or MySQL/MariaDB through
+//! sqlx's native drivers (no client libraries needed).
+//!
+//! The configured `query` is wrapped as a derived table, and the daemon adds the cursor
+//! condition and order itself:
+//!
+//! ```sql
+//! SELECT * FROM (<query>) AS injixo_rows
+//! WHERE <cursor_column> >= $lower AND <cursor_column> <= $until
+//! ORDER BY <cursor_column> LIMIT <page_size>
+//! ```
+//!
+//! * **Ties**: the lower bound is inclusive, so rows that share the last value of a full page
+//!   are read again by the next page (dedupe keys absorb them) rather than skipped. A page
+//!   that holds nothing but one value is followed by a query for *all* rows with that value,
+//!   and the next page starts strictly after it: no tie is ever lost, however many.
+//! * **Late rows**: each poll starts `overlap` before the cursor, so a row committed late with
+//!   an older timestamp is still found.
+//! * **Lag**: rows younger than `lag` are left for a later poll (`$until` = now - lag).
+//! * **Types**: the cursor column's type is read from the database (`describe`): a time
+//!   with a zone, a time without one (read in the source's `timezone`), or an integer. Values
+//!   become JSON for the map: numbers, booleans, text, and times as RFC 3339 UTC.
+//! * **Snapshot** (`snapshot = true`): the query is read whole each poll; it gives every
+//!   agent's current state.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::{Column, Row, TypeInfo, ValueRef};
+use tracing::{debug, info};
+
+use super::poll::{Poll, PollError, Sink};
+use super::{Source, SourceContext};
+use crate::config::SqlConfig;
+
+pub struct SqlSource {
+    cfg: SqlConfig,
+}
+
+impl SqlSource {
+    pub fn new(cfg: SqlConfig) -> Self {
+        Self { cfg }
+    }
+}
+
+impl Source for SqlSource {
+    fn run(self: Box<Self>, ctx: SourceContext) {
+        let cfg = self.cfg;
+        let poller = SqlPoller {
+            cfg: cfg.clone(),
+            db: None,
+            kind: None,
+        };
+        super::poll::run(
+            poller,
+            ctx,
+            cfg.schedule.clone(),
+            cfg.rows.clone(),
+            cfg.snapshot,
+            cfg.initial_cursor.clone(),
+        );
+    }
+}
+
+/// A connection pool of either kind.
+#[derive(Clone)]
+pub enum Db {
+    Pg(sqlx::PgPool),
+    My(sqlx::MySqlPool),
+}
+
+/// What the cursor column holds, and so what its bounds are bound as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CursorKind {
+    /// A time with a zone (PostgreSQL `timestamptz`, MySQL `TIMESTAMP`).
+    Instant,
+    /// A wall-clock time (`timestamp`, `DATETIME`, `date`), read in the source's zone.
+    Local,
+    Integer,
+}
+
+/// A bound value.
+#[derive(Clone, Debug)]
+enum Bound {
+    Instant(DateTime<Utc>),
+    Local(NaiveDateTime),
+    Integer(i64),
+}
+
+struct SqlPoller {
+    cfg: SqlConfig,
+    db: Option<Db>,
+    kind: Option<CursorKind>,
+}
+
+/// Connects with the configured URL; errors never contain it (it holds the password).
+pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
+    let url = cfg.connection.load()?;
+    let url = url.expose();
+    let scheme = url
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let timeout = cfg.timeout.min(Duration::from_secs(30));
+    match scheme.as_str() {
+        "postgres" | "postgresql" => sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(timeout)
+            .connect(url)
+            .await
+            .map(Db::Pg)
+            .map_err(|e| describe(&e)),
+        "mysql" | "mariadb" => {
+            let url = url.replacen("mariadb:", "mysql:", 1);
+            sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(timeout)
+                .connect(&url)
+                .await
+                .map(Db::My)
+                .map_err(|e| describe(&e))
+        }
+        _ => Err(format!(
+            "{} is not a postgres:// or mysql:// (mariadb://) URL",
+            cfg.connection.key
+        )),
+    }
+}
+
+/// A database error without anything that could hold a secret.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(_) => "the connection URL is not valid".into(),
+        other => other.to_string(),
+    }
+}
+
+impl Poll for SqlPoller {
+    async fn poll(&mut self, sink: &mut Sink<'_>) -> Result<(), PollError> {
+        if self.db.is_none() {
+            let db = connect(&self.cfg).await.map_err(PollError::Remote)?;
+            info!(source = %sink.ctx.name, "connected to the database");
+            self.db = Some(db);
+        }
+        let result = tokio::time::timeout(self.cfg.timeout, self.read(sink)).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(PollError::Remote(format!(
+                "the poll took longer than {}",
+                humantime::format_duration(self.cfg.timeout)
+            ))),
+        };
+        if let Err(PollError::Remote(_)) = &result {
+            // A new connection next time: the old one may be broken.
+            if let Some(db) = self.db.take() {
+                match db {
+                    Db::Pg(p) => p.close().await,
+                    Db::My(p) => p.close().await,
+                }
+            }
+        }
+        result
+    }
+}
+
+impl SqlPoller {
+    async fn read(&mut self, sink: &mut Sink<'_>) -> Result<(), PollError> {
+        let db = self.db.clone().expect("connected");
+        let base = format!("SELECT * FROM ({}) AS injixo_rows", self.cfg.query);
+        let Some(column) = self.cfg.cursor_column.clone() else {
+            let rows = fetch(&db, &base, &[], &self.cfg.zone).await?;
+            let n = rows.len();
+            sink.page(origins(rows, "snapshot"), None).await?;
+            debug!(source = %sink.ctx.name, rows = n, "snapshot read");
+            return Ok(());
+        };
+        let kind = match self.kind {
+            Some(k) => k,
+            None => {
+                let k = cursor_kind(&db, &base, &column).await?;
+                self.kind = Some(k);
+                k
+            }
+        };
+        let quoted = match db {
+            Db::Pg(_) => format!("\"{}\"", column.replace('"', "\"\"")),
+            Db::My(_) => format!("`{}`", column.replace('`', "``")),
+        };
+        let now = Utc::now();
+        let until = now - chrono::Duration::from_std(self.cfg.lag).unwrap_or_default();
+        let zone = &self.cfg.zone;
+        let start = sink.cursor().unwrap_or_default().to_owned();
+        let mut lower = parse_bound(kind, &start, zone).map_err(|e| {
+            PollError::Remote(format!(
+                "the cursor {start:?} does not fit the column {column}: {e}"
+            ))
+        })?;
+        if let Bound::Instant(t) = &mut lower {
+            *t -= chrono::Duration::from_std(self.cfg.overlap).unwrap_or_default();
+        } else if let Bound::Local(t) = &mut lower {
+            *t -= chrono::Duration::from_std(self.cfg.overlap).unwrap_or_default();
+        }
+        let upper = match kind {
+            CursorKind::Instant => Some(Bound::Instant(until)),
+            CursorKind::Local => Some(Bound::Local(local(until, zone))),
+            CursorKind::Integer => None,
+        };
+        let mut strict = false;
+        let page = self.cfg.page_size as usize;
+        loop {
+            let (p1, p2) = placeholders(&db);
+            let mut sql = format!(
+                "{base} WHERE {quoted} {} {p1}",
+                if strict { ">" } else { ">=" }
+            );
+            let mut binds = vec![lower.clone()];
+            if let Some(u) = &upper {
+                sql.push_str(&format!(" AND {quoted} <= {p2}"));
+                binds.push(u.clone());
+            }
+            sql.push_str(&format!(" ORDER BY {quoted} LIMIT {page}"));
+            let rows = fetch(&db, &sql, &binds, zone).await?;
+            let full = rows.len() == page;
+            let last = rows.last().and_then(|r| r.get(&column)).cloned();
+            let first = rows.first().and_then(|r| r.get(&column)).cloned();
+            let Some(last) = last else {
+                // Nothing (more) to read.
+                return Ok(());
+            };
+            let last_text = value_text(&last);
+            if !full {
+                sink.page(origins(rows, &column), Some(last_text)).await?;
+                return Ok(());
+            }
+            if first.as_ref() == Some(&last) {
+                // A whole page of one value: read all of its ties, then go past it.
+                let (p1, _) = placeholders(&db);
+                let tie_sql = format!("{base} WHERE {quoted} = {p1}");
+                let tie = parse_bound(kind, &last_text, zone).map_err(PollError::Remote)?;
+                let ties = fetch(&db, &tie_sql, std::slice::from_ref(&tie), zone).await?;
+                sink.page(origins(ties, &column), Some(last_text)).await?;
+                lower = tie;
+                strict = true;
+            } else {
+                // Rows before the last value are complete; the last value's rows come again.
+                let before: Vec<_> = rows
+                    .into_iter()
+                    .filter(|r| r.get(&column) != Some(&last))
+                    .collect();
+                sink.page(origins(before, &column), Some(last_text.clone()))
+                    .await?;
+                lower = parse_bound(kind, &last_text, zone).map_err(PollError::Remote)?;
+                strict = false;
+            }
+        }
+    }
+}
+
+fn placeholders(db: &Db) -> (&'static str, &'static str) {
+    match db {
+        Db::Pg(_) => ("$1", "$2"),
+        Db::My(_) => ("?", "?"),
+    }
+}
+
+/// Rows with their origin: the cursor column's value, e.g. `updated_at=2024-05-01T10:00:00Z`.
+fn origins(rows: Vec<Map<String, Value>>, column: &str) -> Vec<(String, Map<String, Value>)> {
+    rows.into_iter()
+        .map(|r| {
+            let at = r.get(column).map(value_text).unwrap_or_default();
+            (format!("{column}={at}"), r)
+        })
+        .collect()
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A wall-clock time in `zone`.
+fn local(t: DateTime<Utc>, zone: &jiff::tz::TimeZone) -> NaiveDateTime {
+    let ts = jiff::Timestamp::from_millisecond(t.timestamp_millis()).unwrap_or_default();
+    let offset = zone.to_offset(ts).seconds();
+    t.naive_utc() + chrono::Duration::seconds(offset as i64)
+}
+
+/// A cursor text as a bound of the column's kind.
+fn parse_bound(kind: CursorKind, text: &str, zone: &jiff::tz::TimeZone) -> Result<Bound, String> {
+    match kind {
+        CursorKind::Integer => text
+            .trim()
+            .parse::<i64>()
+            .map(Bound::Integer)
+            .map_err(|_| format!("{text:?} is not an integer")),
+        CursorKind::Instant | CursorKind::Local => {
+            let ts = crate::normalize::time::parse_since(text)?;
+            let utc = DateTime::from_timestamp_millis(ts.as_millisecond())
+                .ok_or_else(|| format!("{text:?} is out of range"))?;
+            Ok(match kind {
+                CursorKind::Instant => Bound::Instant(utc),
+                _ => Bound::Local(local(utc, zone)),
+            })
+        }
+    }
+}
+
+/// The kind of the cursor column, from the database's description of the query.
+async fn cursor_kind(db: &Db, base: &str, column: &str) -> Result<CursorKind, PollError> {
+    use sqlx::SqlSafeStr;
+    use sqlx::{Executor, Statement};
+    let sql = || sqlx::AssertSqlSafe(base.to_owned()).into_sql_str();
+    let types: Vec<(String, String)> = match db {
+        Db::Pg(p) => p
+            .prepare(sql())
+            .await
+            .map_err(|e| PollError::Remote(format!("the query does not run: {}", describe(&e))))?
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
+            .collect(),
+        Db::My(p) => p
+            .prepare(sql())
+            .await
+            .map_err(|e| PollError::Remote(format!("the query does not run: {}", describe(&e))))?
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
+            .collect(),
+    };
+    let Some((_, ty)) = types.iter().find(|(n, _)| n == column) else {
+        let names: Vec<&str> = types.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(PollError::Remote(format!(
+            "cursor_column {column:?} is not a column of the query; it has {}",
+            names.join(", ")
+        )));
+    };
+    let kind = match (db, ty.to_ascii_uppercase().as_str()) {
+        (_, "TIMESTAMPTZ") | (Db::My(_), "TIMESTAMP") => CursorKind::Instant,
+        (_, "TIMESTAMP" | "DATETIME" | "DATE") => CursorKind::Local,
+        (_, t) if t.contains("INT") => CursorKind::Integer,
+        (_, t) => {
+            return Err(PollError::Remote(format!(
+                "cursor_column {column:?} is of type {t}: use a time or an integer column"
+            )));
+        }
+    };
+    Ok(kind)
+}
+
+/// Runs a query and returns its rows as JSON objects.
+async fn fetch(
+    db: &Db,
+    sql: &str,
+    binds: &[Bound],
+    zone: &jiff::tz::TimeZone,
+) -> Result<Vec<Map<String, Value>>, PollError> {
+    let err = |e: sqlx::Error| PollError::Remote(describe(&e));
+    match db {
+        Db::Pg(pool) => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+            for b in binds {
+                q = match b {
+                    Bound::Instant(t) => q.bind(*t),
+                    Bound::Local(t) => q.bind(*t),
+                    Bound::Integer(n) => q.bind(*n),
+                };
+            }
+            let rows = q.fetch_all(pool).await.map_err(err)?;
+            rows.iter().map(|r| pg_row(r, zone)).collect()
+        }
+        Db::My(pool) => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+            for b in binds {
+                q = match b {
+                    Bound::Instant(t) => q.bind(*t),
+                    Bound::Local(t) => q.bind(*t),
+                    Bound::Integer(n) => q.bind(*n),
+                };
+            }
+            let rows = q.fetch_all(pool).await.map_err(err)?;
+            rows.iter().map(|r| my_row(r, zone)).collect()
+        }
+    }
+}
+
+/// A wall-clock time read in `zone`, as RFC 3339 UTC.
+fn local_to_json(t: NaiveDateTime, zone: &jiff::tz::TimeZone) -> Value {
+    // The same rules as for files: a skipped local time moves forward, a repeated one is
+    // its first occurrence.
+    let text = t.format("%Y-%m-%dT%H:%M:%S%.f").to_string();
+    match text
+        .parse::<jiff::civil::DateTime>()
+        .ok()
+        .and_then(|civil| zone.to_ambiguous_timestamp(civil).compatible().ok())
+    {
+        Some(ts) => Value::String(crate::normalize::time::to_api(ts)),
+        None => Value::String(text),
+    }
+}
+
+fn instant_to_json(t: DateTime<Utc>) -> Value {
+    match jiff::Timestamp::from_millisecond(t.timestamp_millis()) {
+        Ok(ts) => Value::String(crate::normalize::time::to_api(ts)),
+        Err(_) => Value::String(t.to_rfc3339()),
+    }
+}
+
+fn unsupported(column: &str, ty: &str) -> PollError {
+    PollError::Remote(format!(
+        "column {column:?} has type {ty}, which is not read: cast it in the query \
+         (e.g. CAST({column} AS CHAR) or {column}::text)"
+    ))
+}
+
+fn pg_row(
+    row: &sqlx::postgres::PgRow,
+    zone: &jiff::tz::TimeZone,
+) -> Result<Map<String, Value>, PollError> {
+    let mut out = Map::new();
+    for (i, col) in row.columns().iter().enumerate() {
+        let name = col.name();
+        let raw = row
+            .try_get_raw(i)
+            .map_err(|e| PollError::Remote(e.to_string()))?;
+        let ty = raw.type_info().name().to_ascii_uppercase();
+        let value = if raw.is_null() {
+            Value::Null
+        } else {
+            let get_err = |e: sqlx::Error| PollError::Remote(format!("column {name:?}: {e}"));
+            match ty.as_str() {
+                "BOOL" => Value::Bool(row.try_get::<bool, _>(i).map_err(get_err)?),
+                "INT2" => Value::from(row.try_get::<i16, _>(i).map_err(get_err)?),
+                "INT4" => Value::from(row.try_get::<i32, _>(i).map_err(get_err)?),
+                "INT8" => Value::from(row.try_get::<i64, _>(i).map_err(get_err)?),
+                "FLOAT4" => Value::from(row.try_get::<f32, _>(i).map_err(get_err)? as f64),
+                "FLOAT8" => Value::from(row.try_get::<f64, _>(i).map_err(get_err)?),
+                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" => {
+                    Value::String(row.try_get::<String, _>(i).map_err(get_err)?)
+                }
+                "TIMESTAMPTZ" => {
+                    instant_to_json(row.try_get::<DateTime<Utc>, _>(i).map_err(get_err)?)
+                }
+                "TIMESTAMP" => {
+                    local_to_json(row.try_get::<NaiveDateTime, _>(i).map_err(get_err)?, zone)
+                }
+                "DATE" => Value::String(
+                    row.try_get::<chrono::NaiveDate, _>(i)
+                        .map_err(get_err)?
+                        .to_string(),
+                ),
+                "JSON" | "JSONB" => row.try_get::<Value, _>(i).map_err(get_err)?,
+                other => return Err(unsupported(name, other)),
+            }
+        };
+        out.insert(name.to_owned(), value);
+    }
+    Ok(out)
+}
+
+fn my_row(
+    row: &sqlx::mysql::MySqlRow,
+    zone: &jiff::tz::TimeZone,
+) -> Result<Map<String, Value>, PollError> {
+    let mut out = Map::new();
+    for (i, col) in row.columns().iter().enumerate() {
+        let name = col.name();
+        let raw = row
+            .try_get_raw(i)
+            .map_err(|e| PollError::Remote(e.to_string()))?;
+        let ty = raw.type_info().name().to_ascii_uppercase();
+        let value = if raw.is_null() {
+            Value::Null
+        } else {
+            let get_err = |e: sqlx::Error| PollError::Remote(format!("column {name:?}: {e}"));
+            match ty.as_str() {
+                "BOOLEAN" => Value::Bool(row.try_get::<bool, _>(i).map_err(get_err)?),
+                "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => {
+                    Value::from(row.try_get::<i64, _>(i).map_err(get_err)?)
+                }
+                "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED"
+                | "INT UNSIGNED" | "BIGINT UNSIGNED" => {
+                    Value::from(row.try_get::<u64, _>(i).map_err(get_err)?)
+                }
+                "FLOAT" => Value::from(row.try_get::<f32, _>(i).map_err(get_err)? as f64),
+                "DOUBLE" => Value::from(row.try_get::<f64, _>(i).map_err(get_err)?),
+                "VARCHAR" | "CHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" => {
+                    Value::String(row.try_get::<String, _>(i).map_err(get_err)?)
+                }
+                "TIMESTAMP" => {
+                    instant_to_json(row.try_get::<DateTime<Utc>, _>(i).map_err(get_err)?)
+                }
+                "DATETIME" => {
+                    local_to_json(row.try_get::<NaiveDateTime, _>(i).map_err(get_err)?, zone)
+                }
+                "DATE" => Value::String(
+                    row.try_get::<chrono::NaiveDate, _>(i)
+                        .map_err(get_err)?
+                        .to_string(),
+                ),
+                "JSON" => row.try_get::<Value, _>(i).map_err(get_err)?,
+                other => return Err(unsupported(name, other)),
+            }
+        };
+        out.insert(name.to_owned(), value);
+    }
+    Ok(out)
+}

@@ -1,0 +1,233 @@
+//! The `webhook` source: records pushed to `POST /webhook/<source name>/<token>` on the
+//! `[listen]` address.
+//!
+//! The listener checks the request (path token in constant time, content type, size, JSON)
+//! and hands the objects to the source's own thread through a bounded channel; the thread
+//! converts them like any source's rows, commits them to the outbox and only then answers.
+//! A push that got a 2xx is therefore on disk. Pushes waiting together are committed in one
+//! transaction (one fsync for all of them), which is what keeps many concurrent pushers fast.
+//! The thread also keeps the source's open agent states (`emits = "agent_states"`) and
+//! flushes them on time when no push arrives.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error};
+
+use super::rows::{Converted, States, commit, convert_objects};
+use super::{Source, SourceContext};
+use crate::config::WebhookConfig;
+use crate::outbox::{Commit, OutboxError};
+use crate::types::{Secret, SourceName};
+
+/// How many pushes wait for the source thread before the listener answers 503.
+const QUEUE: usize = 256;
+/// The most pushes committed in one transaction.
+const GROUP: usize = 64;
+
+/// One accepted request: its objects, each with its origin, and where the answer goes.
+pub struct Push {
+    pub objects: Vec<(String, Map<String, Value>)>,
+    pub reply: oneshot::Sender<Result<Outcome, String>>,
+}
+
+/// What became of a push, once it is committed.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Outcome {
+    /// Records (or agent-state changes) kept; a push sent again is kept once.
+    pub accepted: usize,
+    /// Dropped by `skip_if`.
+    pub skipped: u64,
+    /// Objects that cannot become records, kept (parked) with the reason.
+    pub rejected: usize,
+    /// The first rejection reasons, for the pusher's log.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// What the listener needs to route a push to its source.
+pub struct Hook {
+    pub name: SourceName,
+    token: Secret,
+    pub max_body: usize,
+    tx: mpsc::Sender<Push>,
+}
+
+impl Hook {
+    /// Whether `given` is this hook's token, compared in constant time (for tokens of the
+    /// right length: the length is not a secret worth guarding).
+    pub fn token_matches(&self, given: &str) -> bool {
+        let want = self.token.expose().as_bytes();
+        let given = given.as_bytes();
+        if want.len() != given.len() {
+            return false;
+        }
+        let diff = want
+            .iter()
+            .zip(given)
+            .fold(0u8, |acc, (a, b)| acc | std::hint::black_box(a ^ b));
+        diff == 0
+    }
+
+    /// Hands a push to the source thread; `Err` gives it back when the queue is full or the
+    /// source has stopped.
+    pub fn offer(&self, push: Push) -> Result<(), Push> {
+        self.tx.try_send(push).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+        })
+    }
+}
+
+pub struct WebhookSource {
+    cfg: WebhookConfig,
+    rx: mpsc::Receiver<Push>,
+}
+
+impl WebhookSource {
+    /// The source and the hook the listener routes its pushes through. Fails when the token
+    /// cannot be read.
+    pub fn new(name: &SourceName, cfg: WebhookConfig) -> Result<(Self, Hook), String> {
+        let token = cfg.token.load()?;
+        if token.expose().len() < 16 {
+            return Err(format!(
+                "{} is shorter than 16 characters: use a long random token, e.g. the output of \
+                 `openssl rand -hex 24`",
+                cfg.token.key
+            ));
+        }
+        if !token
+            .expose()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            return Err(format!(
+                "{} may hold only letters, digits and - . _ ~ (it is part of a URL path)",
+                cfg.token.key
+            ));
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let hook = Hook {
+            name: name.clone(),
+            token,
+            max_body: cfg.max_body,
+            tx,
+        };
+        Ok((Self { cfg, rx }, hook))
+    }
+}
+
+impl Source for WebhookSource {
+    fn run(self: Box<Self>, ctx: SourceContext) {
+        let Self { cfg, mut rx } = *self;
+        let mut states = match &cfg.rows.states {
+            Some(s) => match ctx
+                .outbox
+                .cursors_blocking(ctx.id)
+                .and_then(|list| States::load(s.clone(), &ctx, &list))
+            {
+                Ok(st) => Some(st),
+                Err(e) => {
+                    error!(source = %ctx.name, "cannot load the open agent states: {e}");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let handle = tokio::runtime::Handle::current();
+        handle.block_on(async {
+            let idle = Duration::from_secs(60);
+            let mut wait = idle;
+            loop {
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    first = rx.recv() => {
+                        let Some(first) = first else { break };
+                        let mut pushes = vec![first];
+                        while pushes.len() < GROUP {
+                            match rx.try_recv() {
+                                Ok(p) => pushes.push(p),
+                                Err(_) => break,
+                            }
+                        }
+                        take(&ctx, &cfg, states.as_mut(), pushes).await;
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                if let Some(st) = states.as_mut() {
+                    let (due, next) = st.flush(&ctx.name, idle);
+                    wait = next;
+                    if let Some(c) = due
+                        && let Err(e) = commit(&ctx, c).await
+                    {
+                        error!(source = %ctx.name, "cannot commit flushed agent states: {e}");
+                    }
+                }
+            }
+            // Pushes still queued get no 2xx: their senders retry.
+            rx.close();
+            debug!(source = %ctx.name, "stopped");
+        });
+    }
+}
+
+/// Converts and commits a group of pushes in one transaction, then answers each.
+async fn take(
+    ctx: &SourceContext,
+    cfg: &WebhookConfig,
+    mut states: Option<&mut States>,
+    pushes: Vec<Push>,
+) {
+    let mut all = Commit {
+        records: Vec::new(),
+        parked: Vec::new(),
+        cursors: Vec::new(),
+    };
+    let mut outcomes = Vec::with_capacity(pushes.len());
+    let mut replies = Vec::with_capacity(pushes.len());
+    for push in pushes {
+        let Converted {
+            mut records,
+            mut parked,
+            changes,
+            skipped,
+        } = convert_objects(&cfg.rows, ctx.emits, push.objects);
+        let mut outcome = Outcome {
+            accepted: records.len(),
+            skipped,
+            rejected: parked.len(),
+            errors: parked.iter().take(5).map(|p| p.reason.clone()).collect(),
+        };
+        if let Some(st) = states.as_deref_mut() {
+            let (taken, before) = (changes.len(), parked.len());
+            let cursor = st.apply(&ctx.name, changes, &mut records, &mut parked);
+            // One states cursor per commit: the last one holds every change.
+            all.cursors.retain(|(id, _)| *id != cursor.0);
+            all.cursors.push(cursor);
+            let late = parked.len() - before;
+            outcome.rejected += late;
+            outcome.accepted += taken - late;
+            outcome
+                .errors
+                .extend(parked[before..].iter().take(5).map(|p| p.reason.clone()));
+        }
+        all.records.extend(records);
+        all.parked.extend(parked);
+        outcomes.push(outcome);
+        replies.push(push.reply);
+    }
+    ctx.metrics.skipped.fetch_add(
+        outcomes.iter().map(|o| o.skipped).sum(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let result: Result<(), OutboxError> = commit(ctx, all).await.map(|_| ());
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let _ = reply.send(match &result {
+            Ok(()) => Ok(outcome),
+            Err(e) => Err(e.to_string()),
+        });
+    }
+    if let Err(e) = result {
+        error!(source = %ctx.name, "cannot commit pushed records: {e}");
+    }
+}

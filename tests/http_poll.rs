@@ -1,0 +1,153 @@
+//! The `http` source against a local fake ACD API: every pagination style, bearer, basic and
+//! OAuth 2 auth, 429/503 with `Retry-After`, a revoked token. Every call arrives once.
+
+mod support;
+
+use std::time::Duration;
+
+use support::acd_api::{AcdApi, BASIC, BEARER, CLIENT};
+use support::*;
+
+/// An `http` source polling `path` every second, cursor from the records' `updated`.
+fn http_source(env: &Env, name: &str, url: &str, extra: &str) -> String {
+    let secret = env.dir.path().join(format!("{name}-secret"));
+    std::fs::write(
+        &secret,
+        format!(
+            "{}\n",
+            match name {
+                "page" => BEARER,
+                "offset" => BASIC.1,
+                _ => CLIENT.1,
+            }
+        ),
+    )
+    .unwrap();
+    let auth = match name {
+        "page" => format!("token_file = {:?}", secret.display().to_string()),
+        "offset" => format!(
+            "auth = \"basic\"\nusername = {:?}\npassword_file = {:?}",
+            BASIC.0,
+            secret.display().to_string()
+        ),
+        _ => format!(
+            "auth = \"oauth2\"\ntoken_url = {:?}\nclient_id = {:?}\nclient_secret_file = {:?}",
+            url.split("/").take(3).collect::<Vec<_>>().join("/") + "/oauth/token",
+            CLIENT.0,
+            secret.display().to_string()
+        ),
+    };
+    format!(
+        "[[source]]\nname = {name:?}\ntype = \"http\"\nintegration_id = 1234\n\
+         emits = \"contact_events\"\nevery = \"1s\"\nurl = \"{url}?since={{cursor}}\"\n\
+         initial_cursor = \"2024-01-01T00:00:00Z\"\nrecords = \"/data\"\ncursor_field = \"updated\"\n\
+         page_size = 7\nkey = \"{{id}}\"\n{auth}\n{extra}\n\
+         [source.map]\ntimestamp = \"started\"\nqueueName = \"queue\"\nqueueIdentifier = \"queue\"\n\
+         channel = {{ value = \"calls\" }}\noffered = {{ value = true }}\nhandled = {{ value = true }}\n\
+         duration = \"id\"\n\n"
+    )
+}
+
+fn expected(upto: u64) -> Vec<u64> {
+    [1000, 2000, 3000, 4000]
+        .into_iter()
+        .flat_map(|base| (1..=upto).map(move |i| base + i))
+        .collect()
+}
+
+fn assert_each_once(api: &FakeApi, upto: u64) {
+    let got = arrivals(api);
+    for id in expected(upto) {
+        assert_eq!(got.get(&id), Some(&1), "id {id}");
+    }
+    assert_eq!(got.len(), expected(upto).len(), "unexpected ids");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pagination_style_reads_each_record_once_through_faults() {
+    let acd = AcdApi::start().await;
+    // 16 calls with one timestamp (ties across pages of 7), then 9 more.
+    acd.add(1..=16, "2024-05-01T08:00:00Z");
+    acd.add(17..=25, "2024-05-01T08:01:00Z");
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let sources: String = [
+        ("page", "pagination = \"page\"\npage_param = \"page\""),
+        ("offset", "pagination = \"offset\""),
+        (
+            "next",
+            "pagination = \"next_link\"\nnext_pointer = \"/links/next\"",
+        ),
+        ("link", "pagination = \"link_header\""),
+    ]
+    .into_iter()
+    .map(|(name, extra)| http_source(&env, name, &acd.url(&format!("/{name}/calls")), extra))
+    .collect();
+    let config = env.write_config(&env.config_text(&api.url(), "", &sources));
+    let daemon = Daemon::start(config);
+    wait_for(Duration::from_secs(30), "100 records", || {
+        api.record_count() >= 100
+    })
+    .await;
+
+    // The ACD is busy, then breaks; an OAuth 2 token is revoked before it expires.
+    acd.fail_next(&[429, 503, 500]);
+    acd.revoke_tokens();
+    acd.add(26..=40, "2024-05-01T09:00:00Z");
+    wait_for(Duration::from_secs(60), "160 records", || {
+        api.record_count() >= 160
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.stop().await;
+    assert_each_once(&api, 40);
+
+    // The request after a 429 waited for its Retry-After (1 s).
+    let log = acd.log();
+    let i = log
+        .iter()
+        .position(|(_, _, s)| *s == 429)
+        .expect("a 429 was answered");
+    let after_429 = log[i + 1..]
+        .iter()
+        .find(|(_, p, _)| *p == log[i].1)
+        .expect("asked again");
+    assert!(
+        after_429.0.duration_since(log[i].0) >= Duration::from_millis(950),
+        "the retry came {:?} after the 429",
+        after_429.0.duration_since(log[i].0)
+    );
+    // The revoked token was replaced: a second token request.
+    let token_requests = log.iter().filter(|(_, p, _)| p == "/oauth/token").count();
+    assert!(token_requests >= 2, "{token_requests} token requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_is_reported_with_status_and_advice_and_polling_goes_on() {
+    let acd = AcdApi::start().await;
+    acd.add(1..=3, "2024-05-01T08:00:00Z");
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    // A wrong bearer token: 401 on every poll, the daemon keeps running.
+    let source = http_source(
+        &env,
+        "page",
+        &acd.url("/page/calls"),
+        "pagination = \"page\"",
+    );
+    std::fs::write(env.dir.path().join("page-secret"), "wrong-token\n").unwrap();
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let daemon = Daemon::start(config);
+    wait_for(Duration::from_secs(30), "a refused poll", || {
+        acd.log().iter().any(|(_, _, s)| *s == 401)
+    })
+    .await;
+    // The operator fixes the token file: the next attempt reads it again.
+    std::fs::write(env.dir.path().join("page-secret"), format!("{BEARER}\n")).unwrap();
+    wait_for(Duration::from_secs(60), "3 records", || {
+        api.record_count() >= 3
+    })
+    .await;
+    daemon.stop().await;
+    assert_eq!(api.record_count(), 3);
+}

@@ -1,0 +1,278 @@
+//! Real database servers for tests: PostgreSQL and MariaDB from Debian's packages (which
+//! `.ci/run` installs), each started in a temporary directory on a free loopback port and
+//! stopped when dropped. Under root, PostgreSQL runs as the `postgres` user, as it insists.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn wait_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub struct Postgres {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    bin: PathBuf,
+    log: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    /// Initialises a cluster with a trusted user `test` and a database `acd`, and starts it.
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).max())
+            .filter(|b| b.join("initdb").exists())
+            .expect("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)");
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if is_root() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let log = dir.path().join("log");
+        let mut pg = Self {
+            data,
+            bin,
+            log,
+            port: free_port(),
+            child: None,
+            _dir: dir,
+        };
+        run(
+            pg.as_owner(&pg.bin.join("initdb"))
+                .args([
+                    "-U",
+                    "test",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&pg.data),
+            "initdb",
+        );
+        pg.restart();
+        run(
+            Command::new(pg.bin.join("psql"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "test",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    "CREATE DATABASE acd",
+                ])
+                .args(["-p", &pg.port.to_string()]),
+            "createdb",
+        );
+        pg
+    }
+
+    fn as_owner(&self, program: &Path) -> Command {
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://test@127.0.0.1:{}/acd", self.port)
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The postmaster (not `runuser` in front of it) takes SIGINT as "fast shutdown".
+            let pid = std::fs::read_to_string(self.data.join("postmaster.pid"))
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+                .unwrap_or(child.id() as i32);
+            // SAFETY: signalling the server this fixture started.
+            unsafe { libc::kill(pid, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = std::fs::File::create(&self.log).unwrap();
+        if is_root() {
+            let _ = Command::new("chown")
+                .arg("postgres")
+                .arg(&self.log)
+                .status();
+        }
+        let child = self
+            .as_owner(&self.bin.join("postgres"))
+            .arg("-D")
+            .arg(&self.data)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-k",
+                "",
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .args(["-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_port(self.port, "postgres", &self.log);
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct MariaDb {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl MariaDb {
+    /// Installs a data directory with a database `acd` and starts the server; `root` needs no
+    /// password.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let install = ["mariadb-install-db", "mysql_install_db"]
+            .into_iter()
+            .find(|p| {
+                Command::new(p)
+                    .arg("--help")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok()
+            })
+            .expect("MariaDB is not installed: apt-get install mariadb-server (.ci/run does)");
+        let user = if is_root() {
+            "root".to_owned()
+        } else {
+            std::env::var("USER").unwrap_or_default()
+        };
+        run(
+            Command::new(install)
+                .args([
+                    "--no-defaults",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ])
+                .arg(format!("--user={user}"))
+                .arg(format!("--datadir={}", dir.path().join("data").display())),
+            "mariadb-install-db",
+        );
+        let mut db = Self {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        db.restart();
+        run(
+            Command::new("mariadb")
+                .args([
+                    "--no-defaults",
+                    "-h",
+                    "127.0.0.1",
+                    "-u",
+                    "root",
+                    "-e",
+                    "CREATE DATABASE acd",
+                ])
+                .arg(format!("-P{}", db.port)),
+            "create database",
+        );
+        db
+    }
+
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/acd", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let d = self.dir.path();
+        let log = d.join("log");
+        let user = if is_root() {
+            "root".to_owned()
+        } else {
+            std::env::var("USER").unwrap_or_default()
+        };
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--user={user}"))
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--socket={}", d.join("sock").display()))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--skip-grant-tables",
+                "--innodb-buffer-pool-size=16M",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_port(self.port, "mariadbd", &log);
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The `webhook` source: pushes to `POST /webhook/<source>/<token>` on the `[listen]`
+//! address. A push that got a 2xx is in the outbox (kill -9 right after it loses nothing);
+//! bad pushes get a clear 4xx and nothing is half-taken.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const TOKEN: &str = "push-token-0123456789abcdef";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A config with a contact-event webhook `acd` (records in the API's shape) and an
+/// agent-state webhook `states` (mapped), listening on `port`.
+fn config(env: &Env, api_url: &str, port: u16) -> String {
+    let token_file = env.dir.path().join("push-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    format!(
+        "{}\n[listen]\naddress = \"127.0.0.1:{port}\"\n",
+        env.config_text(
+            api_url,
+            "",
+            &format!(
+                "[[source]]\nname = \"acd\"\ntype = \"webhook\"\nintegration_id = 1234\n\
+                 emits = \"contact_events\"\ntoken_file = {file:?}\nmax_body = \"64KiB\"\n\n\
+                 [[source]]\nname = \"states\"\ntype = \"webhook\"\nintegration_id = 1234\n\
+                 emits = \"agent_states\"\nexternal_system = \"Odigo\"\ntoken_file = {file:?}\n\
+                 [source.map]\nagentIdentifier = \"user\"\nactivityIdentifier = \"status\"\ntimestamp = \"at\"\n",
+                file = token_file.display().to_string()
+            )
+        )
+    )
+}
+
+fn events_json(ids: std::ops::Range<u64>) -> Value {
+    Value::Array(
+        ids.map(|i| serde_json::from_str(&event(i)).unwrap())
+            .collect(),
+    )
+}
+
+async fn post(client: &reqwest::Client, url: &str, kind: &str, body: String) -> (u16, Value) {
+    let r = client
+        .post(url)
+        .header("content-type", kind)
+        .body(body)
+        .send()
+        .await
+        .expect("the daemon answers");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn wait_listening(port: u16) {
+    wait_for(Duration::from_secs(30), "the listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_acknowledged_is_kept_through_kill_9() {
+    let env = Env::new();
+    // While the daemon takes the pushes, the API cannot be reached: what was acknowledged
+    // exists only in the outbox when the daemon is killed.
+    let port = free_port();
+    let dead_api = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&env.config_file, config(&env, &dead_api, port)).unwrap();
+    let daemon = Process::start(&env.config_file);
+    wait_listening(port).await;
+
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
+    // 100 pushes of 10 records, 8 at a time.
+    let mut acknowledged = 0;
+    for round in 0..100u64 / 8 + 1 {
+        let mut set = tokio::task::JoinSet::new();
+        for k in 0..8u64 {
+            let push = round * 8 + k;
+            if push >= 100 {
+                break;
+            }
+            let (client, url) = (client.clone(), url.clone());
+            set.spawn(async move {
+                let body = events_json(push * 10..push * 10 + 10).to_string();
+                post(&client, &url, "application/json", body).await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let (status, body) = r.unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["accepted"], 10, "{body}");
+            acknowledged += 10;
+        }
+    }
+    // A sender that did not see the answer sends again: kept once.
+    let (status, _) = post(
+        &client,
+        &url,
+        "application/json",
+        events_json(0..10).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    daemon.kill9();
+
+    let api = FakeApi::start(KEY).await.unwrap();
+    std::fs::write(&env.config_file, config(&env, &api.url(), port)).unwrap();
+    let daemon = Process::start(&env.config_file);
+    wait_for(Duration::from_secs(60), "1000 records", || {
+        api.record_count() >= acknowledged
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.kill9();
+    assert_each_once(&api, 1000);
+}
+
+fn assert_each_once(api: &FakeApi, n: u64) {
+    let got = arrivals(api);
+    for id in 0..n {
+        assert_eq!(got.get(&id), Some(&1), "id {id}");
+    }
+    assert_eq!(got.len() as u64, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pushes_get_a_clear_4xx_and_mapped_pushes_become_intervals() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    let config = env.write_config(&config(&env, &api.url(), port));
+    let daemon = Daemon::start(config);
+    wait_listening(port).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/webhook");
+    let good = format!("{base}/acd/{TOKEN}");
+    let json = "application/json";
+
+    // Wrong token, unknown source, no token: all alike.
+    for url in [
+        format!("{base}/acd/{}", TOKEN.replace('0', "1")),
+        format!("{base}/nope/{TOKEN}"),
+        format!("{base}/acd"),
+    ] {
+        let (status, body) = post(&client, &url, json, event(1)).await;
+        assert_eq!(status, 404, "{url}: {body}");
+    }
+    let r = client.get(&good).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let (status, body) = post(&client, &good, "text/plain", event(1)).await;
+    assert_eq!(status, 415, "{body}");
+    let big = events_json(0..1000).to_string();
+    let (status, body) = post(&client, &good, json, big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("max_body"),
+        "{body}"
+    );
+    let (status, body) = post(&client, &good, json, "{\"broken\": ".into()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not JSON"),
+        "{body}"
+    );
+    let (status, body) = post(&client, &good, json, "[1, 2]".into()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("item 0"), "{body}");
+    // Nothing in it can become a record: 422, and it is kept (parked, with the reason).
+    let (status, body) = post(
+        &client,
+        &good,
+        json,
+        json!({"queueName": "Support", "channel": "pigeons"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["rejected"], 1, "{body}");
+    // One good, one bad: 200 with both counted.
+    let mixed = format!("[{}, {{\"nonsense\": true}}]", event(7));
+    let (status, body) = post(&client, &good, "application/json; charset=utf-8", mixed).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["accepted"].clone(), body["rejected"].clone()),
+        (json!(1), json!(1))
+    );
+
+    // Agent states pushed one change at a time become closed intervals.
+    let states = format!("{base}/states/{TOKEN}");
+    for (status, at) in [
+        ("available", "2024-05-01T08:00:00Z"),
+        ("on_call", "2024-05-01T08:05:00Z"),
+        ("logged_out", "2024-05-01T08:20:00Z"),
+    ] {
+        let body = json!({"user": "agent-7", "status": status, "at": at}).to_string();
+        let (code, answer) = post(&client, &states, json, body).await;
+        assert_eq!(code, 200, "{answer}");
+    }
+    wait_for(Duration::from_secs(30), "2 intervals and 1 event", || {
+        api.records().len() >= 3
+    })
+    .await;
+    daemon.stop().await;
+    let mut intervals: Vec<Value> = api
+        .records()
+        .into_iter()
+        .filter(|r| r.get("agentIdentifier").is_some())
+        .collect();
+    intervals.sort_by_key(|r| r["startTime"].as_str().unwrap().to_owned());
+    assert_eq!(
+        intervals,
+        vec![
+            json!({"agentIdentifier": "agent-7", "activityIdentifier": "available",
+                   "startTime": "2024-05-01T08:00:00Z", "endTime": "2024-05-01T08:05:00Z"}),
+            json!({"agentIdentifier": "agent-7", "activityIdentifier": "on_call",
+                   "startTime": "2024-05-01T08:05:00Z", "endTime": "2024-05-01T08:20:00Z"}),
+        ]
+    );
+    let report = env.report();
+    let acd = report.sources.iter().find(|s| s.name == "acd").unwrap();
+    assert_eq!(acd.parked_total, 2, "{report:#?}");
+    assert_eq!(report.parked.len(), 2, "{report:#?}");
+}
