@@ -1184,7 +1184,7 @@ impl Validator<'_> {
         let kind = match raw.kind.clone().as_deref() {
             Some("files") => self.files(i, &label, emits, raw),
             Some("asterisk_queue_log") => self.queue_log(i, &label, emits, raw),
-            Some("sql") => self.sql(i, &label, emits, raw),
+            Some("sql") => self.sql(i, &label, emits, raw, None),
             Some("http") => self.http(i, &label, emits, raw),
             Some("webhook") => self.webhook(i, &label, emits, raw),
             Some(t) => {
@@ -1290,11 +1290,32 @@ impl Validator<'_> {
                 "asterisk_queue_log emits \"contact_events\" or \"agent_states\"",
             );
         }
+        if raw.connection.is_some() || raw.connection_file.is_some() || raw.connection_env.is_some()
+        {
+            // Asterisk's realtime queue_log table, through the sql poller.
+            if raw.path.is_some() {
+                self.problem(
+                    &at("path"),
+                    &key("path"),
+                    "set either path (the queue_log file) or connection (the realtime table), not both",
+                );
+            }
+            let queue_log = self.queue_log_config(i, label, &mut raw);
+            if raw.query.is_none() {
+                raw.query = Some("SELECT * FROM queue_log".into());
+            }
+            if raw.cursor_column.is_none() {
+                raw.cursor_column = Some("id".into());
+                raw.initial_cursor.get_or_insert_with(|| "0".into());
+            }
+            return self.sql(i, label, emits, raw, Some(queue_log));
+        }
         let Some(file) = raw.path.take() else {
             self.problem(
                 &at("path"),
                 &key("path"),
-                "is required: the queue_log file, e.g. /var/log/asterisk/queue_log",
+                "is required: the queue_log file (e.g. /var/log/asterisk/queue_log), or \
+                 connection_file for the realtime queue_log table",
             );
             return None;
         };
@@ -1317,6 +1338,50 @@ impl Validator<'_> {
         raw.mode = Some("tail".into());
         raw.format = Some("asterisk_queue_log".into());
         self.files(i, label, emits, raw)
+    }
+
+    /// `channel` and `[source.queues]` of an `asterisk_queue_log` source.
+    fn queue_log_config(&mut self, i: usize, label: &str, raw: &mut RawSource) -> QueueLogConfig {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        let mut queues = std::collections::HashMap::new();
+        for (q, v) in raw.queues.take().unwrap_or_default() {
+            let pair = match v {
+                toml::Value::String(n) if !n.trim().is_empty() => Some((q.clone(), n)),
+                toml::Value::Table(t) => {
+                    let get = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+                    match (get("identifier"), get("name")) {
+                        (Some(id), Some(n)) if t.len() == 2 => Some((id, n)),
+                        (Some(id), None) if t.len() == 1 => Some((id, q.clone())),
+                        (None, Some(n)) if t.len() == 1 => Some((q.clone(), n)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            match pair {
+                Some(p) => {
+                    queues.insert(q, p);
+                }
+                None => self.problem(
+                    &at("queues"),
+                    &key(&format!("queues.{q}")),
+                    "write the queue's name, or { identifier = \"...\", name = \"...\" }",
+                ),
+            }
+        }
+        let channel = raw.channel.take().unwrap_or_else(|| "calls".into());
+        if !crate::normalize::schema::CHANNELS.contains(&channel.as_str()) {
+            self.problem(
+                &at("channel"),
+                &key("channel"),
+                format!(
+                    "{channel:?} is not a channel injixo knows: use one of {}",
+                    crate::normalize::schema::CHANNELS.join(", ")
+                ),
+            );
+        }
+        QueueLogConfig { channel, queues }
     }
 
     fn files(
@@ -1364,46 +1429,8 @@ impl Validator<'_> {
                 },
             )),
         };
-        let queue_log = (format == Some(FileFormat::QueueLog)).then(|| {
-            let mut queues = std::collections::HashMap::new();
-            for (q, v) in raw.queues.take().unwrap_or_default() {
-                let pair = match v {
-                    toml::Value::String(n) if !n.trim().is_empty() => Some((q.clone(), n)),
-                    toml::Value::Table(t) => {
-                        let get = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-                        match (get("identifier"), get("name")) {
-                            (Some(id), Some(n)) if t.len() == 2 => Some((id, n)),
-                            (Some(id), None) if t.len() == 1 => Some((id, q.clone())),
-                            (None, Some(n)) if t.len() == 1 => Some((q.clone(), n)),
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                };
-                match pair {
-                    Some(p) => {
-                        queues.insert(q, p);
-                    }
-                    None => self.problem(
-                        &at("queues"),
-                        &key(&format!("queues.{q}")),
-                        "write the queue's name, or { identifier = \"...\", name = \"...\" }",
-                    ),
-                }
-            }
-            let channel = raw.channel.take().unwrap_or_else(|| "calls".into());
-            if !crate::normalize::schema::CHANNELS.contains(&channel.as_str()) {
-                self.problem(
-                    &at("channel"),
-                    &key("channel"),
-                    format!(
-                        "{channel:?} is not a channel injixo knows: use one of {}",
-                        crate::normalize::schema::CHANNELS.join(", ")
-                    ),
-                );
-            }
-            QueueLogConfig { channel, queues }
-        });
+        let queue_log = (format == Some(FileFormat::QueueLog))
+            .then(|| self.queue_log_config(i, label, &mut raw));
         self.not_applicable(
             i,
             label,

@@ -160,3 +160,234 @@ async fn mariadb_rows_arrive_once_with_local_datetimes_and_ties() {
     let first = api.records().into_iter().find(|r| id_of(r) == 1).unwrap();
     assert_eq!(first["timestamp"], "2024-05-01T08:00:00Z", "{first}");
 }
+
+/// Asterisk's queue_log, as the realtime MySQL table (`time` as text in local time, `id`
+/// growing): the same calls and intervals as from the file.
+/// time, callid, queuename, agent, event, data1..
+type QueueLogRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+const QUEUE_LOG: &[QueueLogRow] = &[
+    (
+        "2024-05-01 10:00:00.000000",
+        "NONE",
+        "support",
+        "SIP/1001",
+        "ADDMEMBER",
+        &[],
+    ),
+    (
+        "2024-05-01 10:00:00.000000",
+        "NONE",
+        "support",
+        "SIP/1002",
+        "ADDMEMBER",
+        &[],
+    ),
+    (
+        "2024-05-01 10:01:00.000000",
+        "c1",
+        "support",
+        "NONE",
+        "ENTERQUEUE",
+        &["", "0401234", "1"],
+    ),
+    (
+        "2024-05-01 10:01:10.000000",
+        "c1",
+        "support",
+        "SIP/1001",
+        "RINGNOANSWER",
+        &["15000"],
+    ),
+    (
+        "2024-05-01 10:01:20.000000",
+        "c1",
+        "support",
+        "SIP/1002",
+        "CONNECT",
+        &["20", "c1.1", "5"],
+    ),
+    (
+        "2024-05-01 10:01:40.000000",
+        "c2",
+        "support",
+        "NONE",
+        "ENTERQUEUE",
+        &["", "0405678", "1"],
+    ),
+    (
+        "2024-05-01 10:02:10.000000",
+        "c2",
+        "support",
+        "NONE",
+        "ABANDON",
+        &["1", "1", "30"],
+    ),
+    (
+        "2024-05-01 10:03:20.000000",
+        "c1",
+        "support",
+        "SIP/1002",
+        "COMPLETECALLER",
+        &["20", "120", "1"],
+    ),
+    (
+        "2024-05-01 10:05:00.000000",
+        "NONE",
+        "support",
+        "SIP/1001",
+        "PAUSE",
+        &["lunch"],
+    ),
+    (
+        "2024-05-01 11:05:00.000000",
+        "NONE",
+        "support",
+        "SIP/1001",
+        "UNPAUSE",
+        &[],
+    ),
+    (
+        "2024-05-01 11:06:40.000000",
+        "NONE",
+        "support",
+        "SIP/1001",
+        "REMOVEMEMBER",
+        &[],
+    ),
+    (
+        "2024-05-01 11:06:40.000000",
+        "NONE",
+        "support",
+        "SIP/1002",
+        "REMOVEMEMBER",
+        &[],
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asterisk_realtime_queue_log_table_gives_calls_and_intervals() {
+    let db = MariaDb::start();
+    let pool = sqlx::MySqlPool::connect(&db.url()).await.unwrap();
+    // contrib/realtime/mysql's queue_log table.
+    sqlx::query(
+        "CREATE TABLE queue_log (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         time VARCHAR(26) NOT NULL DEFAULT '', callid VARCHAR(40) NOT NULL DEFAULT '', \
+         queuename VARCHAR(20) NOT NULL DEFAULT '', agent VARCHAR(40) NOT NULL DEFAULT '', \
+         event VARCHAR(20) NOT NULL DEFAULT '', data1 VARCHAR(40) NOT NULL DEFAULT '', \
+         data2 VARCHAR(40) NOT NULL DEFAULT '', data3 VARCHAR(40) NOT NULL DEFAULT '', \
+         data4 VARCHAR(40) NOT NULL DEFAULT '', data5 VARCHAR(40) NOT NULL DEFAULT '')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let insert = |rows: &'static [QueueLogRow]| {
+        let pool = pool.clone();
+        async move {
+            for (time, callid, queue, agent, event, data) in rows {
+                let d = |i: usize| data.get(i).copied().unwrap_or("");
+                sqlx::query(
+                    "INSERT INTO queue_log (time, callid, queuename, agent, event, data1, data2, data3) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(time)
+                .bind(callid)
+                .bind(queue)
+                .bind(agent)
+                .bind(event)
+                .bind(d(0))
+                .bind(d(1))
+                .bind(d(2))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }
+    };
+    insert(&QUEUE_LOG[..8]).await;
+
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let url_file = env.dir.path().join("db-url");
+    std::fs::write(&url_file, db.url()).unwrap();
+    let source = |name: &str, extra: &str| {
+        format!(
+            "[[source]]\nname = \"{name}\"\ntype = \"asterisk_queue_log\"\nintegration_id = 1\n\
+             connection_file = {file:?}\nevery = \"1s\"\npage_size = 5\ntimezone = \"Europe/Berlin\"\n{extra}\n\n",
+            file = url_file.display().to_string()
+        )
+    };
+    let sources = source(
+        "pbx-calls",
+        "emits = \"contact_events\"\n[source.queues]\nsupport = { identifier = \"hh-support\", name = \"Support Hamburg\" }",
+    ) + &source(
+        "pbx-agents",
+        "emits = \"agent_states\"\nexternal_system = \"Asterisk\"\n\
+         [source.agents]\n\"SIP/1001\" = \"anna\"\n\"SIP/1002\" = \"ben\"\n\
+         [source.activities]\navailable = \"ready\"\non_call = \"talking\"\npaused = \"break\"",
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &sources));
+    let daemon = Daemon::start(config);
+    wait_for(Duration::from_secs(30), "2 calls", || {
+        api.record_count() >= 2
+    })
+    .await;
+    insert(&QUEUE_LOG[8..]).await;
+    wait_for(Duration::from_secs(30), "2 calls and 6 intervals", || {
+        api.record_count() >= 8
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.stop().await;
+
+    let records = api.records();
+    assert_eq!(records.len(), 8, "{records:#?}");
+    let mut calls: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r.get("queueName").is_some())
+        .collect();
+    calls.sort_by_key(|r| r["timestamp"].as_str().unwrap().to_owned());
+    assert_eq!(
+        calls,
+        vec![
+            &serde_json::json!({"properties": {"offered": true, "handled": true, "duration": 120.0},
+                    "queueName": "Support Hamburg", "queueIdentifier": "hh-support",
+                    "timestamp": "2024-05-01T08:01:00Z", "channel": "calls"}),
+            &serde_json::json!({"properties": {"offered": true, "handled": false, "duration": 30.0},
+                    "queueName": "Support Hamburg", "queueIdentifier": "hh-support",
+                    "timestamp": "2024-05-01T08:01:40Z", "channel": "calls"}),
+        ]
+    );
+    let mut intervals: Vec<String> = records
+        .iter()
+        .filter(|r| r.get("agentIdentifier").is_some())
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r["agentIdentifier"].as_str().unwrap(),
+                r["startTime"].as_str().unwrap(),
+                r["endTime"].as_str().unwrap(),
+                r["activityIdentifier"].as_str().unwrap()
+            )
+        })
+        .collect();
+    intervals.sort();
+    assert_eq!(
+        intervals,
+        vec![
+            "anna 2024-05-01T08:00:00Z 2024-05-01T08:05:00Z ready",
+            "anna 2024-05-01T08:05:00Z 2024-05-01T09:05:00Z break",
+            "anna 2024-05-01T09:05:00Z 2024-05-01T09:06:40Z ready",
+            "ben 2024-05-01T08:00:00Z 2024-05-01T08:01:20Z ready",
+            "ben 2024-05-01T08:01:20Z 2024-05-01T08:03:20Z talking",
+            "ben 2024-05-01T08:03:20Z 2024-05-01T09:06:40Z ready",
+        ]
+    );
+}

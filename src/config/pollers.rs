@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::{RawSource, RowRules, Seg, SourceKind, SourceSecret, TokenSource, Validator};
+use super::{
+    QueueLogConfig, RawSource, RowRules, Seg, SourceKind, SourceSecret, TokenSource, Validator,
+};
 use crate::types::{Emits, Secret};
 
 /// When a poller polls.
@@ -45,6 +47,9 @@ pub struct SqlConfig {
     pub zone: jiff::tz::TimeZone,
     pub timeout: Duration,
     pub rows: RowRules,
+    /// `type = "asterisk_queue_log"` with a connection: the rows are Asterisk's realtime
+    /// queue_log table, read as queue_log lines.
+    pub queue_log: Option<QueueLogConfig>,
 }
 
 /// `type = "http"`.
@@ -362,8 +367,19 @@ impl Validator<'_> {
         label: &str,
         emits: Option<Emits>,
         mut raw: RawSource,
+        queue_log: Option<QueueLogConfig>,
     ) -> Option<SourceKind> {
-        self.only_keys(i, label, "sql", SQL);
+        match queue_log {
+            None => self.only_keys(i, label, "sql", SQL),
+            Some(_) => {
+                let own: Vec<&str> = SQL
+                    .iter()
+                    .copied()
+                    .chain(["channel", "queues", "path"])
+                    .collect();
+                self.only_keys(i, label, "asterisk_queue_log", &own);
+            }
+        }
         let at = |k: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(k)];
         let key = |k: &str| format!("{label}.{k}");
         let schedule = self.schedule(i, label, &raw);
@@ -390,7 +406,7 @@ impl Validator<'_> {
                 None
             }
         };
-        if raw.map.is_none() {
+        if raw.map.is_none() && queue_log.is_none() {
             self.problem(
                 &[Seg::Key("source"), Seg::Index(i)],
                 &key("map"),
@@ -403,7 +419,11 @@ impl Validator<'_> {
             .as_deref()
             .and_then(|z| jiff::tz::TimeZone::get(z).ok())
             .unwrap_or(jiff::tz::TimeZone::UTC);
-        let rows = self.rows(i, label, emits, &mut raw, false, false)?;
+        if queue_log.is_some() {
+            // Read by the rows' own times, not by a map.
+            raw.timezone = None;
+        }
+        let rows = self.rows(i, label, emits, &mut raw, false, queue_log.is_some())?;
         let snapshot = self.snapshot(i, label, &raw, &rows);
         let cursor_column = raw.cursor_column.take();
         match (&cursor_column, snapshot, &raw.initial_cursor) {
@@ -426,7 +446,7 @@ impl Validator<'_> {
             ),
             _ => {}
         }
-        if rows.key.is_none() && rows.states.is_none() {
+        if rows.key.is_none() && rows.states.is_none() && queue_log.is_none() {
             self.problem(
                 &at("key"),
                 &key("key"),
@@ -463,6 +483,7 @@ impl Validator<'_> {
             zone,
             timeout,
             rows,
+            queue_log,
         }))
     }
 

@@ -73,9 +73,12 @@ impl Source for HttpSource {
             poller,
             ctx,
             cfg.schedule.clone(),
-            cfg.rows.clone(),
-            cfg.snapshot,
-            cfg.initial_cursor.clone(),
+            super::poll::Reading {
+                rows: cfg.rows.clone(),
+                snapshot: cfg.snapshot,
+                initial: cfg.initial_cursor.clone(),
+                queue_log: None,
+            },
         );
     }
 }

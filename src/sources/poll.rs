@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info};
 
 use super::SourceContext;
+use super::queue_log::{TRACKER_CURSOR, TableCursor, apply as apply_queue_log};
 use super::rows::{ChangeRead, Converted, States, commit, convert_objects, json_cursor};
-use crate::config::{RowRules, Schedule};
+use crate::config::{QueueLogConfig, RowRules, Schedule};
 use crate::outbox::{Commit, OutboxError};
 
 /// The cursor key of a poller's position.
@@ -65,15 +66,33 @@ pub trait Poll: Send + 'static {
     ) -> impl Future<Output = Result<(), PollError>> + 'a;
 }
 
+/// How a poller's rows become records.
+pub struct Reading {
+    pub rows: RowRules,
+    /// Every poll is a complete snapshot of agents' current states.
+    pub snapshot: bool,
+    /// The cursor of the first poll.
+    pub initial: Option<String>,
+    /// The rows are Asterisk's realtime queue_log table.
+    pub queue_log: Option<TableRules>,
+}
+
+/// How realtime queue_log rows are read: the queues, the zone of times without one, and how
+/// far behind the latest row a row may be read again.
+pub struct TableRules {
+    pub cfg: QueueLogConfig,
+    pub zone: jiff::tz::TimeZone,
+    pub keep: Duration,
+}
+
 /// Runs a poller until shutdown. Called on the source's own thread; blocks it.
-pub fn run<P: Poll>(
-    mut poller: P,
-    ctx: SourceContext,
-    schedule: Schedule,
-    rows: RowRules,
-    snapshot: bool,
-    initial: Option<String>,
-) {
+pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, reading: Reading) {
+    let Reading {
+        rows,
+        snapshot,
+        initial,
+        queue_log,
+    } = reading;
     let setup = || -> Result<_, OutboxError> {
         let list = ctx.outbox.cursors_blocking(ctx.id)?;
         let cursor: (i64, PollCursor) = json_cursor(&ctx, &list, POLL_CURSOR)?;
@@ -81,9 +100,13 @@ pub fn run<P: Poll>(
             Some(cfg) => Some(States::load(cfg.clone(), &ctx, &list)?),
             None => None,
         };
-        Ok((cursor, states))
+        let table: Option<(i64, TableCursor)> = match &queue_log {
+            Some(_) => Some(json_cursor(&ctx, &list, TRACKER_CURSOR)?),
+            None => None,
+        };
+        Ok((cursor, states, table))
     };
-    let ((cursor_id, mut cursor), mut states) = match setup() {
+    let ((cursor_id, mut cursor), mut states, mut table) = match setup() {
         Ok(s) => s,
         Err(e) => {
             error!(source = %ctx.name, "cannot load cursors: {e}");
@@ -125,6 +148,7 @@ pub fn run<P: Poll>(
                 states: states.as_mut(),
                 snapshot,
                 changes: Vec::new(),
+                table: queue_log.as_ref().zip(table.as_mut()),
             };
             let result = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
@@ -177,6 +201,8 @@ pub struct Sink<'a> {
     snapshot: bool,
     /// A snapshot's changes, applied together at the end.
     changes: Vec<ChangeRead>,
+    /// Realtime queue_log rows: how to read them, and the tracker's cursor row.
+    table: Option<(&'a TableRules, &'a mut (i64, TableCursor))>,
 }
 
 impl Sink<'_> {
@@ -192,17 +218,40 @@ impl Sink<'_> {
         rows: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
         next: Option<String>,
     ) -> Result<usize, OutboxError> {
+        let mut cursors = Vec::new();
+        // The tracker as committed, put back if the commit fails.
+        let mut committed_table = None;
         let Converted {
             mut records,
             mut parked,
             changes,
             skipped,
-        } = convert_objects(self.rows, self.ctx.emits, rows);
+        } = match self.table.as_mut() {
+            Some((rules, (id, table))) => {
+                committed_table = Some(table.clone());
+                let (lines, parked) = table.fresh(rows, &rules.zone, rules.keep);
+                let mut out = Converted {
+                    parked,
+                    ..Converted::default()
+                };
+                let states = self.rows.states.as_ref();
+                apply_queue_log(
+                    &rules.cfg,
+                    states,
+                    &mut table.tracker,
+                    lines,
+                    &mut out.records,
+                    &mut out.changes,
+                );
+                cursors.push((*id, serde_json::to_string(table).expect("serializes")));
+                out
+            }
+            None => convert_objects(self.rows, self.ctx.emits, rows),
+        };
         self.ctx
             .metrics
             .skipped
             .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
-        let mut cursors = Vec::new();
         if self.snapshot {
             self.changes.extend(changes);
         } else if let Some(states) = self.states.as_deref_mut() {
@@ -224,7 +273,13 @@ impl Sink<'_> {
                 cursors,
             },
         )
-        .await?;
+        .await;
+        if let (Err(_), Some(before), Some((_, (_, table)))) =
+            (&done, committed_table, self.table.as_mut())
+        {
+            *table = before;
+        }
+        let done = done?;
         self.cursor = after;
         Ok(done.inserted)
     }

@@ -56,9 +56,16 @@ impl Source for SqlSource {
             poller,
             ctx,
             cfg.schedule.clone(),
-            cfg.rows.clone(),
-            cfg.snapshot,
-            cfg.initial_cursor.clone(),
+            super::poll::Reading {
+                rows: cfg.rows.clone(),
+                snapshot: cfg.snapshot,
+                initial: cfg.initial_cursor.clone(),
+                queue_log: cfg.queue_log.clone().map(|q| super::poll::TableRules {
+                    cfg: q,
+                    zone: cfg.zone.clone(),
+                    keep: cfg.overlap,
+                }),
+            },
         );
     }
 }
