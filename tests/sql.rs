@@ -391,3 +391,61 @@ async fn the_asterisk_realtime_queue_log_table_gives_calls_and_intervals() {
         ]
     );
 }
+
+/// The same source over ODBC (cargo feature `odbc`), through Debian's PostgreSQL ODBC driver:
+/// wall-clock times in the source's zone, ties across pages, rows inserted while running.
+#[cfg(feature = "odbc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odbc_rows_arrive_once_through_the_postgresql_odbc_driver() {
+    let pg = Postgres::start();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
+         started timestamp NOT NULL, updated_at timestamp NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let insert = |ids: std::ops::RangeInclusive<i64>, at: &'static str| {
+        let pool = pool.clone();
+        async move {
+            for id in ids {
+                sqlx::query(
+                    "INSERT INTO calls VALUES ($1, 'support', $2::timestamp, $2::timestamp)",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }
+    };
+    insert(1..=25, "2024-05-01 10:00:00").await;
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let odbc = format!(
+        "odbc:Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=acd;Uid=test;",
+        pg.port
+    );
+    let config = env.write_config(&env.config_text(
+        &api.url(),
+        "",
+        &sql_source(&env, &odbc, "timezone = \"Europe/Berlin\""),
+    ));
+    let daemon = Daemon::start(config);
+    wait_for(Duration::from_secs(30), "25 records", || {
+        api.record_count() >= 25
+    })
+    .await;
+    insert(26..=40, "2024-05-01 10:00:01").await;
+    wait_for(Duration::from_secs(30), "40 records", || {
+        api.record_count() >= 40
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.stop().await;
+    assert_each_once(&api, 40);
+    let first = api.records().into_iter().find(|r| id_of(r) == 1).unwrap();
+    assert_eq!(first["timestamp"], "2024-05-01T08:00:00Z", "{first}");
+}

@@ -10,6 +10,8 @@
 pub mod files;
 pub mod fsinfo;
 pub mod http;
+#[cfg(feature = "odbc")]
+pub mod odbc;
 pub mod parse;
 pub mod poll;
 pub mod queue_log;

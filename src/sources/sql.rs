@@ -75,6 +75,8 @@ impl Source for SqlSource {
 pub enum Db {
     Pg(sqlx::PgPool),
     My(sqlx::MySqlPool),
+    #[cfg(feature = "odbc")]
+    Odbc(super::odbc::Odbc),
 }
 
 /// What the cursor column holds, and so what its bounds are bound as.
@@ -129,8 +131,18 @@ pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
                 .map(Db::My)
                 .map_err(|e| describe(&e))
         }
+        #[cfg(feature = "odbc")]
+        "odbc" => {
+            super::odbc::Odbc::connect(&url["odbc:".len()..], timeout, cfg.timeout).map(Db::Odbc)
+        }
+        #[cfg(not(feature = "odbc"))]
+        "odbc" => Err(format!(
+            "{} is an ODBC connection string, and this build has no ODBC (build with \
+             --features odbc)",
+            cfg.connection.key
+        )),
         _ => Err(format!(
-            "{} is not a postgres:// or mysql:// (mariadb://) URL",
+            "{} is not a postgres://, mysql:// (mariadb://) URL or an odbc: connection string",
             cfg.connection.key
         )),
     }
@@ -165,6 +177,8 @@ impl Poll for SqlPoller {
                 match db {
                     Db::Pg(p) => p.close().await,
                     Db::My(p) => p.close().await,
+                    #[cfg(feature = "odbc")]
+                    Db::Odbc(_) => {}
                 }
             }
         }
@@ -192,8 +206,8 @@ impl SqlPoller {
             }
         };
         let quoted = match db {
-            Db::Pg(_) => format!("\"{}\"", column.replace('"', "\"\"")),
             Db::My(_) => format!("`{}`", column.replace('`', "``")),
+            _ => format!("\"{}\"", column.replace('"', "\"\"")),
         };
         let now = Utc::now();
         let until = now - chrono::Duration::from_std(self.cfg.lag).unwrap_or_default();
@@ -227,7 +241,7 @@ impl SqlPoller {
                 sql.push_str(&format!(" AND {quoted} <= {p2}"));
                 binds.push(u.clone());
             }
-            sql.push_str(&format!(" ORDER BY {quoted} LIMIT {page}"));
+            sql.push_str(&format!(" ORDER BY {quoted} {}", limit(&db, page)));
             let rows = fetch(&db, &sql, &binds, zone).await?;
             let full = rows.len() == page;
             let last = rows.last().and_then(|r| r.get(&column)).cloned();
@@ -268,7 +282,16 @@ impl SqlPoller {
 fn placeholders(db: &Db) -> (&'static str, &'static str) {
     match db {
         Db::Pg(_) => ("$1", "$2"),
-        Db::My(_) => ("?", "?"),
+        _ => ("?", "?"),
+    }
+}
+
+/// The clause that limits a page to `n` rows.
+fn limit(db: &Db, n: usize) -> String {
+    match db {
+        #[cfg(feature = "odbc")]
+        Db::Odbc(_) => format!("OFFSET 0 ROWS FETCH NEXT {n} ROWS ONLY"),
+        _ => format!("LIMIT {n}"),
     }
 }
 
@@ -338,6 +361,25 @@ async fn cursor_kind(db: &Db, base: &str, column: &str) -> Result<CursorKind, Po
             .iter()
             .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
             .collect(),
+        #[cfg(feature = "odbc")]
+        Db::Odbc(o) => {
+            use super::odbc::Kind;
+            let columns = o.describe(base)?;
+            let Some((_, k)) = columns.iter().find(|(n, _)| n == column) else {
+                let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(PollError::Remote(format!(
+                    "cursor_column {column:?} is not a column of the query; it has {}",
+                    names.join(", ")
+                )));
+            };
+            return match k {
+                Kind::Local => Ok(CursorKind::Local),
+                Kind::Integer => Ok(CursorKind::Integer),
+                other => Err(PollError::Remote(format!(
+                    "cursor_column {column:?} is of kind {other:?}: use a time or an integer column"
+                ))),
+            };
+        }
     };
     let Some((_, ty)) = types.iter().find(|(n, _)| n == column) else {
         let names: Vec<&str> = types.iter().map(|(n, _)| n.as_str()).collect();
@@ -391,6 +433,33 @@ async fn fetch(
             }
             let rows = q.fetch_all(pool).await.map_err(err)?;
             rows.iter().map(|r| my_row(r, zone)).collect()
+        }
+        #[cfg(feature = "odbc")]
+        Db::Odbc(o) => {
+            use super::odbc::{Params, timestamp};
+            let params = match binds.first() {
+                None => Params::None,
+                Some(Bound::Integer(_)) => Params::Integers(
+                    binds
+                        .iter()
+                        .map(|b| match b {
+                            Bound::Integer(n) => *n,
+                            _ => unreachable!("bounds of one kind"),
+                        })
+                        .collect(),
+                ),
+                Some(_) => Params::Times(
+                    binds
+                        .iter()
+                        .map(|b| match b {
+                            Bound::Local(t) => timestamp(*t),
+                            Bound::Instant(t) => timestamp(local(*t, zone)),
+                            Bound::Integer(_) => unreachable!("bounds of one kind"),
+                        })
+                        .collect(),
+                ),
+            };
+            o.fetch(sql, &params, zone)
         }
     }
 }
