@@ -29,15 +29,7 @@ fn main() {
     for f in 0..10 {
         let mut text = String::new();
         for i in (f * n / 10)..((f + 1) * n / 10) {
-            let _ = writeln!(
-                text,
-                r#"{{"properties":{{"offered":true,"handled":{},"duration":{}.5}},"queueName":"Level 1 support","queueIdentifier":"1337_99","timestamp":"2026-11-23T{:02}:{:02}:{:02}Z","channel":"calls"}}"#,
-                i % 7 != 0,
-                i,
-                (i / 3600) % 24,
-                (i / 60) % 60,
-                i % 60
-            );
+            let _ = writeln!(text, "{}", contact_event(i));
         }
         std::fs::write(exports.join(format!("export-{f}.ndjson")), text).unwrap();
     }

@@ -90,3 +90,15 @@ pub fn cores() -> usize {
         .map(|n| n.get())
         .unwrap_or(0)
 }
+
+/// Contact event `i` as one NDJSON line in the API's shape (realistic values, one per second).
+pub fn contact_event(i: u64) -> String {
+    format!(
+        r#"{{"properties":{{"offered":true,"handled":{},"duration":{}.5}},"queueName":"Level 1 support","queueIdentifier":"1337_99","timestamp":"2026-11-23T{:02}:{:02}:{:02}Z","channel":"calls"}}"#,
+        i % 7 != 0,
+        i,
+        (i / 3600) % 24,
+        (i / 60) % 60,
+        i % 60
+    )
+}

@@ -1,0 +1,323 @@
+//! The same job done three ways, in one run, against the same fake API on loopback: N NDJSON
+//! contact events in a file, read, kept durably and POSTed in batches. Run:
+//! `cargo bench --bench compare` (BENCH_RECORDS, default 200,000). Writes
+//! bench/out/compare.md and bench/out/compare.json.
+//!
+//! * **injixo-sync**: the release binary, `files` source → SQLite outbox (`synchronous = FULL`)
+//!   → batches with idempotency keys.
+//! * **syslog-ng** (Debian's syslog-ng-core + syslog-ng-mod-http): `file()` source → reliable
+//!   disk buffer → `http()` destination building the API's body (`{"meta": ..., "data": [...]}`)
+//!   from batches of 500 lines (the API's default, as ours). Skipped, with a note, when it is not installed.
+//! * **a naive script** (Python 3, standard library): read the file, POST every 500 lines; no
+//!   durability, no retry, no dedupe: the floor any daemon must be measured against.
+//!
+//! It also runs, in this process, the ceiling of our ingest: a raw rusqlite loop inserting
+//! the outbox's row shape (sequential dedupe keys, 16,384 rows per transaction) with the
+//! outbox's pragmas, at `synchronous = FULL` and `NORMAL`; and the daemon's own ingest (API
+//! down) on the same file, as a ratio of that ceiling.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use injixo_sync::fake_api::FakeApi;
+
+mod common;
+use common::*;
+
+const KEY: &str = "bench-key";
+
+fn main() {
+    let n: u64 = env_or("BENCH_RECORDS", 200_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.ndjson");
+    let mut text = String::with_capacity(n as usize * 200);
+    for i in 0..n {
+        text.push_str(&contact_event(i));
+        text.push('\n');
+    }
+    std::fs::write(&file, &text).unwrap();
+    drop(text);
+
+    let full = ceiling(dir.path(), n, "FULL");
+    let normal = ceiling(dir.path(), n, "NORMAL");
+
+    // The daemon's ingest alone: the API down, records/s into the outbox.
+    let api = runtime.block_on(FakeApi::start(KEY)).unwrap();
+    api.set_outage(Some((503, None)));
+    let ingest = {
+        let run = dir.path().join("ingest");
+        let config = daemon_config(&run, &file, &api.url());
+        let start = Instant::now();
+        let child = daemon(&config);
+        wait(Duration::from_secs(900), || {
+            committed(&run.join("outbox.db")) >= n
+        });
+        let took = start.elapsed().as_secs_f64();
+        stop(child);
+        n as f64 / took
+    };
+    drop(api);
+
+    // The whole job, three ways; each against a fresh fake API, timed from start to the
+    // API holding every record.
+    let ours = {
+        let api = runtime.block_on(FakeApi::start(KEY)).unwrap();
+        let run = dir.path().join("job");
+        let config = daemon_config(&run, &file, &api.url());
+        let start = Instant::now();
+        let child = daemon(&config);
+        let pid = child.id();
+        wait(Duration::from_secs(900), || api.record_count() as u64 >= n);
+        let took = start.elapsed().as_secs_f64();
+        let rss = status_kib(pid, "VmHWM:");
+        stop(child);
+        Some((took, rss, api.record_count() as u64))
+    };
+    let syslog = syslog_ng(&runtime, dir.path(), &file, n);
+    let naive = {
+        let api = runtime.block_on(FakeApi::start(KEY)).unwrap();
+        let start = Instant::now();
+        let status = Command::new("python3")
+            .arg("-c")
+            .arg(NAIVE)
+            .arg(&file)
+            .arg(format!("{}/external-systems/contact-events", api.url()))
+            .arg(KEY)
+            .stdout(Stdio::null())
+            .status()
+            .expect("python3 runs");
+        assert!(status.success(), "the naive script failed");
+        wait(Duration::from_secs(60), || api.record_count() as u64 >= n);
+        Some((start.elapsed().as_secs_f64(), 0, api.record_count() as u64))
+    };
+
+    let rate = |r: &Option<(f64, u64, u64)>| r.map(|(t, _, _)| n as f64 / t);
+    let ours_rate = rate(&ours).unwrap();
+    let mut table = format!(
+        "| measure ({n} NDJSON contact events, release build, {} cores) | value | ratio |\n\
+         |---|---:|---:|\n\
+         | raw rusqlite insert loop, synchronous = FULL (the ceiling) | {full:.0} records/s | 1.00 |\n\
+         | raw rusqlite insert loop, synchronous = NORMAL | {normal:.0} records/s | {:.2} × FULL |\n\
+         | injixo-sync ingest into the outbox (API down) | {ingest:.0} records/s | {:.2} of the ceiling |\n",
+        cores(),
+        normal / full,
+        ingest / full,
+    );
+    let mut job = |name: &str, r: &Option<(f64, u64, u64)>, note: &str| match r {
+        Some((t, rss, got)) => {
+            let rss = if *rss > 0 {
+                format!(", peak RSS {:.1} MB", *rss as f64 / 1024.0)
+            } else {
+                String::new()
+            };
+            table.push_str(&format!(
+                "| file → API, {name}{note} | {:.0} records/s ({t:.2} s, {got} received{rss}) | injixo-sync {:.2}× |\n",
+                n as f64 / t,
+                ours_rate / (n as f64 / t),
+            ));
+        }
+        None => table.push_str(&format!("| file → API, {name} | not run: {note} | |\n")),
+    };
+    job("injixo-sync (durable outbox, idempotency keys)", &ours, "");
+    match &syslog {
+        Ok(r) => job(
+            "syslog-ng (reliable disk buffer, http batches of 500)",
+            &Some(*r),
+            "",
+        ),
+        Err(why) => job("syslog-ng", &None, why),
+    }
+    job("naive script (no durability)", &naive, "");
+    save(
+        "compare",
+        &table,
+        serde_json::json!({
+            "records": n,
+            "ceiling_full_records_per_s": full,
+            "ceiling_normal_records_per_s": normal,
+            "ingest_records_per_s": ingest,
+            "injixo_sync_records_per_s": ours_rate,
+            "syslog_ng_records_per_s": syslog.as_ref().ok().map(|(t, _, _)| n as f64 / t),
+            "naive_records_per_s": rate(&naive),
+        }),
+    );
+}
+
+/// A daemon configuration in `run/` reading `file` (tail mode, from its start).
+fn daemon_config(run: &std::path::Path, file: &std::path::Path, api: &str) -> std::path::PathBuf {
+    let exports = run.join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    std::fs::hard_link(file, exports.join("events.ndjson"))
+        .or_else(|_| std::fs::copy(file, exports.join("events.ndjson")).map(|_| ()))
+        .unwrap();
+    std::fs::write(run.join("key"), KEY).unwrap();
+    let config = run.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nurl = {api:?}\ntoken_file = \"key\"\nretry_initial = \"20ms\"\nretry_max = \"50ms\"\n\
+             [state]\npath = \"outbox.db\"\n[log]\nlevel = \"warn\"\n[[source]]\nname = \"acd\"\n\
+             type = \"files\"\nintegration_id = 1\nemits = \"contact_events\"\npath = \"exports\"\n\
+             format = \"ndjson\"\nmode = \"tail\"\nstart_at = \"beginning\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Inserts `n` rows of the outbox's shape in transactions of 16,384 with the outbox's pragmas
+/// and `synchronous`; returns rows/s.
+fn ceiling(dir: &std::path::Path, n: u64, synchronous: &str) -> f64 {
+    let path = dir.join(format!("ceiling-{synchronous}.db"));
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+        .unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {synchronous}; PRAGMA temp_store = MEMORY; \
+         PRAGMA wal_autocheckpoint = 4000;
+         CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT, lane_id INTEGER NOT NULL, \
+           source_id INTEGER NOT NULL, dkey BLOB NOT NULL, payload TEXT NOT NULL, \
+           origin TEXT NOT NULL, created INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0, \
+           batch_id INTEGER, sent_at INTEGER);
+         CREATE UNIQUE INDEX records_dedupe ON records (source_id, dkey);
+         CREATE TABLE cursors (id INTEGER PRIMARY KEY, value TEXT NOT NULL);
+         INSERT INTO cursors VALUES (1, '0');"
+    ))
+    .unwrap();
+    let lines: Vec<String> = (0..n).map(contact_event).collect();
+    let start = Instant::now();
+    let mut offset = 0u64;
+    for chunk in lines.chunks(16_384) {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO records (lane_id, source_id, dkey, payload, origin, created) \
+                     VALUES (1, 1, ?1, ?2, 'events.ndjson', ?3)",
+                )
+                .unwrap();
+            for line in chunk {
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&1u64.to_be_bytes());
+                key[8..].copy_from_slice(&offset.to_be_bytes());
+                insert
+                    .execute(rusqlite::params![&key[..], line, 0i64])
+                    .unwrap();
+                offset += line.len() as u64 + 1;
+            }
+            tx.execute(
+                "UPDATE cursors SET value = ?1 WHERE id = 1",
+                [offset.to_string()],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// syslog-ng doing the job; `Err` says why it did not run.
+fn syslog_ng(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    file: &std::path::Path,
+    n: u64,
+) -> Result<(f64, u64, u64), String> {
+    if Command::new("syslog-ng").arg("--version").output().is_err() {
+        return Err(
+            "syslog-ng is not installed (apt-get install syslog-ng-core syslog-ng-mod-http)".into(),
+        );
+    }
+    let api = runtime.block_on(FakeApi::start(KEY)).unwrap();
+    let run = dir.join("syslog-ng");
+    std::fs::create_dir_all(run.join("buffer")).unwrap();
+    let conf = run.join("syslog-ng.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"@version: 3.38
+options {{ stats-freq(0); }};
+source s_export {{ file("{file}" flags(no-parse) follow-freq(0.1) log-msg-size(65536) log-fetch-limit(1000) log-iw-size(20000)); }};
+destination d_injixo {{
+  http(
+    url("{api}/external-systems/contact-events")
+    method("POST")
+    headers("Authorization: Bearer {KEY}", "Content-Type: application/json")
+    body-prefix('{{"meta":{{"integrationConfigurationId":1}},"data":[')
+    delimiter(",")
+    body-suffix("]}}")
+    body("${{MSG}}")
+    batch-lines(500)
+    batch-bytes(1048576)
+    batch-timeout(100)
+    workers(2)
+    persist-name("injixo")
+    disk-buffer(reliable(yes) dir("{buffer}") disk-buf-size(2147483648) mem-buf-size(67108864))
+  );
+}};
+log {{ source(s_export); destination(d_injixo); }};
+"#,
+            file = file.display(),
+            api = api.url(),
+            buffer = run.join("buffer").display(),
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut child = Command::new("syslog-ng")
+        .args(["-F", "--no-caps", "-f"])
+        .arg(&conf)
+        .arg("-R")
+        .arg(run.join("persist"))
+        .arg("-p")
+        .arg(run.join("pid"))
+        .arg("-c")
+        .arg(run.join("ctl"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(run.join("stderr")).unwrap())
+        .spawn()
+        .map_err(|e| format!("cannot start syslog-ng: {e}"))?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while (api.record_count() as u64) < n {
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let said = std::fs::read_to_string(run.join("stderr")).unwrap_or_default();
+            return Err(format!(
+                "syslog-ng delivered {} of {n} records before it stopped or timed out: {}",
+                api.record_count(),
+                said.trim().replace('\n', " / ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let took = start.elapsed().as_secs_f64();
+    let rss = status_kib(pid, "VmHWM:");
+    stop(child);
+    Ok((took, rss, api.record_count() as u64))
+}
+
+/// Reads the file and POSTs every 500 lines; argv: file, url, key.
+const NAIVE: &str = r#"
+import sys, urllib.request
+path, url, key = sys.argv[1:4]
+def post(lines):
+    body = ('{"meta":{"integrationConfigurationId":1},"data":[' + ",".join(lines) + "]}").encode()
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    urllib.request.urlopen(req).read()
+batch = []
+with open(path) as f:
+    for line in f:
+        batch.append(line.rstrip("\n"))
+        if len(batch) == 500:
+            post(batch)
+            batch = []
+if batch:
+    post(batch)
+"#;
