@@ -476,7 +476,35 @@ impl Outbox {
                 if let Some(done) = delivered {
                     write_sent(c, lane, done)?;
                 }
-                next_batch(c, &instance, lane, limits)
+                next_batch(c, &instance, lane, limits, 0)
+            };
+            step().map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// Like [`Self::next_batch`], but for while batch `in_flight` is being sent: marks the
+    /// part delivered before it sent and returns the batch to send after it: the next open
+    /// one (after a restart), else a new one if one is due (full, or its linger is over). The
+    /// lane sends it when the one in flight is done, so the commit overlaps a request instead
+    /// of following it; batches still go out in order, each under its own key.
+    pub async fn form_ahead(
+        &self,
+        lane: LaneId,
+        in_flight: i64,
+        delivered: Option<Delivered>,
+        limits: BatchLimits,
+    ) -> Result<Option<Batch>, OutboxError> {
+        let instance = self.instance.clone();
+        self.call(move |c, p| {
+            let step = || -> rusqlite::Result<Option<Batch>> {
+                if let Some(done) = delivered {
+                    write_sent(c, lane, done)?;
+                }
+                Ok(match next_batch(c, &instance, lane, limits, in_flight)? {
+                    NextBatch::Ready(b) => Some(b),
+                    NextBatch::Linger(_) | NextBatch::Empty => None,
+                })
             };
             step().map_err(|e| OutboxError::sqlite(p, e))
         })
@@ -675,11 +703,14 @@ fn write_commit(
     Ok(done)
 }
 
+/// The lane's oldest open batch with an id above `open_after` (0: any), else a new batch of
+/// pending records above the lane's `scanned_to`.
 fn next_batch(
     c: &Connection,
     instance: &str,
     lane: LaneId,
     limits: BatchLimits,
+    open_after: i64,
 ) -> rusqlite::Result<NextBatch> {
     let BatchLimits {
         max_records,
@@ -688,8 +719,10 @@ fn next_batch(
     } = limits;
     // An open batch is resent as it was, under the same key.
     let open: Option<(i64, String)> = c
-        .prepare_cached("SELECT id, idem_key FROM batches WHERE lane_id = ?1 ORDER BY id LIMIT 1")?
-        .query_row([lane.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached(
+            "SELECT id, idem_key FROM batches WHERE lane_id = ?1 AND id > ?2 ORDER BY id LIMIT 1",
+        )?
+        .query_row([lane.0, open_after], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     if let Some((id, key)) = open {
         let records: Vec<(i64, String)> = c

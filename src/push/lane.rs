@@ -82,17 +82,45 @@ impl Lane {
         };
         // The last delivered part of a batch, marked sent together with taking the next.
         let mut delivered: Option<Delivered> = None;
+        // The batch after the one in flight, formed while it was in flight.
+        let mut ahead: Option<Batch> = None;
         self.metrics.busy_since_ms.store(now_ms(), Relaxed);
         loop {
-            let next = self.outbox.next_batch(self.id, delivered, limits).await;
-            if next.is_ok() {
-                delivered = None;
-            }
+            let next = match ahead.take() {
+                Some(batch) => Ok(NextBatch::Ready(batch)),
+                None => {
+                    let next = self.outbox.next_batch(self.id, delivered, limits).await;
+                    if next.is_ok() {
+                        delivered = None;
+                    }
+                    next
+                }
+            };
             match next {
-                Ok(NextBatch::Ready(batch)) => match self.deliver(batch).await {
-                    Ok(done) => delivered = done,
-                    Err(Stopped) => return,
-                },
+                Ok(NextBatch::Ready(batch)) => {
+                    // While this batch is in flight, the previous one is marked sent and the
+                    // next one formed: the commit overlaps the request.
+                    let outbox = self.outbox.clone();
+                    let previous = delivered.take();
+                    let (lane, in_flight) = (self.id, batch.id);
+                    let (sent, formed) = tokio::join!(
+                        self.deliver(batch),
+                        outbox.form_ahead(lane, in_flight, previous, limits)
+                    );
+                    match formed {
+                        Ok(b) => ahead = b,
+                        Err(e) => {
+                            warn!(lane = %self.key, "cannot form the next batch ahead: {e}");
+                            if let Some(p) = previous {
+                                let _ = self.outbox.mark_sent(self.id, p).await;
+                            }
+                        }
+                    }
+                    match sent {
+                        Ok(done) => delivered = done,
+                        Err(Stopped) => return,
+                    }
+                }
                 // A partial batch waits out its linger time without rescanning on every
                 // commit; whatever arrives meanwhile goes into it.
                 Ok(NextBatch::Linger(left)) => {
