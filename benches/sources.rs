@@ -17,6 +17,10 @@ use injixo_sync::fake_api::FakeApi;
 mod common;
 use common::*;
 
+#[path = "../tests/support/net.rs"]
+mod net;
+use net::free_port;
+
 #[cfg(unix)]
 #[path = "../tests/support/databases.rs"]
 #[allow(dead_code)]
@@ -108,11 +112,7 @@ fn main() {
     // 2. Webhook.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("push-token"), TOKEN).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = config(
         dir.path(),
         &api.url(),

@@ -8,14 +8,6 @@ use support::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn get(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.expect("daemon answers");
     (r.status().as_u16(), r.text().await.unwrap())

@@ -11,14 +11,6 @@ use support::*;
 
 const TOKEN: &str = "push-token-0123456789abcdef";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A config with a contact-event webhook `acd` (records in the API's shape) and an
 /// agent-state webhook `states` (mapped), listening on `port`.
 fn config(env: &Env, api_url: &str, port: u16) -> String {

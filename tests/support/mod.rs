@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod acd_api;
+pub mod net;
+pub use net::free_port;
 #[cfg(unix)]
 pub mod databases;
 
