@@ -493,44 +493,29 @@ fn unsupported(column: &str, ty: &str) -> PollError {
     ))
 }
 
-fn pg_row(
-    row: &sqlx::postgres::PgRow,
-    zone: &jiff::tz::TimeZone,
-) -> Result<Map<String, Value>, PollError> {
+/// A database row as a JSON object: each column decoded by `decode` from its type's name
+/// (`None`: a type that is not read), NULL as null.
+fn row_json<R>(
+    row: &R,
+    decode: impl Fn(&R, usize, &str) -> Option<Result<Value, sqlx::Error>>,
+) -> Result<Map<String, Value>, PollError>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+{
     let mut out = Map::new();
     for (i, col) in row.columns().iter().enumerate() {
         let name = col.name();
         let raw = row
             .try_get_raw(i)
             .map_err(|e| PollError::Remote(e.to_string()))?;
-        let ty = raw.type_info().name().to_ascii_uppercase();
         let value = if raw.is_null() {
             Value::Null
         } else {
-            let get_err = |e: sqlx::Error| PollError::Remote(format!("column {name:?}: {e}"));
-            match ty.as_str() {
-                "BOOL" => Value::Bool(row.try_get::<bool, _>(i).map_err(get_err)?),
-                "INT2" => Value::from(row.try_get::<i16, _>(i).map_err(get_err)?),
-                "INT4" => Value::from(row.try_get::<i32, _>(i).map_err(get_err)?),
-                "INT8" => Value::from(row.try_get::<i64, _>(i).map_err(get_err)?),
-                "FLOAT4" => Value::from(row.try_get::<f32, _>(i).map_err(get_err)? as f64),
-                "FLOAT8" => Value::from(row.try_get::<f64, _>(i).map_err(get_err)?),
-                "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" => {
-                    Value::String(row.try_get::<String, _>(i).map_err(get_err)?)
-                }
-                "TIMESTAMPTZ" => {
-                    instant_to_json(row.try_get::<DateTime<Utc>, _>(i).map_err(get_err)?)
-                }
-                "TIMESTAMP" => {
-                    local_to_json(row.try_get::<NaiveDateTime, _>(i).map_err(get_err)?, zone)
-                }
-                "DATE" => Value::String(
-                    row.try_get::<chrono::NaiveDate, _>(i)
-                        .map_err(get_err)?
-                        .to_string(),
-                ),
-                "JSON" | "JSONB" => row.try_get::<Value, _>(i).map_err(get_err)?,
-                other => return Err(unsupported(name, other)),
+            let ty = raw.type_info().name().to_ascii_uppercase();
+            match decode(row, i, &ty) {
+                Some(v) => v.map_err(|e| PollError::Remote(format!("column {name:?}: {e}")))?,
+                None => return Err(unsupported(name, &ty)),
             }
         };
         out.insert(name.to_owned(), value);
@@ -538,51 +523,60 @@ fn pg_row(
     Ok(out)
 }
 
+fn pg_row(
+    row: &sqlx::postgres::PgRow,
+    zone: &jiff::tz::TimeZone,
+) -> Result<Map<String, Value>, PollError> {
+    row_json(row, |row, i, ty| {
+        Some(match ty {
+            "BOOL" => row.try_get::<bool, _>(i).map(Value::Bool),
+            "INT2" => row.try_get::<i16, _>(i).map(Value::from),
+            "INT4" => row.try_get::<i32, _>(i).map(Value::from),
+            "INT8" => row.try_get::<i64, _>(i).map(Value::from),
+            "FLOAT4" => row.try_get::<f32, _>(i).map(|v| Value::from(v as f64)),
+            "FLOAT8" => row.try_get::<f64, _>(i).map(Value::from),
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" => {
+                row.try_get::<String, _>(i).map(Value::String)
+            }
+            "TIMESTAMPTZ" => row.try_get::<DateTime<Utc>, _>(i).map(instant_to_json),
+            "TIMESTAMP" => row
+                .try_get::<NaiveDateTime, _>(i)
+                .map(|t| local_to_json(t, zone)),
+            "DATE" => row
+                .try_get::<chrono::NaiveDate, _>(i)
+                .map(|d| Value::String(d.to_string())),
+            "JSON" | "JSONB" => row.try_get::<Value, _>(i),
+            _ => return None,
+        })
+    })
+}
+
 fn my_row(
     row: &sqlx::mysql::MySqlRow,
     zone: &jiff::tz::TimeZone,
 ) -> Result<Map<String, Value>, PollError> {
-    let mut out = Map::new();
-    for (i, col) in row.columns().iter().enumerate() {
-        let name = col.name();
-        let raw = row
-            .try_get_raw(i)
-            .map_err(|e| PollError::Remote(e.to_string()))?;
-        let ty = raw.type_info().name().to_ascii_uppercase();
-        let value = if raw.is_null() {
-            Value::Null
-        } else {
-            let get_err = |e: sqlx::Error| PollError::Remote(format!("column {name:?}: {e}"));
-            match ty.as_str() {
-                "BOOLEAN" => Value::Bool(row.try_get::<bool, _>(i).map_err(get_err)?),
-                "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => {
-                    Value::from(row.try_get::<i64, _>(i).map_err(get_err)?)
-                }
-                "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED"
-                | "INT UNSIGNED" | "BIGINT UNSIGNED" => {
-                    Value::from(row.try_get::<u64, _>(i).map_err(get_err)?)
-                }
-                "FLOAT" => Value::from(row.try_get::<f32, _>(i).map_err(get_err)? as f64),
-                "DOUBLE" => Value::from(row.try_get::<f64, _>(i).map_err(get_err)?),
-                "VARCHAR" | "CHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" => {
-                    Value::String(row.try_get::<String, _>(i).map_err(get_err)?)
-                }
-                "TIMESTAMP" => {
-                    instant_to_json(row.try_get::<DateTime<Utc>, _>(i).map_err(get_err)?)
-                }
-                "DATETIME" => {
-                    local_to_json(row.try_get::<NaiveDateTime, _>(i).map_err(get_err)?, zone)
-                }
-                "DATE" => Value::String(
-                    row.try_get::<chrono::NaiveDate, _>(i)
-                        .map_err(get_err)?
-                        .to_string(),
-                ),
-                "JSON" => row.try_get::<Value, _>(i).map_err(get_err)?,
-                other => return Err(unsupported(name, other)),
+    row_json(row, |row, i, ty| {
+        Some(match ty {
+            "BOOLEAN" => row.try_get::<bool, _>(i).map(Value::Bool),
+            "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => {
+                row.try_get::<i64, _>(i).map(Value::from)
             }
-        };
-        out.insert(name.to_owned(), value);
-    }
-    Ok(out)
+            "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "MEDIUMINT UNSIGNED" | "INT UNSIGNED"
+            | "BIGINT UNSIGNED" => row.try_get::<u64, _>(i).map(Value::from),
+            "FLOAT" => row.try_get::<f32, _>(i).map(|v| Value::from(v as f64)),
+            "DOUBLE" => row.try_get::<f64, _>(i).map(Value::from),
+            "VARCHAR" | "CHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" => {
+                row.try_get::<String, _>(i).map(Value::String)
+            }
+            "TIMESTAMP" => row.try_get::<DateTime<Utc>, _>(i).map(instant_to_json),
+            "DATETIME" => row
+                .try_get::<NaiveDateTime, _>(i)
+                .map(|t| local_to_json(t, zone)),
+            "DATE" => row
+                .try_get::<chrono::NaiveDate, _>(i)
+                .map(|d| Value::String(d.to_string())),
+            "JSON" => row.try_get::<Value, _>(i),
+            _ => return None,
+        })
+    })
 }
