@@ -346,6 +346,42 @@ impl Validator<'_> {
         )
     }
 
+    /// `lag` or `overlap`: how far behind now or the cursor a poll reads (up to a week).
+    fn window(
+        &mut self,
+        i: usize,
+        label: &str,
+        name: &'static str,
+        value: Option<&str>,
+    ) -> Duration {
+        self.duration(
+            &[Seg::Key("source"), Seg::Index(i), Seg::Key(name)],
+            &format!("{label}.{name}"),
+            value,
+            Duration::ZERO,
+            (Duration::ZERO, Duration::from_secs(7 * 86_400)),
+        )
+    }
+
+    /// A key that `auth = "<auth>"` needs: its value, or a problem saying so.
+    fn needed(
+        &mut self,
+        i: usize,
+        label: &str,
+        name: &'static str,
+        value: Option<String>,
+        auth: &str,
+    ) -> Option<String> {
+        if value.is_none() {
+            self.problem(
+                &[Seg::Key("source"), Seg::Index(i), Seg::Key(name)],
+                &format!("{label}.{name}"),
+                format!("is required with auth = \"{auth}\""),
+            );
+        }
+        value
+    }
+
     fn page_size(&mut self, i: usize, label: &str, raw: &RawSource) -> u32 {
         match raw.page_size {
             None => 1000,
@@ -454,20 +490,8 @@ impl Validator<'_> {
                  polls overlap, and it is what keeps a row from being sent twice",
             );
         }
-        let lag = self.duration(
-            &at("lag"),
-            &key("lag"),
-            raw.lag.as_deref(),
-            Duration::ZERO,
-            (Duration::ZERO, Duration::from_secs(7 * 86_400)),
-        );
-        let overlap = self.duration(
-            &at("overlap"),
-            &key("overlap"),
-            raw.overlap.as_deref(),
-            Duration::ZERO,
-            (Duration::ZERO, Duration::from_secs(7 * 86_400)),
-        );
+        let lag = self.window(i, label, "lag", raw.lag.as_deref());
+        let overlap = self.window(i, label, "overlap", raw.overlap.as_deref());
         let page_size = self.page_size(i, label, &raw);
         let timeout = self.timeout(i, label, &raw);
         Some(SourceKind::Sql(SqlConfig {
@@ -562,14 +586,7 @@ impl Validator<'_> {
                 )
                 .map(HttpAuth::Bearer),
             Some("basic") => {
-                let username = raw.username.take();
-                if username.is_none() {
-                    self.problem(
-                        &at("username"),
-                        &key("username"),
-                        "is required with auth = \"basic\"",
-                    );
-                }
+                let username = self.needed(i, label, "username", raw.username.take(), "basic");
                 let password = self.secret(
                     i,
                     label,
@@ -606,14 +623,7 @@ impl Validator<'_> {
                         None
                     }
                 };
-                let client_id = raw.client_id.take();
-                if client_id.is_none() {
-                    self.problem(
-                        &at("client_id"),
-                        &key("client_id"),
-                        "is required with auth = \"oauth2\"",
-                    );
-                }
+                let client_id = self.needed(i, label, "client_id", raw.client_id.take(), "oauth2");
                 let secret = self.secret(
                     i,
                     label,
@@ -704,13 +714,7 @@ impl Validator<'_> {
                 HttpCursor::None
             }
         };
-        let lag = self.duration(
-            &at("lag"),
-            &key("lag"),
-            raw.lag.as_deref(),
-            Duration::ZERO,
-            (Duration::ZERO, Duration::from_secs(7 * 86_400)),
-        );
+        let lag = self.window(i, label, "lag", raw.lag.as_deref());
         let timeout = self.timeout(i, label, &raw);
         let limit_param = raw.limit_param.take();
         let url = url.map(|u| match &limit_param {
