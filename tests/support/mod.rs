@@ -7,6 +7,7 @@
 
 pub mod acd_api;
 pub mod net;
+#[allow(unused_imports)]
 pub use net::free_port;
 #[cfg(unix)]
 pub mod databases;
