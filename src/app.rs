@@ -55,27 +55,57 @@ pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunErro
             info!("stop requested");
             signals.cancel();
         });
-        let mut config = config;
+        let mut current = prepare(config)?;
+        // The configuration that ran before a reload, to go back to if the reloaded one fails
+        // while starting (a listen address that is taken, say).
+        let mut previous: Option<Config> = None;
         loop {
+            let config = current.config.clone();
             let generation = shutdown.child_token();
-            let running = run(config.clone(), generation.clone());
+            let running = run_prepared(current, generation.clone());
             tokio::pin!(running);
             let next = loop {
                 tokio::select! {
-                    done = &mut running => return done,
-                    _ = reload.notified() => match Config::load(&config.file) {
-                        Ok(next) => break next,
+                    done = &mut running => match (done, previous.take()) {
+                        (Err(RunError::Setup(e)), Some(old)) => {
+                            error!("the reloaded configuration cannot start ({e}); going back to the previous one");
+                            break Next::Fallback(prepare(old)?);
+                        }
+                        (done, _) => return done,
+                    },
+                    // The new configuration's sources and API client are built (their secrets
+                    // read) before the running generation is stopped: a reload that cannot start
+                    // is refused, and the running one stays.
+                    _ = reload.notified() => match Config::load(&config.file)
+                        .map_err(|e| e.to_string())
+                        .and_then(|next| prepare(next).map_err(|e| e.to_string()))
+                    {
+                        Ok(next) => break Next::Reload(next),
                         Err(e) => error!("reload refused, the running configuration stays: {e}"),
                     },
                 }
             };
-            info!(file = %next.file.display(), "reloading the configuration");
-            Notifier::from_env().notify("RELOADING=1");
-            generation.cancel();
-            running.await?;
-            config = next;
+            current = match next {
+                Next::Reload(next) => {
+                    info!(file = %next.config.file.display(), "reloading the configuration");
+                    Notifier::from_env().notify("RELOADING=1");
+                    generation.cancel();
+                    running.await?;
+                    previous = Some(config);
+                    next
+                }
+                Next::Fallback(old) => old,
+            };
         }
     })
+}
+
+/// What follows a running generation.
+enum Next {
+    /// A reloaded configuration, ready to start.
+    Reload(Prepared),
+    /// The configuration from before a reload that could not start.
+    Fallback(Prepared),
 }
 
 /// Waits for SIGTERM or Ctrl-C; SIGHUP (Unix) wakes `reload` meanwhile.
@@ -107,10 +137,20 @@ async fn wait_for_signals(reload: &tokio::sync::Notify) {
 
 /// Runs the pipeline until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    for w in &config.warnings {
-        warn!("{w}");
-    }
-    // Sources first: a secret that cannot be read stops the start before anything runs.
+    run_prepared(prepare(config)?, shutdown).await
+}
+
+/// A configuration whose sources and API client are built: every secret has been read.
+pub struct Prepared {
+    config: Config,
+    built: Vec<Box<dyn sources::Source>>,
+    hooks: Vec<sources::webhook::Hook>,
+    client: Arc<ApiClient>,
+}
+
+/// Builds what a configuration needs before anything runs, so that a secret that cannot be read
+/// stops a start (or refuses a reload) before the outbox is touched.
+pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     let mut hooks = Vec::new();
     let built = config
         .sources
@@ -120,8 +160,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 .map_err(|e| RunError::Setup(format!("source {:?}: {e}", s.name.as_str())))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let (outbox, writer) = Outbox::open(&config.state.path)?;
     let client = Arc::new(ApiClient::new(&config.api).map_err(RunError::Setup)?);
+    Ok(Prepared {
+        config,
+        built,
+        hooks,
+        client,
+    })
+}
+
+async fn run_prepared(prepared: Prepared, shutdown: CancellationToken) -> Result<(), RunError> {
+    let Prepared {
+        config,
+        built,
+        hooks,
+        client,
+    } = prepared;
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    let (outbox, writer) = Outbox::open(&config.state.path)?;
     let tracker = TaskTracker::new();
     let settings = LaneSettings {
         batch_records: config.api.batch_records,

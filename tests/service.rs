@@ -162,6 +162,24 @@ async fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_for_an_inval
             .contains("reload refused, the running configuration stays")
     })
     .await;
+    // A valid configuration whose secret cannot be read is refused too, before the running
+    // pipeline is stopped.
+    let missing_key = env.dir.path().join("no-such-key");
+    std::fs::write(
+        &env.config_file,
+        two_sources.replace(
+            &env.key_file.display().to_string(),
+            &missing_key.display().to_string(),
+        ),
+    )
+    .unwrap();
+    hup();
+    wait_for(Duration::from_secs(30), "the second refusal logged", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("cannot read api.token_file")
+    })
+    .await;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&live)
@@ -191,4 +209,76 @@ async fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_for_an_inval
         text.contains("\"calls\" is not valid"),
         "the refusal says why: {text}"
     );
+    assert_eq!(
+        text.matches("reload refused, the running configuration stays")
+            .count(),
+        2,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_cannot_bind_its_address_goes_back_to_the_previous_configuration() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env.ndjson_source("acd", "tail", "");
+    let with_listen = |port: u16| format!("[listen]\naddress = \"127.0.0.1:{port}\"\n\n{source}");
+    let first = free_port();
+    // Another process holds the address the reloaded configuration asks for.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    env.write_config(&env.config_text(&api.url(), "", &with_listen(first)));
+    let log = env.dir.path().join("daemon.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+        .args(["--config", env.config_file.to_str().unwrap(), "run"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let healthy = |port: u16| {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            answer.starts_with("HTTP/1.1 200")
+        })
+    };
+    wait_for(Duration::from_secs(30), "the first listener", || {
+        healthy(first)
+    })
+    .await;
+
+    env.write_config(&env.config_text(&api.url(), "", &with_listen(taken_port)));
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for(Duration::from_secs(30), "the fallback logged", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("going back to the previous one")
+    })
+    .await;
+    wait_for(Duration::from_secs(30), "the first listener again", || {
+        healthy(first)
+    })
+    .await;
+    let live = env.exports.join("live.ndjson");
+    std::fs::write(&live, events(0..10)).unwrap();
+    wait_for(Duration::from_secs(30), "10 records", || {
+        api.record_count() >= 10
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon keeps running"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    drop(taken);
 }
