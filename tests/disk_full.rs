@@ -33,9 +33,8 @@ impl Drop for Mount {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_pauses_reading_and_everything_resumes_when_space_returns() {
-    let env = Env::new();
+/// A 1 MiB tmpfs over the state directory, or `None` where mounting is not allowed.
+fn small_state_disk(env: &Env) -> Option<Mount> {
     let fs = env.dir.path().join("state");
     std::fs::create_dir_all(&fs).unwrap();
     let mounted = Command::new("mount")
@@ -45,9 +44,29 @@ async fn a_full_disk_pauses_reading_and_everything_resumes_when_space_returns() 
         .is_ok_and(|s| s.success());
     if !mounted {
         eprintln!("cannot mount a tmpfs here (not root?); .ci/run runs this as root");
-        return;
+        return None;
     }
-    let _mount = Mount(fs.clone());
+    Some(Mount(fs))
+}
+
+fn grow(mount: &Mount) {
+    assert!(
+        Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(&mount.0)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_pauses_reading_and_everything_resumes_when_space_returns() {
+    let env = Env::new();
+    let Some(mount) = small_state_disk(&env) else {
+        return;
+    };
+    let fs = mount.0.clone();
     let api = FakeApi::start(KEY).await.unwrap();
     api.set_outage(Some((503, None)));
     let config =
@@ -67,14 +86,7 @@ async fn a_full_disk_pauses_reading_and_everything_resumes_when_space_returns() 
 
     // Space returns: reading resumes at the committed position, then delivery once the API is
     // back.
-    assert!(
-        Command::new("mount")
-            .args(["-o", "remount,size=64m"])
-            .arg(&fs)
-            .status()
-            .unwrap()
-            .success()
-    );
+    grow(&mount);
     wait_for(LIMIT, "all 20,000 read", || {
         env.try_report()
             .is_some_and(|r| r.sources[0].records_total == 20_000)
@@ -95,4 +107,85 @@ async fn a_full_disk_pauses_reading_and_everything_resumes_when_space_returns() 
         "--offline",
     ]);
     assert_eq!(code, 0, "the outbox is intact: {out}");
+}
+
+/// Agent states are applied once: a commit the full disk refused leaves the open states as they
+/// are on disk, so the changes read again after space returns close each interval once and
+/// none is parked as out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_leaves_open_agent_states_as_committed() {
+    const AGENTS: u64 = 4;
+    const CHANGES: u64 = 6_000;
+    let env = Env::new();
+    let Some(mount) = small_state_disk(&env) else {
+        return;
+    };
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.set_outage(Some((503, None)));
+    let source = format!(
+        "[[source]]\nname = \"states\"\ntype = \"files\"\nintegration_id = 7\n\
+         emits = \"agent_states\"\nexternal_system = \"ACD\"\npath = {:?}\nformat = \"csv\"\n\
+         mode = \"tail\"\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n\
+         [source.map]\nagentIdentifier = \"agent\"\nactivityIdentifier = \"state\"\ntimestamp = \"at\"\n",
+        env.exports.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    // Each agent alternates READY and PAUSE, one change per second.
+    let start = jiff::Timestamp::from_second(1_714_550_400).unwrap();
+    let mut csv = String::from("agent,state,at\n");
+    for i in 0..CHANGES {
+        let at = start + jiff::SignedDuration::from_secs(i as i64);
+        let state = if (i / AGENTS) % 2 == 0 {
+            "READY"
+        } else {
+            "PAUSE"
+        };
+        csv.push_str(&format!("{},{state},{at}\n", 1000 + i % AGENTS));
+    }
+    std::fs::write(env.exports.join("states.csv"), csv).unwrap();
+    let daemon = Daemon::start(config);
+
+    wait_for(LIMIT, "the state disk to fill", || {
+        available_kib(&mount.0) < 64
+    })
+    .await;
+    // Long enough for reading to meet the full disk more than once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    grow(&mount);
+    api.set_outage(None);
+    // Every change but each agent's last closes one interval.
+    let expected = (CHANGES - AGENTS) as usize;
+    wait_for(LIMIT, "every interval delivered", || {
+        api.record_count() >= expected
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.stop().await;
+    assert_eq!(env.report().sources[0].parked_total, 0, "nothing parked");
+    let mut seen = std::collections::HashSet::new();
+    for r in api.records() {
+        let key = (
+            r["agentIdentifier"].as_str().unwrap().to_owned(),
+            r["startTime"].as_str().unwrap().to_owned(),
+        );
+        assert!(seen.insert(key.clone()), "one interval per start: {key:?}");
+        let (begin, end) = (
+            r["startTime"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .unwrap(),
+            r["endTime"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .unwrap(),
+        );
+        assert_eq!(
+            end.duration_since(begin).as_secs(),
+            AGENTS as i64,
+            "each interval lasts until the agent's next change: {r}"
+        );
+    }
+    assert_eq!(seen.len(), expected);
 }

@@ -805,6 +805,10 @@ impl FilesSource {
             let mut cursors = vec![(id, to_json(&next))];
             let (mut records, mut parked) = (step.records, step.parked);
             let mut changes = step.changes;
+            // The queue_log tracker as committed, put back if the commit fails.
+            let tracker_before = (!step.queue_log.is_empty())
+                .then(|| self.tracker.as_ref().map(|(_, t)| t.clone()))
+                .flatten();
             if !step.queue_log.is_empty() {
                 let (tracker_id, json) =
                     self.apply_queue_log(step.queue_log, &mut records, &mut changes);
@@ -819,14 +823,23 @@ impl FilesSource {
                 );
                 cursors.push((states_id, json));
             }
-            commit_blocking(
+            let done = commit_blocking(
                 ctx,
                 Commit {
                     records,
                     parked,
                     cursors,
                 },
-            )?;
+            );
+            if let Some(states) = self.states.as_mut() {
+                states.settle(done.is_ok());
+            }
+            if let (Err(_), Some(before), Some((_, tracker))) =
+                (&done, tracker_before, self.tracker.as_mut())
+            {
+                *tracker = before;
+            }
+            done?;
             ctx.metrics
                 .bytes
                 .fetch_add(consumed, std::sync::atomic::Ordering::Relaxed);
@@ -990,7 +1003,9 @@ impl FilesSource {
         };
         let (commit, wait) = states.flush(&ctx.name, idle);
         if let Some(c) = commit {
-            commit_blocking(ctx, c)?;
+            let done = commit_blocking(ctx, c);
+            states.settle(done.is_ok());
+            done?;
         }
         Ok(wait)
     }

@@ -279,6 +279,9 @@ impl Sink<'_> {
         {
             *table = before;
         }
+        if let Some(states) = self.states.as_deref_mut() {
+            states.settle(done.is_ok());
+        }
         let done = done?;
         self.cursor = after;
         Ok(done.inserted)
@@ -310,7 +313,7 @@ impl Sink<'_> {
             self.cursor_id,
             serde_json::to_string(&after).expect("serializes"),
         ));
-        commit(
+        let done = commit(
             self.ctx,
             Commit {
                 records,
@@ -318,7 +321,11 @@ impl Sink<'_> {
                 cursors,
             },
         )
-        .await?;
+        .await;
+        if let Some(states) = self.states.as_deref_mut() {
+            states.settle(done.is_ok());
+        }
+        done?;
         self.cursor = after;
         Ok(())
     }

@@ -88,10 +88,17 @@ pub const STATES_CURSOR: &str = "agent-states";
 
 /// A source's agents' open states, kept in the outbox in the cursor row [`STATES_CURSOR`]
 /// and committed with the intervals they close.
+///
+/// [`apply`](Self::apply) and [`flush`](Self::flush) change the states ahead of the commit
+/// that makes them durable; the caller then calls [`settle`](Self::settle) with the commit's
+/// outcome, and a failed commit puts the states back as they are on disk, so the input read
+/// again is applied once.
 pub struct States {
     pub cfg: StatesConfig,
     id: i64,
     builder: Builder,
+    /// The states as last committed, while changes since are not yet durable.
+    durable: Option<Builder>,
 }
 
 impl States {
@@ -102,7 +109,27 @@ impl States {
         rows: &[(i64, String, String)],
     ) -> Result<Self, OutboxError> {
         let (id, builder) = json_cursor(ctx, rows, STATES_CURSOR)?;
-        Ok(Self { cfg, id, builder })
+        Ok(Self {
+            cfg,
+            id,
+            builder,
+            durable: None,
+        })
+    }
+
+    /// Ends the changes made since the last commit: kept if `committed`, else undone.
+    pub fn settle(&mut self, committed: bool) {
+        match self.durable.take() {
+            Some(before) if !committed => self.builder = before,
+            _ => {}
+        }
+    }
+
+    /// Keeps the committed states before the first change after a commit.
+    fn stage(&mut self) {
+        if self.durable.is_none() {
+            self.durable = Some(self.builder.clone());
+        }
     }
 
     /// Runs changes through the interval builder: closed intervals become records,
@@ -114,6 +141,7 @@ impl States {
         records: &mut Vec<NewRecord>,
         parked: &mut Vec<Parked>,
     ) -> (i64, String) {
+        self.stage();
         let mut closed = Vec::new();
         for read in changes {
             let before = closed.len();
@@ -162,17 +190,20 @@ impl States {
     pub fn flush(&mut self, source: &SourceName, idle: Duration) -> (Option<Commit>, Duration) {
         let now = jiff::Timestamp::now();
         let mut closed = Vec::new();
-        let commit = self
-            .builder
-            .flush(now, &self.cfg.settings, &mut closed)
-            .then(|| Commit {
-                records: closed
-                    .iter()
-                    .map(|i| interval_record(source, i, "open state"))
-                    .collect(),
-                parked: Vec::new(),
-                cursors: vec![self.cursor()],
-            });
+        let fresh = self.durable.is_none();
+        self.stage();
+        let changed = self.builder.flush(now, &self.cfg.settings, &mut closed);
+        if !changed && fresh {
+            self.durable = None;
+        }
+        let commit = changed.then(|| Commit {
+            records: closed
+                .iter()
+                .map(|i| interval_record(source, i, "open state"))
+                .collect(),
+            parked: Vec::new(),
+            cursors: vec![self.cursor()],
+        });
         let wait = self
             .builder
             .next_flush(now, &self.cfg.settings)

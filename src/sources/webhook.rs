@@ -157,10 +157,12 @@ impl Source for WebhookSource {
                 if let Some(st) = states.as_mut() {
                     let (due, next) = st.flush(&ctx.name, idle);
                     wait = next;
-                    if let Some(c) = due
-                        && let Err(e) = commit(&ctx, c).await
-                    {
-                        error!(source = %ctx.name, "cannot commit flushed agent states: {e}");
+                    if let Some(c) = due {
+                        let done = commit(&ctx, c).await;
+                        st.settle(done.is_ok());
+                        if let Err(e) = done {
+                            error!(source = %ctx.name, "cannot commit flushed agent states: {e}");
+                        }
                     }
                 }
             }
@@ -221,6 +223,9 @@ async fn take(
         std::sync::atomic::Ordering::Relaxed,
     );
     let result: Result<(), OutboxError> = commit(ctx, all).await.map(|_| ());
+    if let Some(st) = states {
+        st.settle(result.is_ok());
+    }
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         let _ = reply.send(match &result {
             Ok(()) => Ok(outcome),
