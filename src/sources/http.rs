@@ -141,8 +141,22 @@ impl Poll for HttpPoller {
                 }
                 _ => {}
             }
-            let page = self.fetch(&url, body.as_deref()).await?;
-            let records = records_at(&page.body, &self.cfg.records).map_err(PollError::Remote)?;
+            let mut page = self.fetch(&url, body.as_deref()).await?;
+            // What else the answer says is read before its records are taken out of it.
+            if let HttpCursor::Pointer(p) = &self.cfg.cursor
+                && let Some(v) = page.body.pointer(p).and_then(scalar)
+            {
+                pointed = Some(v);
+            }
+            let next_link = match &self.cfg.pagination {
+                Pagination::NextLink(p) => match page.body.pointer(p) {
+                    Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let records =
+                take_records(&mut page.body, &self.cfg.records).map_err(PollError::Remote)?;
             let n = records.len();
             if let HttpCursor::Field(field) = &self.cfg.cursor {
                 for r in &records {
@@ -153,11 +167,6 @@ impl Poll for HttpPoller {
                         });
                     }
                 }
-            }
-            if let HttpCursor::Pointer(p) = &self.cfg.cursor
-                && let Some(v) = page.body.pointer(p).and_then(scalar)
-            {
-                pointed = Some(v);
             }
             let origin = url.as_str().to_owned();
             let rows = records
@@ -175,11 +184,11 @@ impl Poll for HttpPoller {
                         url.clone()
                     })
                 }
-                Pagination::NextLink(p) => match page.body.pointer(p) {
-                    Some(Value::String(s)) if !s.is_empty() => Some(url.join(s).map_err(|e| {
+                Pagination::NextLink(_) => match next_link {
+                    Some(s) => Some(url.join(&s).map_err(|e| {
                         PollError::Remote(format!("the next link {s:?} is not a URL: {e}"))
                     })?),
-                    _ => None,
+                    None => None,
                 },
                 Pagination::LinkHeader => match page.link_next {
                     Some(s) => Some(url.join(&s).map_err(|e| {
@@ -411,25 +420,23 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The records of a response: the array at `pointer` (an object there is one record).
-pub fn records_at(body: &Value, pointer: &str) -> Result<Vec<Map<String, Value>>, String> {
-    let at = match body.pointer(pointer) {
-        Some(v) => v,
-        None => {
-            return Err(format!(
-                "the answer has nothing at records = {pointer:?}: {}",
-                truncate(&body.to_string(), 300)
-            ));
-        }
+/// Takes the records out of a response: the array at `pointer` (an object there is one
+/// record).
+pub fn take_records(body: &mut Value, pointer: &str) -> Result<Vec<Map<String, Value>>, String> {
+    let Some(at) = body.pointer_mut(pointer) else {
+        return Err(format!(
+            "the answer has nothing at records = {pointer:?}: {}",
+            truncate(&body.to_string(), 300)
+        ));
     };
-    match at {
+    match at.take() {
         Value::Null => Ok(Vec::new()),
-        Value::Object(o) => Ok(vec![o.clone()]),
+        Value::Object(o) => Ok(vec![o]),
         Value::Array(items) => items
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(i, v)| match v {
-                Value::Object(o) => Ok(o.clone()),
+                Value::Object(o) => Ok(o),
                 other => Err(format!(
                     "record {i} at {pointer:?} is not an object: {}",
                     truncate(&other.to_string(), 100)
@@ -572,11 +579,16 @@ mod tests {
     #[test]
     fn records_are_found_at_the_pointer_or_refused_clearly() {
         let body = serde_json::json!({"data": {"items": [{"a": 1}, {"a": 2}]}, "one": {"a": 3}});
-        assert_eq!(records_at(&body, "/data/items").unwrap().len(), 2);
-        assert_eq!(records_at(&body, "/one").unwrap().len(), 1);
-        let e = records_at(&body, "/missing").unwrap_err();
+        assert_eq!(
+            take_records(&mut body.clone(), "/data/items")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(take_records(&mut body.clone(), "/one").unwrap().len(), 1);
+        let e = take_records(&mut body.clone(), "/missing").unwrap_err();
         assert!(e.contains("/missing"), "{e}");
-        let e = records_at(&serde_json::json!({"x": [1]}), "/x").unwrap_err();
+        let e = take_records(&mut serde_json::json!({"x": [1]}), "/x").unwrap_err();
         assert!(e.contains("record 0"), "{e}");
     }
 }
