@@ -13,7 +13,7 @@ use super::OutboxError;
 /// `PRAGMA application_id`: "IJXS".
 pub const APPLICATION_ID: i32 = 0x494A_5853;
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -101,6 +101,12 @@ CREATE TABLE parked (
 /// Version 2: the agent identifiers each lane has sent (`injixo-sync agents`), and the queues
 /// (identifier and name per configuration id) contact events were sent under (the queue
 /// guard). Records held back by the guard have state 4.
+/// Version 3: records the operator dropped get their own small index, so that pruning kept
+/// records reads two indexes instead of the whole table.
+const SCHEMA_V3: &str = r#"
+CREATE INDEX records_dropped ON records (sent_at) WHERE state = 3;
+"#;
+
 const SCHEMA_V2: &str = r#"
 CREATE TABLE agents (
     lane_id    INTEGER NOT NULL,
@@ -307,10 +313,18 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
              COMMIT;"
         ))?;
     }
+    if version < 2 {
+        run(format!(
+            "BEGIN IMMEDIATE;
+             {SCHEMA_V2}
+             PRAGMA user_version = 2;
+             COMMIT;"
+        ))?;
+    }
     run(format!(
         "BEGIN IMMEDIATE;
-         {SCHEMA_V2}
-         PRAGMA user_version = 2;
+         {SCHEMA_V3}
+         PRAGMA user_version = 3;
          COMMIT;"
     ))
 }
