@@ -329,6 +329,10 @@ struct Supervised {
 
 /// Keeps systemd's `STATUS=` current and sends `WATCHDOG=1` while the outbox is open and no
 /// lane is stuck; a stuck daemon thus stops feeding the watchdog and is restarted.
+/// Pending records per lane are counted up to this for the service status line (which then
+/// shows "100000+"): the count reads the backlog, and a status every 10 s must stay cheap.
+const STATUS_COUNT_CAP: i64 = 100_000;
+
 async fn supervise(s: Supervised, shutdown: CancellationToken) {
     use std::sync::atomic::Ordering::Relaxed;
     let watchdog = watchdog_interval();
@@ -358,12 +362,18 @@ async fn supervise(s: Supervised, shutdown: CancellationToken) {
             stuck_logged = true;
         }
         let path = s.state_path.clone();
-        let pending: i64 = tokio::task::spawn_blocking(move || crate::outbox::lane_depths(&path))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|rows| rows.iter().map(|(_, n, _)| n).sum())
-            .unwrap_or(0);
+        let pending = tokio::task::spawn_blocking(move || {
+            crate::outbox::lane_depths(&path, STATUS_COUNT_CAP)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|rows| {
+            let capped = rows.iter().any(|(_, n, _)| *n >= STATUS_COUNT_CAP);
+            let sum: i64 = rows.iter().map(|(_, n, _)| n).sum();
+            format!("{sum}{}", if capped { "+" } else { "" })
+        })
+        .unwrap_or_else(|| "?".into());
         let sent: u64 = s.lanes.iter().map(|l| l.sent.load(Relaxed)).sum();
         let paused = s.lanes.iter().filter(|l| l.paused.load(Relaxed)).count();
         s.notifier.notify(&format!(

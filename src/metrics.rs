@@ -271,7 +271,7 @@ pub fn render(
         (
             "injixo_sync_lane_pending_records",
             "gauge",
-            "Records waiting in the outbox.",
+            "Records waiting in the outbox, counted up to 1,000,000 per lane.",
             |_, d, _| d.pending as f64,
         ),
         (

@@ -330,13 +330,18 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// Pending records per lane are counted up to this for `/metrics` and `/readyz`, so that a
+/// scrape during a backlog of millions reads a bounded part of it (`status` counts them all).
+pub const METRICS_COUNT_CAP: i64 = 1_000_000;
+
 async fn depths(o: &Observed) -> Vec<(LaneId, Depth)> {
     let path = o.state_path.clone();
-    let rows = tokio::task::spawn_blocking(move || crate::outbox::lane_depths(&path))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    let rows =
+        tokio::task::spawn_blocking(move || crate::outbox::lane_depths(&path, METRICS_COUNT_CAP))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
     rows.into_iter()
         .map(|(lane, pending, oldest)| {
             (

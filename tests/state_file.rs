@@ -3,7 +3,10 @@
 
 mod support;
 
-use injixo_sync::outbox::{Commit, LaneId, NewRecord, Outbox, OutboxError, SourceId, dedupe_key};
+use injixo_sync::outbox::{
+    BatchLimits, Commit, LaneId, NewRecord, NextBatch, Outbox, OutboxError, SourceId, dedupe_key,
+    lane_depths,
+};
 use injixo_sync::types::{Emits, LaneKey, SourceName};
 use support::cli;
 
@@ -209,10 +212,13 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
     .unwrap();
     drop(outbox);
     writer.join().unwrap();
-    // What version 1 wrote: no `agents` or `queues` table.
+    // What version 1 wrote: no `agents` or `queues` table, no index of dropped records.
     let conn = rusqlite::Connection::open(&state).unwrap();
-    conn.execute_batch("DROP TABLE agents; DROP TABLE queues; PRAGMA user_version = 1;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE agents; DROP TABLE queues; DROP INDEX records_dropped;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
     drop(conn);
     let (outbox, writer) = Outbox::open(&state).expect("a version 1 outbox opens");
     drop(outbox);
@@ -221,14 +227,31 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
     let version: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let kept: i64 = conn
         .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
         .unwrap();
     assert_eq!(kept, 1, "migration keeps the records");
     conn.query_row("SELECT count(*) FROM agents", [], |r| r.get::<_, i64>(0))
         .expect("the agents table exists");
-    conn.execute_batch("PRAGMA user_version = 3;").unwrap();
+    // Pruning kept records reads indexes only, never the whole table.
+    for state in [1, 3] {
+        let plan: Vec<String> = conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN SELECT id FROM records WHERE state = {state} AND sent_at < ?1 LIMIT 5000"
+            ))
+            .unwrap()
+            .query_map([0], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("INDEX records_"))
+                && !plan.iter().any(|p| p == "SCAN records"),
+            "state {state}: {plan:?}"
+        );
+    }
+    conn.execute_batch("PRAGMA user_version = 4;").unwrap();
     drop(conn);
     match Outbox::open(&state) {
         Err(e @ OutboxError::Newer { .. }) => {
@@ -237,4 +260,49 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a newer outbox was opened"),
     }
+}
+
+#[tokio::test]
+async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("o.db");
+    let (outbox, _writer, source, lane) = open_with_lane(&state).await;
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || {
+        ob.commit_blocking(
+            source,
+            lane,
+            Commit {
+                records: (0..25)
+                    .map(|i| NewRecord {
+                        dkey: dedupe_key(3, i),
+                        payload: format!("{{\"n\":{i}}}"),
+                        origin: String::new(),
+                    })
+                    .collect(),
+                ..Commit::default()
+            },
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let limits = BatchLimits {
+        max_records: 10,
+        max_bytes: 1 << 20,
+        linger: std::time::Duration::ZERO,
+    };
+    // Ten records in an open batch, fifteen in the tail above it.
+    assert!(matches!(
+        outbox.next_batch(lane, None, limits).await.unwrap(),
+        NextBatch::Ready(b) if b.records.len() == 10
+    ));
+    let depth = |cap| {
+        let rows = lane_depths(&state, cap).unwrap();
+        assert_eq!(rows.len(), 1);
+        (rows[0].1, rows[0].2.is_some())
+    };
+    assert_eq!(depth(1_000), (25, true));
+    assert_eq!(depth(20), (20, true), "counted up to the cap");
+    assert_eq!(depth(5), (5, true));
 }

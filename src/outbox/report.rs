@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::{OutboxError, schema};
@@ -72,27 +72,48 @@ pub struct ParkedReport {
     pub at_ms: i64,
 }
 
-/// Per lane id: records waiting and the creation time of the oldest (for `/metrics` and
-/// `/readyz`). Reads only the unsent tail above each lane's `scanned_to` and its open batch.
-pub fn lane_depths(path: &Path) -> Result<Vec<(i64, i64, Option<i64>)>, OutboxError> {
+/// Per lane id: records waiting (counted up to `cap`, so that a large backlog costs a bounded
+/// read; `status` counts them all) and the creation time of the oldest, for `/metrics`,
+/// `/readyz` and the service status. Reads the lane's open batches through their index and the
+/// pending tail above `scanned_to` in rowid order, where the first record is the oldest.
+pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<(i64, i64, Option<i64>)>, OutboxError> {
     let conn = schema::open_ro(path)?;
     let read = || -> rusqlite::Result<Vec<(i64, i64, Option<i64>)>> {
-        // Two index-friendly parts: the rowid range above `scanned_to`, and the open batch
-        // (whose records are older, so its oldest is the lane's oldest when it exists).
-        conn.prepare(
-            "WITH tail AS (
-                 SELECT l.id AS lane, count(r.id) AS n, min(r.created) AS oldest FROM lanes l
-                 LEFT JOIN records r ON r.id > l.scanned_to AND r.lane_id = l.id AND r.state = 0
-                 GROUP BY l.id),
-             open AS (
-                 SELECT b.lane_id AS lane, count(r.id) AS n, min(r.created) AS oldest
-                 FROM batches b JOIN records r ON r.batch_id = b.id AND r.state = 0
-                 GROUP BY b.lane_id)
-             SELECT tail.lane, tail.n + coalesce(open.n, 0), coalesce(open.oldest, tail.oldest)
-             FROM tail LEFT JOIN open ON open.lane = tail.lane",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect()
+        let lanes: Vec<(i64, i64)> = conn
+            .prepare("SELECT id, scanned_to FROM lanes ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut open = conn.prepare(
+            "SELECT count(r.id), min(r.created) FROM batches b
+             JOIN records r ON r.batch_id = b.id AND r.state = 0 WHERE b.lane_id = ?1",
+        )?;
+        let mut tail = conn.prepare(
+            "SELECT count(*) FROM (SELECT 1 FROM records
+             WHERE id > ?1 AND lane_id = ?2 AND state = 0 LIMIT ?3)",
+        )?;
+        let mut first = conn.prepare(
+            "SELECT created FROM records WHERE id > ?1 AND lane_id = ?2 AND state = 0
+             ORDER BY id LIMIT 1",
+        )?;
+        let mut out = Vec::with_capacity(lanes.len());
+        for (lane, scanned) in lanes {
+            let (in_batches, batch_oldest): (i64, Option<i64>) =
+                open.query_row([lane], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let in_tail: i64 = tail
+                .query_row(params![scanned, lane, (cap - in_batches).max(0)], |r| {
+                    r.get(0)
+                })?;
+            // Open batches hold older records than the tail.
+            let oldest = match batch_oldest {
+                Some(t) => Some(t),
+                None if in_tail > 0 => first
+                    .query_row(params![scanned, lane], |r| r.get(0))
+                    .optional()?,
+                None => None,
+            };
+            out.push((lane, (in_batches + in_tail).min(cap), oldest));
+        }
+        Ok(out)
     };
     read().map_err(|e| OutboxError::sqlite(path, e))
 }
