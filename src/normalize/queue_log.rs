@@ -130,8 +130,10 @@ impl Tracker {
                 .remove(&key)
                 .and_then(|s| Timestamp::from_second(s).ok())
                 .unwrap_or_else(|| {
-                    // Entered before the log we read: back from the end.
-                    l.at - jiff::SignedDuration::from_secs(before_end.round() as i64)
+                    // Entered before the log we read: back from the end (a time the line's
+                    // figures put out of range counts as the end itself).
+                    l.at.checked_sub(jiff::SignedDuration::from_secs(before_end.round() as i64))
+                        .unwrap_or(l.at)
                 });
             let answered = this.answered.remove(&key);
             Call {
@@ -242,6 +244,15 @@ mod tests {
 
     /// (agent, state, seconds after the fixtures' epoch).
     type Seen = (String, Option<String>, i64);
+
+    /// Found by fuzzing (fuzz/corpus/queue_log): an end without its ENTERQUEUE whose times
+    /// reach before the earliest timestamp.
+    #[test]
+    fn an_end_whose_times_reach_out_of_range_keeps_its_own_time() {
+        let (calls, _) = run("1111111|c1|q|NONE|TRANSFER|||666662166621|1|||\n");
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].entered.as_second(), 1_111_111);
+    }
 
     fn run(log: &str) -> (Vec<Call>, Vec<Seen>) {
         let mut t = Tracker::default();
