@@ -201,9 +201,27 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     if req.method() == hyper::Method::GET && req.uri().path() == "/_fake/stats" {
         let s = state.lock().expect("state");
         let records: usize = s.accepted.iter().map(|a| a.records.len()).sum();
+        // Records accepted again under a key already accepted (a resent batch), and how many
+        // different records arrived.
+        let mut keys = std::collections::HashSet::new();
+        let mut texts = std::collections::HashSet::new();
+        let mut under_repeated_keys = 0;
+        for a in &s.accepted {
+            if let Some(k) = &a.idempotency_key
+                && !keys.insert(k.as_str())
+            {
+                under_repeated_keys += a.records.len();
+            }
+            texts.extend(a.records.iter().map(Value::to_string));
+        }
         return Ok(answer(
             200,
-            json!({"records": records, "requests": s.seen.len()}),
+            json!({
+                "records": records,
+                "distinct_records": texts.len(),
+                "records_under_repeated_keys": under_repeated_keys,
+                "requests": s.seen.len(),
+            }),
             None,
         ));
     }
