@@ -28,11 +28,7 @@ const KEY: &str = "bench-key";
 
 fn main() {
     let n: u64 = env_or("BENCH_RECORDS", 200_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(1);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("events.ndjson");
     let mut text = String::with_capacity(n as usize * 200);

@@ -31,11 +31,7 @@ fn main() {
     let tail_mb = env_or("BENCH_TAIL_MB", 1024);
     let appends = env_or("BENCH_APPENDS", 200);
     let ql_calls = env_or("BENCH_QUEUE_LOG_CALLS", 200_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(1);
     let api = runtime.block_on(FakeApi::start("bench-key")).unwrap();
     api.set_outage(Some((503, None)));
 

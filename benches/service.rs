@@ -119,11 +119,7 @@ fn main() {
     let n: u64 = env_or("BENCH_RECORDS", 1_000_000);
     let idle_secs: u64 = env_or("BENCH_IDLE_SECS", 60);
     let appends: u64 = env_or("BENCH_APPENDS", 500);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(1);
     let api = runtime.block_on(FakeApi::start("bench-key")).unwrap();
     let url = api.url();
 

@@ -55,11 +55,7 @@ fn main() {
 fn main() {
     let rows: u64 = env_or("BENCH_ROWS", 200_000);
     let push_secs: u64 = env_or("BENCH_PUSH_SECS", 10);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(2);
     let api = runtime.block_on(FakeApi::start("bench-key")).unwrap();
     api.set_outage(Some((503, None)));
 

@@ -106,6 +106,19 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     );
 }
 
+/// The daemon as a child process at log level info, its log in a file.
+fn run_logged(env: &Env) -> (std::path::PathBuf, std::process::Child) {
+    let log = env.dir.path().join("daemon.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+        .args(["--config", env.config_file.to_str().unwrap(), "run"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    (log, child)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_for_an_invalid_one() {
     let env = Env::new();
@@ -119,14 +132,7 @@ async fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_for_an_inval
         second.display().to_string()
     );
     env.write_config(&one_source);
-    let log = env.dir.path().join("daemon.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
-        .args(["--config", env.config_file.to_str().unwrap(), "run"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
+    let (log, child) = run_logged(&env);
     let hup = || {
         Command::new("kill")
             .args(["-HUP", &child.id().to_string()])
@@ -156,10 +162,13 @@ async fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_for_an_inval
     )
     .unwrap();
     hup();
-    wait_for(Duration::from_secs(30), "the refusal logged", || {
+    let logged = |text: &str| {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .contains("reload refused, the running configuration stays")
+            .contains(text)
+    };
+    wait_for(Duration::from_secs(30), "the refusal logged", || {
+        logged("reload refused, the running configuration stays")
     })
     .await;
     // A valid configuration whose secret cannot be read is refused too, before the running
@@ -175,9 +184,7 @@ async fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_for_an_inval
     .unwrap();
     hup();
     wait_for(Duration::from_secs(30), "the second refusal logged", || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("cannot read api.token_file")
+        logged("cannot read api.token_file")
     })
     .await;
     let mut f = std::fs::OpenOptions::new()
@@ -228,14 +235,7 @@ async fn a_reload_that_cannot_bind_its_address_goes_back_to_the_previous_configu
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
     env.write_config(&env.config_text(&api.url(), "", &with_listen(first)));
-    let log = env.dir.path().join("daemon.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
-        .args(["--config", env.config_file.to_str().unwrap(), "run"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
+    let (log, mut child) = run_logged(&env);
     let healthy = |port: u16| {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
             use std::io::{Read, Write};

@@ -47,6 +47,29 @@ async fn open_with_lane(
     (outbox, writer, source, lane)
 }
 
+/// Commits `records` from a blocking thread, as a source does.
+async fn commit_all(
+    outbox: &Outbox,
+    source: SourceId,
+    lane: LaneId,
+    records: Vec<NewRecord>,
+) -> injixo_sync::outbox::Committed {
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || {
+        ob.commit_blocking(
+            source,
+            lane,
+            Commit {
+                records,
+                ..Commit::default()
+            },
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 #[test]
 fn a_file_that_is_not_sqlite_is_refused_and_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,27 +111,14 @@ async fn a_corrupt_outbox_is_refused_by_run_and_check_and_never_recreated() {
     let state = dir.path().join("outbox.db");
     {
         let (outbox, writer, source, lane) = open_with_lane(&state).await;
-        let ob = outbox.clone();
-        tokio::task::spawn_blocking(move || {
-            let records = (0..20_000u64)
-                .map(|i| NewRecord {
-                    dkey: dedupe_key(1, i),
-                    payload: format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100)),
-                    origin: format!("f:{i}"),
-                })
-                .collect();
-            ob.commit_blocking(
-                source,
-                lane,
-                Commit {
-                    records,
-                    ..Commit::default()
-                },
-            )
-            .unwrap();
-        })
-        .await
-        .unwrap();
+        let records = (0..20_000u64)
+            .map(|i| NewRecord {
+                dkey: dedupe_key(1, i),
+                payload: format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100)),
+                origin: format!("f:{i}"),
+            })
+            .collect();
+        commit_all(&outbox, source, lane, records).await;
         drop(outbox);
         writer.join().unwrap();
     }
@@ -196,20 +206,7 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
         payload: "{}".into(),
         origin: "a:1".into(),
     };
-    let ob = outbox.clone();
-    tokio::task::spawn_blocking(move || {
-        ob.commit_blocking(
-            source,
-            lane,
-            Commit {
-                records: vec![record],
-                ..Commit::default()
-            },
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    commit_all(&outbox, source, lane, vec![record]).await;
     drop(outbox);
     writer.join().unwrap();
     // What version 1 wrote: no `agents` or `queues` table, no index of dropped records.
@@ -267,26 +264,14 @@ async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("o.db");
     let (outbox, _writer, source, lane) = open_with_lane(&state).await;
-    let ob = outbox.clone();
-    tokio::task::spawn_blocking(move || {
-        ob.commit_blocking(
-            source,
-            lane,
-            Commit {
-                records: (0..25)
-                    .map(|i| NewRecord {
-                        dkey: dedupe_key(3, i),
-                        payload: format!("{{\"n\":{i}}}"),
-                        origin: String::new(),
-                    })
-                    .collect(),
-                ..Commit::default()
-            },
-        )
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    let records = (0..25)
+        .map(|i| NewRecord {
+            dkey: dedupe_key(3, i),
+            payload: format!("{{\"n\":{i}}}"),
+            origin: String::new(),
+        })
+        .collect();
+    commit_all(&outbox, source, lane, records).await;
     let limits = BatchLimits {
         max_records: 10,
         max_bytes: 1 << 20,
