@@ -222,20 +222,31 @@ pub fn csv(
         match result {
             InputEmpty if !last => break,
             InputEmpty => {
-                // `last`: an empty input tells the reader the data has ended.
-                let (result, _, _, nend) =
-                    reader.read_record(&[], &mut out[outlen..], &mut ends[endlen..]);
-                endlen += nend;
-                if matches!(result, Record) {
-                    push_record(
-                        charset,
-                        buf,
-                        &mut items,
-                        record_start..buf.len(),
-                        &out,
-                        &ends[..endlen],
-                        &mut counted,
-                    );
+                // `last`: an empty input tells the reader the data has ended. Ending the last
+                // field may need room the buffers do not have yet (a record that filled them
+                // exactly): grow them and ask again.
+                loop {
+                    let (result, _, nout, nend) =
+                        reader.read_record(&[], &mut out[outlen..], &mut ends[endlen..]);
+                    outlen += nout;
+                    endlen += nend;
+                    match result {
+                        OutputFull => out.resize(out.len() * 2, 0),
+                        OutputEndsFull => ends.resize(ends.len() * 2, 0),
+                        Record => {
+                            push_record(
+                                charset,
+                                buf,
+                                &mut items,
+                                record_start..buf.len(),
+                                &out,
+                                &ends[..endlen],
+                                &mut counted,
+                            );
+                            break;
+                        }
+                        InputEmpty | End => break,
+                    }
                 }
                 consumed = buf.len();
                 break;
@@ -323,6 +334,33 @@ fn push_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (fuzz/corpus/csv): the last record of a complete file, without its
+    /// newline and ending in a delimiter (an empty last field), was dropped when its other
+    /// fields filled the parser's buffer of field ends exactly (64 of them, then 128, ...).
+    #[test]
+    fn a_last_record_that_fills_the_buffers_exactly_is_kept() {
+        for fields in [63, 64, 65, 66, 129] {
+            // "x;x;...;x;": the last field is empty.
+            let row = format!("{};", vec!["x"; fields - 1].join(";"));
+            for before in ["", "a;b\n"] {
+                let buf = format!("{before}{row}");
+                let (items, consumed) = csv(buf.as_bytes(), b';', Charset::Utf8, true, usize::MAX);
+                assert_eq!(consumed, buf.len());
+                let last = items.last().expect("a record");
+                assert_eq!(
+                    last.value.as_ref().unwrap().len(),
+                    fields,
+                    "{fields} fields after {before:?}"
+                );
+            }
+        }
+        // The output buffer filled exactly by the last field's bytes.
+        let buf = "y".repeat(4096);
+        let (items, _) = csv(buf.as_bytes(), b';', Charset::Utf8, true, usize::MAX);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].value.as_ref().unwrap()[0].len(), 4096);
+    }
 
     #[test]
     fn a_partial_last_line_waits_unless_the_file_is_complete() {
