@@ -31,6 +31,7 @@ fn main() {
         std::fs::write(exports.join(format!("export-{f}.ndjson")), text).unwrap();
     }
     let api = runtime.block_on(FakeApi::start("bench-key")).unwrap();
+    api.count_only();
     api.set_outage(Some((503, None)));
     std::fs::write(dir.path().join("key"), "bench-key").unwrap();
     let state = dir.path().join("outbox.db");

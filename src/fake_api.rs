@@ -68,6 +68,10 @@ struct State {
     outage: Option<(u16, Option<u64>)>,
     refused: Option<(Emits, u16)>,
     reject_containing: Vec<String>,
+    /// `false`: accepted records are counted in `counted_only`, not kept (for benchmarks of
+    /// millions of records).
+    discard: bool,
+    counted_only: usize,
 }
 
 /// A running fake API. Stops when dropped.
@@ -174,7 +178,13 @@ impl FakeApi {
     }
 
     pub fn record_count(&self) -> usize {
-        self.with(|s| s.accepted.iter().map(|a| a.records.len()).sum())
+        self.with(|s| s.counted_only + s.accepted.iter().map(|a| a.records.len()).sum::<usize>())
+    }
+
+    /// Counts accepted records without keeping them (`accepted()` and `records()` stay empty):
+    /// for benchmarks that send millions.
+    pub fn count_only(&self) {
+        self.with(|s| s.discard = true);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -200,7 +210,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     // For scripts driving a fake API in another process (`injixo-sync fake-api`).
     if req.method() == hyper::Method::GET && req.uri().path() == "/_fake/stats" {
         let s = state.lock().expect("state");
-        let records: usize = s.accepted.iter().map(|a| a.records.len()).sum();
+        let records = s.counted_only + s.accepted.iter().map(|a| a.records.len()).sum::<usize>();
         // Records accepted again under a key already accepted (a resent batch), and how many
         // different records arrived.
         let mut keys = std::collections::HashSet::new();
@@ -288,10 +298,16 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
         Ok(accepted) => {
             let n = accepted.records.len();
             log(200, n);
-            state.lock().expect("state").accepted.push(Accepted {
-                idempotency_key: key.clone(),
-                ..accepted
-            });
+            let mut st = state.lock().expect("state");
+            if st.discard {
+                st.counted_only += n;
+            } else {
+                st.accepted.push(Accepted {
+                    idempotency_key: key.clone(),
+                    ..accepted
+                });
+            }
+            drop(st);
             if matches!(fault, Some(Fault::AcceptThenDrop)) {
                 return Err(DropConnection);
             }
