@@ -10,10 +10,11 @@
 //!    until a one-second window delivers at 90 % of that rate again.
 //! 4. CPU of an idle daemon with 10 sources (tail and drop files, CSV, TSV, NDJSON, an Asterisk
 //!    queue_log, agent states, a webhook) over BENCH_IDLE_SECS.
-#![cfg(unix)]
+#![cfg_attr(not(unix), allow(dead_code, unused_imports))]
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+#[cfg(unix)]
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -51,6 +52,7 @@ impl Run {
     }
 
     /// The daemon, with systemd's notify socket: returns it and the time until READY=1.
+    #[cfg(unix)]
     fn start(&self) -> (Daemon, Duration) {
         let socket_path = self.path("notify.sock");
         let _ = std::fs::remove_file(&socket_path);
@@ -115,6 +117,12 @@ impl Drop for Daemon {
     }
 }
 
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("the service bench speaks systemd's notify protocol: run it on Linux");
+}
+
+#[cfg(unix)]
 fn main() {
     let n: u64 = env_or("BENCH_RECORDS", 1_000_000);
     let idle_secs: u64 = env_or("BENCH_IDLE_SECS", 60);
@@ -164,6 +172,7 @@ fn main() {
 
 /// Appends `appends` lines to a tailed file and times each until the fake API holds it:
 /// (p50 ms, p99 ms, start to READY on a fresh state).
+#[cfg(unix)]
 fn latency(api: &FakeApi, url: &str, appends: u64) -> (f64, f64, Duration) {
     let run = Run::new(
         url,
@@ -223,6 +232,7 @@ struct Backlog {
 
 /// Reads `n` records while the API is down, restarts (READY with a backlog), lets delivery run,
 /// kills -9 mid-way and restarts again.
+#[cfg(unix)]
 fn backlog_and_kill(api: &FakeApi, url: &str, n: u64) -> Backlog {
     let run = Run::new(
         url,
@@ -301,6 +311,7 @@ fn backlog_and_kill(api: &FakeApi, url: &str, n: u64) -> Backlog {
 }
 
 /// CPU of a daemon with 10 sources and nothing to do, as % of one core.
+#[cfg(unix)]
 fn idle_cpu(url: &str, secs: u64) -> f64 {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

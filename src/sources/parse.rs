@@ -221,36 +221,10 @@ pub fn csv(
         use csv_core::ReadRecordResult::*;
         match result {
             InputEmpty if !last => break,
-            InputEmpty => {
-                // `last`: an empty input tells the reader the data has ended. Ending the last
-                // field may need room the buffers do not have yet (a record that filled them
-                // exactly): grow them and ask again.
-                loop {
-                    let (result, _, nout, nend) =
-                        reader.read_record(&[], &mut out[outlen..], &mut ends[endlen..]);
-                    outlen += nout;
-                    endlen += nend;
-                    match result {
-                        OutputFull => out.resize(out.len() * 2, 0),
-                        OutputEndsFull => ends.resize(ends.len() * 2, 0),
-                        Record => {
-                            push_record(
-                                charset,
-                                buf,
-                                &mut items,
-                                record_start..buf.len(),
-                                &out,
-                                &ends[..endlen],
-                                &mut counted,
-                            );
-                            break;
-                        }
-                        InputEmpty | End => break,
-                    }
-                }
-                consumed = buf.len();
-                break;
-            }
+            // `last`: the next call's empty input tells the reader the data has ended. The
+            // last record then comes as any other, after growing the buffers if ending its last
+            // field needs room they do not have (a record that filled them exactly).
+            InputEmpty => {}
             OutputFull => out.resize(out.len() * 2, 0),
             OutputEndsFull => ends.resize(ends.len() * 2, 0),
             Record => {
