@@ -327,12 +327,12 @@ struct Supervised {
     stuck_after: Duration,
 }
 
-/// Keeps systemd's `STATUS=` current and sends `WATCHDOG=1` while the outbox is open and no
-/// lane is stuck; a stuck daemon thus stops feeding the watchdog and is restarted.
 /// Pending records per lane are counted up to this for the service status line (which then
 /// shows "100000+"): the count reads the backlog, and a status every 10 s must stay cheap.
 const STATUS_COUNT_CAP: i64 = 100_000;
 
+/// Keeps systemd's `STATUS=` current and sends `WATCHDOG=1` while the outbox is open and no
+/// lane is stuck; a stuck daemon thus stops feeding the watchdog and is restarted.
 async fn supervise(s: Supervised, shutdown: CancellationToken) {
     use std::sync::atomic::Ordering::Relaxed;
     let watchdog = watchdog_interval();
