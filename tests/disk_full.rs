@@ -75,10 +75,7 @@ async fn a_full_disk_pauses_reading_and_everything_resumes_when_space_returns() 
     let daemon = Daemon::start(config);
 
     wait_for(LIMIT, "the state disk to fill", || available_kib(&fs) < 64).await;
-    let stuck = env
-        .try_report()
-        .map(|r| r.sources[0].records_total)
-        .unwrap_or(0);
+    let stuck = env.first_source().map_or(0, |s| s.records_total);
     assert!(
         stuck < 20_000,
         "the disk filled before everything was read ({stuck})"
@@ -88,8 +85,8 @@ async fn a_full_disk_pauses_reading_and_everything_resumes_when_space_returns() 
     // back.
     grow(&mount);
     wait_for(LIMIT, "all 20,000 read", || {
-        env.try_report()
-            .is_some_and(|r| r.sources[0].records_total == 20_000)
+        env.first_source()
+            .is_some_and(|s| s.records_total == 20_000)
     })
     .await;
     api.set_outage(None);

@@ -136,8 +136,7 @@ async fn overlapping_nightly_exports_yield_only_new_rows_by_natural_key() {
     wait_for(LIMIT, "150 records", || api.record_count() >= 150).await;
     // Give both files time to be read completely.
     wait_for(LIMIT, "both read", || {
-        env.try_report()
-            .is_some_and(|r| r.sources[0].records_total == 150)
+        env.first_source().is_some_and(|s| s.records_total == 150)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -557,8 +556,7 @@ async fn a_deleted_file_is_let_go_even_while_the_api_is_down() {
     std::fs::write(&path, events(0..100)).unwrap();
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "100 records committed", || {
-        env.try_report()
-            .is_some_and(|r| r.sources[0].records_total == 100)
+        env.first_source().is_some_and(|s| s.records_total == 100)
     })
     .await;
     std::fs::remove_file(&path).unwrap();
@@ -606,11 +604,8 @@ async fn a_large_tailed_file_streams_in_bounded_memory() {
     let pid = daemon.pid();
     wait_for(Duration::from_secs(600), "every row committed", || {
         daemon.assert_running();
-        env.try_report().is_some_and(|r| {
-            r.sources
-                .first()
-                .is_some_and(|s| s.records_total == rows as i64)
-        })
+        env.first_source()
+            .is_some_and(|s| s.records_total == rows as i64)
     })
     .await;
     let peak_mib = peak_rss_kib(pid) / 1024;

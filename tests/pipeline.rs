@@ -112,8 +112,7 @@ duration = "Gesprächszeit"
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "2 records", || api.record_count() >= 2).await;
     wait_for(LIMIT, "the bad row parked", || {
-        env.try_report()
-            .is_some_and(|r| r.sources.first().is_some_and(|s| s.parked_total == 1))
+        env.first_source().is_some_and(|s| s.parked_total == 1)
     })
     .await;
     daemon.stop().await;
@@ -281,8 +280,7 @@ async fn rotation_by_rename_finishes_the_old_file_and_reads_the_new_one() {
     std::fs::write(&path, events(20..30)).unwrap();
     wait_for(LIMIT, "30 records", || api.record_count() >= 30).await;
     wait_for(LIMIT, "the rotated file finished", || {
-        env.try_report()
-            .is_some_and(|r| r.sources[0].parked_total == 1)
+        env.first_source().is_some_and(|s| s.parked_total == 1)
     })
     .await;
     daemon.stop().await;

@@ -94,6 +94,12 @@ impl Env {
             .filter(|r| !r.lanes.is_empty())
     }
 
+    /// The first source's row, `None` until the daemon has written it (the lanes can exist
+    /// before any source has committed).
+    pub fn first_source(&self) -> Option<injixo_sync::outbox::SourceReport> {
+        self.try_report()?.sources.into_iter().next()
+    }
+
     /// The first lane's health, `""` before it exists.
     pub fn health(&self) -> String {
         self.try_report()
