@@ -155,6 +155,12 @@ async fn agents_sent_are_listed_and_an_agents_records_are_sent_again() {
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "4 statuses", || api.record_count() >= 4).await;
     let cfg = env.config_file.to_str().unwrap();
+    // The API holds them before the outbox has marked them sent (and noted their agents).
+    wait_for(LIMIT, "4 statuses marked sent", || {
+        env.try_report()
+            .is_some_and(|r| r.lanes[0].delivered_total == 4)
+    })
+    .await;
 
     let (code, out) = cli(&["--config", cfg, "agents"]);
     assert_eq!(code, 0, "{out}");
