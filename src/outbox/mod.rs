@@ -424,9 +424,14 @@ impl Outbox {
         lane: LaneId,
         commit: Commit,
     ) -> Result<Committed, OutboxError> {
-        self.commit_job(source, lane, commit)
-            .blocking_recv()
-            .unwrap_or(Err(OutboxError::Closed))
+        self.submit(source, lane, commit).wait_blocking()
+    }
+
+    /// Hands a commit to the writer and returns at once: the caller can prepare its next
+    /// commit meanwhile, and must [`Submitted::wait_blocking`] for this one's outcome before it
+    /// builds on it.
+    pub fn submit(&self, source: SourceId, lane: LaneId, commit: Commit) -> Submitted {
+        Submitted(self.commit_job(source, lane, commit))
     }
 
     /// [`Outbox::commit_blocking`] for async callers: it returns once the transaction is
@@ -606,6 +611,17 @@ impl Outbox {
             }
         }
         Ok(total)
+    }
+}
+
+/// A commit the writer has been given; see [`Outbox::submit`].
+#[must_use = "a submitted commit's outcome must be waited for"]
+pub struct Submitted(oneshot::Receiver<Result<Committed, OutboxError>>);
+
+impl Submitted {
+    /// Waits for the transaction: `Ok` once it is durable.
+    pub fn wait_blocking(self) -> Result<Committed, OutboxError> {
+        self.0.blocking_recv().unwrap_or(Err(OutboxError::Closed))
     }
 }
 
@@ -821,16 +837,21 @@ pub struct Delivered {
 
 fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusqlite::Result<usize> {
     let now = now_ms();
-    // Agent identifiers sent, for `injixo-sync agents` (agent-status lanes only).
-    c.prepare_cached(
-        "INSERT INTO agents (lane_id, agent, first_sent, last_sent)
-         SELECT ?1, json_extract(r.payload, '$.agentIdentifier'), ?2, ?2
-         FROM records r JOIN lanes l ON l.id = ?1
-         WHERE l.emits = 'agent_statuses' AND r.batch_id = ?3 AND r.id BETWEEN ?4 AND ?5
-           AND r.state = 0 AND json_extract(r.payload, '$.agentIdentifier') IS NOT NULL
-         ON CONFLICT (lane_id, agent) DO UPDATE SET last_sent = excluded.last_sent",
-    )?
-    .execute(params![lane.0, now, done.batch, done.first, done.last])?;
+    // Agent identifiers sent, for `injixo-sync agents` (agent-status lanes only: the lane is
+    // looked up first, so contact events are not read again here).
+    let emits: String = c
+        .prepare_cached("SELECT emits FROM lanes WHERE id = ?1")?
+        .query_row([lane.0], |r| r.get(0))?;
+    if emits == "agent_statuses" {
+        c.prepare_cached(
+            "INSERT INTO agents (lane_id, agent, first_sent, last_sent)
+             SELECT ?1, json_extract(payload, '$.agentIdentifier'), ?2, ?2
+             FROM records WHERE batch_id = ?3 AND id BETWEEN ?4 AND ?5 AND state = 0
+               AND json_extract(payload, '$.agentIdentifier') IS NOT NULL
+             ON CONFLICT (lane_id, agent) DO UPDATE SET last_sent = excluded.last_sent",
+        )?
+        .execute(params![lane.0, now, done.batch, done.first, done.last])?;
+    }
     let n = c
         .prepare_cached(
             "UPDATE records SET state = 1, sent_at = ?1, batch_id = NULL

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,7 +35,8 @@ use tracing::{debug, error, info, warn};
 
 use super::parse::{self, Charset};
 use super::rows::{
-    ChangeRead, JsonRow, RowOut, RowOutcome, STATES_CURSOR, States, commit_blocking, json_cursor,
+    self, ChangeRead, JsonRow, RowOut, RowOutcome, STATES_CURSOR, States, commit_blocking,
+    json_cursor,
 };
 use super::{Source, SourceContext};
 use crate::config::{After, FileFormat, FileMode, FilesConfig, StartAt, Watch};
@@ -87,6 +89,17 @@ struct Tailed {
     path: PathBuf,
     /// Since when the path no longer leads to this file, and the size then.
     gone_since: Option<(Instant, u64)>,
+}
+
+/// A chunk's commit in the writer's hands, and what to put back if it fails.
+struct InFlight {
+    commit: rows::Submitted,
+    /// The file's position before the chunk.
+    before: FileCursor,
+    /// The queue_log tracker before the chunk, if the chunk moved it.
+    tracker_before: Option<queue_log::Tracker>,
+    bytes: u64,
+    skipped: u64,
 }
 
 /// A dropped file waiting to settle.
@@ -717,6 +730,11 @@ impl FilesSource {
 
     /// Reads from the cursor to the end of the file (or `limit`), committing as it goes.
     /// `last`: the file is complete, so a final line without newline is a record.
+    ///
+    /// A chunk's commit runs on the writer while the next chunk is read and parsed; that
+    /// chunk's records, tracker moves and cursor are handed over only once the commit before
+    /// them is durable, so a failed commit is never followed by one that builds on it, and
+    /// what it would have moved is put back.
     fn read(
         &mut self,
         ctx: &SourceContext,
@@ -724,6 +742,51 @@ impl FilesSource {
         file: &mut File,
         limit: Option<u64>,
         last: bool,
+    ) -> Result<(), TakeError> {
+        let mut in_flight = None;
+        let read = self.read_chunks(ctx, idx, file, limit, last, &mut in_flight);
+        // A failed commit is the error to report: it is why reading stops.
+        self.settle(ctx, idx, in_flight)?;
+        read
+    }
+
+    /// Waits for a chunk's commit; on failure puts back the file's position and the trackers
+    /// the chunk moved.
+    fn settle(
+        &mut self,
+        ctx: &SourceContext,
+        idx: usize,
+        in_flight: Option<InFlight>,
+    ) -> Result<(), OutboxError> {
+        let Some(chunk) = in_flight else {
+            return Ok(());
+        };
+        let done = chunk.commit.wait(ctx);
+        if let Some(states) = self.states.as_mut() {
+            states.settle(done.is_ok());
+        }
+        if done.is_ok() {
+            ctx.metrics.bytes.fetch_add(chunk.bytes, Relaxed);
+            ctx.metrics.skipped.fetch_add(chunk.skipped, Relaxed);
+        } else {
+            self.known[idx].cur = chunk.before;
+            if let (Some(before), Some((_, tracker))) =
+                (chunk.tracker_before, self.tracker.as_mut())
+            {
+                *tracker = before;
+            }
+        }
+        done
+    }
+
+    fn read_chunks(
+        &mut self,
+        ctx: &SourceContext,
+        idx: usize,
+        file: &mut File,
+        limit: Option<u64>,
+        last: bool,
+        in_flight: &mut Option<InFlight>,
     ) -> Result<(), TakeError> {
         let mut cap = CHUNK;
         let name = Path::new(&self.known[idx].cur.path)
@@ -800,11 +863,11 @@ impl FilesSource {
                 next.header = step.header;
             }
             let id = cur.id;
-            let consumed = consumed as u64;
-            let skipped = step.skipped;
             let mut cursors = vec![(id, to_json(&next))];
             let (mut records, mut parked) = (step.records, step.parked);
             let mut changes = step.changes;
+            // What follows builds on the chunk before, so that chunk must be durable first.
+            self.settle(ctx, idx, in_flight.take())?;
             // The queue_log tracker as committed, put back if the commit fails.
             let tracker_before = (!step.queue_log.is_empty())
                 .then(|| self.tracker.as_ref().map(|(_, t)| t.clone()))
@@ -823,7 +886,7 @@ impl FilesSource {
                 );
                 cursors.push((states_id, json));
             }
-            let done = commit_blocking(
+            let commit = rows::submit(
                 ctx,
                 Commit {
                     records,
@@ -831,22 +894,13 @@ impl FilesSource {
                     cursors,
                 },
             );
-            if let Some(states) = self.states.as_mut() {
-                states.settle(done.is_ok());
-            }
-            if let (Err(_), Some(before), Some((_, tracker))) =
-                (&done, tracker_before, self.tracker.as_mut())
-            {
-                *tracker = before;
-            }
-            done?;
-            ctx.metrics
-                .bytes
-                .fetch_add(consumed, std::sync::atomic::Ordering::Relaxed);
-            ctx.metrics
-                .skipped
-                .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
-            self.known[idx].cur = next;
+            *in_flight = Some(InFlight {
+                commit,
+                before: std::mem::replace(&mut self.known[idx].cur, next),
+                tracker_before,
+                bytes: consumed as u64,
+                skipped: step.skipped,
+            });
             if at_end && !step.cut_short {
                 return Ok(());
             }

@@ -222,10 +222,31 @@ impl States {
 
 /// Commits and counts, from a source's own thread.
 pub fn commit_blocking(ctx: &SourceContext, c: Commit) -> Result<(), OutboxError> {
-    let parked = c.parked.len() as u64;
-    let done = ctx.outbox.commit_blocking(ctx.id, ctx.lane, c)?;
-    ctx.metrics.committed(done, parked);
-    Ok(())
+    submit(ctx, c).wait(ctx)
+}
+
+/// Hands a commit to the writer without waiting (see [`crate::outbox::Outbox::submit`]).
+pub fn submit(ctx: &SourceContext, c: Commit) -> Submitted {
+    Submitted {
+        parked: c.parked.len() as u64,
+        commit: ctx.outbox.submit(ctx.id, ctx.lane, c),
+    }
+}
+
+/// A source's commit in the writer's hands; counted once it is durable.
+#[must_use = "a submitted commit's outcome must be waited for"]
+pub struct Submitted {
+    commit: crate::outbox::Submitted,
+    parked: u64,
+}
+
+impl Submitted {
+    /// Waits for the commit, from a source's own thread, and counts it.
+    pub fn wait(self, ctx: &SourceContext) -> Result<(), OutboxError> {
+        let done = self.commit.wait_blocking()?;
+        ctx.metrics.committed(done, self.parked);
+        Ok(())
+    }
 }
 
 /// Commits and counts, from async code; returns once the commit is durable.
