@@ -9,7 +9,6 @@
 //! never a silent duplicate. New identifiers are simply remembered.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -40,22 +39,28 @@ pub(super) fn hold_renamed_queues(
     if emits != "contact_events" || records.is_empty() {
         return Ok(0);
     }
-    let mut verdicts: HashMap<(String, String), bool> = HashMap::new();
+    // The queues met in this batch and their verdicts. A batch holds few queues and runs of
+    // records of one queue, so the last one met is tried first, then the list: no key is
+    // allocated or hashed per record on the writer's thread.
+    let mut verdicts: Vec<(String, String, bool)> = Vec::new();
+    let mut last = usize::MAX;
     let mut held = Vec::new();
     for (id, payload) in records.iter() {
         let Ok(q) = serde_json::from_str::<QueueOf<'_>>(payload) else {
             continue;
         };
-        let key = (q.identifier.to_string(), q.name.to_string());
-        let allowed = match verdicts.get(&key) {
-            Some(v) => *v,
-            None => {
-                let v = verdict(c, integration, &q)?;
-                verdicts.insert(key, v);
-                v
-            }
-        };
-        if !allowed {
+        let is = |(i, n, _): &(String, String, bool)| *i == q.identifier && *n == q.name;
+        if !verdicts.get(last).is_some_and(is) {
+            last = match verdicts.iter().position(is) {
+                Some(at) => at,
+                None => {
+                    let v = verdict(c, integration, &q)?;
+                    verdicts.push((q.identifier.into_owned(), q.name.into_owned(), v));
+                    verdicts.len() - 1
+                }
+            };
+        }
+        if !verdicts[last].2 {
             held.push(*id);
         }
     }
@@ -66,8 +71,9 @@ pub(super) fn hold_renamed_queues(
     for id in &held {
         hold.execute([id])?;
     }
-    records.retain(|(id, _)| !held.contains(id));
-    for ((identifier, name), allowed) in verdicts {
+    // Ids come in order, so the held ones are found by binary search.
+    records.retain(|(id, _)| held.binary_search(id).is_err());
+    for (identifier, name, allowed) in verdicts {
         if !allowed {
             tracing::error!(
                 integration_id = integration,
