@@ -57,6 +57,20 @@ struct Open {
     began: Timestamp,
 }
 
+impl Open {
+    /// The piece a flush up to `horizon` emits, if one is due: where it ends, and whether that
+    /// is the `max_interval` cap.
+    fn flush_due(&self, horizon: Timestamp, settings: &Settings) -> Option<(Timestamp, bool)> {
+        let flush_after = settings.flush_after?;
+        let cap = self.began + settings.max_interval;
+        let end = horizon.min(cap);
+        let unsent = end.duration_since(self.since);
+        let exhausted = end == cap;
+        (unsent > SignedDuration::ZERO && (unsent >= flush_after || exhausted))
+            .then_some((end, exhausted))
+    }
+}
+
 /// The builder's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -120,17 +134,12 @@ impl Builder {
     /// With `open_interval_flush`: emits the unsent part of open states as pieces, up to the
     /// horizon (see the module notes). Returns whether anything was emitted.
     pub fn flush(&mut self, now: Timestamp, settings: &Settings, out: &mut Vec<Interval>) -> bool {
-        let (Some(flush_after), Some(horizon)) =
-            (settings.flush_after, self.horizon(now, settings))
-        else {
+        let Some(horizon) = self.flush_horizon(now, settings) else {
             return false;
         };
         let before = out.len();
         for (agent, open) in &mut self.open {
-            let end = horizon.min(open.began + settings.max_interval);
-            let unsent = end.duration_since(open.since);
-            let exhausted = end == open.began + settings.max_interval;
-            if unsent > SignedDuration::ZERO && (unsent >= flush_after || exhausted) {
+            if let Some((end, exhausted)) = open.flush_due(horizon, settings) {
                 out.push(Interval {
                     agent: agent.clone(),
                     activity: open.activity.clone(),
@@ -142,6 +151,22 @@ impl Builder {
             }
         }
         out.len() > before
+    }
+
+    /// Whether [`Builder::flush`] would emit anything now (without changing anything).
+    pub fn flush_due(&self, now: Timestamp, settings: &Settings) -> bool {
+        self.flush_horizon(now, settings).is_some_and(|horizon| {
+            self.open
+                .values()
+                .any(|o| o.flush_due(horizon, settings).is_some())
+        })
+    }
+
+    /// The horizon open states are flushed up to; `None` without `open_interval_flush` or any
+    /// change seen.
+    fn flush_horizon(&self, now: Timestamp, settings: &Settings) -> Option<Timestamp> {
+        settings.flush_after?;
+        self.horizon(now, settings)
     }
 
     /// How long until [`Builder::flush`] has something to do; `None` without
@@ -396,8 +421,10 @@ mod tests {
                     }
                     Step::Flush(dt) => {
                         now += i64::from(dt);
-                        // Pieces never change the totals.
-                        b.flush(t(now), &s, &mut out);
+                        // Pieces never change the totals, and `flush_due` says exactly
+                        // when a flush emits some.
+                        let due = b.flush_due(t(now), &s);
+                        prop_assert_eq!(b.flush(t(now), &s, &mut out), due);
                     }
                 }
             }

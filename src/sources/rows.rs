@@ -190,12 +190,11 @@ impl States {
     pub fn flush(&mut self, source: &SourceName, idle: Duration) -> (Option<Commit>, Duration) {
         let now = jiff::Timestamp::now();
         let mut closed = Vec::new();
-        let fresh = self.durable.is_none();
-        self.stage();
-        let changed = self.builder.flush(now, &self.cfg.settings, &mut closed);
-        if !changed && fresh {
-            self.durable = None;
-        }
+        // Most ticks have nothing due: only a flush that emits needs the states kept to undo.
+        let changed = self.builder.flush_due(now, &self.cfg.settings) && {
+            self.stage();
+            self.builder.flush(now, &self.cfg.settings, &mut closed)
+        };
         let commit = changed.then(|| Commit {
             records: closed
                 .iter()
