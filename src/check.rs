@@ -19,6 +19,16 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     let mut ok = Vec::new();
     ok.push(format!("configuration {} is valid", config_path.display()));
+    // One runtime for every network check (databases, then the API); none when offline.
+    let rt = if offline {
+        None
+    } else {
+        Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        )
+    };
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
@@ -95,11 +105,9 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
                 Err(e) => problems.push(format!("source {:?}: {e}", s.name.as_str())),
             }
         }
-        if let SourceKind::Sql(sql) = &s.kind
-            && !offline
-        {
-            match database_reachable(sql) {
-                Ok(()) => ok.push(format!(
+        if let (SourceKind::Sql(sql), Some(rt)) = (&s.kind, &rt) {
+            match rt.block_on(crate::sources::sql::connect(sql)) {
+                Ok(_) => ok.push(format!(
                     "source {:?}: the database answers",
                     s.name.as_str()
                 )),
@@ -111,8 +119,8 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
         }
     }
 
-    if !offline {
-        match reachability(&config) {
+    if let Some(rt) = &rt {
+        match reachability(rt, &config) {
             Ok(line) => ok.push(line),
             Err(e) => problems.push(e),
         }
@@ -147,15 +155,6 @@ fn source_secrets(kind: &SourceKind) -> Vec<&crate::config::SourceSecret> {
     }
 }
 
-/// Connects to a `sql` source's database once.
-fn database_reachable(sql: &crate::config::SqlConfig) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(crate::sources::sql::connect(sql)).map(|_| ())
-}
-
 fn writable_dir(dir: &Path) -> Result<(), String> {
     if !dir.exists() {
         return match dir.parent() {
@@ -170,11 +169,7 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// Connects to the API (through any proxy) and reports how it answered.
-fn reachability(config: &Config) -> Result<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+fn reachability(rt: &tokio::runtime::Runtime, config: &Config) -> Result<String, String> {
     let client = ApiClient::new(&config.api)?;
     match rt.block_on(client.probe()) {
         Ok(status) => Ok(format!(

@@ -108,6 +108,41 @@ async fn postgres_rows_arrive_once_through_ties_late_commits_and_a_restart() {
     assert_eq!(report.lanes[0].pending, 0);
 }
 
+/// `check` connects to each sql source's database and to the API, and names the source whose
+/// database does not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reaches_the_database_and_names_one_that_does_not_answer() {
+    let pg = Postgres::start();
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    // A database that does not answer is retried until `timeout`.
+    let source = sql_source(&env, &pg.url(), "timeout = \"2s\"");
+    env.write_config(&env.config_text(&api.url(), "", &source));
+    let config = env.config_file.to_str().unwrap().to_owned();
+    let check = move || cli(&["--config", &config, "check"]);
+    let (code, out) = tokio::task::spawn_blocking(check.clone()).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok: source \"acd-db\": the database answers"),
+        "{out}"
+    );
+    assert!(out.contains("reachable (answered HTTP"), "{out}");
+
+    // Port 1 on loopback: nothing listens there.
+    std::fs::write(
+        env.dir.path().join("db-url"),
+        "postgres://injixo@127.0.0.1:1/acd",
+    )
+    .unwrap();
+    let (code, out) = tokio::task::spawn_blocking(check).await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("problem: source \"acd-db\": cannot connect to the database"),
+        "{out}"
+    );
+    assert!(out.contains("1 problem(s) found"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_rows_arrive_once_with_local_datetimes_and_ties() {
     let db = MariaDb::start();
