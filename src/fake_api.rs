@@ -68,10 +68,17 @@ struct State {
     outage: Option<(u16, Option<u64>)>,
     refused: Option<(Emits, u16)>,
     reject_containing: Vec<String>,
-    /// `false`: accepted records are counted in `counted_only`, not kept (for benchmarks of
+    /// `true`: accepted records are counted in `counted_only`, not kept (for benchmarks of
     /// millions of records).
     discard: bool,
     counted_only: usize,
+}
+
+impl State {
+    /// Every record accepted, kept or only counted.
+    fn record_count(&self) -> usize {
+        self.counted_only + self.accepted.iter().map(|a| a.records.len()).sum::<usize>()
+    }
 }
 
 /// A running fake API. Stops when dropped.
@@ -178,7 +185,7 @@ impl FakeApi {
     }
 
     pub fn record_count(&self) -> usize {
-        self.with(|s| s.counted_only + s.accepted.iter().map(|a| a.records.len()).sum::<usize>())
+        self.with(|s| s.record_count())
     }
 
     /// Counts accepted records without keeping them (`accepted()` and `records()` stay empty):
@@ -210,7 +217,7 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     // For scripts driving a fake API in another process (`injixo-sync fake-api`).
     if req.method() == hyper::Method::GET && req.uri().path() == "/_fake/stats" {
         let s = state.lock().expect("state");
-        let records = s.counted_only + s.accepted.iter().map(|a| a.records.len()).sum::<usize>();
+        let records = s.record_count();
         // Records accepted again under a key already accepted (a resent batch), and how many
         // different records arrived.
         let mut keys = std::collections::HashSet::new();
