@@ -4,8 +4,8 @@
 mod support;
 
 use injixo_sync::outbox::{
-    BatchLimits, Commit, LaneId, NewRecord, NextBatch, Outbox, OutboxError, SourceId, dedupe_key,
-    lane_depths,
+    Batch, BatchLimits, Commit, Delivered, LaneId, NewRecord, NextBatch, Outbox, OutboxError,
+    SourceId, dedupe_key, lane_depths,
 };
 use injixo_sync::types::{Emits, LaneKey, SourceName};
 use support::cli;
@@ -209,8 +209,10 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
     commit_all(&outbox, source, lane, vec![record]).await;
     drop(outbox);
     writer.join().unwrap();
-    // What version 1 wrote: no `agents` or `queues` table, no index of dropped records.
+    // What version 1 wrote: no `agents` or `queues` table, no index of dropped records, batches
+    // as record tags.
     let conn = rusqlite::Connection::open(&state).unwrap();
+    as_version_3(&conn);
     conn.execute_batch(
         "DROP TABLE agents; DROP TABLE queues; DROP INDEX records_dropped;
          PRAGMA user_version = 1;",
@@ -224,7 +226,7 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
     let version: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let kept: i64 = conn
         .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
         .unwrap();
@@ -248,7 +250,7 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
             "state {state}: {plan:?}"
         );
     }
-    conn.execute_batch("PRAGMA user_version = 4;").unwrap();
+    conn.execute_batch("PRAGMA user_version = 5;").unwrap();
     drop(conn);
     match Outbox::open(&state) {
         Err(e @ OutboxError::Newer { .. }) => {
@@ -290,4 +292,198 @@ async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
     assert_eq!(depth(1_000), (25, true));
     assert_eq!(depth(20), (20, true), "counted up to the cap");
     assert_eq!(depth(5), (5, true));
+}
+
+/// Turns a current outbox back into what schema version 3 wrote: no delivered mark, no batch
+/// ranges, batches as tags on records.
+fn as_version_3(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "ALTER TABLE lanes DROP COLUMN sent_to; ALTER TABLE lanes DROP COLUMN pruned_to;
+         ALTER TABLE batches DROP COLUMN first_id; ALTER TABLE batches DROP COLUMN last_id;
+         DROP TABLE deliveries;
+         CREATE INDEX records_batch ON records (batch_id, id) WHERE batch_id IS NOT NULL;
+         PRAGMA user_version = 3;",
+    )
+    .unwrap();
+}
+
+fn payloads(batch: &injixo_sync::outbox::Batch) -> Vec<&str> {
+    batch.records.iter().map(|(_, p)| p.as_str()).collect()
+}
+
+async fn ready(outbox: &Outbox, lane: LaneId, delivered: Option<Delivered>) -> Batch {
+    let limits = BatchLimits {
+        max_records: 100,
+        max_bytes: 1 << 20,
+        linger: std::time::Duration::ZERO,
+    };
+    match outbox.next_batch(lane, delivered, limits).await.unwrap() {
+        NextBatch::Ready(b) => b,
+        other => panic!("no batch: {other:?}"),
+    }
+}
+
+fn all_of(batch: &Batch) -> Delivered {
+    Delivered {
+        batch: batch.id,
+        first: batch.records[0].0,
+        last: batch.records[batch.records.len() - 1].0,
+        records: batch.records.len(),
+    }
+}
+
+#[tokio::test]
+async fn a_version_3_outbox_sends_its_open_batches_with_their_keys_after_the_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outbox.db");
+    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let records = (1..=10)
+        .map(|i| NewRecord {
+            dkey: dedupe_key(1, i),
+            payload: format!("{{\"n\":{i}}}"),
+            origin: format!("a:{i}"),
+        })
+        .collect();
+    commit_all(&outbox, source, lane, records).await;
+    drop(outbox);
+    writer.join().unwrap();
+    // Version 3's picture of a lane mid-delivery: 1 and 2 delivered; 3 refused; 4 made pending
+    // again by `resend` (below the batches, so `scanned_to` lowered); batch 1 in flight with 5
+    // and 7 (6 refused out of it); batch 2 formed ahead with 8 and 9; 10 in no batch yet.
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    as_version_3(&conn);
+    conn.execute_batch(&format!(
+        "UPDATE records SET state = 1, sent_at = 1 WHERE id IN (1, 2);
+         UPDATE records SET state = 2 WHERE id IN (3, 6);
+         INSERT INTO dead (record_id, status, answer, at) VALUES (3, 400, 'no', 1), (6, 422, 'no', 1);
+         INSERT INTO batches (id, lane_id, idem_key, created) VALUES (1, {l}, 'key-one', 1),
+           (2, {l}, 'key-two', 1);
+         UPDATE records SET batch_id = 1 WHERE id IN (5, 7);
+         UPDATE records SET batch_id = 2 WHERE id IN (8, 9);
+         UPDATE lanes SET scanned_to = 3, delivered_total = 2 WHERE id = {l};",
+        l = lane.0
+    ))
+    .unwrap();
+    drop(conn);
+
+    let (outbox, writer) = Outbox::open(&state).expect("a version 3 outbox opens");
+    let first = ready(&outbox, lane, None).await;
+    assert_eq!(
+        (first.key.as_str(), payloads(&first)),
+        ("key-one", vec![r#"{"n":5}"#, r#"{"n":7}"#])
+    );
+    // Sent again after a restart, the batch is the same.
+    let again = ready(&outbox, lane, None).await;
+    assert_eq!((again.id, payloads(&again)), (first.id, payloads(&first)));
+    let second = ready(&outbox, lane, Some(all_of(&first))).await;
+    assert_eq!(
+        (second.key.as_str(), payloads(&second)),
+        ("key-two", vec![r#"{"n":8}"#, r#"{"n":9}"#])
+    );
+    let third = ready(&outbox, lane, Some(all_of(&second))).await;
+    assert_eq!(
+        payloads(&third),
+        vec![r#"{"n":4}"#, r#"{"n":10}"#],
+        "then the rest, in order"
+    );
+    let limits = BatchLimits {
+        max_records: 100,
+        max_bytes: 1 << 20,
+        linger: std::time::Duration::ZERO,
+    };
+    assert!(matches!(
+        outbox
+            .next_batch(lane, Some(all_of(&third)), limits)
+            .await
+            .unwrap(),
+        NextBatch::Empty
+    ));
+    drop(outbox);
+    writer.join().unwrap();
+    let report = injixo_sync::outbox::inspect(&state, 10).unwrap();
+    let l = &report.lanes[0];
+    assert_eq!(
+        (l.pending, l.sent_kept, l.dead, l.delivered_total),
+        (0, 8, 2, 8)
+    );
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let tagged: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM records WHERE batch_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tagged, 0);
+}
+
+#[tokio::test]
+async fn delivered_records_are_pruned_after_keep_sent_and_pending_and_dead_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("o.db");
+    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let records = (0..12_000)
+        .map(|i| NewRecord {
+            dkey: dedupe_key(7, i),
+            payload: format!("{{\"n\":{i}}}"),
+            origin: String::new(),
+        })
+        .collect();
+    commit_all(&outbox, source, lane, records).await;
+    // 11,000 delivered in batches of 1,000 (one record of the first refused), 1,000 pending.
+    let limits = BatchLimits {
+        max_records: 1_000,
+        max_bytes: 1 << 20,
+        linger: std::time::Duration::ZERO,
+    };
+    let mut delivered = None;
+    for i in 0..11 {
+        let NextBatch::Ready(b) = outbox.next_batch(lane, delivered, limits).await.unwrap() else {
+            panic!("batch {i} missing");
+        };
+        let mut done = all_of(&b);
+        if i == 0 {
+            outbox
+                .mark_dead(b.id, b.records[0].0, 400, "no".into())
+                .await
+                .unwrap();
+            done.first = b.records[1].0;
+            done.records -= 1;
+        }
+        delivered = Some(done);
+    }
+    outbox.mark_sent(lane, delivered.unwrap()).await.unwrap();
+    assert_eq!(
+        outbox
+            .prune_sent(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    let marked = injixo_sync::outbox::now_ms();
+    while injixo_sync::outbox::now_ms() <= marked {
+        std::thread::yield_now();
+    }
+    // More than one step of 5,000.
+    assert_eq!(
+        outbox.prune_sent(std::time::Duration::ZERO).await.unwrap(),
+        10_999
+    );
+    assert_eq!(
+        outbox.prune_sent(std::time::Duration::ZERO).await.unwrap(),
+        0
+    );
+    let report = injixo_sync::outbox::inspect(&state, 10).unwrap();
+    let l = &report.lanes[0];
+    assert_eq!(
+        (l.pending, l.sent_kept, l.dead, l.delivered_total),
+        (1_000, 0, 1, 10_999)
+    );
+    let NextBatch::Ready(rest) = outbox.next_batch(lane, None, limits).await.unwrap() else {
+        panic!("the pending records are gone");
+    };
+    assert_eq!(rest.records.len(), 1_000);
+    assert_eq!(rest.records[0].1, r#"{"n":11000}"#);
+    drop(outbox);
+    writer.join().unwrap();
 }

@@ -2,8 +2,8 @@
 //!
 //! These run from the command line beside a running daemon, each as one short transaction on
 //! its own connection (WAL and the busy timeout let the two take turns). A retried record
-//! becomes pending again in its lane, and the lane's `scanned_to` is lowered below it so the
-//! next batch picks it up; a running daemon notices within a minute. A dropped record stays as
+//! becomes pending again at the end of its lane (moved under a new id, so it joins no batch
+//! already formed); a running daemon notices within a minute. A dropped record stays as
 //! a row (state 3) so that its dedupe key keeps the same input from being enqueued again, and
 //! is pruned like a delivered one.
 
@@ -59,14 +59,12 @@ pub(super) fn query(
 
 /// Makes the selected dead letters pending again; returns how many.
 pub fn retry_dead(path: &Path, selection: &Selection) -> Result<usize, OutboxError> {
-    change(path, selection, |c, id, lane| {
-        c.execute(
-            "UPDATE records SET state = 0, batch_id = NULL WHERE id = ?1 AND state = 2",
-            [id],
-        )?;
-        c.execute(
-            "UPDATE lanes SET scanned_to = min(scanned_to, ?1 - 1) WHERE id = ?2",
-            params![id, lane],
+    change(path, selection, |c, id| {
+        super::move_to_end(
+            c,
+            "SELECT id FROM records WHERE id = ?1 AND state = 2",
+            &[&id],
+            Some(now_ms()),
         )?;
         Ok(())
     })
@@ -74,7 +72,7 @@ pub fn retry_dead(path: &Path, selection: &Selection) -> Result<usize, OutboxErr
 
 /// Gives the selected dead letters up; returns how many.
 pub fn drop_dead(path: &Path, selection: &Selection) -> Result<usize, OutboxError> {
-    change(path, selection, |c, id, _| {
+    change(path, selection, |c, id| {
         c.execute(
             "UPDATE records SET state = 3, sent_at = ?1 WHERE id = ?2 AND state = 2",
             params![now_ms(), id],
@@ -86,24 +84,24 @@ pub fn drop_dead(path: &Path, selection: &Selection) -> Result<usize, OutboxErro
 fn change(
     path: &Path,
     selection: &Selection,
-    apply: impl Fn(&Connection, i64, i64) -> rusqlite::Result<()>,
+    apply: impl Fn(&Connection, i64) -> rusqlite::Result<()>,
 ) -> Result<usize, OutboxError> {
     schema::admin_transaction(path, |conn| {
-        let chosen: Vec<(i64, i64)> = conn
+        let chosen: Vec<i64> = conn
             .prepare(
-                "SELECT d.record_id, r.lane_id FROM dead d JOIN records r ON r.id = d.record_id
+                "SELECT d.record_id FROM dead d JOIN records r ON r.id = d.record_id
                  WHERE r.state = 2 ORDER BY d.record_id",
             )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map([], |r| r.get(0))?
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
-            .filter(|(id, _)| match selection {
+            .filter(|id| match selection {
                 Selection::All => true,
                 Selection::Ids(ids) => ids.contains(id),
             })
             .collect();
-        for (id, lane) in &chosen {
-            apply(conn, *id, *lane)?;
+        for id in &chosen {
+            apply(conn, *id)?;
             conn.execute("DELETE FROM dead WHERE record_id = ?1", [id])?;
         }
         Ok(chosen.len())

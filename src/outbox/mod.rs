@@ -10,9 +10,14 @@
 //! not fail the others) and answers each caller only after the commit is on disk. Many small
 //! commits from many sources thus share one fsync ("group commit").
 //!
-//! The pusher takes pending records in batches. A batch is written down (records tagged with
-//! the batch id, an idempotency key stored) before it is sent, so a retry after a crash sends
-//! the same records under the same key.
+//! The pusher takes pending records in batches. A batch is written down (the range of record
+//! ids it covers, an idempotency key) before it is sent, so a retry after a crash sends the
+//! same records under the same key. Batches of a lane go out in order, so delivery is one
+//! mark per lane, `sent_to`: its records in state 0 are pending above it and delivered at or
+//! below it. Neither forming a batch nor marking it sent writes to the records themselves;
+//! a record is written once, when it comes in. A record made pending again (`resend`, `dead
+//! retry`, a confirmed queue) is moved to the end instead ([`move_to_end`]), so no range of
+//! an open batch ever gains a record.
 
 mod dead;
 mod guard;
@@ -532,7 +537,7 @@ impl Outbox {
     ) -> Result<(), OutboxError> {
         self.call(move |c, p| {
             c.execute(
-                "UPDATE records SET state = 2, batch_id = NULL WHERE id = ?1 AND state = 0",
+                "UPDATE records SET state = 2 WHERE id = ?1 AND state = 0",
                 [record],
             )
             .and_then(|_| {
@@ -588,6 +593,34 @@ impl Outbox {
     pub async fn prune_sent(&self, keep: Duration) -> Result<usize, OutboxError> {
         let cutoff = now_ms() - keep.as_millis() as i64;
         let mut total = 0;
+        // Each lane up to where its mark was before the cutoff, in rowid order from where the
+        // last prune stopped; a step deletes at most 5,000, so writers take turns.
+        let lanes: Vec<(i64, i64, i64)> = self
+            .call(move |c, p| {
+                c.prepare_cached(
+                    "SELECT l.id, l.pruned_to, d.upto FROM lanes l JOIN
+                       (SELECT lane_id, max(sent_to) AS upto FROM deliveries WHERE at < ?1
+                        GROUP BY lane_id) d ON d.lane_id = l.id
+                     WHERE d.upto > l.pruned_to",
+                )
+                .and_then(|mut s| {
+                    s.query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(|e| OutboxError::sqlite(p, e))
+            })
+            .await?;
+        for (lane, mut from, upto) in lanes {
+            while from < upto {
+                let (n, reached) = self
+                    .call(move |c, p| {
+                        prune_step(c, lane, from, upto).map_err(|e| OutboxError::sqlite(p, e))
+                    })
+                    .await?;
+                total += n;
+                from = reached;
+            }
+        }
         // One state at a time, each through its partial index on `sent_at` (an `IN (1, 3)`
         // would read the whole table); a step deletes at most 5,000, so writers take turns.
         for state in [1, 3] {
@@ -740,19 +773,32 @@ fn next_batch(
         max_bytes,
         linger,
     } = limits;
-    // An open batch is resent as it was, under the same key.
-    let open: Option<(i64, String)> = c
-        .prepare_cached(
-            "SELECT id, idem_key FROM batches WHERE lane_id = ?1 AND id > ?2 ORDER BY id LIMIT 1",
-        )?
-        .query_row([lane.0, open_after], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    if let Some((id, key)) = open {
+    let (scanned, sent): (i64, i64) = c
+        .prepare_cached("SELECT scanned_to, sent_to FROM lanes WHERE id = ?1")?
+        .query_row([lane.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    // An open batch is resent as it was, under the same key, less what was delivered or
+    // refused of it; one with nothing left is closed.
+    loop {
+        let open: Option<(i64, String, i64, i64)> = c
+            .prepare_cached(
+                "SELECT id, idem_key, first_id, last_id FROM batches WHERE lane_id = ?1 AND id > ?2
+                 ORDER BY id LIMIT 1",
+            )?
+            .query_row([lane.0, open_after], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((id, key, first, last)) = open else {
+            break;
+        };
         let records: Vec<(i64, String)> = c
             .prepare_cached(
-                "SELECT id, payload FROM records WHERE batch_id = ?1 AND state = 0 ORDER BY id",
+                "SELECT id, payload FROM records WHERE id > ?1 AND id BETWEEN ?2 AND ?3
+                 AND lane_id = ?4 AND state = 0 ORDER BY id",
             )?
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![sent, first, last, lane.0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
         if !records.is_empty() {
             return Ok(NextBatch::Ready(Batch { id, key, records }));
@@ -760,14 +806,11 @@ fn next_batch(
         c.execute("DELETE FROM batches WHERE id = ?1", [id])?;
     }
 
-    let scanned: i64 = c
-        .prepare_cached("SELECT scanned_to FROM lanes WHERE id = ?1")?
-        .query_row([lane.0], |r| r.get(0))?;
     let (mut records, mut oldest, mut full);
     loop {
         let mut stmt = c.prepare_cached(
             "SELECT id, payload, created FROM records
-             WHERE id > ?1 AND lane_id = ?2 AND state = 0 AND batch_id IS NULL ORDER BY id LIMIT ?3",
+             WHERE id > ?1 AND lane_id = ?2 AND state = 0 ORDER BY id LIMIT ?3",
         )?;
         let mut rows = stmt.query(params![scanned, lane.0, max_records as i64])?;
         records = Vec::new();
@@ -806,8 +849,11 @@ fn next_batch(
     }
     let first = records[0].0;
     let last = records[records.len() - 1].0;
-    c.prepare_cached("INSERT INTO batches (lane_id, idem_key, created) VALUES (?1, '', ?2)")?
-        .execute(params![lane.0, now_ms()])?;
+    c.prepare_cached(
+        "INSERT INTO batches (lane_id, idem_key, created, first_id, last_id)
+         VALUES (?1, '', ?2, ?3, ?4)",
+    )?
+    .execute(params![lane.0, now_ms(), first, last])?;
     let id = c.last_insert_rowid();
     let mut h = Sha256::new();
     h.update(format!("{instance}/{}/{id}/{first}/{last}", lane.0));
@@ -817,63 +863,157 @@ fn next_batch(
         .collect();
     c.prepare_cached("UPDATE batches SET idem_key = ?1 WHERE id = ?2")?
         .execute(params![key, id])?;
-    c.prepare_cached(
-        "UPDATE records SET batch_id = ?1 WHERE lane_id = ?2 AND state = 0
-         AND batch_id IS NULL AND id BETWEEN ?3 AND ?4",
-    )?
-    .execute(params![id, lane.0, first, last])?;
     c.prepare_cached("UPDATE lanes SET scanned_to = ?1 WHERE id = ?2")?
         .execute(params![last, lane.0])?;
     Ok(NextBatch::Ready(Batch { id, key, records }))
 }
 
-/// Records `first..=last` of batch `batch` that the API accepted.
+/// The `records` records `first..=last` of batch `batch` that the API accepted: the part of
+/// the batch after the last one marked, since a lane sends the parts of a batch in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivered {
     pub batch: i64,
     pub first: i64,
     pub last: i64,
+    pub records: usize,
 }
 
+/// Moves the lane's mark past a delivered part: one row written, whatever the part's size.
 fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusqlite::Result<usize> {
     let now = now_ms();
-    // Agent identifiers sent, for `injixo-sync agents` (agent-status lanes only: the lane is
-    // looked up first, so contact events are not read again here).
-    let emits: String = c
-        .prepare_cached("SELECT emits FROM lanes WHERE id = ?1")?
-        .query_row([lane.0], |r| r.get(0))?;
+    let (emits, sent): (String, i64) = c
+        .prepare_cached("SELECT emits, sent_to FROM lanes WHERE id = ?1")?
+        .query_row([lane.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if done.last <= sent {
+        // Marked already (a mark retried after its commit was in doubt).
+        return Ok(0);
+    }
+    // Agent identifiers sent, for `injixo-sync agents` (agent-status lanes only, so contact
+    // events are not read again here).
     if emits == "agent_statuses" {
         c.prepare_cached(
             "INSERT INTO agents (lane_id, agent, first_sent, last_sent)
              SELECT ?1, json_extract(payload, '$.agentIdentifier'), ?2, ?2
-             FROM records WHERE batch_id = ?3 AND id BETWEEN ?4 AND ?5 AND state = 0
+             FROM records WHERE id BETWEEN ?3 AND ?4 AND lane_id = ?1 AND state = 0
                AND json_extract(payload, '$.agentIdentifier') IS NOT NULL
              ON CONFLICT (lane_id, agent) DO UPDATE SET last_sent = excluded.last_sent",
         )?
-        .execute(params![lane.0, now, done.batch, done.first, done.last])?;
+        .execute(params![lane.0, now, done.first, done.last])?;
     }
-    let n = c
-        .prepare_cached(
-            "UPDATE records SET state = 1, sent_at = ?1, batch_id = NULL
-             WHERE batch_id = ?2 AND id BETWEEN ?3 AND ?4 AND state = 0",
-        )?
-        .execute(params![now, done.batch, done.first, done.last])?;
     c.prepare_cached(
-        "UPDATE lanes SET delivered_total = delivered_total + ?1, last_success = ?2,
-         health = 'ok' WHERE id = ?3",
+        "UPDATE lanes SET sent_to = ?1, delivered_total = delivered_total + ?2,
+         last_success = ?3, health = 'ok' WHERE id = ?4",
     )?
-    .execute(params![n as i64, now, lane.0])?;
+    .execute(params![done.last, done.records as i64, now, lane.0])?;
+    c.prepare_cached(
+        "INSERT INTO deliveries (lane_id, sent_to, at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (lane_id, sent_to) DO NOTHING",
+    )?
+    .execute(params![lane.0, done.last, now])?;
     close_batch_if_done(c, done.batch)?;
-    Ok(n)
+    Ok(done.records)
 }
 
+/// Closes a batch that has nothing left to send: every record in its range is delivered
+/// (below the lane's mark) or was refused.
 fn close_batch_if_done(c: &Connection, batch: i64) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "DELETE FROM batches WHERE id = ?1
-         AND NOT EXISTS (SELECT 1 FROM records WHERE batch_id = ?1)",
+        "DELETE FROM batches WHERE id = ?1 AND NOT EXISTS (
+           SELECT 1 FROM records r, lanes l WHERE l.id = batches.lane_id
+             AND r.id > l.sent_to AND r.id BETWEEN batches.first_id AND batches.last_id
+             AND r.lane_id = l.id AND r.state = 0)",
     )?
     .execute([batch])?;
     Ok(())
+}
+
+/// Deletes up to 5,000 of a lane's delivered records above `from` and up to `upto`; returns
+/// how many, and how far the lane is now pruned.
+fn prune_step(c: &Connection, lane: i64, from: i64, upto: i64) -> rusqlite::Result<(usize, i64)> {
+    const STEP: usize = 5000;
+    let ids: Vec<i64> = c
+        .prepare_cached(
+            "SELECT id FROM records WHERE id > ?1 AND id <= ?2 AND lane_id = ?3 AND state = 0
+             ORDER BY id LIMIT ?4",
+        )?
+        .query_map(params![from, upto, lane, STEP as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut delete = c.prepare_cached("DELETE FROM records WHERE id = ?1")?;
+    for id in &ids {
+        delete.execute([id])?;
+    }
+    let reached = match ids.last() {
+        Some(&last) if ids.len() == STEP => last,
+        _ => upto,
+    };
+    c.prepare_cached("UPDATE lanes SET pruned_to = ?1 WHERE id = ?2")?
+        .execute([reached, lane])?;
+    c.prepare_cached("DELETE FROM deliveries WHERE lane_id = ?1 AND sent_to <= ?2")?
+        .execute([lane, reached])?;
+    Ok((ids.len(), reached))
+}
+
+/// Moves the records `chosen` selects (`SELECT id ...`, with `params`) to the end of the
+/// outbox as pending: each is deleted and inserted again, with its dedupe key, payload and
+/// origin, under a new id above every other (`created` too, if given). Returns how many, and
+/// the new ids' range.
+pub(crate) fn move_to_end(
+    c: &Connection,
+    chosen: &str,
+    params: &[&dyn rusqlite::ToSql],
+    created: Option<i64>,
+) -> rusqlite::Result<Option<Moved>> {
+    c.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS moving (old INTEGER PRIMARY KEY, lane_id INTEGER,
+           source_id INTEGER, dkey BLOB, payload TEXT, origin TEXT, created INTEGER);
+         DELETE FROM temp.moving;",
+    )?;
+    let n = c.execute(
+        &format!(
+            "INSERT INTO temp.moving SELECT id, lane_id, source_id, dkey, payload, origin, created
+             FROM records WHERE id IN ({chosen})"
+        ),
+        params,
+    )?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if let Some(at) = created {
+        c.execute("UPDATE temp.moving SET created = ?1", [at])?;
+    }
+    // Above every id ever given (AUTOINCREMENT), so the moved records follow all others.
+    let before: i64 = c.query_row(
+        "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'records'",
+        [],
+        |r| r.get(0),
+    )?;
+    c.execute_batch(
+        "DELETE FROM records WHERE id IN (SELECT old FROM temp.moving);
+         DELETE FROM dead WHERE record_id IN (SELECT old FROM temp.moving);
+         INSERT INTO records (lane_id, source_id, dkey, payload, origin, created)
+           SELECT lane_id, source_id, dkey, payload, origin, created FROM temp.moving
+           ORDER BY old;
+         DELETE FROM temp.moving;",
+    )?;
+    c.query_row(
+        "SELECT min(id), max(id) FROM records WHERE id > ?1",
+        [before],
+        |r| {
+            Ok(Some(Moved {
+                count: n,
+                first: r.get(0)?,
+                last: r.get(1)?,
+            }))
+        },
+    )
+}
+
+/// Records [`move_to_end`] moved: how many, and their new ids `first..=last`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Moved {
+    pub count: usize,
+    pub first: i64,
+    pub last: i64,
 }
 
 /// Unix time in milliseconds.

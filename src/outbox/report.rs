@@ -74,20 +74,16 @@ pub struct ParkedReport {
 
 /// Per lane id: records waiting (counted up to `cap`, so that a large backlog costs a bounded
 /// read; `status` counts them all) and the creation time of the oldest, for `/metrics`,
-/// `/readyz` and the service status. Reads the lane's open batches through their index and the
-/// pending tail above `scanned_to` in rowid order, where the first record is the oldest.
+/// `/readyz` and the service status. Reads the lane's records above its delivered mark in
+/// rowid order, where the first is the oldest.
 pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<(i64, i64, Option<i64>)>, OutboxError> {
     let conn = schema::open_ro(path)?;
     let read = || -> rusqlite::Result<Vec<(i64, i64, Option<i64>)>> {
         let lanes: Vec<(i64, i64)> = conn
-            .prepare("SELECT id, scanned_to FROM lanes ORDER BY id")?
+            .prepare("SELECT id, sent_to FROM lanes ORDER BY id")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        let mut open = conn.prepare(
-            "SELECT count(r.id), min(r.created) FROM batches b
-             JOIN records r ON r.batch_id = b.id AND r.state = 0 WHERE b.lane_id = ?1",
-        )?;
-        let mut tail = conn.prepare(
+        let mut pending = conn.prepare(
             "SELECT count(*) FROM (SELECT 1 FROM records
              WHERE id > ?1 AND lane_id = ?2 AND state = 0 LIMIT ?3)",
         )?;
@@ -96,22 +92,16 @@ pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<(i64, i64, Option<i64>)>
              ORDER BY id LIMIT 1",
         )?;
         let mut out = Vec::with_capacity(lanes.len());
-        for (lane, scanned) in lanes {
-            let (in_batches, batch_oldest): (i64, Option<i64>) =
-                open.query_row([lane], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let in_tail: i64 = tail
-                .query_row(params![scanned, lane, (cap - in_batches).max(0)], |r| {
-                    r.get(0)
-                })?;
-            // Open batches hold older records than the tail.
-            let oldest = match batch_oldest {
-                Some(t) => Some(t),
-                None if in_tail > 0 => first
-                    .query_row(params![scanned, lane], |r| r.get(0))
-                    .optional()?,
-                None => None,
+        for (lane, sent) in lanes {
+            let n: i64 = pending.query_row(params![sent, lane, cap], |r| r.get(0))?;
+            let oldest = if n > 0 {
+                first
+                    .query_row(params![sent, lane], |r| r.get(0))
+                    .optional()?
+            } else {
+                None
             };
-            out.push((lane, (in_batches + in_tail).min(cap), oldest));
+            out.push((lane, n, oldest));
         }
         Ok(out)
     };
@@ -135,9 +125,12 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
     let mut stmt = c.prepare(
         "SELECT l.id, l.emits, l.integration_id, l.external_system, l.health, l.last_error,
                 l.last_error_at, l.last_success, l.delivered_total, l.unknown_outcome_retries,
-                (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 0),
-                (SELECT min(created) FROM records r WHERE r.lane_id = l.id AND r.state = 0),
-                (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 1),
+                (SELECT count(*) FROM records r
+                 WHERE r.id > l.sent_to AND r.lane_id = l.id AND r.state = 0),
+                (SELECT min(created) FROM records r
+                 WHERE r.id > l.sent_to AND r.lane_id = l.id AND r.state = 0),
+                (SELECT count(*) FROM records r WHERE r.lane_id = l.id
+                 AND (r.state = 1 OR (r.state = 0 AND r.id <= l.sent_to))),
                 (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 2),
                 (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 4)
          FROM lanes l ORDER BY l.id",

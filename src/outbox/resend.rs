@@ -6,15 +6,15 @@
 //! [--agent ID] [--source NAME]` makes kept records (those delivered within `keep_sent`) whose
 //! own time (`startTime` of an agent status, `timestamp` of a contact event) is at or after
 //! TIME pending again. Like `dead retry`, it is one short transaction beside a running daemon,
-//! and it lowers the lanes' `scanned_to` so the records are batched again (with new
-//! idempotency keys: it is meant to reach injixo again).
+//! and it moves the records to the end of the outbox, so they are batched again after what is
+//! pending now (with new idempotency keys: it is meant to reach injixo again).
 
 use std::path::Path;
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::{OutboxError, schema};
+use super::{OutboxError, now_ms, schema};
 
 /// Which kept records to send again.
 #[derive(Clone, Debug, Default)]
@@ -39,10 +39,12 @@ pub struct AgentSent {
 pub fn resend(path: &Path, what: &Resend) -> Result<usize, OutboxError> {
     schema::admin_transaction(path, |c| {
         // The records' own time: startTime (agent statuses) or timestamp (contact events).
+        // Kept records: state 0 at or below their lane's mark, or state 1 (delivered before
+        // schema version 4).
         requeue(
             c,
-            "FROM records r
-             WHERE r.state = 1
+            "FROM records r JOIN lanes l ON l.id = r.lane_id
+             WHERE (r.state = 1 OR (r.state = 0 AND r.id <= l.sent_to))
                AND coalesce(json_extract(r.payload, '$.startTime'),
                             json_extract(r.payload, '$.timestamp')) >= ?1
                AND (?2 IS NULL OR json_extract(r.payload, '$.agentIdentifier') = ?2)
@@ -52,28 +54,16 @@ pub fn resend(path: &Path, what: &Resend) -> Result<usize, OutboxError> {
     })
 }
 
-/// Makes the records `chosen` selects (`FROM records r WHERE ...`, with `params`) pending
-/// again, and lowers their lanes' `scanned_to` below them so the next batch takes them.
+/// Makes the records `chosen` selects (`FROM records r ...`, with `params`) pending again:
+/// moved to the end of the outbox, pending since now, so the next batch of their lane takes
+/// them.
 pub(super) fn requeue(
     c: &Connection,
     chosen: &str,
     params: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<usize> {
-    c.execute(
-        &format!(
-            "UPDATE lanes SET scanned_to = min(scanned_to, (SELECT min(r.id) - 1 {chosen}
-               AND r.lane_id = lanes.id))
-             WHERE EXISTS (SELECT 1 {chosen} AND r.lane_id = lanes.id)"
-        ),
-        params,
-    )?;
-    c.execute(
-        &format!(
-            "UPDATE records SET state = 0, batch_id = NULL, sent_at = NULL
-             WHERE id IN (SELECT r.id {chosen})"
-        ),
-        params,
-    )
+    let moved = super::move_to_end(c, &format!("SELECT r.id {chosen}"), params, Some(now_ms()))?;
+    Ok(moved.map_or(0, |m| m.count))
 }
 
 /// Every agent identifier sent, by lane, in order of first sending.

@@ -13,7 +13,7 @@ use super::OutboxError;
 /// `PRAGMA application_id`: "IJXS".
 pub const APPLICATION_ID: i32 = 0x494A_5853;
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -105,6 +105,25 @@ CREATE TABLE parked (
 /// records reads two indexes instead of the whole table.
 const SCHEMA_V3: &str = r#"
 CREATE INDEX records_dropped ON records (sent_at) WHERE state = 3;
+"#;
+
+/// Version 4: delivery is a per-lane mark instead of a write per record. A lane's `sent_to`
+/// is the id up to which its records are delivered: a record in state 0 is pending above it
+/// and delivered (kept for `resend`) at or below it. A batch is the range `first_id..=last_id`
+/// of its lane's state-0 records (`batch_id` is no longer written), and `deliveries` says when
+/// the mark passed each id, for pruning after `keep_sent`; `pruned_to` is how far that went.
+/// Records in state 1 (delivered before version 4) keep their `sent_at` and index.
+const SCHEMA_V4: &str = r#"
+ALTER TABLE lanes ADD COLUMN sent_to INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE lanes ADD COLUMN pruned_to INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN first_id INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE batches ADD COLUMN last_id INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE deliveries (
+    lane_id INTEGER NOT NULL,
+    sent_to INTEGER NOT NULL,
+    at      INTEGER NOT NULL,
+    PRIMARY KEY (lane_id, sent_to)
+) WITHOUT ROWID;
 "#;
 
 const SCHEMA_V2: &str = r#"
@@ -321,10 +340,78 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
              COMMIT;"
         ))?;
     }
-    run(format!(
-        "BEGIN IMMEDIATE;
-         {SCHEMA_V3}
-         PRAGMA user_version = 3;
-         COMMIT;"
-    ))
+    if version < 3 {
+        run(format!(
+            "BEGIN IMMEDIATE;
+             {SCHEMA_V3}
+             PRAGMA user_version = 3;
+             COMMIT;"
+        ))?;
+    }
+    let v4 = || -> rusqlite::Result<()> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        conn.execute_batch(SCHEMA_V4)?;
+        to_ranges(conn)?;
+        conn.execute_batch("DROP INDEX records_batch; PRAGMA user_version = 4; COMMIT")
+    };
+    v4().map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        OutboxError::sqlite(path, e)
+    })
+}
+
+/// Turns version 3's per-record batch tags into version 4's ranges: every pending record is
+/// moved to the end (its lane's open batches first, in order, then the rest), so that each
+/// lane's pending records lie above its new `sent_to` and each open batch is one range with
+/// the same records and key as before.
+fn to_ranges(c: &Connection) -> rusqlite::Result<()> {
+    let top: i64 = c.query_row("SELECT coalesce(max(id), 0) FROM records", [], |r| r.get(0))?;
+    let lanes: Vec<i64> = c
+        .prepare("SELECT id FROM lanes ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for lane in lanes {
+        let batches: Vec<i64> = c
+            .prepare("SELECT id FROM batches WHERE lane_id = ?1 ORDER BY id")?
+            .query_map([lane], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut scanned = top;
+        for batch in batches {
+            let moved = super::move_to_end(
+                c,
+                "SELECT id FROM records WHERE batch_id = ?1 AND state = 0",
+                &[&batch],
+                None,
+            )?;
+            match moved {
+                Some(m) => {
+                    c.execute(
+                        "UPDATE batches SET first_id = ?1, last_id = ?2 WHERE id = ?3",
+                        [m.first, m.last, batch],
+                    )?;
+                    scanned = m.last;
+                }
+                None => {
+                    c.execute("DELETE FROM batches WHERE id = ?1", [batch])?;
+                }
+            }
+        }
+        // The records of the batches just moved are above `top` now, in no batch by tag.
+        super::move_to_end(
+            c,
+            "SELECT id FROM records WHERE id <= ?1 AND lane_id = ?2 AND state = 0
+             AND batch_id IS NULL",
+            &[&top, &lane],
+            None,
+        )?;
+        c.execute(
+            "UPDATE lanes SET sent_to = ?1, scanned_to = ?2 WHERE id = ?3",
+            [top, scanned, lane],
+        )?;
+    }
+    c.execute(
+        "UPDATE records SET batch_id = NULL WHERE batch_id IS NOT NULL",
+        [],
+    )?;
+    Ok(())
 }

@@ -197,6 +197,7 @@ impl Lane {
                             batch: batch.id,
                             first,
                             last,
+                            records: hi - lo,
                         });
                         self.set_health(Health::Ok).await;
                         break;
