@@ -167,6 +167,12 @@ pub fn natural_key(key: &str, piece: u32) -> [u8; 16] {
     k
 }
 
+/// At most this many batches are formed ahead in one transaction ...
+pub const AHEAD_BATCHES: usize = 16;
+/// ... holding at most about this many payload bytes (memory stays bounded with large
+/// batches).
+pub const AHEAD_BYTES: usize = 2 << 20;
+
 /// How big a batch may grow and how long a partial one waits.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchLimits {
@@ -493,28 +499,37 @@ impl Outbox {
         .await
     }
 
-    /// Like [`Self::next_batch`], but for while batch `in_flight` is being sent: marks the
-    /// part delivered before it sent and returns the batch to send after it: the next open
-    /// one (after a restart), else a new one if one is due (full, or its linger is over). The
-    /// lane sends it when the one in flight is done, so the commit overlaps a request instead
-    /// of following it; batches still go out in order, each under its own key.
+    /// Like [`Self::next_batch`], but for while batches up to `in_flight` are being sent:
+    /// marks what was delivered before them and returns the batches to send after them, in
+    /// order: open ones (after a restart), then new ones while one is due (full, or its
+    /// linger over), up to [`AHEAD_BATCHES`] and [`AHEAD_BYTES`]. The lane sends them when the
+    /// ones in flight are done, so the commit overlaps requests instead of following each;
+    /// one transaction yields several batches, so a lane keeps pace even while its
+    /// transactions wait behind a source's large commits. Batches still go out in order, each
+    /// under its own key.
     pub async fn form_ahead(
         &self,
         lane: LaneId,
         in_flight: i64,
         delivered: Option<Delivered>,
         limits: BatchLimits,
-    ) -> Result<Option<Batch>, OutboxError> {
+    ) -> Result<Vec<Batch>, OutboxError> {
         let instance = self.instance.clone();
         self.call(move |c, p| {
-            let step = || -> rusqlite::Result<Option<Batch>> {
+            let step = || -> rusqlite::Result<Vec<Batch>> {
                 if let Some(done) = delivered {
                     write_sent(c, lane, done)?;
                 }
-                Ok(match next_batch(c, &instance, lane, limits, in_flight)? {
-                    NextBatch::Ready(b) => Some(b),
-                    NextBatch::Linger(_) | NextBatch::Empty => None,
-                })
+                let (mut formed, mut bytes, mut after) = (Vec::new(), 0, in_flight);
+                while formed.len() < AHEAD_BATCHES && bytes < AHEAD_BYTES {
+                    let NextBatch::Ready(b) = next_batch(c, &instance, lane, limits, after)? else {
+                        break;
+                    };
+                    after = b.id;
+                    bytes += b.records.iter().map(|(_, p)| p.len()).sum::<usize>();
+                    formed.push(b);
+                }
+                Ok(formed)
             };
             step().map_err(|e| OutboxError::sqlite(p, e))
         })
@@ -868,14 +883,27 @@ fn next_batch(
     Ok(NextBatch::Ready(Batch { id, key, records }))
 }
 
-/// The `records` records `first..=last` of batch `batch` that the API accepted: the part of
-/// the batch after the last one marked, since a lane sends the parts of a batch in order.
+/// The `records` records `first..=last` of a lane that the API accepted, the last of them in
+/// batch `batch`: what follows the last mark, since a lane sends its batches, and the parts
+/// of a batch, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivered {
     pub batch: i64,
     pub first: i64,
     pub last: i64,
     pub records: usize,
+}
+
+impl Delivered {
+    /// This delivery followed by `next` (a later part or batch of the same lane).
+    pub fn then(self, next: Delivered) -> Delivered {
+        Delivered {
+            batch: next.batch,
+            first: self.first,
+            last: next.last,
+            records: self.records + next.records,
+        }
+    }
 }
 
 /// Moves the lane's mark past a delivered part: one row written, whatever the part's size.
@@ -910,6 +938,9 @@ fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusqlite::Result
          ON CONFLICT (lane_id, sent_to) DO NOTHING",
     )?
     .execute(params![lane.0, done.last, now])?;
+    // Every batch the mark passed is done; the last may end in refused records above it.
+    c.prepare_cached("DELETE FROM batches WHERE lane_id = ?1 AND last_id <= ?2")?
+        .execute(params![lane.0, done.last])?;
     close_batch_if_done(c, done.batch)?;
     Ok(done.records)
 }

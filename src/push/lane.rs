@@ -80,91 +80,111 @@ impl Lane {
             max_bytes: self.settings.batch_bytes,
             linger: self.settings.linger,
         };
-        // The last delivered part of a batch, marked sent together with taking the next.
+        // What was delivered since the last mark, marked together with forming what follows.
         let mut delivered: Option<Delivered> = None;
-        // The batch after the one in flight, formed while it was in flight.
-        let mut ahead: Option<Batch> = None;
+        // Batches formed while the ones before them were in flight, to send next, in order.
+        let mut ahead: Vec<Batch> = Vec::new();
         self.metrics.busy_since_ms.store(now_ms(), Relaxed);
         loop {
-            let next = match ahead.take() {
-                Some(batch) => Ok(NextBatch::Ready(batch)),
-                None => {
-                    let next = self.outbox.next_batch(self.id, delivered, limits).await;
-                    if next.is_ok() {
-                        delivered = None;
-                    }
-                    next
+            let batches = if ahead.is_empty() {
+                let next = self.outbox.next_batch(self.id, delivered, limits).await;
+                if next.is_ok() {
+                    delivered = None;
                 }
+                match next {
+                    Ok(NextBatch::Ready(batch)) => vec![batch],
+                    // A partial batch waits out its linger time without rescanning on every
+                    // commit; whatever arrives meanwhile goes into it.
+                    Ok(NextBatch::Linger(left)) => {
+                        if self.sleep(left).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    // New records wake the lane; the timer catches records an operator made
+                    // pending again from the command line (`dead retry`).
+                    Ok(NextBatch::Empty) => {
+                        let stop = self
+                            .idle(async {
+                                tokio::select! {
+                                    _ = self.shutdown.cancelled() => true,
+                                    _ = notify.notified() => false,
+                                    _ = tokio::time::sleep(Duration::from_secs(60)) => false,
+                                }
+                            })
+                            .await;
+                        if stop {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        // `delivered` is kept: the mark is retried before anything else.
+                        error!(lane = %self.key, "cannot read or update pending records: {e}");
+                        if self.sleep(Duration::from_secs(1)).await.is_err() {
+                            if let Some(done) = delivered {
+                                let _ = self.outbox.mark_sent(self.id, done).await;
+                            }
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                std::mem::take(&mut ahead)
             };
-            match next {
-                Ok(NextBatch::Ready(batch)) => {
-                    // While this batch is in flight, the previous one is marked sent and the
-                    // next one formed: the commit overlaps the request.
-                    let outbox = self.outbox.clone();
-                    let previous = delivered.take();
-                    let (lane, in_flight) = (self.id, batch.id);
-                    let (sent, formed) = tokio::join!(
-                        self.deliver(batch),
-                        outbox.form_ahead(lane, in_flight, previous, limits)
-                    );
-                    match formed {
-                        Ok(b) => ahead = b,
-                        Err(e) => {
-                            warn!(lane = %self.key, "cannot form the next batch ahead: {e}");
-                            if let Some(p) = previous {
-                                let _ = self.outbox.mark_sent(self.id, p).await;
-                            }
-                        }
-                    }
-                    match sent {
-                        Ok(done) => delivered = done,
-                        Err(Stopped) => return,
-                    }
-                }
-                // A partial batch waits out its linger time without rescanning on every
-                // commit; whatever arrives meanwhile goes into it.
-                Ok(NextBatch::Linger(left)) => {
-                    if self.sleep(left).await.is_err() {
-                        return;
-                    }
-                }
-                // New records wake the lane; the timer catches records an operator made
-                // pending again from the command line (`dead retry`).
-                Ok(NextBatch::Empty) => {
-                    let stop = self
-                        .idle(async {
-                            tokio::select! {
-                                _ = self.shutdown.cancelled() => true,
-                                _ = notify.notified() => false,
-                                _ = tokio::time::sleep(Duration::from_secs(60)) => false,
-                            }
-                        })
-                        .await;
-                    if stop {
-                        return;
-                    }
-                }
+            // While these batches are in flight, one after another, what was delivered before
+            // them is marked and the next ones are formed: the commit overlaps the requests.
+            let outbox = self.outbox.clone();
+            let previous = delivered.take();
+            let (lane, in_flight) = (self.id, batches[batches.len() - 1].id);
+            let (sent, formed) = tokio::join!(
+                self.deliver_in_order(batches),
+                outbox.form_ahead(lane, in_flight, previous, limits)
+            );
+            match formed {
+                Ok(b) => ahead = b,
                 Err(e) => {
-                    // `delivered` is kept: the mark is retried before anything else.
-                    error!(lane = %self.key, "cannot read or update pending records: {e}");
-                    if self.sleep(Duration::from_secs(1)).await.is_err() {
-                        if let Some(done) = delivered {
-                            let _ = self.outbox.mark_sent(self.id, done).await;
-                        }
-                        return;
+                    warn!(lane = %self.key, "cannot form the next batches ahead: {e}");
+                    if let Some(p) = previous {
+                        let _ = self.outbox.mark_sent(self.id, p).await;
                     }
                 }
+            }
+            match sent {
+                Ok(done) => delivered = done,
+                Err(Stopped) => return,
             }
         }
     }
 
-    /// Sends a batch until the API has decided on every record in it. Returns the last
-    /// accepted part for the caller to mark sent (with the next batch); earlier parts of a
-    /// split batch are marked here.
-    async fn deliver(&mut self, batch: Batch) -> Result<Option<Delivered>, Stopped> {
+    /// Sends batches one after another, each until the API has decided on every record in it.
+    /// Returns what was accepted and is not marked yet, for the caller to mark with forming
+    /// the next batches.
+    async fn deliver_in_order(
+        &mut self,
+        batches: Vec<Batch>,
+    ) -> Result<Option<Delivered>, Stopped> {
+        let mut accepted = None;
+        for batch in batches {
+            accepted = self.deliver(batch, accepted).await?;
+        }
+        Ok(accepted)
+    }
+
+    /// Sends a batch until the API has decided on every record in it, after `accepted` (what
+    /// was delivered before it and is not marked yet). Returns what is accepted and not marked
+    /// now. Whole batches are marked together later; a part of a split batch is marked before
+    /// the next part is accepted, so that after a crash no part goes out again under the
+    /// whole batch's key.
+    async fn deliver(
+        &mut self,
+        batch: Batch,
+        accepted: Option<Delivered>,
+    ) -> Result<Option<Delivered>, Stopped> {
         let n = batch.records.len();
         let mut parts: VecDeque<(usize, usize)> = VecDeque::from([(0, n)]);
-        let mut last_accepted: Option<Delivered> = None;
+        let mut last_accepted: Option<Delivered> = accepted;
         while let Some((lo, hi)) = parts.pop_front() {
             let slice = &batch.records[lo..hi];
             let (first, last) = (slice[0].0, slice[slice.len() - 1].0);
@@ -192,13 +212,19 @@ impl Lane {
                     Action::Delivered => {
                         self.metrics.sent.fetch_add((hi - lo) as u64, Relaxed);
                         self.metrics.last_success_ms.store(now_ms(), Relaxed);
-                        self.flush(last_accepted.take()).await;
-                        last_accepted = Some(Delivered {
+                        let part = Delivered {
                             batch: batch.id,
                             first,
                             last,
                             records: hi - lo,
-                        });
+                        };
+                        last_accepted = match last_accepted.take() {
+                            Some(before) if hi - lo == n => Some(before.then(part)),
+                            before => {
+                                self.flush(before).await;
+                                Some(part)
+                            }
+                        };
                         self.set_health(Health::Ok).await;
                         break;
                     }
