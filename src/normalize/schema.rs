@@ -113,6 +113,27 @@ pub fn normalize_json(emits: Emits, raw: &str) -> Result<String, String> {
     }
 }
 
+/// [`check`] on a record's JSON text, through the borrowing structs of [`normalize_json`]
+/// (the same rules, without building a `Value`); the message of a record that fails them comes
+/// from [`check`].
+pub fn check_json(emits: Emits, raw: &str) -> Result<(), String> {
+    let fast = match emits {
+        Emits::ContactEvents => serde_json::from_str::<ContactEvent>(raw).map(|r| r.check()),
+        Emits::AgentStatuses => serde_json::from_str::<AgentStatus>(raw).map(|r| r.check()),
+    };
+    match fast {
+        Ok(checked) => checked,
+        Err(typed) => {
+            let value: Value =
+                serde_json::from_str(raw).map_err(|e| format!("not valid JSON: {e}"))?;
+            check(emits, &value)?;
+            Err(format!(
+                "the record does not have the documented shape: {typed}"
+            ))
+        }
+    }
+}
+
 /// A timestamp with an offset, rewritten as UTC `Z`; anything else is left for the check.
 fn to_z(s: Cow<'_, str>) -> Cow<'_, str> {
     if time::check_api_form(&s).is_ok() {
@@ -290,13 +311,31 @@ mod tests {
             *v.pointer_mut(pointer).unwrap() = bad;
             let err = check(Emits::ContactEvents, &v).unwrap_err();
             assert!(err.contains(expected), "{pointer}: {err}");
+            let text = check_json(Emits::ContactEvents, &v.to_string()).unwrap_err();
+            assert_eq!(text, err, "{pointer}: the text check says the same");
         }
         let mut extra = event();
         extra["queue"] = json!("x");
+        for err in [
+            check(Emits::ContactEvents, &extra).unwrap_err(),
+            check_json(Emits::ContactEvents, &extra.to_string()).unwrap_err(),
+        ] {
+            assert!(err.contains("unknown key `queue`"), "{err}");
+        }
+        check_json(Emits::ContactEvents, &event().to_string()).unwrap();
+        let late = r#"{"agentIdentifier":"a","activityIdentifier":"Break",
+            "startTime":"2021-12-06T10:15:00Z","endTime":"2021-12-06T10:00:00Z"}"#;
         assert!(
-            check(Emits::ContactEvents, &extra)
+            check_json(Emits::AgentStatuses, late)
                 .unwrap_err()
-                .contains("unknown key `queue`")
+                .contains("`endTime` is before `startTime`")
+        );
+        let twice = r#"{"agentIdentifier":"a","agentIdentifier":"b","activityIdentifier":"Break",
+            "startTime":"2021-12-06T10:00:00Z","endTime":"2021-12-06T10:15:00Z"}"#;
+        assert!(
+            check_json(Emits::AgentStatuses, twice)
+                .unwrap_err()
+                .contains("duplicate field")
         );
     }
 
