@@ -536,10 +536,20 @@ impl Outbox {
         .await
     }
 
-    /// Marks records `first..=last` of a batch delivered.
+    /// Marks a lane's records delivered up to `done`; returns how many the mark passed.
     pub async fn mark_sent(&self, lane: LaneId, done: Delivered) -> Result<usize, OutboxError> {
         self.call(move |c, p| write_sent(c, lane, done).map_err(|e| OutboxError::sqlite(p, e)))
             .await
+    }
+
+    /// [`Self::mark_sent`] without waiting for it: written with the writer's next transaction,
+    /// so that a crash soon after resends less. The caller marks the same again later, in a
+    /// write it waits for (a failed early mark then costs nothing).
+    pub fn mark_sent_early(&self, lane: LaneId, done: Delivered) {
+        drop(self.job(
+            move |c, p| write_sent(c, lane, done).map_err(|e| OutboxError::sqlite(p, e)),
+            |_| {},
+        ));
     }
 
     /// Moves one record the API rejected to the dead letters, with the API's answer.
@@ -883,37 +893,24 @@ fn next_batch(
     Ok(NextBatch::Ready(Batch { id, key, records }))
 }
 
-/// The `records` records `first..=last` of a lane that the API accepted, the last of them in
-/// batch `batch`: what follows the last mark, since a lane sends its batches, and the parts
-/// of a batch, in order.
+/// A lane's records up to `last`, the last of them in batch `batch`, that the API accepted:
+/// everything of the lane above its mark and up to `last` that is still queued, since a lane
+/// sends its batches, and the parts of a batch, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivered {
     pub batch: i64,
-    pub first: i64,
     pub last: i64,
-    pub records: usize,
 }
 
-impl Delivered {
-    /// This delivery followed by `next` (a later part or batch of the same lane).
-    pub fn then(self, next: Delivered) -> Delivered {
-        Delivered {
-            batch: next.batch,
-            first: self.first,
-            last: next.last,
-            records: self.records + next.records,
-        }
-    }
-}
-
-/// Moves the lane's mark past a delivered part: one row written, whatever the part's size.
+/// Moves the lane's mark up to a delivered record: one row written, whatever the number of
+/// records. Marking again, or an earlier point, changes nothing, so a mark can be written early
+/// and again later.
 fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusqlite::Result<usize> {
     let now = now_ms();
     let (emits, sent): (String, i64) = c
         .prepare_cached("SELECT emits, sent_to FROM lanes WHERE id = ?1")?
         .query_row([lane.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if done.last <= sent {
-        // Marked already (a mark retried after its commit was in doubt).
         return Ok(0);
     }
     // Agent identifiers sent, for `injixo-sync agents` (agent-status lanes only, so contact
@@ -922,17 +919,23 @@ fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusqlite::Result
         c.prepare_cached(
             "INSERT INTO agents (lane_id, agent, first_sent, last_sent)
              SELECT ?1, json_extract(payload, '$.agentIdentifier'), ?2, ?2
-             FROM records WHERE id BETWEEN ?3 AND ?4 AND lane_id = ?1 AND state = 0
+             FROM records WHERE id > ?3 AND id <= ?4 AND lane_id = ?1 AND state = 0
                AND json_extract(payload, '$.agentIdentifier') IS NOT NULL
              ON CONFLICT (lane_id, agent) DO UPDATE SET last_sent = excluded.last_sent",
         )?
-        .execute(params![lane.0, now, done.first, done.last])?;
+        .execute(params![lane.0, now, sent, done.last])?;
     }
+    let n: i64 = c
+        .prepare_cached(
+            "SELECT count(*) FROM records WHERE id > ?1 AND id <= ?2 AND lane_id = ?3
+             AND state = 0",
+        )?
+        .query_row(params![sent, done.last, lane.0], |r| r.get(0))?;
     c.prepare_cached(
         "UPDATE lanes SET sent_to = ?1, delivered_total = delivered_total + ?2,
          last_success = ?3, health = 'ok' WHERE id = ?4",
     )?
-    .execute(params![done.last, done.records as i64, now, lane.0])?;
+    .execute(params![done.last, n, now, lane.0])?;
     c.prepare_cached(
         "INSERT INTO deliveries (lane_id, sent_to, at) VALUES (?1, ?2, ?3)
          ON CONFLICT (lane_id, sent_to) DO NOTHING",
@@ -942,7 +945,7 @@ fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusqlite::Result
     c.prepare_cached("DELETE FROM batches WHERE lane_id = ?1 AND last_id <= ?2")?
         .execute(params![lane.0, done.last])?;
     close_batch_if_done(c, done.batch)?;
-    Ok(done.records)
+    Ok(n as usize)
 }
 
 /// Closes a batch that has nothing left to send: every record in its range is delivered

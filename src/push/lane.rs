@@ -173,10 +173,11 @@ impl Lane {
     }
 
     /// Sends a batch until the API has decided on every record in it, after `accepted` (what
-    /// was delivered before it and is not marked yet). Returns what is accepted and not marked
-    /// now. Whole batches are marked together later; a part of a split batch is marked before
-    /// the next part is accepted, so that after a crash no part goes out again under the
-    /// whole batch's key.
+    /// was delivered before it and is not marked for sure yet). Returns what is accepted and
+    /// not marked for sure now. A whole batch is marked early, without waiting, and for sure
+    /// with forming the next batches; a part of a split batch is marked for sure before the
+    /// next part is accepted, so that after a crash no part goes out again under the whole
+    /// batch's key.
     async fn deliver(
         &mut self,
         batch: Batch,
@@ -214,17 +215,15 @@ impl Lane {
                         self.metrics.last_success_ms.store(now_ms(), Relaxed);
                         let part = Delivered {
                             batch: batch.id,
-                            first,
                             last,
-                            records: hi - lo,
                         };
-                        last_accepted = match last_accepted.take() {
-                            Some(before) if hi - lo == n => Some(before.then(part)),
-                            before => {
-                                self.flush(before).await;
-                                Some(part)
-                            }
-                        };
+                        if hi - lo == n {
+                            // A later mark covers the earlier ones.
+                            self.outbox.mark_sent_early(self.id, part);
+                        } else {
+                            self.flush(last_accepted.take()).await;
+                        }
+                        last_accepted = Some(part);
                         self.set_health(Health::Ok).await;
                         break;
                     }
