@@ -101,15 +101,7 @@ pub fn normalize_json(emits: Emits, raw: &str) -> Result<String, String> {
     match fast {
         Ok(Ok(json)) => json.map_err(|e| e.to_string()),
         Ok(Err(e)) => Err(e),
-        Err(typed) => {
-            let value: Value =
-                serde_json::from_str(raw).map_err(|e| format!("not valid JSON: {e}"))?;
-            check(emits, &value)?;
-            // Valid by the rules but not by the typed reader: duplicate keys, say.
-            Err(format!(
-                "the record does not have the documented shape: {typed}"
-            ))
-        }
+        Err(typed) => Err(refused(emits, raw, typed)),
     }
 }
 
@@ -123,14 +115,19 @@ pub fn check_json(emits: Emits, raw: &str) -> Result<(), String> {
     };
     match fast {
         Ok(checked) => checked,
-        Err(typed) => {
-            let value: Value =
-                serde_json::from_str(raw).map_err(|e| format!("not valid JSON: {e}"))?;
-            check(emits, &value)?;
-            Err(format!(
-                "the record does not have the documented shape: {typed}"
-            ))
-        }
+        Err(typed) => Err(refused(emits, raw, typed)),
+    }
+}
+
+/// Why the typed reader refused a record, in [`check`]'s words (which name the key), or in
+/// its own where the record passes the rules (duplicate keys, say).
+fn refused(emits: Emits, raw: &str, typed: serde_json::Error) -> String {
+    match serde_json::from_str::<Value>(raw) {
+        Err(e) => format!("not valid JSON: {e}"),
+        Ok(value) => match check(emits, &value) {
+            Err(e) => e,
+            Ok(()) => format!("the record does not have the documented shape: {typed}"),
+        },
     }
 }
 

@@ -332,21 +332,15 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
              COMMIT;"
         ))?;
     }
-    if version < 2 {
-        run(format!(
-            "BEGIN IMMEDIATE;
-             {SCHEMA_V2}
-             PRAGMA user_version = 2;
-             COMMIT;"
-        ))?;
-    }
-    if version < 3 {
-        run(format!(
-            "BEGIN IMMEDIATE;
-             {SCHEMA_V3}
-             PRAGMA user_version = 3;
-             COMMIT;"
-        ))?;
+    for (step, schema) in [(2, SCHEMA_V2), (3, SCHEMA_V3)] {
+        if version < step {
+            run(format!(
+                "BEGIN IMMEDIATE;
+                 {schema}
+                 PRAGMA user_version = {step};
+                 COMMIT;"
+            ))?;
+        }
     }
     let v4 = || -> rusqlite::Result<()> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
