@@ -60,12 +60,7 @@ pub(super) fn query(
 /// Makes the selected dead letters pending again; returns how many.
 pub fn retry_dead(path: &Path, selection: &Selection) -> Result<usize, OutboxError> {
     change(path, selection, |c, id| {
-        super::move_to_end(
-            c,
-            "SELECT id FROM records WHERE id = ?1 AND state = 2",
-            &[&id],
-            Some(now_ms()),
-        )?;
+        super::resend::requeue(c, "FROM records r WHERE r.id = ?1 AND r.state = 2", &[&id])?;
         Ok(())
     })
 }
