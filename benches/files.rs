@@ -147,7 +147,7 @@ fn big_tail(url: &str, mib: u64) -> (u64, f64, u64) {
     while written < mib << 20 {
         let line = format!(
             "{{\"properties\":{{\"offered\":true,\"handled\":{},\"duration\":{}.5}},\"queueName\":\"Level 1 support\",\"queueIdentifier\":\"1337_99\",\"timestamp\":\"2026-11-23T{:02}:{:02}:{:02}Z\",\"channel\":\"calls\"}}\n",
-            rows % 7 != 0,
+            !rows.is_multiple_of(7),
             rows,
             (rows / 3600) % 24,
             (rows / 60) % 60,

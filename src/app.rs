@@ -26,6 +26,22 @@ pub enum RunError {
     Outbox(#[from] OutboxError),
     #[error("{0}")]
     Setup(String),
+    /// A generation did not stop within its deadline: something still runs (a blocking
+    /// database call, say) and might write beside a next generation, so the process ends
+    /// instead and the service manager starts it again.
+    #[error(
+        "not everything stopped within {deadline}: {what}; exiting so that the service \
+         manager starts the daemon afresh (nothing is lost: unconfirmed batches are sent again)",
+        deadline = humantime::format_duration(*deadline)
+    )]
+    Stuck { what: String, deadline: Duration },
+}
+
+/// Takes the state file's lock for the life of the daemon: a second daemon on the same
+/// state file refuses to start, naming the process that holds it.
+pub fn lock_state(config: &Config, command: &str) -> Result<crate::outbox::StateLock, RunError> {
+    crate::outbox::StateLock::acquire(&config.state.path, command)
+        .map_err(|e| RunError::Outbox(e.into_outbox_error(&config.state.path)))
 }
 
 /// Builds a runtime, runs the daemon until SIGTERM or Ctrl-C, and drains it. SIGHUP reloads
@@ -38,12 +54,23 @@ pub fn main(config: Config) -> Result<(), RunError> {
 
 /// [`main`], also stopped by `stop` (the Windows service control manager).
 pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunError> {
+    let _lock = lock_state(&config, "run")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| RunError::Setup(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
+    let result = runtime.block_on(generations(config, stop));
+    if result.is_err() {
+        // A thread that would not stop must not keep the process alive.
+        runtime.shutdown_background();
+    }
+    result
+}
+
+/// Runs one generation after another: the first configuration, then each reloaded one.
+async fn generations(config: Config, stop: CancellationToken) -> Result<(), RunError> {
+    {
         let shutdown = CancellationToken::new();
         let reload = Arc::new(tokio::sync::Notify::new());
         let (signals, hup) = (shutdown.clone(), reload.clone());
@@ -78,6 +105,7 @@ pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunErro
                     // is refused, and the running one stays.
                     _ = reload.notified() => match Config::load(&config.file)
                         .map_err(|e| e.to_string())
+                        .and_then(|next| same_state(&config, next))
                         .and_then(|next| prepare(next).map_err(|e| e.to_string()))
                     {
                         Ok(next) => break Next::Reload(next),
@@ -97,7 +125,21 @@ pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunErro
                 Next::Fallback(old) => old,
             };
         }
-    })
+    }
+}
+
+/// A reloaded configuration must keep the state file: the process holds its lock, and moving
+/// to another outbox would read every input again.
+fn same_state(running: &Config, next: Config) -> Result<Config, String> {
+    if next.state.path == running.state.path {
+        Ok(next)
+    } else {
+        Err(format!(
+            "[state] path changed from {} to {}: restart the service to use another state file",
+            running.state.path.display(),
+            next.state.path.display()
+        ))
+    }
 }
 
 /// What follows a running generation.
@@ -137,6 +179,7 @@ async fn wait_for_signals(reload: &tokio::sync::Notify) {
 
 /// Runs the pipeline until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let _lock = lock_state(&config, "run")?;
     run_prepared(prepare(config)?, shutdown).await
 }
 
@@ -303,11 +346,15 @@ async fn run_prepared(prepared: Prepared, shutdown: CancellationToken) -> Result
         .await
         .is_err()
     {
-        warn!(
-            "not everything stopped within {}; unconfirmed batches stay pending for the next start",
+        let running = tracker.len();
+        error!(
+            "not everything stopped within {}: {running} task(s) still running",
             humantime::format_duration(deadline)
         );
-        return Ok(());
+        return Err(RunError::Stuck {
+            what: format!("{running} task(s) still running"),
+            deadline,
+        });
     }
     drop(outbox);
     if writer.join().is_err() {

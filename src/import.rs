@@ -1,9 +1,16 @@
 //! `injixo-sync import`: a one-shot backfill of a source's history (last year's exports, for
 //! forecasting) into the outbox, with a progress bar on a terminal and plain lines otherwise.
 //!
-//! Files are read under the source's own name and cursors, so an import that is interrupted
-//! continues where it stopped, and records the daemon already has are not enqueued again. The
-//! running daemon delivers what was imported.
+//! Files are read under the source's own name and cursors, and under the identity the source
+//! gives files (content for `drop`, device, inode and first bytes for `tail`), so an import
+//! that is interrupted continues where it stopped, and records the daemon already has are not
+//! enqueued again. The running daemon delivers what was imported.
+//!
+//! Beside a running daemon, only a `drop` source without shared state is imported: a tailed
+//! file, open agent states or a queue_log tracker are read and written by the daemon's own
+//! source as it goes, and two writers would overwrite each other's. For those, `import`
+//! refuses while the daemon runs (naming it), and holds the state file's lock while it
+//! imports, so that the daemon does not start meanwhile.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -54,8 +61,29 @@ pub fn main(
             bail!("--from {}: no such file or directory", from.display());
         }
     }
-    // History is read whole and left where it is.
-    files.mode = FileMode::Drop;
+    // Tailed files keep their tail identity and cursors, so that the daemon continues where
+    // the import stopped; dropped files are read whole. Both are left where they are.
+    let shared_state =
+        files.mode == FileMode::Tail || files.rows.states.is_some() || files.queue_log.is_some();
+    let _lock = if shared_state {
+        let why = if files.mode == FileMode::Tail {
+            "it tails its files"
+        } else {
+            "it keeps open agent states or calls"
+        };
+        match crate::outbox::StateLock::acquire(&config.state.path, "import") {
+            Ok(lock) => Some(lock),
+            Err(crate::outbox::LockError::Held(holder)) => bail!(
+                "source {source:?} cannot be imported while {holder} uses state file {}: {why}, \
+                 and the two would overwrite each other's place. Stop the service \
+                 (`systemctl stop injixo-sync`), run the import, then start the service again",
+                config.state.path.display()
+            ),
+            Err(crate::outbox::LockError::Other(e)) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
     files.settle = Duration::ZERO;
     files.after = After::Keep;
     files.modified_since = since.map(parse_since).transpose()?;

@@ -132,7 +132,7 @@ async fn a_full_disk_leaves_open_agent_states_as_committed() {
     let mut csv = String::from("agent,state,at\n");
     for i in 0..CHANGES {
         let at = start + jiff::SignedDuration::from_secs(i as i64);
-        let state = if (i / AGENTS) % 2 == 0 {
+        let state = if (i / AGENTS).is_multiple_of(2) {
             "READY"
         } else {
             "PAUSE"

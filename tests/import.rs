@@ -146,3 +146,47 @@ fn an_interrupted_import_continues_where_it_stopped() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(records(&env), 300_000, "every record once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailed_source_keeps_its_identity_through_an_import_and_refuses_one_beside_the_daemon() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", "")));
+    let live = env.exports.join("live.ndjson");
+    std::fs::write(&live, events(0..100)).unwrap();
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let (code, out) = cli(&["--config", &cfg, "import", "--source", "acd"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(records(&env), 100);
+
+    // The daemon continues where the import stopped: the file is the same file.
+    let daemon = Process::start(&env.config_file);
+    wait_for(Duration::from_secs(60), "the imported records", || {
+        api.record_count() >= 100
+    })
+    .await;
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&live)
+        .unwrap()
+        .write_all(events(100..110).as_bytes())
+        .unwrap();
+    wait_for(Duration::from_secs(60), "the appended records", || {
+        api.record_count() >= 110
+    })
+    .await;
+    // Beside the running daemon, which tails the same files, an import is refused.
+    let (code, out) = cli(&["--config", &cfg, "import", "--source", "acd"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("injixo-sync run (pid {})", daemon.pid())),
+        "{out}"
+    );
+    assert!(out.contains("tails its files"), "{out}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.kill9();
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 110);
+    assert!(got.values().all(|n| *n == 1), "each record once: {got:?}");
+}

@@ -484,3 +484,86 @@ async fn odbc_rows_arrive_once_through_the_postgresql_odbc_driver() {
     let first = api.records().into_iter().find(|r| id_of(r) == 1).unwrap();
     assert_eq!(first["timestamp"], "2024-05-01T08:00:00Z", "{first}");
 }
+
+/// A reload whose old generation cannot stop (a source thread inside a blocking ODBC call)
+/// must not start the next generation beside it: the daemon exits non-zero, and the service
+/// manager starts it afresh.
+#[cfg(feature = "odbc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_cannot_stop_a_blocked_source_exits_non_zero() {
+    let pg = Postgres::start();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
+         started timestamp NOT NULL, updated_at timestamp NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let env = Env::new();
+    let odbc = format!(
+        "odbc:Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=acd;Uid=test;",
+        pg.port
+    );
+    // Every read of the query sleeps for a minute inside the driver.
+    let source = sql_source(&env, &odbc, "timeout = \"120s\"").replace(
+        "FROM calls",
+        "FROM calls, (SELECT pg_sleep(60)) AS slow",
+    );
+    std::fs::write(
+        &env.config_file,
+        env.config_text("http://127.0.0.1:9", "timeout = \"1s\"", &source),
+    )
+    .unwrap();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+        .args(["--config", env.config_file.to_str().unwrap(), "run"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The poll is inside the driver once the database runs its sleep.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' \
+             AND state = 'active' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if sleeping > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the poll never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGHUP) };
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = daemon.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                daemon.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                return (status, err);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = daemon.kill();
+                panic!("the daemon still runs after a reload it could not drain");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    let (status, log) = status;
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("not everything stopped within 6s"), "{log}");
+    let started = format!("injixo-sync {} running", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        log.matches(&started).count(),
+        1,
+        "no second generation started beside the first: {log}"
+    );
+}

@@ -93,6 +93,92 @@ fn a_file_that_is_not_sqlite_is_refused_and_kept() {
 }
 
 #[test]
+fn short_files_of_foreign_bytes_are_refused_and_kept() {
+    // SQLite, not a sniff of the first bytes, tells them apart (see `schema::exists`).
+    for len in [1usize, 15, 16, 99, 100, 511, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("outbox.db");
+        let bytes: Vec<u8> = (0..len).map(|i| b"SQLite format 3\0junk"[i % 20]).collect();
+        std::fs::write(&state, &bytes).unwrap();
+        let err = Outbox::open(&state).err().expect("refused");
+        assert!(
+            matches!(err, OutboxError::Foreign { .. }),
+            "{len} bytes: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&state).unwrap(),
+            bytes,
+            "{len} bytes: left as it was"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "{len} bytes: nothing beside it: {names:?}");
+    }
+}
+
+#[test]
+fn an_empty_state_file_is_refused_never_taken_as_a_new_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outbox.db");
+    std::fs::write(&state, b"").unwrap();
+    let err = Outbox::open(&state).err().expect("refused");
+    assert!(matches!(err, OutboxError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("empty (0 bytes)"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().len(),
+        0,
+        "left as it was"
+    );
+    let config = config_for(dir.path(), &state);
+    for args in [vec!["check", "--offline"], vec!["status"], vec!["run"]] {
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend(&args);
+        let (code, out) = cli(&all);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains("empty (0 bytes)"), "{args:?}: {out}");
+    }
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().len(),
+        0,
+        "left as it was"
+    );
+    // An SQLite database with nothing in it is not an outbox either.
+    std::fs::remove_file(&state).unwrap();
+    rusqlite::Connection::open(&state)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 0; VACUUM;")
+        .unwrap();
+    let err = Outbox::open(&state).err().expect("refused");
+    assert!(
+        err.to_string().contains("without an injixo-sync outbox"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_new_outbox_is_made_whole_under_a_temporary_name_and_linked_into_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("nested").join("outbox.db");
+    // What a crash while creating leaves: the temporary file, which the next start replaces.
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(dir.path().join("nested").join("outbox.db.new"), b"half").unwrap();
+    let (outbox, writer) = Outbox::open(&state).unwrap();
+    drop(outbox);
+    writer.join().unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(state.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(!names.iter().any(|n| n.ends_with(".new")), "{names:?}");
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, injixo_sync::outbox::SCHEMA_VERSION);
+}
+
+#[test]
 fn another_programs_sqlite_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("outbox.db");

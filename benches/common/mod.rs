@@ -104,7 +104,7 @@ pub fn cores() -> usize {
 pub fn contact_event(i: u64) -> String {
     format!(
         r#"{{"properties":{{"offered":true,"handled":{},"duration":{}.5}},"queueName":"Level 1 support","queueIdentifier":"1337_99","timestamp":"2026-11-23T{:02}:{:02}:{:02}Z","channel":"calls"}}"#,
-        i % 7 != 0,
+        !i.is_multiple_of(7),
         i,
         (i / 3600) % 24,
         (i / 60) % 60,

@@ -21,6 +21,7 @@
 
 mod dead;
 mod guard;
+mod lock;
 mod report;
 mod resend;
 mod schema;
@@ -36,10 +37,12 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use dead::{Selection, dead_letters, drop_dead, retry_dead};
 pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
+pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};
 pub use report::{
     DeadLetter, LaneReport, ParkedReport, Report, SourceReport, inspect, lane_depths, verify,
 };
 pub use resend::{AgentSent, Resend, agents_sent, resend};
+pub use schema::SCHEMA_VERSION;
 
 use crate::types::{LaneKey, SourceName};
 
@@ -72,6 +75,12 @@ pub enum OutboxError {
         path = path.display()
     )]
     Newer { path: PathBuf, version: i32 },
+    #[error(
+        "state file {path} is in use by {holder}: one daemon per state file. Stop that \
+         process first (`systemctl stop injixo-sync`), or point [state] path at another file",
+        path = path.display()
+    )]
+    Busy { path: PathBuf, holder: String },
     #[error("state file {} does not exist yet; `run` creates it", .0.display())]
     Missing(PathBuf),
     #[error("the outbox writer has stopped")]
@@ -80,6 +89,21 @@ pub enum OutboxError {
 
 impl OutboxError {
     fn sqlite(path: &Path, e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => {
+                return OutboxError::Foreign {
+                    path: path.to_owned(),
+                    detail: "it is not an SQLite database".into(),
+                };
+            }
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+                return OutboxError::Corrupt {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                };
+            }
+            _ => {}
+        }
         let disk_full = matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull));
         let message = if disk_full {
             format!("the disk is full ({e}); reading is paused until space is freed")

@@ -145,26 +145,19 @@ CREATE TABLE queues (
 "#;
 
 /// Opens (creating if absent) and migrates the outbox for writing.
+///
+/// Only a path where nothing exists is created, and atomically (see [`create`]): an empty
+/// file, or an SQLite database without our schema, is refused like any foreign file.
 pub fn open_rw(path: &Path) -> Result<Connection, OutboxError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(|e| OutboxError::Io {
-            path: dir.to_owned(),
-            message: format!("cannot create the state directory: {e}"),
-        })?;
+    if !exists(path)? {
+        create(path)?;
     }
-    refuse_foreign_bytes(path)?;
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| OutboxError::sqlite(path, e))?;
+    let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    // Identify before anything writes: a foreign file is refused untouched.
+    let version = identify(&conn, path)?;
     configure(&conn, path)?;
     verify_pragma(&conn, path, "quick_check")?;
-    migrate(&conn, path)?;
+    migrate(&conn, path, version)?;
     Ok(conn)
 }
 
@@ -202,16 +195,131 @@ pub fn admin_transaction<T>(
 }
 
 fn open_existing(path: &Path, mode: OpenFlags) -> Result<Connection, OutboxError> {
-    if !path.exists() {
+    if !exists(path)? {
         return Err(OutboxError::Missing(path.to_owned()));
     }
-    refuse_foreign_bytes(path)?;
+    let conn = connect(path, mode)?;
+    identify(&conn, path)?;
+    Ok(conn)
+}
+
+/// Whether something is at `path`, decided by `stat` alone.
+///
+/// The state file is never opened except through SQLite: POSIX locks belong to the process,
+/// so closing any other descriptor of the file (a `File::open` to sniff its first bytes, say)
+/// would drop the locks of every SQLite connection this process holds on it. Another
+/// process's last connection would then believe it is alone, checkpoint, and delete the WAL
+/// this process is still writing to (sqlite.org, "How To Corrupt An SQLite Database File",
+/// 2.2). Foreign bytes are told by SQLite itself (`SQLITE_NOTADB`).
+fn exists(path: &Path) -> Result<bool, OutboxError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(OutboxError::Io {
+            path: path.to_owned(),
+            message: format!("cannot look at it: {e}"),
+        }),
+        Ok(m) if m.is_dir() => Err(OutboxError::Foreign {
+            path: path.to_owned(),
+            detail: "it is a directory".into(),
+        }),
+        Ok(m) if m.len() == 0 => Err(OutboxError::Foreign {
+            path: path.to_owned(),
+            detail: "it is empty (0 bytes), and an outbox never is: it was truncated or \
+                     replaced, and taking it as a new outbox would read and send every input \
+                     again"
+                .into(),
+        }),
+        Ok(_) => Ok(true),
+    }
+}
+
+/// Opens an existing file through SQLite, never creating it.
+fn connect(path: &Path, mode: OpenFlags) -> Result<Connection, OutboxError> {
     let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| OutboxError::sqlite(path, e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| OutboxError::sqlite(path, e))?;
-    identify(&conn, path)?;
     Ok(conn)
+}
+
+fn not_ours(path: &Path) -> OutboxError {
+    OutboxError::Foreign {
+        path: path.to_owned(),
+        detail: "it is an SQLite database without an injixo-sync outbox in it".into(),
+    }
+}
+
+/// Creates a new outbox at `path`, where nothing exists: built under a temporary name in the
+/// same directory (rollback journal, `synchronous = FULL`), then linked into place only if
+/// the path is still free, and the directory synced. A crash on the way leaves the path free
+/// (and a `.new` file the next start replaces), never an empty or half-made outbox there.
+fn create(path: &Path) -> Result<(), OutboxError> {
+    let io = |what: &str, e: std::io::Error| OutboxError::Io {
+        path: path.to_owned(),
+        message: format!("{what}: {e}"),
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| io("cannot create the state directory", e))?;
+    }
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".new");
+    let fresh = dir.join(name);
+    for stale in [fresh.clone(), journal_of(&fresh)] {
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(&format!("cannot remove {}", stale.display()), e));
+            }
+            _ => {}
+        }
+    }
+    {
+        let conn = Connection::open_with_flags(
+            &fresh,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| OutboxError::sqlite(&fresh, e))?;
+        conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;")
+            .map_err(|e| OutboxError::sqlite(&fresh, e))?;
+        migrate(&conn, &fresh, 0)?;
+    }
+    // A hard link fails if the path was taken meanwhile; a rename would replace it.
+    match std::fs::hard_link(&fresh, path) {
+        Ok(()) => {
+            std::fs::remove_file(&fresh).map_err(|e| io("cannot remove the new file's name", e))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(&fresh);
+            return Ok(());
+        }
+        // File systems without hard links: rename, the path being free a moment ago.
+        Err(_) => std::fs::rename(&fresh, path).map_err(|e| io("cannot move it into place", e))?,
+    }
+    sync_dir(dir).map_err(|e| io("cannot sync the state directory", e))
+}
+
+fn journal_of(db: &Path) -> std::path::PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_owned();
+    name.push("-journal");
+    db.with_file_name(name)
+}
+
+/// Makes a new name in `dir` durable (Unix; NTFS journals its directory entries itself).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 /// A full `PRAGMA integrity_check`; slow on a large file, so only `check` runs it.
@@ -232,25 +340,6 @@ fn verify_pragma(conn: &Connection, path: &Path, pragma: &str) -> Result<(), Out
             detail: result,
         })
     }
-}
-
-fn refuse_foreign_bytes(path: &Path) -> Result<(), OutboxError> {
-    use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Ok(());
-    };
-    let mut head = [0u8; 16];
-    let n = f.read(&mut head).unwrap_or(0);
-    if n == 0 {
-        return Ok(());
-    }
-    if n < 16 || &head != b"SQLite format 3\0" {
-        return Err(OutboxError::Foreign {
-            path: path.to_owned(),
-            detail: "it is not an SQLite database".into(),
-        });
-    }
-    Ok(())
 }
 
 fn configure(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
@@ -280,7 +369,8 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
     Ok(())
 }
 
-/// Returns the schema version after checking the file is ours.
+/// Returns the schema version after checking the file is ours: an SQLite database with
+/// nothing in it is not (only [`create`] makes new outboxes, and never leaves one empty).
 fn identify(conn: &Connection, path: &Path) -> Result<i32, OutboxError> {
     let err = |e| OutboxError::sqlite(path, e);
     let version: i32 = conn
@@ -293,7 +383,7 @@ fn identify(conn: &Connection, path: &Path) -> Result<i32, OutboxError> {
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
         .map_err(err)?;
     if version == 0 && tables == 0 {
-        return Ok(0);
+        return Err(not_ours(path));
     }
     if app != APPLICATION_ID {
         return Err(OutboxError::Foreign {
@@ -310,8 +400,8 @@ fn identify(conn: &Connection, path: &Path) -> Result<i32, OutboxError> {
     Ok(version)
 }
 
-fn migrate(conn: &Connection, path: &Path) -> Result<(), OutboxError> {
-    let version = identify(conn, path)?;
+/// Brings the schema from `version` (0: a file [`create`] has just made) to [`SCHEMA_VERSION`].
+fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxError> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }

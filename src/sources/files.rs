@@ -242,19 +242,19 @@ impl FilesSource {
             );
             return None;
         }
-        if self.cfg.watch == Watch::Auto {
-            if let Some(fs) = super::fsinfo::network_fs(&self.cfg.path) {
-                info!(
-                    source = %ctx.name,
-                    "{} is on a network file system ({fs}), where changes made by other machines \
-                     raise no events: scanning every {} instead (set watch = \"events\" to use \
-                     events anyway)",
-                    self.cfg.path.display(),
-                    humantime::format_duration(self.cfg.poll_interval)
-                );
-                self.cfg.watch = Watch::Poll;
-                return None;
-            }
+        if self.cfg.watch == Watch::Auto
+            && let Some(fs) = super::fsinfo::network_fs(&self.cfg.path)
+        {
+            info!(
+                source = %ctx.name,
+                "{} is on a network file system ({fs}), where changes made by other machines \
+                 raise no events: scanning every {} instead (set watch = \"events\" to use \
+                 events anyway)",
+                self.cfg.path.display(),
+                humantime::format_duration(self.cfg.poll_interval)
+            );
+            self.cfg.watch = Watch::Poll;
+            return None;
         }
         let waker = ctx.waker.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {

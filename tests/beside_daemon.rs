@@ -1,0 +1,230 @@
+//! What operators do around a running daemon, one thing at a time: scrapes, every operator
+//! command, a second daemon on the same state file, then `kill -9`. Every acknowledged record
+//! must still arrive (`tests/chaos.rs` mixes all of it at random).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const TOKEN: &str = "push-token-0123456789abcdef";
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A webhook source `acd` and a files source `history` (for `import`), listening on `port`.
+fn config(env: &Env, api_url: &str, port: u16) -> String {
+    let token_file = env.dir.path().join("push-token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let history = env.dir.path().join("history");
+    std::fs::create_dir_all(&history).unwrap();
+    format!(
+        "{}\n[listen]\naddress = \"127.0.0.1:{port}\"\n",
+        env.config_text(
+            api_url,
+            "",
+            &format!(
+                "[[source]]\nname = \"acd\"\ntype = \"webhook\"\nintegration_id = 1234\n\
+                 emits = \"contact_events\"\ntoken_file = {token:?}\n\n\
+                 [[source]]\nname = \"history\"\ntype = \"files\"\nintegration_id = 1234\n\
+                 emits = \"contact_events\"\npath = {history:?}\nformat = \"ndjson\"\n\
+                 mode = \"drop\"\nsettle = \"100ms\"\n",
+                token = token_file.display().to_string(),
+                history = history.display().to_string(),
+            )
+        )
+    )
+}
+
+fn push_body(ids: std::ops::Range<u64>) -> String {
+    format!("[{}]", ids.map(event).collect::<Vec<_>>().join(","))
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> u16 {
+    client
+        .get(url)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+fn run_cli(args: Vec<String>) -> (i32, String) {
+    cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Pending records per `status --json`, summed over lanes.
+fn status_pending(cfg: &str) -> i64 {
+    let (code, out) = run_cli(vec![
+        "--config".into(),
+        cfg.into(),
+        "status".into(),
+        "--json".into(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["pending"].as_i64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_pushes_survive_scrapes_every_operator_command_and_kill_9() {
+    let env = Env::new();
+    let port = free_port();
+    let dead_api = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&env.config_file, config(&env, &dead_api, port)).unwrap();
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    // Old exports, outside the source's directory: only `import --from` reads them.
+    let old = env.dir.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("old.ndjson"), events(9000..9005)).unwrap();
+    let old = old.display().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["dead", "retry", "--all"],
+        vec!["dead", "drop", "--all"],
+        vec!["dead", "list"],
+        vec!["resend", "--since", "2000-01-01T00:00:00Z"],
+        vec!["import", "--source", "history", "--from", &old],
+        vec!["queues"],
+        vec![
+            "queues",
+            "drop",
+            "--integration-id",
+            "1234",
+            "--identifier",
+            "support",
+            "--name",
+            "Other",
+        ],
+        vec!["agents"],
+        vec!["status"],
+        vec!["check", "--offline"],
+    ];
+    let client = reqwest::Client::new();
+    let push_url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
+    let mut acknowledged = 0;
+    for (round, command) in commands.iter().enumerate() {
+        let mut daemon = Process::start(&env.config_file);
+        wait_for(LIMIT, "the listener", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert_eq!(
+            get(&client, &format!("http://127.0.0.1:{port}/metrics")).await,
+            200
+        );
+        get(&client, &format!("http://127.0.0.1:{port}/readyz")).await;
+        let mut args = vec!["--config".to_owned(), cfg.clone()];
+        args.extend(command.iter().map(|s| s.to_string()));
+        let (code, out) = tokio::task::spawn_blocking(move || run_cli(args))
+            .await
+            .unwrap();
+        assert!(code == 0 || command[0] == "queues", "{command:?}: {out}");
+        if command[0] == "import" {
+            acknowledged += 5;
+        }
+        let base = 100 * round as u64;
+        let r = client
+            .post(&push_url)
+            .header("content-type", "application/json")
+            .body(push_body(base..base + 10))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+        acknowledged += 10;
+        // `status` from another process sees what the daemon has committed.
+        let pending = tokio::task::spawn_blocking({
+            let cfg = cfg.clone();
+            move || status_pending(&cfg)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            pending, acknowledged as i64,
+            "after {command:?}: status must show every acknowledged record"
+        );
+        daemon.assert_running();
+        daemon.kill9();
+    }
+
+    let api = FakeApi::start(KEY).await.unwrap();
+    std::fs::write(&env.config_file, config(&env, &api.url(), port)).unwrap();
+    let daemon = Process::start(&env.config_file);
+    wait_for(LIMIT, "every acknowledged record", || {
+        api.record_count() >= acknowledged
+    })
+    .await;
+    daemon.kill9();
+    let got = arrivals(&api);
+    for round in 0..commands.len() as u64 {
+        for id in 100 * round..100 * round + 10 {
+            assert_eq!(got.get(&id), Some(&1), "record {id}");
+        }
+    }
+    for id in 9000..9005 {
+        assert_eq!(got.get(&id), Some(&1), "imported record {id}");
+    }
+    assert_eq!(got.len(), acknowledged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_file_refuses_at_once_naming_the_first() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    std::fs::write(
+        &env.config_file,
+        env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")),
+    )
+    .unwrap();
+    for f in 0..5u64 {
+        std::fs::write(
+            env.exports.join(format!("{f}.ndjson")),
+            events(f * 1000..(f + 1) * 1000),
+        )
+        .unwrap();
+    }
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let mut first = Process::start(&env.config_file);
+    wait_for(LIMIT, "the first daemon's outbox", || {
+        env.try_report().is_some()
+    })
+    .await;
+    let (code, out) = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || cli_within(&["--config", &cfg, "run"], Duration::from_secs(15))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&env.state.display().to_string()), "{out}");
+    assert!(
+        out.contains(&format!("injixo-sync run (pid {})", first.pid())),
+        "{out}"
+    );
+    // Operator commands keep working beside the one daemon.
+    let (code, out) = run_cli(vec!["--config".into(), cfg.clone(), "status".into()]);
+    assert_eq!(code, 0, "{out}");
+    wait_for(LIMIT, "5000 records", || api.record_count() >= 5000).await;
+    first.assert_running();
+    assert_eq!(first.terminate().code(), Some(0));
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 5000);
+    assert!(got.values().all(|n| *n == 1), "each record once");
+    // Once the first has stopped, the state file is free again.
+    let again = Process::start(&env.config_file);
+    wait_for(LIMIT, "a new daemon to take the lock", || {
+        injixo_sync::outbox::lock_holder(&env.state).is_some()
+    })
+    .await;
+    again.kill9();
+    assert_eq!(
+        injixo_sync::outbox::lock_holder(&env.state),
+        None,
+        "kill -9 lets go"
+    );
+}
