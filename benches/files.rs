@@ -258,6 +258,7 @@ fn builder() -> f64 {
     let settings = Settings {
         max_interval: jiff::SignedDuration::from_hours(12),
         flush_after: None,
+        remember: jiff::SignedDuration::ZERO,
     };
     let states = ["available", "on_call", "wrap_up", "break"];
     let agents: Vec<String> = (0..500).map(|a| format!("agent{a}")).collect();

@@ -225,6 +225,25 @@ pub enum SourceKind {
     Webhook(WebhookConfig),
 }
 
+impl SourceKind {
+    /// How long an agent-state change read again is recognised as a repeat: pollers read rows
+    /// again within their overlap (and ties at the cursor), pushers send a push again when an
+    /// answer was lost. A files source never reads a change twice (its cursors are positions),
+    /// so it remembers nothing.
+    fn remember_repeats(&mut self) {
+        const RETRIES: Duration = Duration::from_secs(600);
+        let (rows, window) = match self {
+            SourceKind::Files(_) => return,
+            SourceKind::Sql(s) => (&mut s.rows, s.overlap + RETRIES),
+            SourceKind::Http(h) => (&mut h.rows, h.lag + RETRIES),
+            SourceKind::Webhook(w) => (&mut w.rows, RETRIES),
+        };
+        if let Some(states) = rows.states.as_mut() {
+            states.settings.remember = jiff::SignedDuration::try_from(window).unwrap_or_default();
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileFormat {
     Ndjson,
@@ -1210,6 +1229,10 @@ impl Validator<'_> {
         if self.problems.len() > before {
             return None;
         }
+        let mut kind = kind;
+        if let Some(k) = kind.as_mut() {
+            k.remember_repeats();
+        }
         Some(SourceConfig {
             name: name?,
             lane: LaneKey {
@@ -1795,6 +1818,8 @@ impl Validator<'_> {
                 settings: crate::normalize::intervals::Settings {
                     max_interval: signed(max_interval),
                     flush_after: flush.map(signed),
+                    // Set by the source's kind (`SourceKind::remember_repeats`).
+                    remember: jiff::SignedDuration::ZERO,
                 },
                 agents,
                 activities,

@@ -115,7 +115,7 @@ impl SourceMetrics {
     }
 
     /// Counts a commit: records inserted, duplicates absorbed, input parked.
-    pub fn committed(&self, done: crate::outbox::Committed, parked: u64) {
+    pub fn committed(&self, done: &crate::outbox::Committed, parked: u64) {
         self.records.fetch_add(done.inserted as u64, Relaxed);
         self.duplicates.fetch_add(done.duplicates as u64, Relaxed);
         self.parked.fetch_add(parked, Relaxed);

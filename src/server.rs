@@ -183,7 +183,9 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
 /// method other than POST, 415 for a body that is not JSON, 413 above `max_body`, 400 for
 /// JSON that is not an object or an array of objects, 422 when nothing in the push could
 /// become a record (kept all the same, parked with the reason), 503 when the outbox cannot take it
-/// now (retry). 200 otherwise, with what was accepted, skipped and rejected.
+/// now (retry). 200 otherwise, with what was kept, merged (sent before), skipped and rejected.
+/// Every element of a push is a record of its own; a push sent again under the same
+/// `Idempotency-Key` (or, without one, with the same body) is recognised and merged.
 async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketAddr) -> Answer {
     use http_body_util::BodyExt;
     let (name, token) = rest.split_once('/').unwrap_or((rest, ""));
@@ -213,6 +215,19 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
             "send Content-Type: application/json",
         );
     }
+    // A retried push is recognised by its `Idempotency-Key`, or else by its whole body.
+    let idempotency = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) if !v.trim().is_empty() && v.trim().len() <= 256 => {
+            Some(v.trim().to_owned())
+        }
+        Some(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 256 visible ASCII characters",
+            );
+        }
+    };
     let too_large = || {
         refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -283,8 +298,21 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
         .enumerate()
         .map(|(i, o)| (format!("push from {peer} at {at}, item {i}"), o))
         .collect();
+    let identity = match idempotency {
+        Some(key) => format!("key:{key}"),
+        None => {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(&body);
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("body:{hex}")
+        }
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let push = Push { objects, reply: tx };
+    let push = Push {
+        identity,
+        objects,
+        reply: tx,
+    };
     if hook.offer(push).is_err() {
         return busy("too many pushes are waiting");
     }

@@ -151,3 +151,60 @@ async fn a_refused_request_is_reported_with_status_and_advice_and_polling_goes_o
     daemon.stop().await;
     assert_eq!(api.record_count(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_state_changes_read_again_at_the_cursor_are_applied_once() {
+    let acd = AcdApi::start().await;
+    // Three state changes of one agent, all updated at the same moment: every later poll
+    // (since the cursor, inclusive) reads all three again.
+    acd.add_started(1..=1, "2024-05-01T08:00:00Z", "2024-05-01T09:00:00Z");
+    acd.add_started(2..=2, "2024-05-01T08:01:00Z", "2024-05-01T09:00:00Z");
+    acd.add_started(3..=3, "2024-05-01T08:02:00Z", "2024-05-01T09:00:00Z");
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let secret = env.dir.path().join("page-secret");
+    std::fs::write(&secret, BEARER).unwrap();
+    let source = format!(
+        "[[source]]\nname = \"states\"\ntype = \"http\"\nintegration_id = 1234\n\
+         emits = \"agent_states\"\nexternal_system = \"ACD\"\nevery = \"1s\"\n\
+         url = \"{url}?since={{cursor}}\"\ninitial_cursor = \"2024-01-01T00:00:00Z\"\n\
+         records = \"/data\"\ncursor_field = \"updated\"\npagination = \"page\"\n\
+         page_param = \"page\"\ntoken_file = {secret:?}\n\
+         [source.map]\nagentIdentifier = {{ value = \"ann\" }}\n\
+         activityIdentifier = {{ template = \"state-{{id}}\" }}\ntimestamp = \"started\"\n",
+        url = acd.url("/page/calls"),
+        secret = secret.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let daemon = Daemon::start(config);
+    let polls = || acd.log().iter().filter(|(_, p, _)| p.contains("/page/calls")).count();
+    wait_for(Duration::from_secs(30), "four polls", || polls() >= 4).await;
+    acd.add_started(4..=4, "2024-05-01T08:03:00Z", "2024-05-01T09:01:00Z");
+    let after = polls();
+    wait_for(Duration::from_secs(30), "three more polls", || polls() >= after + 3).await;
+    wait_for(Duration::from_secs(30), "three intervals", || api.record_count() >= 3).await;
+    daemon.stop().await;
+    let mut spans: Vec<String> = api
+        .records()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["activityIdentifier"].as_str().unwrap(),
+                r["startTime"].as_str().unwrap(),
+                r["endTime"].as_str().unwrap()
+            )
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(
+        spans,
+        [
+            "state-1001 2024-05-01T08:00:00Z 2024-05-01T08:01:00Z",
+            "state-1002 2024-05-01T08:01:00Z 2024-05-01T08:02:00Z",
+            "state-1003 2024-05-01T08:02:00Z 2024-05-01T08:03:00Z",
+        ]
+    );
+    let report = env.report();
+    assert_eq!(report.sources[0].parked_total, 0, "{:#?}", report.parked);
+}

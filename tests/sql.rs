@@ -567,3 +567,103 @@ async fn a_reload_that_cannot_stop_a_blocked_source_exits_non_zero() {
         "no second generation started beside the first: {log}"
     );
 }
+
+/// Agent-state changes read again by every poll (an overlap of five minutes, ties at the
+/// cursor) are applied once: no interval twice, nothing parked "out of order".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_state_changes_read_again_by_overlapping_polls_are_applied_once() {
+    let pg = Postgres::start();
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    sqlx::query("CREATE TABLE agent_events (agent text, state text, at timestamptz NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let insert = |rows: &'static [(&'static str, &'static str, &'static str)]| {
+        let pool = pool.clone();
+        async move {
+            for (agent, state, at) in rows {
+                sqlx::query("INSERT INTO agent_events VALUES ($1, $2, $3::timestamptz)")
+                    .bind(agent)
+                    .bind(state)
+                    .bind(at)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    insert(&[
+        ("ann", "ready", "2024-05-01T08:00:00Z"),
+        ("ann", "call", "2024-05-01T08:01:00Z"),
+        ("ben", "ready", "2024-05-01T08:01:00Z"),
+        ("ann", "wrap", "2024-05-01T08:03:00Z"),
+    ])
+    .await;
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let url_file = env.dir.path().join("db-url");
+    std::fs::write(&url_file, pg.url()).unwrap();
+    let source = format!(
+        "[[source]]\nname = \"states-db\"\ntype = \"sql\"\nintegration_id = 1234\n\
+         emits = \"agent_states\"\nexternal_system = \"ACD\"\nconnection_file = {file:?}\n\
+         every = \"1s\"\nquery = \"SELECT agent, state, at FROM agent_events\"\n\
+         cursor_column = \"at\"\ninitial_cursor = \"2024-01-01T00:00:00Z\"\noverlap = \"5m\"\n\
+         [source.map]\nagentIdentifier = \"agent\"\nactivityIdentifier = \"state\"\ntimestamp = \"at\"\n",
+        file = url_file.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let daemon = Daemon::start(config);
+    // Polls, counted by the time of the last complete one in the cursor row.
+    let polls = || {
+        env.try_report()
+            .and_then(|r| r.sources.into_iter().next())
+            .and_then(|s| s.cursors.into_iter().find(|c| c.key == "poll"))
+            .and_then(|c| c.value["last_poll_ms"].as_i64())
+    };
+    let wait_polls = |n: usize| {
+        let mut seen = std::collections::BTreeSet::new();
+        let polls = &polls;
+        async move {
+            wait_for(Duration::from_secs(30), "polls", || {
+                if let Some(p) = polls() {
+                    seen.insert(p);
+                }
+                seen.len() > n
+            })
+            .await
+        }
+    };
+    wait_polls(3).await;
+    insert(&[
+        ("ann", "ready", "2024-05-01T08:04:00Z"),
+        ("ben", "logout", "2024-05-01T08:04:00Z"),
+    ])
+    .await;
+    wait_polls(3).await;
+    daemon.stop().await;
+    let mut spans: Vec<String> = api
+        .records()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r["agentIdentifier"].as_str().unwrap(),
+                r["activityIdentifier"].as_str().unwrap(),
+                r["startTime"].as_str().unwrap(),
+                r["endTime"].as_str().unwrap()
+            )
+        })
+        .collect();
+    spans.sort();
+    assert_eq!(
+        spans,
+        [
+            "ann call 2024-05-01T08:01:00Z 2024-05-01T08:03:00Z",
+            "ann ready 2024-05-01T08:00:00Z 2024-05-01T08:01:00Z",
+            "ann wrap 2024-05-01T08:03:00Z 2024-05-01T08:04:00Z",
+            "ben ready 2024-05-01T08:01:00Z 2024-05-01T08:04:00Z",
+        ]
+    );
+    let report = env.report();
+    assert_eq!(report.sources[0].parked_total, 0, "{:#?}", report.parked);
+}

@@ -226,3 +226,106 @@ async fn bad_pushes_get_a_clear_4xx_and_mapped_pushes_become_intervals() {
     assert_eq!(acd.parked_total, 2, "{report:#?}");
     assert_eq!(report.parked.len(), 2, "{report:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_element_of_a_push_is_kept_and_a_push_sent_again_is_recognised() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    let config = env.write_config(&config(&env, &api.url(), port));
+    let daemon = Daemon::start(config);
+    wait_listening(port).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
+    let push = |body: String, key: Option<&'static str>| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut r = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body);
+            if let Some(k) = key {
+                r = r.header("Idempotency-Key", k);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            (v["kept"].as_u64().unwrap(), v["merged"].as_u64().unwrap())
+        }
+    };
+    // Three abandoned calls in one second in one queue: three contacts.
+    let three = format!("[{0},{0},{0}]", event(1));
+    assert_eq!(push(three.clone(), None).await, (3, 0));
+    // The same push again (its answer was lost): recognised by its body.
+    assert_eq!(push(three.clone(), None).await, (0, 3));
+    // Another push that happens to hold the same call once more: a new contact.
+    assert_eq!(push(format!("[{}]", event(1)), None).await, (1, 0));
+    // With an Idempotency-Key, the key says what is a resend, whatever the body.
+    let two = format!("[{0},{0}]", event(2));
+    assert_eq!(push(two.clone(), Some("batch-17")).await, (2, 0));
+    assert_eq!(push(two.clone(), Some("batch-17")).await, (0, 2));
+    assert_eq!(push(two, Some("batch-18")).await, (2, 0));
+    wait_for(Duration::from_secs(30), "8 records", || api.record_count() >= 8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.get(&1), Some(&4), "{got:?}");
+    assert_eq!(got.get(&2), Some(&4), "{got:?}");
+    assert_eq!(api.record_count(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_state_changes_pushed_again_are_applied_once_and_never_parked() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    let config = env.write_config(&config(&env, &api.url(), port));
+    let daemon = Daemon::start(config);
+    wait_listening(port).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/webhook/states/{TOKEN}");
+    let changes = [
+        ("available", "2024-05-01T08:00:00Z"),
+        ("on_call", "2024-05-01T08:05:00Z"),
+        ("wrap_up", "2024-05-01T08:09:00Z"),
+        ("logged_out", "2024-05-01T08:14:00Z"),
+    ];
+    let body = |i: usize| {
+        let (status, at) = changes[i];
+        json!({"user": "agent-7", "status": status, "at": at}).to_string()
+    };
+    for i in 0..changes.len() {
+        let (code, answer) = post(&client, &url, "application/json", body(i)).await;
+        assert_eq!(code, 200, "{answer}");
+        assert_eq!((answer["kept"].clone(), answer["merged"].clone()), (json!(1), json!(0)));
+        // This push and the one before it are sent again (their answers were lost): repeats,
+        // not "out of order".
+        for j in i.saturating_sub(1)..=i {
+            let (code, answer) = post(&client, &url, "application/json", body(j)).await;
+            assert_eq!(code, 200, "{answer}");
+            assert_eq!(
+                (answer["kept"].clone(), answer["merged"].clone(), answer["rejected"].clone()),
+                (json!(0), json!(1), json!(0)),
+                "push {j} again after {i}"
+            );
+        }
+    }
+    wait_for(Duration::from_secs(30), "3 intervals", || api.record_count() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.stop().await;
+    let spans: Vec<(String, String, String)> = api
+        .records()
+        .iter()
+        .map(|r| {
+            (
+                r["activityIdentifier"].as_str().unwrap().to_owned(),
+                r["startTime"].as_str().unwrap().to_owned(),
+                r["endTime"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    let report = env.report();
+    let states = report.sources.iter().find(|s| s.name == "states").unwrap();
+    assert_eq!(states.parked_total, 0, "{report:#?}");
+}

@@ -6,14 +6,21 @@
 //! and opens nothing. The rules for awkward input, deliberately:
 //!
 //! * **Same activity again**: the state simply continues (ACDs repeat states in snapshots).
-//! * **Out of order**: a change older than the agent's open state began is refused (the source
-//!   parks it with the reason): accepting it would rewrite intervals already sent. A change
+//! * **Out of order**: a change older than the agent's open state began, or than its logout, is
+//!   refused (the source parks it with the reason): accepting it would rewrite intervals
+//!   already sent. A change
 //!   that falls inside a piece already flushed (see below) takes effect where the piece ended.
 //! * **Equal times**: a change at the very instant the open state began replaces it; the
 //!   zero-length interval is not emitted.
 //! * **Never closed**: no state lasts longer than `max_interval`. A change that arrives later
 //!   closes the open state at `began + max_interval`; the time between is unknown and not
 //!   invented. Flushed pieces stop there too.
+//! * **Read again**: a change already applied (same agent, activity and time) is a repeat and
+//!   changes nothing, as long as it is within `remember` of the agent's newest change: pollers
+//!   read rows again (overlap, ties) and pushers send a push again when its answer was lost.
+//!   The changes applied in that window are kept (per agent, a time and a hash of the
+//!   activity, at most 64), as Asterisk's table cursor keeps its rows. Sources whose cursors
+//!   never read a change twice (files) remember nothing.
 //! * **Real time** (`open_interval_flush`): an open state whose unsent part is at least that
 //!   long is emitted as a piece up to the horizon and continues from there; consecutive pieces
 //!   join exactly. The horizon is now while the input is live (its newest change is less than
@@ -76,6 +83,30 @@ impl Open {
 pub struct Settings {
     pub max_interval: SignedDuration,
     pub flush_after: Option<SignedDuration>,
+    /// How far behind the newest change a change read again is still recognised as a repeat
+    /// (zero: nothing is remembered).
+    pub remember: SignedDuration,
+}
+
+/// What applying a change did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It was taken into the agent's states.
+    New,
+    /// It had been applied before (read again): nothing changed.
+    Repeat,
+}
+
+/// A change as remembered: its time (ms) and a hash of its activity.
+type Seen = (i64, u32);
+
+fn seen_of(activity: Option<&str>, at: Timestamp) -> Seen {
+    // FNV-1a: stable across builds and platforms, unlike the standard hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in activity.map_or(&b"\0"[..], str::as_bytes) {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    (at.as_millisecond(), h)
 }
 
 /// Every agent's open state.
@@ -85,7 +116,16 @@ pub struct Builder {
     /// The newest change seen: how far the input has got.
     #[serde(default)]
     clock: Option<Timestamp>,
+    /// Per agent, the changes applied within `remember` of the agent's newest one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    seen: BTreeMap<String, Vec<Seen>>,
+    /// When agents without an open state logged out: an older change is out of order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    ended: BTreeMap<String, Timestamp>,
 }
+
+/// The most changes remembered per agent.
+const REMEMBERED: usize = 64;
 
 impl Builder {
     /// Applies one change, appending what it closes to `out`. `Err` names why the change is
@@ -95,40 +135,97 @@ impl Builder {
         change: Change,
         settings: &Settings,
         out: &mut Vec<Interval>,
-    ) -> Result<(), String> {
+    ) -> Result<Applied, String> {
         let Change {
             agent,
             activity,
             at,
         } = change;
+        let remembering = settings.remember > SignedDuration::ZERO;
+        let seen = seen_of(activity.as_deref(), at);
+        if remembering && self.seen.get(&agent).is_some_and(|s| s.contains(&seen)) {
+            return Ok(Applied::Repeat);
+        }
         let mut at = at;
+        let mut moved = true;
         if let Some(open) = self.open.get(&agent) {
             if at < open.began {
-                return Err(format!(
-                    "out of order: {at} is before agent {agent}'s current state {:?} began at {}",
-                    open.activity, open.began
+                return Err(self.out_of_order(
+                    &agent,
+                    at,
+                    format!("its current state {:?} began at {}", open.activity, open.began),
+                    settings,
                 ));
             }
             if activity.as_deref() == Some(open.activity.as_str()) {
-                return Ok(());
+                // The same state again: it continues.
+                moved = false;
+            } else {
+                // Inside a piece already sent: the change takes effect where that piece ended.
+                at = at.max(open.since);
+                let open = self.open.remove(&agent).expect("present");
+                close(&agent, open, at, settings, out);
+                if activity.is_none() {
+                    self.ended.insert(agent.clone(), at);
+                }
             }
-            // Inside a piece already sent: the change takes effect where that piece ended.
-            at = at.max(open.since);
-            let open = self.open.remove(&agent).expect("present");
-            close(&agent, open, at, settings, out);
+        } else if let Some(&ended) = self.ended.get(&agent) {
+            // Logged out: a change from before the logout would reopen time already closed.
+            if at < ended {
+                return Err(self.out_of_order(
+                    &agent,
+                    at,
+                    format!("the agent logged out at {ended}"),
+                    settings,
+                ));
+            }
+            if activity.is_some() {
+                self.ended.remove(&agent);
+            }
         }
-        self.clock = self.clock.max(Some(at));
-        if let Some(activity) = activity {
-            self.open.insert(
-                agent,
-                Open {
-                    activity,
-                    since: at,
-                    began: at,
-                },
-            );
+        if moved {
+            self.clock = self.clock.max(Some(at));
+            if let Some(activity) = activity {
+                self.open.insert(
+                    agent.clone(),
+                    Open {
+                        activity,
+                        since: at,
+                        began: at,
+                    },
+                );
+            }
         }
-        Ok(())
+        if remembering {
+            self.remember(agent, seen, settings);
+        }
+        Ok(Applied::New)
+    }
+
+    /// Why a change is refused as out of order.
+    fn out_of_order(&self, agent: &str, at: Timestamp, since: String, s: &Settings) -> String {
+        let mut why = format!("out of order: {at} is before {since} (agent {agent})");
+        if s.remember > SignedDuration::ZERO {
+            why.push_str(&format!(
+                "; a change read again is recognised within {:#} of the agent's newest one",
+                s.remember
+            ));
+        }
+        why
+    }
+
+    /// Keeps an applied change while it is within `remember` of the agent's newest (at most
+    /// [`REMEMBERED`] of them).
+    fn remember(&mut self, agent: String, seen: Seen, settings: &Settings) {
+        let list = self.seen.entry(agent).or_default();
+        // An agent's applied changes never go back in time, so the list stays in order.
+        let newest = list.last().map_or(seen.0, |l| l.0.max(seen.0));
+        let horizon = newest - settings.remember.as_millis() as i64;
+        list.retain(|(t, _)| *t >= horizon);
+        list.push(seen);
+        if list.len() > REMEMBERED {
+            list.drain(..list.len() - REMEMBERED);
+        }
     }
 
     /// With `open_interval_flush`: emits the unsent part of open states as pieces, up to the
@@ -232,6 +329,7 @@ mod tests {
         Settings {
             max_interval: SignedDuration::from_hours(12),
             flush_after: flush.map(SignedDuration::from_secs),
+            remember: SignedDuration::ZERO,
         }
     }
 
@@ -276,6 +374,57 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("out of order"), "{err}");
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_change_read_again_is_a_repeat_within_the_window_and_out_of_order_beyond_it() {
+        let s = Settings {
+            remember: SignedDuration::from_mins(10),
+            ..settings(None)
+        };
+        let mut b = Builder::default();
+        let mut out = Vec::new();
+        for (act, at) in [(Some("ready"), 0), (Some("call"), 300), (Some("wrap"), 900)] {
+            assert_eq!(b.apply(change("a", act, at), &s, &mut out), Ok(Applied::New));
+        }
+        // Within ten minutes of the agent's newest change: repeats, nothing changes.
+        assert_eq!(
+            b.apply(change("a", Some("call"), 300), &s, &mut out),
+            Ok(Applied::Repeat)
+        );
+        assert_eq!(
+            b.apply(change("a", Some("wrap"), 900), &s, &mut out),
+            Ok(Applied::Repeat)
+        );
+        assert_eq!(out.len(), 2);
+        // Fifteen minutes back: forgotten, so out of order, and the reason says why.
+        let err = b
+            .apply(change("a", Some("ready"), 0), &s, &mut out)
+            .unwrap_err();
+        assert!(err.contains("out of order") && err.contains("within 10m"), "{err}");
+        // Without remembering (files), a repeat is out of order as before.
+        let mut plain = Builder::default();
+        plain.apply(change("a", Some("ready"), 0), &settings(None), &mut out).unwrap();
+        plain.apply(change("a", Some("call"), 300), &settings(None), &mut out).unwrap();
+        assert!(plain.apply(change("a", Some("ready"), 0), &settings(None), &mut out).is_err());
+    }
+
+    #[test]
+    fn a_change_from_before_a_logout_does_not_reopen_the_closed_time() {
+        let s = settings(None);
+        let mut b = Builder::default();
+        let mut out = Vec::new();
+        b.apply(change("a", Some("ready"), 0), &s, &mut out).unwrap();
+        b.apply(change("a", None, 600), &s, &mut out).unwrap();
+        let err = b
+            .apply(change("a", Some("call"), 300), &s, &mut out)
+            .unwrap_err();
+        assert!(err.contains("logged out at"), "{err}");
+        assert_eq!(b.open_agents(), 0);
+        // A login after the logout opens a session again.
+        b.apply(change("a", Some("ready"), 900), &s, &mut out).unwrap();
+        assert_eq!(b.open_agents(), 1);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]
@@ -365,6 +514,8 @@ mod tests {
     enum Step {
         Change(u8, Option<u8>, u32),
         Flush(u32),
+        /// One of the last applied changes, read again (`remember` covers it).
+        Again(usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -372,6 +523,7 @@ mod tests {
             4 => (0u8..3, proptest::option::weighted(0.8, 0u8..4), 0u32..20_000)
                 .prop_map(|(a, s, dt)| Step::Change(a, s, dt)),
             1 => (0u32..20_000).prop_map(Step::Flush),
+            1 => (0usize..8).prop_map(Step::Again),
         ]
     }
 
@@ -388,8 +540,10 @@ mod tests {
             let s = Settings {
                 max_interval: SignedDuration::from_secs(10_000),
                 flush_after: flush.map(SignedDuration::from_secs),
+                remember: SignedDuration::from_hours(1_000),
             };
             let mut b = Builder::default();
+            let mut applied: Vec<Change> = Vec::new();
             let mut out = Vec::new();
             let mut now = 0i64;
             // The oracle: per agent, the open (activity, since) and the expected total.
@@ -405,7 +559,11 @@ mod tests {
                         now += i64::from(dt);
                         let agent = format!("agent{a}");
                         let activity = act.map(|x| format!("state{x}"));
-                        b.apply(change(&agent, activity.as_deref(), now), &s, &mut out).unwrap();
+                        let c = change(&agent, activity.as_deref(), now);
+                        let repeat = applied.contains(&c);
+                        let done = b.apply(c.clone(), &s, &mut out).unwrap();
+                        prop_assert_eq!(done == Applied::Repeat, repeat);
+                        applied.push(c);
                         match (open.get(&agent).cloned(), activity) {
                             (Some((cur, _)), Some(new)) if cur == new => {}
                             (Some((_, since)), new) => {
@@ -418,6 +576,13 @@ mod tests {
                             (None, Some(new)) => { open.insert(agent, (new, now)); }
                             (None, None) => {}
                         }
+                    }
+                    Step::Again(back) => {
+                        // Nothing changes: no interval, no state, no error.
+                        let Some(c) = applied.iter().rev().nth(back).cloned() else { continue };
+                        let before = (out.len(), b.open.clone());
+                        prop_assert_eq!(b.apply(c, &s, &mut out), Ok(Applied::Repeat));
+                        prop_assert_eq!((out.len(), b.open.clone()), before);
                     }
                     Step::Flush(dt) => {
                         now += i64::from(dt);

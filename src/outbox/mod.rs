@@ -159,12 +159,17 @@ pub struct Commit {
     pub records: Vec<NewRecord>,
     pub parked: Vec<Parked>,
     pub cursors: Vec<(i64, String)>,
+    /// Sizes of consecutive groups of `records` (pushes committed together) whose new and
+    /// duplicate records are to be counted apart ([`Committed::groups`]); empty for none.
+    pub groups: Vec<usize>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Committed {
     pub inserted: usize,
     pub duplicates: usize,
+    /// Per group of [`Commit::groups`]: (inserted, duplicates).
+    pub groups: Vec<(usize, usize)>,
 }
 
 /// A dedupe key built from a cursor id and a position inside it (a byte offset, a row number).
@@ -401,18 +406,17 @@ impl Outbox {
         &self,
         source: SourceId,
     ) -> Result<Vec<(i64, String, String)>, OutboxError> {
-        self.call_blocking(move |c, p| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT id, key, value FROM cursors WHERE source_id = ?1 ORDER BY id",
-                )
-                .map_err(|e| OutboxError::sqlite(p, e))?;
-            let rows = stmt
-                .query_map([source.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| OutboxError::sqlite(p, e))?;
-            Ok(rows)
-        })
+        self.call_blocking(move |c, p| read_cursors(c, source).map_err(|e| OutboxError::sqlite(p, e)))
+    }
+
+    /// [`Self::cursors_blocking`] for async callers. Being a writer job, it runs after every
+    /// commit handed over before it: what it reads is what those left on disk.
+    pub async fn cursors(
+        &self,
+        source: SourceId,
+    ) -> Result<Vec<(i64, String, String)>, OutboxError> {
+        self.call(move |c, p| read_cursors(c, source).map_err(|e| OutboxError::sqlite(p, e)))
+            .await
     }
 
     /// Creates a cursor (or returns the existing one with that key) and returns its id.
@@ -753,6 +757,12 @@ fn writer(conn: Connection, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Job>)
     }
 }
 
+fn read_cursors(c: &Connection, source: SourceId) -> rusqlite::Result<Vec<(i64, String, String)>> {
+    c.prepare_cached("SELECT id, key, value FROM cursors WHERE source_id = ?1 ORDER BY id")?
+        .query_map([source.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect()
+}
+
 fn write_commit(
     c: &Connection,
     source: SourceId,
@@ -760,13 +770,26 @@ fn write_commit(
     commit: Commit,
 ) -> rusqlite::Result<Committed> {
     let now = now_ms();
-    let mut done = Committed::default();
+    let mut done = Committed {
+        groups: vec![(0, 0); commit.groups.len()],
+        ..Committed::default()
+    };
     if !commit.records.is_empty() {
         let mut insert = c.prepare_cached(
             "INSERT INTO records (lane_id, source_id, dkey, payload, origin, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (source_id, dkey) DO NOTHING",
         )?;
-        for r in &commit.records {
+        // Where each group ends in `records`.
+        let ends: Vec<usize> = commit
+            .groups
+            .iter()
+            .scan(0, |end, n| {
+                *end += n;
+                Some(*end)
+            })
+            .collect();
+        let mut group = 0;
+        for (i, r) in commit.records.iter().enumerate() {
             let n = insert.execute(params![
                 lane.0,
                 source.0,
@@ -775,10 +798,21 @@ fn write_commit(
                 r.origin,
                 now
             ])?;
-            if n == 1 {
+            let new = n == 1;
+            if new {
                 done.inserted += 1;
             } else {
                 done.duplicates += 1;
+            }
+            while group < ends.len() && i >= ends[group] {
+                group += 1;
+            }
+            if let Some(counts) = done.groups.get_mut(group) {
+                if new {
+                    counts.0 += 1;
+                } else {
+                    counts.1 += 1;
+                }
             }
         }
     }

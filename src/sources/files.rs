@@ -878,7 +878,7 @@ impl FilesSource {
                 cursors.push((tracker_id, json));
             }
             if !changes.is_empty() {
-                let (states_id, json) = self.states.as_mut().expect("states loaded").apply(
+                let ((states_id, json), _) = self.states.as_mut().expect("states loaded").apply(
                     &ctx.name,
                     changes,
                     &mut records,
@@ -892,6 +892,7 @@ impl FilesSource {
                     records,
                     parked,
                     cursors,
+                    ..Commit::default()
                 },
             );
             *in_flight = Some(InFlight {

@@ -6,6 +6,11 @@
 //! starts) and the time of the last complete poll (for missed polls, see `schedule`). A poll
 //! that fails half-way has committed its first pages with their cursor; the next attempt reads
 //! again from there, and dedupe keys absorb whatever it reads twice.
+//!
+//! What a page changes in memory (open agent states, the queue_log tracker) is put back when
+//! its commit fails. A poll cut off while its commit is in the writer's hands (shutdown) cannot
+//! know how that ended; the sink marks itself in doubt before it hands a commit over, and the
+//! next poll first reads cursor, states and tracker back from the outbox.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,7 +20,9 @@ use tracing::{debug, error, info};
 
 use super::SourceContext;
 use super::queue_log::{TRACKER_CURSOR, TableCursor, apply as apply_queue_log};
-use super::rows::{ChangeRead, Converted, States, commit, convert_objects, json_cursor};
+use super::rows::{
+    ChangeRead, Converted, Keying, States, commit, convert_objects, json_cursor,
+};
 use crate::config::{QueueLogConfig, RowRules, Schedule};
 use crate::outbox::{Commit, OutboxError};
 
@@ -133,12 +140,23 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
         info!(source = %ctx.name, "polling on schedule {:?}", schedule.when);
         let mut failures = 0u32;
         let mut retry: Option<Duration> = None;
+        let doubt = std::cell::Cell::new(false);
         loop {
             let retrying = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
                 t = ticks.next() => { if t.is_none() { break; } false }
                 _ = tokio::time::sleep(retry.unwrap_or(Duration::MAX)), if retry.is_some() => true,
             };
+            if doubt.get() {
+                match reload(&ctx, &mut cursor, states.as_mut(), table.as_mut()).await {
+                    Ok(()) => doubt.set(false),
+                    Err(e) => {
+                        error!(source = %ctx.name, "cannot read the committed cursors back: {e}");
+                        retry = Some(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
             let started = crate::outbox::now_ms();
             let mut sink = Sink {
                 ctx: &ctx,
@@ -149,6 +167,7 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
                 snapshot,
                 changes: Vec::new(),
                 table: queue_log.as_ref().zip(table.as_mut()),
+                doubt: &doubt,
             };
             let result = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
@@ -191,6 +210,27 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
     });
 }
 
+/// Reads the poll cursor, the open states and the tracker back as the outbox holds them.
+async fn reload(
+    ctx: &SourceContext,
+    cursor: &mut PollCursor,
+    states: Option<&mut States>,
+    table: Option<&mut (i64, TableCursor)>,
+) -> Result<(), OutboxError> {
+    let rows = ctx.outbox.cursors(ctx.id).await?;
+    if let Some((_, stored)) = super::rows::stored(ctx, &rows, POLL_CURSOR) {
+        *cursor = stored;
+    }
+    if let Some(states) = states {
+        states.reload(ctx, &rows);
+    }
+    if let (Some(table), Some(stored)) = (table, super::rows::stored(ctx, &rows, TRACKER_CURSOR))
+    {
+        *table = stored;
+    }
+    Ok(())
+}
+
 /// Where a poll puts what it read.
 pub struct Sink<'a> {
     pub ctx: &'a SourceContext,
@@ -203,6 +243,9 @@ pub struct Sink<'a> {
     changes: Vec<ChangeRead>,
     /// Realtime queue_log rows: how to read them, and the tracker's cursor row.
     table: Option<(&'a TableRules, &'a mut (i64, TableCursor))>,
+    /// Set while a commit is in the writer's hands; still set if the poll was cut off
+    /// before it saw the outcome (then the next poll reads its state back first).
+    doubt: &'a std::cell::Cell<bool>,
 }
 
 impl Sink<'_> {
@@ -246,7 +289,7 @@ impl Sink<'_> {
                 cursors.push((*id, serde_json::to_string(table).expect("serializes")));
                 out
             }
-            None => convert_objects(self.rows, self.ctx.emits, rows),
+            None => convert_objects(self.rows, self.ctx.emits, rows, Keying::Content),
         };
         self.ctx
             .metrics
@@ -255,7 +298,7 @@ impl Sink<'_> {
         if self.snapshot {
             self.changes.extend(changes);
         } else if let Some(states) = self.states.as_deref_mut() {
-            cursors.push(states.apply(&self.ctx.name, changes, &mut records, &mut parked));
+            cursors.push(states.apply(&self.ctx.name, changes, &mut records, &mut parked).0);
         }
         let mut after = self.cursor.clone();
         if next.is_some() {
@@ -265,12 +308,14 @@ impl Sink<'_> {
             self.cursor_id,
             serde_json::to_string(&after).expect("serializes"),
         ));
+        self.doubt.set(true);
         let done = commit(
             self.ctx,
             Commit {
                 records,
                 parked,
                 cursors,
+                ..Commit::default()
             },
         )
         .await;
@@ -282,6 +327,7 @@ impl Sink<'_> {
         if let Some(states) = self.states.as_deref_mut() {
             states.settle(done.is_ok());
         }
+        self.doubt.set(false);
         let done = done?;
         self.cursor = after;
         Ok(done.inserted)
@@ -298,7 +344,7 @@ impl Sink<'_> {
         {
             let mut changes = std::mem::take(&mut self.changes);
             states.snapshot(&mut changes, jiff::Timestamp::now());
-            cursors.push(states.apply(&self.ctx.name, changes, &mut records, &mut parked));
+            cursors.push(states.apply(&self.ctx.name, changes, &mut records, &mut parked).0);
         }
         if let Some(states) = self.states.as_deref_mut() {
             let (flushed, _) = states.flush(&self.ctx.name, Duration::from_secs(60));
@@ -313,20 +359,265 @@ impl Sink<'_> {
             self.cursor_id,
             serde_json::to_string(&after).expect("serializes"),
         ));
+        self.doubt.set(true);
         let done = commit(
             self.ctx,
             Commit {
                 records,
                 parked,
                 cursors,
+                ..Commit::default()
             },
         )
         .await;
         if let Some(states) = self.states.as_deref_mut() {
             states.settle(done.is_ok());
         }
+        self.doubt.set(false);
         done?;
         self.cursor = after;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A page whose commit fails, and one cut off while its commit is in the writer's hands,
+    //! against a real outbox: the changes they carried are applied once, none is lost.
+
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::outbox::Outbox;
+    use tokio_util::sync::CancellationToken;
+
+    const CONFIG: &str = r#"
+[api]
+token_file = "key"
+[[source]]
+name = "states-db"
+type = "sql"
+integration_id = 1
+emits = "agent_states"
+external_system = "ACD"
+connection = "postgres://nowhere/db"
+every = "1m"
+query = "SELECT agent, state, at FROM t"
+cursor_column = "at"
+initial_cursor = "2024-01-01T00:00:00Z"
+[source.map]
+agentIdentifier = "agent"
+activityIdentifier = "state"
+timestamp = "at"
+"#;
+
+    struct Rig {
+        rt: tokio::runtime::Runtime,
+        state: std::path::PathBuf,
+        ctx: SourceContext,
+        rows: RowRules,
+        cursor_id: i64,
+        cursor: PollCursor,
+        states: Option<States>,
+        doubt: Cell<bool>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join("outbox.db");
+            let text = format!("{CONFIG}[state]\npath = {:?}\n", state.display().to_string());
+            let config = Config::parse(&text, &dir.path().join("config.toml")).unwrap();
+            let source = config.sources[0].clone();
+            let crate::config::SourceKind::Sql(sql) = &source.kind else {
+                unreachable!()
+            };
+            let rows = sql.rows.clone();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (outbox, _writer) = Outbox::open(&state).unwrap();
+            let ids = rt.block_on(async {
+                (
+                    outbox.source_id(&source.name).await.unwrap(),
+                    outbox.lane_id(&source.lane).await.unwrap(),
+                )
+            });
+            let ctx = SourceContext::new(&source, ids, outbox.clone(), CancellationToken::new());
+            let list = outbox.cursors_blocking(ids.0).unwrap();
+            let (cursor_id, cursor) = json_cursor(&ctx, &list, POLL_CURSOR).unwrap();
+            let states = Some(
+                States::load(rows.states.clone().unwrap(), &ctx, &list).unwrap(),
+            );
+            Rig {
+                rt,
+                state,
+                ctx,
+                rows,
+                cursor_id,
+                cursor,
+                states,
+                doubt: Cell::new(false),
+                _dir: dir,
+            }
+        }
+
+        /// One page of `(agent, state, at)` rows, as a poll hands it over; `cut` stops
+        /// waiting for its commit after that long.
+        fn page(
+            &mut self,
+            rows: &[(&str, &str, &str)],
+            cut: Option<Duration>,
+        ) -> Option<Result<usize, OutboxError>> {
+            let objects: Vec<_> = rows
+                .iter()
+                .map(|(a, s, t)| {
+                    let row = serde_json::json!({"agent": a, "state": s, "at": t});
+                    (format!("at={t}"), row.as_object().unwrap().clone())
+                })
+                .collect();
+            let next = rows.last().map(|r| r.2.to_owned());
+            let mut sink = Sink {
+                ctx: &self.ctx,
+                rows: &self.rows,
+                cursor_id: self.cursor_id,
+                cursor: self.cursor.clone(),
+                states: self.states.as_mut(),
+                snapshot: false,
+                changes: Vec::new(),
+                table: None,
+                doubt: &self.doubt,
+            };
+            let result = self.rt.block_on(async {
+                match cut {
+                    Some(d) => tokio::time::timeout(d, sink.page(objects, next)).await.ok(),
+                    None => Some(sink.page(objects, next).await),
+                }
+            });
+            if result.as_ref().is_some_and(Result::is_ok) {
+                self.cursor = sink.cursor;
+            }
+            result
+        }
+
+        /// What the poll loop does before its next poll.
+        fn next_poll(&mut self) {
+            if self.doubt.get() {
+                self.rt
+                    .block_on(reload(
+                        &self.ctx,
+                        &mut self.cursor,
+                        self.states.as_mut(),
+                        None,
+                    ))
+                    .unwrap();
+                self.doubt.set(false);
+            }
+        }
+
+        /// Waits until every job handed to the writer so far is done.
+        fn writer_done(&self) {
+            self.rt.block_on(self.ctx.outbox.cursors(self.ctx.id)).unwrap();
+        }
+
+        fn db(&self) -> rusqlite::Connection {
+            let c = rusqlite::Connection::open(&self.state).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            c
+        }
+
+        fn intervals(&self) -> Vec<String> {
+            let mut all: Vec<String> = self
+                .db()
+                .prepare("SELECT payload FROM records ORDER BY id")
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(|p| {
+                    let v: serde_json::Value = serde_json::from_str(&p.unwrap()).unwrap();
+                    format!("{} {}", v["activityIdentifier"], v["startTime"])
+                })
+                .collect();
+            all.sort();
+            all
+        }
+    }
+
+    const FIRST: &[(&str, &str, &str)] = &[
+        ("ann", "ready", "2024-05-01T08:00:00Z"),
+        ("ann", "call", "2024-05-01T08:01:00Z"),
+    ];
+    const THEN: &[(&str, &str, &str)] = &[("ann", "wrap", "2024-05-01T08:05:00Z")];
+    const EXPECTED: [&str; 2] = [
+        "\"call\" \"2024-05-01T08:01:00Z\"",
+        "\"ready\" \"2024-05-01T08:00:00Z\"",
+    ];
+
+    fn fail_inserts(c: &rusqlite::Connection) {
+        c.execute_batch(
+            "CREATE TRIGGER injected BEFORE INSERT ON records \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_page_whose_commit_fails_is_applied_again_from_what_is_on_disk() {
+        let mut rig = Rig::new();
+        rig.page(FIRST, None).unwrap().unwrap();
+        let db = rig.db();
+        fail_inserts(&db);
+        let err = rig.page(THEN, None).unwrap().unwrap_err();
+        assert!(err.to_string().contains("injected failure"), "{err}");
+        assert!(!rig.doubt.get(), "a failure seen is no doubt");
+        db.execute_batch("DROP TRIGGER injected").unwrap();
+        rig.next_poll();
+        // The poll reads from its committed cursor again: the first rows are repeats.
+        rig.page(FIRST, None).unwrap().unwrap();
+        rig.page(THEN, None).unwrap().unwrap();
+        assert_eq!(rig.intervals(), EXPECTED);
+    }
+
+    #[test]
+    fn a_page_cut_off_while_its_commit_fails_is_read_back_before_the_next_poll() {
+        let mut rig = Rig::new();
+        // Another writer holds the file: the page's commit waits in the writer's hands.
+        let blocker = rig.db();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(rig.page(FIRST, Some(Duration::from_millis(200))).is_none(), "cut off");
+        assert!(rig.doubt.get());
+        // When the writer gets its turn, the commit fails.
+        fail_inserts(&blocker);
+        blocker.execute_batch("COMMIT").unwrap();
+        rig.writer_done();
+        blocker.execute_batch("DROP TRIGGER injected").unwrap();
+        rig.next_poll();
+        rig.page(FIRST, None).unwrap().unwrap();
+        rig.page(THEN, None).unwrap().unwrap();
+        assert_eq!(rig.intervals(), EXPECTED, "the interval of the failed commit is not lost");
+    }
+
+    #[test]
+    fn a_page_cut_off_while_its_commit_succeeds_is_applied_once() {
+        let mut rig = Rig::new();
+        let blocker = rig.db();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(rig.page(FIRST, Some(Duration::from_millis(200))).is_none(), "cut off");
+        blocker.execute_batch("COMMIT").unwrap();
+        rig.writer_done();
+        rig.next_poll();
+        assert_eq!(rig.cursor.value.as_deref(), Some("2024-05-01T08:01:00Z"));
+        rig.page(FIRST, None).unwrap().unwrap();
+        rig.page(THEN, None).unwrap().unwrap();
+        assert_eq!(rig.intervals(), EXPECTED);
+        let parked: i64 = rig
+            .db()
+            .query_row("SELECT count(*) FROM parked", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(parked, 0, "repeats are not parked");
     }
 }

@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::SourceContext;
 use crate::config::{RowRules, StatesConfig};
-use crate::normalize::intervals::{Builder, Change, Interval};
+use crate::normalize::intervals::{Applied, Builder, Change, Interval};
 use crate::normalize::map::Row;
 use crate::normalize::schema;
 use crate::outbox::{Commit, NewRecord, OutboxError, Parked, natural_key};
@@ -117,6 +117,15 @@ impl States {
         })
     }
 
+    /// Takes the open states back as the outbox holds them (after a commit whose outcome was
+    /// not seen).
+    pub fn reload(&mut self, ctx: &SourceContext, rows: &[(i64, String, String)]) {
+        if let Some((_, builder)) = stored(ctx, rows, STATES_CURSOR) {
+            self.builder = builder;
+        }
+        self.durable = None;
+    }
+
     /// Ends the changes made since the last commit: kept if `committed`, else undone.
     pub fn settle(&mut self, committed: bool) {
         match self.durable.take() {
@@ -133,23 +142,26 @@ impl States {
     }
 
     /// Runs changes through the interval builder: closed intervals become records,
-    /// out-of-order changes are parked. Returns the cursor to commit with them.
+    /// out-of-order changes are parked, changes read again change nothing. Returns the cursor
+    /// to commit with them, and how many were repeats.
     pub fn apply(
         &mut self,
         source: &SourceName,
         changes: Vec<ChangeRead>,
         records: &mut Vec<NewRecord>,
         parked: &mut Vec<Parked>,
-    ) -> (i64, String) {
+    ) -> ((i64, String), usize) {
         self.stage();
         let mut closed = Vec::new();
+        let mut repeats = 0;
         for read in changes {
             let before = closed.len();
             match self
                 .builder
                 .apply(read.change, &self.cfg.settings, &mut closed)
             {
-                Ok(()) => records.extend(
+                Ok(Applied::Repeat) => repeats += 1,
+                Ok(Applied::New) => records.extend(
                     closed[before..]
                         .iter()
                         .map(|i| interval_record(source, i, &read.origin)),
@@ -161,7 +173,7 @@ impl States {
                 }),
             }
         }
-        self.cursor()
+        (self.cursor(), repeats)
     }
 
     /// A complete snapshot of current states as changes: each agent in it at its state, and
@@ -200,8 +212,8 @@ impl States {
                 .iter()
                 .map(|i| interval_record(source, i, "open state"))
                 .collect(),
-            parked: Vec::new(),
             cursors: vec![self.cursor()],
+            ..Commit::default()
         });
         let wait = self
             .builder
@@ -243,7 +255,7 @@ impl Submitted {
     /// Waits for the commit, from a source's own thread, and counts it.
     pub fn wait(self, ctx: &SourceContext) -> Result<(), OutboxError> {
         let done = self.commit.wait_blocking()?;
-        ctx.metrics.committed(done, self.parked);
+        ctx.metrics.committed(&done, self.parked);
         Ok(())
     }
 }
@@ -255,7 +267,7 @@ pub async fn commit(
 ) -> Result<crate::outbox::Committed, OutboxError> {
     let parked = c.parked.len() as u64;
     let done = ctx.outbox.commit(ctx.id, ctx.lane, c).await?;
-    ctx.metrics.committed(done, parked);
+    ctx.metrics.committed(&done, parked);
     Ok(done)
 }
 
@@ -268,14 +280,8 @@ pub fn json_cursor<T>(
 where
     T: Default + Serialize + serde::de::DeserializeOwned,
 {
-    match rows.iter().find(|(_, k, _)| k == key) {
-        Some((id, _, value)) => Ok((
-            *id,
-            serde_json::from_str(value).unwrap_or_else(|e| {
-                warn!(source = %ctx.name, "{key} state unreadable, starting without: {e}");
-                T::default()
-            }),
-        )),
+    match stored(ctx, rows, key) {
+        Some(found) => Ok(found),
         None => {
             let value = T::default();
             let json = serde_json::to_string(&value).expect("serializes");
@@ -285,6 +291,21 @@ where
             Ok((id, value))
         }
     }
+}
+
+/// A source's JSON state as its cursor row `key` holds it, if the row exists.
+pub fn stored<T>(ctx: &SourceContext, rows: &[(i64, String, String)], key: &str) -> Option<(i64, T)>
+where
+    T: Default + serde::de::DeserializeOwned,
+{
+    let (id, _, value) = rows.iter().find(|(_, k, _)| k == key)?;
+    Some((
+        *id,
+        serde_json::from_str(value).unwrap_or_else(|e| {
+            warn!(source = %ctx.name, "{key} state unreadable, starting without: {e}");
+            T::default()
+        }),
+    ))
 }
 
 /// An interval as an agent-status record, keyed by agent and start so that the same interval
@@ -330,22 +351,42 @@ pub struct Converted {
     pub skipped: u64,
 }
 
+/// How records without a natural `key` are told apart.
+#[derive(Clone, Copy, Debug)]
+pub enum Keying<'a> {
+    /// By their content: a row read again (an overlapping poll) is the same record.
+    Content,
+    /// By their place in a push, named by the push's identity (its `Idempotency-Key`, or a
+    /// hash of its body): every element of a push is a record of its own, even when two are
+    /// alike (three abandoned calls in one second are three contacts), and the same push sent
+    /// again gives the same keys.
+    Push(&'a str),
+}
+
 /// Converts JSON objects (database rows, API records, pushes), each with its origin. Objects
 /// without a map must already be records of the API's shape.
 pub fn convert_objects(
     rules: &RowRules,
     emits: Emits,
     rows: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
+    keying: Keying<'_>,
 ) -> Converted {
     let mut out = Converted::default();
-    for (origin, obj) in rows {
+    for (index, (origin, obj)) in rows.into_iter().enumerate() {
         let text = || serde_json::Value::Object(obj.clone()).to_string();
         match rules.convert(&JsonRow(&obj), || schema::normalize_json(emits, &text())) {
             Ok(None) => out.skipped += 1,
             Ok(Some(RowOut::Records(list, key))) => {
                 for (piece, payload) in list.into_iter().enumerate() {
+                    let piece = piece as u32;
+                    let dkey = match (key.as_deref(), keying) {
+                        (None, Keying::Push(push)) => {
+                            natural_key(&format!("\u{1d}{push}\u{1f}{index}"), piece)
+                        }
+                        (key, _) => content_key(key, &payload, piece),
+                    };
                     out.records.push(NewRecord {
-                        dkey: content_key(key.as_deref(), &payload, piece as u32),
+                        dkey,
                         payload,
                         origin: origin.clone(),
                     });

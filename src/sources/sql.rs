@@ -163,14 +163,7 @@ impl Poll for SqlPoller {
             info!(source = %sink.ctx.name, "connected to the database");
             self.db = Some(db);
         }
-        let result = tokio::time::timeout(self.cfg.timeout, self.read(sink)).await;
-        let result = match result {
-            Ok(r) => r,
-            Err(_) => Err(PollError::Remote(format!(
-                "the poll took longer than {}",
-                humantime::format_duration(self.cfg.timeout)
-            ))),
-        };
+        let result = self.read(sink).await;
         if let Err(PollError::Remote(_)) = &result {
             // A new connection next time: the old one may be broken.
             if let Some(db) = self.db.take() {
@@ -186,12 +179,28 @@ impl Poll for SqlPoller {
     }
 }
 
+/// Runs one step against the database (a query, a description) within `limit`. Only these
+/// are timed: a commit to the outbox is never cut off half-way, or what the source keeps in
+/// memory (open agent states, the queue_log tracker) would no longer match what is on disk.
+async fn remote<T>(
+    limit: Duration,
+    step: impl std::future::Future<Output = Result<T, PollError>>,
+) -> Result<T, PollError> {
+    tokio::time::timeout(limit, step).await.unwrap_or_else(|_| {
+        Err(PollError::Remote(format!(
+            "the query took longer than {} (timeout)",
+            humantime::format_duration(limit)
+        )))
+    })
+}
+
 impl SqlPoller {
     async fn read(&mut self, sink: &mut Sink<'_>) -> Result<(), PollError> {
         let db = self.db.clone().expect("connected");
+        let within = self.cfg.timeout;
         let base = format!("SELECT * FROM ({}) AS injixo_rows", self.cfg.query);
         let Some(column) = self.cfg.cursor_column.clone() else {
-            let rows = fetch(&db, &base, &[], &self.cfg.zone).await?;
+            let rows = remote(within, fetch(&db, &base, &[], &self.cfg.zone)).await?;
             let n = rows.len();
             sink.page(origins(rows, "snapshot"), None).await?;
             debug!(source = %sink.ctx.name, rows = n, "snapshot read");
@@ -200,7 +209,7 @@ impl SqlPoller {
         let kind = match self.kind {
             Some(k) => k,
             None => {
-                let k = cursor_kind(&db, &base, &column).await?;
+                let k = remote(within, cursor_kind(&db, &base, &column)).await?;
                 self.kind = Some(k);
                 k
             }
@@ -242,7 +251,7 @@ impl SqlPoller {
                 binds.push(u.clone());
             }
             sql.push_str(&format!(" ORDER BY {quoted} {}", limit(&db, page)));
-            let rows = fetch(&db, &sql, &binds, zone).await?;
+            let rows = remote(within, fetch(&db, &sql, &binds, zone)).await?;
             let full = rows.len() == page;
             let last = rows.last().and_then(|r| r.get(&column)).cloned();
             let first = rows.first().and_then(|r| r.get(&column)).cloned();
@@ -260,7 +269,11 @@ impl SqlPoller {
                 let (p1, _) = placeholders(&db);
                 let tie_sql = format!("{base} WHERE {quoted} = {p1}");
                 let tie = parse_bound(kind, &last_text, zone).map_err(PollError::Remote)?;
-                let ties = fetch(&db, &tie_sql, std::slice::from_ref(&tie), zone).await?;
+                let ties = remote(
+                    within,
+                    fetch(&db, &tie_sql, std::slice::from_ref(&tie), zone),
+                )
+                .await?;
                 sink.page(origins(ties, &column), Some(last_text)).await?;
                 lower = tie;
                 strict = true;

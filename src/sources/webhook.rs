@@ -15,10 +15,10 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
 
-use super::rows::{Converted, States, commit, convert_objects};
+use super::rows::{Converted, Keying, States, commit, convert_objects};
 use super::{Source, SourceContext};
 use crate::config::WebhookConfig;
-use crate::outbox::{Commit, OutboxError};
+use crate::outbox::Commit;
 use crate::types::{Secret, SourceName};
 
 /// How many pushes wait for the source thread before the listener answers 503.
@@ -28,15 +28,23 @@ const GROUP: usize = 64;
 
 /// One accepted request: its objects, each with its origin, and where the answer goes.
 pub struct Push {
+    /// What tells this push from others and a resend of it from a new push: its
+    /// `Idempotency-Key` header, or else a hash of its body.
+    pub identity: String,
     pub objects: Vec<(String, Map<String, Value>)>,
     pub reply: oneshot::Sender<Result<Outcome, String>>,
 }
 
 /// What became of a push, once it is committed.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Outcome {
-    /// Records (or agent-state changes) kept; a push sent again is kept once.
+    /// Records (or agent-state changes) the outbox holds from this push: `kept` + `merged`.
     pub accepted: usize,
+    /// New: every element of a push is kept, also when two are alike.
+    pub kept: usize,
+    /// Already in the outbox: the same push sent again (same `Idempotency-Key`, or the same
+    /// body without one), or a row whose `key` was seen before.
+    pub merged: usize,
     /// Dropped by `skip_if`.
     pub skipped: u64,
     /// Objects that cannot become records, kept (parked) with the reason.
@@ -173,18 +181,15 @@ impl Source for WebhookSource {
     }
 }
 
-/// Converts and commits a group of pushes in one transaction, then answers each.
+/// Converts and commits a group of pushes in one transaction, then answers each with what
+/// became of its elements.
 async fn take(
     ctx: &SourceContext,
     cfg: &WebhookConfig,
     mut states: Option<&mut States>,
     pushes: Vec<Push>,
 ) {
-    let mut all = Commit {
-        records: Vec::new(),
-        parked: Vec::new(),
-        cursors: Vec::new(),
-    };
+    let mut all = Commit::default();
     let mut outcomes = Vec::with_capacity(pushes.len());
     let mut replies = Vec::with_capacity(pushes.len());
     for push in pushes {
@@ -193,26 +198,33 @@ async fn take(
             mut parked,
             changes,
             skipped,
-        } = convert_objects(&cfg.rows, ctx.emits, push.objects);
+        } = convert_objects(
+            &cfg.rows,
+            ctx.emits,
+            push.objects,
+            Keying::Push(&push.identity),
+        );
         let mut outcome = Outcome {
-            accepted: records.len(),
             skipped,
             rejected: parked.len(),
             errors: parked.iter().take(5).map(|p| p.reason.clone()).collect(),
+            ..Outcome::default()
         };
         if let Some(st) = states.as_deref_mut() {
             let (taken, before) = (changes.len(), parked.len());
-            let cursor = st.apply(&ctx.name, changes, &mut records, &mut parked);
+            let (cursor, repeats) = st.apply(&ctx.name, changes, &mut records, &mut parked);
             // One states cursor per commit: the last one holds every change.
             all.cursors.retain(|(id, _)| *id != cursor.0);
             all.cursors.push(cursor);
             let late = parked.len() - before;
             outcome.rejected += late;
-            outcome.accepted += taken - late;
+            outcome.kept += taken - late - repeats;
+            outcome.merged += repeats;
             outcome
                 .errors
                 .extend(parked[before..].iter().take(5).map(|p| p.reason.clone()));
         }
+        all.groups.push(records.len());
         all.records.extend(records);
         all.parked.extend(parked);
         outcomes.push(outcome);
@@ -222,17 +234,31 @@ async fn take(
         outcomes.iter().map(|o| o.skipped).sum(),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let result: Result<(), OutboxError> = commit(ctx, all).await.map(|_| ());
+    let result = commit(ctx, all).await;
+    // Agent states are counted as changes (above): their records are the intervals the
+    // changes close, which need not be one per push.
+    let count_records = states.is_none();
     if let Some(st) = states {
         st.settle(result.is_ok());
     }
-    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-        let _ = reply.send(match &result {
-            Ok(()) => Ok(outcome),
-            Err(e) => Err(e.to_string()),
-        });
-    }
-    if let Err(e) = result {
-        error!(source = %ctx.name, "cannot commit pushed records: {e}");
+    match &result {
+        Ok(done) => {
+            for ((outcome, (kept, merged)), reply) in
+                outcomes.iter_mut().zip(&done.groups).zip(replies)
+            {
+                if count_records {
+                    outcome.kept += kept;
+                    outcome.merged += merged;
+                }
+                outcome.accepted = outcome.kept + outcome.merged;
+                let _ = reply.send(Ok(std::mem::take(outcome)));
+            }
+        }
+        Err(e) => {
+            error!(source = %ctx.name, "cannot commit pushed records: {e}");
+            for reply in replies {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
     }
 }

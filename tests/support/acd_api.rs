@@ -24,8 +24,8 @@ pub const BASIC: (&str, &str) = ("reporter", "basic-pass");
 
 #[derive(Default)]
 struct State {
-    /// (id, updated) of every call.
-    calls: Vec<(u64, jiff::Timestamp)>,
+    /// (id, updated, started) of every call.
+    calls: Vec<(u64, jiff::Timestamp, jiff::Timestamp)>,
     /// Statuses to answer the next requests with, in order (429/503 with `Retry-After: 1`).
     faults: Vec<u16>,
     /// OAuth 2 tokens handed out; a revoked one answers 401.
@@ -74,12 +74,18 @@ impl AcdApi {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Adds calls `ids`, updated at `at`.
+    /// Adds calls `ids`, started and updated at `at`.
     pub fn add(&self, ids: std::ops::RangeInclusive<u64>, at: &str) {
-        let at: jiff::Timestamp = at.parse().unwrap();
+        self.add_started(ids, at, at);
+    }
+
+    /// Adds calls `ids` that started at `started` and were updated at `updated`.
+    pub fn add_started(&self, ids: std::ops::RangeInclusive<u64>, started: &str, updated: &str) {
+        let started: jiff::Timestamp = started.parse().unwrap();
+        let updated: jiff::Timestamp = updated.parse().unwrap();
         let mut s = self.state.lock().unwrap();
         for id in ids {
-            s.calls.push((id, at));
+            s.calls.push((id, updated, started));
         }
     }
 
@@ -203,13 +209,13 @@ impl AcdApi {
             "link" => 4000,
             _ => return (404, vec![], json!({"error": "no such style"})),
         };
-        let mut calls: Vec<(u64, jiff::Timestamp)> = s
+        let mut calls: Vec<(u64, jiff::Timestamp, jiff::Timestamp)> = s
             .calls
             .iter()
             .copied()
-            .filter(|(_, at)| *at >= since)
+            .filter(|(_, at, _)| *at >= since)
             .collect();
-        calls.sort_by_key(|(id, at)| (*at, *id));
+        calls.sort_by_key(|(id, at, _)| (*at, *id));
         let start = match style {
             "page" => {
                 (get("page")
@@ -225,8 +231,8 @@ impl AcdApi {
             .iter()
             .skip(start)
             .take(PAGE)
-            .map(|(id, at)| {
-                json!({"id": base + id, "queue": "support", "started": at.to_string(),
+            .map(|(id, at, started)| {
+                json!({"id": base + id, "queue": "support", "started": started.to_string(),
                        "updated": at.to_string()})
             })
             .collect();
