@@ -218,9 +218,7 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
     // A retried push is recognised by its `Idempotency-Key`, or else by its whole body.
     let idempotency = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
         None => None,
-        Some(Ok(v)) if !v.trim().is_empty() && v.trim().len() <= 256 => {
-            Some(v.trim().to_owned())
-        }
+        Some(Ok(v)) if !v.trim().is_empty() && v.trim().len() <= 256 => Some(v.trim().to_owned()),
         Some(_) => {
             return refuse(
                 StatusCode::BAD_REQUEST,

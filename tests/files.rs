@@ -614,3 +614,63 @@ async fn a_large_tailed_file_streams_in_bounded_memory() {
     // A debug build; what matters is that memory does not follow the file's size.
     assert!(peak_mib < 64, "peak RSS {peak_mib} MiB for a 128 MiB file");
 }
+
+/// logrotate `copytruncate` with the copy inside `include` (`live.ndjson*`): the copy is the
+/// truncated file's continuation, read on from where that file was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_made_by_copy_and_truncate_inside_include_is_read_on_not_again() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env
+        .ndjson_source("acd", "tail", "")
+        .replace("[\"*.ndjson\"]", "[\"live.ndjson*\"]");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(0..100)).unwrap();
+    let daemon = Daemon::start(config.clone());
+    wait_for(LIMIT, "100 records", || api.record_count() >= 100).await;
+    // While the daemon runs: copy, truncate, carry on at offset 0.
+    std::fs::copy(&path, env.exports.join("live.ndjson.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    w.write_all(events(100..200).as_bytes()).unwrap();
+    wait_for(LIMIT, "200 records", || api.record_count() >= 200).await;
+    daemon.stop().await;
+
+    // While it is stopped: lines it never read, then a rotation. Those lines exist only in
+    // the copy now.
+    w.write_all(events(200..230).as_bytes()).unwrap();
+    drop(w);
+    std::fs::rename(
+        env.exports.join("live.ndjson.1"),
+        env.exports.join("live.ndjson.2"),
+    )
+    .unwrap();
+    std::fs::copy(&path, env.exports.join("live.ndjson.1")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::fs::write(&path, events(230..250)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "250 records", || api.record_count() >= 250).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 250, "every line once");
+    assert!(
+        got.values().all(|n| *n == 1),
+        "{} duplicates",
+        got.values().filter(|n| **n > 1).count()
+    );
+}

@@ -177,12 +177,23 @@ async fn agent_state_changes_read_again_at_the_cursor_are_applied_once() {
     );
     let config = env.write_config(&env.config_text(&api.url(), "", &source));
     let daemon = Daemon::start(config);
-    let polls = || acd.log().iter().filter(|(_, p, _)| p.contains("/page/calls")).count();
+    let polls = || {
+        acd.log()
+            .iter()
+            .filter(|(_, p, _)| p.contains("/page/calls"))
+            .count()
+    };
     wait_for(Duration::from_secs(30), "four polls", || polls() >= 4).await;
     acd.add_started(4..=4, "2024-05-01T08:03:00Z", "2024-05-01T09:01:00Z");
     let after = polls();
-    wait_for(Duration::from_secs(30), "three more polls", || polls() >= after + 3).await;
-    wait_for(Duration::from_secs(30), "three intervals", || api.record_count() >= 3).await;
+    wait_for(Duration::from_secs(30), "three more polls", || {
+        polls() >= after + 3
+    })
+    .await;
+    wait_for(Duration::from_secs(30), "three intervals", || {
+        api.record_count() >= 3
+    })
+    .await;
     daemon.stop().await;
     let mut spans: Vec<String> = api
         .records()

@@ -506,10 +506,8 @@ async fn a_reload_that_cannot_stop_a_blocked_source_exits_non_zero() {
         pg.port
     );
     // Every read of the query sleeps for a minute inside the driver.
-    let source = sql_source(&env, &odbc, "timeout = \"120s\"").replace(
-        "FROM calls",
-        "FROM calls, (SELECT pg_sleep(60)) AS slow",
-    );
+    let source = sql_source(&env, &odbc, "timeout = \"120s\"")
+        .replace("FROM calls", "FROM calls, (SELECT pg_sleep(60)) AS slow");
     std::fs::write(
         &env.config_file,
         env.config_text("http://127.0.0.1:9", "timeout = \"1s\"", &source),
@@ -535,7 +533,10 @@ async fn a_reload_that_cannot_stop_a_blocked_source_exits_non_zero() {
         if sleeping > 0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the poll never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll never started"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     unsafe { libc::kill(daemon.id() as i32, libc::SIGHUP) };
@@ -545,7 +546,12 @@ async fn a_reload_that_cannot_stop_a_blocked_source_exits_non_zero() {
             if let Some(status) = daemon.try_wait().unwrap() {
                 let mut err = String::new();
                 use std::io::Read;
-                daemon.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                daemon
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
                 return (status, err);
             }
             if std::time::Instant::now() > deadline {

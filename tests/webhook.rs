@@ -265,7 +265,10 @@ async fn every_element_of_a_push_is_kept_and_a_push_sent_again_is_recognised() {
     assert_eq!(push(two.clone(), Some("batch-17")).await, (2, 0));
     assert_eq!(push(two.clone(), Some("batch-17")).await, (0, 2));
     assert_eq!(push(two, Some("batch-18")).await, (2, 0));
-    wait_for(Duration::from_secs(30), "8 records", || api.record_count() >= 8).await;
+    wait_for(Duration::from_secs(30), "8 records", || {
+        api.record_count() >= 8
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     daemon.stop().await;
     let got = arrivals(&api);
@@ -297,20 +300,30 @@ async fn agent_state_changes_pushed_again_are_applied_once_and_never_parked() {
     for i in 0..changes.len() {
         let (code, answer) = post(&client, &url, "application/json", body(i)).await;
         assert_eq!(code, 200, "{answer}");
-        assert_eq!((answer["kept"].clone(), answer["merged"].clone()), (json!(1), json!(0)));
+        assert_eq!(
+            (answer["kept"].clone(), answer["merged"].clone()),
+            (json!(1), json!(0))
+        );
         // This push and the one before it are sent again (their answers were lost): repeats,
         // not "out of order".
         for j in i.saturating_sub(1)..=i {
             let (code, answer) = post(&client, &url, "application/json", body(j)).await;
             assert_eq!(code, 200, "{answer}");
             assert_eq!(
-                (answer["kept"].clone(), answer["merged"].clone(), answer["rejected"].clone()),
+                (
+                    answer["kept"].clone(),
+                    answer["merged"].clone(),
+                    answer["rejected"].clone()
+                ),
                 (json!(0), json!(1), json!(0)),
                 "push {j} again after {i}"
             );
         }
     }
-    wait_for(Duration::from_secs(30), "3 intervals", || api.record_count() >= 3).await;
+    wait_for(Duration::from_secs(30), "3 intervals", || {
+        api.record_count() >= 3
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     daemon.stop().await;
     let spans: Vec<(String, String, String)> = api

@@ -153,7 +153,10 @@ impl Builder {
                 return Err(self.out_of_order(
                     &agent,
                     at,
-                    format!("its current state {:?} began at {}", open.activity, open.began),
+                    format!(
+                        "its current state {:?} began at {}",
+                        open.activity, open.began
+                    ),
                     settings,
                 ));
             }
@@ -385,7 +388,10 @@ mod tests {
         let mut b = Builder::default();
         let mut out = Vec::new();
         for (act, at) in [(Some("ready"), 0), (Some("call"), 300), (Some("wrap"), 900)] {
-            assert_eq!(b.apply(change("a", act, at), &s, &mut out), Ok(Applied::New));
+            assert_eq!(
+                b.apply(change("a", act, at), &s, &mut out),
+                Ok(Applied::New)
+            );
         }
         // Within ten minutes of the agent's newest change: repeats, nothing changes.
         assert_eq!(
@@ -401,12 +407,23 @@ mod tests {
         let err = b
             .apply(change("a", Some("ready"), 0), &s, &mut out)
             .unwrap_err();
-        assert!(err.contains("out of order") && err.contains("within 10m"), "{err}");
+        assert!(
+            err.contains("out of order") && err.contains("within 10m"),
+            "{err}"
+        );
         // Without remembering (files), a repeat is out of order as before.
         let mut plain = Builder::default();
-        plain.apply(change("a", Some("ready"), 0), &settings(None), &mut out).unwrap();
-        plain.apply(change("a", Some("call"), 300), &settings(None), &mut out).unwrap();
-        assert!(plain.apply(change("a", Some("ready"), 0), &settings(None), &mut out).is_err());
+        plain
+            .apply(change("a", Some("ready"), 0), &settings(None), &mut out)
+            .unwrap();
+        plain
+            .apply(change("a", Some("call"), 300), &settings(None), &mut out)
+            .unwrap();
+        assert!(
+            plain
+                .apply(change("a", Some("ready"), 0), &settings(None), &mut out)
+                .is_err()
+        );
     }
 
     #[test]
@@ -414,7 +431,8 @@ mod tests {
         let s = settings(None);
         let mut b = Builder::default();
         let mut out = Vec::new();
-        b.apply(change("a", Some("ready"), 0), &s, &mut out).unwrap();
+        b.apply(change("a", Some("ready"), 0), &s, &mut out)
+            .unwrap();
         b.apply(change("a", None, 600), &s, &mut out).unwrap();
         let err = b
             .apply(change("a", Some("call"), 300), &s, &mut out)
@@ -422,7 +440,8 @@ mod tests {
         assert!(err.contains("logged out at"), "{err}");
         assert_eq!(b.open_agents(), 0);
         // A login after the logout opens a session again.
-        b.apply(change("a", Some("ready"), 900), &s, &mut out).unwrap();
+        b.apply(change("a", Some("ready"), 900), &s, &mut out)
+            .unwrap();
         assert_eq!(b.open_agents(), 1);
         assert_eq!(out.len(), 1);
     }

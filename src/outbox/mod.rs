@@ -406,7 +406,9 @@ impl Outbox {
         &self,
         source: SourceId,
     ) -> Result<Vec<(i64, String, String)>, OutboxError> {
-        self.call_blocking(move |c, p| read_cursors(c, source).map_err(|e| OutboxError::sqlite(p, e)))
+        self.call_blocking(move |c, p| {
+            read_cursors(c, source).map_err(|e| OutboxError::sqlite(p, e))
+        })
     }
 
     /// [`Self::cursors_blocking`] for async callers. Being a writer job, it runs after every

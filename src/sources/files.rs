@@ -71,16 +71,39 @@ struct FileCursor {
     header: Option<Vec<String>>,
     #[serde(default)]
     done: bool,
-    /// For a finished file: a fingerprint of the bytes just before `offset`, so the file can
-    /// be recognised if it comes back longer (a share that was away).
+    /// A fingerprint of the (up to 1 KiB) bytes just before `offset`: a finished file that
+    /// comes back longer (a share that was away) is recognised by it, and so is a copy of
+    /// this file (copy-and-truncate rotation).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     end_fp: String,
+    /// This file is a copy of the file with this cursor id (copy-and-truncate rotation, the
+    /// copy inside `include`): its records are keyed under that id, by the same positions, so
+    /// what both hold is one record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keys_of: Option<i64>,
+    /// When the file was found truncated (Unix ms): for a while, a new file that begins with
+    /// its bytes is its copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    truncated_ms: Option<i64>,
+}
+
+impl FileCursor {
+    /// The cursor id its records are keyed under.
+    fn key_space(&self, id: i64) -> i64 {
+        self.keys_of.unwrap_or(id)
+    }
 }
 
 struct Known {
     id: i64,
     cur: FileCursor,
+    /// The (up to [`FINGERPRINT_MAX`]) bytes just before `cur.offset`, once read; their
+    /// fingerprint is `cur.end_fp`.
+    tail: Vec<u8>,
 }
+
+/// For how long a truncated file's copy is recognised as such.
+const COPY_WINDOW_MS: i64 = 15 * 60 * 1000;
 
 /// A tailed file held open.
 struct Tailed {
@@ -94,8 +117,9 @@ struct Tailed {
 /// A chunk's commit in the writer's hands, and what to put back if it fails.
 struct InFlight {
     commit: rows::Submitted,
-    /// The file's position before the chunk.
+    /// The file's position before the chunk, and the bytes before it.
     before: FileCursor,
+    tail_before: Vec<u8>,
     /// The queue_log tracker before the chunk, if the chunk moved it.
     tracker_before: Option<queue_log::Tracker>,
     bytes: u64,
@@ -217,7 +241,11 @@ impl FilesSource {
             match serde_json::from_str(&value) {
                 Ok(cur) => {
                     self.by_key.insert(key, self.known.len());
-                    self.known.push(Known { id, cur });
+                    self.known.push(Known {
+                        id,
+                        cur,
+                        tail: Vec::new(),
+                    });
                 }
                 Err(e) => warn!(source = %ctx.name, "ignoring unreadable cursor {key}: {e}"),
             }
@@ -562,6 +590,12 @@ impl FilesSource {
                     && end_fingerprint(&mut file, cur.offset).ok().as_ref() == Some(&cur.end_fp));
             same_end.then_some(i)
         });
+        // A cursor under which nothing was read says nothing about the file: if it is a
+        // copy of another, that counts (an inode freed by a deleted file is soon reused).
+        let found = found.filter(|&i| {
+            self.known[i].cur.offset > 0
+                || !matches!(self.copy_of(&mut file, &head, len), Ok(Some(_)))
+        });
         if let Some(i) = found {
             let cur = &mut self.known[i].cur;
             cur.dev = dev;
@@ -586,14 +620,43 @@ impl FilesSource {
                 self.known[i].cur.path = path.display().to_string();
                 i
             }
-            None => {
-                let start = if self.first_pass && self.cfg.start_at == StartAt::End {
-                    line_start_before(&mut file, meta.len())?
-                } else {
-                    0
-                };
-                self.start_file(ctx, path, (dev, ino), &head, start)?
-            }
+            None => match self.copy_of(&mut file, &head, len)? {
+                Some(of) => {
+                    let original = &self.known[of];
+                    let mut cur = original.cur.clone();
+                    info!(
+                        source = %ctx.name,
+                        file = %path.display(),
+                        of = %cur.path,
+                        offset = cur.offset,
+                        "a copy of a file read before (copy-and-truncate): reading it on from \
+                         where that file was read"
+                    );
+                    cur.keys_of = Some(cur.key_space(original.id));
+                    cur.path = path.display().to_string();
+                    (cur.dev, cur.ino) = (dev, ino);
+                    cur.fp_len = head.len() as u64;
+                    cur.fp = fingerprint(&head);
+                    cur.done = false;
+                    cur.truncated_ms = None;
+                    let tail = original.tail.clone();
+                    // Its own cursor: the copy is a file of its own from here on.
+                    let created = crate::outbox::now_ms();
+                    let key = format!("file:{dev}:{ino}:{created}:copy");
+                    let idx = self.new_cursor(ctx, key, cur)?;
+                    self.known[idx].tail = tail;
+                    self.known[of].cur.truncated_ms = None;
+                    idx
+                }
+                None => {
+                    let start = if self.first_pass && self.cfg.start_at == StartAt::End {
+                        line_start_before(&mut file, meta.len())?
+                    } else {
+                        0
+                    };
+                    self.start_file(ctx, path, (dev, ino), &head, start)?
+                }
+            },
         };
         info!(source = %ctx.name, file = %path.display(), offset = self.known[idx].cur.offset, "tailing");
         self.tailed.push(Tailed {
@@ -633,8 +696,41 @@ impl FilesSource {
                 header: None,
                 done: false,
                 end_fp: String::new(),
+                keys_of: None,
+                truncated_ms: None,
             },
         )?)
+    }
+
+    /// A file not seen before that begins with exactly the bytes another file had up to its
+    /// committed offset, where that file is still being read or was truncated a moment ago:
+    /// a copy of it (copy-and-truncate rotation with the copy inside `include`, or a copy
+    /// made by hand). Its records are keyed under that file's cursor, so the part both hold
+    /// is one set of records, and it is read on from that file's offset: the lines written
+    /// after the last read and before the truncation are in the copy only.
+    fn copy_of(&self, file: &mut File, head: &[u8], len: u64) -> std::io::Result<Option<usize>> {
+        let now = crate::outbox::now_ms();
+        let mut best: Option<usize> = None;
+        for (i, k) in self.known.iter().enumerate() {
+            let cur = &k.cur;
+            let recent = cur.truncated_ms.is_some_and(|t| now - t <= COPY_WINDOW_MS);
+            if (cur.done && !recent)
+                || cur.offset == 0
+                || cur.fp_len == 0
+                || len < cur.offset
+                || head.len() < cur.fp_len as usize
+                || fingerprint(&head[..cur.fp_len as usize]) != cur.fp
+                || best.is_some_and(|b| self.known[b].cur.offset >= cur.offset)
+            {
+                continue;
+            }
+            let same_end = cur.offset <= cur.fp_len
+                || (!cur.end_fp.is_empty() && end_fingerprint(file, cur.offset)? == cur.end_fp);
+            if same_end {
+                best = Some(i);
+            }
+        }
+        Ok(best)
     }
 
     /// Reads an open tailed file on. `None` when it is finished and can be closed; otherwise
@@ -654,6 +750,8 @@ impl FilesSource {
             // The old content is gone; what follows is a new file.
             let path = self.tailed[i].path.clone();
             info!(source = %ctx.name, file = %path.display(), "file was truncated; reading it from the start");
+            // A copy of what it held may turn up (copy-and-truncate): see `copy_of`.
+            self.known[idx].cur.truncated_ms = Some(crate::outbox::now_ms());
             self.retire(ctx, idx)?;
             let id = file_identity(&self.tailed[i].file);
             let fresh = self.start_file(ctx, &path, id, &head, 0)?;
@@ -724,7 +822,11 @@ impl FilesSource {
             .outbox
             .create_cursor_blocking(ctx.id, key.clone(), to_json(&cur))?;
         self.by_key.insert(key, self.known.len());
-        self.known.push(Known { id, cur });
+        self.known.push(Known {
+            id,
+            cur,
+            tail: Vec::new(),
+        });
         Ok(self.known.len() - 1)
     }
 
@@ -770,6 +872,7 @@ impl FilesSource {
             ctx.metrics.skipped.fetch_add(chunk.skipped, Relaxed);
         } else {
             self.known[idx].cur = chunk.before;
+            self.known[idx].tail = chunk.tail_before;
             if let (Some(before), Some((_, tracker))) =
                 (chunk.tracker_before, self.tracker.as_mut())
             {
@@ -804,6 +907,10 @@ impl FilesSource {
         };
         let head = &head[..head_len];
         let big_endian = charset.big_endian(head);
+        let offset = self.known[idx].cur.offset;
+        if self.known[idx].tail.is_empty() && offset > 0 {
+            self.known[idx].tail = bytes_before(file, offset)?;
+        }
         loop {
             if ctx.shutdown.is_cancelled() {
                 return Ok(());
@@ -859,6 +966,8 @@ impl FilesSource {
             let mut next = cur.cur.clone();
             next.offset = offset + consumed as u64;
             next.line += step.newlines;
+            let tail = last_bytes(&cur.tail, &self.buf[..consumed]);
+            next.end_fp = fingerprint(&tail);
             if step.header.is_some() {
                 next.header = step.header;
             }
@@ -898,6 +1007,7 @@ impl FilesSource {
             *in_flight = Some(InFlight {
                 commit,
                 before: std::mem::replace(&mut self.known[idx].cur, next),
+                tail_before: std::mem::replace(&mut self.known[idx].tail, tail),
                 tracker_before,
                 bytes: consumed as u64,
                 skipped: step.skipped,
@@ -937,7 +1047,7 @@ impl FilesSource {
                         Ok(t) => t,
                         Err(e) => {
                             let raw = String::from_utf8_lossy(item.value);
-                            step.push(cur.id, at, origin_here, Err(e), &raw);
+                            step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &raw);
                             continue;
                         }
                     };
@@ -956,7 +1066,7 @@ impl FilesSource {
                             Err(e) => Err(format!("not valid JSON: {e}")),
                         }
                     };
-                    step.push(cur.id, at, origin_here, result, text);
+                    step.push(cur.cur.key_space(cur.id), at, origin_here, result, text);
                 }
                 step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
             }
@@ -970,13 +1080,15 @@ impl FilesSource {
                         Ok(t) => t.into_owned(),
                         Err(e) => {
                             let raw = String::from_utf8_lossy(item.value);
-                            step.push(cur.id, at, origin_here, Err(e), &raw);
+                            step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &raw);
                             continue;
                         }
                     };
                     match queue_log::parse(&line) {
                         Ok(_) => step.queue_log.push((origin_here, line)),
-                        Err(e) => step.push(cur.id, at, origin_here, Err(e), &line),
+                        Err(e) => {
+                            step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &line)
+                        }
                     }
                 }
                 step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
@@ -996,7 +1108,13 @@ impl FilesSource {
                     let fields = match item.value {
                         Ok(f) => f,
                         Err(e) => {
-                            step.push(cur.id, at, origin(item.newlines_before), Err(e), "");
+                            step.push(
+                                cur.cur.key_space(cur.id),
+                                at,
+                                origin(item.newlines_before),
+                                Err(e),
+                                "",
+                            );
                             continue;
                         }
                     };
@@ -1019,7 +1137,13 @@ impl FilesSource {
                         .rows
                         .convert(&row, || unreachable!("csv sources have a map"));
                     let raw = fields.join(&(self.cfg.delimiter as char).to_string());
-                    step.push(cur.id, at, origin(item.newlines_before), result, &raw);
+                    step.push(
+                        cur.cur.key_space(cur.id),
+                        at,
+                        origin(item.newlines_before),
+                        result,
+                        &raw,
+                    );
                 }
                 step.consumed = consumed;
             }
@@ -1252,11 +1376,29 @@ fn read_head(file: &mut File) -> std::io::Result<Vec<u8>> {
 
 /// A fingerprint of the (up to [`FINGERPRINT_MAX`]) bytes before `offset`.
 fn end_fingerprint(file: &mut File, offset: u64) -> std::io::Result<String> {
+    Ok(fingerprint(&bytes_before(file, offset)?))
+}
+
+/// The (up to [`FINGERPRINT_MAX`]) bytes before `offset`.
+fn bytes_before(file: &mut File, offset: u64) -> std::io::Result<Vec<u8>> {
     let from = offset.saturating_sub(FINGERPRINT_MAX as u64);
     let mut buf = vec![0u8; (offset - from) as usize];
     file.seek(SeekFrom::Start(from))?;
     let n = read_full(file, &mut buf)?;
-    Ok(fingerprint(&buf[..n]))
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// The last (up to [`FINGERPRINT_MAX`]) bytes of `before` followed by `read`.
+fn last_bytes(before: &[u8], read: &[u8]) -> Vec<u8> {
+    if read.len() >= FINGERPRINT_MAX {
+        return read[read.len() - FINGERPRINT_MAX..].to_vec();
+    }
+    let keep = (FINGERPRINT_MAX - read.len()).min(before.len());
+    let mut out = Vec::with_capacity(keep + read.len());
+    out.extend_from_slice(&before[before.len() - keep..]);
+    out.extend_from_slice(read);
+    out
 }
 
 fn hash_file(file: &mut File) -> std::io::Result<(String, u64)> {
@@ -1413,7 +1555,9 @@ mod tests {
             line: 1,
             header: Some(vec!["a".into()]),
             done: false,
-            end_fp: String::new(),
+            end_fp: "cd".into(),
+            keys_of: Some(7),
+            truncated_ms: Some(1_700_000_000_000),
         };
         let back: FileCursor = serde_json::from_str(&to_json(&cur)).unwrap();
         assert_eq!(back, cur);
@@ -1438,6 +1582,9 @@ mod tests {
             RotateRename,
             /// logrotate `copytruncate` (copy to a name the source does not read).
             CopyTruncate,
+            /// `copytruncate` with the copy inside `include`, and no read before it: the
+            /// lines not read yet are in the copy only.
+            CopyTruncateInside,
             /// The file is deleted and a new one created under its name.
             DeleteRecreate,
             /// The daemon stops and starts again.
@@ -1450,6 +1597,7 @@ mod tests {
                 3 => Just(Op::Read),
                 1 => Just(Op::RotateRename),
                 1 => Just(Op::CopyTruncate),
+                1 => Just(Op::CopyTruncateInside),
                 1 => Just(Op::DeleteRecreate),
                 1 => Just(Op::Restart),
             ]
@@ -1577,10 +1725,9 @@ mod tests {
             }
         }
 
-        proptest! {
-            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-            #[test]
-            fn every_line_exactly_once(ops in proptest::collection::vec(op(), 1..40)) {
+        /// Runs `ops`; returns the ids delivered and how many lines were written.
+        fn run(ops: Vec<Op>) -> (Vec<u64>, u64) {
+            {
                 let dir = tempfile::tempdir().unwrap();
                 let h = Harness::new(dir.path());
                 let mut w = Writer {
@@ -1626,8 +1773,31 @@ mod tests {
                             source.pass(&h.ctx).unwrap();
                             if w.live().exists() {
                                 w.rotations += 1;
-                                std::fs::copy(w.live(), w.dir.join(format!("copy-{}.bak", w.rotations))).unwrap();
-                                std::fs::OpenOptions::new().write(true).open(w.live()).unwrap().set_len(0).unwrap();
+                                std::fs::copy(
+                                    w.live(),
+                                    w.dir.join(format!("copy-{}.bak", w.rotations)),
+                                )
+                                .unwrap();
+                                std::fs::OpenOptions::new()
+                                    .write(true)
+                                    .open(w.live())
+                                    .unwrap()
+                                    .set_len(0)
+                                    .unwrap();
+                            }
+                        }
+                        Op::CopyTruncateInside => {
+                            w.finish_line();
+                            if w.live().exists() {
+                                w.rotations += 1;
+                                let copy = w.dir.join(format!("live.ndjson.c{}", w.rotations));
+                                std::fs::copy(w.live(), copy).unwrap();
+                                std::fs::OpenOptions::new()
+                                    .write(true)
+                                    .open(w.live())
+                                    .unwrap()
+                                    .set_len(0)
+                                    .unwrap();
                             }
                         }
                         Op::DeleteRecreate => {
@@ -1650,12 +1820,37 @@ mod tests {
                 for _ in 0..4 {
                     source.pass(&h.ctx).unwrap();
                 }
-                let got = h.delivered();
+                (h.delivered(), w.next)
+            }
+        }
+
+        /// Found by the property below: a copy that gets the inode of a deleted file, whose
+        /// cursor had read nothing yet, is still a copy.
+        #[test]
+        fn a_copy_on_a_reused_inode_is_still_a_copy() {
+            use Op::*;
+            let (got, written) = run(vec![
+                Append(3, false),
+                CopyTruncate,
+                DeleteRecreate,
+                Restart,
+                Append(1, false),
+                Read,
+                CopyTruncateInside,
+            ]);
+            assert_eq!(got, (0..written).collect::<Vec<_>>());
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+            #[test]
+            fn every_line_exactly_once(ops in proptest::collection::vec(op(), 1..40)) {
+                let (got, written) = run(ops);
                 let mut sorted = got.clone();
                 sorted.sort_unstable();
                 sorted.dedup();
                 prop_assert_eq!(sorted.len(), got.len(), "a line arrived twice: {:?}", got);
-                prop_assert_eq!(sorted, (0..w.next).collect::<Vec<_>>());
+                prop_assert_eq!(sorted, (0..written).collect::<Vec<_>>());
             }
         }
     }

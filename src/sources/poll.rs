@@ -20,9 +20,7 @@ use tracing::{debug, error, info};
 
 use super::SourceContext;
 use super::queue_log::{TRACKER_CURSOR, TableCursor, apply as apply_queue_log};
-use super::rows::{
-    ChangeRead, Converted, Keying, States, commit, convert_objects, json_cursor,
-};
+use super::rows::{ChangeRead, Converted, Keying, States, commit, convert_objects, json_cursor};
 use crate::config::{QueueLogConfig, RowRules, Schedule};
 use crate::outbox::{Commit, OutboxError};
 
@@ -224,8 +222,7 @@ async fn reload(
     if let Some(states) = states {
         states.reload(ctx, &rows);
     }
-    if let (Some(table), Some(stored)) = (table, super::rows::stored(ctx, &rows, TRACKER_CURSOR))
-    {
+    if let (Some(table), Some(stored)) = (table, super::rows::stored(ctx, &rows, TRACKER_CURSOR)) {
         *table = stored;
     }
     Ok(())
@@ -298,7 +295,11 @@ impl Sink<'_> {
         if self.snapshot {
             self.changes.extend(changes);
         } else if let Some(states) = self.states.as_deref_mut() {
-            cursors.push(states.apply(&self.ctx.name, changes, &mut records, &mut parked).0);
+            cursors.push(
+                states
+                    .apply(&self.ctx.name, changes, &mut records, &mut parked)
+                    .0,
+            );
         }
         let mut after = self.cursor.clone();
         if next.is_some() {
@@ -344,7 +345,11 @@ impl Sink<'_> {
         {
             let mut changes = std::mem::take(&mut self.changes);
             states.snapshot(&mut changes, jiff::Timestamp::now());
-            cursors.push(states.apply(&self.ctx.name, changes, &mut records, &mut parked).0);
+            cursors.push(
+                states
+                    .apply(&self.ctx.name, changes, &mut records, &mut parked)
+                    .0,
+            );
         }
         if let Some(states) = self.states.as_deref_mut() {
             let (flushed, _) = states.flush(&self.ctx.name, Duration::from_secs(60));
@@ -428,7 +433,10 @@ timestamp = "at"
         fn new() -> Rig {
             let dir = tempfile::tempdir().unwrap();
             let state = dir.path().join("outbox.db");
-            let text = format!("{CONFIG}[state]\npath = {:?}\n", state.display().to_string());
+            let text = format!(
+                "{CONFIG}[state]\npath = {:?}\n",
+                state.display().to_string()
+            );
             let config = Config::parse(&text, &dir.path().join("config.toml")).unwrap();
             let source = config.sources[0].clone();
             let crate::config::SourceKind::Sql(sql) = &source.kind else {
@@ -450,9 +458,7 @@ timestamp = "at"
             let ctx = SourceContext::new(&source, ids, outbox.clone(), CancellationToken::new());
             let list = outbox.cursors_blocking(ids.0).unwrap();
             let (cursor_id, cursor) = json_cursor(&ctx, &list, POLL_CURSOR).unwrap();
-            let states = Some(
-                States::load(rows.states.clone().unwrap(), &ctx, &list).unwrap(),
-            );
+            let states = Some(States::load(rows.states.clone().unwrap(), &ctx, &list).unwrap());
             Rig {
                 rt,
                 state,
@@ -521,7 +527,9 @@ timestamp = "at"
 
         /// Waits until every job handed to the writer so far is done.
         fn writer_done(&self) {
-            self.rt.block_on(self.ctx.outbox.cursors(self.ctx.id)).unwrap();
+            self.rt
+                .block_on(self.ctx.outbox.cursors(self.ctx.id))
+                .unwrap();
         }
 
         fn db(&self) -> rusqlite::Connection {
@@ -588,7 +596,10 @@ timestamp = "at"
         // Another writer holds the file: the page's commit waits in the writer's hands.
         let blocker = rig.db();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        assert!(rig.page(FIRST, Some(Duration::from_millis(200))).is_none(), "cut off");
+        assert!(
+            rig.page(FIRST, Some(Duration::from_millis(200))).is_none(),
+            "cut off"
+        );
         assert!(rig.doubt.get());
         // When the writer gets its turn, the commit fails.
         fail_inserts(&blocker);
@@ -598,7 +609,11 @@ timestamp = "at"
         rig.next_poll();
         rig.page(FIRST, None).unwrap().unwrap();
         rig.page(THEN, None).unwrap().unwrap();
-        assert_eq!(rig.intervals(), EXPECTED, "the interval of the failed commit is not lost");
+        assert_eq!(
+            rig.intervals(),
+            EXPECTED,
+            "the interval of the failed commit is not lost"
+        );
     }
 
     #[test]
@@ -606,7 +621,10 @@ timestamp = "at"
         let mut rig = Rig::new();
         let blocker = rig.db();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        assert!(rig.page(FIRST, Some(Duration::from_millis(200))).is_none(), "cut off");
+        assert!(
+            rig.page(FIRST, Some(Duration::from_millis(200))).is_none(),
+            "cut off"
+        );
         blocker.execute_batch("COMMIT").unwrap();
         rig.writer_done();
         rig.next_poll();
