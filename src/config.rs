@@ -408,6 +408,8 @@ pub struct FilesConfig {
     pub after: After,
     pub settle: Duration,
     pub poll_interval: Duration,
+    /// The longest line (a CSV record) read; a longer one is parked, its first 4 KiB kept.
+    pub max_line: usize,
     pub start_at: StartAt,
     pub delimiter: u8,
     /// How the files' bytes become text (`encoding`).
@@ -423,6 +425,9 @@ pub struct FilesConfig {
     /// Only files modified at or after this (`import --since`; not a configuration key).
     pub modified_since: Option<std::time::SystemTime>,
 }
+
+/// `max_line` when not set: far above any real export line, far below what hurts.
+pub const DEFAULT_MAX_LINE: usize = 1 << 20;
 
 /// What turns a row (a CSV line, a JSON object, a database row) into records.
 #[derive(Clone, Debug, Default)]
@@ -558,6 +563,7 @@ struct RawSource {
     archive_dir: Option<String>,
     settle: Option<String>,
     poll_interval: Option<String>,
+    max_line: Option<String>,
     start_at: Option<String>,
     delimiter: Option<String>,
     encoding: Option<String>,
@@ -1530,6 +1536,22 @@ impl Validator<'_> {
             s(5),
             (Duration::from_millis(50), s(3600)),
         );
+        let max_line = match raw
+            .max_line
+            .as_deref()
+            .map(str::parse::<bytesize::ByteSize>)
+        {
+            None => DEFAULT_MAX_LINE,
+            Some(Ok(b)) if (1024..=64 << 20).contains(&b.as_u64()) => b.as_u64() as usize,
+            Some(_) => {
+                self.problem(
+                    &at("max_line"),
+                    &key("max_line"),
+                    "write a size from \"1KiB\" to \"64MiB\"",
+                );
+                DEFAULT_MAX_LINE
+            }
+        };
         let start_at = self.one_of(
             &at("start_at"),
             &key("start_at"),
@@ -1653,6 +1675,7 @@ impl Validator<'_> {
             after,
             settle,
             poll_interval,
+            max_line,
             start_at,
             delimiter,
             charset,

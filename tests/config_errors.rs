@@ -36,6 +36,11 @@ duration = "talk"
 /// (what to replace in VALID, with what, the expected message).
 const CASES: &[(&str, &str, &str)] = &[
     (
+        "format = \"csv\"",
+        "format = \"csv\"\nmax_line = \"2GiB\"",
+        "f.toml:15: source[0] \"acd\".max_line: write a size from \"1KiB\" to \"64MiB\"",
+    ),
+    (
         "[api]\n",
         "[api]\nbogus = 1\n",
         "f.toml:2: unknown field `bogus`",

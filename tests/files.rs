@@ -674,3 +674,87 @@ async fn a_copy_made_by_copy_and_truncate_inside_include_is_read_on_not_again() 
         got.values().filter(|n| **n > 1).count()
     );
 }
+
+/// A 50 MB line without a newline, written while the daemon tails the file: it is not held
+/// in memory, it is parked with its place once its end is written, and the lines around it
+/// flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_longer_than_max_line_is_parked_without_being_held_in_memory() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    std::fs::write(
+        &env.config_file,
+        env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", "")),
+    )
+    .unwrap();
+    let path = env.exports.join("live.ndjson");
+    std::fs::write(&path, events(0..10)).unwrap();
+    let mut daemon = Process::start(&env.config_file);
+    let pid = daemon.pid();
+    wait_for(LIMIT, "10 records", || api.record_count() >= 10).await;
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let piece = vec![b'x'; 5 << 20];
+    for _ in 0..10 {
+        w.write_all(&piece).unwrap();
+        w.flush().unwrap();
+    }
+    w.write_all(b"\n").unwrap();
+    w.write_all(events(10..20).as_bytes()).unwrap();
+    drop(w);
+    wait_for(LIMIT, "20 records", || api.record_count() >= 20).await;
+    daemon.assert_running();
+    let peak_mib = peak_rss_kib(pid) / 1024;
+    daemon.terminate();
+    assert!(peak_mib < 64, "peak RSS {peak_mib} MiB with a 50 MiB line");
+    let report = env.report();
+    assert_eq!(report.sources[0].parked_total, 1, "{:#?}", report.parked);
+    let parked = &report.parked[0];
+    assert_eq!(parked.origin, "live.ndjson:11");
+    assert!(
+        parked.reason.contains("longer than max_line (1.0 MiB)"),
+        "{}",
+        parked.reason
+    );
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 20);
+    assert!(got.values().all(|n| *n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_file_parks_its_overlong_lines_and_reads_the_rest() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.write_config(&env.config_text(
+        &api.url(),
+        "",
+        &env.ndjson_source("acd", "drop", "max_line = \"1KiB\""),
+    ));
+    let long = "y".repeat(5000);
+    let last = "z".repeat(3000);
+    std::fs::write(
+        env.exports.join("day.ndjson"),
+        format!("{}{long}\n{}{last}", event(1) + "\n", event(2) + "\n"),
+    )
+    .unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "two lines parked", || {
+        env.first_source().is_some_and(|s| s.parked_total == 2)
+    })
+    .await;
+    wait_for(LIMIT, "2 records", || api.record_count() >= 2).await;
+    daemon.stop().await;
+    let report = env.report();
+    let mut origins: Vec<&str> = report.parked.iter().map(|p| p.origin.as_str()).collect();
+    origins.sort();
+    assert_eq!(origins, ["day.ndjson:2", "day.ndjson:4"]);
+    assert!(
+        report
+            .parked
+            .iter()
+            .all(|p| p.reason.contains("longer than max_line (1.0 KiB)"))
+    );
+    assert_eq!(api.record_count(), 2);
+}

@@ -47,9 +47,8 @@ use crate::outbox::{Commit, NewRecord, OutboxError, Parked, dedupe_key, natural_
 
 /// How many leading bytes identify a tailed file.
 const FINGERPRINT_MAX: usize = 1024;
-/// The read buffer; a record longer than this grows it, up to [`RECORD_MAX`].
+/// The read buffer; a record longer than this grows it, up to `max_line`.
 const CHUNK: usize = 1 << 20;
-const RECORD_MAX: usize = 64 << 20;
 
 /// A file's committed position, stored as the cursor's JSON value.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -100,6 +99,31 @@ struct Known {
     /// The (up to [`FINGERPRINT_MAX`]) bytes just before `cur.offset`, once read; their
     /// fingerprint is `cur.end_fp`.
     tail: Vec<u8>,
+    /// A line longer than `max_line` at the cursor whose end is not written yet.
+    long_line: Option<LongLine>,
+}
+
+/// How far a line longer than `max_line` has been looked through for its end.
+struct LongLine {
+    /// Where it begins (the cursor, when it was found).
+    start: u64,
+    /// Looked through up to here: no newline before.
+    scanned: u64,
+    /// Its first bytes, kept with the parked line.
+    head: Vec<u8>,
+}
+
+/// How much of a line too long to read is kept with it when it is parked.
+const LONG_LINE_KEPT: usize = 4096;
+
+/// Why a line longer than `max_line` was parked.
+fn long_line_reason(length: u64, max_line: usize, kept: usize) -> String {
+    format!(
+        "the line is {} long, longer than max_line ({}); parked, its first {} kept",
+        bytesize::ByteSize(length),
+        bytesize::ByteSize(max_line as u64),
+        bytesize::ByteSize(kept as u64)
+    )
 }
 
 /// For how long a truncated file's copy is recognised as such.
@@ -245,6 +269,7 @@ impl FilesSource {
                         id,
                         cur,
                         tail: Vec::new(),
+                        long_line: None,
                     });
                 }
                 Err(e) => warn!(source = %ctx.name, "ignoring unreadable cursor {key}: {e}"),
@@ -826,6 +851,7 @@ impl FilesSource {
             id,
             cur,
             tail: Vec::new(),
+            long_line: None,
         });
         Ok(self.known.len() - 1)
     }
@@ -915,6 +941,17 @@ impl FilesSource {
             if ctx.shutdown.is_cancelled() {
                 return Ok(());
             }
+            // A line too long, looked through before: go on looking for its end.
+            if self.known[idx]
+                .long_line
+                .as_ref()
+                .is_some_and(|l| l.start == self.known[idx].cur.offset)
+            {
+                self.settle(ctx, idx, in_flight.take())?;
+                if !self.park_long_line(ctx, idx, file, &name, last, big_endian)? {
+                    return Ok(());
+                }
+            }
             let cur = &self.known[idx];
             let offset = cur.cur.offset;
             let want = match limit {
@@ -951,16 +988,21 @@ impl FilesSource {
                 (positions.at(step.consumed) - offset) as usize
             };
             if consumed == 0 {
+                // No whole line in the buffer: the line at the cursor is still being written,
+                // or it is longer than it may be (then it is parked without being held).
+                let max_line = self.cfg.max_line;
+                if n > max_line {
+                    self.settle(ctx, idx, in_flight.take())?;
+                    if self.park_long_line(ctx, idx, file, &name, last, big_endian)? {
+                        cap = CHUNK;
+                        continue;
+                    }
+                    return Ok(());
+                }
                 if at_end {
                     return Ok(());
                 }
-                if cap >= RECORD_MAX {
-                    return Err(TakeError::Io(std::io::Error::other(format!(
-                        "a record at byte {offset} is longer than {} MiB",
-                        RECORD_MAX >> 20
-                    ))));
-                }
-                cap *= 2;
+                cap = (cap * 2).min(max_line + 1);
                 continue;
             }
             let mut next = cur.cur.clone();
@@ -1018,6 +1060,100 @@ impl FilesSource {
         }
     }
 
+    /// Parks the line at the cursor, which is longer than `max_line`, without holding it:
+    /// looks through the file for its end a chunk at a time (going on where it stopped last
+    /// time, while the line is still being written), then commits it as parked (its first
+    /// 4 KiB kept) with the cursor after it. `Ok(true)` when it was parked; `Ok(false)` when
+    /// its end is not written yet. A file known to be complete (`last`) ends it.
+    fn park_long_line(
+        &mut self,
+        ctx: &SourceContext,
+        idx: usize,
+        file: &mut File,
+        name: &str,
+        last: bool,
+        big_endian: Option<bool>,
+    ) -> Result<bool, TakeError> {
+        let start = self.known[idx].cur.offset;
+        let mut long = match self.known[idx].long_line.take() {
+            Some(l) if l.start == start => l,
+            _ => {
+                let mut head = vec![0u8; LONG_LINE_KEPT];
+                file.seek(SeekFrom::Start(start))?;
+                let n = read_full(file, &mut head)?;
+                head.truncate(n);
+                LongLine {
+                    start,
+                    scanned: start,
+                    head,
+                }
+            }
+        };
+        // Chunks of an even length keep UTF-16 code units aligned.
+        let chunk = CHUNK;
+        if self.buf.len() < chunk {
+            self.buf.resize(chunk, 0);
+        }
+        let end = loop {
+            if ctx.shutdown.is_cancelled() {
+                self.known[idx].long_line = Some(long);
+                return Ok(false);
+            }
+            file.seek(SeekFrom::Start(long.scanned))?;
+            let n = read_full(file, &mut self.buf[..chunk])?;
+            if n == 0 {
+                if last {
+                    break long.scanned;
+                }
+                self.known[idx].long_line = Some(long);
+                return Ok(false);
+            }
+            let bytes = &self.buf[..n];
+            let found = match big_endian {
+                Some(be) => bytes
+                    .chunks_exact(2)
+                    .position(|u| u == if be { [0, b'\n'] } else { [b'\n', 0] })
+                    .map(|i| 2 * i + 2),
+                None => bytes.iter().position(|b| *b == b'\n').map(|i| i + 1),
+            };
+            match found {
+                Some(len) => break long.scanned + len as u64,
+                None => long.scanned += n as u64,
+            }
+        };
+        let known = &self.known[idx];
+        let length = end - start;
+        let parked = Parked {
+            origin: format!("{name}:{}", known.cur.line + 1),
+            reason: long_line_reason(
+                length,
+                self.cfg.max_line,
+                long.head.len().min(length as usize),
+            ),
+            raw: String::from_utf8_lossy(&long.head[..long.head.len().min(length as usize)])
+                .into_owned(),
+        };
+        let mut next = known.cur.clone();
+        next.offset = end;
+        next.line += 1;
+        let tail = bytes_before(file, end)?;
+        next.end_fp = fingerprint(&tail);
+        warn!(source = %ctx.name, origin = %parked.origin, "{}", parked.reason);
+        commit_blocking(
+            ctx,
+            Commit {
+                parked: vec![parked],
+                cursors: vec![(known.id, to_json(&next))],
+                ..Commit::default()
+            },
+        )?;
+        ctx.metrics.bytes.fetch_add(length, Relaxed);
+        let known = &mut self.known[idx];
+        known.cur = next;
+        known.tail = tail;
+        Ok(true)
+    }
+
     /// Turns a buffer into records and parked rows.
     fn parse(
         &self,
@@ -1043,6 +1179,9 @@ impl FilesSource {
                 for item in items {
                     let origin_here = origin(item.newlines_before);
                     let at = pos.at(item.start);
+                    if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
+                        continue;
+                    }
                     let text = match self.cfg.charset.decode(item.value) {
                         Ok(t) => t,
                         Err(e) => {
@@ -1076,6 +1215,9 @@ impl FilesSource {
                 for item in items {
                     let origin_here = origin(item.newlines_before);
                     let at = pos.at(item.start);
+                    if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
+                        continue;
+                    }
                     let line = match self.cfg.charset.decode(item.value) {
                         Ok(t) => t.into_owned(),
                         Err(e) => {
@@ -1105,6 +1247,10 @@ impl FilesSource {
                 let mut header: Option<Vec<String>> = cur.cur.header.clone();
                 for (n, item) in items.into_iter().enumerate() {
                     let at = pos.at(item.start);
+                    let origin_here = origin(item.newlines_before);
+                    if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
+                        continue;
+                    }
                     let fields = match item.value {
                         Ok(f) => f,
                         Err(e) => {
@@ -1292,6 +1438,28 @@ impl Step {
         items.truncate(ROWS_PER_COMMIT);
         self.cut_short = true;
         Some(next)
+    }
+
+    /// Parks a row longer than `max_line` (its first 4 KiB kept); `true` if it was.
+    fn too_long<T>(
+        &mut self,
+        item: &parse::Item<T>,
+        pos: &Positions<'_>,
+        max_line: usize,
+        origin: &str,
+        buf: &[u8],
+    ) -> bool {
+        let length = pos.at(item.end) - pos.at(item.start);
+        if length <= max_line as u64 {
+            return false;
+        }
+        let kept = &buf[item.start..item.end.min(item.start + LONG_LINE_KEPT)];
+        self.parked.push(Parked {
+            origin: origin.to_owned(),
+            reason: long_line_reason(length, max_line, kept.len()),
+            raw: String::from_utf8_lossy(kept).into_owned(),
+        });
+        true
     }
 
     /// Adds what the row at file offset `offset` became.
