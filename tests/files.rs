@@ -758,3 +758,35 @@ async fn a_dropped_file_parks_its_overlong_lines_and_reads_the_rest() {
     );
     assert_eq!(api.record_count(), 2);
 }
+
+/// A NUL or an escape code in a queue name would become part of a queue's identity in injixo:
+/// such rows are parked with the reason, the others flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_queue_names_park_the_row() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.write_config(&env.config_text(&api.url(), "", &csv_source(&env, "")));
+    std::fs::write(
+        env.exports.join("day.csv"),
+        "start,queue,talk\n\
+         2024-05-01T08:00:00Z,Support,1\n\
+         2024-05-01T08:00:00Z,Sup\0port,2\n\
+         2024-05-01T08:00:00Z,\x1b[31mSales,3\n\
+         2024-05-01T08:00:00Z,Sales,4\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "two rows parked", || {
+        env.first_source().is_some_and(|s| s.parked_total == 2)
+    })
+    .await;
+    wait_for(LIMIT, "2 records", || api.record_count() >= 2).await;
+    daemon.stop().await;
+    let mut ids: Vec<u64> = arrivals(&api).into_keys().collect();
+    ids.sort();
+    assert_eq!(ids, [1, 4]);
+    let report = env.report();
+    for p in &report.parked {
+        assert!(p.reason.contains("control character"), "{}", p.reason);
+    }
+}

@@ -406,11 +406,21 @@ impl Mapping {
             column: None,
             message,
         })?;
-        Ok((
+        let (agent, activity) = (
             text(ApiField::AgentIdentifier),
             text(ApiField::ActivityIdentifier),
-            at,
-        ))
+        );
+        for (field, value) in [
+            ("agentIdentifier", &agent),
+            ("activityIdentifier", &activity),
+        ] {
+            super::schema::check_name(field, value).map_err(|message| RowError {
+                field,
+                column: None,
+                message,
+            })?;
+        }
+        Ok((agent, activity, at))
     }
 
     /// Plain numbers in `duration` are milliseconds; `hh:mm:ss` stays what it says.
@@ -586,7 +596,7 @@ impl Mapping {
                 .map(Value::from)
                 .map_err(|_| format!("{s:?} is not a number of contacts")),
             Kind::Text if s.is_empty() => Err("is empty".into()),
-            Kind::Text => Ok(Value::from(s)),
+            Kind::Text => super::schema::check_name(field.name(), s).map(|()| Value::from(s)),
             Kind::Channel => {
                 let lower = s.to_ascii_lowercase();
                 if CHANNELS.contains(&lower.as_str()) {

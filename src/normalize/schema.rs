@@ -212,9 +212,9 @@ fn check_contact(
         Some(d) if d >= 0.0 && d.is_finite() => {}
         _ => return Err("`properties.duration` must be a number of seconds >= 0".into()),
     }
-    not_blank("queueName", queue_name)?;
-    not_blank("queueIdentifier", queue_identifier)?;
-    not_blank("channel", channel)?;
+    check_name("queueName", queue_name)?;
+    check_name("queueIdentifier", queue_identifier)?;
+    check_name("channel", channel)?;
     if !CHANNELS.contains(&channel) {
         return Err(format!(
             "`channel` {channel:?} is not one of {}",
@@ -227,8 +227,8 @@ fn check_contact(
 
 /// The rules on an agent status's values, shared by both readers.
 fn check_status(agent: &str, activity: &str, start: &str, end: &str) -> Result<(), String> {
-    not_blank("agentIdentifier", agent)?;
-    not_blank("activityIdentifier", activity)?;
+    check_name("agentIdentifier", agent)?;
+    check_name("activityIdentifier", activity)?;
     let start = time::check_api_form(start).map_err(|e| format!("`startTime`: {e}"))?;
     let end = time::check_api_form(end).map_err(|e| format!("`endTime`: {e}"))?;
     if end < start {
@@ -237,12 +237,20 @@ fn check_status(agent: &str, activity: &str, start: &str, end: &str) -> Result<(
     Ok(())
 }
 
-fn not_blank(key: &str, value: &str) -> Result<(), String> {
+/// A name injixo shows and keys by (a queue, an agent, an activity): not empty, and without
+/// control characters (a NUL or an escape code from a broken export would become part of a
+/// queue's identity in injixo).
+pub fn check_name(key: &str, value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
-        Err(format!("`{key}` must not be empty"))
-    } else {
-        Ok(())
+        return Err(format!("`{key}` must not be empty"));
     }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "`{key}` {value:?} holds the control character {:?}",
+            c
+        ));
+    }
+    Ok(())
 }
 
 fn only_keys(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
@@ -302,6 +310,16 @@ mod tests {
                 "`timestamp`",
             ),
             ("/channel", json!("pigeon"), "`channel` \"pigeon\""),
+            (
+                "/queueName",
+                json!("Sup\u{0}port"),
+                "`queueName` \"Sup\\0port\" holds the control character '\\0'",
+            ),
+            (
+                "/queueIdentifier",
+                json!("q\u{1b}[31m"),
+                "control character '\\u{1b}'",
+            ),
         ];
         for (pointer, bad, expected) in cases {
             let mut v = event();

@@ -1025,7 +1025,7 @@ impl FilesSource {
                 .flatten();
             if !step.queue_log.is_empty() {
                 let (tracker_id, json) =
-                    self.apply_queue_log(step.queue_log, &mut records, &mut changes);
+                    self.apply_queue_log(step.queue_log, &mut records, &mut changes, &mut parked);
                 cursors.push((tracker_id, json));
             }
             if !changes.is_empty() {
@@ -1305,6 +1305,7 @@ impl FilesSource {
         lines: Vec<(String, String)>,
         records: &mut Vec<NewRecord>,
         changes: &mut Vec<ChangeRead>,
+        parked: &mut Vec<Parked>,
     ) -> (i64, String) {
         let cfg = self.cfg.queue_log.as_ref().expect("queue_log configured");
         let (id, tracker) = self.tracker.as_mut().expect("tracker loaded");
@@ -1315,6 +1316,7 @@ impl FilesSource {
             lines,
             records,
             changes,
+            parked,
         );
         (*id, serde_json::to_string(tracker).expect("serializes"))
     }

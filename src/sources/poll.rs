@@ -282,6 +282,7 @@ impl Sink<'_> {
                     lines,
                     &mut out.records,
                     &mut out.changes,
+                    &mut out.parked,
                 );
                 cursors.push((*id, serde_json::to_string(table).expect("serializes")));
                 out

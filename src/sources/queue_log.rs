@@ -25,6 +25,7 @@ pub const TRACKER_CURSOR: &str = "queue-log";
 /// Runs queue_log lines (origin, line) through the tracker: ended calls become contact
 /// events (keyed by call and queue), agents' state changes go on to the interval builder
 /// (`states`). Lines that are not queue_log lines are skipped (the file reader parks them).
+/// Calls and agents whose names hold control characters are parked (`parked`).
 pub fn apply(
     cfg: &QueueLogConfig,
     states: Option<&StatesConfig>,
@@ -32,14 +33,27 @@ pub fn apply(
     lines: Vec<(String, String)>,
     records: &mut Vec<NewRecord>,
     changes: &mut Vec<ChangeRead>,
+    parked: &mut Vec<Parked>,
 ) {
+    use crate::normalize::schema::check_name;
     for (origin, line) in lines {
         let Ok(parsed) = queue_log::parse(&line) else {
             continue;
         };
         let out = tracker.apply(&parsed);
+        let park = |reason: String| Parked {
+            origin: origin.clone(),
+            reason,
+            raw: crate::push::classify::truncate(&line, 4096),
+        };
         if let (Some(call), None) = (out.call, states) {
             let (identifier, name) = cfg.queue(&call.queue);
+            if let Err(e) =
+                check_name("queueIdentifier", &identifier).and(check_name("queueName", &name))
+            {
+                parked.push(park(e));
+                continue;
+            }
             let payload = serde_json::json!({
                 "properties": {
                     "offered": true,
@@ -58,15 +72,27 @@ pub fn apply(
             });
         }
         if let Some(states) = states {
-            changes.extend(out.changes.into_iter().map(|c| ChangeRead {
-                change: Change {
+            for c in out.changes {
+                let change = Change {
                     agent: states.agent(&c.agent),
                     activity: c.state.and_then(|s| states.activity(&s)),
                     at: c.at,
-                },
-                origin: origin.clone(),
-                raw: crate::push::classify::truncate(&line, 4096),
-            }));
+                };
+                let named = check_name("agentIdentifier", &change.agent).and_then(|()| {
+                    change
+                        .activity
+                        .as_deref()
+                        .map_or(Ok(()), |a| check_name("activityIdentifier", a))
+                });
+                match named {
+                    Ok(()) => changes.push(ChangeRead {
+                        change,
+                        origin: origin.clone(),
+                        raw: crate::push::classify::truncate(&line, 4096),
+                    }),
+                    Err(e) => parked.push(park(e)),
+                }
+            }
         }
     }
 }
