@@ -281,7 +281,7 @@ async fn run_prepared(prepared: Prepared, shutdown: CancellationToken) -> Result
     }
 
     let housekeeping = outbox.clone();
-    let keep = config.state.keep_sent;
+    let (keep, keep_parked) = (config.state.keep_sent, config.state.keep_parked);
     let token = shutdown.clone();
     tracker.spawn(async move {
         loop {
@@ -292,6 +292,14 @@ async fn run_prepared(prepared: Prepared, shutdown: CancellationToken) -> Result
                     humantime::format_duration(keep)
                 ),
                 Err(e) => warn!("cannot prune delivered records: {e}"),
+            }
+            match housekeeping.prune_parked(keep_parked).await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    "removed {n} parked lines older than {}",
+                    humantime::format_duration(keep_parked)
+                ),
+                Err(e) => warn!("cannot prune parked lines: {e}"),
             }
             tokio::select! {
                 _ = token.cancelled() => return,

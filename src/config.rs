@@ -177,6 +177,8 @@ impl SourceSecret {
 pub struct StateConfig {
     pub path: PathBuf,
     pub keep_sent: Duration,
+    /// Parked input is kept this long for `status` and the operator, then deleted.
+    pub keep_parked: Duration,
 }
 
 /// The local HTTP listener for `/healthz`, `/readyz` and `/metrics`.
@@ -528,6 +530,7 @@ struct RawApi {
 struct RawState {
     path: Option<String>,
     keep_sent: Option<String>,
+    keep_parked: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1041,7 +1044,21 @@ impl Validator<'_> {
             Duration::from_secs(14 * 86_400),
             (Duration::ZERO, Duration::from_secs(3650 * 86_400)),
         );
-        StateConfig { path, keep_sent }
+        let keep_parked = self.duration(
+            &[Seg::Key("state"), Seg::Key("keep_parked")],
+            "state.keep_parked",
+            raw.keep_parked.as_deref(),
+            Duration::from_secs(30 * 86_400),
+            (
+                Duration::from_secs(3600),
+                Duration::from_secs(3650 * 86_400),
+            ),
+        );
+        StateConfig {
+            path,
+            keep_sent,
+            keep_parked,
+        }
     }
 
     fn listen(&mut self, raw: RawListen) -> ListenConfig {

@@ -569,3 +569,56 @@ async fn delivered_records_are_pruned_after_keep_sent_and_pending_and_dead_ones_
     drop(outbox);
     writer.join().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_input_is_pruned_after_keep_parked_oldest_first() {
+    use injixo_sync::outbox::Parked;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outbox.db");
+    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let parked = (0..12_000)
+        .map(|i| Parked {
+            origin: format!("day.csv:{i}"),
+            reason: "bad".into(),
+            raw: String::new(),
+        })
+        .collect();
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || {
+        ob.commit_blocking(
+            source,
+            lane,
+            Commit {
+                parked,
+                ..Commit::default()
+            },
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    // The first 11,000 were parked 40 days ago; the last 1,000 just now.
+    let forty_days_ago = injixo_sync::outbox::now_ms() - 40 * 86_400_000;
+    rusqlite::Connection::open(&state)
+        .unwrap()
+        .execute(
+            "UPDATE parked SET at = ?1 WHERE id <= (SELECT min(id) + 10999 FROM parked)",
+            [forty_days_ago],
+        )
+        .unwrap();
+    let keep = std::time::Duration::from_secs(30 * 86_400);
+    assert_eq!(outbox.prune_parked(keep).await.unwrap(), 11_000);
+    assert_eq!(outbox.prune_parked(keep).await.unwrap(), 0);
+    drop(outbox);
+    writer.join().unwrap();
+    let left: Vec<String> = rusqlite::Connection::open(&state)
+        .unwrap()
+        .prepare("SELECT origin FROM parked ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left.len(), 1_000);
+    assert_eq!(left[0], "day.csv:11000");
+}

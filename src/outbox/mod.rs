@@ -644,6 +644,24 @@ impl Outbox {
         .await
     }
 
+    /// Deletes parked input older than `keep`, oldest first, at most 5,000 rows per
+    /// transaction (so writers take turns); returns how many.
+    pub async fn prune_parked(&self, keep: Duration) -> Result<usize, OutboxError> {
+        let cutoff = now_ms() - keep.as_millis() as i64;
+        let mut total = 0;
+        loop {
+            let (n, more) = self
+                .call(move |c, p| {
+                    prune_parked_step(c, cutoff).map_err(|e| OutboxError::sqlite(p, e))
+                })
+                .await?;
+            total += n;
+            if !more {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Deletes delivered records older than `keep`; returns how many.
     pub async fn prune_sent(&self, keep: Duration) -> Result<usize, OutboxError> {
         let cutoff = now_ms() - keep.as_millis() as i64;
@@ -1019,6 +1037,27 @@ fn close_batch_if_done(c: &Connection, batch: i64) -> rusqlite::Result<()> {
     )?
     .execute([batch])?;
     Ok(())
+}
+
+/// Deletes the oldest parked rows, up to 5,000, that were parked before `cutoff`; returns how
+/// many, and whether there may be more. Rows are parked in id order, so the oldest come
+/// first and no index on the time is needed.
+fn prune_parked_step(c: &Connection, cutoff: i64) -> rusqlite::Result<(usize, bool)> {
+    const STEP: usize = 5000;
+    let oldest: Vec<(i64, i64)> = c
+        .prepare_cached("SELECT id, at FROM parked ORDER BY id LIMIT ?1")?
+        .query_map([STEP as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let old: Vec<i64> = oldest
+        .iter()
+        .take_while(|(_, at)| *at < cutoff)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut delete = c.prepare_cached("DELETE FROM parked WHERE id = ?1")?;
+    for id in &old {
+        delete.execute([id])?;
+    }
+    Ok((old.len(), old.len() == STEP))
 }
 
 /// Deletes up to 5,000 of a lane's delivered records above `from` and up to `upto`; returns
