@@ -40,6 +40,7 @@ pub enum RunError {
 /// Takes the state file's lock for the life of the daemon: a second daemon on the same
 /// state file refuses to start, naming the process that holds it.
 pub fn lock_state(config: &Config, command: &str) -> Result<crate::outbox::StateLock, RunError> {
+    crate::outbox::writable(&config.state.path)?;
     crate::outbox::StateLock::acquire(&config.state.path, command)
         .map_err(|e| RunError::Outbox(e.into_outbox_error(&config.state.path)))
 }

@@ -33,15 +33,20 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {w}");
     }
 
-    match outbox::verify(&config.state.path) {
+    // Writable first: reading a WAL database needs its -shm file, which a read-only folder
+    // keeps SQLite from making.
+    match outbox::writable(&config.state.path).and_then(|()| outbox::verify(&config.state.path)) {
         Ok(()) => ok.push(format!(
-            "state file {} is intact (integrity check passed)",
+            "state file {} is intact (integrity check passed) and writable",
             config.state.path.display()
         )),
-        Err(OutboxError::Missing(p)) => match writable_dir(p.parent().unwrap_or(Path::new("."))) {
-            Ok(()) => ok.push(format!("state file {} will be created", p.display())),
-            Err(e) => problems.push(format!("[state] path {}: {e}", p.display())),
-        },
+        Err(OutboxError::Missing(p)) => {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+            match writable_dir(dir.unwrap_or(Path::new("."))) {
+                Ok(()) => ok.push(format!("state file {} will be created", p.display())),
+                Err(e) => problems.push(format!("[state] path {}: {e}", p.display())),
+            }
+        }
         Err(e) => problems.push(e.to_string()),
     }
 

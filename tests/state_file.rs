@@ -622,3 +622,69 @@ async fn parked_input_is_pruned_after_keep_parked_oldest_first() {
     assert_eq!(left.len(), 1_000);
     assert_eq!(left[0], "day.csv:11000");
 }
+
+/// A state file the service user may not write (read-only, or owned by another user after a
+/// restore done as root): `check` names it and the fix, and `run` refuses naming it, without
+/// leaving a read-only `-shm` file behind.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_the_service_user_cannot_write_is_named_by_check_and_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state_dir = root.join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let state = state_dir.join("outbox.db");
+    {
+        let (outbox, writer, _, _) = open_with_lane(&state).await;
+        drop(outbox);
+        writer.join().unwrap();
+    }
+    let config = config_for(root, &state);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // As root every file is writable: run the commands as an unprivileged user, as the
+    // service is run.
+    let as_service_user = |args: &[&str]| {
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_injixo-sync"));
+            c
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+        };
+        let out = cmd
+            .args(["--config", config.to_str().unwrap()])
+            .args(args)
+            .output()
+            .expect("setpriv (util-linux) runs the binary as nobody");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = as_service_user(&["check", "--offline"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "the state file {} is not writable by",
+            state.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("chown -R injixo-sync:"), "{out}");
+    let (code, out) = as_service_user(&["run"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not writable by"), "{out}");
+    let left: Vec<String> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["outbox.db"], "nothing made beside it");
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}

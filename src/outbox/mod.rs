@@ -42,7 +42,7 @@ pub use report::{
     DeadLetter, LaneReport, ParkedReport, Report, SourceReport, inspect, lane_depths, verify,
 };
 pub use resend::{AgentSent, Resend, agents_sent, resend};
-pub use schema::SCHEMA_VERSION;
+pub use schema::{SCHEMA_VERSION, writable};
 
 use crate::types::{LaneKey, SourceName};
 

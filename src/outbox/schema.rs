@@ -152,6 +152,9 @@ pub fn open_rw(path: &Path) -> Result<Connection, OutboxError> {
     if !exists(path)? {
         create(path)?;
     }
+    // Before SQLite opens it: SQLite would quietly open a read-only file read-only and make
+    // its -shm file read-only too.
+    writable(path)?;
     let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     // Identify before anything writes: a foreign file is refused untouched.
     let version = identify(&conn, path)?;
@@ -231,6 +234,72 @@ fn exists(path: &Path) -> Result<bool, OutboxError> {
         }),
         Ok(_) => Ok(true),
     }
+}
+
+/// Whether this process may write the state file, its `-wal` and `-shm` files (those that
+/// exist) and the folder they are in (where SQLite makes them); an error names the first
+/// that it may not write, and the fix. Decided by `access(2)` (Unix) or the read-only
+/// attribute (Windows), without opening anything.
+pub fn writable(path: &Path) -> Result<(), OutboxError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    for (what, p) in [
+        ("the state file", path.to_path_buf()),
+        ("its -wal file", wal.into()),
+        ("its -shm file", shm.into()),
+        ("its folder", dir.to_path_buf()),
+    ] {
+        if !p.exists() {
+            continue;
+        }
+        if !may_write(&p) {
+            return Err(OutboxError::Io {
+                path: path.to_owned(),
+                message: format!(
+                    "{what} {} is not writable by {}: the daemon writes the state file, its \
+                     -wal and -shm files and the folder they are in. Give the service user \
+                     write access to them (e.g. `chown -R injixo-sync: {}`), or point \
+                     [state] path elsewhere",
+                    p.display(),
+                    whoami(),
+                    dir.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn may_write(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+#[cfg(not(unix))]
+fn may_write(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_dir() || !m.permissions().readonly())
+}
+
+#[cfg(unix)]
+fn whoami() -> String {
+    // SAFETY: getuid cannot fail.
+    format!("this user (uid {})", unsafe { libc::getuid() })
+}
+
+#[cfg(not(unix))]
+fn whoami() -> String {
+    "this user".into()
 }
 
 /// Opens an existing file through SQLite, never creating it.
