@@ -71,61 +71,74 @@ pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunErro
 
 /// Runs one generation after another: the first configuration, then each reloaded one.
 async fn generations(config: Config, stop: CancellationToken) -> Result<(), RunError> {
-    {
-        let shutdown = CancellationToken::new();
-        let reload = Arc::new(tokio::sync::Notify::new());
-        let (signals, hup) = (shutdown.clone(), reload.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = wait_for_signals(&hup) => {}
-                _ = stop.cancelled() => {}
-            }
-            info!("stop requested");
-            signals.cancel();
-        });
-        let mut current = prepare(config)?;
-        // The configuration that ran before a reload, to go back to if the reloaded one fails
-        // while starting (a listen address that is taken, say).
-        let mut previous: Option<Config> = None;
-        loop {
-            let config = current.config.clone();
-            let generation = shutdown.child_token();
-            let running = run_prepared(current, generation.clone());
-            tokio::pin!(running);
-            let next = loop {
-                tokio::select! {
-                    done = &mut running => match (done, previous.take()) {
-                        (Err(RunError::Setup(e)), Some(old)) => {
-                            error!("the reloaded configuration cannot start ({e}); going back to the previous one");
-                            break Next::Fallback(prepare(old)?);
-                        }
-                        (done, _) => return done,
-                    },
-                    // The new configuration's sources and API client are built (their secrets
-                    // read) before the running generation is stopped: a reload that cannot start
-                    // is refused, and the running one stays.
-                    _ = reload.notified() => match Config::load(&config.file)
-                        .map_err(|e| e.to_string())
-                        .and_then(|next| same_state(&config, next))
-                        .and_then(|next| prepare(next).map_err(|e| e.to_string()))
-                    {
-                        Ok(next) => break Next::Reload(next),
-                        Err(e) => error!("reload refused, the running configuration stays: {e}"),
-                    },
-                }
-            };
-            current = match next {
-                Next::Reload(next) => {
-                    info!(file = %next.config.file.display(), "reloading the configuration");
-                    Notifier::from_env().notify("RELOADING=1");
-                    generation.cancel();
-                    running.await?;
-                    previous = Some(config);
-                    next
-                }
-                Next::Fallback(old) => old,
-            };
+    let shutdown = CancellationToken::new();
+    let reload = Arc::new(tokio::sync::Notify::new());
+    let (signals, hup) = (shutdown.clone(), reload.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = wait_for_signals(&hup) => {}
+            _ = stop.cancelled() => {}
         }
+        info!("stop requested");
+        signals.cancel();
+    });
+    let mut current = prepare(config)?;
+    // The configuration that ran before a reload, to go back to if the reloaded one fails
+    // while starting (a listen address that is taken, say).
+    let mut previous: Option<Config> = None;
+    let mut listening = Listening::default();
+    loop {
+        let config = current.config.clone();
+        let generation = shutdown.child_token();
+        let socket = match (listening.for_config(&config).await, previous.take()) {
+            (Ok(socket), old) => {
+                previous = old;
+                socket
+            }
+            (Err(RunError::Setup(e)), Some(old)) => {
+                error!(
+                    "the reloaded configuration cannot start ({e}); going back to the previous one"
+                );
+                current = prepare(old)?;
+                continue;
+            }
+            (Err(e), _) => return Err(e),
+        };
+        let running = run_prepared(current, socket, generation.clone());
+        tokio::pin!(running);
+        let next = loop {
+            tokio::select! {
+                done = &mut running => match (done, previous.take()) {
+                    (Err(RunError::Setup(e)), Some(old)) => {
+                        error!("the reloaded configuration cannot start ({e}); going back to the previous one");
+                        break Next::Fallback(prepare(old)?);
+                    }
+                    (done, _) => return done,
+                },
+                // The new configuration's sources and API client are built (their secrets
+                // read) before the running generation is stopped: a reload that cannot start
+                // is refused, and the running one stays.
+                _ = reload.notified() => match Config::load(&config.file)
+                    .map_err(|e| e.to_string())
+                    .and_then(|next| same_state(&config, next))
+                    .and_then(|next| prepare(next).map_err(|e| e.to_string()))
+                {
+                    Ok(next) => break Next::Reload(next),
+                    Err(e) => error!("reload refused, the running configuration stays: {e}"),
+                },
+            }
+        };
+        current = match next {
+            Next::Reload(next) => {
+                info!(file = %next.config.file.display(), "reloading the configuration");
+                Notifier::from_env().notify("RELOADING=1");
+                generation.cancel();
+                running.await?;
+                previous = Some(config);
+                next
+            }
+            Next::Fallback(old) => old,
+        };
     }
 }
 
@@ -181,7 +194,8 @@ async fn wait_for_signals(reload: &tokio::sync::Notify) {
 /// Runs the pipeline until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let _lock = lock_state(&config, "run")?;
-    run_prepared(prepare(config)?, shutdown).await
+    let listener = Listening::default().for_config(&config).await?;
+    run_prepared(prepare(config)?, listener, shutdown).await
 }
 
 /// A configuration whose sources and API client are built: every secret has been read.
@@ -213,7 +227,43 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     })
 }
 
-async fn run_prepared(prepared: Prepared, shutdown: CancellationToken) -> Result<(), RunError> {
+/// The listen socket, which belongs to the process: a reload that keeps `[listen] address`
+/// keeps it, so that connections made meanwhile wait in the backlog instead of being refused.
+#[derive(Default)]
+struct Listening(Option<(std::net::SocketAddr, Arc<tokio::net::TcpListener>)>);
+
+impl Listening {
+    /// The socket for `config`: the one held if its address is the same, else a new one
+    /// (bound first, so that a taken address stops the start before anything else runs).
+    async fn for_config(
+        &mut self,
+        config: &Config,
+    ) -> Result<Option<Arc<tokio::net::TcpListener>>, RunError> {
+        let Some(listen) = &config.listen else {
+            self.0 = None;
+            return Ok(None);
+        };
+        match &self.0 {
+            Some((address, socket)) if *address == listen.address => Ok(Some(socket.clone())),
+            _ => {
+                self.0 = None;
+                let socket = Arc::new(
+                    server::bind(listen.address)
+                        .await
+                        .map_err(RunError::Setup)?,
+                );
+                self.0 = Some((listen.address, socket.clone()));
+                Ok(Some(socket))
+            }
+        }
+    }
+}
+
+async fn run_prepared(
+    prepared: Prepared,
+    listener: Option<Arc<tokio::net::TcpListener>>,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let Prepared {
         config,
         built,
@@ -232,12 +282,6 @@ async fn run_prepared(prepared: Prepared, shutdown: CancellationToken) -> Result
         retry_initial: config.api.retry_initial,
         retry_max: config.api.retry_max,
         pause_probe: config.api.pause_probe,
-    };
-
-    // Bind first: a taken address stops the start before anything else runs.
-    let listener = match &config.listen {
-        Some(l) => Some(server::bind(l.address).await.map_err(RunError::Setup)?),
-        None => None,
     };
 
     let mut lane_ids = Vec::new();
@@ -316,7 +360,9 @@ async fn run_prepared(prepared: Prepared, shutdown: CancellationToken) -> Result
             sources: source_metrics,
             lanes: lane_metrics,
             ready_pending_age: listen.ready_pending_age,
+            body_timeout: listen.body_timeout,
             hooks,
+            reading: Arc::default(),
         });
         info!(address = %listen.address, "serving /healthz, /readyz, /metrics and {} webhook(s)", observed.hooks.len());
         tracker.spawn(server::serve(listener, observed, shutdown.clone()));

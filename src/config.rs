@@ -187,6 +187,8 @@ pub struct ListenConfig {
     pub address: std::net::SocketAddr,
     /// `/readyz` fails while a lane's oldest pending record is older than this.
     pub ready_pending_age: Duration,
+    /// A push's body must have arrived this long after its headers.
+    pub body_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -538,6 +540,7 @@ struct RawState {
 struct RawListen {
     address: Option<String>,
     ready_pending_age: Option<String>,
+    body_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1079,9 +1082,17 @@ impl Validator<'_> {
             Duration::from_secs(3600),
             (Duration::from_secs(1), Duration::from_secs(30 * 86_400)),
         );
+        let body_timeout = self.duration(
+            &at("body_timeout"),
+            "listen.body_timeout",
+            raw.body_timeout.as_deref(),
+            Duration::from_secs(10),
+            (Duration::from_millis(100), Duration::from_secs(300)),
+        );
         ListenConfig {
             address,
             ready_pending_age,
+            body_timeout,
         }
     }
 

@@ -4,11 +4,21 @@
 //! The health and metrics endpoints read the daemon's counters and the outbox (read-only)
 //! and change nothing; pushes go to their source's thread, which commits them. It binds to
 //! loopback unless told otherwise, and refuses to start when the address is taken.
+//!
+//! It stays answerable under floods: a connection is accepted at once (at most
+//! [`MAX_CONNECTIONS`], beyond that answered 503 and closed, never left waiting in the
+//! backlog); a client that sends no request headers within 10 s (also between requests on
+//! a kept-alive connection) is cut off; a push's body must arrive within `body_timeout`; and
+//! one client address has at most [`MAX_PUSHES_PER_CLIENT`] push bodies read at once. The
+//! socket itself belongs to the process, not to a generation: a reload that keeps the
+//! address keeps it, so connections made meanwhile wait in the backlog instead of being
+//! refused.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,8 +41,44 @@ pub struct Observed {
     pub lanes: Vec<(LaneId, Arc<LaneMetrics>)>,
     /// `/readyz` fails when a lane's oldest pending record is older than this.
     pub ready_pending_age: Duration,
+    /// A push's body must arrive within this after its headers.
+    pub body_timeout: Duration,
     /// The `webhook` sources' routes.
     pub hooks: Vec<Hook>,
+    /// Push bodies being read, per client address.
+    pub reading: Arc<PushesByClient>,
+}
+
+/// How many push bodies are being read from each client address.
+#[derive(Default)]
+pub struct PushesByClient(Mutex<HashMap<IpAddr, usize>>);
+
+impl PushesByClient {
+    /// A slot for one more push from `ip`, or `None` when it has [`MAX_PUSHES_PER_CLIENT`].
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<PushSlot> {
+        let mut map = self.0.lock().expect("pushes by client");
+        let n = map.entry(ip).or_default();
+        if *n >= MAX_PUSHES_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(PushSlot(self.clone(), ip))
+    }
+}
+
+/// One push being read; gives its slot back when dropped.
+struct PushSlot(Arc<PushesByClient>, IpAddr);
+
+impl Drop for PushSlot {
+    fn drop(&mut self) {
+        let mut map = self.0.0.lock().expect("pushes by client");
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// Binds the listener, with an error that says what to do when the address is taken.
@@ -50,28 +96,51 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
 }
 
 /// Serves until `shutdown` fires: each connection on a task of its own (at most
-/// [`MAX_CONNECTIONS`] at once), a client that sends no request within 10 s cut off.
-pub async fn serve(listener: TcpListener, observed: Arc<Observed>, shutdown: CancellationToken) {
+/// [`MAX_CONNECTIONS`]; one more is answered 503 and closed at once), a client that sends no
+/// request headers within 10 s cut off. The listener is borrowed: it outlives a generation.
+pub async fn serve(
+    listener: Arc<TcpListener>,
+    observed: Arc<Observed>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            s = slots.clone().acquire_owned() => s.expect("never closed"),
-        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
-                Err(_) => continue,
+                // Out of file descriptors, say: wait a moment rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             },
         };
         while connections.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            connections.spawn(turn_away(stream));
+            continue;
+        };
         let observed = observed.clone();
         let stop = shutdown.clone();
         connections.spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req| answer(req, observed.clone(), peer));
+            let stopping = stop.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let (observed, stopping) = (observed.clone(), stopping.clone());
+                async move {
+                    let mut answer = answer(req, observed, peer).await?;
+                    if stopping.is_cancelled() {
+                        // The client learns to come back on a new connection, which the
+                        // next generation takes, instead of finding this one closed under it.
+                        answer.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -81,9 +150,12 @@ pub async fn serve(listener: TcpListener, observed: Arc<Observed>, shutdown: Can
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = stop.cancelled() => {
-                    // A request in flight still gets its answer; then the connection closes.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                    // A request in flight, or one sent in the next moment, is answered with
+                    // `connection: close`; a connection still idle after that is closed.
+                    if tokio::time::timeout(CLOSING_GRACE, conn.as_mut()).await.is_err() {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+                    }
                 }
             }
             drop(slot);
@@ -92,8 +164,21 @@ pub async fn serve(listener: TcpListener, observed: Arc<Observed>, shutdown: Can
     while connections.join_next().await.is_some() {}
 }
 
-/// The most connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 256;
+/// The most connections served at once.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a stopping listener keeps serving a kept-alive connection, so that a client's
+/// next request gets an answer that says to reconnect rather than a closed connection.
+const CLOSING_GRACE: Duration = Duration::from_millis(500);
+/// The most push bodies read at once from one client address.
+pub const MAX_PUSHES_PER_CLIENT: usize = 64;
+
+/// Answers a connection over [`MAX_CONNECTIONS`] with 503 and closes it, without reading it.
+async fn turn_away(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let answer = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+                   content-length: 0\r\nconnection: close\r\n\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer)).await;
+}
 
 type Answer = Result<Response<Full<Bytes>>, std::convert::Infallible>;
 
@@ -179,7 +264,9 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
 
 /// `POST /webhook/<source>/<token>`: the body is committed to the outbox before the 2xx.
 ///
-/// 404 for an unknown source or a wrong token (alike, so neither can be probed), 405 for a
+/// 408 for a body that does not arrive within `body_timeout`, 503 when the client has
+/// [`MAX_PUSHES_PER_CLIENT`] bodies being read already; 404 for an unknown source or a wrong
+/// token (alike, so neither can be probed), 405 for a
 /// method other than POST, 415 for a body that is not JSON, 413 above `max_body`, 400 for
 /// JSON that is not an object or an array of objects, 422 when nothing in the push could
 /// become a record (kept all the same, parked with the reason), 503 when the outbox cannot take it
@@ -240,17 +327,36 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
     if declared.is_some_and(|n| n > hook.max_body as u64) {
         return too_large();
     }
-    let body = match http_body_util::Limited::new(req.into_body(), hook.max_body)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
+    let Some(_reading) = o.reading.enter(peer.ip()) else {
+        return busy(&format!(
+            "{} pushes from {} are being read already",
+            MAX_PUSHES_PER_CLIENT,
+            peer.ip()
+        ));
+    };
+    let read = http_body_util::Limited::new(req.into_body(), hook.max_body).collect();
+    let body = match tokio::time::timeout(o.body_timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the body: {e}"),
             );
+        }
+        Err(_) => {
+            let mut r = refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within body_timeout ({}); nothing was kept",
+                    humantime::format_duration(o.body_timeout)
+                ),
+            )?;
+            r.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            return Ok(r);
         }
     };
     let objects = match serde_json::from_slice::<serde_json::Value>(&body) {

@@ -342,3 +342,168 @@ async fn agent_state_changes_pushed_again_are_applied_once_and_never_parked() {
     let states = report.sources.iter().find(|s| s.name == "states").unwrap();
     assert_eq!(states.parked_total, 0, "{report:#?}");
 }
+
+/// 300 idle connections and 260 pushes whose bodies trickle in: `/healthz`, `/metrics` and
+/// another client's push still answer at once, and the slow pushes end with 408 after
+/// `body_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_pushes_answer_under_a_flood_of_idle_and_slow_clients() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    let text =
+        config(&env, &api.url(), port).replace("[listen]\n", "[listen]\nbody_timeout = \"3s\"\n");
+    std::fs::write(&env.config_file, text).unwrap();
+    let mut daemon = Process::start(&env.config_file);
+    wait_listening(port).await;
+    let flooder = |_: usize| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+    };
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        idle.push(flooder(i).await);
+    }
+    let mut slow = Vec::new();
+    for i in 0..260 {
+        let mut s = flooder(i).await;
+        s.write_all(
+            format!(
+                "POST /webhook/acd/{TOKEN} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                 content-length: 1000\r\n\r\n["
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        slow.push(s);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for path in ["/healthz", "/metrics"] {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path} did not answer within 1 s: {e}"));
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    let r = client
+        .post(format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}"))
+        .header("content-type", "application/json")
+        .body(event(1))
+        .send()
+        .await
+        .expect("a push from another client is answered within 1 s");
+    assert_eq!(r.status().as_u16(), 200);
+    // The slow pushes: 64 from one address are read at once (the rest answered 503 at
+    // once); those end with 408 when body_timeout has passed.
+    let mut statuses = std::collections::BTreeMap::new();
+    for s in slow.iter_mut() {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .expect("every slow push is answered")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        *statuses
+            .entry(head.split(' ').nth(1).unwrap_or("closed").to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get("408"), Some(&64), "{statuses:?}");
+    assert_eq!(statuses.get("503"), Some(&196), "{statuses:?}");
+    drop(idle);
+    daemon.assert_running();
+    daemon.kill9();
+    wait_for(Duration::from_secs(30), "the one good push", || {
+        api.record_count() >= 1
+    })
+    .await;
+}
+
+/// Five reloads while clients push without pause: the socket is kept, so no push is refused
+/// and none fails to connect; every acknowledged record arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_that_keep_the_address_refuse_no_push() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    std::fs::write(&env.config_file, config(&env, &api.url(), port)).unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let daemon = Process::start_logged(&env.config_file, &log);
+    wait_for(Duration::from_secs(30), "the first generation", || {
+        generations_started(&log) == 1
+    })
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut pushers = tokio::task::JoinSet::new();
+    for p in 0..4u64 {
+        let stop = stop.clone();
+        pushers.spawn(async move {
+            let client = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
+            let (mut acked, mut refused) = (Vec::new(), Vec::new());
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let id = p * 1_000_000 + n;
+                n += 1;
+                match client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(event(id))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().as_u16() == 200 => acked.push(id),
+                    Ok(r) => refused.push(format!("{id}: HTTP {}", r.status())),
+                    Err(e) => refused.push(format!("{id}: {e}")),
+                }
+            }
+            (acked, refused)
+        });
+    }
+    for reload in 1..=5 {
+        unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+        wait_for(Duration::from_secs(30), "the next generation", || {
+            generations_started(&log) == reload + 1
+        })
+        .await;
+        let before = api.record_count();
+        wait_for(
+            Duration::from_secs(30),
+            "pushes delivered after the reload",
+            || api.record_count() > before + 20,
+        )
+        .await;
+    }
+    stop.cancel();
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
+    while let Some(r) = pushers.join_next().await {
+        let (a, r) = r.unwrap();
+        acked.extend(a);
+        refused.extend(r);
+    }
+    assert!(
+        refused.is_empty(),
+        "{} refused: {:?}",
+        refused.len(),
+        &refused[..refused.len().min(5)]
+    );
+    wait_for(Duration::from_secs(60), "every acknowledged push", || {
+        api.record_count() >= acked.len()
+    })
+    .await;
+    daemon.kill9();
+    let got = arrivals(&api);
+    for id in &acked {
+        assert!(
+            got.contains_key(id),
+            "push {id} was acknowledged but not delivered"
+        );
+    }
+}

@@ -146,9 +146,16 @@ impl Source for WebhookSource {
         handle.block_on(async {
             let idle = Duration::from_secs(60);
             let mut wait = idle;
+            // On shutdown the listener stops taking requests, but the pushes it has taken
+            // still get their answer: this thread goes on until the listener has let go of
+            // its end of the channel (after its last request), so that a reload refuses none.
+            let mut stopping = false;
             loop {
                 tokio::select! {
-                    _ = ctx.shutdown.cancelled() => break,
+                    _ = ctx.shutdown.cancelled(), if !stopping => {
+                        stopping = true;
+                        continue;
+                    }
                     first = rx.recv() => {
                         let Some(first) = first else { break };
                         let mut pushes = vec![first];
@@ -160,7 +167,7 @@ impl Source for WebhookSource {
                         }
                         take(&ctx, &cfg, states.as_mut(), pushes).await;
                     }
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(wait), if !stopping => {}
                 }
                 if let Some(st) = states.as_mut() {
                     let (due, next) = st.flush(&ctx.name, idle);
@@ -174,8 +181,6 @@ impl Source for WebhookSource {
                     }
                 }
             }
-            // Pushes still queued get no 2xx: their senders retry.
-            rx.close();
             debug!(source = %ctx.name, "stopped");
         });
     }

@@ -217,6 +217,21 @@ impl Process {
         Self(child)
     }
 
+    /// Like [`Process::start`], with the log (`info`) written to `log`.
+    pub fn start_logged(config: &Path, log: &Path) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start injixo-sync");
+        Self(child)
+    }
+
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
@@ -252,6 +267,14 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// How many generations a logged daemon (see [`Process::start_logged`]) has started.
+pub fn generations_started(log: &Path) -> usize {
+    let started = format!("injixo-sync {} running", env!("CARGO_PKG_VERSION"));
+    std::fs::read_to_string(log)
+        .map(|t| t.matches(&started).count())
+        .unwrap_or(0)
 }
 
 /// Runs the binary with arguments and returns (exit code, stdout + stderr).
