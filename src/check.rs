@@ -179,12 +179,12 @@ fn reachability(rt: &tokio::runtime::Runtime, config: &Config) -> Result<String,
     match rt.block_on(client.probe()) {
         Ok(status) => Ok(format!(
             "API {} reachable (answered HTTP {status})",
-            config.api.url
+            crate::redact::url(&config.api.url)
         )),
         Err(e) => Err(format!(
             "cannot reach the API at {}: {e}. Check api.url, api.proxy / HTTPS_PROXY and the \
              firewall (pass --offline to skip)",
-            config.api.url
+            crate::redact::url(&config.api.url)
         )),
     }
 }

@@ -97,7 +97,9 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-#[derive(Clone, Debug)]
+/// `Debug` hides the password in `url` and `proxy` (see [`crate::redact`]); the key is a
+/// [`TokenSource`], which never shows it.
+#[derive(Clone)]
 pub struct ApiConfig {
     pub url: reqwest::Url,
     pub token: TokenSource,
@@ -110,6 +112,24 @@ pub struct ApiConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub pause_probe: Duration,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("url", &crate::redact::url(&self.url))
+            .field("token", &self.token)
+            .field("batch_records", &self.batch_records)
+            .field("batch_bytes", &self.batch_bytes)
+            .field("linger", &self.linger)
+            .field("timeout", &self.timeout)
+            .field("proxy", &self.proxy.as_ref().map(crate::redact::url))
+            .field("ca_file", &self.ca_file)
+            .field("retry_initial", &self.retry_initial)
+            .field("retry_max", &self.retry_max)
+            .field("pause_probe", &self.pause_probe)
+            .finish()
+    }
 }
 
 /// Where the API key comes from. The key itself is read when needed, so a rotated key written

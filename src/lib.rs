@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod outbox;
 pub mod push;
+pub mod redact;
 pub mod send_test;
 pub mod server;
 pub mod service;

@@ -52,8 +52,9 @@ pub struct SqlConfig {
     pub queue_log: Option<QueueLogConfig>,
 }
 
-/// `type = "http"`.
-#[derive(Clone, Debug)]
+/// `type = "http"`. `Debug` hides the URL's password and query values, header values and the
+/// body, any of which may hold a credential.
+#[derive(Clone)]
 pub struct HttpConfig {
     pub schedule: Schedule,
     /// With `{cursor}`, `{now}` and `{until}` filled in (URL-encoded).
@@ -76,7 +77,32 @@ pub struct HttpConfig {
     pub rows: RowRules,
 }
 
-#[derive(Clone, Debug)]
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("schedule", &self.schedule)
+            .field("url", &crate::redact::url_text(&self.url))
+            .field("post", &self.post)
+            .field("headers", &crate::redact::headers(&self.headers))
+            .field(
+                "body",
+                &self.body.as_ref().map(|b| format!("<{} bytes>", b.len())),
+            )
+            .field("auth", &self.auth)
+            .field("records", &self.records)
+            .field("pagination", &self.pagination)
+            .field("cursor", &self.cursor)
+            .field("initial_cursor", &self.initial_cursor)
+            .field("page_size", &self.page_size)
+            .field("lag", &self.lag)
+            .field("snapshot", &self.snapshot)
+            .field("timeout", &self.timeout)
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
 pub enum HttpAuth {
     None,
     Bearer(SourceSecret),
@@ -91,6 +117,32 @@ pub enum HttpAuth {
         secret: SourceSecret,
         scope: Option<String>,
     },
+}
+
+impl std::fmt::Debug for HttpAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpAuth::None => f.write_str("None"),
+            HttpAuth::Bearer(t) => f.debug_tuple("Bearer").field(t).finish(),
+            HttpAuth::Basic { username, password } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", password)
+                .finish(),
+            HttpAuth::OAuth2 {
+                token_url,
+                client_id,
+                secret,
+                scope,
+            } => f
+                .debug_struct("OAuth2")
+                .field("token_url", &crate::redact::url(token_url))
+                .field("client_id", client_id)
+                .field("secret", secret)
+                .field("scope", scope)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

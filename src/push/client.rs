@@ -29,7 +29,7 @@ impl ApiClient {
             .pool_idle_timeout(Duration::from_secs(50));
         if let Some(proxy) = &cfg.proxy {
             let p = reqwest::Proxy::all(proxy.as_str())
-                .map_err(|e| format!("api.proxy {proxy}: {e}"))?;
+                .map_err(|e| format!("api.proxy {}: {e}", crate::redact::url(proxy)))?;
             builder = builder.proxy(p);
         }
         if let Some(ca) = &cfg.ca_file {
@@ -80,7 +80,7 @@ impl ApiClient {
     pub async fn probe(&self) -> Result<u16, String> {
         match self.http.get(self.url("/")).send().await {
             Ok(r) => Ok(r.status().as_u16()),
-            Err(e) => Err(describe(&e)),
+            Err(e) => Err(describe(e)),
         }
     }
 
@@ -119,7 +119,7 @@ impl ApiClient {
                         // The API said yes; a broken body after that does not undo it.
                         format!("(answer body unreadable: {e})")
                     }
-                    Err(e) => return Attempt::Unknown(describe(&e)),
+                    Err(e) => return Attempt::Unknown(describe(e)),
                 };
                 Attempt::Answered {
                     status,
@@ -127,8 +127,8 @@ impl ApiClient {
                     body,
                 }
             }
-            Err(e) if e.is_connect() => Attempt::NotSent(describe(&e)),
-            Err(e) => Attempt::Unknown(describe(&e)),
+            Err(e) if e.is_connect() => Attempt::NotSent(describe(e)),
+            Err(e) => Attempt::Unknown(describe(e)),
         }
     }
 }
@@ -150,15 +150,16 @@ pub fn body(meta_json: &str, records: &[(i64, String)]) -> String {
     out
 }
 
-/// An error and its causes on one line. (The URL in it holds no secret: the key travels only in
-/// the `Authorization` header, which is marked sensitive.)
-fn describe(e: &reqwest::Error) -> String {
+/// An error and its causes on one line, without the URL (`api.url` may hold user info; the key
+/// itself travels only in the `Authorization` header, which is marked sensitive).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut s = if e.is_timeout() {
         "timed out".to_owned()
     } else {
         e.to_string()
     };
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
         let c = cause.to_string();
         if !s.contains(&c) {

@@ -239,7 +239,7 @@ impl HttpPoller {
             req = self.authorize(req).await?;
             let wait = match req.send().await {
                 Err(e) => {
-                    let why = format!("{}: {}", redact(url), error_chain(&e));
+                    let why = format!("{}: {}", redact(url), error_chain(&e.without_url()));
                     if attempt >= ATTEMPTS {
                         return Err(PollError::Remote(why));
                     }
@@ -363,7 +363,7 @@ impl HttpPoller {
                 PollError::Remote(format!(
                     "token_url {}: {}",
                     redact(token_url),
-                    error_chain(&e)
+                    error_chain(&e.without_url())
                 ))
             })?;
         let status = resp.status();
@@ -408,7 +408,11 @@ fn bearer(token: &Secret) -> Result<HeaderValue, PollError> {
 /// A body, up to [`MAX_RESPONSE`] bytes.
 async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| error_chain(&e.without_url()))?
+    {
         if out.len() + chunk.len() > MAX_RESPONSE {
             return Err(format!(
                 "the answer is larger than {} MiB",
@@ -512,13 +516,9 @@ pub fn link_next(headers: &HeaderMap) -> Option<String> {
     None
 }
 
-/// A URL for messages: without user info and query (either may hold a secret).
+/// A URL for messages: without its password and query values (either may hold a secret).
 fn redact(url: &reqwest::Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.to_string()
+    crate::redact::url(url)
 }
 
 fn excerpt(bytes: &[u8]) -> String {
