@@ -217,6 +217,11 @@ impl Process {
         Self(child)
     }
 
+    /// A process started from a prepared command.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(cmd.spawn().expect("start injixo-sync"))
+    }
+
     /// Like [`Process::start`], with the log (`info`) written to `log`.
     pub fn start_logged(config: &Path, log: &Path) -> Self {
         let file = std::fs::File::create(log).expect("log file");
