@@ -35,7 +35,6 @@ const IMPORT_IDS: u64 = 4_000_000;
 
 struct Setup {
     env: Env,
-    port: u16,
     log: PathBuf,
     valid: String,
     old: PathBuf,
@@ -128,7 +127,7 @@ async fn append(exports: PathBuf, acked: Arc<Acked>, stop: CancellationToken) {
         f.write_all(events(next..next + 5).as_bytes()).unwrap();
         acked.add(next..next + 5);
         next += 5;
-        if next % 500 == 0 {
+        if next.is_multiple_of(500) {
             rotations += 1;
             std::fs::rename(&live, exports.join(format!("live-{rotations}.ndjson"))).unwrap();
         }
@@ -217,7 +216,6 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
     let setup = Setup {
         log: env.dir.path().join("daemon.log"),
         env,
-        port,
         valid,
         old,
     };
