@@ -430,14 +430,6 @@ async fn start_at_end_skips_history_but_reads_new_files_whole() {
     assert_eq!(got, vec![50, 51, 52, 99]);
 }
 
-/// Whether this process may mount (the test is skipped, and says so, where it may not).
-fn can_mount() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
 fn sh(cmd: &str) {
     let status = std::process::Command::new("sh")
         .arg("-c")
@@ -449,8 +441,11 @@ fn sh(cmd: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_that_disappears_for_a_while_is_not_read_again_from_the_start() {
-    if !can_mount() {
-        eprintln!("skipped: mounting needs root");
+    if !require(
+        "mount",
+        is_root(),
+        "run the tests as root, which may bind-mount",
+    ) {
         return;
     }
     let env = Env::new();
@@ -789,4 +784,59 @@ async fn control_characters_in_queue_names_park_the_row() {
     for p in &report.parked {
         assert!(p.reason.contains("control character"), "{}", p.reason);
     }
+}
+
+/// logrotate's numbered rotation (app.log -> app.log.1 -> app.log.2 ...) every few hundred
+/// milliseconds while lines are appended fast, every rotated name inside `include`: names move
+/// between the directory scan and the open, and no file is taken for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbered_rotation_inside_include_under_a_burst_reads_every_line_once() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env
+        .ndjson_source("acd", "tail", "")
+        .replace("[\"*.ndjson\"]", "[\"app.log*\"]");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let dir = env.exports.clone();
+    let daemon = Daemon::start(config);
+    let writer = std::thread::spawn(move || {
+        let live = dir.join("app.log");
+        let rotated = |n: u32| dir.join(format!("app.log.{n}"));
+        let mut next = 0u64;
+        for _ in 0..20 {
+            for _ in 0..30 {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&live)
+                    .unwrap();
+                f.write_all(events(next..next + 10).as_bytes()).unwrap();
+                next += 10;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let top = (1..).find(|n| !rotated(*n).exists()).unwrap();
+            for n in (1..top).rev() {
+                std::fs::rename(rotated(n), rotated(n + 1)).unwrap();
+            }
+            std::fs::rename(&live, rotated(1)).unwrap();
+        }
+        next
+    });
+    let written = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    wait_for(LIMIT, "every line", || {
+        api.record_count() >= written as usize
+    })
+    .await;
+    wait_for(LIMIT, "nothing pending", || {
+        env.try_report()
+            .is_some_and(|r| r.lanes.iter().all(|l| l.pending == 0))
+    })
+    .await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len() as u64, written, "every line");
+    let twice = got.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "{twice} lines arrived twice");
 }

@@ -547,7 +547,7 @@ impl FilesSource {
             if open || meta.len() == 0 {
                 continue;
             }
-            match self.discover(ctx, &path, &meta) {
+            match self.discover(ctx, &path) {
                 Ok(()) => {}
                 Err(TakeError::Outbox(e)) => return Err(e),
                 Err(TakeError::Io(e)) => {
@@ -559,22 +559,19 @@ impl FilesSource {
     }
 
     /// Identifies a file found at `path` and starts tailing it, unless it is a finished one.
-    fn discover(
-        &mut self,
-        ctx: &SourceContext,
-        path: &Path,
-        meta: &std::fs::Metadata,
-    ) -> Result<(), TakeError> {
+    fn discover(&mut self, ctx: &SourceContext, path: &Path) -> Result<(), TakeError> {
         let mut file = open_shared(path)?;
         let head = read_head(&mut file)?;
         let (dev, ino) = file_identity(&file);
+        // The length of the file opened, not of what the name led to at the scan: names move
+        // under a rotation (app.log -> app.log.1 -> app.log.2) between the scan and the open.
+        let len = file.metadata()?.len();
         let same_start = |k: &Known| {
             k.cur.fp_len as usize <= head.len()
                 && fingerprint(&head[..k.cur.fp_len as usize]) == k.cur.fp
         };
         // A finished file is only the same if it is also still as long as when it was
         // finished: a new file that got its inode back after a delete may begin alike.
-        let len = meta.len();
         let found = self
             .known
             .iter()
@@ -632,7 +629,7 @@ impl FilesSource {
         }
         let idx = match found {
             Some(i) if self.known[i].cur.done => return Ok(()),
-            Some(i) if meta.len() < self.known[i].cur.offset => {
+            Some(i) if len < self.known[i].cur.offset => {
                 // Truncated while we were away: what is there now is new.
                 self.retire(ctx, i)?;
                 self.start_file(ctx, path, (dev, ino), &head, 0)?
@@ -675,7 +672,7 @@ impl FilesSource {
                 }
                 None => {
                     let start = if self.first_pass && self.cfg.start_at == StartAt::End {
-                        line_start_before(&mut file, meta.len())?
+                        line_start_before(&mut file, len)?
                     } else {
                         0
                     };
@@ -1750,6 +1747,10 @@ mod tests {
             Read,
             /// logrotate `create`: rename to live.ndjson.N, new empty file.
             RotateRename,
+            /// logrotate's numbered rotation: live.ndjson.2 -> .3, .1 -> .2, live -> .1, and a
+            /// new empty file (every name stays inside `include`; none is deleted, since a
+            /// file deleted before it was read is gone for any reader).
+            RotateShift,
             /// logrotate `copytruncate` (copy to a name the source does not read).
             CopyTruncate,
             /// `copytruncate` with the copy inside `include`, and no read before it: the
@@ -1766,6 +1767,7 @@ mod tests {
                 4 => (1u8..30, any::<bool>()).prop_map(|(n, p)| Op::Append(n, p)),
                 3 => Just(Op::Read),
                 1 => Just(Op::RotateRename),
+                1 => Just(Op::RotateShift),
                 1 => Just(Op::CopyTruncate),
                 1 => Just(Op::CopyTruncateInside),
                 1 => Just(Op::DeleteRecreate),
@@ -1954,6 +1956,18 @@ mod tests {
                                     .unwrap()
                                     .set_len(0)
                                     .unwrap();
+                            }
+                        }
+                        Op::RotateShift => {
+                            w.finish_line();
+                            if w.live().exists() {
+                                let shifted = |n: u32| w.dir.join(format!("live.ndjson.s{n}"));
+                                let top = (1..).find(|n| !shifted(*n).exists()).unwrap();
+                                for n in (1..top).rev() {
+                                    std::fs::rename(shifted(n), shifted(n + 1)).unwrap();
+                                }
+                                std::fs::rename(w.live(), shifted(1)).unwrap();
+                                std::fs::File::create(w.live()).unwrap();
                             }
                         }
                         Op::CopyTruncateInside => {
