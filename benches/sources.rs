@@ -22,6 +22,11 @@ mod net;
 use net::free_port;
 
 #[cfg(unix)]
+#[path = "../tests/support/prereq.rs"]
+#[allow(dead_code)]
+mod prereq;
+
+#[cfg(unix)]
 #[path = "../tests/support/databases.rs"]
 #[allow(dead_code)]
 mod databases;
@@ -60,7 +65,7 @@ fn main() {
     api.set_outage(Some((503, None)));
 
     // 1. PostgreSQL.
-    let pg = databases::Postgres::start();
+    let pg = databases::Postgres::start().expect("PostgreSQL (apt-get install postgresql)");
     runtime.block_on(async {
         let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
         sqlx::query(

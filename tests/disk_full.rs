@@ -33,8 +33,16 @@ impl Drop for Mount {
     }
 }
 
-/// A 1 MiB tmpfs over the state directory, or `None` where mounting is not allowed.
+/// A 1 MiB tmpfs over the state directory; `None` where mounting is not allowed and skipping
+/// that was asked for (`INJIXO_TEST_SKIP=mount`).
 fn small_state_disk(env: &Env) -> Option<Mount> {
+    if !require(
+        "mount",
+        is_root(),
+        "run the tests as root, which may mount a tmpfs",
+    ) {
+        return None;
+    }
     let fs = env.dir.path().join("state");
     std::fs::create_dir_all(&fs).unwrap();
     let mounted = Command::new("mount")
@@ -42,10 +50,7 @@ fn small_state_disk(env: &Env) -> Option<Mount> {
         .arg(&fs)
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("cannot mount a tmpfs here (not root?); .ci/run runs this as root");
-        return None;
-    }
+    assert!(mounted, "mount -t tmpfs failed as root");
     Some(Mount(fs))
 }
 

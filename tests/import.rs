@@ -97,6 +97,13 @@ fn on_a_terminal_the_import_shows_a_progress_bar() {
         env.config_file.display(),
         history.display()
     );
+    if !require(
+        "script",
+        has_program("script", "--version"),
+        "apt-get install util-linux (for script)",
+    ) {
+        return;
+    }
     // `script` gives the command a pseudo-terminal, as an operator's shell would.
     let out = Command::new("script")
         .args(["-qec", &command, "/dev/null"])

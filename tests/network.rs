@@ -100,10 +100,15 @@ fn count(stats: &Option<Value>, key: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_darkness_and_a_slow_link_are_ridden_out() {
-    let Some(ns) = Netns::create() else {
-        eprintln!("cannot make a network namespace with nftables here (not root?); .ci/run can");
+    let tools = has_program("ip", "-V") && has_program("nft", "--version");
+    if !require(
+        "netns",
+        is_root() && tools,
+        "run the tests as root with iproute2 and nftables (apt-get install iproute2 nftables)",
+    ) {
         return;
-    };
+    }
+    let ns = Netns::create().expect("a network namespace with nftables (root, ip, nft)");
     let env = Env::new();
     let bin = env!("CARGO_BIN_EXE_injixo-sync");
     let listen = format!("127.0.0.1:{API_PORT}");

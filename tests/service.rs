@@ -76,12 +76,11 @@ fn read(socket: &UnixDatagram, messages: &mut Vec<String>, until: &dyn Fn(&[Stri
 
 #[test]
 fn the_unit_file_passes_systemd_analyze_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("systemd-analyze is not installed; .ci/run installs it");
+    if !require(
+        "systemd",
+        has_program("systemd-analyze", "--version"),
+        "apt-get install systemd (for systemd-analyze)",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use super::prereq::{has_program, is_root, require};
 
 fn wait_port(port: u16, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -45,13 +42,18 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Initialises a cluster with a trusted user `test` and a database `acd`, and starts it.
-    pub fn start() -> Self {
+    /// Initialises a cluster with a trusted user `test` and a database `acd`, and starts it;
+    /// `None` where PostgreSQL is missing and skipping it was asked for (see
+    /// [`super::require`]).
+    pub fn start() -> Option<Self> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).max())
-            .filter(|b| b.join("initdb").exists())
-            .expect("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)");
+            .filter(|b| b.join("initdb").exists());
+        if !require("postgres", bin.is_some(), "apt-get install postgresql") {
+            return None;
+        }
+        let bin = bin.expect("checked");
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         if is_root() {
@@ -97,7 +99,7 @@ impl Postgres {
                 .args(["-p", &pg.port.to_string()]),
             "createdb",
         );
-        pg
+        Some(pg)
     }
 
     fn as_owner(&self, program: &Path) -> Command {
@@ -173,20 +175,20 @@ pub struct MariaDb {
 
 impl MariaDb {
     /// Installs a data directory with a database `acd` and starts the server; `root` needs no
-    /// password.
-    pub fn start() -> Self {
+    /// password. `None` where MariaDB is missing and skipping it was asked for.
+    pub fn start() -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let install = ["mariadb-install-db", "mysql_install_db"]
             .into_iter()
-            .find(|p| {
-                Command::new(p)
-                    .arg("--help")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok()
-            })
-            .expect("MariaDB is not installed: apt-get install mariadb-server (.ci/run does)");
+            .find(|p| has_program(p, "--help"));
+        if !require(
+            "mariadb",
+            install.is_some(),
+            "apt-get install mariadb-server",
+        ) {
+            return None;
+        }
+        let install = install.expect("checked");
         let user = if is_root() {
             "root".to_owned()
         } else {
@@ -223,7 +225,7 @@ impl MariaDb {
                 .arg(format!("-P{}", db.port)),
             "create database",
         );
-        db
+        Some(db)
     }
 
     pub fn url(&self) -> String {

@@ -7,8 +7,11 @@
 
 pub mod acd_api;
 pub mod net;
+pub mod prereq;
 #[allow(unused_imports)]
 pub use net::free_port;
+#[allow(unused_imports)]
+pub use prereq::{has_program, is_root, require};
 #[cfg(unix)]
 pub mod databases;
 
