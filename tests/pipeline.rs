@@ -695,3 +695,81 @@ async fn a_windows_1252_csv_from_excel_is_read_as_text() {
     assert_eq!(record["queueName"], "Kündigung Müller");
     assert_eq!(record["properties"]["duration"], 12.5);
 }
+
+/// A batch refused whole is sent in parts, each written down before it goes out. When the
+/// process dies with a part in flight (the API may have kept it), that part goes out first
+/// after the restart, under its own key, and the rest as a part of its own: no record of the
+/// batch reaches the API under two keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_in_flight_at_a_crash_goes_out_again_under_its_own_key() {
+    use injixo_sync::outbox::{BatchLimits, Commit, NewRecord, NextBatch, Outbox, dedupe_key};
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    // What the lane left behind: 100 records in one batch, its first half in flight.
+    let (key, first, mid, last) = {
+        let (outbox, writer) = Outbox::open(&env.state).unwrap();
+        let source = outbox.source_id(&config.sources[0].name).await.unwrap();
+        let lane = outbox.lane_id(&config.sources[0].lane).await.unwrap();
+        let records = (0..100u64)
+            .map(|i| NewRecord {
+                dkey: dedupe_key(1, i),
+                payload: serde_json::to_string(
+                    &serde_json::from_str::<serde_json::Value>(&event(i)).unwrap(),
+                )
+                .unwrap(),
+                origin: format!("day.ndjson:{}", i + 1),
+            })
+            .collect();
+        let ob = outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            ob.commit_blocking(
+                source,
+                lane,
+                Commit {
+                    records,
+                    ..Commit::default()
+                },
+            )
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        let limits = BatchLimits {
+            max_records: 500,
+            max_bytes: 1 << 20,
+            linger: Duration::ZERO,
+        };
+        let NextBatch::Ready(batch) = outbox.next_batch(lane, None, limits).await.unwrap() else {
+            panic!("a batch");
+        };
+        let ids: Vec<i64> = batch.records.iter().map(|(id, _)| *id).collect();
+        outbox.begin_part(batch.id, ids[0], ids[49]).await.unwrap();
+        drop(outbox);
+        writer.join().unwrap();
+        (batch.key, ids[0], ids[50], ids[99])
+    };
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "100 records", || api.record_count() >= 100).await;
+    wait_for(LIMIT, "nothing pending", || {
+        env.try_report().is_some_and(|r| r.lanes[0].pending == 0)
+    })
+    .await;
+    daemon.stop().await;
+    let keys: Vec<(String, usize)> = api
+        .accepted()
+        .iter()
+        .map(|a| (a.idempotency_key.clone().unwrap(), a.records.len()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (format!("{key}-{first}-{}", mid - 1), 50),
+            (format!("{key}-{mid}-{last}"), 50)
+        ]
+    );
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 100);
+    assert!(got.values().all(|n| *n == 1));
+}

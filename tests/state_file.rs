@@ -312,7 +312,7 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
     let version: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, injixo_sync::outbox::SCHEMA_VERSION);
     let kept: i64 = conn
         .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
         .unwrap();
@@ -336,7 +336,7 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
             "state {state}: {plan:?}"
         );
     }
-    conn.execute_batch("PRAGMA user_version = 5;").unwrap();
+    conn.execute_batch("PRAGMA user_version = 99;").unwrap();
     drop(conn);
     match Outbox::open(&state) {
         Err(e @ OutboxError::Newer { .. }) => {
@@ -384,7 +384,8 @@ async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
 /// ranges, batches as tags on records.
 fn as_version_3(conn: &rusqlite::Connection) {
     conn.execute_batch(
-        "ALTER TABLE lanes DROP COLUMN sent_to; ALTER TABLE lanes DROP COLUMN pruned_to;
+        "ALTER TABLE batches DROP COLUMN part_first; ALTER TABLE batches DROP COLUMN part_last;
+         ALTER TABLE lanes DROP COLUMN sent_to; ALTER TABLE lanes DROP COLUMN pruned_to;
          ALTER TABLE batches DROP COLUMN first_id; ALTER TABLE batches DROP COLUMN last_id;
          DROP TABLE deliveries;
          CREATE INDEX records_batch ON records (batch_id, id) WHERE batch_id IS NOT NULL;

@@ -217,6 +217,10 @@ pub struct Batch {
     /// Sent as `Idempotency-Key`; the same for every retry of these records.
     pub key: String,
     pub records: Vec<(i64, String)>,
+    /// The batch was refused whole and split, and this part of it (record ids
+    /// `first..=last`) was in flight when the lane last stopped: it goes out first, again,
+    /// under its own key.
+    pub part: Option<(i64, i64)>,
 }
 
 #[derive(Debug)]
@@ -582,6 +586,18 @@ impl Outbox {
         ));
     }
 
+    /// Notes that the part `first..=last` (record ids) of a split batch is about to be sent,
+    /// before it is: after a crash it goes out again under its own key (see [`Batch::part`]).
+    pub async fn begin_part(&self, batch: i64, first: i64, last: i64) -> Result<(), OutboxError> {
+        self.call(move |c, p| {
+            c.prepare_cached("UPDATE batches SET part_first = ?1, part_last = ?2 WHERE id = ?3")
+                .and_then(|mut s| s.execute(params![first, last, batch]))
+                .map(|_| ())
+                .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
     /// Moves one record the API rejected to the dead letters, with the API's answer.
     pub async fn mark_dead(
         &self,
@@ -882,16 +898,23 @@ fn next_batch(
     // An open batch is resent as it was, under the same key, less what was delivered or
     // refused of it; one with nothing left is closed.
     loop {
-        let open: Option<(i64, String, i64, i64)> = c
+        let open: Option<(i64, String, i64, i64, Option<i64>, Option<i64>)> = c
             .prepare_cached(
-                "SELECT id, idem_key, first_id, last_id FROM batches WHERE lane_id = ?1 AND id > ?2
-                 ORDER BY id LIMIT 1",
+                "SELECT id, idem_key, first_id, last_id, part_first, part_last FROM batches
+                 WHERE lane_id = ?1 AND id > ?2 ORDER BY id LIMIT 1",
             )?
             .query_row([lane.0, open_after], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .optional()?;
-        let Some((id, key, first, last)) = open else {
+        let Some((id, key, first, last, part_first, part_last)) = open else {
             break;
         };
         let records: Vec<(i64, String)> = c
@@ -904,7 +927,12 @@ fn next_batch(
             })?
             .collect::<Result<_, _>>()?;
         if !records.is_empty() {
-            return Ok(NextBatch::Ready(Batch { id, key, records }));
+            return Ok(NextBatch::Ready(Batch {
+                id,
+                key,
+                records,
+                part: part_first.zip(part_last),
+            }));
         }
         c.execute("DELETE FROM batches WHERE id = ?1", [id])?;
     }
@@ -968,7 +996,12 @@ fn next_batch(
         .execute(params![key, id])?;
     c.prepare_cached("UPDATE lanes SET scanned_to = ?1 WHERE id = ?2")?
         .execute(params![last, lane.0])?;
-    Ok(NextBatch::Ready(Batch { id, key, records }))
+    Ok(NextBatch::Ready(Batch {
+        id,
+        key,
+        records,
+        part: None,
+    }))
 }
 
 /// A lane's records up to `last`, the last of them in batch `batch`, that the API accepted:
@@ -1022,6 +1055,11 @@ fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusqlite::Result
     // Every batch the mark passed is done; the last may end in refused records above it.
     c.prepare_cached("DELETE FROM batches WHERE lane_id = ?1 AND last_id <= ?2")?
         .execute(params![lane.0, done.last])?;
+    c.prepare_cached(
+        "UPDATE batches SET part_first = NULL, part_last = NULL
+         WHERE lane_id = ?1 AND part_last <= ?2",
+    )?
+    .execute(params![lane.0, done.last])?;
     close_batch_if_done(c, done.batch)?;
     Ok(n as usize)
 }

@@ -13,7 +13,7 @@ use super::OutboxError;
 /// `PRAGMA application_id`: "IJXS".
 pub const APPLICATION_ID: i32 = 0x494A_5853;
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -124,6 +124,13 @@ CREATE TABLE deliveries (
     at      INTEGER NOT NULL,
     PRIMARY KEY (lane_id, sent_to)
 ) WITHOUT ROWID;
+"#;
+
+/// Version 5: the part of a split batch in flight (`part_first..=part_last`, record ids), written
+/// before the part is sent, so that after a crash it goes out again under its own key.
+const SCHEMA_V5: &str = r#"
+ALTER TABLE batches ADD COLUMN part_first INTEGER;
+ALTER TABLE batches ADD COLUMN part_last INTEGER;
 "#;
 
 const SCHEMA_V2: &str = r#"
@@ -501,16 +508,24 @@ fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxErr
             ))?;
         }
     }
-    let v4 = || -> rusqlite::Result<()> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        conn.execute_batch(SCHEMA_V4)?;
-        to_ranges(conn)?;
-        conn.execute_batch("DROP INDEX records_batch; PRAGMA user_version = 4; COMMIT")
-    };
-    v4().map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        OutboxError::sqlite(path, e)
-    })
+    if version < 4 {
+        let v4 = || -> rusqlite::Result<()> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            conn.execute_batch(SCHEMA_V4)?;
+            to_ranges(conn)?;
+            conn.execute_batch("DROP INDEX records_batch; PRAGMA user_version = 4; COMMIT")
+        };
+        v4().map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            OutboxError::sqlite(path, e)
+        })?;
+    }
+    run(format!(
+        "BEGIN IMMEDIATE;
+         {SCHEMA_V5}
+         PRAGMA user_version = 5;
+         COMMIT;"
+    ))
 }
 
 /// Turns version 3's per-record batch tags into version 4's ranges: every pending record is

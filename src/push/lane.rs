@@ -175,9 +175,9 @@ impl Lane {
     /// Sends a batch until the API has decided on every record in it, after `accepted` (what
     /// was delivered before it and is not marked for sure yet). Returns what is accepted and
     /// not marked for sure now. A whole batch is marked early, without waiting, and for sure
-    /// with forming the next batches; a part of a split batch is marked for sure before the
-    /// next part is accepted, so that after a crash no part goes out again under the whole
-    /// batch's key.
+    /// with forming the next batches. A part of a split batch is written down before it is
+    /// sent and marked for sure as soon as it is accepted: after a crash, the part in flight
+    /// goes out again under its own key, and no part under the whole batch's key.
     async fn deliver(
         &mut self,
         batch: Batch,
@@ -185,14 +185,40 @@ impl Lane {
     ) -> Result<Option<Delivered>, Stopped> {
         let n = batch.records.len();
         let mut parts: VecDeque<(usize, usize)> = VecDeque::from([(0, n)]);
+        // A split batch whose part was in flight when the lane last stopped: that part first,
+        // under its own key (the API may hold it), then the rest as a part of its own.
+        // Parts go out in id order: a mark covers everything below it.
+        let mut resumed = None;
+        if let Some((first, last)) = batch.part {
+            let a = batch.records.partition_point(|(id, _)| *id < first);
+            let b = batch.records.partition_point(|(id, _)| *id <= last);
+            if a < b {
+                parts = [(0, a), (a, b), (b, n)]
+                    .into_iter()
+                    .filter(|(lo, hi)| lo < hi)
+                    .collect();
+                resumed = Some(((a, b), (first, last)));
+            }
+        }
         let mut last_accepted: Option<Delivered> = accepted;
         while let Some((lo, hi)) = parts.pop_front() {
             let slice = &batch.records[lo..hi];
-            let (first, last) = (slice[0].0, slice[slice.len() - 1].0);
-            // A part of a split batch gets its own key, derived so it too is stable.
-            let idem = if hi - lo == n {
+            let (first, last) = match resumed {
+                Some((at, ids)) if at == (lo, hi) => ids,
+                _ => (slice[0].0, slice[slice.len() - 1].0),
+            };
+            // A part of a split batch gets its own key, derived so it too is stable, and is
+            // written down before it is sent.
+            let whole = hi - lo == n && batch.part.is_none();
+            let idem = if whole {
                 batch.key.clone()
             } else {
+                let batch_id = batch.id;
+                self.persist(|o, _| {
+                    let o = o.clone();
+                    async move { o.begin_part(batch_id, first, last).await }
+                })
+                .await?;
                 format!("{}-{first}-{last}", batch.key)
             };
             let request = body(&self.meta, slice);
@@ -215,15 +241,18 @@ impl Lane {
                         self.metrics.last_success_ms.store(now_ms(), Relaxed);
                         let part = Delivered {
                             batch: batch.id,
-                            last,
+                            last: slice[slice.len() - 1].0,
                         };
-                        if hi - lo == n {
+                        if whole {
                             // A later mark covers the earlier ones.
                             self.outbox.mark_sent_early(self.id, part);
+                            last_accepted = Some(part);
                         } else {
-                            self.flush(last_accepted.take()).await;
+                            // A part is marked at once: after a crash, nothing of it goes out
+                            // again under another key.
+                            last_accepted = None;
+                            self.flush(Some(part)).await;
                         }
-                        last_accepted = Some(part);
                         self.set_health(Health::Ok).await;
                         break;
                     }
