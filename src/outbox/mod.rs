@@ -878,6 +878,15 @@ fn write_commit(
     Ok(done)
 }
 
+/// A batch row: its key, its range of record ids, the part in flight.
+struct OpenBatch {
+    id: i64,
+    key: String,
+    first: i64,
+    last: i64,
+    part: Option<(i64, i64)>,
+}
+
 /// The lane's oldest open batch with an id above `open_after` (0: any), else a new batch of
 /// pending records above the lane's `scanned_to`.
 fn next_batch(
@@ -898,23 +907,29 @@ fn next_batch(
     // An open batch is resent as it was, under the same key, less what was delivered or
     // refused of it; one with nothing left is closed.
     loop {
-        let open: Option<(i64, String, i64, i64, Option<i64>, Option<i64>)> = c
+        let open = c
             .prepare_cached(
                 "SELECT id, idem_key, first_id, last_id, part_first, part_last FROM batches
                  WHERE lane_id = ?1 AND id > ?2 ORDER BY id LIMIT 1",
             )?
             .query_row([lane.0, open_after], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                Ok(OpenBatch {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    first: r.get(2)?,
+                    last: r.get(3)?,
+                    part: r.get::<_, Option<i64>>(4)?.zip(r.get(5)?),
+                })
             })
             .optional()?;
-        let Some((id, key, first, last, part_first, part_last)) = open else {
+        let Some(OpenBatch {
+            id,
+            key,
+            first,
+            last,
+            part,
+        }) = open
+        else {
             break;
         };
         let records: Vec<(i64, String)> = c
@@ -931,7 +946,7 @@ fn next_batch(
                 id,
                 key,
                 records,
-                part: part_first.zip(part_last),
+                part,
             }));
         }
         c.execute("DELETE FROM batches WHERE id = ?1", [id])?;
