@@ -428,6 +428,7 @@ async fn health_and_pushes_answer_under_a_flood_of_idle_and_slow_clients() {
 
 /// Five reloads while clients push without pause: the socket is kept, so no push is refused
 /// and none fails to connect; every acknowledged record arrives.
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_that_keep_the_address_refuse_no_push() {
     let env = Env::new();
