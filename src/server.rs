@@ -264,6 +264,7 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
 
 /// `POST /webhook/<source>/<token>`: the body is committed to the outbox before the 2xx.
 ///
+/// 409 when the push's `Idempotency-Key` came before with other records (nothing kept);
 /// 408 for a body that does not arrive within `body_timeout`, 503 when the client has
 /// [`MAX_PUSHES_PER_CLIENT`] bodies being read already; 404 for an unknown source or a wrong
 /// token (alike, so neither can be probed), 405 for a
@@ -421,6 +422,11 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
         return busy("too many pushes are waiting");
     }
     match rx.await {
+        Ok(Ok(outcome)) if outcome.conflict => refuse(
+            StatusCode::CONFLICT,
+            "this Idempotency-Key came before with other records; nothing of this push was \
+             kept: send each push under a key of its own",
+        ),
         Ok(Ok(outcome)) => {
             let status = if n > 0 && outcome.accepted == 0 && outcome.rejected > 0 {
                 StatusCode::UNPROCESSABLE_ENTITY

@@ -159,17 +159,37 @@ pub struct Commit {
     pub records: Vec<NewRecord>,
     pub parked: Vec<Parked>,
     pub cursors: Vec<(i64, String)>,
-    /// Sizes of consecutive groups of `records` (pushes committed together) whose new and
-    /// duplicate records are to be counted apart ([`Committed::groups`]); empty for none.
-    pub groups: Vec<usize>,
+    /// Consecutive groups of `records` and `parked` (pushes committed together), counted
+    /// apart in [`Committed::groups`]; empty for none.
+    pub groups: Vec<Group>,
+}
+
+/// A group of a commit's records and parked input (one push), in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Group {
+    pub records: usize,
+    pub parked: usize,
+    /// A record whose key is in the outbox already must have the same payload, else the
+    /// group is left out whole ([`GroupDone::conflict`]): its keys name another record.
+    pub same_payload: bool,
+}
+
+/// What became of a [`Group`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupDone {
+    pub inserted: usize,
+    pub duplicates: usize,
+    /// A key of the group was in the outbox with another payload: nothing of the group was
+    /// written.
+    pub conflict: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Committed {
     pub inserted: usize,
     pub duplicates: usize,
-    /// Per group of [`Commit::groups`]: (inserted, duplicates).
-    pub groups: Vec<(usize, usize)>,
+    /// Per group of [`Commit::groups`].
+    pub groups: Vec<GroupDone>,
 }
 
 /// A dedupe key built from a cursor id and a position inside it (a byte offset, a row number).
@@ -806,26 +826,31 @@ fn write_commit(
     commit: Commit,
 ) -> rusqlite::Result<Committed> {
     let now = now_ms();
-    let mut done = Committed {
-        groups: vec![(0, 0); commit.groups.len()],
-        ..Committed::default()
+    let mut done = Committed::default();
+    let mut insert = c.prepare_cached(
+        "INSERT INTO records (lane_id, source_id, dkey, payload, origin, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (source_id, dkey) DO NOTHING",
+    )?;
+    let mut park = c.prepare_cached(
+        "INSERT INTO parked (source_id, origin, reason, raw, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let groups = if commit.groups.is_empty() {
+        vec![Group {
+            records: commit.records.len(),
+            parked: commit.parked.len(),
+            same_payload: false,
+        }]
+    } else {
+        commit.groups.clone()
     };
-    if !commit.records.is_empty() {
-        let mut insert = c.prepare_cached(
-            "INSERT INTO records (lane_id, source_id, dkey, payload, origin, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (source_id, dkey) DO NOTHING",
-        )?;
-        // Where each group ends in `records`.
-        let ends: Vec<usize> = commit
-            .groups
-            .iter()
-            .scan(0, |end, n| {
-                *end += n;
-                Some(*end)
-            })
-            .collect();
-        let mut group = 0;
-        for (i, r) in commit.records.iter().enumerate() {
+    let (mut records, mut parked) = (commit.records.iter(), commit.parked.iter());
+    let mut parked_total = 0;
+    for group in &groups {
+        let mut g = GroupDone::default();
+        if group.same_payload {
+            c.execute_batch("SAVEPOINT push_group")?;
+        }
+        for r in records.by_ref().take(group.records) {
             let n = insert.execute(params![
                 lane.0,
                 source.0,
@@ -834,31 +859,42 @@ fn write_commit(
                 r.origin,
                 now
             ])?;
-            let new = n == 1;
-            if new {
-                done.inserted += 1;
-            } else {
-                done.duplicates += 1;
+            if n == 1 {
+                g.inserted += 1;
+                continue;
             }
-            while group < ends.len() && i >= ends[group] {
-                group += 1;
-            }
-            if let Some(counts) = done.groups.get_mut(group) {
-                if new {
-                    counts.0 += 1;
-                } else {
-                    counts.1 += 1;
-                }
+            g.duplicates += 1;
+            if group.same_payload && !g.conflict {
+                let kept: String = c
+                    .prepare_cached(
+                        "SELECT payload FROM records WHERE source_id = ?1 AND dkey = ?2",
+                    )?
+                    .query_row(params![source.0, &r.dkey[..]], |row| row.get(0))?;
+                g.conflict = kept != r.payload;
             }
         }
-    }
-    if !commit.parked.is_empty() {
-        let mut park = c.prepare_cached(
-            "INSERT INTO parked (source_id, origin, reason, raw, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for p in &commit.parked {
+        let group_parked: Vec<&Parked> = parked.by_ref().take(group.parked).collect();
+        if g.conflict {
+            c.execute_batch("ROLLBACK TO push_group; RELEASE push_group")?;
+            done.groups.push(GroupDone {
+                conflict: true,
+                ..GroupDone::default()
+            });
+            continue;
+        }
+        for p in group_parked {
             park.execute(params![source.0, p.origin, p.reason, p.raw, now])?;
+            parked_total += 1;
         }
+        if group.same_payload {
+            c.execute_batch("RELEASE push_group")?;
+        }
+        done.inserted += g.inserted;
+        done.duplicates += g.duplicates;
+        done.groups.push(g);
+    }
+    if commit.groups.is_empty() {
+        done.groups.clear();
     }
     let mut cursor =
         c.prepare_cached("UPDATE cursors SET value = ?1, updated = ?2 WHERE id = ?3")?;
@@ -869,12 +905,7 @@ fn write_commit(
         "UPDATE sources SET last_activity = ?1, records_total = records_total + ?2,
          parked_total = parked_total + ?3 WHERE id = ?4",
     )?
-    .execute(params![
-        now,
-        done.inserted as i64,
-        commit.parked.len() as i64,
-        source.0
-    ])?;
+    .execute(params![now, done.inserted as i64, parked_total, source.0])?;
     Ok(done)
 }
 

@@ -18,7 +18,7 @@ use tracing::{debug, error};
 use super::rows::{Converted, Keying, States, commit, convert_objects};
 use super::{Source, SourceContext};
 use crate::config::WebhookConfig;
-use crate::outbox::Commit;
+use crate::outbox::{Commit, Group};
 use crate::types::{Secret, SourceName};
 
 /// How many pushes wait for the source thread before the listener answers 503.
@@ -52,6 +52,9 @@ pub struct Outcome {
     /// The first rejection reasons, for the pusher's log.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Nothing was kept: the push's `Idempotency-Key` was used before for other records.
+    #[serde(skip)]
+    pub conflict: bool,
 }
 
 /// What the listener needs to route a push to its source.
@@ -229,7 +232,14 @@ async fn take(
                 .errors
                 .extend(parked[before..].iter().take(5).map(|p| p.reason.clone()));
         }
-        all.groups.push(records.len());
+        // Elements keyed by the push's identity must be what that identity brought before;
+        // a key used again for other records would otherwise merge them away.
+        let by_identity = cfg.rows.key.is_none() && states.is_none();
+        all.groups.push(Group {
+            records: records.len(),
+            parked: parked.len(),
+            same_payload: by_identity,
+        });
         all.records.extend(records);
         all.parked.extend(parked);
         outcomes.push(outcome);
@@ -248,12 +258,17 @@ async fn take(
     }
     match &result {
         Ok(done) => {
-            for ((outcome, (kept, merged)), reply) in
-                outcomes.iter_mut().zip(&done.groups).zip(replies)
-            {
+            for ((outcome, group), reply) in outcomes.iter_mut().zip(&done.groups).zip(replies) {
+                if group.conflict {
+                    let _ = reply.send(Ok(Outcome {
+                        conflict: true,
+                        ..Outcome::default()
+                    }));
+                    continue;
+                }
                 if count_records {
-                    outcome.kept += kept;
-                    outcome.merged += merged;
+                    outcome.kept += group.inserted;
+                    outcome.merged += group.duplicates;
                 }
                 outcome.accepted = outcome.kept + outcome.merged;
                 let _ = reply.send(Ok(std::mem::take(outcome)));
