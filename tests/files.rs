@@ -840,3 +840,38 @@ async fn numbered_rotation_inside_include_under_a_burst_reads_every_line_once() 
     let twice = got.values().filter(|n| **n > 1).count();
     assert_eq!(twice, 0, "{twice} lines arrived twice");
 }
+
+/// A tailed CSV rewritten in place from the start (same long header, other rows, longer than
+/// before) between two looks: the bytes before the read offset are no longer what was read,
+/// so it is a new file, read from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_in_place_behind_the_same_header_is_read_again_from_its_start() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    // A header longer than the 1 KiB the first-bytes fingerprint covers.
+    let header = format!("start,queue,talk,{}\n", "x".repeat(1200));
+    let rows = |ids: std::ops::Range<u64>| {
+        ids.map(|i| format!("2024-05-01T08:00:00Z,Support,{i},\n"))
+            .collect::<String>()
+    };
+    let config = env.write_config(&env.config_text(
+        &api.url(),
+        "",
+        &csv_source(&env, "mode = \"tail\"\nwatch = \"poll\"").replace("settle = \"100ms\"\n", ""),
+    ));
+    let path = env.exports.join("calls.csv");
+    std::fs::write(&path, header.clone() + &rows(0..500)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "500 records", || api.record_count() >= 500).await;
+    std::fs::write(&path, header + &rows(500..1090)).unwrap();
+    wait_for(LIMIT, "1090 records", || api.record_count() >= 1090).await;
+    wait_for(LIMIT, "nothing pending", || {
+        env.try_report()
+            .is_some_and(|r| r.lanes.iter().all(|l| l.pending == 0))
+    })
+    .await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 1090);
+    assert!(got.values().all(|n| *n == 1));
+}

@@ -627,10 +627,16 @@ impl FilesSource {
                 cur.end_fp.clear();
             }
         }
+        let rewritten = match found {
+            Some(i) if !self.known[i].cur.done => {
+                len < self.known[i].cur.offset || !ends_as_read(&mut file, &self.known[i].cur)?
+            }
+            _ => false,
+        };
         let idx = match found {
             Some(i) if self.known[i].cur.done => return Ok(()),
-            Some(i) if len < self.known[i].cur.offset => {
-                // Truncated while we were away: what is there now is new.
+            Some(i) if rewritten => {
+                // Truncated (or rewritten) while we were away: what is there now is new.
                 self.retire(ctx, i)?;
                 self.start_file(ctx, path, (dev, ino), &head, 0)?
             }
@@ -768,6 +774,12 @@ impl FilesSource {
         let rewritten = cur.fp_len > 0
             && (head.len() < cur.fp_len as usize
                 || fingerprint(&head[..cur.fp_len as usize]) != cur.fp);
+        // Rewritten from the start with the same first bytes and past the old offset (a
+        // truncation not seen between two looks): the bytes before the offset differ.
+        let rewritten = rewritten
+            || (len >= cur.offset
+                && !ends_as_read(&mut self.tailed[i].file, &self.known[idx].cur)?);
+        let cur = &self.known[idx].cur;
         if len < cur.offset || rewritten {
             // The old content is gone; what follows is a new file.
             let path = self.tailed[i].path.clone();
@@ -1539,6 +1551,15 @@ fn read_head(file: &mut File) -> std::io::Result<Vec<u8>> {
     let n = read_full(file, &mut head)?;
     head.truncate(n);
     Ok(head)
+}
+
+/// Whether `file` still holds, just before the cursor's offset, the bytes that were read
+/// there (as far as the cursor's fingerprints tell: the first bytes cover short files).
+fn ends_as_read(file: &mut File, cur: &FileCursor) -> std::io::Result<bool> {
+    if cur.offset <= cur.fp_len || cur.end_fp.is_empty() {
+        return Ok(true);
+    }
+    Ok(end_fingerprint(file, cur.offset)? == cur.end_fp)
 }
 
 /// A fingerprint of the (up to [`FINGERPRINT_MAX`]) bytes before `offset`.
