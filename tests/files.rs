@@ -875,3 +875,53 @@ async fn a_file_rewritten_in_place_behind_the_same_header_is_read_again_from_its
     assert_eq!(got.len(), 1090);
     assert!(got.values().all(|n| *n == 1));
 }
+
+/// copy-and-truncate whose copy (inside `include`) is written slowly, in two halves a second
+/// apart: the half-written copy begins like the file being read but is shorter than what was
+/// read, so it is waited for, then recognised as the copy it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_written_slowly_is_waited_for_and_recognised() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = env
+        .ndjson_source("acd", "tail", "")
+        .replace("[\"*.ndjson\"]", "[\"app.log*\"]")
+        .replace("settle = \"100ms\"", "settle = \"3s\"");
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let path = env.exports.join("app.log");
+    std::fs::write(&path, events(0..1000)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "1000 records", || api.record_count() >= 1000).await;
+    let bytes = std::fs::read(&path).unwrap();
+    let copy = env.exports.join("app.log.1");
+    let (half, rest) = bytes.split_at(bytes.len() / 2);
+    std::fs::write(&copy, half).unwrap();
+    // The copy is slow: this pause is the thing under test.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Lines the writer added after the daemon's last read and before the truncation: they
+    // are in the copy only.
+    let mut copied = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&copy)
+        .unwrap();
+    copied.write_all(rest).unwrap();
+    copied.write_all(events(1100..1110).as_bytes()).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::fs::write(&path, events(1000..1100)).unwrap();
+    wait_for(LIMIT, "1110 records", || api.record_count() >= 1110).await;
+    wait_for(LIMIT, "nothing pending", || {
+        env.try_report()
+            .is_some_and(|r| r.lanes.iter().all(|l| l.pending == 0))
+    })
+    .await;
+    daemon.stop().await;
+    let got = arrivals(&api);
+    assert_eq!(got.len(), 1110, "the lines only the copy holds arrived too");
+    let twice = got.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "{twice} records arrived twice");
+}

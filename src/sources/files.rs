@@ -164,6 +164,8 @@ pub struct FilesSource {
     by_key: HashMap<String, usize>,
     tailed: Vec<Tailed>,
     settling: HashMap<PathBuf, Settling>,
+    /// New tailed files that look like copies still being written: (length, since when).
+    copying: HashMap<PathBuf, (u64, Instant)>,
     /// Dropped files already read and kept in place: (len, mtime) when read.
     finished: HashMap<PathBuf, (u64, Option<SystemTime>)>,
     warned: HashMap<PathBuf, String>,
@@ -183,6 +185,7 @@ impl FilesSource {
             by_key: HashMap::new(),
             tailed: Vec::new(),
             settling: HashMap::new(),
+            copying: HashMap::new(),
             finished: HashMap::new(),
             warned: HashMap::new(),
             buf: Vec::new(),
@@ -533,6 +536,9 @@ impl FilesSource {
             .lag_bytes
             .store(lag, std::sync::atomic::Ordering::Relaxed);
         // 2. Paths not open yet: new files, or files found again after a restart.
+        let present: std::collections::HashSet<PathBuf> =
+            files.iter().map(|(p, _)| p.clone()).collect();
+        self.copying.retain(|p, _| present.contains(p));
         for (path, meta) in files {
             if ctx.shutdown.is_cancelled() {
                 break;
@@ -554,6 +560,10 @@ impl FilesSource {
                     self.warn_once(&path, format!("cannot read {}: {e}", path.display()), ctx)
                 }
             }
+        }
+        if !self.copying.is_empty() {
+            // Look again when a copy still being written may have settled.
+            wait = wait.min(self.cfg.settle.max(Duration::from_millis(100)));
         }
         Ok(wait)
     }
@@ -677,6 +687,10 @@ impl FilesSource {
                     idx
                 }
                 None => {
+                    if self.copy_in_progress(path, &head, len) {
+                        debug!(source = %ctx.name, file = %path.display(), "looks like a copy still being written; waiting for it");
+                        return Ok(());
+                    }
                     let start = if self.first_pass && self.cfg.start_at == StartAt::End {
                         line_start_before(&mut file, len)?
                     } else {
@@ -686,6 +700,7 @@ impl FilesSource {
                 }
             },
         };
+        self.copying.remove(path);
         info!(source = %ctx.name, file = %path.display(), offset = self.known[idx].cur.offset, "tailing");
         self.tailed.push(Tailed {
             known: idx,
@@ -728,6 +743,35 @@ impl FilesSource {
                 truncated_ms: None,
             },
         )?)
+    }
+
+    /// A new file that begins like a file being read (or truncated a moment ago) but is not as
+    /// long as what was read of it: a copy still being written (`cp` of a large file,
+    /// copy-and-truncate), or a file that merely begins alike. It is waited for while it
+    /// grows (then it is recognised as a copy once long enough), and taken as a file of its
+    /// own once it has been quiet for `settle`.
+    fn copy_in_progress(&mut self, path: &Path, head: &[u8], len: u64) -> bool {
+        let now_ms = crate::outbox::now_ms();
+        let begins_like_one = self.known.iter().any(|k| {
+            let cur = &k.cur;
+            let recent = cur
+                .truncated_ms
+                .is_some_and(|t| now_ms - t <= COPY_WINDOW_MS);
+            (!cur.done || recent)
+                && cur.fp_len > 0
+                && len < cur.offset
+                && head.len() >= cur.fp_len as usize
+                && fingerprint(&head[..cur.fp_len as usize]) == cur.fp
+        });
+        if !begins_like_one {
+            return false;
+        }
+        let now = Instant::now();
+        let seen = self.copying.entry(path.to_owned()).or_insert((len, now));
+        if seen.0 != len {
+            *seen = (len, now);
+        }
+        now.duration_since(seen.1) < self.cfg.settle
     }
 
     /// A file not seen before that begins with exactly the bytes another file had up to its
