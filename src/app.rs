@@ -35,6 +35,9 @@ pub enum RunError {
         deadline = humantime::format_duration(*deadline)
     )]
     Stuck { what: String, deadline: Duration },
+    /// The state file or its lock file was deleted or replaced under the running daemon.
+    #[error("{0}")]
+    StateGone(String),
 }
 
 /// Takes the state file's lock for the life of the daemon: a second daemon on the same
@@ -55,13 +58,13 @@ pub fn main(config: Config) -> Result<(), RunError> {
 
 /// [`main`], also stopped by `stop` (the Windows service control manager).
 pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunError> {
-    let _lock = lock_state(&config, "run")?;
+    let lock = Arc::new(lock_state(&config, "run")?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| RunError::Setup(format!("cannot start the async runtime: {e}")))?;
-    let result = runtime.block_on(generations(config, stop));
+    let result = runtime.block_on(generations(config, lock, stop));
     if result.is_err() {
         // A thread that would not stop must not keep the process alive.
         runtime.shutdown_background();
@@ -70,7 +73,11 @@ pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunErro
 }
 
 /// Runs one generation after another: the first configuration, then each reloaded one.
-async fn generations(config: Config, stop: CancellationToken) -> Result<(), RunError> {
+async fn generations(
+    config: Config,
+    lock: Arc<crate::outbox::StateLock>,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
     let shutdown = CancellationToken::new();
     let reload = Arc::new(tokio::sync::Notify::new());
     let (signals, hup) = (shutdown.clone(), reload.clone());
@@ -104,7 +111,7 @@ async fn generations(config: Config, stop: CancellationToken) -> Result<(), RunE
             }
             (Err(e), _) => return Err(e),
         };
-        let running = run_prepared(current, socket, generation.clone());
+        let running = run_prepared(current, socket, lock.clone(), generation.clone());
         tokio::pin!(running);
         let next = loop {
             tokio::select! {
@@ -193,9 +200,9 @@ async fn wait_for_signals(reload: &tokio::sync::Notify) {
 
 /// Runs the pipeline until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let _lock = lock_state(&config, "run")?;
+    let lock = Arc::new(lock_state(&config, "run")?);
     let listener = Listening::default().for_config(&config).await?;
-    run_prepared(prepare(config)?, listener, shutdown).await
+    run_prepared(prepare(config)?, listener, lock, shutdown).await
 }
 
 /// A configuration whose sources and API client are built: every secret has been read.
@@ -262,6 +269,7 @@ impl Listening {
 async fn run_prepared(
     prepared: Prepared,
     listener: Option<Arc<tokio::net::TcpListener>>,
+    lock: Arc<crate::outbox::StateLock>,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let Prepared {
@@ -353,6 +361,41 @@ async fn run_prepared(
         }
     });
 
+    // The state file and its lock stay where they were: an operator who deletes or replaces
+    // either under the daemon would leave it writing where nobody reads, or let a second
+    // daemon in. Then the daemon stops (and says why) rather than acknowledge more input.
+    let gone: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    {
+        let (outbox, lock, gone, token) =
+            (outbox.clone(), lock.clone(), gone.clone(), shutdown.clone());
+        let state = config.state.path.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(STATE_WATCH) => {}
+                }
+                let what = if !outbox.still_at_path() {
+                    format!("state file {}", state.display())
+                } else if !lock.still_held() {
+                    format!("lock file {}", lock.path().display())
+                } else {
+                    continue;
+                };
+                let why = format!(
+                    "the {what} was deleted or replaced while the daemon ran: stopping, so that \
+                     nothing more is acknowledged into a file no start will open. Input \
+                     committed since may be read again at the next start; restore the file, or \
+                     start afresh knowing that"
+                );
+                error!("{why}");
+                *gone.lock().expect("state watch") = Some(why);
+                token.cancel();
+                return;
+            }
+        });
+    }
+
     if let (Some(listener), Some(listen)) = (listener, &config.listen) {
         let observed = Arc::new(server::Observed {
             outbox: outbox.clone(),
@@ -415,9 +458,15 @@ async fn run_prepared(
     if writer.join().is_err() {
         error!("the outbox writer panicked");
     }
+    if let Some(why) = gone.lock().expect("state watch").take() {
+        return Err(RunError::StateGone(why));
+    }
     info!("stopped");
     Ok(())
 }
+
+/// How often the daemon checks that its state file and lock file are still in place.
+const STATE_WATCH: Duration = Duration::from_secs(2);
 
 /// What the service-manager task watches.
 struct Supervised {

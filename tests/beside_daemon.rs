@@ -228,3 +228,77 @@ async fn a_second_daemon_on_the_same_state_file_refuses_at_once_naming_the_first
         "kill -9 lets go"
     );
 }
+
+/// An operator deletes the state file (or its lock file) under the running daemon: it stops
+/// within seconds, non-zero and saying why, and acknowledges no push into the deleted file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_state_file_or_its_lock_under_the_daemon_stops_it() {
+    for victim in ["outbox.db", "outbox.db.lock"] {
+        let env = Env::new();
+        let port = free_port();
+        let dead_api = format!("http://127.0.0.1:{}", free_port());
+        std::fs::write(&env.config_file, config(&env, &dead_api, port)).unwrap();
+        let cfg = env.config_file.to_str().unwrap().to_owned();
+        let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+            .args(["--config", &cfg, "run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(LIMIT, "the listener", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        let state_dir = env.state.parent().unwrap();
+        for name in [
+            victim.to_owned(),
+            format!("{victim}-wal"),
+            format!("{victim}-shm"),
+        ] {
+            let _ = std::fs::remove_file(state_dir.join(name));
+        }
+        // Pushes from now on: none may get a 200 for a file no start will open, except in
+        // the moment before the daemon looks (a push committed before the delete is fine).
+        let client = reqwest::Client::new();
+        let push_url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = daemon.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{victim}: the daemon goes on"
+            );
+            if victim == "outbox.db"
+                && let Ok(r) = client
+                    .post(&push_url)
+                    .header("content-type", "application/json")
+                    .body(event(1))
+                    .send()
+                    .await
+            {
+                assert_ne!(
+                    r.status().as_u16(),
+                    200,
+                    "a push acknowledged into a deleted file"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut log = String::new();
+        use std::io::Read;
+        daemon
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(
+            log.contains("was deleted or replaced while the daemon ran"),
+            "{log}"
+        );
+        assert!(log.contains(victim), "{log}");
+    }
+}

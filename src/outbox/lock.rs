@@ -23,7 +23,7 @@ use super::OutboxError;
 /// The held lock; dropping it lets go.
 #[derive(Debug)]
 pub struct StateLock {
-    _file: File,
+    file: File,
     path: PathBuf,
 }
 
@@ -92,11 +92,42 @@ impl StateLock {
             .and_then(|()| file.seek(SeekFrom::Start(0)))
             .and_then(|_| file.write_all(me.as_bytes()))
             .map_err(|e| io("cannot write to", e))?;
-        Ok(StateLock { _file: file, path })
+        Ok(StateLock { file, path })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the lock file at the path is still the one locked: deleting it lets a second
+    /// daemon make and lock a new one (Unix; on Windows a held file cannot be deleted).
+    pub fn still_held(&self) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let held = self.file.metadata().ok().map(|m| (m.dev(), m.ino()));
+            held.is_none() || identity(&self.path) == held
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &self.file;
+            true
+        }
+    }
+}
+
+/// The device and inode `path` names now, by `stat` (Unix; `None` elsewhere or when nothing
+/// is there).
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 

@@ -287,6 +287,8 @@ pub struct Outbox {
     wakers: Arc<Wakers>,
     path: PathBuf,
     instance: Arc<str>,
+    /// What the path named when the file was opened (device and inode; Unix only).
+    identity: Option<(u64, u64)>,
 }
 
 impl Outbox {
@@ -313,6 +315,7 @@ impl Outbox {
                 wakers: Arc::default(),
                 path: path.to_owned(),
                 instance: instance.into(),
+                identity: lock::identity(path),
             },
             handle,
         ))
@@ -320,6 +323,13 @@ impl Outbox {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the state file is still where it was opened: an operator who deletes or
+    /// replaces it under the running daemon leaves it writing to a file nobody will open
+    /// again. Decided by `stat` (never by opening the file).
+    pub fn still_at_path(&self) -> bool {
+        self.identity.is_none() || lock::identity(&self.path) == self.identity
     }
 
     /// Whether the writer thread still takes work.

@@ -249,7 +249,15 @@ async fn take(
         outcomes.iter().map(|o| o.skipped).sum(),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let result = commit(ctx, all).await;
+    let mut result = commit(ctx, all).await;
+    // Committed to a state file an operator deleted or replaced meanwhile: not kept for any
+    // next start, so not acknowledged (the daemon is stopping; see `app`).
+    if result.is_ok() && !ctx.outbox.still_at_path() {
+        result = Err(crate::outbox::OutboxError::Io {
+            path: ctx.outbox.path().to_owned(),
+            message: "was deleted or replaced under the running daemon".into(),
+        });
+    }
     // Agent states are counted as changes (above): their records are the intervals the
     // changes close, which need not be one per push.
     let count_records = states.is_none();
