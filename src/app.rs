@@ -321,6 +321,14 @@ async fn run_prepared(
             .find(|(k, _)| *k == source.lane)
             .map(|(_, id)| *id)
             .expect("every source's lane was registered");
+        for (from, n) in outbox.adopt(id, lane).await? {
+            warn!(
+                source = %source.name,
+                "{n} record(s) it read before were waiting in lane {from}, which it no longer \
+                 sends to (its integration_id or external_system changed): they go to lane {} now",
+                source.lane
+            );
+        }
         let ctx = SourceContext::new(source, (id, lane), outbox.clone(), shutdown.clone());
         let stop = ctx.waker.clone();
         let token = shutdown.clone();

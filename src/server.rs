@@ -506,6 +506,15 @@ async fn not_ready(o: &Observed) -> Vec<String> {
             reasons.push(format!("source {} is silent: {why}", s.name));
         }
     }
+    for (id, depth) in &depths {
+        if depth.pending > 0 && !o.lanes.iter().any(|(l, _)| l == id) {
+            reasons.push(format!(
+                "lane #{}: {} record(s) wait in it and no configured source sends to it any \
+                 more (a source removed, or its emits changed): `injixo-sync status` shows it",
+                id.0, depth.pending
+            ));
+        }
+    }
     for (id, lane) in &o.lanes {
         if lane.paused.load(Relaxed) {
             let why = lane

@@ -95,6 +95,15 @@ impl Emits {
             Emits::AgentStatuses => "agent_statuses",
         }
     }
+
+    /// The kind [`Emits::as_str`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "contact_events" => Some(Emits::ContactEvents),
+            "agent_statuses" => Some(Emits::AgentStatuses),
+            _ => None,
+        }
+    }
 }
 
 /// A push lane: records that share an endpoint and `meta` travel in the same batches, in order,

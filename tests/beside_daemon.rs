@@ -302,3 +302,43 @@ async fn deleting_the_state_file_or_its_lock_under_the_daemon_stops_it() {
         assert!(log.contains(victim), "{log}");
     }
 }
+
+/// The operator corrects a source's `integration_id` (after 403s, as the advice says): what
+/// the source read before goes to the corrected configuration id, instead of waiting forever
+/// in a lane nothing runs any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_waiting_under_an_old_integration_id_follow_the_corrected_one() {
+    let env = Env::new();
+    let port = free_port();
+    let dead_api = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&env.config_file, config(&env, &dead_api, port)).unwrap();
+    let daemon = Process::start(&env.config_file);
+    wait_for(LIMIT, "the listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}"))
+        .header("content-type", "application/json")
+        .body(push_body(0..20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    let api = FakeApi::start(KEY).await.unwrap();
+    let corrected =
+        config(&env, &api.url(), port).replace("integration_id = 1234", "integration_id = 5678");
+    std::fs::write(&env.config_file, corrected).unwrap();
+    let daemon = Process::start(&env.config_file);
+    wait_for(LIMIT, "20 records", || api.record_count() >= 20).await;
+    daemon.kill9();
+    assert!(
+        api.accepted()
+            .iter()
+            .all(|a| a.meta["integrationConfigurationId"] == 5678),
+        "every record went to the corrected configuration id"
+    );
+    assert_eq!(arrivals(&api).len(), 20);
+}

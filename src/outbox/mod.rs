@@ -435,6 +435,60 @@ impl Outbox {
         .await
     }
 
+    /// Moves a source's records that wait in another lane of the same kind (pending, or held
+    /// by the queue guard) to `lane`, its lane now, as pending: after its `integration_id` or
+    /// `external_system` was corrected, what it read before goes where it goes now, instead
+    /// of waiting for a lane nothing runs. Returns how many, and from which lanes.
+    pub async fn adopt(
+        &self,
+        source: SourceId,
+        lane: LaneId,
+    ) -> Result<Vec<(LaneKey, usize)>, OutboxError> {
+        self.call(move |c, p| {
+            let step = || -> rusqlite::Result<Vec<(LaneKey, usize)>> {
+                let others: Vec<(i64, String, i64, String)> = c
+                    .prepare_cached(
+                        "SELECT DISTINCT l.id, l.emits, l.integration_id, l.external_system
+                         FROM records r JOIN lanes l ON l.id = r.lane_id
+                         WHERE r.source_id = ?1 AND r.lane_id != ?2
+                           AND l.emits = (SELECT emits FROM lanes WHERE id = ?2)
+                           AND ((r.state = 0 AND r.id > l.sent_to) OR r.state = 4)",
+                    )?
+                    .query_map([source.0, lane.0], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let mut moved = Vec::new();
+                for (from, emits, integration, system) in others {
+                    let m = move_to_end(
+                        c,
+                        "SELECT r.id FROM records r JOIN lanes l ON l.id = r.lane_id
+                         WHERE r.source_id = ?1 AND r.lane_id = ?2
+                           AND ((r.state = 0 AND r.id > l.sent_to) OR r.state = 4)",
+                        &[&source.0, &from],
+                        None,
+                    )?;
+                    if let Some(m) = m {
+                        c.execute(
+                            "UPDATE records SET lane_id = ?1 WHERE id BETWEEN ?2 AND ?3",
+                            [lane.0, m.first, m.last],
+                        )?;
+                        let key = LaneKey {
+                            emits: crate::types::Emits::from_name(&emits)
+                                .unwrap_or(crate::types::Emits::ContactEvents),
+                            integration_id: integration as u64,
+                            external_system: (!system.is_empty()).then_some(system),
+                        };
+                        moved.push((key, m.count));
+                    }
+                }
+                Ok(moved)
+            };
+            step().map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
     /// Every cursor of a source: `(id, key, value)`.
     pub fn cursors_blocking(
         &self,
