@@ -111,7 +111,13 @@ async fn generations(
             }
             (Err(e), _) => return Err(e),
         };
-        let running = run_prepared(current, socket, lock.clone(), generation.clone());
+        let hurry = CancellationToken::new();
+        let running = run_prepared(
+            current,
+            socket,
+            lock.clone(),
+            (generation.clone(), hurry.clone()),
+        );
         tokio::pin!(running);
         let next = loop {
             tokio::select! {
@@ -139,6 +145,7 @@ async fn generations(
             Next::Reload(next) => {
                 info!(file = %next.config.file.display(), "reloading the configuration");
                 Notifier::from_env().notify("RELOADING=1");
+                hurry.cancel();
                 generation.cancel();
                 running.await?;
                 previous = Some(config);
@@ -202,7 +209,8 @@ async fn wait_for_signals(reload: &tokio::sync::Notify) {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let lock = Arc::new(lock_state(&config, "run")?);
     let listener = Listening::default().for_config(&config).await?;
-    run_prepared(prepare(config)?, listener, lock, shutdown).await
+    let hurry = CancellationToken::new();
+    run_prepared(prepare(config)?, listener, lock, (shutdown, hurry)).await
 }
 
 /// A configuration whose sources and API client are built: every secret has been read.
@@ -266,11 +274,14 @@ impl Listening {
     }
 }
 
+/// `shutdown` stops the generation (lanes finish the request in flight); `hurry`, fired with it
+/// on a reload, lets the lanes' requests in flight go (they are sent again, under their keys,
+/// by the next generation).
 async fn run_prepared(
     prepared: Prepared,
     listener: Option<Arc<tokio::net::TcpListener>>,
     lock: Arc<crate::outbox::StateLock>,
-    shutdown: CancellationToken,
+    (shutdown, hurry): (CancellationToken, CancellationToken),
 ) -> Result<(), RunError> {
     let Prepared {
         config,
@@ -307,7 +318,7 @@ async fn run_prepared(
             outbox.clone(),
             client.clone(),
             settings.clone(),
-            shutdown.clone(),
+            (shutdown.clone(), hurry.clone()),
             metrics,
         );
         tracker.spawn(lane.run());

@@ -73,6 +73,8 @@ struct State {
     /// millions of records).
     discard: bool,
     counted_only: usize,
+    /// Import requests that arrived (before any fault or answer).
+    received: usize,
 }
 
 impl State {
@@ -199,6 +201,11 @@ impl FakeApi {
     pub fn seen(&self) -> Vec<Seen> {
         self.with(|s| s.seen.clone())
     }
+
+    /// Import requests that have arrived, answered or not yet (a slow one is counted at once).
+    pub fn received(&self) -> usize {
+        self.with(|s| s.received)
+    }
 }
 
 type Answer = Result<Response<Full<Bytes>>, DropConnection>;
@@ -249,7 +256,11 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let fault = state.lock().expect("state").faults.pop_front();
+    let fault = {
+        let mut s = state.lock().expect("state");
+        s.received += 1;
+        s.faults.pop_front()
+    };
     let log = |status: u16, records: usize| {
         state.lock().expect("state").seen.push(Seen {
             status,

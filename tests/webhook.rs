@@ -508,3 +508,47 @@ async fn reloads_that_keep_the_address_refuse_no_push() {
         );
     }
 }
+
+/// A reload while the API hangs on a request: the request in flight is let go (its batch goes
+/// out again, under its key, from the next generation), so the reload does not wait out
+/// `api.timeout` while pushes wait for the listener.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_wait_for_a_hanging_api() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.push_fault(Fault::Slow(Duration::from_secs(25)));
+    let port = free_port();
+    let text = config(&env, &api.url(), port).replace("[api]\n", "[api]\ntimeout = \"30s\"\n");
+    std::fs::write(&env.config_file, text).unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let daemon = Process::start_logged(&env.config_file, &log);
+    wait_for(Duration::from_secs(30), "the first generation", || {
+        generations_started(&log) == 1
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
+    let (status, _) = post(&client, &url, "application/json", event(1)).await;
+    assert_eq!(status, 200);
+    // The lane's request is under way (the fake holds it for 25 s).
+    wait_for(Duration::from_secs(30), "the request in flight", || {
+        api.received() >= 1
+    })
+    .await;
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    wait_for(
+        Duration::from_secs(10),
+        "the next generation, before the API answers",
+        || generations_started(&log) == 2,
+    )
+    .await;
+    let (status, _) = post(&client, &url, "application/json", event(2)).await;
+    assert_eq!(status, 200);
+    wait_for(Duration::from_secs(60), "both records", || {
+        let got = arrivals(&api);
+        got.contains_key(&1) && got.contains_key(&2)
+    })
+    .await;
+    daemon.kill9();
+}

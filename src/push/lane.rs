@@ -44,6 +44,10 @@ pub struct Lane {
     client: Arc<ApiClient>,
     settings: LaneSettings,
     shutdown: CancellationToken,
+    /// Fired with `shutdown` on a reload: the request in flight is let go rather than waited
+    /// for (its batch goes out again, under its key, from the next generation), so that a
+    /// hanging API does not hold up a reload.
+    hurry: CancellationToken,
     health: Health,
     metrics: Arc<LaneMetrics>,
 }
@@ -55,7 +59,7 @@ impl Lane {
         outbox: Outbox,
         client: Arc<ApiClient>,
         settings: LaneSettings,
-        shutdown: CancellationToken,
+        (shutdown, hurry): (CancellationToken, CancellationToken),
         metrics: Arc<LaneMetrics>,
     ) -> Self {
         Self {
@@ -66,6 +70,7 @@ impl Lane {
             client,
             settings,
             shutdown,
+            hurry,
             health: Health::Ok,
             metrics,
         }
@@ -229,7 +234,13 @@ impl Lane {
                     return Err(Stopped);
                 }
                 let started = Instant::now();
-                let attempt = self.client.post(&self.key, &idem, request.clone()).await;
+                let attempt = tokio::select! {
+                    a = self.client.post(&self.key, &idem, request.clone()) => a,
+                    _ = self.hurry.cancelled() => {
+                        self.flush(last_accepted.take()).await;
+                        return Err(Stopped);
+                    }
+                };
                 let status = match &attempt {
                     Attempt::Answered { status, .. } => *status,
                     _ => 0,
