@@ -332,7 +332,11 @@ async fn run_prepared(
             .find(|(k, _)| *k == source.lane)
             .map(|(_, id)| *id)
             .expect("every source's lane was registered");
-        for (from, n) in outbox.adopt(id, lane).await? {
+        let adopted = outbox.adopt(id, lane).await?;
+        if !adopted.is_empty() {
+            outbox.lane_notify(lane).notify_one();
+        }
+        for (from, n) in adopted {
             warn!(
                 source = %source.name,
                 "{n} record(s) it read before were waiting in lane {from}, which it no longer \

@@ -109,10 +109,7 @@ async fn acknowledged_pushes_survive_scrapes_every_operator_command_and_kill_9()
     let mut acknowledged = 0;
     for (round, command) in commands.iter().enumerate() {
         let mut daemon = Process::start(&env.config_file);
-        wait_for(LIMIT, "the listener", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
+        wait_serving(port).await;
         assert_eq!(
             get(&client, &format!("http://127.0.0.1:{port}/metrics")).await,
             200
@@ -245,10 +242,17 @@ async fn deleting_the_state_file_or_its_lock_under_the_daemon_stops_it() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for(LIMIT, "the listener", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
+        // Serving: the outbox is open (the socket alone is bound before it is).
+        let client = reqwest::Client::new();
+        let healthz = format!("http://127.0.0.1:{port}/healthz");
+        let deadline = std::time::Instant::now() + LIMIT;
+        while get(&client, &healthz).await != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon never served"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let state_dir = env.state.parent().unwrap();
         for name in [
             victim.to_owned(),
@@ -257,9 +261,7 @@ async fn deleting_the_state_file_or_its_lock_under_the_daemon_stops_it() {
         ] {
             let _ = std::fs::remove_file(state_dir.join(name));
         }
-        // Pushes from now on: none may get a 200 for a file no start will open, except in
-        // the moment before the daemon looks (a push committed before the delete is fine).
-        let client = reqwest::Client::new();
+        // Pushes from now on: none may get a 200 for a file no start will open.
         let push_url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let status = loop {
@@ -313,10 +315,7 @@ async fn records_waiting_under_an_old_integration_id_follow_the_corrected_one() 
     let dead_api = format!("http://127.0.0.1:{}", free_port());
     std::fs::write(&env.config_file, config(&env, &dead_api, port)).unwrap();
     let daemon = Process::start(&env.config_file);
-    wait_for(LIMIT, "the listener", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
+    wait_serving(port).await;
     let r = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}"))
         .header("content-type", "application/json")

@@ -100,16 +100,7 @@ async fn no_secret_reaches_logs_check_status_metrics_or_debug_output() {
         .unwrap();
     let client = reqwest::Client::new();
     // A push, so that the lane tries (and fails) to deliver through the proxy.
-    wait_for(Duration::from_secs(30), "the listener", || {
-        if let Ok(Some(status)) = daemon.try_wait() {
-            panic!(
-                "the daemon exited with {status}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
+    wait_serving(port).await;
     let r = client
         .post(format!(
             "http://127.0.0.1:{port}/webhook/push/pushtoken-9s0t1u2v3w"

@@ -57,10 +57,7 @@ async fn post(client: &reqwest::Client, url: &str, kind: &str, body: String) -> 
 }
 
 async fn wait_listening(port: u16) {
-    wait_for(Duration::from_secs(30), "the listener", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
+    wait_serving(port).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +113,7 @@ async fn a_push_acknowledged_is_kept_through_kill_9() {
         api.record_count() >= acknowledged
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&env).await;
     daemon.kill9();
     assert_each_once(&api, 1000);
 }
@@ -269,7 +266,7 @@ async fn every_element_of_a_push_is_kept_and_a_push_sent_again_is_recognised() {
         api.record_count() >= 8
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&env).await;
     daemon.stop().await;
     let got = arrivals(&api);
     assert_eq!(got.get(&1), Some(&4), "{got:?}");
@@ -324,7 +321,7 @@ async fn agent_state_changes_pushed_again_are_applied_once_and_never_parked() {
         api.record_count() >= 3
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&env).await;
     daemon.stop().await;
     let spans: Vec<(String, String, String)> = api
         .records()

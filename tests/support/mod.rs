@@ -136,6 +136,88 @@ pub fn arrivals(api: &FakeApi) -> HashMap<u64, usize> {
     m
 }
 
+/// Every id of `ids` arrived exactly once, and nothing else arrived.
+pub fn assert_arrived_once(api: &FakeApi, ids: impl IntoIterator<Item = u64>) {
+    let got = arrivals(api);
+    let mut expected: Vec<u64> = ids.into_iter().collect();
+    expected.sort_unstable();
+    for id in &expected {
+        assert_eq!(
+            got.get(id),
+            Some(&1),
+            "record {id} arrived {:?} times",
+            got.get(id)
+        );
+    }
+    let mut extra: Vec<&u64> = got
+        .keys()
+        .filter(|id| expected.binary_search(id).is_err())
+        .collect();
+    extra.sort();
+    assert!(extra.is_empty(), "records nobody expected: {extra:?}");
+}
+
+/// Waits until the daemon listening on `port` serves requests (`/healthz` answers 200): its
+/// outbox is open and its sources run. (The socket alone is bound before that, and kept
+/// across reloads, so a connection is no sign.)
+pub async fn wait_serving(port: u16) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(&url).send().await
+            && r.status().as_u16() == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the daemon to serve"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until no lane has a record left to send (so no further copy can arrive).
+pub async fn settled(env: &Env) {
+    wait_for(
+        Duration::from_secs(60),
+        "every lane to have nothing pending",
+        || {
+            env.try_report()
+                .is_some_and(|r| r.lanes.iter().all(|l| l.pending == 0))
+        },
+    )
+    .await;
+}
+
+/// Waits until the poller `source` has completed `n` more polls (its `poll` cursor row keeps
+/// when the last complete poll started).
+pub async fn more_polls(env: &Env, source: &str, n: usize) {
+    let last_poll = || {
+        env.try_report()?
+            .sources
+            .into_iter()
+            .find(|s| s.name == source)?
+            .cursors
+            .into_iter()
+            .find(|c| c.key == "poll")?
+            .value["last_poll_ms"]
+            .as_i64()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    seen.extend(last_poll());
+    let before = seen.len();
+    wait_for(Duration::from_secs(60), "more polls", || {
+        seen.extend(last_poll());
+        seen.len() >= before + n
+    })
+    .await;
+}
+
 /// Records the API accepted inside batches it accepted more than once under one
 /// `Idempotency-Key`: resends of a batch whose answer was lost. Duplicates must fit in here.
 pub fn records_in_resent_batches(api: &FakeApi) -> usize {
