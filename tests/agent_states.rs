@@ -57,7 +57,7 @@ async fn state_changes_become_intervals_and_an_open_state_survives_a_restart() {
     .unwrap();
     let daemon = Daemon::start(config.clone());
     wait_for(LIMIT, "2 intervals", || api.record_count() >= 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&env).await;
     daemon.stop().await;
     let report = env.report();
     assert_eq!(
@@ -77,7 +77,7 @@ async fn state_changes_become_intervals_and_an_open_state_survives_a_restart() {
     drop(f);
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "5 intervals", || api.record_count() >= 5).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&env).await;
     daemon.stop().await;
     let mut got = intervals(&api);
     got.sort();

@@ -55,7 +55,7 @@ async fn a_queue_log_gives_its_calls_and_agent_intervals() {
     f.write_all(tail.as_bytes()).unwrap();
     drop(f);
     wait_for(LIMIT, "2 calls and 6 intervals", || api.record_count() >= 8).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&env).await;
     daemon.stop().await;
 
     let records = api.records();

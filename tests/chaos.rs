@@ -393,7 +393,7 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&setup.env).await;
     daemon.assert_running();
     daemon.kill9();
 

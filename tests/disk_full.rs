@@ -161,7 +161,7 @@ async fn a_full_disk_leaves_open_agent_states_as_committed() {
         api.record_count() >= expected
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&env).await;
     daemon.stop().await;
     assert_eq!(env.report().sources[0].parked_total, 0, "nothing parked");
     let mut seen = std::collections::HashSet::new();

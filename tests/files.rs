@@ -139,7 +139,7 @@ async fn overlapping_nightly_exports_yield_only_new_rows_by_natural_key() {
         env.first_source().is_some_and(|s| s.records_total == 150)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&env).await;
     daemon.stop().await;
     let got = arrivals(&api);
     assert_eq!(got.len(), 150);
@@ -160,7 +160,7 @@ async fn skip_if_leaves_test_queues_out_and_counts_them() {
     .unwrap();
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "2 records", || api.record_count() >= 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&env).await;
     daemon.stop().await;
     let mut got: Vec<u64> = arrivals(&api).into_keys().collect();
     got.sort();
@@ -196,7 +196,7 @@ async fn interval_rows_expand_to_contact_events_with_the_same_totals() {
     .unwrap();
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "15 records", || api.record_count() >= 15).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&env).await;
     daemon.stop().await;
     let records = api.records();
     assert_eq!(records.len(), 15);
@@ -244,7 +244,8 @@ async fn a_marker_file_says_when_an_export_is_complete() {
     let data = env.exports.join("calls.ndjson");
     std::fs::write(&data, events(0..5)).unwrap();
     let daemon = Daemon::start(config);
-    // Settled long ago, but no marker yet: not complete.
+    // Settled long ago, but no marker yet: not complete. (Showing that nothing happens takes
+    // a while: this pause, several scans long, is the thing under test.)
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(api.record_count(), 0, "no record before the marker");
     std::fs::write(env.exports.join("calls.ndjson.done"), "").unwrap();
@@ -286,7 +287,7 @@ async fn a_temporary_name_renamed_when_done_is_read_once_complete() {
     );
     std::fs::rename(&tmp, env.exports.join("calls.ndjson")).unwrap();
     wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    settled(&env).await;
     daemon.stop().await;
     let got = arrivals(&api);
     assert_eq!(got.len(), 5, "{got:?}");
@@ -394,7 +395,7 @@ async fn copy_and_truncate_under_a_burst_of_writes_loses_and_repeats_nothing() {
     }
     drop(w);
     wait_for(LIMIT, "600 records", || api.record_count() >= 600).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&env).await;
     daemon.stop().await;
     let got = arrivals(&api);
     assert_eq!(got.len(), 600);
@@ -411,7 +412,11 @@ async fn start_at_end_skips_history_but_reads_new_files_whole() {
     // History, and a partial last line the writer is still in the middle of.
     std::fs::write(&path, events(0..50) + &event(50)[..20]).unwrap();
     let daemon = Daemon::start(config);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The first look skips the history (a cursor at the end of the last whole line).
+    wait_for(LIMIT, "the file found", || {
+        env.first_source().is_some_and(|s| !s.cursors.is_empty())
+    })
+    .await;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
@@ -423,7 +428,7 @@ async fn start_at_end_skips_history_but_reads_new_files_whole() {
     // A small new file (one line) is read at once, from its start.
     std::fs::write(env.exports.join("new.ndjson"), events([99])).unwrap();
     wait_for(LIMIT, "4 records", || api.record_count() >= 4).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settled(&env).await;
     daemon.stop().await;
     let mut got: Vec<u64> = arrivals(&api).into_keys().collect();
     got.sort();
@@ -483,7 +488,7 @@ async fn a_share_that_disappears_for_a_while_is_not_read_again_from_the_start() 
     sh(&format!("mount --bind '{srv}' '{mnt}'"));
     append(20..25);
     wait_for(LIMIT, "25 records", || api.record_count() >= 25).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    settled(&env).await;
     daemon.stop().await;
     sh(&format!("umount -l '{mnt}'"));
     let got = arrivals(&api);
@@ -502,7 +507,7 @@ async fn rotation_in_the_middle_of_a_burst_of_writes_reads_every_line_once() {
     let path = env.exports.join("live.ndjson");
     std::fs::write(&path, "").unwrap();
     let daemon = Daemon::start(config);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(LIMIT, "the source running", || env.first_source().is_some()).await;
     let rotated = env.exports.join("live.ndjson.1");
     // A logger writing as fast as it can; half-way logrotate renames the file and the logger
     // writes a few more lines to the old handle before it reopens the path.
@@ -523,7 +528,7 @@ async fn rotation_in_the_middle_of_a_burst_of_writes_reads_every_line_once() {
     });
     writer.join().unwrap();
     wait_for(LIMIT, "20,000 records", || api.record_count() >= 20_000).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&env).await;
     daemon.stop().await;
     let got = arrivals(&api);
     assert_eq!(got.len(), 20_000);
@@ -659,7 +664,7 @@ async fn a_copy_made_by_copy_and_truncate_inside_include_is_read_on_not_again() 
     std::fs::write(&path, events(230..250)).unwrap();
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "250 records", || api.record_count() >= 250).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&env).await;
     daemon.stop().await;
     let got = arrivals(&api);
     assert_eq!(got.len(), 250, "every line once");

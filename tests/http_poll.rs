@@ -98,7 +98,10 @@ async fn every_pagination_style_reads_each_record_once_through_faults() {
         api.record_count() >= 160
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    for name in ["page", "offset", "next", "link"] {
+        more_polls(&env, name, 2).await;
+    }
+    settled(&env).await;
     daemon.stop().await;
     assert_each_once(&api, 40);
 
@@ -136,20 +139,41 @@ async fn a_refused_request_is_reported_with_status_and_advice_and_polling_goes_o
         "pagination = \"page\"",
     );
     std::fs::write(env.dir.path().join("page-secret"), "wrong-token\n").unwrap();
-    let config = env.write_config(&env.config_text(&api.url(), "", &source));
-    let daemon = Daemon::start(config);
-    wait_for(Duration::from_secs(30), "a refused poll", || {
-        acd.log().iter().any(|(_, _, s)| *s == 401)
+    std::fs::write(&env.config_file, env.config_text(&api.url(), "", &source)).unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let mut daemon = Process::start_logged(&env.config_file, &log);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(Duration::from_secs(30), "the refusal reported", || {
+        logged().contains("poll failed")
     })
     .await;
+    // The report names the status and the answer, and says what to check.
+    let text = logged();
+    let line = text
+        .lines()
+        .find(|l| l.contains("poll failed"))
+        .expect("a poll failure line");
+    assert!(line.contains("answered 401 Unauthorized"), "{line}");
+    assert!(
+        line.contains("unauthorized"),
+        "the start of the answer: {line}"
+    );
+    assert!(line.contains("check the source's credentials"), "{line}");
+    assert!(line.contains("retrying in"), "{line}");
+    assert!(
+        !line.contains("wrong-token"),
+        "the token is not shown: {line}"
+    );
+    daemon.assert_running();
     // The operator fixes the token file: the next attempt reads it again.
     std::fs::write(env.dir.path().join("page-secret"), format!("{BEARER}\n")).unwrap();
     wait_for(Duration::from_secs(60), "3 records", || {
         api.record_count() >= 3
     })
     .await;
-    daemon.stop().await;
-    assert_eq!(api.record_count(), 3);
+    settled(&env).await;
+    daemon.kill9();
+    assert_arrived_once(&api, 1001..=1003);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

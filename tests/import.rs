@@ -191,7 +191,7 @@ async fn a_tailed_source_keeps_its_identity_through_an_import_and_refuses_one_be
         "{out}"
     );
     assert!(out.contains("tails its files"), "{out}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    settled(&env).await;
     daemon.kill9();
     let got = arrivals(&api);
     assert_eq!(got.len(), 110);

@@ -219,7 +219,11 @@ async fn a_new_name_for_a_known_queue_is_held_until_the_operator_decides() {
     std::fs::write(env.exports.join("b.ndjson"), renamed(4..=6)).unwrap();
     std::fs::write(env.exports.join("c.ndjson"), events(7..=8)).unwrap();
     wait_for(LIMIT, "the old name's records", || api.record_count() >= 5).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(LIMIT, "the renamed ones held back", || {
+        env.try_report()
+            .is_some_and(|r| r.lanes[0].held == 3 && r.lanes[0].pending == 0)
+    })
+    .await;
     assert_eq!(api.record_count(), 5, "the renamed ones are held back");
     let cfg = env.config_file.to_str().unwrap();
     let (_, out) = cli(&["--config", cfg, "status"]);

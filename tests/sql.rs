@@ -91,19 +91,34 @@ async fn postgres_rows_arrive_once_through_ties_late_commits_and_a_restart() {
     })
     .await;
 
-    // The database goes away and comes back; rows written meanwhile arrive too.
+    // Rows committed just before the database goes away, maybe not polled yet; the database
+    // stays away for a few polls (the outage is the thing under test), and rows written once
+    // it is back arrive too.
+    insert_pg(&pool, 47..=52, "2024-05-01T09:30:00Z").await;
     drop(pool);
     pg.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.restart();
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    insert_pg(&pool, 47..=60, "2024-05-01T10:00:00Z").await;
+    insert_pg(&pool, 53..=60, "2024-05-01T10:00:00Z").await;
     wait_for(Duration::from_secs(60), "60 records", || {
         api.record_count() >= 60
     })
     .await;
-    // A few more polls: nothing is sent twice.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three more complete polls, each reading the hour of overlap again: nothing is sent
+    // twice.
+    let last_poll = || {
+        env.first_source()
+            .and_then(|s| s.cursors.into_iter().find(|c| c.key == "poll"))
+            .and_then(|c| c.value["last_poll_ms"].as_i64())
+    };
+    let mut polls = std::collections::BTreeSet::new();
+    wait_for(Duration::from_secs(60), "three more polls", || {
+        polls.extend(last_poll());
+        polls.len() > 3
+    })
+    .await;
+    settled(&env).await;
     daemon.stop().await;
     assert_each_once(&api, 60);
     let report = env.report();
@@ -194,7 +209,8 @@ async fn mariadb_rows_arrive_once_with_local_datetimes_and_ties() {
         api.record_count() >= 30
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    more_polls(&env, "acd-db", 2).await;
+    settled(&env).await;
     daemon.stop().await;
     assert_each_once(&api, 30);
     // DATETIME is wall-clock time in the source's zone: 10:00 in Berlin in May is 08:00 UTC.
@@ -387,7 +403,9 @@ async fn the_asterisk_realtime_queue_log_table_gives_calls_and_intervals() {
         api.record_count() >= 8
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    more_polls(&env, "pbx-calls", 2).await;
+    more_polls(&env, "pbx-agents", 2).await;
+    settled(&env).await;
     daemon.stop().await;
 
     let records = api.records();
@@ -488,7 +506,8 @@ async fn odbc_rows_arrive_once_through_the_postgresql_odbc_driver() {
         api.record_count() >= 40
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    more_polls(&env, "acd-db", 2).await;
+    settled(&env).await;
     daemon.stop().await;
     assert_each_once(&api, 40);
     let first = api.records().into_iter().find(|r| id_of(r) == 1).unwrap();
