@@ -2,14 +2,8 @@
 //! the file, never a panic.
 #![no_main]
 
-use injixo_sync::config::Config;
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks.rs"]
+#[allow(dead_code)]
+mod checks;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Err(e) = Config::parse(text, std::path::Path::new("fuzz.toml")) {
-        assert!(e.to_string().contains("fuzz.toml"), "{e}");
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::config_loader(data));
