@@ -384,6 +384,12 @@ async fn run_prepared(
         }
     });
 
+    // Records made pending by operator commands in other processes wake the lanes.
+    {
+        let (outbox, token) = (outbox.clone(), shutdown.clone());
+        tracker.spawn(async move { outbox.watch_requeues(token).await });
+    }
+
     // The state file and its lock stay where they were: an operator who deletes or replaces
     // either under the daemon would leave it writing where nobody reads, or let a second
     // daemon in. Then the daemon stops (and says why) rather than acknowledge more input.
@@ -598,8 +604,22 @@ pub fn import(
         .name("import".into())
         .spawn(move || crate::sources::files::FilesSource::new(files).run_once(&ctx))
         .map_err(|e| RunError::Setup(format!("cannot start the import thread: {e}")))?;
+    // A running daemon delivers what is imported: it is told within a second of new records.
+    let mut told = 0;
+    let mut tell = |metrics: &SourceMetrics| {
+        let records = metrics.records.load(std::sync::atomic::Ordering::Relaxed);
+        if records > told {
+            told = records;
+            let _ = runtime.block_on(outbox.note_requeue());
+        }
+    };
+    let mut last_told = std::time::Instant::now();
     while !reader.is_finished() {
         progress(&metrics);
+        if last_told.elapsed() >= Duration::from_secs(1) {
+            tell(&metrics);
+            last_told = std::time::Instant::now();
+        }
         runtime.block_on(async {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -608,6 +628,7 @@ pub fn import(
         });
     }
     progress(&metrics);
+    tell(&metrics);
     let result = reader
         .join()
         .map_err(|_| RunError::Setup("the import thread panicked".into()))?;

@@ -56,7 +56,12 @@ pub fn main(config_path: &Path, emits: Emits, source: Option<&str>) -> anyhow::R
     if emits == Emits::ContactEvents {
         println!("(this creates the queue {TEST_QUEUE:?} in injixo once processed)");
     }
-    let key = format!("send-test-{}", now.as_second());
+    // Unique per test, also for two in one second.
+    let key = format!(
+        "send-test-{}-{:08x}",
+        now.as_millisecond(),
+        fastrand::u32(..)
+    );
     let attempt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

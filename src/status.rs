@@ -162,7 +162,7 @@ pub fn resend(
     let n = outbox::resend(&config.state.path, &what)?;
     println!(
         "{n} kept record(s) from {} on pending again; a running daemon sends them within a \
-         minute (records older than keep_sent = {} are no longer kept)",
+         second (records older than keep_sent = {} are no longer kept)",
         what.since,
         humantime::format_duration(config.state.keep_sent)
     );
@@ -199,15 +199,34 @@ pub fn dead(config_path: &Path, action: DeadAction) -> anyhow::Result<ExitCode> 
             }
         }
         DeadAction::Retry { ids, all } => {
-            let n = outbox::retry_dead(state, &selection(ids, all))?;
-            println!("{n} record(s) pending again; a running daemon sends them within a minute");
+            let done = outbox::retry_dead(state, &selection(ids, all))?;
+            println!(
+                "{} record(s) pending again; a running daemon sends them within a second",
+                done.count
+            );
+            return Ok(not_found(&done));
         }
         DeadAction::Drop { ids, all } => {
-            let n = outbox::drop_dead(state, &selection(ids, all))?;
-            println!("{n} record(s) given up");
+            let done = outbox::drop_dead(state, &selection(ids, all))?;
+            println!("{} record(s) given up", done.count);
+            return Ok(not_found(&done));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Names the ids asked for that are not dead letters; exit status 1 if there are any.
+fn not_found(done: &outbox::Changed) -> ExitCode {
+    if done.not_found.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let ids: Vec<String> = done.not_found.iter().map(|id| format!("#{id}")).collect();
+    eprintln!(
+        "no dead letter {} (see `injixo-sync dead list`): nothing done with {}",
+        ids.join(", "),
+        if ids.len() == 1 { "it" } else { "them" }
+    );
+    ExitCode::FAILURE
 }
 
 fn render_dead(d: &DeadLetter) -> String {

@@ -41,15 +41,36 @@ async fn dead_letters_are_listed_retried_and_dropped_from_the_command_line() {
     api.clear_rejections();
     let (code, out) = cli(&["--config", cfg, "dead", "drop", &id_of_8.to_string()]);
     assert_eq!((code, out.trim()), (0, "1 record(s) given up"));
+    // Ids that are no dead letter are named, and the command fails.
+    let (code, out) = cli(&[
+        "--config",
+        cfg,
+        "dead",
+        "retry",
+        "99999",
+        &id_of_8.to_string(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("0 record(s) pending again"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "no dead letter #{id_of_8}, #99999 (see `injixo-sync dead list`)"
+        )),
+        "{out}"
+    );
+    let (code, out) = cli(&["--config", cfg, "dead", "drop", "99999"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no dead letter #99999"), "{out}");
     let (code, out) = cli(&["--config", cfg, "dead", "retry", "--all"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("1 record(s) pending again"), "{out}");
-    // New input wakes the lane, which now also picks up the retried record.
-    std::fs::write(env.exports.join("b.ndjson"), events(11..=12)).unwrap();
-    wait_for(LIMIT, "record 7 delivered", || {
+    // The daemon notices within a second (it used to wait up to a minute): no new input is
+    // needed to wake the lane.
+    wait_for(Duration::from_secs(10), "record 7 delivered", || {
         arrivals(&api).contains_key(&7)
     })
     .await;
+    std::fs::write(env.exports.join("b.ndjson"), events(11..=12)).unwrap();
     wait_for(LIMIT, "records 11 and 12", || arrivals(&api).len() == 11).await;
     daemon.stop().await;
 
@@ -118,6 +139,16 @@ async fn send_test_shows_the_whole_answer_and_explains_a_refusal() {
         accepted[1].meta,
         serde_json::json!({"integrationConfigurationId": 8431, "externalSystem": "My ACD"})
     );
+
+    // Two tests in one second are two tests: each under a key of its own.
+    let (code, out) = run(args("contact-event")).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    let keys: std::collections::HashSet<String> = api
+        .accepted()
+        .iter()
+        .filter_map(|a| a.idempotency_key.clone())
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
 
     api.set_token("regenerated");
     let (code, out) = run(args("contact-event")).await.unwrap();

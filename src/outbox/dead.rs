@@ -3,7 +3,7 @@
 //! These run from the command line beside a running daemon, each as one short transaction on
 //! its own connection (WAL and the busy timeout let the two take turns). A retried record
 //! becomes pending again at the end of its lane (moved under a new id, so it joins no batch
-//! already formed); a running daemon notices within a minute. A dropped record stays as
+//! already formed); a running daemon notices within a second (see `note_requeue`). A dropped record stays as
 //! a row (state 3) so that its dedupe key keeps the same input from being enqueued again, and
 //! is pruned like a delivered one.
 
@@ -57,16 +57,24 @@ pub(super) fn query(
     .collect()
 }
 
-/// Makes the selected dead letters pending again; returns how many.
-pub fn retry_dead(path: &Path, selection: &Selection) -> Result<usize, OutboxError> {
+/// What an operator change did: the records it changed, and the ids asked for that are not
+/// dead letters (unknown, or no longer dead).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    pub count: usize,
+    pub not_found: Vec<i64>,
+}
+
+/// Makes the selected dead letters pending again; a running daemon sends them within a second.
+pub fn retry_dead(path: &Path, selection: &Selection) -> Result<Changed, OutboxError> {
     change(path, selection, |c, id| {
         super::resend::requeue(c, "FROM records r WHERE r.id = ?1 AND r.state = 2", &[&id])?;
         Ok(())
     })
 }
 
-/// Gives the selected dead letters up; returns how many.
-pub fn drop_dead(path: &Path, selection: &Selection) -> Result<usize, OutboxError> {
+/// Gives the selected dead letters up.
+pub fn drop_dead(path: &Path, selection: &Selection) -> Result<Changed, OutboxError> {
     change(path, selection, |c, id| {
         c.execute(
             "UPDATE records SET state = 3, sent_at = ?1 WHERE id = ?2 AND state = 2",
@@ -80,25 +88,32 @@ fn change(
     path: &Path,
     selection: &Selection,
     apply: impl Fn(&Connection, i64) -> rusqlite::Result<()>,
-) -> Result<usize, OutboxError> {
+) -> Result<Changed, OutboxError> {
     schema::admin_transaction(path, |conn| {
-        let chosen: Vec<i64> = conn
+        let dead: Vec<i64> = conn
             .prepare(
                 "SELECT d.record_id FROM dead d JOIN records r ON r.id = d.record_id
                  WHERE r.state = 2 ORDER BY d.record_id",
             )?
             .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter(|id| match selection {
-                Selection::All => true,
-                Selection::Ids(ids) => ids.contains(id),
-            })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
+        let (chosen, not_found): (Vec<i64>, Vec<i64>) = match selection {
+            Selection::All => (dead, Vec::new()),
+            Selection::Ids(ids) => {
+                let mut ids = ids.clone();
+                ids.sort_unstable();
+                ids.dedup();
+                ids.into_iter()
+                    .partition(|id| dead.binary_search(id).is_ok())
+            }
+        };
         for id in &chosen {
             apply(conn, *id)?;
             conn.execute("DELETE FROM dead WHERE record_id = ?1", [id])?;
         }
-        Ok(chosen.len())
+        Ok(Changed {
+            count: chosen.len(),
+            not_found,
+        })
     })
 }

@@ -35,7 +35,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use dead::{Selection, dead_letters, drop_dead, retry_dead};
+pub use dead::{Changed, Selection, dead_letters, drop_dead, retry_dead};
 pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
 pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};
 pub use report::{
@@ -1295,6 +1295,71 @@ pub(crate) struct Moved {
     pub count: usize,
     pub first: i64,
     pub last: i64,
+}
+
+/// Notes, in the transaction that made records pending from outside the daemon (`dead retry`,
+/// `resend`, `queues confirm`, `import`), that there are such records: a running daemon
+/// watches this counter ([`Outbox::watch_requeues`]) and wakes its lanes within a second.
+pub(crate) fn note_requeue(c: &Connection) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO meta (key, value) VALUES ('requeued', '1')
+         ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        [],
+    )?;
+    Ok(())
+}
+
+impl Outbox {
+    /// [`note_requeue`] for a process that writes records through its own outbox (`import`).
+    pub async fn note_requeue(&self) -> Result<(), OutboxError> {
+        self.call(|c, p| note_requeue(c).map_err(|e| OutboxError::sqlite(p, e)))
+            .await
+    }
+
+    /// Wakes every lane within a second of another process noting records made pending
+    /// ([`note_requeue`]); runs until `stop`. One small read a second on a read-only
+    /// connection of its own.
+    pub async fn watch_requeues(&self, stop: tokio_util::sync::CancellationToken) {
+        let path = self.path.clone();
+        let read = move |conn: &Option<Connection>| -> Option<String> {
+            conn.as_ref()?
+                .query_row("SELECT value FROM meta WHERE key = 'requeued'", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .ok()
+                .flatten()
+        };
+        let mut conn = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || schema::open_ro(&path).ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        let mut seen = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let (back, now) = tokio::task::spawn_blocking(move || {
+                let now = read(&conn);
+                (conn, now)
+            })
+            .await
+            .unwrap_or((None, None));
+            conn = back;
+            // A change (the first value read too: it may be new since the lanes looked) wakes
+            // every lane; a lane woken for nothing only looks once more.
+            if now != seen {
+                for notify in self.wakers.0.lock().expect("wakers lock").values() {
+                    notify.notify_one();
+                }
+            }
+            seen = now;
+        }
+    }
 }
 
 /// Unix time in milliseconds.

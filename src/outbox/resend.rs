@@ -63,6 +63,9 @@ pub(super) fn requeue(
     params: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<usize> {
     let moved = super::move_to_end(c, &format!("SELECT r.id {chosen}"), params, Some(now_ms()))?;
+    if moved.is_some() {
+        super::note_requeue(c)?;
+    }
     Ok(moved.map_or(0, |m| m.count))
 }
 
