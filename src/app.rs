@@ -224,6 +224,14 @@ pub struct Prepared {
 /// Builds what a configuration needs before anything runs, so that a secret that cannot be read
 /// stops a start (or refuses a reload) before the outbox is touched.
 pub fn prepare(config: Config) -> Result<Prepared, RunError> {
+    // Every secret a source reads as it runs (database connections, HTTP credentials) is read
+    // once here too, so that one that cannot be read refuses the start or the reload; the
+    // sources read them again when they connect (a rotated password is picked up).
+    for s in &config.sources {
+        for secret in s.kind.secrets() {
+            secret.load().map_err(RunError::Setup)?;
+        }
+    }
     let mut hooks = Vec::new();
     let built = config
         .sources

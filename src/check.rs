@@ -100,7 +100,7 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
             }
             SourceKind::Sql(_) | SourceKind::Http(_) => {}
         }
-        for secret in source_secrets(&s.kind) {
+        for secret in s.kind.secrets() {
             match secret.load() {
                 Ok(_) => ok.push(format!(
                     "source {:?}: {} is set",
@@ -142,21 +142,6 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     } else {
         println!("{} problem(s) found", problems.len());
         Ok(ExitCode::FAILURE)
-    }
-}
-
-/// The secrets a source reads when it runs.
-fn source_secrets(kind: &SourceKind) -> Vec<&crate::config::SourceSecret> {
-    use crate::config::HttpAuth;
-    match kind {
-        SourceKind::Sql(sql) => vec![&sql.connection],
-        SourceKind::Http(http) => match &http.auth {
-            HttpAuth::None => vec![],
-            HttpAuth::Bearer(t) => vec![t],
-            HttpAuth::Basic { password, .. } => vec![password],
-            HttpAuth::OAuth2 { secret, .. } => vec![secret],
-        },
-        SourceKind::Files(_) | SourceKind::Webhook(_) => vec![],
     }
 }
 

@@ -250,6 +250,21 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// The secrets the source reads when it runs (the webhook's token is read when it is
+    /// built).
+    pub fn secrets(&self) -> Vec<&SourceSecret> {
+        match self {
+            SourceKind::Sql(sql) => vec![&sql.connection],
+            SourceKind::Http(http) => match &http.auth {
+                HttpAuth::None => vec![],
+                HttpAuth::Bearer(t) => vec![t],
+                HttpAuth::Basic { password, .. } => vec![password],
+                HttpAuth::OAuth2 { secret, .. } => vec![secret],
+            },
+            SourceKind::Files(_) | SourceKind::Webhook(_) => vec![],
+        }
+    }
+
     /// How long an agent-state change read again is recognised as a repeat: pollers read rows
     /// again within their overlap (and ties at the cursor), pushers send a push again when an
     /// answer was lost. A files source never reads a change twice (its cursors are positions),

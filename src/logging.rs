@@ -29,13 +29,23 @@ pub fn init_files(cfg: &LogConfig, dir: &std::path::Path, keep: usize) -> Result
     Ok(())
 }
 
+/// `RUST_LOG` if set, else `[log] level`; the cron scheduler's own notes ("Uninited", "Job
+/// creator created") are kept out below warnings unless asked for by name.
+fn filter(env: Option<String>, level: &str) -> EnvFilter {
+    let mut wanted = env
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| level.to_owned());
+    if !wanted.contains("tokio_cron_scheduler") {
+        wanted.push_str(",tokio_cron_scheduler=warn");
+    }
+    EnvFilter::try_new(&wanted).unwrap_or_else(|_| EnvFilter::new("info,tokio_cron_scheduler=warn"))
+}
+
 fn init_with<W>(cfg: &LogConfig, writer: W, ansi: bool)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter(std::env::var("RUST_LOG").ok(), &cfg.level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

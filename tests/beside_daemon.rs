@@ -341,3 +341,54 @@ async fn records_waiting_under_an_old_integration_id_follow_the_corrected_one() 
     );
     assert_eq!(arrivals(&api).len(), 20);
 }
+
+/// A reload reads every secret the sources will need (here a database connection string):
+/// one that cannot be read refuses the reload, and the running configuration stays.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_database_secret_cannot_be_read_is_refused() {
+    let env = Env::new();
+    let url_file = env.dir.path().join("db-url");
+    std::fs::write(&url_file, "postgres://acd@127.0.0.1:1/acd").unwrap();
+    let source = format!(
+        "[[source]]\nname = \"acd-db\"\ntype = \"sql\"\nintegration_id = 1\n\
+         emits = \"contact_events\"\nconnection_file = {:?}\nevery = \"1h\"\n\
+         query = \"SELECT 1\"\ncursor_column = \"t\"\ninitial_cursor = \"0\"\nkey = \"{{id}}\"\n\
+         [source.map]\ntimestamp = \"t\"\nqueueName = \"q\"\nqueueIdentifier = \"q\"\n\
+         channel = {{ value = \"calls\" }}\noffered = {{ value = true }}\n\
+         handled = {{ value = true }}\nduration = \"d\"\n",
+        url_file.display().to_string()
+    );
+    std::fs::write(
+        &env.config_file,
+        env.config_text("http://127.0.0.1:9", "", &source),
+    )
+    .unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let mut daemon = Process::start_logged(&env.config_file, &log);
+    wait_for(LIMIT, "the first generation", || {
+        generations_started(&log) == 1
+    })
+    .await;
+    std::fs::remove_file(&url_file).unwrap();
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(LIMIT, "the refusal", || logged().contains("reload refused")).await;
+    let text = logged();
+    assert!(
+        text.contains("reload refused, the running configuration stays: cannot read source[0] \"acd-db\".connection_file"),
+        "{text}"
+    );
+    daemon.assert_running();
+    assert_eq!(
+        generations_started(&log),
+        1,
+        "the running configuration stays"
+    );
+    // The cron scheduler's own notes stay out of the log.
+    assert!(
+        !text.contains("Uninited") && !text.contains("Job creator created"),
+        "{text}"
+    );
+    daemon.kill9();
+}
