@@ -930,3 +930,49 @@ async fn a_copy_written_slowly_is_waited_for_and_recognised() {
     let twice = got.values().filter(|n| **n > 1).count();
     assert_eq!(twice, 0, "{twice} records arrived twice");
 }
+
+/// In a recursive source, parked lines name their file by its path below the source's
+/// `path`: two `calls.ndjson:1` in two folders are told apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_lines_name_the_file_below_the_source_path() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.write_config(&env.config_text(
+        &api.url(),
+        "",
+        &env.ndjson_source("acd", "drop", "recursive = true"),
+    ));
+    for (n, site) in ["hamburg", "berlin"].into_iter().enumerate() {
+        let dir = env.exports.join(site);
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = event(n as u64);
+        std::fs::write(dir.join("calls.ndjson"), format!("not json\n{line}\n")).unwrap();
+    }
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "two lines parked", || {
+        env.first_source().is_some_and(|s| s.parked_total == 2)
+    })
+    .await;
+    settled(&env).await;
+    daemon.stop().await;
+    let mut origins: Vec<String> = env
+        .report()
+        .parked
+        .iter()
+        .map(|p| p.origin.clone())
+        .collect();
+    origins.sort();
+    let sep = std::path::MAIN_SEPARATOR;
+    assert_eq!(
+        origins,
+        [
+            format!("berlin{sep}calls.ndjson:1"),
+            format!("hamburg{sep}calls.ndjson:1")
+        ]
+    );
+    let (_, out) = cli(&["--config", env.config_file.to_str().unwrap(), "status"]);
+    assert!(
+        out.contains(&format!("hamburg{sep}calls.ndjson:1")),
+        "{out}"
+    );
+}

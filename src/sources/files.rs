@@ -971,8 +971,14 @@ impl FilesSource {
         in_flight: &mut Option<InFlight>,
     ) -> Result<(), TakeError> {
         let mut cap = CHUNK;
-        let name = Path::new(&self.known[idx].cur.path)
-            .file_name()
+        // Origins name the file by its path below the source's `path`: in a recursive source,
+        // two `calls.ndjson:1` could not be told apart.
+        let read_from = Path::new(&self.known[idx].cur.path);
+        let name = read_from
+            .strip_prefix(&self.cfg.path)
+            .ok()
+            .filter(|rel| !rel.as_os_str().is_empty())
+            .or_else(|| read_from.file_name().map(Path::new))
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let charset = self.cfg.charset;
