@@ -40,6 +40,22 @@ pub enum RunError {
     StateGone(String),
 }
 
+/// What lives as long as the process, across generations: the state file's lock, and the
+/// counters (a reload keeps counting where the previous configuration left off).
+pub struct Kept {
+    lock: Arc<crate::outbox::StateLock>,
+    counters: crate::metrics::Counters,
+}
+
+impl Kept {
+    fn new(lock: crate::outbox::StateLock) -> Self {
+        Self {
+            lock: Arc::new(lock),
+            counters: crate::metrics::Counters::default(),
+        }
+    }
+}
+
 /// Takes the state file's lock for the life of the daemon: a second daemon on the same
 /// state file refuses to start, naming the process that holds it.
 pub fn lock_state(config: &Config, command: &str) -> Result<crate::outbox::StateLock, RunError> {
@@ -58,13 +74,13 @@ pub fn main(config: Config) -> Result<(), RunError> {
 
 /// [`main`], also stopped by `stop` (the Windows service control manager).
 pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunError> {
-    let lock = Arc::new(lock_state(&config, "run")?);
+    let kept = Kept::new(lock_state(&config, "run")?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| RunError::Setup(format!("cannot start the async runtime: {e}")))?;
-    let result = runtime.block_on(generations(config, lock, stop));
+    let result = runtime.block_on(generations(config, kept, stop));
     if result.is_err() {
         // A thread that would not stop must not keep the process alive.
         runtime.shutdown_background();
@@ -73,11 +89,7 @@ pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunErro
 }
 
 /// Runs one generation after another: the first configuration, then each reloaded one.
-async fn generations(
-    config: Config,
-    lock: Arc<crate::outbox::StateLock>,
-    stop: CancellationToken,
-) -> Result<(), RunError> {
+async fn generations(config: Config, kept: Kept, stop: CancellationToken) -> Result<(), RunError> {
     let shutdown = CancellationToken::new();
     let reload = Arc::new(tokio::sync::Notify::new());
     let (signals, hup) = (shutdown.clone(), reload.clone());
@@ -112,12 +124,7 @@ async fn generations(
             (Err(e), _) => return Err(e),
         };
         let hurry = CancellationToken::new();
-        let running = run_prepared(
-            current,
-            socket,
-            lock.clone(),
-            (generation.clone(), hurry.clone()),
-        );
+        let running = run_prepared(current, socket, &kept, (generation.clone(), hurry.clone()));
         tokio::pin!(running);
         let next = loop {
             tokio::select! {
@@ -207,10 +214,10 @@ async fn wait_for_signals(reload: &tokio::sync::Notify) {
 
 /// Runs the pipeline until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let lock = Arc::new(lock_state(&config, "run")?);
+    let kept = Kept::new(lock_state(&config, "run")?);
     let listener = Listening::default().for_config(&config).await?;
     let hurry = CancellationToken::new();
-    run_prepared(prepare(config)?, listener, lock, (shutdown, hurry)).await
+    run_prepared(prepare(config)?, listener, &kept, (shutdown, hurry)).await
 }
 
 /// A configuration whose sources and API client are built: every secret has been read.
@@ -288,9 +295,10 @@ impl Listening {
 async fn run_prepared(
     prepared: Prepared,
     listener: Option<Arc<tokio::net::TcpListener>>,
-    lock: Arc<crate::outbox::StateLock>,
+    kept: &Kept,
     (shutdown, hurry): (CancellationToken, CancellationToken),
 ) -> Result<(), RunError> {
+    let lock = kept.lock.clone();
     let Prepared {
         config,
         built,
@@ -316,7 +324,7 @@ async fn run_prepared(
     let mut lane_metrics_for_service = Vec::new();
     for key in config.lanes() {
         let id = outbox.lane_id(&key).await?;
-        let metrics = Arc::new(LaneMetrics::new(key.clone()));
+        let metrics = kept.counters.lane(&key);
         lane_ids.push((key.clone(), id));
         lane_metrics.push((id, metrics.clone()));
         lane_metrics_for_service.push(metrics.clone());
@@ -352,7 +360,14 @@ async fn run_prepared(
                 source.lane
             );
         }
-        let ctx = SourceContext::new(source, (id, lane), outbox.clone(), shutdown.clone());
+        let metrics = kept.counters.source(&source.name, source.stale.clone());
+        let ctx = SourceContext::with_metrics(
+            source,
+            (id, lane),
+            outbox.clone(),
+            shutdown.clone(),
+            metrics,
+        );
         let stop = ctx.waker.clone();
         let token = shutdown.clone();
         tracker.spawn(async move {

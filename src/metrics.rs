@@ -35,7 +35,8 @@ pub struct SourceMetrics {
     pub last_activity_ms: AtomicI64,
     /// When the daemon started: silence is counted from here at the earliest.
     pub since_ms: i64,
-    pub stale: Option<StalePolicy>,
+    /// `stale_after` and `business_hours` as configured now (a reload may change them).
+    stale: Mutex<Option<StalePolicy>>,
 }
 
 #[derive(Debug)]
@@ -110,8 +111,13 @@ impl SourceMetrics {
             lag_bytes: AtomicU64::new(0),
             last_activity_ms: AtomicI64::new(0),
             since_ms,
-            stale,
+            stale: Mutex::new(stale),
         }
+    }
+
+    /// Whether silence is watched for this source (`stale_after`).
+    pub fn watched(&self) -> bool {
+        self.stale.lock().expect("stale policy").is_some()
     }
 
     /// Counts a commit: records inserted, duplicates absorbed, input parked.
@@ -127,7 +133,49 @@ impl SourceMetrics {
     pub fn stale_verdict(&self, now_ms: i64) -> Option<String> {
         let last = self.last_activity_ms.load(Relaxed).max(self.since_ms);
         let now = jiff::Timestamp::from_millisecond(now_ms).ok()?;
-        self.stale.as_ref()?.verdict(last, now)
+        self.stale
+            .lock()
+            .expect("stale policy")
+            .as_ref()?
+            .verdict(last, now)
+    }
+}
+
+/// Every source's and lane's counters for the life of the process: a reload keeps counting
+/// where the previous configuration left off (Prometheus counters only go up).
+#[derive(Debug, Default)]
+pub struct Counters {
+    sources: Mutex<std::collections::HashMap<SourceName, std::sync::Arc<SourceMetrics>>>,
+    lanes: Mutex<std::collections::HashMap<LaneKey, std::sync::Arc<LaneMetrics>>>,
+}
+
+impl Counters {
+    /// The counters of source `name`, made at its first start, with `stale` as configured now.
+    pub fn source(
+        &self,
+        name: &SourceName,
+        stale: Option<StalePolicy>,
+    ) -> std::sync::Arc<SourceMetrics> {
+        let mut sources = self.sources.lock().expect("counters");
+        let m = sources.entry(name.clone()).or_insert_with(|| {
+            std::sync::Arc::new(SourceMetrics::new(
+                name.clone(),
+                None,
+                crate::outbox::now_ms(),
+            ))
+        });
+        *m.stale.lock().expect("stale policy") = stale;
+        m.clone()
+    }
+
+    /// The counters of lane `key`, made at its first start; a lane starts unpaused.
+    pub fn lane(&self, key: &LaneKey) -> std::sync::Arc<LaneMetrics> {
+        let mut lanes = self.lanes.lock().expect("counters");
+        let m = lanes
+            .entry(key.clone())
+            .or_insert_with(|| std::sync::Arc::new(LaneMetrics::new(key.clone())));
+        m.set_paused(None);
+        m.clone()
     }
 }
 
@@ -238,7 +286,7 @@ pub fn render(
         "1 while a source with stale_after has read nothing for that long.",
         sources
             .iter()
-            .filter(|s| s.stale.is_some())
+            .filter(|s| s.watched())
             .map(|s| (source(s), u8::from(s.stale_verdict(now_ms).is_some()))),
     );
 

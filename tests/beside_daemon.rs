@@ -392,3 +392,60 @@ async fn a_reload_whose_database_secret_cannot_be_read_is_refused() {
     );
     daemon.kill9();
 }
+
+/// Counters keep counting across a reload (Prometheus counters only go up).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_carry_on_across_a_reload() {
+    let env = Env::new();
+    let port = free_port();
+    let dead_api = format!("http://127.0.0.1:{}", free_port());
+    std::fs::write(&env.config_file, config(&env, &dead_api, port)).unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let daemon = Process::start_logged(&env.config_file, &log);
+    wait_serving(port).await;
+    let client = reqwest::Client::new();
+    let push = |ids: std::ops::Range<u64>| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}"))
+                .header("content-type", "application/json")
+                .body(push_body(ids))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    };
+    let records = || {
+        let client = client.clone();
+        async move {
+            let text = client
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find(|l| l.starts_with("injixo_sync_source_records_total{source=\"acd\"}"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no records counter for acd:\n{text}"))
+        }
+    };
+    push(0..5).await;
+    assert_eq!(records().await, 5);
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    wait_for(LIMIT, "the reloaded generation", || {
+        generations_started(&log) == 2
+    })
+    .await;
+    wait_serving(port).await;
+    assert_eq!(records().await, 5, "kept across the reload");
+    push(5..8).await;
+    assert_eq!(records().await, 8);
+    daemon.kill9();
+}

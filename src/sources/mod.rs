@@ -54,12 +54,23 @@ impl SourceContext {
         outbox: Outbox,
         shutdown: CancellationToken,
     ) -> Self {
-        let (waker, wake) = mpsc::channel();
         let metrics = Arc::new(SourceMetrics::new(
             source.name.clone(),
             source.stale.clone(),
             crate::outbox::now_ms(),
         ));
+        Self::with_metrics(source, ids, outbox, shutdown, metrics)
+    }
+
+    /// A context counting into `metrics` (kept across reloads by `app`).
+    pub fn with_metrics(
+        source: &SourceConfig,
+        ids: (SourceId, LaneId),
+        outbox: Outbox,
+        shutdown: CancellationToken,
+        metrics: Arc<SourceMetrics>,
+    ) -> Self {
+        let (waker, wake) = mpsc::channel();
         Self {
             name: source.name.clone(),
             id: ids.0,
