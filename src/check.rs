@@ -126,7 +126,7 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
 
     if let Some(rt) = &rt {
         match reachability(rt, &config) {
-            Ok(line) => ok.push(line),
+            Ok(lines) => ok.extend(lines),
             Err(e) => problems.push(e),
         }
     }
@@ -158,18 +158,74 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("{} is not writable: {e}", dir.display()))
 }
 
-/// Connects to the API (through any proxy) and reports how it answered.
-fn reachability(rt: &tokio::runtime::Runtime, config: &Config) -> Result<String, String> {
+/// Sends each lane an empty batch (it imports nothing) and tells apart, by the answer, a key
+/// that works from a wrong key, a configuration id the key may not import into, a wrong URL
+/// and an API that cannot be reached.
+fn reachability(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Vec<String>, String> {
+    use crate::push::classify::Attempt;
     let client = ApiClient::new(&config.api)?;
-    match rt.block_on(client.probe()) {
-        Ok(status) => Ok(format!(
-            "API {} reachable (answered HTTP {status})",
-            crate::redact::url(&config.api.url)
-        )),
-        Err(e) => Err(format!(
-            "cannot reach the API at {}: {e}. Check api.url, api.proxy / HTTPS_PROXY and the \
-             firewall (pass --offline to skip)",
-            crate::redact::url(&config.api.url)
-        )),
+    let url = crate::redact::url(&config.api.url);
+    let mut ok = Vec::new();
+    for lane in config.lanes() {
+        let id = lane.integration_id;
+        let said = |body: &str| crate::push::classify::truncate(body.trim(), 200);
+        match rt.block_on(client.probe(&lane)) {
+            Attempt::Answered { status, .. } if (200..300).contains(&status) => ok.push(format!(
+                "API {url}: an empty test batch for {lane} was accepted (HTTP {status}): the \
+                 key and configuration id {id} are right"
+            )),
+            Attempt::Answered {
+                status: 401, body, ..
+            } => {
+                return Err(format!(
+                    "API {url} refused the API key (HTTP 401: {}): it is wrong, or was \
+                     regenerated or its integration deleted in injixo. Generate a key \
+                     (Integrations > injixo API) and write it to {}",
+                    said(&body),
+                    config.api.token.describe()
+                ));
+            }
+            Attempt::Answered {
+                status: 403, body, ..
+            } => {
+                return Err(format!(
+                    "API {url} took the key but refused configuration id {id} for {lane} \
+                     (HTTP 403: {}): check integration_id against the configuration id on the \
+                     integration's tile in injixo",
+                    said(&body)
+                ));
+            }
+            Attempt::Answered {
+                status: 404, body, ..
+            } => {
+                return Err(format!(
+                    "{url} answered 404 Not Found for {} ({}): check api.url (default \
+                     https://api.injixo.com) and api.proxy / HTTPS_PROXY",
+                    lane.emits.endpoint(),
+                    said(&body)
+                ));
+            }
+            Attempt::Answered { status, body, .. } if status == 400 || status == 422 => {
+                ok.push(format!(
+                    "API {url} took the key and checked an empty test batch for {lane} \
+                     (HTTP {status}: {}); nothing was imported",
+                    said(&body)
+                ))
+            }
+            Attempt::Answered { status, body, .. } => {
+                return Err(format!(
+                    "API {url} answered HTTP {status} to an empty test batch for {lane}: {} \
+                     (it may be busy or down; try again)",
+                    said(&body)
+                ));
+            }
+            Attempt::NotSent(e) | Attempt::Unknown(e) => {
+                return Err(format!(
+                    "cannot reach the API at {url}: {e}. Check api.url, api.proxy / \
+                     HTTPS_PROXY and the firewall (pass --offline to skip)"
+                ));
+            }
+        }
     }
+    Ok(ok)
 }

@@ -289,3 +289,59 @@ async fn a_new_name_for_a_known_queue_is_held_until_the_operator_decides() {
     let (code, _) = cli(&["--config", cfg, "queues"]);
     assert_eq!(code, 0);
 }
+
+/// `check` sends each lane an empty batch (nothing is imported) and says which of a wrong key,
+/// a configuration id the key may not import into, and an API out of reach it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tells_a_wrong_key_a_wrong_configuration_id_and_an_unreachable_api_apart() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let write = |url: &str| {
+        std::fs::write(
+            &env.config_file,
+            env.config_text(url, "", &env.ndjson_source("acd", "drop", "")),
+        )
+        .unwrap();
+    };
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let check = || {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || cli(&["--config", &cfg, "check"]))
+    };
+    write(&api.url());
+    let (code, out) = check().await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("took the key and checked an empty test batch for contact_events #1234"),
+        "{out}"
+    );
+    assert_eq!(api.record_count(), 0, "nothing imported");
+
+    api.set_token("regenerated");
+    let (code, out) = check().await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("refused the API key (HTTP 401"), "{out}");
+    assert!(out.contains("Generate a key"), "{out}");
+
+    api.set_token(KEY);
+    api.refuse_endpoint(Some((injixo_sync::types::Emits::ContactEvents, 403)));
+    let (code, out) = check().await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("took the key but refused configuration id 1234"),
+        "{out}"
+    );
+    assert!(out.contains("check integration_id"), "{out}");
+
+    write(&format!("http://127.0.0.1:{}", free_port()));
+    let (code, out) = check().await.unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("cannot reach the API at http://127.0.0.1:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Connection refused") || out.contains("connection refused"),
+        "{out}"
+    );
+}

@@ -75,13 +75,16 @@ impl ApiClient {
         url
     }
 
-    /// Connects to the API's base URL (through the configured proxy and CA) and returns the
-    /// HTTP status it answered with: for `check`, which only asks "can we get there?".
-    pub async fn probe(&self) -> Result<u16, String> {
-        match self.http.get(self.url("/")).send().await {
-            Ok(r) => Ok(r.status().as_u16()),
-            Err(e) => Err(describe(e)),
-        }
+    /// POSTs an empty batch (`"data": []`) for `lane`, which imports nothing: for `check`,
+    /// whose question is whether the key and the configuration id are taken.
+    pub async fn probe(&self, lane: &LaneKey) -> Attempt {
+        let body = format!("{{\"data\":[],\"meta\":{}}}", lane.meta_json());
+        let key = format!(
+            "check-{}-{:08x}",
+            jiff::Timestamp::now().as_millisecond(),
+            fastrand::u32(..)
+        );
+        self.post(lane, &key, body).await
     }
 
     /// POSTs one batch and reports what happened, without judging it.
