@@ -42,8 +42,17 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
         )),
         Err(OutboxError::Missing(p)) => {
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-            match writable_dir(dir.unwrap_or(Path::new("."))) {
-                Ok(()) => ok.push(format!("state file {} will be created", p.display())),
+            let dir = dir.unwrap_or(Path::new("."));
+            match writable_dir(dir) {
+                Ok(()) if dir.exists() => ok.push(format!(
+                    "state file {} does not exist yet: `run` creates it",
+                    p.display()
+                )),
+                Ok(()) => ok.push(format!(
+                    "state file {} does not exist yet: `run` creates it, and its folder {}",
+                    p.display(),
+                    dir.display()
+                )),
                 Err(e) => problems.push(format!("[state] path {}: {e}", p.display())),
             }
         }
@@ -145,17 +154,30 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Whether this user may make files in `dir`, or (where it does not exist yet) make it: the
+/// nearest folder above it that exists must be writable.
 fn writable_dir(dir: &Path) -> Result<(), String> {
-    if !dir.exists() {
-        return match dir.parent() {
-            Some(parent) if parent.exists() => writable_dir(parent),
-            _ => Err(format!("{} does not exist", dir.display())),
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
         };
     }
-    let probe = dir.join(format!(".injixo-sync-check-{}", std::process::id()));
+    let probe = existing.join(format!(".injixo-sync-check-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| format!("{} is not writable: {e}", dir.display()))
+        .map_err(|e| {
+            if existing == dir {
+                format!("{} is not writable: {e}", dir.display())
+            } else {
+                format!(
+                    "{} does not exist, and {} (where it would be made) is not writable: {e}",
+                    dir.display(),
+                    existing.display()
+                )
+            }
+        })
 }
 
 /// Sends each lane an empty batch (it imports nothing) and tells apart, by the answer, a key

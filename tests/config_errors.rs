@@ -345,7 +345,28 @@ fn check_exits_non_zero_with_the_message_and_zero_on_a_good_setup() {
     .unwrap();
     let (code, out) = cli(&["--config", good.to_str().unwrap(), "check", "--offline"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("will be created"), "{out}");
+    assert!(
+        out.contains("outbox.db does not exist yet: `run` creates it, and its folder"),
+        "{out}"
+    );
+    // A state file in folders that do not exist yet, several levels deep, and one named
+    // relative to the configuration's folder: `run` makes both.
+    for state in ["deep/er/still/outbox.db", "outbox.db"] {
+        let other = dir.path().join("other.toml");
+        std::fs::write(
+            &other,
+            std::fs::read_to_string(&good)
+                .unwrap()
+                .replace("state/outbox.db", state),
+        )
+        .unwrap();
+        let (code, out) = cli(&["--config", other.to_str().unwrap(), "check", "--offline"]);
+        assert_eq!(code, 0, "{state}: {out}");
+        assert!(
+            out.contains("does not exist yet: `run` creates it"),
+            "{state}: {out}"
+        );
+    }
 
     std::fs::remove_file(dir.path().join("key")).unwrap();
     let (code, out) = cli(&["--config", good.to_str().unwrap(), "check", "--offline"]);
