@@ -125,7 +125,7 @@ async fn demo(dir: &Path, records: usize) -> anyhow::Result<()> {
     writeln!(
         out,
         "\n{}",
-        crate::status::render(&report, &state, crate::outbox::now_ms(), &[])
+        crate::status::render(&report, &state, crate::outbox::now_ms(), &[], &[])
     )?;
     print!("{out}");
     anyhow::ensure!(

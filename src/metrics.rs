@@ -37,6 +37,8 @@ pub struct SourceMetrics {
     pub since_ms: i64,
     /// `stale_after` and `business_hours` as configured now (a reload may change them).
     stale: Mutex<Option<StalePolicy>>,
+    /// What the source cannot do right now, in words (see `sources::Problems`).
+    problems: Mutex<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -112,7 +114,17 @@ impl SourceMetrics {
             last_activity_ms: AtomicI64::new(0),
             since_ms,
             stale: Mutex::new(stale),
+            problems: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What the source cannot do right now.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.lock().expect("problems").clone()
+    }
+
+    pub fn set_problems(&self, problems: Vec<String>) {
+        *self.problems.lock().expect("problems") = problems;
     }
 
     /// Whether silence is watched for this source (`stale_after`).
@@ -288,6 +300,14 @@ pub fn render(
             .iter()
             .filter(|s| s.watched())
             .map(|s| (source(s), u8::from(s.stale_verdict(now_ms).is_some()))),
+    );
+    family(
+        &mut o,
+        "injixo_sync_source_problems",
+        "gauge",
+        "What a source cannot do right now (a folder gone, a file it may not read, a database \
+         that does not answer): `status` and /readyz say what.",
+        sources.iter().map(|s| (source(s), s.problems().len())),
     );
 
     type LaneValue = fn(&LaneMetrics, &Depth, i64) -> f64;

@@ -505,6 +505,9 @@ async fn not_ready(o: &Observed) -> Vec<String> {
         if let Some(why) = s.stale_verdict(now) {
             reasons.push(format!("source {} is silent: {why}", s.name));
         }
+        for problem in s.problems() {
+            reasons.push(format!("source {}: {problem}", s.name));
+        }
     }
     for (id, depth) in &depths {
         if depth.pending > 0 && !o.lanes.iter().any(|(l, _)| l == id) {

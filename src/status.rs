@@ -32,7 +32,22 @@ pub fn main(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 Some((src.name.as_str().to_owned(), verdict))
             })
             .collect();
-        print!("{}", render(&report, &config.state.path, now, &silent));
+        let schedules: Vec<(String, crate::config::Schedule)> = config
+            .sources
+            .iter()
+            .filter_map(|src| {
+                let schedule = match &src.kind {
+                    crate::config::SourceKind::Sql(s) => s.schedule.clone(),
+                    crate::config::SourceKind::Http(h) => h.schedule.clone(),
+                    _ => return None,
+                };
+                Some((src.name.as_str().to_owned(), schedule))
+            })
+            .collect();
+        print!(
+            "{}",
+            render(&report, &config.state.path, now, &silent, &schedules)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -238,8 +253,71 @@ fn render_dead(d: &DeadLetter) -> String {
     )
 }
 
-/// The human-readable report; `silent` names sources past their `stale_after`, with why.
-pub fn render(r: &Report, path: &Path, now_ms: i64, silent: &[(String, String)]) -> String {
+/// A cursor in its source's own terms: a file's place, a poller's last and next poll and
+/// where it reads from, the agents in a state.
+fn cursor_line(
+    c: &outbox::CursorReport,
+    schedule: Option<&crate::config::Schedule>,
+    now_ms: i64,
+) -> String {
+    let v = &c.value;
+    match c.key.as_str() {
+        "poll" => {
+            let last = v.get("last_poll_ms").and_then(|l| l.as_i64());
+            let mut line = match last {
+                Some(t) => format!("poll: last complete {} ago", ago(now_ms, t)),
+                None => "poll: none complete yet".to_owned(),
+            };
+            let now = jiff::Timestamp::from_millisecond(now_ms).ok();
+            let last_ts = last.and_then(|t| jiff::Timestamp::from_millisecond(t).ok());
+            if let (Some(schedule), Some(now)) = (schedule, now)
+                && let Some(next) = crate::sources::schedule::next_poll(schedule, last_ts, now)
+            {
+                let wait = next.as_millisecond() - now_ms;
+                if wait <= 0 {
+                    line.push_str(", next due now");
+                } else {
+                    let _ = write!(line, ", next in {}", ago(wait, 0));
+                }
+            }
+            match v.get("value").and_then(|c| c.as_str()) {
+                Some(cursor) => {
+                    let _ = write!(line, "; reads on from {cursor}");
+                }
+                None => line.push_str("; reads from the start (initial_cursor)"),
+            }
+            line
+        }
+        "agent-states" => {
+            let open = v
+                .get("open")
+                .and_then(|o| o.as_object())
+                .map_or(0, |o| o.len());
+            format!("agent states: {open} agent(s) in a state now")
+        }
+        "queue-log" => "queue_log: calls waiting and agents' queues, as read so far".to_owned(),
+        _ => {
+            let path = v.get("path").and_then(|p| p.as_str()).unwrap_or(&c.key);
+            let offset = v.get("offset").and_then(|o| o.as_u64()).unwrap_or(0);
+            let line = v.get("line").and_then(|o| o.as_u64()).unwrap_or(0);
+            let done = v.get("done").and_then(|d| d.as_bool()).unwrap_or(false);
+            format!(
+                "{path}: byte {offset}, line {line}{}",
+                if done { " (finished)" } else { "" }
+            )
+        }
+    }
+}
+
+/// The human-readable report; `silent` names sources past their `stale_after`, with why;
+/// `schedules` are the pollers' schedules (for when they poll next).
+pub fn render(
+    r: &Report,
+    path: &Path,
+    now_ms: i64,
+    silent: &[(String, String)],
+    schedules: &[(String, crate::config::Schedule)],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Outbox {}\n", path.display());
     let _ = writeln!(
@@ -311,24 +389,32 @@ pub fn render(r: &Report, path: &Path, now_ms: i64, silent: &[(String, String)])
         if let Some((_, why)) = silent.iter().find(|(name, _)| *name == s.name) {
             let _ = writeln!(out, "    silent: {why}");
         }
-        for c in s.cursors.iter().take(3) {
-            let path = c
-                .value
-                .get("path")
-                .and_then(|p| p.as_str())
-                .unwrap_or(&c.key);
-            let offset = c.value.get("offset").and_then(|o| o.as_u64()).unwrap_or(0);
-            let line = c.value.get("line").and_then(|o| o.as_u64()).unwrap_or(0);
-            let done = c
-                .value
-                .get("done")
-                .and_then(|d| d.as_bool())
-                .unwrap_or(false);
+        for p in &s.problems {
             let _ = writeln!(
                 out,
-                "    {path}: byte {offset}, line {line}{}",
-                if done { " (finished)" } else { "" }
+                "    PROBLEM (since {} ago): {}",
+                ago(now_ms, p.since_ms),
+                p.message
             );
+        }
+        // While polls fail, the next attempt is the retry the problem names, not the schedule.
+        let failing = s.problems.iter().any(|p| p.subject == "poll");
+        let schedule = schedules
+            .iter()
+            .find(|(name, _)| *name == s.name && !failing)
+            .map(|(_, sch)| sch);
+        let polls = failing || schedules.iter().any(|(name, _)| *name == s.name);
+        if polls && !s.cursors.iter().any(|c| c.key == "poll") {
+            // No poll has completed yet, so none is stored.
+            let none = outbox::CursorReport {
+                key: "poll".to_owned(),
+                value: serde_json::Value::Null,
+                updated_ms: now_ms,
+            };
+            let _ = writeln!(out, "    {}", cursor_line(&none, schedule, now_ms));
+        }
+        for c in s.cursors.iter().take(3) {
+            let _ = writeln!(out, "    {}", cursor_line(c, schedule, now_ms));
         }
     }
     if !r.dead.is_empty() {

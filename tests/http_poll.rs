@@ -165,11 +165,49 @@ async fn a_refused_request_is_reported_with_status_and_advice_and_polling_goes_o
         "the token is not shown: {line}"
     );
     daemon.assert_running();
+    // `status` shows the failure with when it began, and when the next poll is due.
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let status = || cli(&["--config", &cfg, "status"]).1;
+    wait_for(Duration::from_secs(30), "the problem in status", || {
+        status().contains("PROBLEM (since")
+    })
+    .await;
+    let out = status();
+    assert!(out.contains("answered 401 Unauthorized"), "{out}");
+    assert!(out.contains("next attempt at"), "{out}");
+    assert!(out.contains("poll: none complete yet"), "{out}");
+    // Polled every second, but while refused it backs off: 2 s, then 4 s between attempts.
+    wait_for(Duration::from_secs(30), "3 refused polls", || {
+        acd.log().iter().filter(|(_, _, code)| *code == 401).count() >= 3
+    })
+    .await;
+    let refused: Vec<_> = acd
+        .log()
+        .into_iter()
+        .filter(|(_, _, code)| *code == 401)
+        .map(|(at, _, _)| at)
+        .collect();
+    assert!(
+        refused[1] - refused[0] >= Duration::from_millis(1900),
+        "{:?}",
+        refused[1] - refused[0]
+    );
+    assert!(
+        refused[2] - refused[1] >= Duration::from_millis(3900),
+        "{:?}",
+        refused[2] - refused[1]
+    );
     // The operator fixes the token file: the next attempt reads it again.
     std::fs::write(env.dir.path().join("page-secret"), format!("{BEARER}\n")).unwrap();
     wait_for(Duration::from_secs(60), "3 records", || {
         api.record_count() >= 3
     })
+    .await;
+    wait_for(
+        Duration::from_secs(30),
+        "the problem gone from status",
+        || !status().contains("PROBLEM"),
+    )
     .await;
     settled(&env).await;
     daemon.kill9();

@@ -271,3 +271,118 @@ async fn status_describes_each_lane_state_in_words() {
     assert_eq!(v["lanes"][0]["pending"], 2);
     daemon.stop().await;
 }
+
+/// A source folder removed while the daemon runs, and a file it may not read: `status`, the
+/// log (once), `/readyz` and `/metrics` say so until it is resolved, and reading goes on.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_gone_and_an_unreadable_file_are_shown_until_resolved() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    // The service does not run as root: as root every file is readable.
+    for dir in [env.dir.path(), env.exports.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::set_permissions(&env.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", ""))
+        + &format!("\n[listen]\naddress = \"127.0.0.1:{port}\"\n");
+    std::fs::write(&env.config_file, text).unwrap();
+    std::fs::set_permissions(&env.config_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = if is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_injixo-sync"));
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+    };
+    cmd.args(["--config", env.config_file.to_str().unwrap(), "run"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(file);
+    let daemon = Process::spawn(&mut cmd);
+    wait_serving(port).await;
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let status = || cli(&["--config", &cfg, "status"]).1;
+    let client = reqwest::Client::new();
+    let readyz = || {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let problems_metric = || {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+                .lines()
+                .find(|l| l.starts_with("injixo_sync_source_problems{source=\"acd\"}"))
+                .map(str::to_owned)
+        }
+    };
+
+    // A file the service user may not read.
+    let secret = env.exports.join("locked.ndjson");
+    std::fs::write(&secret, events(0..3)).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    wait_for(LIMIT, "the unreadable file in status", || {
+        status().contains("PROBLEM (since")
+    })
+    .await;
+    let out = status();
+    assert!(out.contains("cannot read"), "{out}");
+    assert!(out.contains("locked.ndjson"), "{out}");
+    assert!(out.contains("grant the service user read access"), "{out}");
+    let (code, body) = readyz().await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("locked.ndjson"), "{body}");
+    assert_eq!(
+        problems_metric().await.as_deref(),
+        Some("injixo_sync_source_problems{source=\"acd\"} 1")
+    );
+    // Made readable: read, and the problem is gone.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_for(LIMIT, "3 records", || api.record_count() >= 3).await;
+    wait_for(LIMIT, "the problem gone", || !status().contains("PROBLEM")).await;
+
+    // The folder goes away while the daemon runs.
+    std::fs::remove_dir_all(&env.exports).unwrap();
+    wait_for(LIMIT, "the missing folder in status", || {
+        status().contains("does not exist")
+    })
+    .await;
+    let (code, body) = readyz().await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("does not exist"), "{body}");
+    // It comes back: files in it are read again.
+    std::fs::create_dir_all(&env.exports).unwrap();
+    std::fs::set_permissions(&env.exports, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(env.exports.join("back.ndjson"), events(10..12)).unwrap();
+    wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
+    wait_for(LIMIT, "the problem gone", || !status().contains("PROBLEM")).await;
+    assert_eq!(readyz().await.0, 200);
+    daemon.kill9();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warned = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("does not exist (any more, or yet)"))
+        .count();
+    assert_eq!(warned, 1, "warned once: {text}");
+    assert!(text.contains("resolved: directory"), "{text}");
+}

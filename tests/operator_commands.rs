@@ -235,10 +235,11 @@ async fn agents_sent_are_listed_and_an_agents_records_are_sent_again() {
 async fn a_new_name_for_a_known_queue_is_held_until_the_operator_decides() {
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
-    let config =
+    let _ =
         env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
     std::fs::write(env.exports.join("a.ndjson"), events(1..=3)).unwrap();
-    let daemon = Daemon::start(config);
+    let log = env.dir.path().join("daemon.log");
+    let daemon = Process::start_logged(&env.config_file, &log);
     wait_for(LIMIT, "3 records", || api.record_count() >= 3).await;
     // The queue was renamed in the ACD: same identifier, new name.
     let renamed = |ids: std::ops::RangeInclusive<u64>| {
@@ -256,14 +257,25 @@ async fn a_new_name_for_a_known_queue_is_held_until_the_operator_decides() {
     })
     .await;
     assert_eq!(api.record_count(), 5, "the renamed ones are held back");
+    // More calls under the new name are held too, and the log says it once.
+    std::fs::write(env.exports.join("b2.ndjson"), renamed(10..=10)).unwrap();
+    wait_for(LIMIT, "the next one held back", || {
+        env.try_report().is_some_and(|r| r.lanes[0].held == 4)
+    })
+    .await;
+    let said = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("came with the new name \"Support Hamburg\"")
+        .count();
+    assert_eq!(said, 1, "said once");
     let cfg = env.config_file.to_str().unwrap();
     let (_, out) = cli(&["--config", cfg, "status"]);
-    assert!(out.contains("3 record(s) held back"), "{out}");
+    assert!(out.contains("4 record(s) held back"), "{out}");
     let (code, out) = cli(&["--config", cfg, "queues"]);
     assert_eq!(code, 1, "held records make `queues` fail: {out}");
     assert!(out.contains("1234  support  \"Support\"  calls"), "{out}");
     assert!(
-        out.contains("HELD 3 record(s): configuration id 1234, identifier \"support\" under the new name \"Support Hamburg\" (injixo knows it as \"Support\")"),
+        out.contains("HELD 4 record(s): configuration id 1234, identifier \"support\" under the new name \"Support Hamburg\" (injixo knows it as \"Support\")"),
         "{out}"
     );
     let (code, out) = cli(&[
@@ -279,12 +291,13 @@ async fn a_new_name_for_a_known_queue_is_held_until_the_operator_decides() {
         "Support Hamburg",
     ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("3 held record(s) pending again"), "{out}");
+    assert!(out.contains("4 held record(s) pending again"), "{out}");
     std::fs::write(env.exports.join("d.ndjson"), renamed(9..=9)).unwrap();
-    wait_for(LIMIT, "all 9", || api.record_count() >= 9).await;
-    daemon.stop().await;
+    wait_for(LIMIT, "all 10", || api.record_count() >= 10).await;
+    settled(&env).await;
+    assert!(daemon.terminate().success());
     let got = arrivals(&api);
-    assert_eq!(got.len(), 9);
+    assert_eq!(got.len(), 10);
     assert!(got.values().all(|n| *n == 1));
     let (code, _) = cli(&["--config", cfg, "queues"]);
     assert_eq!(code, 0);

@@ -153,7 +153,7 @@ async fn check_reaches_the_database_and_names_one_that_does_not_answer() {
     // Port 1 on loopback: nothing listens there.
     std::fs::write(
         env.dir.path().join("db-url"),
-        "postgres://injixo@127.0.0.1:1/acd",
+        "postgres://injixo:hunter2@127.0.0.1:1/acd",
     )
     .unwrap();
     let (code, out) = tokio::task::spawn_blocking(check).await.unwrap();
@@ -162,7 +162,51 @@ async fn check_reaches_the_database_and_names_one_that_does_not_answer() {
         out.contains("problem: source \"acd-db\": cannot connect to the database"),
         "{out}"
     );
+    assert!(out.contains("127.0.0.1:1: connection refused"), "{out}");
+    assert!(!out.contains("hunter2"), "the password is not shown: {out}");
     assert!(out.contains("1 problem(s) found"), "{out}");
+
+    // The daemon runs on; `status` says why the source reads nothing, and when it tries again.
+    let log = env.dir.path().join("daemon.log");
+    let daemon = Process::start_logged(&env.config_file, &log);
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let status = || cli(&["--config", &cfg, "status"]).1;
+    wait_for(Duration::from_secs(30), "the problem in status", || {
+        status().contains("PROBLEM (since")
+    })
+    .await;
+    let out = status();
+    assert!(
+        out.contains("cannot connect to 127.0.0.1:1: connection refused"),
+        "{out}"
+    );
+    assert!(out.contains("next attempt at"), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+    // The database is back at its address: the problem ends, and its rows are read.
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
+         started timestamptz NOT NULL, updated_at timestamptz NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    insert_pg(&pool, 1..=2, "2024-05-01T08:00:00Z").await;
+    std::fs::write(env.dir.path().join("db-url"), pg.url()).unwrap();
+    wait_for(Duration::from_secs(60), "2 records", || {
+        api.record_count() >= 2
+    })
+    .await;
+    wait_for(Duration::from_secs(60), "the problem gone", || {
+        !status().contains("PROBLEM")
+    })
+    .await;
+    assert!(status().contains("poll: last complete"), "{}", status());
+    settled(&env).await;
+    daemon.kill9();
+    assert_each_once(&api, 2);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("polling works again after"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,14 +74,26 @@ pub(super) fn hold_renamed_queues(
     // Ids come in order, so the held ones are found by binary search.
     records.retain(|(id, _)| held.binary_search(id).is_err());
     for (identifier, name, allowed) in verdicts {
-        if !allowed {
-            tracing::error!(
-                integration_id = integration,
-                "contact events for queue identifier {identifier:?} came with the new name \
-                 {name:?}: held back, since injixo would make a second queue of it; see \
-                 `injixo-sync queues`"
-            );
+        if allowed {
+            continue;
         }
+        // Said once per process and name; `status` counts what is held meanwhile.
+        static TOLD: std::sync::Mutex<Vec<(i64, String, String)>> =
+            std::sync::Mutex::new(Vec::new());
+        let told = (integration, identifier, name);
+        let mut said = TOLD.lock().unwrap_or_else(|e| e.into_inner());
+        if said.contains(&told) {
+            tracing::debug!(integration_id = integration, "held back {:?} again", told.1);
+            continue;
+        }
+        let (_, identifier, name) = &told;
+        tracing::error!(
+            integration_id = integration,
+            "contact events for queue identifier {identifier:?} came with the new name \
+             {name:?}: held back, since injixo would make a second queue of it; see \
+             `injixo-sync queues` (said once; `status` counts what is held)"
+        );
+        said.push(told);
     }
     Ok(held.len())
 }

@@ -39,7 +39,8 @@ pub use dead::{Changed, Selection, dead_letters, drop_dead, retry_dead};
 pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
 pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};
 pub use report::{
-    DeadLetter, LaneReport, ParkedReport, Report, SourceReport, inspect, lane_depths, verify,
+    CursorReport, DeadLetter, LaneReport, ParkedReport, ProblemReport, Report, SourceReport,
+    inspect, lane_depths, verify,
 };
 pub use resend::{AgentSent, Resend, agents_sent, resend};
 pub use schema::{SCHEMA_VERSION, writable};
@@ -433,6 +434,30 @@ impl Outbox {
             .map_err(|e| OutboxError::sqlite(p, e))
         })
         .await
+    }
+
+    /// Replaces what `source` cannot do right now (`subject` → message, e.g. a path and why it
+    /// cannot be read); a problem that stays keeps the time it began.
+    pub async fn set_problems(
+        &self,
+        source: SourceId,
+        problems: Vec<(String, String)>,
+    ) -> Result<(), OutboxError> {
+        self.call(move |c, p| {
+            set_problems(c, source, &problems).map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// [`Self::set_problems`] from a source's own thread.
+    pub fn set_problems_blocking(
+        &self,
+        source: SourceId,
+        problems: Vec<(String, String)>,
+    ) -> Result<(), OutboxError> {
+        self.call_blocking(move |c, p| {
+            set_problems(c, source, &problems).map_err(|e| OutboxError::sqlite(p, e))
+        })
     }
 
     /// Moves a source's records that wait in another lane of the same kind (pending, or held
@@ -875,6 +900,33 @@ fn writer(conn: Connection, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Job>)
             finish(commit.as_ref().err());
         }
     }
+}
+
+fn set_problems(
+    c: &Connection,
+    source: SourceId,
+    problems: &[(String, String)],
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    let known: Vec<String> = c
+        .prepare_cached("SELECT subject FROM problems WHERE source_id = ?1")?
+        .query_map([source.0], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for gone in known
+        .iter()
+        .filter(|k| !problems.iter().any(|(s, _)| s == *k))
+    {
+        c.prepare_cached("DELETE FROM problems WHERE source_id = ?1 AND subject = ?2")?
+            .execute(params![source.0, gone])?;
+    }
+    for (subject, message) in problems {
+        c.prepare_cached(
+            "INSERT INTO problems (source_id, subject, message, since) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (source_id, subject) DO UPDATE SET message = excluded.message",
+        )?
+        .execute(params![source.0, subject, message, now])?;
+    }
+    Ok(())
 }
 
 fn read_cursors(c: &Connection, source: SourceId) -> rusqlite::Result<Vec<(i64, String, String)>> {

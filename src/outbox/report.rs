@@ -44,6 +44,16 @@ pub struct SourceReport {
     pub parked_total: i64,
     /// The most recently moved cursors, newest first.
     pub cursors: Vec<CursorReport>,
+    /// What the source cannot do right now (while the daemon runs), oldest first.
+    pub problems: Vec<ProblemReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProblemReport {
+    /// What it is about: a path, `poll`.
+    pub subject: String,
+    pub message: String,
+    pub since_ms: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,9 +176,22 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
         "SELECT key, value, updated FROM cursors WHERE source_id = ?1
          ORDER BY updated DESC, id DESC LIMIT 5",
     )?;
+    let mut problems = c.prepare(
+        "SELECT subject, message, since FROM problems WHERE source_id = ?1
+         ORDER BY since, subject",
+    )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
+        let ps = problems
+            .query_map([id], |p| {
+                Ok(ProblemReport {
+                    subject: p.get(0)?,
+                    message: p.get(1)?,
+                    since_ms: p.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
         let cs = cursors
             .query_map([id], |c| {
                 let value: String = c.get(1)?;
@@ -185,6 +208,7 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
             records_total: r.get(3)?,
             parked_total: r.get(4)?,
             cursors: cs,
+            problems: ps,
         });
     }
     drop(rows);

@@ -127,10 +127,19 @@ CREATE TABLE deliveries (
 "#;
 
 /// Version 5: the part of a split batch in flight (`part_first..=part_last`, record ids), written
-/// before the part is sent, so that after a crash it goes out again under its own key.
+/// before the part is sent, so that after a crash it goes out again under its own key; and
+/// what each source cannot do right now (a folder gone, a file it may not read, a database
+/// that does not answer), for `status`, kept until it is resolved.
 const SCHEMA_V5: &str = r#"
 ALTER TABLE batches ADD COLUMN part_first INTEGER;
 ALTER TABLE batches ADD COLUMN part_last INTEGER;
+CREATE TABLE problems (
+    source_id INTEGER NOT NULL,
+    subject   TEXT NOT NULL,
+    message   TEXT NOT NULL,
+    since     INTEGER NOT NULL,
+    PRIMARY KEY (source_id, subject)
+) WITHOUT ROWID;
 "#;
 
 const SCHEMA_V2: &str = r#"

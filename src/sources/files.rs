@@ -168,7 +168,11 @@ pub struct FilesSource {
     copying: HashMap<PathBuf, (u64, Instant)>,
     /// Dropped files already read and kept in place: (len, mtime) when read.
     finished: HashMap<PathBuf, (u64, Option<SystemTime>)>,
-    warned: HashMap<PathBuf, String>,
+    /// Dropped files read whose `after` (delete, move) failed, with why: a problem while
+    /// they are there.
+    after_failed: HashMap<PathBuf, String>,
+    /// What the source cannot do right now, reported anew every pass.
+    problems: super::Problems,
     buf: Vec<u8>,
     first_pass: bool,
     /// `emits = "agent_states"`: the open states and the cursor row that stores them.
@@ -187,7 +191,8 @@ impl FilesSource {
             settling: HashMap::new(),
             copying: HashMap::new(),
             finished: HashMap::new(),
-            warned: HashMap::new(),
+            after_failed: HashMap::new(),
+            problems: super::Problems::default(),
             buf: Vec::new(),
             first_pass: true,
             states: None,
@@ -209,6 +214,10 @@ impl Source for FilesSource {
         info!(source = %ctx.name, path = %self.cfg.path.display(), "watching for files");
         let mut failures = 0u32;
         while !ctx.shutdown.is_cancelled() {
+            // A folder removed takes its watch with it: watch it anew once it is back.
+            if !self.cfg.path.is_dir() {
+                watcher = None;
+            }
             if watcher.is_none() {
                 watcher = self.watch(&ctx);
             }
@@ -228,6 +237,7 @@ impl Source for FilesSource {
                     Duration::from_secs(1 << failures.min(3))
                 }
             };
+            self.problems.publish_blocking(&ctx);
             self.first_pass = false;
             match ctx.wake.recv_timeout(wait) {
                 Ok(()) => {
@@ -287,15 +297,7 @@ impl FilesSource {
             return None;
         }
         if !self.cfg.path.is_dir() {
-            self.warn_once(
-                &self.cfg.path.clone(),
-                format!(
-                    "directory {} does not exist (yet); checking every {}",
-                    self.cfg.path.display(),
-                    humantime::format_duration(self.cfg.poll_interval)
-                ),
-                ctx,
-            );
+            // `scan` says so.
             return None;
         }
         if self.cfg.watch == Watch::Auto
@@ -348,8 +350,19 @@ impl FilesSource {
     /// Matching files, oldest first (so a backlog is read in the order it was written).
     fn scan(&mut self, ctx: &SourceContext) -> Found {
         let (files, problems) = matching_files(&self.cfg);
+        if !self.cfg.path.exists() {
+            self.problems.report(
+                self.cfg.path.display().to_string(),
+                format!(
+                    "directory {} does not exist (any more, or yet): create or mount it; it is \
+                     looked for every {}",
+                    self.cfg.path.display(),
+                    humantime::format_duration(self.cfg.poll_interval)
+                ),
+            );
+        }
         for (dir, message) in problems {
-            self.warn_once(&dir, message, ctx);
+            self.problems.report(dir.display().to_string(), message);
         }
         debug!(source = %ctx.name, files = files.len(), "scanned");
         files
@@ -365,6 +378,11 @@ impl FilesSource {
         let present: std::collections::HashSet<&PathBuf> = files.iter().map(|(p, _)| p).collect();
         self.settling.retain(|p, _| present.contains(p));
         self.finished.retain(|p, _| present.contains(p));
+        self.after_failed.retain(|p, _| present.contains(p));
+        for (path, message) in &self.after_failed {
+            self.problems
+                .report(path.display().to_string(), message.clone());
+        }
         for (path, meta) in files {
             if ctx.shutdown.is_cancelled() {
                 break;
@@ -379,12 +397,10 @@ impl FilesSource {
                     continue;
                 }
                 match self.take_dropped(ctx, &path) {
-                    Ok(true) => self.finish_dropped(ctx, &path, stamp),
+                    Ok(true) => self.finish_dropped(&path, stamp),
                     Ok(false) => {}
                     Err(TakeError::Outbox(e)) => return Err(e),
-                    Err(TakeError::Io(e)) => {
-                        self.warn_once(&path, format!("cannot read {}: {e}", path.display()), ctx)
-                    }
+                    Err(TakeError::Io(e)) => self.cannot_read(&path, &e),
                 }
                 continue;
             }
@@ -408,13 +424,11 @@ impl FilesSource {
             self.settling.remove(&path);
             match self.take_dropped(ctx, &path) {
                 Ok(true) => {
-                    self.finish_dropped(ctx, &path, stamp);
+                    self.finish_dropped(&path, stamp);
                 }
                 Ok(false) => {}
                 Err(TakeError::Outbox(e)) => return Err(e),
-                Err(TakeError::Io(e)) => {
-                    self.warn_once(&path, format!("cannot read {}: {e}", path.display()), ctx)
-                }
+                Err(TakeError::Io(e)) => self.cannot_read(&path, &e),
             }
         }
         Ok(wait)
@@ -460,12 +474,7 @@ impl FilesSource {
         Ok(false)
     }
 
-    fn finish_dropped(
-        &mut self,
-        ctx: &SourceContext,
-        path: &Path,
-        stamp: (u64, Option<SystemTime>),
-    ) {
+    fn finish_dropped(&mut self, path: &Path, stamp: (u64, Option<SystemTime>)) {
         let marker = self.cfg.marker.as_ref().map(|m| m.of(path));
         let result = match &self.cfg.after {
             After::Keep => {
@@ -482,18 +491,17 @@ impl FilesSource {
             }),
         };
         if let Err(e) = result {
-            self.warn_once(
-                path,
-                format!(
-                    "read {} but could not {}: {e} (it is not read again)",
-                    path.display(),
-                    match &self.cfg.after {
-                        After::Move(dir) => format!("move it to {}", dir.display()),
-                        _ => "delete it".to_owned(),
-                    }
-                ),
-                ctx,
+            let message = format!(
+                "read {} but could not {}: {e} (it is not read again; fix the permissions)",
+                path.display(),
+                match &self.cfg.after {
+                    After::Move(dir) => format!("move it to {}", dir.display()),
+                    _ => "delete it".to_owned(),
+                }
             );
+            self.problems
+                .report(path.display().to_string(), message.clone());
+            self.after_failed.insert(path.to_owned(), message);
             self.finished.insert(path.to_owned(), stamp);
         }
     }
@@ -518,7 +526,7 @@ impl FilesSource {
                 Err(TakeError::Outbox(e)) => return Err(e),
                 Err(TakeError::Io(e)) => {
                     let path = self.tailed[i].path.clone();
-                    self.warn_once(&path, format!("cannot read {}: {e}", path.display()), ctx);
+                    self.cannot_read(&path, &e);
                     self.tailed.swap_remove(i);
                 }
             }
@@ -556,9 +564,7 @@ impl FilesSource {
             match self.discover(ctx, &path) {
                 Ok(()) => {}
                 Err(TakeError::Outbox(e)) => return Err(e),
-                Err(TakeError::Io(e)) => {
-                    self.warn_once(&path, format!("cannot read {}: {e}", path.display()), ctx)
-                }
+                Err(TakeError::Io(e)) => self.cannot_read(&path, &e),
             }
         }
         if !self.copying.is_empty() {
@@ -1396,11 +1402,17 @@ impl FilesSource {
         Ok(wait)
     }
 
-    fn warn_once(&mut self, path: &Path, message: String, ctx: &SourceContext) {
-        if self.warned.get(path) != Some(&message) {
-            warn!(source = %ctx.name, "{message}");
-            self.warned.insert(path.to_owned(), message);
-        }
+    /// A file this pass could not read: a problem until it can be.
+    fn cannot_read(&mut self, path: &Path, e: &std::io::Error) {
+        let advice = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (grant the service user read access)"
+        } else {
+            ""
+        };
+        self.problems.report(
+            path.display().to_string(),
+            format!("cannot read {}: {e}{advice}", path.display()),
+        );
     }
 }
 
@@ -1435,6 +1447,11 @@ pub(crate) fn matching_files(cfg: &FilesConfig) -> (Found, Unlisted) {
                 if cfg.recursive && !archive {
                     dirs.push(path);
                 }
+                continue;
+            }
+            // A pipe, socket or device would block the source when opened (a FIFO waits for
+            // a writer): only regular files are exports.
+            if !meta.is_file() {
                 continue;
             }
             if cfg.marker.as_ref().is_some_and(|m| m.is_marker(&path)) {

@@ -85,6 +85,73 @@ impl SourceContext {
     }
 }
 
+/// What a source cannot do right now (a folder gone, a file it may not read, a database that
+/// does not answer), reported anew on every pass or poll. What changed is published: logged
+/// once when it begins (warn) and when it ends (info), kept in the outbox for `status` until
+/// it ends, counted in `/metrics` and named by `/readyz`.
+#[derive(Default)]
+pub struct Problems {
+    published: std::collections::BTreeMap<String, String>,
+    now: std::collections::BTreeMap<String, String>,
+}
+
+impl Problems {
+    /// Notes a problem with `subject` (a path, `poll`) in this pass.
+    pub fn report(&mut self, subject: impl Into<String>, message: String) {
+        self.now.insert(subject.into(), message);
+    }
+
+    /// Whether this pass noted a problem with `subject`.
+    pub fn has(&self, subject: &str) -> bool {
+        self.now.contains_key(subject)
+    }
+
+    /// Ends a pass: what changed since the last one, logged unless the caller logs itself.
+    fn changes(&mut self, ctx: &SourceContext, log: bool) -> Option<Vec<(String, String)>> {
+        let now = std::mem::take(&mut self.now);
+        if now == self.published {
+            return None;
+        }
+        for (subject, message) in &now {
+            if log && self.published.get(subject) != Some(message) {
+                tracing::warn!(source = %ctx.name, "{message}");
+            }
+        }
+        for (subject, message) in &self.published {
+            if log && !now.contains_key(subject) {
+                tracing::info!(source = %ctx.name, "resolved: {message}");
+            }
+        }
+        ctx.metrics.set_problems(now.values().cloned().collect());
+        self.published = now;
+        Some(
+            self.published
+                .iter()
+                .map(|(s, m)| (s.clone(), m.clone()))
+                .collect(),
+        )
+    }
+
+    /// [`Self::changes`], written to the outbox from a source's own thread.
+    pub fn publish_blocking(&mut self, ctx: &SourceContext) {
+        if let Some(list) = self.changes(ctx, true)
+            && let Err(e) = ctx.outbox.set_problems_blocking(ctx.id, list)
+        {
+            tracing::debug!(source = %ctx.name, "cannot note the source's problems: {e}");
+        }
+    }
+
+    /// [`Self::changes`], written to the outbox from async code, by a caller that logs its
+    /// problems itself.
+    pub async fn publish_quietly(&mut self, ctx: &SourceContext) {
+        if let Some(list) = self.changes(ctx, false)
+            && let Err(e) = ctx.outbox.set_problems(ctx.id, list).await
+        {
+            tracing::debug!(source = %ctx.name, "cannot note the source's problems: {e}");
+        }
+    }
+}
+
 /// A configured input.
 pub trait Source: Send + 'static {
     /// Reads and commits until `ctx.shutdown` fires. Runs on its own thread: it may block.

@@ -137,20 +137,32 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
         };
         info!(source = %ctx.name, "polling on schedule {:?}", schedule.when);
         let mut failures = 0u32;
-        let mut retry: Option<Duration> = None;
+        // When the next attempt after a failure is due.
+        let mut retry: Option<tokio::time::Instant> = None;
         let doubt = std::cell::Cell::new(false);
+        let mut problems = super::Problems::default();
         loop {
             let retrying = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
-                t = ticks.next() => { if t.is_none() { break; } false }
-                _ = tokio::time::sleep(retry.unwrap_or(Duration::MAX)), if retry.is_some() => true,
+                t = ticks.next() => {
+                    if t.is_none() {
+                        break;
+                    }
+                    // While polls fail, the back-off decides when the next one is, not the
+                    // schedule (a source polled every second is not hammered while down).
+                    if retry.is_some() {
+                        continue;
+                    }
+                    false
+                }
+                _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => true,
             };
             if doubt.get() {
                 match reload(&ctx, &mut cursor, states.as_mut(), table.as_mut()).await {
                     Ok(()) => doubt.set(false),
                     Err(e) => {
                         error!(source = %ctx.name, "cannot read the committed cursors back: {e}");
-                        retry = Some(Duration::from_secs(5));
+                        retry = Some(tokio::time::Instant::now() + Duration::from_secs(5));
                         continue;
                     }
                 }
@@ -196,9 +208,17 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
                     } else {
                         debug!(source = %ctx.name, attempt = failures, "{what}: {e}");
                     }
-                    retry = Some(wait);
+                    // `status` and /readyz show it (with when it began) until a poll works.
+                    let at = jiff::Timestamp::now()
+                        .checked_add(jiff::SignedDuration::from_secs(wait.as_secs() as i64))
+                        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+                        .unwrap_or_default();
+                    problems.report("poll", format!("{what}: {e}; next attempt at {at}"));
+                    retry = Some(tokio::time::Instant::now() + wait);
                 }
             }
+            // Logged above already; published quietly.
+            problems.publish_quietly(&ctx).await;
             if retrying {
                 debug!(source = %ctx.name, "retried poll done");
             }

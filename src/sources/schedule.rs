@@ -62,6 +62,28 @@ pub fn missed(schedule: &Schedule, last: jiff::Timestamp, now: jiff::Timestamp) 
     }
 }
 
+/// When the schedule polls next after `now`, given the last complete poll: `every` counts from
+/// that poll (due now, when it is overdue or there was none), cron is the next occurrence.
+pub fn next_poll(
+    schedule: &Schedule,
+    last: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
+    match &schedule.when {
+        When::Every(every) => {
+            let every = jiff::SignedDuration::try_from(*every).ok()?;
+            Some(last.map_or(now, |l| (l + every).max(now)))
+        }
+        When::Cron(expr) => {
+            let cron = parse_cron(expr).ok()?;
+            let from = DateTime::from_timestamp_millis(now.as_millisecond())?
+                .with_timezone(&offset(&schedule.zone, now));
+            let next = cron.find_next_occurrence(&from, false).ok()?;
+            jiff::Timestamp::from_millisecond(next.timestamp_millis()).ok()
+        }
+    }
+}
+
 /// The ticks of a running schedule.
 pub struct Ticks {
     rx: mpsc::Receiver<()>,

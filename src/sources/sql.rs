@@ -51,6 +51,7 @@ impl Source for SqlSource {
             cfg: cfg.clone(),
             db: None,
             kind: None,
+            connected_once: false,
         };
         super::poll::run(
             poller,
@@ -101,10 +102,15 @@ struct SqlPoller {
     cfg: SqlConfig,
     db: Option<Db>,
     kind: Option<CursorKind>,
+    /// Whether a connection was made before (a reconnection after a failure is not news).
+    connected_once: bool,
 }
 
-/// Connects with the configured URL; errors never contain it (it holds the password).
+/// Connects with the configured URL; errors never contain it (it holds the password). A first
+/// connection is made on its own, so that a failure says why (refused, no such host, TLS, a
+/// refused login) instead of the pool's "timed out waiting for a connection".
 pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
+    use sqlx::ConnectOptions;
     let url = cfg.connection.load()?;
     let url = url.expose();
     let scheme = url
@@ -113,23 +119,46 @@ pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     let timeout = cfg.timeout.min(Duration::from_secs(30));
+    let target = endpoint(url);
+    let failed = |e: &sqlx::Error| format!("cannot connect to {target}: {}", cause(e));
+    let first = |conn: Result<Result<(), sqlx::Error>, tokio::time::error::Elapsed>| match conn {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(failed(&e)),
+        Err(_) => Err(format!(
+            "cannot connect to {target}: no answer within {} (a firewall, or the wrong host \
+             or port?)",
+            humantime::format_duration(timeout)
+        )),
+    };
     match scheme.as_str() {
-        "postgres" | "postgresql" => sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(timeout)
-            .connect(url)
-            .await
-            .map(Db::Pg)
-            .map_err(|e| describe(&e)),
+        "postgres" | "postgresql" => {
+            let options: sqlx::postgres::PgConnectOptions =
+                url.parse().map_err(|e: sqlx::Error| describe(&e))?;
+            first(
+                tokio::time::timeout(timeout, async { options.connect().await.map(drop) }).await,
+            )?;
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(timeout)
+                .connect_with(options)
+                .await
+                .map(Db::Pg)
+                .map_err(|e| failed(&e))
+        }
         "mysql" | "mariadb" => {
             let url = url.replacen("mariadb:", "mysql:", 1);
+            let options: sqlx::mysql::MySqlConnectOptions =
+                url.parse().map_err(|e: sqlx::Error| describe(&e))?;
+            first(
+                tokio::time::timeout(timeout, async { options.connect().await.map(drop) }).await,
+            )?;
             sqlx::mysql::MySqlPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(timeout)
-                .connect(&url)
+                .connect_with(options)
                 .await
                 .map(Db::My)
-                .map_err(|e| describe(&e))
+                .map_err(|e| failed(&e))
         }
         #[cfg(feature = "odbc")]
         "odbc" => {
@@ -148,6 +177,54 @@ pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
     }
 }
 
+/// The host and port a database URL names (never its user or password), for messages.
+fn endpoint(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let default = match u.scheme() {
+                "mysql" | "mariadb" => 3306,
+                _ => 5432,
+            };
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("localhost"),
+                u.port().unwrap_or(default)
+            )
+        }
+        Err(_) => "the database".into(),
+    }
+}
+
+/// Why a connection failed, in words an operator acts on.
+fn cause(e: &sqlx::Error) -> String {
+    use std::io::ErrorKind;
+    match e {
+        sqlx::Error::Io(io) => match io.kind() {
+            ErrorKind::ConnectionRefused => {
+                "connection refused (is the database running, and listening on that address \
+                 and port?)"
+                    .into()
+            }
+            ErrorKind::TimedOut => "no answer (a firewall, or the wrong host?)".into(),
+            _ if io.to_string().contains("lookup") || io.to_string().contains("resolve") => {
+                format!("the host name does not resolve ({io})")
+            }
+            _ => io.to_string(),
+        },
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL 28P01/28000, MySQL 1045: a login the server refused.
+            if ["28P01", "28000", "1045"].contains(&code.as_ref()) {
+                format!("the login was refused: {}", db.message())
+            } else {
+                format!("{} ({code})", db.message())
+            }
+        }
+        other => describe(other),
+    }
+}
+
 /// A database error without anything that could hold a secret.
 fn describe(e: &sqlx::Error) -> String {
     match e {
@@ -160,7 +237,12 @@ impl Poll for SqlPoller {
     async fn poll(&mut self, sink: &mut Sink<'_>) -> Result<(), PollError> {
         if self.db.is_none() {
             let db = connect(&self.cfg).await.map_err(PollError::Remote)?;
-            info!(source = %sink.ctx.name, "connected to the database");
+            if self.connected_once {
+                debug!(source = %sink.ctx.name, "connected to the database again");
+            } else {
+                info!(source = %sink.ctx.name, "connected to the database");
+                self.connected_once = true;
+            }
             self.db = Some(db);
         }
         let result = self.read(sink).await;
