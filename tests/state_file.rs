@@ -688,5 +688,34 @@ async fn a_state_file_the_service_user_cannot_write_is_named_by_check_and_run() 
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["outbox.db"], "nothing made beside it");
+    // The file writable, its folder not: SQLite could not make the -wal and -shm files.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, out) = as_service_user(&["check", "--offline"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "its folder {} is not writable by",
+            state_dir.display()
+        )),
+        "{out}"
+    );
+    // A -shm file left by another user (a daemon once started as root).
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let shm = state_dir.join("outbox.db-shm");
+    std::fs::write(&shm, b"").unwrap();
+    std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let (code, out) = as_service_user(&["check", "--offline"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "its -shm file {} is not writable by",
+            shm.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("chown -R injixo-sync:"), "{out}");
+    std::fs::remove_file(&shm).unwrap();
+    let (code, out) = as_service_user(&["check", "--offline"]);
+    assert_eq!(code, Some(0), "{out}");
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
