@@ -1,0 +1,436 @@
+//! `type = "files"`: which files (path, include, exclude, recursive), how they are read
+//! (format, drop or tail, markers, rotation) and what happens to them after.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::problems::{Seg, Validator};
+use super::raw::RawSource;
+use super::{QueueLogConfig, RowRules, SourceKind};
+use crate::sources::parse::{Charset, Endian};
+use crate::types::Emits;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileFormat {
+    Ndjson,
+    Csv,
+    Tsv,
+    /// Asterisk's queue_log (`type = "asterisk_queue_log"`).
+    QueueLog,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMode {
+    /// Whole files appear; each is read once it has stopped changing.
+    Drop,
+    /// Files grow; appended lines are read as they arrive.
+    Tail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum After {
+    Keep,
+    Delete,
+    Move(PathBuf),
+}
+
+/// How a directory is watched (`watch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// File-system events, unless the directory is on a network file system (SMB/CIFS, NFS,
+    /// ...), where events from other machines never arrive: then the poll scan alone.
+    Auto,
+    /// File-system events wherever the directory is.
+    Events,
+    /// The poll scan alone.
+    Poll,
+}
+
+/// `marker = "{name}.done"` or `"{stem}.ok"`: the file that says an export is complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// `{stem}` (the name without its last extension) rather than `{name}`.
+    pub stem: bool,
+    pub suffix: String,
+}
+
+impl Marker {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (stem, suffix) = if let Some(rest) = s.strip_prefix("{name}") {
+            (false, rest)
+        } else if let Some(rest) = s.strip_prefix("{stem}") {
+            (true, rest)
+        } else {
+            return Err(format!(
+                "{s:?} is not a marker: write \"{{name}}.done\" (calls.csv → calls.csv.done) or \
+                 \"{{stem}}.ok\" (calls.csv → calls.ok)"
+            ));
+        };
+        if suffix.is_empty() || suffix.contains(['/', '\\', '{', '}']) {
+            return Err(format!(
+                "{s:?}: the marker needs a plain suffix after {{name}} or {{stem}}, such as \".done\""
+            ));
+        }
+        Ok(Self {
+            stem,
+            suffix: suffix.to_owned(),
+        })
+    }
+
+    /// The marker file of a data file.
+    pub fn of(&self, path: &Path) -> PathBuf {
+        let base = if self.stem {
+            path.file_stem()
+        } else {
+            path.file_name()
+        }
+        .unwrap_or_default();
+        let mut name = base.to_os_string();
+        name.push(&self.suffix);
+        path.with_file_name(name)
+    }
+
+    /// Whether a file is a marker rather than data.
+    pub fn is_marker(&self, path: &Path) -> bool {
+        path.file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(&self.suffix))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    End,
+}
+
+#[derive(Clone, Debug)]
+pub struct FilesConfig {
+    pub path: PathBuf,
+    pub recursive: bool,
+    pub include: GlobSet,
+    pub exclude: GlobSet,
+    pub format: FileFormat,
+    pub mode: FileMode,
+    pub after: After,
+    pub settle: Duration,
+    pub poll_interval: Duration,
+    /// The longest line (a CSV record) read; a longer one is parked, its first 4 KiB kept.
+    pub max_line: usize,
+    pub start_at: StartAt,
+    pub delimiter: u8,
+    /// How the files' bytes become text (`encoding`).
+    pub charset: Charset,
+    pub header: bool,
+    pub columns: Option<Vec<String>>,
+    pub rows: RowRules,
+    pub watch: Watch,
+    /// `marker`: a dropped file is complete once its marker file exists.
+    pub marker: Option<Marker>,
+    /// `type = "asterisk_queue_log"`.
+    pub queue_log: Option<QueueLogConfig>,
+    /// Only files modified at or after this (`import --since`; not a configuration key).
+    pub modified_since: Option<std::time::SystemTime>,
+}
+
+/// `max_line` when not set: far above any real export line, far below what hurts.
+pub const DEFAULT_MAX_LINE: usize = 1 << 20;
+
+impl Validator<'_> {
+    pub(super) fn files(
+        &mut self,
+        i: usize,
+        label: &str,
+        emits: Option<Emits>,
+        mut raw: RawSource,
+    ) -> Option<SourceKind> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        let path = match raw.path.take() {
+            Some(p) => Some(self.path(&p)),
+            None => {
+                self.problem(
+                    &at("path"),
+                    &key("path"),
+                    "is required: the directory the ACD writes its exports to",
+                );
+                None
+            }
+        };
+        let format = match raw.format.as_deref() {
+            None => {
+                self.problem(
+                    &at("format"),
+                    &key("format"),
+                    "is required: \"ndjson\", \"csv\" or \"tsv\"",
+                );
+                None
+            }
+            f => Some(self.one_of(
+                &at("format"),
+                &key("format"),
+                f,
+                FileFormat::Ndjson,
+                if raw.kind.as_deref() == Some("asterisk_queue_log") {
+                    &[("asterisk_queue_log", FileFormat::QueueLog)]
+                } else {
+                    &[
+                        ("ndjson", FileFormat::Ndjson),
+                        ("csv", FileFormat::Csv),
+                        ("tsv", FileFormat::Tsv),
+                    ]
+                },
+            )),
+        };
+        let queue_log = (format == Some(FileFormat::QueueLog))
+            .then(|| self.queue_log_config(i, label, &mut raw));
+        self.not_applicable(
+            i,
+            label,
+            &[
+                ("channel", raw.channel.is_some()),
+                ("queues", raw.queues.is_some()),
+            ],
+            "applies only to type = \"asterisk_queue_log\"",
+        );
+        let mode = self.one_of(
+            &at("mode"),
+            &key("mode"),
+            raw.mode.as_deref(),
+            FileMode::Drop,
+            &[("drop", FileMode::Drop), ("tail", FileMode::Tail)],
+        );
+        let include = self.globs(&at("include"), &key("include"), raw.include.take(), &["*"]);
+        // Names that writers use while a file is incomplete (rsync's hidden temporaries,
+        // browsers' and copy tools' partial files, Office lock files).
+        let exclude = self.globs(
+            &at("exclude"),
+            &key("exclude"),
+            raw.exclude.take(),
+            &[".*", "*/.*", "*.tmp", "*.part", "*.partial", "~$*"],
+        );
+        let after = match (raw.after.as_deref(), raw.archive_dir.take()) {
+            (None | Some("keep"), None) => After::Keep,
+            (Some("delete"), None) => After::Delete,
+            (Some("move"), Some(dir)) => After::Move(self.path(&dir)),
+            (Some("move"), None) => {
+                self.problem(
+                    &at("after"),
+                    &key("after"),
+                    "\"move\" needs archive_dir: the directory read files are moved to",
+                );
+                After::Keep
+            }
+            (Some("keep" | "delete") | None, Some(_)) => {
+                self.problem(
+                    &at("archive_dir"),
+                    &key("archive_dir"),
+                    "applies only with after = \"move\"",
+                );
+                After::Keep
+            }
+            (Some(other), _) => {
+                self.problem(
+                    &at("after"),
+                    &key("after"),
+                    format!("{other:?} is not valid: use \"keep\", \"delete\" or \"move\""),
+                );
+                After::Keep
+            }
+        };
+        if mode == FileMode::Tail && after != After::Keep {
+            self.problem(
+                &at("after"),
+                &key("after"),
+                "applies only to mode = \"drop\": a tailed file belongs to the ACD that writes it",
+            );
+        }
+        let s = Duration::from_secs;
+        let settle = self.duration(
+            &at("settle"),
+            &key("settle"),
+            raw.settle.as_deref(),
+            s(2),
+            (Duration::ZERO, s(3600)),
+        );
+        let poll_interval = self.duration(
+            &at("poll_interval"),
+            &key("poll_interval"),
+            raw.poll_interval.as_deref(),
+            s(5),
+            (Duration::from_millis(50), s(3600)),
+        );
+        let max_line = match raw
+            .max_line
+            .as_deref()
+            .map(str::parse::<bytesize::ByteSize>)
+        {
+            None => DEFAULT_MAX_LINE,
+            Some(Ok(b)) if (1024..=64 << 20).contains(&b.as_u64()) => b.as_u64() as usize,
+            Some(_) => {
+                self.problem(
+                    &at("max_line"),
+                    &key("max_line"),
+                    "write a size from \"1KiB\" to \"64MiB\"",
+                );
+                DEFAULT_MAX_LINE
+            }
+        };
+        let start_at = self.one_of(
+            &at("start_at"),
+            &key("start_at"),
+            raw.start_at.as_deref(),
+            StartAt::Beginning,
+            &[("beginning", StartAt::Beginning), ("end", StartAt::End)],
+        );
+        if raw.start_at.is_some() && mode == FileMode::Drop {
+            self.problem(
+                &at("start_at"),
+                &key("start_at"),
+                "applies only to mode = \"tail\": dropped files are always read whole",
+            );
+        }
+        let tabular = matches!(format, Some(FileFormat::Csv | FileFormat::Tsv));
+        let delimiter = match (&raw.delimiter, format) {
+            (None, Some(FileFormat::Tsv)) => b'\t',
+            (None, _) => b',',
+            (Some(_), _) if !tabular => {
+                self.problem(
+                    &at("delimiter"),
+                    &key("delimiter"),
+                    "applies only to format = \"csv\" or \"tsv\"",
+                );
+                b','
+            }
+            (Some(d), _) if d == "\\t" || d == "\t" => b'\t',
+            (Some(d), _) if d.len() == 1 && d.is_ascii() && d != "\"" && d != "\n" => {
+                d.as_bytes()[0]
+            }
+            (Some(d), _) => {
+                self.problem(
+                    &at("delimiter"),
+                    &key("delimiter"),
+                    format!("{d:?} is not a delimiter: use one ASCII character such as \",\", \";\" or \"\\t\""),
+                );
+                b','
+            }
+        };
+        let charset = match raw
+            .encoding
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("utf-8" | "utf8") => Charset::Utf8,
+            Some("windows-1252" | "cp1252" | "latin1" | "iso-8859-1") => Charset::Windows1252,
+            Some("utf-16" | "utf16" | "ucs-2" | "unicode") => Charset::Utf16(Endian::Detect),
+            Some("utf-16le" | "utf16le") => Charset::Utf16(Endian::Little),
+            Some("utf-16be" | "utf16be") => Charset::Utf16(Endian::Big),
+            Some(other) => {
+                self.problem(
+                    &at("encoding"),
+                    &key("encoding"),
+                    format!(
+                        "{other:?} is not supported: use \"utf-8\", \"windows-1252\" (also for \
+                         latin1), \"utf-16\" (byte order from the BOM), \"utf-16le\" or \"utf-16be\""
+                    ),
+                );
+                Charset::Utf8
+            }
+        };
+        if !tabular && (raw.header.is_some() || raw.columns.is_some()) {
+            self.problem(
+                &at(if raw.header.is_some() {
+                    "header"
+                } else {
+                    "columns"
+                }),
+                &key(if raw.header.is_some() {
+                    "header"
+                } else {
+                    "columns"
+                }),
+                "applies only to format = \"csv\" or \"tsv\"",
+            );
+        }
+        let header = raw.header.unwrap_or(raw.columns.is_none());
+        if tabular && !header && raw.columns.is_none() {
+            self.problem(
+                &at("header"),
+                &key("header"),
+                "is false, so `columns = [...]` must name the columns",
+            );
+        }
+        let watch = self.one_of(
+            &at("watch"),
+            &key("watch"),
+            raw.watch.as_deref(),
+            Watch::Auto,
+            &[
+                ("auto", Watch::Auto),
+                ("events", Watch::Events),
+                ("poll", Watch::Poll),
+            ],
+        );
+        let marker = match raw.marker.as_deref().map(Marker::parse) {
+            None => None,
+            Some(_) if mode == FileMode::Tail => {
+                self.problem(
+                    &at("marker"),
+                    &key("marker"),
+                    "applies only to mode = \"drop\": a tailed file is never complete",
+                );
+                None
+            }
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                self.problem(&at("marker"), &key("marker"), e);
+                None
+            }
+        };
+        let rows = self.rows(i, label, emits, &mut raw, tabular, queue_log.is_some())?;
+        Some(SourceKind::Files(FilesConfig {
+            path: path?,
+            recursive: raw.recursive.unwrap_or(false),
+            include,
+            exclude,
+            format: format?,
+            mode,
+            after,
+            settle,
+            poll_interval,
+            max_line,
+            start_at,
+            delimiter,
+            charset,
+            header,
+            columns: raw.columns,
+            rows,
+            watch,
+            marker,
+            queue_log,
+            modified_since: None,
+        }))
+    }
+
+    pub(super) fn globs(
+        &mut self,
+        path: &[Seg],
+        label: &str,
+        raw: Option<Vec<String>>,
+        default: &[&str],
+    ) -> GlobSet {
+        let patterns = raw.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        let mut b = GlobSetBuilder::new();
+        for p in &patterns {
+            match Glob::new(p) {
+                Ok(g) => {
+                    b.add(g);
+                }
+                Err(e) => self.problem(path, label, format!("{p:?} is not a glob: {e}")),
+            }
+        }
+        b.build().unwrap_or_else(|_| GlobSet::empty())
+    }
+}

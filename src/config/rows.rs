@@ -1,0 +1,579 @@
+//! What turns a row into records: `[source.map]`, `key`, `skip_if`, agent states
+//! (`emits = "agent_states"`) and Asterisk's queue_log.
+
+use std::time::Duration;
+
+use super::SourceKind;
+use super::problems::{Seg, Validator};
+use super::raw::RawSource;
+use crate::normalize::map::{
+    ApiField, Expand, ExpandDuration, FieldSource, KeyTemplate, Mapping, SkipIf,
+};
+use crate::normalize::time::{TimeFormat, TimeParser};
+use crate::types::Emits;
+
+/// What turns a row (a CSV line, a JSON object, a database row) into records.
+#[derive(Clone, Debug, Default)]
+pub struct RowRules {
+    pub map: Option<Mapping>,
+    /// The natural key of a row (`key`), if rows are deduplicated by content.
+    pub key: Option<KeyTemplate>,
+    pub skip_if: SkipIf,
+    /// `emits = "agent_states"`: rows are state changes, built into intervals.
+    pub states: Option<StatesConfig>,
+}
+
+/// What an `asterisk_queue_log` source sends for its queues.
+#[derive(Clone, Debug)]
+pub struct QueueLogConfig {
+    /// `channel` of every contact event (default "calls").
+    pub channel: String,
+    /// `[source.queues]`: Asterisk queue → (queueIdentifier, queueName); others use the
+    /// Asterisk queue name for both.
+    pub queues: std::collections::HashMap<String, (String, String)>,
+}
+
+impl QueueLogConfig {
+    pub fn queue(&self, name: &str) -> (String, String) {
+        self.queues
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| (name.to_owned(), name.to_owned()))
+    }
+}
+
+/// How agent state changes become intervals (`emits = "agent_states"`).
+#[derive(Clone, Debug)]
+pub struct StatesConfig {
+    pub settings: crate::normalize::intervals::Settings,
+    /// `[source.agents]`: external agent id → the identifier injixo knows; others unchanged.
+    pub agents: std::collections::HashMap<String, String>,
+    /// `[source.activities]`: ACD state → activity identifier; `"*"` for any other state,
+    /// else other states are sent unchanged.
+    pub activities: std::collections::HashMap<String, String>,
+    /// States that end the agent's session (compared in any case).
+    pub logout: Vec<String>,
+}
+
+impl StatesConfig {
+    /// The activity a raw state means, or `None` for a logout.
+    pub fn activity(&self, state: &str) -> Option<String> {
+        let state = state.trim();
+        if self.logout.iter().any(|l| l.eq_ignore_ascii_case(state)) {
+            return None;
+        }
+        // "paused:lunch" falls back to "paused" (Asterisk pause reasons), then to "*".
+        let general = state.split_once(':').map(|(g, _)| g);
+        Some(
+            self.activities
+                .get(state)
+                .or_else(|| general.and_then(|g| self.activities.get(g)))
+                .or_else(|| self.activities.get("*"))
+                .cloned()
+                .unwrap_or_else(|| state.to_owned()),
+        )
+    }
+
+    pub fn agent(&self, id: &str) -> String {
+        let id = id.trim();
+        self.agents
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_owned())
+    }
+}
+
+impl Validator<'_> {
+    /// `type = "asterisk_queue_log"`: the files source tailing one queue_log (and its rotated
+    /// names), with the queue_log parser.
+    pub(super) fn queue_log(
+        &mut self,
+        i: usize,
+        label: &str,
+        emits: Option<Emits>,
+        mut raw: RawSource,
+    ) -> Option<SourceKind> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        self.not_applicable(
+            i,
+            label,
+            &[
+                ("format", raw.format.is_some()),
+                ("mode", raw.mode.is_some()),
+                ("include", raw.include.is_some()),
+                ("map", raw.map.is_some()),
+            ],
+            "does not apply to asterisk_queue_log: the file's format is fixed",
+        );
+        if emits == Some(Emits::AgentStatuses) && raw.emits.as_deref() != Some("agent_states") {
+            self.problem(
+                &at("emits"),
+                &key("emits"),
+                "asterisk_queue_log emits \"contact_events\" or \"agent_states\"",
+            );
+        }
+        if raw.connection.is_some() || raw.connection_file.is_some() || raw.connection_env.is_some()
+        {
+            // Asterisk's realtime queue_log table, through the sql poller.
+            if raw.path.is_some() {
+                self.problem(
+                    &at("path"),
+                    &key("path"),
+                    "set either path (the queue_log file) or connection (the realtime table), not both",
+                );
+            }
+            let queue_log = self.queue_log_config(i, label, &mut raw);
+            if raw.query.is_none() {
+                raw.query = Some("SELECT * FROM queue_log".into());
+            }
+            if raw.cursor_column.is_none() {
+                raw.cursor_column = Some("id".into());
+                raw.initial_cursor.get_or_insert_with(|| "0".into());
+            }
+            return self.sql(i, label, emits, raw, Some(queue_log));
+        }
+        let Some(file) = raw.path.take() else {
+            self.problem(
+                &at("path"),
+                &key("path"),
+                "is required: the queue_log file (e.g. /var/log/asterisk/queue_log), or \
+                 connection_file for the realtime queue_log table",
+            );
+            return None;
+        };
+        let file = self.path(&file);
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+            self.problem(&at("path"), &key("path"), "names no file");
+            return None;
+        };
+        let name = globset::escape(&name.to_string_lossy());
+        raw.path = Some(dir.display().to_string());
+        // The file and its rotated names (queue_log.1 ...), but not compressed rotations.
+        raw.include = Some(vec![name.clone(), format!("{name}.*")]);
+        if raw.exclude.is_none() {
+            raw.exclude = Some(
+                [".*", "*.gz", "*.bz2", "*.xz", "*.zst", "*.tmp"]
+                    .map(String::from)
+                    .to_vec(),
+            );
+        }
+        raw.mode = Some("tail".into());
+        raw.format = Some("asterisk_queue_log".into());
+        self.files(i, label, emits, raw)
+    }
+
+    /// `channel` and `[source.queues]` of an `asterisk_queue_log` source.
+    pub(super) fn queue_log_config(
+        &mut self,
+        i: usize,
+        label: &str,
+        raw: &mut RawSource,
+    ) -> QueueLogConfig {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        let mut queues = std::collections::HashMap::new();
+        for (q, v) in raw.queues.take().unwrap_or_default() {
+            let pair = match v {
+                toml::Value::String(n) if !n.trim().is_empty() => Some((q.clone(), n)),
+                toml::Value::Table(t) => {
+                    let get = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+                    match (get("identifier"), get("name")) {
+                        (Some(id), Some(n)) if t.len() == 2 => Some((id, n)),
+                        (Some(id), None) if t.len() == 1 => Some((id, q.clone())),
+                        (None, Some(n)) if t.len() == 1 => Some((q.clone(), n)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            match pair {
+                Some(p) => {
+                    queues.insert(q, p);
+                }
+                None => self.problem(
+                    &at("queues"),
+                    &key(&format!("queues.{q}")),
+                    "write the queue's name, or { identifier = \"...\", name = \"...\" }",
+                ),
+            }
+        }
+        let channel = raw.channel.take().unwrap_or_else(|| "calls".into());
+        if !crate::normalize::schema::CHANNELS.contains(&channel.as_str()) {
+            self.problem(
+                &at("channel"),
+                &key("channel"),
+                format!(
+                    "{channel:?} is not a channel injixo knows: use one of {}",
+                    crate::normalize::schema::CHANNELS.join(", ")
+                ),
+            );
+        }
+        QueueLogConfig { channel, queues }
+    }
+
+    /// The keys that turn a row into records: the map, `key`, `skip_if`, `expand` and the
+    /// agent-state settings. `tabular` rows (csv, tsv) need a map; `builtin_states` sources
+    /// (asterisk) make state changes without one.
+    pub(super) fn rows(
+        &mut self,
+        i: usize,
+        label: &str,
+        emits: Option<Emits>,
+        raw: &mut RawSource,
+        tabular: bool,
+        builtin_states: bool,
+    ) -> Option<RowRules> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        let expand = match (raw.expand.as_deref(), raw.interval.as_deref()) {
+            (None, None) if raw.expand_duration.is_none() => None,
+            (Some("interval"), interval) => {
+                if interval.is_none() {
+                    self.problem(
+                        &at("interval"),
+                        &key("interval"),
+                        "is required with expand = \"interval\": the length of the report's intervals, e.g. \"15m\"",
+                    );
+                }
+                let interval = self.duration(
+                    &at("interval"),
+                    &key("interval"),
+                    interval,
+                    Duration::from_secs(900),
+                    (Duration::from_secs(1), Duration::from_secs(86_400)),
+                );
+                let duration = self.one_of(
+                    &at("expand_duration"),
+                    &key("expand_duration"),
+                    raw.expand_duration.as_deref(),
+                    ExpandDuration::Total,
+                    &[
+                        ("total", ExpandDuration::Total),
+                        ("average", ExpandDuration::Average),
+                    ],
+                );
+                Some(Expand { interval, duration })
+            }
+            (Some(other), _) => {
+                self.problem(
+                    &at("expand"),
+                    &key("expand"),
+                    format!("{other:?} is not valid: the only expansion is \"interval\""),
+                );
+                None
+            }
+            (None, _) => {
+                let k = if raw.interval.is_some() {
+                    "interval"
+                } else {
+                    "expand_duration"
+                };
+                self.problem(&at(k), &key(k), "applies only with expand = \"interval\"");
+                None
+            }
+        };
+        if expand.is_some() && raw.map.is_none() {
+            self.problem(
+                &at("expand"),
+                &key("expand"),
+                "needs a [source.map] naming the interval's columns",
+            );
+        }
+        let row_key = match raw.key.as_deref().map(KeyTemplate::parse) {
+            None => None,
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                self.problem(&at("key"), &key("key"), e);
+                None
+            }
+        };
+        let skip_if = match raw.skip_if.take() {
+            None => SkipIf::default(),
+            Some(table) => {
+                let mut rules = Vec::new();
+                for (column, v) in table {
+                    let patterns = match v {
+                        toml::Value::String(p) => vec![p],
+                        toml::Value::Array(a) => a
+                            .into_iter()
+                            .filter_map(|p| p.as_str().map(str::to_owned))
+                            .collect(),
+                        _ => {
+                            self.problem(
+                                &at("skip_if"),
+                                &key(&format!("skip_if.{column}")),
+                                "write a pattern or a list of patterns, e.g. [\"TEST*\", \"Internal\"]",
+                            );
+                            continue;
+                        }
+                    };
+                    rules.push((column, patterns));
+                }
+                SkipIf::new(rules).unwrap_or_else(|e| {
+                    self.problem(&at("skip_if"), &key("skip_if"), e);
+                    SkipIf::default()
+                })
+            }
+        };
+        let states = if raw.emits.as_deref() == Some("agent_states") {
+            if raw.map.is_none() && !builtin_states {
+                self.problem(
+                    &at("emits"),
+                    &key("emits"),
+                    "\"agent_states\" needs a [source.map] with agentIdentifier, \
+                     activityIdentifier and timestamp",
+                );
+            }
+            let table = |this: &mut Self, name: &'static str, t: Option<toml::Table>| {
+                let mut out = std::collections::HashMap::new();
+                for (k, v) in t.unwrap_or_default() {
+                    match v {
+                        toml::Value::String(v) if !v.trim().is_empty() => {
+                            out.insert(k, v);
+                        }
+                        _ => this.problem(
+                            &at(name),
+                            &key(&format!("{name}.{k}")),
+                            "write the identifier as a non-empty string",
+                        ),
+                    }
+                }
+                out
+            };
+            let agents = table(self, "agents", raw.agents.take());
+            let activities = table(self, "activities", raw.activities.take());
+            let max_interval = self.duration(
+                &at("max_interval"),
+                &key("max_interval"),
+                raw.max_interval.as_deref(),
+                Duration::from_secs(12 * 3600),
+                (Duration::from_secs(60), Duration::from_secs(7 * 86_400)),
+            );
+            let flush = raw.open_interval_flush.as_deref().map(|f| {
+                self.duration(
+                    &at("open_interval_flush"),
+                    &key("open_interval_flush"),
+                    Some(f),
+                    Duration::from_secs(60),
+                    (Duration::from_secs(1), Duration::from_secs(86_400)),
+                )
+            });
+            let signed = |d: Duration| jiff::SignedDuration::try_from(d).unwrap_or_default();
+            Some(StatesConfig {
+                settings: crate::normalize::intervals::Settings {
+                    max_interval: signed(max_interval),
+                    flush_after: flush.map(signed),
+                    // Set by the source's kind (`SourceKind::remember_repeats`).
+                    remember: jiff::SignedDuration::ZERO,
+                },
+                agents,
+                activities,
+                logout: raw.logout_states.take().unwrap_or_else(|| {
+                    ["logout", "logged_out", "loggedout", "offline"]
+                        .map(String::from)
+                        .to_vec()
+                }),
+            })
+        } else {
+            self.not_applicable(
+                i,
+                label,
+                &[
+                    ("agents", raw.agents.is_some()),
+                    ("activities", raw.activities.is_some()),
+                    ("logout_states", raw.logout_states.is_some()),
+                    ("open_interval_flush", raw.open_interval_flush.is_some()),
+                    ("max_interval", raw.max_interval.is_some()),
+                ],
+                "applies only with emits = \"agent_states\"",
+            );
+            None
+        };
+        let millis = self.one_of(
+            &at("duration_unit"),
+            &key("duration_unit"),
+            raw.duration_unit.as_deref(),
+            false,
+            &[
+                ("s", false),
+                ("seconds", false),
+                ("ms", true),
+                ("milliseconds", true),
+            ],
+        );
+        if raw.duration_unit.is_some() && raw.map.is_none() {
+            self.problem(
+                &at("duration_unit"),
+                &key("duration_unit"),
+                "applies only with a [source.map]",
+            );
+        }
+        let map = match (raw.map.take(), emits) {
+            (Some(table), Some(emits)) => self
+                .mapping(
+                    i,
+                    label,
+                    emits,
+                    states.is_some(),
+                    table,
+                    raw.timestamp_format.take(),
+                    raw.timezone.clone(),
+                )
+                .map(|m| if millis { m.with_milliseconds() } else { m })
+                .and_then(|m| match expand {
+                    None => Some(m),
+                    Some(e) => m
+                        .with_expand(e)
+                        .map_err(|e| self.problem(&at("expand"), &key("expand"), e))
+                        .ok(),
+                }),
+            (None, _) if tabular => {
+                self.problem(
+                    &[Seg::Key("source"), Seg::Index(i)],
+                    &key("map"),
+                    "is required for csv and tsv: a [source.map] table from API fields to columns",
+                );
+                None
+            }
+            (None, _) => {
+                self.not_applicable(
+                    i,
+                    label,
+                    &[
+                        ("timestamp_format", raw.timestamp_format.is_some()),
+                        ("timezone", raw.timezone.is_some()),
+                    ],
+                    "applies only with a [source.map]: ndjson lines without a map are \
+                     already in the API's shape",
+                );
+                None
+            }
+            (Some(_), None) => None,
+        };
+        if let (Some(m), Some(cols)) = (&map, &raw.columns) {
+            let keyed = row_key.iter().flat_map(|k| k.columns());
+            for c in m.columns().into_iter().chain(keyed) {
+                if !cols.iter().any(|x| x == c) {
+                    self.problem(
+                        &[Seg::Key("source"), Seg::Index(i), Seg::Key("map")],
+                        &key("map"),
+                        format!("reads column `{c}`, which `columns` does not name"),
+                    );
+                }
+            }
+        }
+        Some(RowRules {
+            map,
+            key: row_key,
+            skip_if,
+            states,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mapping(
+        &mut self,
+        i: usize,
+        label: &str,
+        emits: Emits,
+        states: bool,
+        table: toml::Table,
+        timestamp_format: Option<String>,
+        timezone: Option<String>,
+    ) -> Option<Mapping> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let before = self.problems.len();
+        let format = match timestamp_format.as_deref().map(TimeFormat::parse) {
+            None => TimeFormat::Rfc3339,
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                self.problem(
+                    &at("timestamp_format"),
+                    &format!("{label}.timestamp_format"),
+                    e,
+                );
+                TimeFormat::Rfc3339
+            }
+        };
+        let zone = self.zone(i, label, timezone.as_deref());
+        let mut fields = Vec::new();
+        for (k, v) in table {
+            let path = vec![
+                Seg::Key("source"),
+                Seg::Index(i),
+                Seg::Key("map"),
+                Seg::Owned(k.clone()),
+            ];
+            let mkey = format!("{label}.map.{k}");
+            let parsed = if states {
+                Mapping::STATE_FIELDS
+                    .iter()
+                    .copied()
+                    .find(|f| f.name() == k)
+                    .ok_or_else(|| {
+                        format!(
+                            "`{k}` is not a field of agent state changes (fields: \
+                             agentIdentifier, activityIdentifier, timestamp)"
+                        )
+                    })
+            } else {
+                ApiField::parse(&k, emits)
+            };
+            let field = match parsed {
+                Ok(f) => f,
+                Err(e) => {
+                    self.problem(&path, &mkey, e);
+                    continue;
+                }
+            };
+            let source = match v {
+                toml::Value::String(col) if !col.is_empty() => Ok(FieldSource::Column(col)),
+                toml::Value::Table(t) if t.len() == 1 => {
+                    let (kind, val) = t.into_iter().next().expect("one entry");
+                    match (kind.as_str(), val) {
+                        ("column", toml::Value::String(c)) => Ok(FieldSource::Column(c)),
+                        ("template", toml::Value::String(t)) => FieldSource::template(&t),
+                        ("value", toml::Value::String(s)) => Ok(FieldSource::Literal(s)),
+                        ("value", toml::Value::Boolean(b)) => {
+                            Ok(FieldSource::Literal(b.to_string()))
+                        }
+                        ("value", toml::Value::Integer(n)) => {
+                            Ok(FieldSource::Literal(n.to_string()))
+                        }
+                        ("value", toml::Value::Float(n)) => Ok(FieldSource::Literal(n.to_string())),
+                        (other, _) => Err(format!(
+                            "`{other}` is not understood: write \"column\", {{ column = \"c\" }}, \
+                             {{ value = ... }} or {{ template = \"{{a}}_{{b}}\" }}"
+                        )),
+                    }
+                }
+                _ => Err(
+                    "write a column name, { column = \"c\" }, { value = ... } or \
+                     { template = \"{a}_{b}\" }"
+                        .to_owned(),
+                ),
+            };
+            match source {
+                Ok(s) => fields.push((field, s)),
+                Err(e) => self.problem(&path, &mkey, e),
+            }
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        let time = TimeParser::new(format, zone);
+        let built = if states {
+            Mapping::states(fields, time)
+        } else {
+            Mapping::new(emits, fields, time)
+        };
+        match built {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.problem(&at("map"), &format!("{label}.map"), e);
+                None
+            }
+        }
+    }
+}
