@@ -1,0 +1,621 @@
+//! Reading a file from its cursor: in chunks of 1 MiB (at most 16,384 rows each), parsed,
+//! mapped, and handed to the outbox writer with the new cursor in one commit; long lines are
+//! parked; a CSV header is remembered.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tracing::warn;
+
+use super::identity::{bytes_before, fingerprint, last_bytes, read_full};
+use super::{FilesSource, InFlight, Known, LongLine, TakeError, to_json};
+use crate::config::FileFormat;
+use crate::normalize::map::Row;
+use crate::normalize::queue_log;
+use crate::normalize::schema;
+use crate::outbox::{Commit, NewRecord, OutboxError, Parked, dedupe_key, natural_key};
+use crate::sources::SourceContext;
+use crate::sources::parse::{self, Charset};
+use crate::sources::rows::{self, ChangeRead, JsonRow, RowOut, RowOutcome, commit_blocking};
+
+/// The read buffer; a record longer than this grows it, up to `max_line`.
+pub(super) const CHUNK: usize = 1 << 20;
+
+/// How much of a line too long to read is kept with it when it is parked.
+pub(super) const LONG_LINE_KEPT: usize = 4096;
+
+/// Why a line longer than `max_line` was parked.
+pub(super) fn long_line_reason(length: u64, max_line: usize, kept: usize) -> String {
+    format!(
+        "the line is {} long, longer than max_line ({}); parked, its first {} kept",
+        bytesize::ByteSize(length),
+        bytesize::ByteSize(max_line as u64),
+        bytesize::ByteSize(kept as u64)
+    )
+}
+
+impl FilesSource {
+    /// Reads from the cursor to the end of the file (or `limit`), committing as it goes.
+    /// `last`: the file is complete, so a final line without newline is a record.
+    ///
+    /// A chunk's commit runs on the writer while the next chunk is read and parsed; that
+    /// chunk's records, tracker moves and cursor are handed over only once the commit before
+    /// them is durable, so a failed commit is never followed by one that builds on it, and
+    /// what it would have moved is put back.
+    pub(super) fn read(
+        &mut self,
+        ctx: &SourceContext,
+        idx: usize,
+        file: &mut File,
+        limit: Option<u64>,
+        last: bool,
+    ) -> Result<(), TakeError> {
+        let mut in_flight = None;
+        let read = self.read_chunks(ctx, idx, file, limit, last, &mut in_flight);
+        // A failed commit is the error to report: it is why reading stops.
+        self.settle(ctx, idx, in_flight)?;
+        read
+    }
+
+    /// Waits for a chunk's commit; on failure puts back the file's position and the trackers
+    /// the chunk moved.
+    pub(super) fn settle(
+        &mut self,
+        ctx: &SourceContext,
+        idx: usize,
+        in_flight: Option<InFlight>,
+    ) -> Result<(), OutboxError> {
+        let Some(chunk) = in_flight else {
+            return Ok(());
+        };
+        let done = chunk.commit.wait(ctx);
+        if let Some(states) = self.states.as_mut() {
+            states.settle(done.is_ok());
+        }
+        if done.is_ok() {
+            ctx.metrics.bytes.fetch_add(chunk.bytes, Relaxed);
+            ctx.metrics.skipped.fetch_add(chunk.skipped, Relaxed);
+        } else {
+            self.known[idx].cur = chunk.before;
+            self.known[idx].tail = chunk.tail_before;
+            if let (Some(before), Some((_, tracker))) =
+                (chunk.tracker_before, self.tracker.as_mut())
+            {
+                *tracker = before;
+            }
+        }
+        done
+    }
+
+    pub(super) fn read_chunks(
+        &mut self,
+        ctx: &SourceContext,
+        idx: usize,
+        file: &mut File,
+        limit: Option<u64>,
+        last: bool,
+        in_flight: &mut Option<InFlight>,
+    ) -> Result<(), TakeError> {
+        let mut cap = CHUNK;
+        // Origins name the file by its path below the source's `path`: in a recursive source,
+        // two `calls.ndjson:1` could not be told apart.
+        let read_from = Path::new(&self.known[idx].cur.path);
+        let name = read_from
+            .strip_prefix(&self.cfg.path)
+            .ok()
+            .filter(|rel| !rel.as_os_str().is_empty())
+            .or_else(|| read_from.file_name().map(Path::new))
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let charset = self.cfg.charset;
+        // The first bytes tell a byte-order mark (read from the start) and UTF-16's byte order.
+        let mut head = [0u8; 4];
+        let head_len = if self.known[idx].cur.offset == 0 || matches!(charset, Charset::Utf16(_)) {
+            file.seek(SeekFrom::Start(0))?;
+            read_full(file, &mut head)?
+        } else {
+            0
+        };
+        let head = &head[..head_len];
+        let big_endian = charset.big_endian(head);
+        let offset = self.known[idx].cur.offset;
+        if self.known[idx].tail.is_empty() && offset > 0 {
+            self.known[idx].tail = bytes_before(file, offset)?;
+        }
+        loop {
+            if ctx.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            // A line too long, looked through before: go on looking for its end.
+            if self.known[idx]
+                .long_line
+                .as_ref()
+                .is_some_and(|l| l.start == self.known[idx].cur.offset)
+            {
+                self.settle(ctx, idx, in_flight.take())?;
+                if !self.park_long_line(ctx, idx, file, &name, last, big_endian)? {
+                    return Ok(());
+                }
+            }
+            let cur = &self.known[idx];
+            let offset = cur.cur.offset;
+            let want = match limit {
+                Some(l) if l <= offset => return Ok(()),
+                Some(l) => cap.min((l - offset) as usize),
+                None => cap,
+            };
+            self.buf.resize(want, 0);
+            file.seek(SeekFrom::Start(offset))?;
+            let n = read_full(file, &mut self.buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            let at_end = n < want || limit.is_some_and(|l| offset + n as u64 >= l);
+            let complete = last && at_end;
+            let skip = if offset == 0 {
+                charset.bom_len(head).min(n)
+            } else {
+                0
+            };
+            let raw = &self.buf[skip..n];
+            let transcoded = big_endian.map(|be| parse::Transcoded::utf16(raw, be, complete));
+            let positions = Positions {
+                base: offset + skip as u64,
+                map: transcoded.as_ref(),
+            };
+            let text = transcoded.as_ref().map_or(raw, |t| &t.text[..]);
+            let step = self.parse(cur, &name, text, &positions, complete, ctx);
+            let consumed = if complete && !step.cut_short {
+                n
+            } else if step.consumed == 0 {
+                0
+            } else {
+                (positions.at(step.consumed) - offset) as usize
+            };
+            if consumed == 0 {
+                // No whole line in the buffer: the line at the cursor is still being written,
+                // or it is longer than it may be (then it is parked without being held).
+                let max_line = self.cfg.max_line;
+                if n > max_line {
+                    self.settle(ctx, idx, in_flight.take())?;
+                    if self.park_long_line(ctx, idx, file, &name, last, big_endian)? {
+                        cap = CHUNK;
+                        continue;
+                    }
+                    return Ok(());
+                }
+                if at_end {
+                    return Ok(());
+                }
+                cap = (cap * 2).min(max_line + 1);
+                continue;
+            }
+            let mut next = cur.cur.clone();
+            next.offset = offset + consumed as u64;
+            next.line += step.newlines;
+            let tail = last_bytes(&cur.tail, &self.buf[..consumed]);
+            next.end_fp = fingerprint(&tail);
+            if step.header.is_some() {
+                next.header = step.header;
+            }
+            let id = cur.id;
+            let mut cursors = vec![(id, to_json(&next))];
+            let (mut records, mut parked) = (step.records, step.parked);
+            let mut changes = step.changes;
+            // What follows builds on the chunk before, so that chunk must be durable first.
+            self.settle(ctx, idx, in_flight.take())?;
+            // The queue_log tracker as committed, put back if the commit fails.
+            let tracker_before = (!step.queue_log.is_empty())
+                .then(|| self.tracker.as_ref().map(|(_, t)| t.clone()))
+                .flatten();
+            if !step.queue_log.is_empty() {
+                let (tracker_id, json) =
+                    self.apply_queue_log(step.queue_log, &mut records, &mut changes, &mut parked);
+                cursors.push((tracker_id, json));
+            }
+            if !changes.is_empty() {
+                let ((states_id, json), _) = self.states.as_mut().expect("states loaded").apply(
+                    &ctx.name,
+                    changes,
+                    &mut records,
+                    &mut parked,
+                );
+                cursors.push((states_id, json));
+            }
+            let commit = rows::submit(
+                ctx,
+                Commit {
+                    records,
+                    parked,
+                    cursors,
+                    ..Commit::default()
+                },
+            );
+            *in_flight = Some(InFlight {
+                commit,
+                before: std::mem::replace(&mut self.known[idx].cur, next),
+                tail_before: std::mem::replace(&mut self.known[idx].tail, tail),
+                tracker_before,
+                bytes: consumed as u64,
+                skipped: step.skipped,
+            });
+            if at_end && !step.cut_short {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Parks the line at the cursor, which is longer than `max_line`, without holding it:
+    /// looks through the file for its end a chunk at a time (going on where it stopped last
+    /// time, while the line is still being written), then commits it as parked (its first
+    /// 4 KiB kept) with the cursor after it. `Ok(true)` when it was parked; `Ok(false)` when
+    /// its end is not written yet. A file known to be complete (`last`) ends it.
+    pub(super) fn park_long_line(
+        &mut self,
+        ctx: &SourceContext,
+        idx: usize,
+        file: &mut File,
+        name: &str,
+        last: bool,
+        big_endian: Option<bool>,
+    ) -> Result<bool, TakeError> {
+        let start = self.known[idx].cur.offset;
+        let mut long = match self.known[idx].long_line.take() {
+            Some(l) if l.start == start => l,
+            _ => {
+                let mut head = vec![0u8; LONG_LINE_KEPT];
+                file.seek(SeekFrom::Start(start))?;
+                let n = read_full(file, &mut head)?;
+                head.truncate(n);
+                LongLine {
+                    start,
+                    scanned: start,
+                    head,
+                }
+            }
+        };
+        // Chunks of an even length keep UTF-16 code units aligned.
+        let chunk = CHUNK;
+        if self.buf.len() < chunk {
+            self.buf.resize(chunk, 0);
+        }
+        let end = loop {
+            if ctx.shutdown.is_cancelled() {
+                self.known[idx].long_line = Some(long);
+                return Ok(false);
+            }
+            file.seek(SeekFrom::Start(long.scanned))?;
+            let n = read_full(file, &mut self.buf[..chunk])?;
+            if n == 0 {
+                if last {
+                    break long.scanned;
+                }
+                self.known[idx].long_line = Some(long);
+                return Ok(false);
+            }
+            let bytes = &self.buf[..n];
+            let found = match big_endian {
+                Some(be) => bytes
+                    .chunks_exact(2)
+                    .position(|u| u == if be { [0, b'\n'] } else { [b'\n', 0] })
+                    .map(|i| 2 * i + 2),
+                None => bytes.iter().position(|b| *b == b'\n').map(|i| i + 1),
+            };
+            match found {
+                Some(len) => break long.scanned + len as u64,
+                None => long.scanned += n as u64,
+            }
+        };
+        let known = &self.known[idx];
+        let length = end - start;
+        let parked = Parked {
+            origin: format!("{name}:{}", known.cur.line + 1),
+            reason: long_line_reason(
+                length,
+                self.cfg.max_line,
+                long.head.len().min(length as usize),
+            ),
+            raw: String::from_utf8_lossy(&long.head[..long.head.len().min(length as usize)])
+                .into_owned(),
+        };
+        let mut next = known.cur.clone();
+        next.offset = end;
+        next.line += 1;
+        let tail = bytes_before(file, end)?;
+        next.end_fp = fingerprint(&tail);
+        warn!(source = %ctx.name, origin = %parked.origin, "{}", parked.reason);
+        commit_blocking(
+            ctx,
+            Commit {
+                parked: vec![parked],
+                cursors: vec![(known.id, to_json(&next))],
+                ..Commit::default()
+            },
+        )?;
+        ctx.metrics.bytes.fetch_add(length, Relaxed);
+        let known = &mut self.known[idx];
+        known.cur = next;
+        known.tail = tail;
+        Ok(true)
+    }
+
+    /// Turns a buffer into records and parked rows.
+    pub(super) fn parse(
+        &self,
+        cur: &Known,
+        name: &str,
+        buf: &[u8],
+        pos: &Positions<'_>,
+        last: bool,
+        ctx: &SourceContext,
+    ) -> Step {
+        let mut step = Step {
+            expands: self.cfg.rows.map.as_ref().is_some_and(|m| m.expands()),
+            ..Step::default()
+        };
+        let origin = |newlines: u64| format!("{name}:{}", cur.cur.line + newlines + 1);
+        match self.cfg.format {
+            FileFormat::Ndjson => {
+                // Lines already in the API's shape need no object unless a key or skip rule
+                // reads their fields.
+                let plain = self.cfg.rows.is_plain();
+                let mut items = parse::lines(buf, last);
+                let cut = step.limit(&mut items);
+                for item in items {
+                    let origin_here = origin(item.newlines_before);
+                    let at = pos.at(item.start);
+                    if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
+                        continue;
+                    }
+                    let text = match self.cfg.charset.decode(item.value) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let raw = String::from_utf8_lossy(item.value);
+                            step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &raw);
+                            continue;
+                        }
+                    };
+                    let text = text.trim_start_matches('\u{feff}');
+                    let result = if plain {
+                        schema::normalize_json(ctx.emits, text)
+                            .map(|r| Some(RowOut::Records(vec![r], None)))
+                    } else {
+                        match serde_json::from_str::<serde_json::Value>(text) {
+                            Ok(serde_json::Value::Object(obj)) => {
+                                self.cfg.rows.convert(&JsonRow(&obj), || {
+                                    schema::normalize_json(ctx.emits, text)
+                                })
+                            }
+                            Ok(_) => Err("the line is not a JSON object".into()),
+                            Err(e) => Err(format!("not valid JSON: {e}")),
+                        }
+                    };
+                    step.push(cur.cur.key_space(cur.id), at, origin_here, result, text);
+                }
+                step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
+            }
+            FileFormat::QueueLog => {
+                let mut items = parse::lines(buf, last);
+                let cut = step.limit(&mut items);
+                for item in items {
+                    let origin_here = origin(item.newlines_before);
+                    let at = pos.at(item.start);
+                    if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
+                        continue;
+                    }
+                    let line = match self.cfg.charset.decode(item.value) {
+                        Ok(t) => t.into_owned(),
+                        Err(e) => {
+                            let raw = String::from_utf8_lossy(item.value);
+                            step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &raw);
+                            continue;
+                        }
+                    };
+                    match queue_log::parse(&line) {
+                        Ok(_) => step.queue_log.push((origin_here, line)),
+                        Err(e) => {
+                            step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &line)
+                        }
+                    }
+                }
+                step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
+            }
+            FileFormat::Csv | FileFormat::Tsv => {
+                let (items, consumed) = parse::csv(
+                    buf,
+                    self.cfg.delimiter,
+                    self.cfg.charset,
+                    last,
+                    ROWS_PER_COMMIT,
+                );
+                step.cut_short = items.len() == ROWS_PER_COMMIT && consumed < buf.len();
+                let mut header: Option<Vec<String>> = cur.cur.header.clone();
+                for (n, item) in items.into_iter().enumerate() {
+                    let at = pos.at(item.start);
+                    let origin_here = origin(item.newlines_before);
+                    if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
+                        continue;
+                    }
+                    let fields = match item.value {
+                        Ok(f) => f,
+                        Err(e) => {
+                            step.push(
+                                cur.cur.key_space(cur.id),
+                                at,
+                                origin(item.newlines_before),
+                                Err(e),
+                                "",
+                            );
+                            continue;
+                        }
+                    };
+                    if n == 0 && cur.cur.offset == 0 && self.cfg.header {
+                        step.header = Some(fields.clone());
+                        header = Some(fields);
+                        continue;
+                    }
+                    let columns: &[String] = match (&self.cfg.columns, &header) {
+                        (Some(c), _) => c,
+                        (None, Some(h)) => h,
+                        (None, None) => &[],
+                    };
+                    let row = CsvRow {
+                        columns,
+                        fields: &fields,
+                    };
+                    let result = self
+                        .cfg
+                        .rows
+                        .convert(&row, || unreachable!("csv sources have a map"));
+                    let raw = fields.join(&(self.cfg.delimiter as char).to_string());
+                    step.push(
+                        cur.cur.key_space(cur.id),
+                        at,
+                        origin(item.newlines_before),
+                        result,
+                        &raw,
+                    );
+                }
+                step.consumed = consumed;
+            }
+        }
+        step.newlines = buf[..step.consumed].iter().filter(|b| **b == b'\n').count() as u64;
+        step
+    }
+
+    /// Runs queue_log lines through the tracker; returns the tracker's cursor to commit with
+    /// what they gave.
+    pub(super) fn apply_queue_log(
+        &mut self,
+        lines: Vec<(String, String)>,
+        records: &mut Vec<NewRecord>,
+        changes: &mut Vec<ChangeRead>,
+        parked: &mut Vec<Parked>,
+    ) -> (i64, String) {
+        let cfg = self.cfg.queue_log.as_ref().expect("queue_log configured");
+        let (id, tracker) = self.tracker.as_mut().expect("tracker loaded");
+        crate::sources::queue_log::apply(
+            cfg,
+            self.cfg.rows.states.as_ref(),
+            tracker,
+            lines,
+            records,
+            changes,
+            parked,
+        );
+        (*id, serde_json::to_string(tracker).expect("serializes"))
+    }
+}
+
+/// Where a position in the parsed text lies in the file.
+pub(super) struct Positions<'a> {
+    /// The file offset of the text's first byte.
+    base: u64,
+    /// For UTF-16 input, the way back from the UTF-8 text to the file's bytes.
+    map: Option<&'a parse::Transcoded>,
+}
+
+impl Positions<'_> {
+    fn at(&self, pos: usize) -> u64 {
+        self.base + self.map.map_or(pos, |t| t.input_offset(pos)) as u64
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Step {
+    records: Vec<NewRecord>,
+    parked: Vec<Parked>,
+    skipped: u64,
+    consumed: usize,
+    newlines: u64,
+    header: Option<Vec<String>>,
+    /// Rows may give many records (`expand`): positions then leave room for them.
+    expands: bool,
+    /// The buffer held more rows than one commit takes; the rest is read again next.
+    cut_short: bool,
+    /// Agent state changes, in order (`emits = "agent_states"`).
+    changes: Vec<ChangeRead>,
+    /// queue_log lines (origin, line), in order.
+    queue_log: Vec<(String, String)>,
+}
+
+/// The most rows one commit takes: bounds memory for files of short rows.
+pub(super) const ROWS_PER_COMMIT: usize = 16_384;
+
+impl Step {
+    /// Keeps the first [`ROWS_PER_COMMIT`] items; returns where the first one left out starts.
+    fn limit<T>(&mut self, items: &mut Vec<parse::Item<T>>) -> Option<usize> {
+        let next = items.get(ROWS_PER_COMMIT)?.start;
+        items.truncate(ROWS_PER_COMMIT);
+        self.cut_short = true;
+        Some(next)
+    }
+
+    /// Parks a row longer than `max_line` (its first 4 KiB kept); `true` if it was.
+    fn too_long<T>(
+        &mut self,
+        item: &parse::Item<T>,
+        pos: &Positions<'_>,
+        max_line: usize,
+        origin: &str,
+        buf: &[u8],
+    ) -> bool {
+        let length = pos.at(item.end) - pos.at(item.start);
+        if length <= max_line as u64 {
+            return false;
+        }
+        let kept = &buf[item.start..item.end.min(item.start + LONG_LINE_KEPT)];
+        self.parked.push(Parked {
+            origin: origin.to_owned(),
+            reason: long_line_reason(length, max_line, kept.len()),
+            raw: String::from_utf8_lossy(kept).into_owned(),
+        });
+        true
+    }
+
+    /// Adds what the row at file offset `offset` became.
+    fn push(&mut self, cursor: i64, offset: u64, origin: String, outcome: RowOutcome, raw: &str) {
+        match outcome {
+            Ok(None) => self.skipped += 1,
+            Ok(Some(RowOut::Change(change))) => self.changes.push(ChangeRead {
+                change,
+                origin,
+                raw: crate::push::classify::truncate(raw, 4096),
+            }),
+            Ok(Some(RowOut::Records(records, key))) => {
+                for (piece, payload) in records.into_iter().enumerate() {
+                    let dkey = match &key {
+                        Some(key) => natural_key(key, piece as u32),
+                        None if self.expands => dedupe_key(cursor, (offset << 16) | piece as u64),
+                        None => dedupe_key(cursor, offset),
+                    };
+                    self.records.push(NewRecord {
+                        dkey,
+                        payload,
+                        origin: origin.clone(),
+                    });
+                }
+            }
+            Err(reason) => self.parked.push(Parked {
+                origin,
+                reason,
+                raw: crate::push::classify::truncate(raw, 4096),
+            }),
+        }
+    }
+}
+
+pub(super) struct CsvRow<'a> {
+    columns: &'a [String],
+    fields: &'a [String],
+}
+
+impl Row for CsvRow<'_> {
+    fn get(&self, column: &str) -> Option<Cow<'_, str>> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.fields.get(i).map(|f| Cow::Borrowed(f.as_str()))
+    }
+}
