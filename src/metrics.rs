@@ -1,15 +1,27 @@
-//! Counters the daemon keeps while it runs, and their Prometheus text rendering.
+//! Counters the daemon keeps while it runs, and their Prometheus exposition.
 //!
 //! Lanes and sources each get their own `Arc` of counters at start-up (the set is fixed by the
 //! configuration) and bump atomics; nothing here blocks or allocates on the hot path except
-//! the per-status answer map. Figures that live in the outbox (pending depth, oldest pending)
-//! are read when scraped and passed to [`render`].
+//! the per-status answer map and the latency histogram's lock. Figures that live in the outbox
+//! (pending depth, oldest pending) are read when scraped and passed to [`render`], which
+//! writes every family through `prometheus-client` (names, label escaping, HELP and TYPE
+//! lines, histogram buckets as the text format wants them).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 
 use crate::stale::StalePolicy;
 use crate::types::{LaneKey, SourceName};
@@ -55,8 +67,7 @@ pub struct LaneMetrics {
     /// for work or for a retry. The watchdog looks at it.
     pub busy_since_ms: AtomicI64,
     answers: Mutex<BTreeMap<u16, u64>>,
-    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    latency_sum_us: AtomicU64,
+    latency: Histogram,
 }
 
 impl LaneMetrics {
@@ -72,8 +83,7 @@ impl LaneMetrics {
             pause_reason: Mutex::new(None),
             busy_since_ms: AtomicI64::new(0),
             answers: Mutex::new(BTreeMap::new()),
-            latency: Default::default(),
-            latency_sum_us: AtomicU64::new(0),
+            latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
 
@@ -85,14 +95,7 @@ impl LaneMetrics {
             .expect("answers")
             .entry(status)
             .or_default() += 1;
-        let secs = took.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.latency[bucket].fetch_add(1, Relaxed);
-        self.latency_sum_us
-            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.latency.observe(took.as_secs_f64());
     }
 
     pub fn set_paused(&self, reason: Option<String>) {
@@ -157,20 +160,16 @@ impl SourceMetrics {
 /// where the previous configuration left off (Prometheus counters only go up).
 #[derive(Debug, Default)]
 pub struct Counters {
-    sources: Mutex<std::collections::HashMap<SourceName, std::sync::Arc<SourceMetrics>>>,
-    lanes: Mutex<std::collections::HashMap<LaneKey, std::sync::Arc<LaneMetrics>>>,
+    sources: Mutex<std::collections::HashMap<SourceName, Arc<SourceMetrics>>>,
+    lanes: Mutex<std::collections::HashMap<LaneKey, Arc<LaneMetrics>>>,
 }
 
 impl Counters {
     /// The counters of source `name`, made at its first start, with `stale` as configured now.
-    pub fn source(
-        &self,
-        name: &SourceName,
-        stale: Option<StalePolicy>,
-    ) -> std::sync::Arc<SourceMetrics> {
+    pub fn source(&self, name: &SourceName, stale: Option<StalePolicy>) -> Arc<SourceMetrics> {
         let mut sources = self.sources.lock().expect("counters");
         let m = sources.entry(name.clone()).or_insert_with(|| {
-            std::sync::Arc::new(SourceMetrics::new(
+            Arc::new(SourceMetrics::new(
                 name.clone(),
                 None,
                 crate::outbox::now_ms(),
@@ -181,11 +180,11 @@ impl Counters {
     }
 
     /// The counters of lane `key`, made at its first start; a lane starts unpaused.
-    pub fn lane(&self, key: &LaneKey) -> std::sync::Arc<LaneMetrics> {
+    pub fn lane(&self, key: &LaneKey) -> Arc<LaneMetrics> {
         let mut lanes = self.lanes.lock().expect("counters");
         let m = lanes
             .entry(key.clone())
-            .or_insert_with(|| std::sync::Arc::new(LaneMetrics::new(key.clone())));
+            .or_insert_with(|| Arc::new(LaneMetrics::new(key.clone())));
         m.set_paused(None);
         m.clone()
     }
@@ -198,235 +197,224 @@ pub struct Depth {
     pub oldest_pending_ms: Option<i64>,
 }
 
-fn lane_labels(k: &LaneKey) -> String {
-    format!(
-        "endpoint=\"{}\",integration_id=\"{}\",external_system=\"{}\"",
-        k.emits.as_str(),
-        k.integration_id,
-        escape(k.external_system.as_deref().unwrap_or(""))
-    )
-}
+/// The `Content-Type` of [`render`]'s text.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Writes one metric family: its help, its type, and a sample per `(labels, value)`.
-fn family<V: std::fmt::Display>(
-    o: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, V)>,
-) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(o, "{name}{{{labels}}} {value}");
-    }
-}
-
-/// The Prometheus text exposition (format 0.0.4).
+/// The Prometheus text exposition (format 0.0.4) of the counters as they are now, with the
+/// outbox's figures read for this scrape.
 pub fn render(
-    sources: &[std::sync::Arc<SourceMetrics>],
-    lanes: &[(std::sync::Arc<LaneMetrics>, Depth)],
+    sources: &[Arc<SourceMetrics>],
+    lanes: &[(Arc<LaneMetrics>, Depth)],
     now_ms: i64,
 ) -> String {
-    let mut o = String::from(
-        "# HELP injixo_sync_up 1 while the daemon runs.\n# TYPE injixo_sync_up gauge\ninjixo_sync_up 1\n",
-    );
-    let source = |s: &SourceMetrics| format!("source=\"{}\"", escape(s.name.as_str()));
-    type SourceValue = fn(&SourceMetrics, i64) -> f64;
-    let per_source: [(&str, &str, &str, SourceValue); 7] = [
-        (
-            "injixo_sync_source_read_bytes_total",
-            "counter",
-            "Input bytes a source committed past.",
-            |s, _| s.bytes.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_source_records_total",
-            "counter",
-            "Records a source committed to the outbox.",
-            |s, _| s.records.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_source_duplicates_total",
-            "counter",
-            "Records read again and recognised by their dedupe key.",
-            |s, _| s.duplicates.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_source_parked_total",
-            "counter",
-            "Input lines that could not become records.",
-            |s, _| s.parked.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_source_skipped_total",
-            "counter",
-            "Input rows left out on purpose by skip_if.",
-            |s, _| s.skipped.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_source_lag_bytes",
-            "gauge",
-            "Bytes in the files a source tails beyond its cursors.",
-            |s, _| s.lag_bytes.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_source_last_activity_timestamp_seconds",
-            "gauge",
-            "When a source last committed.",
-            |s, _| s.last_activity_ms.load(Relaxed) as f64 / 1000.0,
-        ),
-    ];
-    for (name, kind, help, value) in per_source {
-        family(
-            &mut o,
-            name,
-            kind,
-            help,
-            sources.iter().map(|s| (source(s), value(s, now_ms))),
-        );
-    }
-    family(
-        &mut o,
-        "injixo_sync_source_stale",
-        "gauge",
-        "1 while a source with stale_after has read nothing for that long.",
-        sources
-            .iter()
-            .filter(|s| s.watched())
-            .map(|s| (source(s), u8::from(s.stale_verdict(now_ms).is_some()))),
-    );
-    family(
-        &mut o,
-        "injixo_sync_source_problems",
-        "gauge",
-        "What a source cannot do right now (a folder gone, a file it may not read, a database \
-         that does not answer): `status` and /readyz say what.",
-        sources.iter().map(|s| (source(s), s.problems().len())),
-    );
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        sources: sources.to_vec(),
+        lanes: lanes.to_vec(),
+        now_ms,
+    }));
+    let mut text = String::new();
+    prometheus_text::encode(&mut text, &registry).expect("a String takes any text");
+    text
+}
 
-    type LaneValue = fn(&LaneMetrics, &Depth, i64) -> f64;
-    let per_lane: [(&str, &str, &str, LaneValue); 8] = [
-        (
-            "injixo_sync_lane_sent_total",
-            "counter",
-            "Records the API accepted.",
-            |l, _, _| l.sent.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_lane_dead_total",
-            "counter",
-            "Records the API refused (dead letters).",
-            |l, _, _| l.dead.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_lane_retries_total",
-            "counter",
-            "Attempts repeated after a transient failure.",
-            |l, _, _| l.retries.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_lane_unknown_outcome_retries_total",
-            "counter",
-            "Retries of a batch whose previous attempt got no answer (may duplicate).",
-            |l, _, _| l.unknown_outcome.load(Relaxed) as f64,
-        ),
-        (
-            "injixo_sync_lane_pending_records",
-            "gauge",
-            "Records waiting in the outbox, counted up to 1,000,000 per lane.",
-            |_, d, _| d.pending as f64,
-        ),
-        (
-            "injixo_sync_lane_oldest_pending_age_seconds",
-            "gauge",
-            "Age of the oldest waiting record (0 when none).",
-            |_, d, now| {
-                d.oldest_pending_ms
-                    .map(|t| (now - t).max(0) as f64 / 1000.0)
-                    .unwrap_or(0.0)
-            },
-        ),
-        (
-            "injixo_sync_lane_last_success_timestamp_seconds",
-            "gauge",
-            "When the API last accepted a batch (0 never).",
-            |l, _, _| l.last_success_ms.load(Relaxed) as f64 / 1000.0,
-        ),
-        (
-            "injixo_sync_lane_paused",
-            "gauge",
-            "1 while the API refuses the key or configuration (401/403/404).",
-            |l, _, _| f64::from(u8::from(l.paused.load(Relaxed))),
-        ),
-    ];
-    for (name, kind, help, value) in per_lane {
-        family(
-            &mut o,
-            name,
-            kind,
-            help,
-            lanes
+/// One scrape: every family is written from the counters and depths it holds.
+#[derive(Debug)]
+struct Scrape {
+    sources: Vec<Arc<SourceMetrics>>,
+    lanes: Vec<(Arc<LaneMetrics>, Depth)>,
+    now_ms: i64,
+}
+
+/// Writes one metric family: its HELP and TYPE lines, and a sample per `(labels, metric)`.
+/// `name` is the name exposed; the encoder appends a counter's `_total` itself, so it is
+/// taken off here.
+fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let name = match M::TYPE {
+        MetricType::Counter => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
+    let mut family = e.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn lane_labels(k: &LaneKey) -> [(&'static str, String); 3] {
+    let external_system = k.external_system.clone().unwrap_or_default();
+    [
+        ("endpoint", k.emits.as_str().to_owned()),
+        ("integration_id", k.integration_id.to_string()),
+        ("external_system", external_system),
+    ]
+}
+
+fn counter(n: &AtomicU64) -> ConstCounter {
+    ConstCounter::new(n.load(Relaxed))
+}
+
+/// Seconds since the Unix epoch, from milliseconds.
+fn seconds(ms: i64) -> ConstGauge<f64> {
+    ConstGauge::new(ms as f64 / 1000.0)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let e = &mut e;
+        let now = self.now_ms;
+        let up: [([(&str, &str); 0], _); 1] = [([], ConstGauge::new(1))];
+        family(e, "injixo_sync_up", "1 while the daemon runs.", up)?;
+
+        let sources = || {
+            self.sources
                 .iter()
-                .map(|(l, d)| (lane_labels(&l.key), value(l, d, now_ms))),
-        );
+                .map(|s| ([("source", s.name.as_str())], &**s))
+        };
+        family(
+            e,
+            "injixo_sync_source_read_bytes_total",
+            "Input bytes a source committed past.",
+            sources().map(|(l, s)| (l, counter(&s.bytes))),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_records_total",
+            "Records a source committed to the outbox.",
+            sources().map(|(l, s)| (l, counter(&s.records))),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_duplicates_total",
+            "Records read again and recognised by their dedupe key.",
+            sources().map(|(l, s)| (l, counter(&s.duplicates))),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_parked_total",
+            "Input lines that could not become records.",
+            sources().map(|(l, s)| (l, counter(&s.parked))),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_skipped_total",
+            "Input rows left out on purpose by skip_if.",
+            sources().map(|(l, s)| (l, counter(&s.skipped))),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_lag_bytes",
+            "Bytes in the files a source tails beyond its cursors.",
+            sources().map(|(l, s)| (l, ConstGauge::new(s.lag_bytes.load(Relaxed)))),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_last_activity_timestamp_seconds",
+            "When a source last committed.",
+            sources().map(|(l, s)| (l, seconds(s.last_activity_ms.load(Relaxed)))),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_stale",
+            "1 while a source with stale_after has read nothing for that long.",
+            sources().filter(|(_, s)| s.watched()).map(|(l, s)| {
+                let stale = s.stale_verdict(now).is_some();
+                (l, ConstGauge::new(i64::from(stale)))
+            }),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_problems",
+            "What a source cannot do right now (a folder gone, a file it may not read, a database \
+             that does not answer): `status` and /readyz say what.",
+            sources().map(|(l, s)| (l, ConstGauge::new(s.problems().len() as i64))),
+        )?;
+
+        let lanes = || {
+            self.lanes
+                .iter()
+                .map(|(l, d)| (lane_labels(&l.key), &**l, d))
+        };
+        family(
+            e,
+            "injixo_sync_lane_sent_total",
+            "Records the API accepted.",
+            lanes().map(|(k, l, _)| (k, counter(&l.sent))),
+        )?;
+        family(
+            e,
+            "injixo_sync_lane_dead_total",
+            "Records the API refused (dead letters).",
+            lanes().map(|(k, l, _)| (k, counter(&l.dead))),
+        )?;
+        family(
+            e,
+            "injixo_sync_lane_retries_total",
+            "Attempts repeated after a transient failure.",
+            lanes().map(|(k, l, _)| (k, counter(&l.retries))),
+        )?;
+        family(
+            e,
+            "injixo_sync_lane_unknown_outcome_retries_total",
+            "Retries of a batch whose previous attempt got no answer (may duplicate).",
+            lanes().map(|(k, l, _)| (k, counter(&l.unknown_outcome))),
+        )?;
+        family(
+            e,
+            "injixo_sync_lane_pending_records",
+            "Records waiting in the outbox, counted up to 1,000,000 per lane.",
+            lanes().map(|(k, _, d)| (k, ConstGauge::new(d.pending))),
+        )?;
+        family(
+            e,
+            "injixo_sync_lane_oldest_pending_age_seconds",
+            "Age of the oldest waiting record (0 when none).",
+            lanes().map(|(k, _, d)| {
+                let age = d.oldest_pending_ms.map_or(0, |t| (now - t).max(0));
+                (k, seconds(age))
+            }),
+        )?;
+        family(
+            e,
+            "injixo_sync_lane_last_success_timestamp_seconds",
+            "When the API last accepted a batch (0 never).",
+            lanes().map(|(k, l, _)| (k, seconds(l.last_success_ms.load(Relaxed)))),
+        )?;
+        family(
+            e,
+            "injixo_sync_lane_paused",
+            "1 while the API refuses the key or configuration (401/403/404).",
+            lanes().map(|(k, l, _)| (k, ConstGauge::new(i64::from(l.paused.load(Relaxed))))),
+        )?;
+        family(
+            e,
+            "injixo_sync_http_responses_total",
+            "Answers from the API by status (0: no answer).",
+            lanes().flat_map(|(k, l, _)| {
+                let answers = l.answers.lock().expect("answers").clone();
+                answers.into_iter().map(move |(status, n)| {
+                    ((k.clone(), [("status", status)]), ConstCounter::new(n))
+                })
+            }),
+        )?;
+        family(
+            e,
+            "injixo_sync_batch_duration_seconds",
+            "Time of one request to the API.",
+            lanes().map(|(k, l, _)| (k, l.latency.clone())),
+        )
     }
-    family(
-        &mut o,
-        "injixo_sync_http_responses_total",
-        "counter",
-        "Answers from the API by status (0: no answer).",
-        lanes.iter().flat_map(|(l, _)| {
-            let labels = lane_labels(&l.key);
-            let answers = l.answers.lock().expect("answers").clone();
-            answers
-                .into_iter()
-                .map(move |(status, n)| (format!("{labels},status=\"{status}\""), n))
-        }),
-    );
-    let mut histogram = Vec::new();
-    for (l, _) in lanes {
-        let labels = lane_labels(&l.key);
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += l.latency[i].load(Relaxed);
-            histogram.push((
-                format!("_bucket{{{labels},le=\"{bound}\"}}"),
-                cumulative as f64,
-            ));
-        }
-        cumulative += l.latency[LATENCY_BUCKETS.len()].load(Relaxed);
-        histogram.push((
-            format!("_bucket{{{labels},le=\"+Inf\"}}"),
-            cumulative as f64,
-        ));
-        histogram.push((
-            format!("_sum{{{labels}}}"),
-            l.latency_sum_us.load(Relaxed) as f64 / 1e6,
-        ));
-        histogram.push((format!("_count{{{labels}}}"), cumulative as f64));
-    }
-    let name = "injixo_sync_batch_duration_seconds";
-    let _ = writeln!(
-        o,
-        "# HELP {name} Time of one request to the API.\n# TYPE {name} histogram"
-    );
-    for (suffix, value) in histogram {
-        let _ = writeln!(o, "{name}{suffix} {value}");
-    }
-    o
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::types::Emits;
-    use std::sync::Arc;
 
     #[test]
     fn the_exposition_has_help_type_and_labelled_samples() {
@@ -458,13 +446,15 @@ mod tests {
         let labels =
             r#"endpoint="agent_statuses",integration_id="8431",external_system="My \"ACD\"""#;
         for line in [
+            "injixo_sync_up 1".to_owned(),
             "# TYPE injixo_sync_lane_sent_total counter".to_owned(),
             format!("injixo_sync_lane_sent_total{{{labels}}} 499"),
             format!("injixo_sync_lane_pending_records{{{labels}}} 3"),
-            format!("injixo_sync_lane_oldest_pending_age_seconds{{{labels}}} 10"),
+            format!("injixo_sync_lane_oldest_pending_age_seconds{{{labels}}} 10.0"),
             format!("injixo_sync_http_responses_total{{{labels},status=\"503\"}} 1"),
             format!("injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"0.05\"}} 1"),
             format!("injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 2"),
+            format!("injixo_sync_batch_duration_seconds_count{{{labels}}} 2"),
             "injixo_sync_source_records_total{source=\"acd\"} 500".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");

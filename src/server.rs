@@ -250,7 +250,7 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
                 .collect();
             reply(
                 StatusCode::OK,
-                "text/plain; version=0.0.4",
+                metrics::CONTENT_TYPE,
                 metrics::render(&o.sources, &lanes, now_ms()),
             )
         }

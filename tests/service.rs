@@ -59,6 +59,44 @@ async fn the_daemon_speaks_sd_notify_ready_status_watchdog_and_stopping() {
     assert!(out.status.success());
 }
 
+/// systemd may name its socket in Linux's abstract namespace (`@name`): READY=1 and
+/// STOPPING=1 reach it too.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_an_abstract_notify_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    let name = format!("injixo-sync-test-{}-{}", std::process::id(), free_port());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+    let socket = UnixDatagram::bind_addr(&addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
+    let child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+        .args(["--config", env.config_file.to_str().unwrap(), "run"])
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .env_remove("WATCHDOG_USEC")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages: Vec<String> = Vec::new();
+    read(&socket, &mut messages, &|m| {
+        m.iter().any(|s| s.starts_with("READY=1"))
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    read(&socket, &mut messages, &|m| {
+        m.iter().any(|s| s.starts_with("STOPPING=1"))
+    });
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
 /// Receives notifications into `messages` until `until` holds.
 fn read(socket: &UnixDatagram, messages: &mut Vec<String>, until: &dyn Fn(&[String]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -97,6 +97,8 @@ impl Notifier {
     }
 }
 
+/// The notify socket's address: a path, or `@name` in the abstract namespace (which the
+/// `sd-notify` crate, 0.5, takes for a relative path; see ARCHITECTURE.md).
 #[cfg(unix)]
 fn socket_addr(raw: &str) -> Option<std::os::unix::net::SocketAddr> {
     if let Some(name) = raw.strip_prefix('@') {
