@@ -190,7 +190,7 @@ fn reachability(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Vec<Str
     let mut ok = Vec::new();
     for lane in config.lanes() {
         let id = lane.integration_id;
-        let said = |body: &str| crate::push::classify::truncate(body.trim(), 200);
+        let said = |body: &str| crate::text::truncate(body.trim(), 200);
         match rt.block_on(client.probe(&lane)) {
             Attempt::Answered { status, .. } if (200..300).contains(&status) => ok.push(format!(
                 "API {url}: an empty test batch for {lane} was accepted (HTTP {status}): the \

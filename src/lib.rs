@@ -22,6 +22,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod encoding;
 pub mod fake_api;
 pub mod import;
 pub mod logging;
@@ -36,6 +37,8 @@ pub mod service;
 pub mod sources;
 pub mod stale;
 pub mod status;
+pub mod text;
 pub mod types;
+pub mod web;
 
 pub use app::run;

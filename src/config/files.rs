@@ -9,7 +9,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use super::problems::{Seg, Validator};
 use super::raw::RawSource;
 use super::{QueueLogConfig, RowRules, SourceKind};
-use crate::sources::parse::{Charset, Endian};
+use crate::encoding::{Charset, Endian};
 use crate::types::Emits;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

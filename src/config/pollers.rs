@@ -181,7 +181,7 @@ impl Validator<'_> {
         let zone = self.zone(i, label, raw.timezone.as_deref());
         let when = match (&raw.schedule, &raw.every) {
             (Some(expr), None) => {
-                if let Err(e) = crate::sources::schedule::parse_cron(expr) {
+                if let Err(e) = parse_cron(expr) {
                     self.problem(&at("schedule"), &format!("{label}.schedule"), e);
                     return None;
                 }
@@ -457,4 +457,20 @@ impl Validator<'_> {
             rows,
         }))
     }
+}
+
+/// Parses a cron expression with seconds (`sec min hour day-of-month month day-of-week`).
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    use croner::parser::{CronParser, Seconds};
+    CronParser::builder()
+        .seconds(Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .map_err(|e| {
+            format!(
+                "{expr:?} is not a cron schedule with seconds, such as \"0 */5 * * * *\" \
+                 (every five minutes) or \"0 0 6 * * Mon-Fri\": {e}"
+            )
+        })
 }

@@ -112,20 +112,8 @@ fn excerpt(body: &str) -> String {
     if body.is_empty() {
         String::new()
     } else {
-        format!(" ({})", truncate(body, 300))
+        format!(" ({})", crate::text::truncate(body, 300))
     }
-}
-
-/// Cuts text at a character boundary, marking the cut.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Exponential backoff with full jitter: attempt `n` (from 0) waits a uniformly random time in
@@ -171,17 +159,6 @@ impl Backoff {
     pub fn ceiling(&self) -> Duration {
         self.current
     }
-}
-
-/// Reads `Retry-After`: delta-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
-    let delta = when.duration_since(now);
-    Some(Duration::try_from(delta).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -291,25 +268,5 @@ mod tests {
             b.next_delay(Some(Duration::from_secs(86_400)), 1.0),
             RETRY_AFTER_CAP
         );
-    }
-
-    #[test]
-    fn retry_after_in_seconds_or_as_a_date() {
-        let now: jiff::Timestamp = "2024-05-01T10:00:00Z".parse().unwrap();
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 01 May 2024 10:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    #[test]
-    fn truncation_respects_character_boundaries() {
-        assert_eq!(truncate("äöü", 3), "ä…");
-        assert_eq!(truncate("abc", 3), "abc");
     }
 }

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
-use super::classify::{Attempt, parse_retry_after, truncate};
+use super::classify::Attempt;
 use crate::config::{ApiConfig, TokenSource};
+use crate::text::truncate;
 use crate::types::{LaneKey, Secret};
+use crate::web::{describe, parse_retry_after};
 
 /// Sends batches; holds the API key and re-reads it when the API refuses it.
 pub struct ApiClient {
@@ -151,27 +153,6 @@ pub fn body(meta_json: &str, records: &[(i64, String)]) -> String {
     out.push_str(meta_json);
     out.push('}');
     out
-}
-
-/// An error and its causes on one line, without the URL (`api.url` may hold user info; the key
-/// itself travels only in the `Authorization` header, which is marked sensitive).
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = if e.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        e.to_string()
-    };
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@ use tracing::{debug, info, warn};
 use super::poll::{Poll, PollError, Sink};
 use super::{Source, SourceContext};
 use crate::config::{HttpAuth, HttpConfig, HttpCursor, Pagination};
-use crate::push::classify::{parse_retry_after, truncate};
+use crate::text::{excerpt, truncate};
 use crate::types::Secret;
+use crate::web::{describe, parse_retry_after};
 
 /// The largest response body read.
 const MAX_RESPONSE: usize = 64 << 20;
@@ -239,7 +240,7 @@ impl HttpPoller {
             req = self.authorize(req).await?;
             let wait = match req.send().await {
                 Err(e) => {
-                    let why = format!("{}: {}", redact(url), error_chain(&e.without_url()));
+                    let why = format!("{}: {}", redact(url), describe(e));
                     if attempt >= ATTEMPTS {
                         return Err(PollError::Remote(why));
                     }
@@ -360,11 +361,7 @@ impl HttpPoller {
             .send()
             .await
             .map_err(|e| {
-                PollError::Remote(format!(
-                    "token_url {}: {}",
-                    redact(token_url),
-                    error_chain(&e.without_url())
-                ))
+                PollError::Remote(format!("token_url {}: {}", redact(token_url), describe(e)))
             })?;
         let status = resp.status();
         let bytes = read_limited(resp)
@@ -408,11 +405,7 @@ fn bearer(token: &Secret) -> Result<HeaderValue, PollError> {
 /// A body, up to [`MAX_RESPONSE`] bytes.
 async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| error_chain(&e.without_url()))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(describe)? {
         if out.len() + chunk.len() > MAX_RESPONSE {
             return Err(format!(
                 "the answer is larger than {} MiB",
@@ -519,21 +512,6 @@ pub fn link_next(headers: &HeaderMap) -> Option<String> {
 /// A URL for messages: without its password and query values (either may hold a secret).
 fn redact(url: &reqwest::Url) -> String {
     crate::redact::url(url)
-}
-
-fn excerpt(bytes: &[u8]) -> String {
-    truncate(String::from_utf8_lossy(bytes).trim(), 300)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub fn apply(
         let park = |reason: String| Parked {
             origin: origin.clone(),
             reason,
-            raw: crate::push::classify::truncate(&line, 4096),
+            raw: crate::text::truncate(&line, 4096),
         };
         if let (Some(call), None) = (out.call, states) {
             let (identifier, name) = cfg.queue(&call.queue);
@@ -88,7 +88,7 @@ pub fn apply(
                     Ok(()) => changes.push(ChangeRead {
                         change,
                         origin: origin.clone(),
-                        raw: crate::push::classify::truncate(&line, 4096),
+                        raw: crate::text::truncate(&line, 4096),
                     }),
                     Err(e) => parked.push(park(e)),
                 }

@@ -395,12 +395,12 @@ pub fn convert_objects(
             Ok(Some(RowOut::Change(change))) => out.changes.push(ChangeRead {
                 change,
                 origin,
-                raw: crate::push::classify::truncate(&text(), 4096),
+                raw: crate::text::truncate(&text(), 4096),
             }),
             Err(reason) => out.parked.push(Parked {
                 origin,
                 reason,
-                raw: crate::push::classify::truncate(&text(), 4096),
+                raw: crate::text::truncate(&text(), 4096),
             }),
         }
     }

@@ -16,28 +16,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use croner::Cron;
-use croner::parser::{CronParser, Seconds};
 use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tracing::{debug, warn};
 
-use crate::config::{Schedule, When};
-
-/// Parses a cron expression with seconds (`sec min hour day-of-month month day-of-week`).
-pub fn parse_cron(expr: &str) -> Result<Cron, String> {
-    CronParser::builder()
-        .seconds(Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(expr)
-        .map_err(|e| {
-            format!(
-                "{expr:?} is not a cron schedule with seconds, such as \"0 */5 * * * *\" \
-                 (every five minutes) or \"0 0 6 * * Mon-Fri\": {e}"
-            )
-        })
-}
+use crate::config::{Schedule, When, parse_cron};
 
 /// The zone's offset at `at`, as chrono wants it.
 fn offset(zone: &jiff::tz::TimeZone, at: jiff::Timestamp) -> FixedOffset {

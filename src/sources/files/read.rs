@@ -583,7 +583,7 @@ impl Step {
             Ok(Some(RowOut::Change(change))) => self.changes.push(ChangeRead {
                 change,
                 origin,
-                raw: crate::push::classify::truncate(raw, 4096),
+                raw: crate::text::truncate(raw, 4096),
             }),
             Ok(Some(RowOut::Records(records, key))) => {
                 for (piece, payload) in records.into_iter().enumerate() {
@@ -602,7 +602,7 @@ impl Step {
             Err(reason) => self.parked.push(Parked {
                 origin,
                 reason,
-                raw: crate::push::classify::truncate(raw, 4096),
+                raw: crate::text::truncate(raw, 4096),
             }),
         }
     }
