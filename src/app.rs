@@ -24,8 +24,14 @@ use crate::sources::{self, SourceContext};
 pub enum RunError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// This configuration cannot start: a secret it cannot read, a source or the API client it
+    /// cannot build, a listen address that is taken. A reload that fails so goes back to the
+    /// configuration that ran before.
     #[error("{0}")]
-    Setup(String),
+    Config(String),
+    /// The process cannot go on: the async runtime or a thread could not start.
+    #[error("{0}")]
+    Internal(String),
     /// A generation did not stop within its deadline: something still runs (a blocking
     /// database call, say) and might write beside a next generation, so the process ends
     /// instead and the service manager starts it again.
@@ -79,7 +85,7 @@ pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunErro
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| RunError::Setup(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| RunError::Internal(format!("cannot start the async runtime: {e}")))?;
     let result = runtime.block_on(generations(config, kept, stop));
     if result.is_err() {
         // A thread that would not stop must not keep the process alive.
@@ -114,7 +120,7 @@ async fn generations(config: Config, kept: Kept, stop: CancellationToken) -> Res
                 previous = old;
                 socket
             }
-            (Err(RunError::Setup(e)), Some(old)) => {
+            (Err(RunError::Config(e)), Some(old)) => {
                 error!(
                     "the reloaded configuration cannot start ({e}); going back to the previous one"
                 );
@@ -129,7 +135,7 @@ async fn generations(config: Config, kept: Kept, stop: CancellationToken) -> Res
         let next = loop {
             tokio::select! {
                 done = &mut running => match (done, previous.take()) {
-                    (Err(RunError::Setup(e)), Some(old)) => {
+                    (Err(RunError::Config(e)), Some(old)) => {
                         error!("the reloaded configuration cannot start ({e}); going back to the previous one");
                         break Next::Fallback(prepare(old)?);
                     }
@@ -236,7 +242,7 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     // sources read them again when they connect (a rotated password is picked up).
     for s in &config.sources {
         for secret in s.kind.secrets() {
-            secret.load().map_err(RunError::Setup)?;
+            secret.load().map_err(RunError::Config)?;
         }
     }
     let mut hooks = Vec::new();
@@ -245,10 +251,10 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
         .iter()
         .map(|s| {
             sources::build(s, &mut hooks)
-                .map_err(|e| RunError::Setup(format!("source {:?}: {e}", s.name.as_str())))
+                .map_err(|e| RunError::Config(format!("source {:?}: {e}", s.name.as_str())))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let client = Arc::new(ApiClient::new(&config.api).map_err(RunError::Setup)?);
+    let client = Arc::new(ApiClient::new(&config.api).map_err(RunError::Config)?);
     Ok(Prepared {
         config,
         built,
@@ -280,7 +286,7 @@ impl Listening {
                 let socket = Arc::new(
                     server::bind(listen.address)
                         .await
-                        .map_err(RunError::Setup)?,
+                        .map_err(RunError::Config)?,
                 );
                 self.0 = Some((listen.address, socket.clone()));
                 Ok(Some(socket))
@@ -606,7 +612,7 @@ pub fn import(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| RunError::Setup(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| RunError::Internal(format!("cannot start the async runtime: {e}")))?;
     let (outbox, writer) = Outbox::open(&config.state.path)?;
     let (id, lane) = runtime.block_on(async {
         Ok::<_, OutboxError>((
@@ -626,7 +632,7 @@ pub fn import(
     let reader = std::thread::Builder::new()
         .name("import".into())
         .spawn(move || crate::sources::files::FilesSource::new(files).run_once(&ctx))
-        .map_err(|e| RunError::Setup(format!("cannot start the import thread: {e}")))?;
+        .map_err(|e| RunError::Internal(format!("cannot start the import thread: {e}")))?;
     // A running daemon delivers what is imported: it is told within a second of new records.
     let mut told = 0;
     let mut tell = |metrics: &SourceMetrics| {
@@ -654,7 +660,7 @@ pub fn import(
     tell(&metrics);
     let result = reader
         .join()
-        .map_err(|_| RunError::Setup("the import thread panicked".into()))?;
+        .map_err(|_| RunError::Internal("the import thread panicked".into()))?;
     drop(outbox);
     let _ = writer.join();
     result?;

@@ -64,11 +64,13 @@ use crate::types::{LaneKey, SourceName};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OutboxError {
     #[error("state file {path}: {message}", path = path.display())]
-    Sqlite {
-        path: PathBuf,
-        message: String,
-        disk_full: bool,
-    },
+    Sqlite { path: PathBuf, message: String },
+    /// The disk the state file is on is full: reading pauses until space is freed.
+    #[error(
+        "state file {path}: the disk is full ({message}); reading is paused until space is freed",
+        path = path.display()
+    )]
+    DiskFull { path: PathBuf, message: String },
     #[error("state file {path}: {message}", path = path.display())]
     Io { path: PathBuf, message: String },
     #[error(
@@ -118,27 +120,20 @@ impl OutboxError {
             }
             _ => {}
         }
-        let disk_full = matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull));
-        let message = if disk_full {
-            format!("the disk is full ({e}); reading is paused until space is freed")
-        } else {
-            e.to_string()
-        };
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return OutboxError::DiskFull {
+                path: path.to_owned(),
+                message: e.to_string(),
+            };
+        }
         OutboxError::Sqlite {
             path: path.to_owned(),
-            message,
-            disk_full,
+            message: e.to_string(),
         }
     }
 
     pub fn is_disk_full(&self) -> bool {
-        matches!(
-            self,
-            OutboxError::Sqlite {
-                disk_full: true,
-                ..
-            }
-        )
+        matches!(self, OutboxError::DiskFull { .. })
     }
 }
 
