@@ -260,6 +260,52 @@ const CASES: &[(&str, &str, &str)] = &[
         "integration_id = \"1234\"",
         "f.toml:10: invalid type: string \"1234\", expected i64",
     ),
+    (
+        "duration = \"talk\"",
+        "duration = { expr = \"seconds(talk) + seconds(hold\" }",
+        "f.toml:23: source[0] \"acd\".map.duration: expression \"seconds(talk) + seconds(hold\" \
+         does not parse at column 30",
+    ),
+    (
+        "duration = \"talk\"",
+        "duration = { expr = \"secs(talk)\" }",
+        "f.toml:23: source[0] \"acd\".map.duration: expression \"secs(talk)\" at column 1 \
+         (`secs()`): there is no function `secs`",
+    ),
+    (
+        "offered = { value = true }",
+        "offered = { expr = \"q_time != 0\" }",
+        "f.toml:21: source[0] \"acd\".map.offered: expression \"q_time != 0\" at column 8 (`!=`): \
+         compares text with a whole number: columns are text",
+    ),
+    (
+        "handled = \"answered\"",
+        "handled = { expr = \"seconds(talk)\" }",
+        "f.toml:22: source[0] \"acd\".map.handled: expression \"seconds(talk)\" gives a number, \
+         and this needs true or false",
+    ),
+    (
+        "handled = \"answered\"",
+        "handled = { column = \"outcome\", values = { AGENT = true, HANG = \"maybe\" } }",
+        "f.toml:16: source[0] \"acd\".map: value for `handled`: values.HANG: \"maybe\" is not a \
+         boolean",
+    ),
+    (
+        "handled = \"answered\"",
+        "handled = { values = { AGENT = true } }",
+        "f.toml:22: source[0] \"acd\".map.handled: `values` looks up a `column` or an `expr`",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nkey = { expr = \"call_id +\" }",
+        "f.toml:15: source[0] \"acd\".key.expr: expression \"call_id +\" does not parse",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nskip_if = { expr = \"queue\" }",
+        "f.toml:15: source[0] \"acd\".skip_if.expr: expression \"queue\" gives text, and this \
+         needs true or false",
+    ),
 ];
 
 #[test]

@@ -86,7 +86,7 @@ pub(super) struct RawSource {
     pub(super) timestamp_format: Option<String>,
     pub(super) timezone: Option<String>,
     pub(super) map: Option<toml::Table>,
-    pub(super) key: Option<String>,
+    pub(super) key: Option<toml::Value>,
     pub(super) skip_if: Option<toml::Table>,
     pub(super) expand: Option<String>,
     pub(super) interval: Option<String>,

@@ -6,8 +6,9 @@ use std::time::Duration;
 use super::SourceKind;
 use super::problems::{Seg, Validator};
 use super::raw::RawSource;
+use crate::normalize::expr::{Expr, Reading, Want};
 use crate::normalize::map::{
-    ApiField, Expand, ExpandDuration, FieldSource, KeyTemplate, Mapping, SkipIf,
+    ApiField, Expand, ExpandDuration, FieldSource, KeyTemplate, Lookup, Mapping, SkipIf,
 };
 use crate::normalize::time::{TimeFormat, TimeParser};
 use crate::types::Emits;
@@ -280,11 +281,55 @@ impl Validator<'_> {
                 "needs a [source.map] naming the interval's columns",
             );
         }
-        let row_key = match raw.key.as_deref().map(KeyTemplate::parse) {
+        let millis = self.one_of(
+            &at("duration_unit"),
+            &key("duration_unit"),
+            raw.duration_unit.as_deref(),
+            false,
+            &[
+                ("s", false),
+                ("seconds", false),
+                ("ms", true),
+                ("milliseconds", true),
+            ],
+        );
+        if raw.duration_unit.is_some() && raw.map.is_none() {
+            self.problem(
+                &at("duration_unit"),
+                &key("duration_unit"),
+                "applies only with a [source.map]",
+            );
+        }
+        let reading = self.reading(i, label, raw, millis);
+        let known = raw.columns.clone();
+        let known = known.as_deref();
+        let row_key = match raw.key.take() {
             None => None,
-            Some(Ok(k)) => Some(k),
-            Some(Err(e)) => {
-                self.problem(&at("key"), &key("key"), e);
+            Some(toml::Value::String(t)) => match KeyTemplate::parse(&t) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.problem(&at("key"), &key("key"), e);
+                    None
+                }
+            },
+            Some(toml::Value::Table(t))
+                if t.len() == 1 && t.get("expr").is_some_and(|e| e.is_str()) =>
+            {
+                let source = t["expr"].as_str().unwrap_or_default();
+                match Expr::compile(source, Want::Text, &reading, known) {
+                    Ok(e) => Some(KeyTemplate::expr(e)),
+                    Err(e) => {
+                        self.problem(&key_path(i, &["key", "expr"]), &key("key.expr"), e);
+                        None
+                    }
+                }
+            }
+            Some(_) => {
+                self.problem(
+                    &at("key"),
+                    &key("key"),
+                    "write a template such as \"{call_id}\", or { expr = \"...\" }",
+                );
                 None
             }
         };
@@ -292,7 +337,21 @@ impl Validator<'_> {
             None => SkipIf::default(),
             Some(table) => {
                 let mut rules = Vec::new();
+                let mut exprs = Vec::new();
                 for (column, v) in table {
+                    if column == "expr"
+                        && let toml::Value::String(source) = &v
+                    {
+                        match Expr::compile(source, Want::Condition, &reading, known) {
+                            Ok(e) => exprs.push(e),
+                            Err(e) => self.problem(
+                                &key_path(i, &["skip_if", "expr"]),
+                                &key("skip_if.expr"),
+                                e,
+                            ),
+                        }
+                        continue;
+                    }
                     let patterns = match v {
                         toml::Value::String(p) => vec![p],
                         toml::Value::Array(a) => a
@@ -310,10 +369,11 @@ impl Validator<'_> {
                     };
                     rules.push((column, patterns));
                 }
-                SkipIf::new(rules).unwrap_or_else(|e| {
+                let skip = SkipIf::new(rules).unwrap_or_else(|e| {
                     self.problem(&at("skip_if"), &key("skip_if"), e);
                     SkipIf::default()
-                })
+                });
+                exprs.into_iter().fold(skip, SkipIf::with_expr)
             }
         };
         let states = if raw.emits.as_deref() == Some("agent_states") {
@@ -390,35 +450,15 @@ impl Validator<'_> {
             );
             None
         };
-        let millis = self.one_of(
-            &at("duration_unit"),
-            &key("duration_unit"),
-            raw.duration_unit.as_deref(),
-            false,
-            &[
-                ("s", false),
-                ("seconds", false),
-                ("ms", true),
-                ("milliseconds", true),
-            ],
-        );
-        if raw.duration_unit.is_some() && raw.map.is_none() {
-            self.problem(
-                &at("duration_unit"),
-                &key("duration_unit"),
-                "applies only with a [source.map]",
-            );
-        }
         let map = match (raw.map.take(), emits) {
             (Some(table), Some(emits)) => self
                 .mapping(
                     i,
                     label,
-                    emits,
-                    states.is_some(),
+                    (emits, states.is_some(), expand.is_some()),
                     table,
-                    raw.timestamp_format.take(),
-                    raw.timezone.clone(),
+                    &reading,
+                    known,
                 )
                 .map(|m| if millis { m.with_milliseconds() } else { m })
                 .and_then(|m| match expand {
@@ -471,32 +511,39 @@ impl Validator<'_> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn mapping(
-        &mut self,
-        i: usize,
-        label: &str,
-        emits: Emits,
-        states: bool,
-        table: toml::Table,
-        timestamp_format: Option<String>,
-        timezone: Option<String>,
-    ) -> Option<Mapping> {
-        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
-        let before = self.problems.len();
-        let format = match timestamp_format.as_deref().map(TimeFormat::parse) {
+    /// How the source's values are read: `timestamp_format`, `timezone`, `duration_unit`.
+    fn reading(&mut self, i: usize, label: &str, raw: &RawSource, millis: bool) -> Reading {
+        let format = match raw.timestamp_format.as_deref().map(TimeFormat::parse) {
             None => TimeFormat::Rfc3339,
             Some(Ok(f)) => f,
             Some(Err(e)) => {
                 self.problem(
-                    &at("timestamp_format"),
+                    &key_path(i, &["timestamp_format"]),
                     &format!("{label}.timestamp_format"),
                     e,
                 );
                 TimeFormat::Rfc3339
             }
         };
-        let zone = self.zone(i, label, timezone.as_deref());
+        let zone = self.zone(i, label, raw.timezone.as_deref());
+        Reading {
+            time: TimeParser::new(format, zone),
+            millis,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mapping(
+        &mut self,
+        i: usize,
+        label: &str,
+        (emits, states, expands): (Emits, bool, bool),
+        table: toml::Table,
+        reading: &Reading,
+        known: Option<&[String]>,
+    ) -> Option<Mapping> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let before = self.problems.len();
         let mut fields = Vec::new();
         for (k, v) in table {
             let path = vec![
@@ -527,33 +574,14 @@ impl Validator<'_> {
                     continue;
                 }
             };
-            let source = match v {
-                toml::Value::String(col) if !col.is_empty() => Ok(FieldSource::Column(col)),
-                toml::Value::Table(t) if t.len() == 1 => {
-                    let (kind, val) = t.into_iter().next().expect("one entry");
-                    match (kind.as_str(), val) {
-                        ("column", toml::Value::String(c)) => Ok(FieldSource::Column(c)),
-                        ("template", toml::Value::String(t)) => FieldSource::template(&t),
-                        ("value", toml::Value::String(s)) => Ok(FieldSource::Literal(s)),
-                        ("value", toml::Value::Boolean(b)) => {
-                            Ok(FieldSource::Literal(b.to_string()))
-                        }
-                        ("value", toml::Value::Integer(n)) => {
-                            Ok(FieldSource::Literal(n.to_string()))
-                        }
-                        ("value", toml::Value::Float(n)) => Ok(FieldSource::Literal(n.to_string())),
-                        (other, _) => Err(format!(
-                            "`{other}` is not understood: write \"column\", {{ column = \"c\" }}, \
-                             {{ value = ... }} or {{ template = \"{{a}}_{{b}}\" }}"
-                        )),
-                    }
-                }
-                _ => Err(
-                    "write a column name, { column = \"c\" }, { value = ... } or \
-                     { template = \"{a}_{b}\" }"
-                        .to_owned(),
-                ),
+            let want = match field {
+                ApiField::Offered | ApiField::Handled if expands => Want::Count,
+                ApiField::Offered | ApiField::Handled => Want::Bool,
+                ApiField::Duration => Want::Seconds,
+                ApiField::Timestamp | ApiField::StartTime | ApiField::EndTime => Want::Time,
+                _ => Want::Text,
             };
+            let source = self.field_source(v, want, reading, known);
             match source {
                 Ok(s) => fields.push((field, s)),
                 Err(e) => self.problem(&path, &mkey, e),
@@ -562,7 +590,7 @@ impl Validator<'_> {
         if self.problems.len() > before {
             return None;
         }
-        let time = TimeParser::new(format, zone);
+        let time = reading.time.clone();
         let built = if states {
             Mapping::states(fields, time)
         } else {
@@ -576,4 +604,91 @@ impl Validator<'_> {
             }
         }
     }
+
+    /// One `[source.map]` entry: `"column"`, `{ column }`, `{ value }`, `{ template }`,
+    /// `{ expr }`, or a column or expression with `values`.
+    fn field_source(
+        &mut self,
+        v: toml::Value,
+        want: Want,
+        reading: &Reading,
+        known: Option<&[String]>,
+    ) -> Result<FieldSource, String> {
+        const FORMS: &str = "write a column name, { column = \"c\" }, { value = ... }, \
+             { template = \"{a}_{b}\" }, { expr = \"...\" }, or { column = \"c\", values = \
+             { A = true, \"*\" = false } }";
+        let mut t = match v {
+            toml::Value::String(col) if !col.is_empty() => return Ok(FieldSource::Column(col)),
+            toml::Value::Table(t) => t,
+            _ => return Err(FORMS.to_owned()),
+        };
+        if let Some(values) = t.remove("values") {
+            let inner = match (t.remove("column"), t.remove("expr")) {
+                (Some(toml::Value::String(c)), None) if t.is_empty() => FieldSource::Column(c),
+                (None, Some(toml::Value::String(e))) if t.is_empty() => {
+                    FieldSource::Expr(Expr::compile(&e, Want::Text, reading, known)?)
+                }
+                _ => {
+                    return Err(
+                        "`values` looks up a `column` or an `expr`: write { column = \"c\", \
+                         values = { ... } }"
+                            .into(),
+                    );
+                }
+            };
+            let toml::Value::Table(values) = values else {
+                return Err("`values` is a table: { AGENT = true, \"*\" = false }".into());
+            };
+            let mut lookup = Lookup {
+                table: Vec::new(),
+                otherwise: None,
+            };
+            for (k, v) in values {
+                let text = literal(&v)
+                    .ok_or_else(|| format!("values.{k}: write text, a number or true/false"))?;
+                if k == "*" {
+                    lookup.otherwise = Some(text);
+                } else {
+                    lookup.table.push((k, text));
+                }
+            }
+            if lookup.table.is_empty() {
+                return Err("`values` lists no value: { AGENT = true, \"*\" = false }".into());
+            }
+            return Ok(FieldSource::Lookup(Box::new(inner), lookup));
+        }
+        if t.len() != 1 {
+            return Err(FORMS.to_owned());
+        }
+        let (kind, val) = t.into_iter().next().expect("one entry");
+        match (kind.as_str(), val) {
+            ("column", toml::Value::String(c)) => Ok(FieldSource::Column(c)),
+            ("template", toml::Value::String(t)) => FieldSource::template(&t),
+            ("expr", toml::Value::String(e)) => {
+                Ok(FieldSource::Expr(Expr::compile(&e, want, reading, known)?))
+            }
+            ("value", v) => literal(&v)
+                .map(FieldSource::Literal)
+                .ok_or_else(|| "write text, a number or true/false".to_owned()),
+            (other, _) => Err(format!("`{other}` is not understood: {FORMS}")),
+        }
+    }
+}
+
+/// A TOML value as the text a `value` is kept as.
+fn literal(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Integer(n) => Some(n.to_string()),
+        toml::Value::Float(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A key path below `source[i]`.
+fn key_path(i: usize, keys: &[&'static str]) -> Vec<Seg> {
+    let mut path = vec![Seg::Key("source"), Seg::Index(i)];
+    path.extend(keys.iter().map(|k| Seg::Key(k)));
+    path
 }

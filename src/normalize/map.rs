@@ -9,6 +9,7 @@ use std::borrow::Cow;
 
 use serde_json::{Value, json};
 
+use super::expr::{Expr, Out};
 use super::schema::CHANNELS;
 use super::time::{self, TimeParser};
 use crate::types::Emits;
@@ -109,6 +110,39 @@ pub enum FieldSource {
     Column(String),
     Literal(String),
     Template(Vec<Part>),
+    /// `{ expr = "..." }`: an expression over the row's columns.
+    Expr(Expr),
+    /// `{ column = "c", values = { ... } }` (or `expr` instead of `column`): the text of the
+    /// column or expression looked up in a table.
+    Lookup(Box<FieldSource>, Lookup),
+}
+
+/// `values = { AGENT = true, HANG = false, "*" = false }`: a column's words translated; `"*"`
+/// is every other word. Values are kept as the text a `value` would be, and converted by the
+/// field's type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lookup {
+    pub table: Vec<(String, String)>,
+    pub otherwise: Option<String>,
+}
+
+impl Lookup {
+    fn find(&self, key: &str) -> Option<&str> {
+        self.table
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .or(self.otherwise.as_deref())
+    }
+
+    fn listed(&self) -> String {
+        let mut keys: Vec<String> = self.table.iter().map(|(k, _)| format!("{k:?}")).collect();
+        if keys.len() > 8 {
+            keys.truncate(8);
+            keys.push("...".into());
+        }
+        keys.join(", ")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -158,6 +192,17 @@ impl FieldSource {
                     Part::Text(_) => None,
                 })
                 .collect(),
+            FieldSource::Expr(e) => e.columns().collect(),
+            FieldSource::Lookup(inner, _) => inner.columns(),
+        }
+    }
+
+    /// The column a value came from, for messages (an expression names its own).
+    fn column(&self) -> Option<String> {
+        match self {
+            FieldSource::Column(c) => Some(c.clone()),
+            FieldSource::Lookup(inner, _) => inner.column(),
+            _ => None,
         }
     }
 }
@@ -178,21 +223,45 @@ fn render(parts: &[Part], row: &dyn Row, field: &'static str) -> Result<String, 
     Ok(out)
 }
 
-/// `key = "{call_id}"`: the natural key of a row, a template of its columns. Rows with the
-/// same key are one record, however often an export repeats them.
+/// `key = "{call_id}"`: the natural key of a row, a template of its columns (or
+/// `{ expr = "..." }`). Rows with the same key are one record, however often an export
+/// repeats them.
 #[derive(Clone, Debug, PartialEq)]
-pub struct KeyTemplate(Vec<Part>);
+pub struct KeyTemplate(KeyKind);
+
+#[derive(Clone, Debug, PartialEq)]
+enum KeyKind {
+    Template(Vec<Part>),
+    Expr(Expr),
+}
 
 impl KeyTemplate {
     pub fn parse(s: &str) -> Result<Self, String> {
         match FieldSource::template(s)? {
-            FieldSource::Template(parts) => Ok(Self(parts)),
+            FieldSource::Template(parts) => Ok(Self(KeyKind::Template(parts))),
             _ => unreachable!("template() returns templates"),
         }
     }
 
+    /// `key = { expr = "..." }`.
+    pub fn expr(e: Expr) -> Self {
+        Self(KeyKind::Expr(e))
+    }
+
     pub fn render(&self, row: &dyn Row) -> Result<String, RowError> {
-        let key = render(&self.0, row, "key")?;
+        let key = match &self.0 {
+            KeyKind::Template(parts) => render(parts, row, "key")?,
+            KeyKind::Expr(e) => match e.eval(row) {
+                Ok(out) => out_text(out),
+                Err(message) => {
+                    return Err(RowError {
+                        field: "key",
+                        column: None,
+                        message,
+                    });
+                }
+            },
+        };
         if key.trim().is_empty() {
             return Err(RowError {
                 field: "key",
@@ -204,20 +273,35 @@ impl KeyTemplate {
     }
 
     pub fn columns(&self) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter_map(|p| match p {
-                Part::Column(c) => Some(c.as_str()),
-                Part::Text(_) => None,
-            })
-            .collect()
+        match &self.0 {
+            KeyKind::Template(parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Column(c) => Some(c.as_str()),
+                    Part::Text(_) => None,
+                })
+                .collect(),
+            KeyKind::Expr(e) => e.columns().collect(),
+        }
+    }
+}
+
+/// An expression's value as text (a lookup's key, a row's key).
+fn out_text(out: Out) -> String {
+    match out {
+        Out::Bool(b) => b.to_string(),
+        Out::Number(n) | Out::Seconds(n) => n.to_string(),
+        Out::Int(n) => n.to_string(),
+        Out::Text(t) => t,
+        Out::Time(t) => time::to_api(t),
     }
 }
 
 /// `skip_if = { queue = ["TEST*", "Internal"] }`: rows whose column matches one of the
 /// patterns (globs, any case) are left out on purpose; they are counted, not parked.
+/// `skip_if = { expr = "..." }` leaves out the rows for which the expression is true.
 #[derive(Clone, Debug, Default)]
-pub struct SkipIf(Vec<(String, globset::GlobSet)>);
+pub struct SkipIf(Vec<(String, globset::GlobSet)>, Vec<Expr>);
 
 impl SkipIf {
     pub fn new(rules: Vec<(String, Vec<String>)>) -> Result<Self, String> {
@@ -234,19 +318,58 @@ impl SkipIf {
             let set = set.build().map_err(|e| e.to_string())?;
             out.push((column, set));
         }
-        Ok(Self(out))
+        Ok(Self(out, Vec::new()))
+    }
+
+    /// Adds `expr = "..."`: rows for which it is true are skipped too.
+    pub fn with_expr(mut self, e: Expr) -> Self {
+        self.1.push(e);
+        self
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1.is_empty()
+    }
+
+    /// Every column the rules read.
+    pub fn columns(&self) -> Vec<&str> {
+        let globs = self.0.iter().map(|(c, _)| c.as_str());
+        globs.chain(self.1.iter().flat_map(Expr::columns)).collect()
     }
 
     /// Whether the row is to be skipped: one of its columns matches (a missing column never
-    /// does).
-    pub fn skips(&self, row: &dyn Row) -> bool {
-        self.0
+    /// does), or an expression is true. An expression that cannot be evaluated parks the row.
+    pub fn skips(&self, row: &dyn Row) -> Result<bool, RowError> {
+        if self
+            .0
             .iter()
             .any(|(c, set)| row.get(c).is_some_and(|v| set.is_match(v.trim())))
+        {
+            return Ok(true);
+        }
+        for e in &self.1 {
+            match e.eval(row) {
+                Ok(Out::Bool(true)) => return Ok(true),
+                Ok(Out::Bool(false)) => {}
+                Ok(Out::Text(t)) if parse_bool(&t) == Ok(true) => return Ok(true),
+                Ok(Out::Text(t)) if parse_bool(&t) == Ok(false) => {}
+                Ok(other) => {
+                    return Err(RowError {
+                        field: "skip_if",
+                        column: None,
+                        message: format!("the expression gave {other:?}, not true or false"),
+                    });
+                }
+                Err(message) => {
+                    return Err(RowError {
+                        field: "skip_if",
+                        column: None,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -339,8 +462,19 @@ impl Mapping {
     /// `error`.
     fn check_literals(&self, error: impl Fn(ApiField, String) -> String) -> Result<(), String> {
         for (field, source) in &self.fields {
-            if let FieldSource::Literal(v) = source {
-                self.convert(*field, v).map_err(|e| error(*field, e))?;
+            match source {
+                FieldSource::Literal(v) => {
+                    self.convert(*field, v).map_err(|e| error(*field, e))?;
+                }
+                FieldSource::Lookup(_, lookup) => {
+                    let all = lookup.table.iter().map(|(k, v)| (k.as_str(), v));
+                    let all = all.chain(lookup.otherwise.iter().map(|v| ("*", v)));
+                    for (k, v) in all {
+                        self.convert(*field, v)
+                            .map_err(|e| error(*field, format!("values.{k}: {e}")))?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -516,16 +650,7 @@ impl Mapping {
     fn values(&self, row: &dyn Row) -> Result<[Option<Value>; 11], RowError> {
         let mut values: [Option<Value>; 11] = Default::default();
         for (field, source) in &self.fields {
-            let raw = self.resolve(*field, source, row)?;
-            let value = self.convert(*field, &raw).map_err(|message| RowError {
-                field: field.name(),
-                column: match source {
-                    FieldSource::Column(c) => Some(c.clone()),
-                    _ => None,
-                },
-                message,
-            })?;
-            values[*field as usize] = Some(value);
+            values[*field as usize] = Some(self.value(*field, source, row)?);
         }
         Ok(values)
     }
@@ -566,6 +691,79 @@ impl Mapping {
         Ok(record.to_string())
     }
 
+    /// One field's value from a row.
+    fn value(
+        &self,
+        field: ApiField,
+        source: &FieldSource,
+        row: &dyn Row,
+    ) -> Result<Value, RowError> {
+        let error = |message: String| RowError {
+            field: field.name(),
+            column: source.column(),
+            message,
+        };
+        match source {
+            FieldSource::Expr(e) => {
+                let out = e.eval(row).map_err(error)?;
+                self.convert_out(field, out).map_err(error)
+            }
+            FieldSource::Lookup(inner, lookup) => {
+                let key = match &**inner {
+                    FieldSource::Expr(e) => out_text(e.eval(row).map_err(error)?),
+                    other => self.resolve(field, other, row)?.trim().to_owned(),
+                };
+                let Some(found) = lookup.find(&key) else {
+                    return Err(error(format!(
+                        "{key:?} is not among the values ({}): add it, or \"*\" for every other value",
+                        lookup.listed()
+                    )));
+                };
+                self.convert(field, found).map_err(error)
+            }
+            _ => {
+                let raw = self.resolve(field, source, row)?;
+                self.convert(field, &raw).map_err(error)
+            }
+        }
+    }
+
+    /// An expression's value as the field's type.
+    fn convert_out(&self, field: ApiField, out: Out) -> Result<Value, String> {
+        let kind = match field.kind() {
+            Kind::Bool if self.expand.is_some() => Kind::Count,
+            k => k,
+        };
+        match (kind, out) {
+            (Kind::Bool, Out::Bool(b)) => Ok(Value::from(b)),
+            (Kind::Seconds, Out::Number(n) | Out::Seconds(n)) if n.is_finite() && n >= 0.0 => {
+                Ok(Value::from(n))
+            }
+            (Kind::Seconds, Out::Int(n)) if n >= 0 => Ok(Value::from(n as f64)),
+            (Kind::Seconds, Out::Number(n) | Out::Seconds(n)) => Err(format!(
+                "{n} is not a duration (it must be 0 or more seconds)"
+            )),
+            (Kind::Seconds, Out::Int(n)) => Err(format!(
+                "{n} is not a duration (it must be 0 or more seconds)"
+            )),
+            (Kind::Time, Out::Time(t)) => Ok(Value::from(time::to_api(t))),
+            (Kind::Count, Out::Int(n)) if n >= 0 => Ok(Value::from(n as u64)),
+            (_, Out::Text(t)) => self.convert(field, &t),
+            (Kind::Text | Kind::Channel, Out::Int(n)) => self.convert(field, &n.to_string()),
+            (_, other) => Err(format!(
+                "the expression gave {}, which is not {}",
+                out_text(other),
+                match kind {
+                    Kind::Bool => "true or false",
+                    Kind::Seconds => "a duration",
+                    Kind::Time => "a time",
+                    Kind::Count => "a number of contacts",
+                    Kind::Text | Kind::Channel => "text",
+                }
+            )),
+        }
+    }
+
     fn resolve<'r>(
         &self,
         field: ApiField,
@@ -581,6 +779,9 @@ impl Mapping {
             FieldSource::Column(c) => row.get(c).ok_or_else(|| missing(c)),
             FieldSource::Literal(v) => Ok(Cow::Borrowed(v.as_str())),
             FieldSource::Template(parts) => render(parts, row, field.name()).map(Cow::Owned),
+            FieldSource::Expr(_) | FieldSource::Lookup(..) => {
+                unreachable!("expressions and lookups are read by value()")
+            }
         }
     }
 

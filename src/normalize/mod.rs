@@ -1,9 +1,10 @@
 //! Turning what sources read into API records.
 //!
 //! Owns the record schemas ([`schema`]), timestamps and time zones ([`time`]), the column map
-//! ([`map`]) and the agent-state interval builder ([`intervals`]). Everything here is pure: no I/O, no SQLite, no HTTP, so it is tested with plain
+//! ([`map`]) with its expressions ([`expr`]) and the agent-state interval builder ([`intervals`]). Everything here is pure: no I/O, no SQLite, no HTTP, so it is tested with plain
 //! unit tests.
 
+pub mod expr;
 pub mod intervals;
 pub mod map;
 pub mod queue_log;

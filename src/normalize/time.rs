@@ -51,6 +51,11 @@ impl TimeParser {
         Self { format, zone }
     }
 
+    /// The zone local times are read in.
+    pub fn zone(&self) -> &TimeZone {
+        &self.zone
+    }
+
     pub fn utc_rfc3339() -> Self {
         Self::new(TimeFormat::Rfc3339, TimeZone::UTC)
     }

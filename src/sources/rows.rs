@@ -35,7 +35,7 @@ impl RowRules {
         row: &dyn Row,
         plain: impl FnOnce() -> Result<String, String>,
     ) -> RowOutcome {
-        if self.skip_if.skips(row) {
+        if self.skip_if.skips(row).map_err(|e| e.to_string())? {
             return Ok(None);
         }
         if let (Some(states), Some(map)) = (&self.states, &self.map) {
