@@ -5,7 +5,7 @@
 use injixo_sync::config::Config;
 use injixo_sync::normalize::queue_log::{Tracker, parse};
 use injixo_sync::normalize::schema::normalize_json;
-use injixo_sync::sources::parse::{Charset, csv};
+use injixo_sync::sources::parse::{Charset, Fields, csv};
 use injixo_sync::sources::parse::{consumed_lines, lines};
 use injixo_sync::types::Emits;
 
@@ -43,8 +43,8 @@ pub fn csv_in_pieces(data: &[u8]) {
     }
     // Where a piece ends may differ by a line terminator the next read skips; where each
     // record starts, and what it holds, may not.
-    type Read = (usize, usize, Result<Vec<String>, String>);
-    let values = |v: &[Read]| -> Vec<(usize, Result<Vec<String>, String>)> {
+    type Read = (usize, usize, Fields);
+    let values = |v: &[Read]| -> Vec<(usize, Fields)> {
         v.iter().map(|(s, _, x)| (*s, x.clone())).collect()
     };
     assert_eq!(values(&pieces), values(&all), "read in two pieces at {cut}");

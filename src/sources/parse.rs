@@ -71,8 +71,15 @@ fn memchr_last(needle: u8, hay: &[u8]) -> Option<usize> {
 
 pub use crate::encoding::{Charset, Endian};
 
-/// A CSV/TSV record: its fields, or why they are not text.
-pub type Fields = Result<Vec<String>, String>;
+/// A CSV/TSV record: its fields, and which of them are not text in the source's encoding
+/// (read with U+FFFD in their place, with why). A row is parked only when what it is mapped by
+/// reads one of those: a broken caller name in a column nobody sends loses no call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fields {
+    pub fields: Vec<String>,
+    /// (field index, why) for each field that is not valid text.
+    pub unreadable: Vec<(usize, String)>,
+}
 
 /// UTF-16 input re-encoded as UTF-8, with the way back from a line start in the UTF-8 text to
 /// its byte offset in the input, so cursors and dedupe keys stay byte offsets in the file.
@@ -218,21 +225,23 @@ fn push_record(
         .filter(|b| **b == b'\n')
         .count() as u64;
     counted.0 = content;
-    let mut fields = Vec::with_capacity(ends.len());
+    let mut value = Fields {
+        fields: Vec::with_capacity(ends.len()),
+        unreadable: Vec::new(),
+    };
     let mut from = 0;
-    let mut value: Fields = Ok(Vec::new());
     for &to in ends {
-        match charset.decode(&out[from..to]) {
-            Ok(s) => fields.push(s.into_owned()),
+        let bytes = &out[from..to];
+        match charset.decode(bytes) {
+            Ok(s) => value.fields.push(s.into_owned()),
             Err(e) => {
-                value = Err(format!("field {}: {e}", fields.len() + 1));
-                break;
+                value.unreadable.push((value.fields.len(), e));
+                value
+                    .fields
+                    .push(String::from_utf8_lossy(bytes).into_owned());
             }
         }
         from = to;
-    }
-    if value.is_ok() {
-        value = Ok(fields);
     }
     items.push(Item {
         start: content,
@@ -260,7 +269,7 @@ mod tests {
                 assert_eq!(consumed, buf.len());
                 let last = items.last().expect("a record");
                 assert_eq!(
-                    last.value.as_ref().unwrap().len(),
+                    last.value.fields.len(),
                     fields,
                     "{fields} fields after {before:?}"
                 );
@@ -270,7 +279,7 @@ mod tests {
         let buf = "y".repeat(4096);
         let (items, _) = csv(buf.as_bytes(), b';', Charset::Utf8, true, usize::MAX);
         assert_eq!(items.len(), 1);
-        assert_eq!(items[0].value.as_ref().unwrap()[0].len(), 4096);
+        assert_eq!(items[0].value.fields[0].len(), 4096);
     }
 
     #[test]
@@ -299,7 +308,7 @@ mod tests {
         let buf = b"id,note\n1,\"said \"\"hi\"\"\"\n2,\"two\nlines\"\n3,x\n";
         let (items, consumed) = csv(buf, b',', Charset::Utf8, false, usize::MAX);
         assert_eq!(consumed, buf.len());
-        let rows: Vec<_> = items.iter().map(|i| i.value.clone().unwrap()).collect();
+        let rows: Vec<_> = items.iter().map(|i| i.value.fields.clone()).collect();
         assert_eq!(rows[1], vec!["1", "said \"hi\""]);
         assert_eq!(rows[2], vec!["2", "two\nlines"]);
         assert_eq!(rows[3], vec!["3", "x"]);
@@ -325,7 +334,7 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_eq!(consumed, 6);
         let (rest, _) = csv(&buf[consumed..], b',', Charset::Utf8, false, 2);
-        assert_eq!(rest[0].value.as_ref().unwrap(), &vec!["c"]);
+        assert_eq!(rest[0].value.fields, vec!["c"]);
     }
 
     #[test]
@@ -333,7 +342,7 @@ mod tests {
         let buf = b"a;b\r\nc;d\r\n";
         let (items, consumed) = csv(buf, b';', Charset::Utf8, false, usize::MAX);
         assert_eq!(items.len(), 2);
-        assert_eq!(items[1].value.as_ref().unwrap(), &vec!["c", "d"]);
+        assert_eq!(items[1].value.fields, vec!["c", "d"]);
         assert_eq!(items[1].start, 5);
         assert_eq!(consumed, buf.len());
     }
@@ -377,7 +386,7 @@ mod tests {
             let got: Vec<Vec<String>> = first
                 .into_iter()
                 .chain(second)
-                .map(|i| i.value.unwrap())
+                .map(|i| i.value.fields)
                 .collect();
             proptest::prop_assert_eq!(got, rows);
         }
@@ -407,10 +416,13 @@ mod tests {
     }
 
     #[test]
-    fn invalid_utf8_is_reported_per_record() {
+    fn invalid_utf8_is_reported_per_field_and_the_rest_is_read() {
         let (items, _) = csv(b"ok,1\n\xff,2\n", b',', Charset::Utf8, false, usize::MAX);
-        assert!(items[0].value.is_ok());
-        assert!(items[1].value.as_ref().unwrap_err().contains("UTF-8"));
+        assert!(items[0].value.unreadable.is_empty());
+        assert_eq!(items[1].value.fields, ["\u{fffd}", "2"]);
+        let (index, why) = &items[1].value.unreadable[0];
+        assert_eq!(*index, 0);
+        assert!(why.contains("UTF-8"), "{why}");
     }
 
     fn utf16(text: &str, big_endian: bool) -> Vec<u8> {
@@ -432,7 +444,7 @@ mod tests {
             let t = Transcoded::utf16(&input, be, false);
             assert_eq!(t.text, "Zeit;Müller\r\n1;€\r\n".as_bytes());
             let (items, consumed) = csv(&t.text, b';', Charset::Utf8, false, usize::MAX);
-            assert_eq!(items[1].value.as_ref().unwrap(), &vec!["1", "€"]);
+            assert_eq!(items[1].value.fields, vec!["1", "€"]);
             // The second record starts after 13 UTF-16 units; the cursor stops after 18.
             assert_eq!(t.input_offset(items[1].start), 26);
             assert_eq!(t.input_offset(consumed), 36);
@@ -464,9 +476,9 @@ mod tests {
             usize::MAX,
         );
         assert_eq!(
-            items[0].value.as_ref().unwrap(),
-            &vec!["Warteschlange", "Gesprächszeit"]
+            items[0].value.fields,
+            vec!["Warteschlange", "Gesprächszeit"]
         );
-        assert_eq!(items[1].value.as_ref().unwrap(), &vec!["Müller", "1,5"]);
+        assert_eq!(items[1].value.fields, vec!["Müller", "1,5"]);
     }
 }

@@ -57,6 +57,14 @@ impl RowRules {
         Ok(Some(RowOut::Records(records, key)))
     }
 
+    /// Every column the map, `key` and `skip_if` read.
+    pub fn columns(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.map.iter().flat_map(|m| m.columns()).collect();
+        all.extend(self.key.iter().flat_map(|k| k.columns()));
+        all.extend(self.skip_if.columns());
+        all
+    }
+
     /// Rows are taken as they are: no map, key or skip rule reads their fields.
     pub fn is_plain(&self) -> bool {
         self.map.is_none() && self.key.is_none() && self.skip_if.is_empty()

@@ -12,14 +12,15 @@ use tracing::warn;
 
 use super::identity::{bytes_before, fingerprint, last_bytes, read_full};
 use super::{FilesSource, InFlight, Known, LongLine, TakeError, to_json};
-use crate::config::FileFormat;
+use crate::config::{FileFormat, FilesConfig, RowRules};
 use crate::normalize::map::Row;
 use crate::normalize::queue_log;
 use crate::normalize::schema;
 use crate::outbox::{Commit, NewRecord, OutboxError, Parked, dedupe_key, natural_key};
 use crate::sources::SourceContext;
-use crate::sources::parse::{self, Charset};
+use crate::sources::parse::{self, Charset, Fields};
 use crate::sources::rows::{self, ChangeRead, JsonRow, RowOut, RowOutcome, commit_blocking};
+use crate::types::Emits;
 
 /// The read buffer; a record longer than this grows it, up to `max_line`.
 pub(super) const CHUNK: usize = 1 << 20;
@@ -379,20 +380,7 @@ impl FilesSource {
                         }
                     };
                     let text = text.trim_start_matches('\u{feff}');
-                    let result = if plain {
-                        schema::normalize_json(ctx.emits, text)
-                            .map(|r| Some(RowOut::Records(vec![r], None)))
-                    } else {
-                        match serde_json::from_str::<serde_json::Value>(text) {
-                            Ok(serde_json::Value::Object(obj)) => {
-                                self.cfg.rows.convert(&JsonRow(&obj), || {
-                                    schema::normalize_json(ctx.emits, text)
-                                })
-                            }
-                            Ok(_) => Err("the line is not a JSON object".into()),
-                            Err(e) => Err(format!("not valid JSON: {e}")),
-                        }
-                    };
+                    let result = json_row(&self.cfg.rows, plain, ctx.emits, text);
                     step.push(cur.cur.key_space(cur.id), at, origin_here, result, text);
                 }
                 step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
@@ -439,22 +427,10 @@ impl FilesSource {
                     if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
                         continue;
                     }
-                    let fields = match item.value {
-                        Ok(f) => f,
-                        Err(e) => {
-                            step.push(
-                                cur.cur.key_space(cur.id),
-                                at,
-                                origin(item.newlines_before),
-                                Err(e),
-                                "",
-                            );
-                            continue;
-                        }
-                    };
+                    let fields = item.value;
                     if n == 0 && cur.cur.offset == 0 && self.cfg.header {
-                        step.header = Some(fields.clone());
-                        header = Some(fields);
+                        step.header = Some(fields.fields.clone());
+                        header = Some(fields.fields);
                         continue;
                     }
                     let columns: &[String] = match (&self.cfg.columns, &header) {
@@ -462,15 +438,7 @@ impl FilesSource {
                         (None, Some(h)) => h,
                         (None, None) => &[],
                     };
-                    let row = CsvRow {
-                        columns,
-                        fields: &fields,
-                    };
-                    let result = self
-                        .cfg
-                        .rows
-                        .convert(&row, || unreachable!("csv sources have a map"));
-                    let raw = fields.join(&(self.cfg.delimiter as char).to_string());
+                    let (result, raw) = csv_row(&self.cfg, columns, &fields);
                     step.push(
                         cur.cur.key_space(cur.id),
                         at,
@@ -618,4 +586,50 @@ impl Row for CsvRow<'_> {
         let i = self.columns.iter().position(|c| c == column)?;
         self.fields.get(i).map(|f| Cow::Borrowed(f.as_str()))
     }
+}
+
+/// What an NDJSON line becomes. `plain`: lines already in the API's shape, read without a
+/// map, key or skip rule.
+pub(crate) fn json_row(rules: &RowRules, plain: bool, emits: Emits, text: &str) -> RowOutcome {
+    if plain {
+        return schema::normalize_json(emits, text).map(|r| Some(RowOut::Records(vec![r], None)));
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(obj)) => {
+            rules.convert(&JsonRow(&obj), || schema::normalize_json(emits, text))
+        }
+        Ok(_) => Err("the line is not a JSON object".into()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}
+
+/// What a CSV/TSV record becomes, and the line as it is kept when parked. A field that is
+/// not text in the source's encoding parks the row only when the rules read its column.
+pub(crate) fn csv_row(
+    cfg: &FilesConfig,
+    columns: &[String],
+    fields: &Fields,
+) -> (RowOutcome, String) {
+    let raw = fields.fields.join(&(cfg.delimiter as char).to_string());
+    for (index, why) in &fields.unreadable {
+        let name = columns.get(*index);
+        let read = match name {
+            Some(name) => cfg.rows.columns().contains(&name.as_str()),
+            // A field beyond the known columns is read by nothing.
+            None => columns.is_empty(),
+        };
+        if read {
+            let column = name.map(|n| format!("column `{n}` (field {})", index + 1));
+            let column = column.unwrap_or_else(|| format!("field {}", index + 1));
+            return (Err(format!("{column}: {why}")), raw);
+        }
+    }
+    let row = CsvRow {
+        columns,
+        fields: &fields.fields,
+    };
+    let result = cfg
+        .rows
+        .convert(&row, || unreachable!("csv sources have a map"));
+    (result, raw)
 }

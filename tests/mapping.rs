@@ -1,0 +1,351 @@
+//! Real ACD exports mapped without preprocessing: expressions and value lookups in
+//! `[source.map]`. The fixtures (`tests/fixtures/mapping/`, written by its `make.py`) are in the
+//! formats the ACDs write; every expectation is counted from the fixture itself.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mapping")
+        .join(name)
+}
+
+/// A files source over the export directory: `head` (format, columns ...), then `map`.
+fn source(env: &Env, emits: &str, head: &str, map: &str) -> String {
+    format!(
+        "[[source]]\nname = \"acd\"\ntype = \"files\"\nintegration_id = 1234\nemits = {emits:?}\n\
+         path = {path:?}\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n{head}\n[source.map]\n{map}\n",
+        path = env.exports.display().to_string()
+    )
+}
+
+/// Runs the daemon over `file` (copied into the export directory) until `expected` records
+/// arrived and the source has settled; the records, sorted by `sort_key`.
+async fn deliver(env: &Env, api: &FakeApi, file: &str, text: &str, expected: usize) -> Vec<Value> {
+    let config = env.write_config(&env.config_text(&api.url(), "", text));
+    std::fs::copy(fixture(file), env.exports.join(file)).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, &format!("{expected} records"), || {
+        api.record_count() >= expected
+    })
+    .await;
+    settled(env).await;
+    daemon.stop().await;
+    api.records()
+}
+
+fn cdr_map(columns: usize) -> String {
+    let mut names = vec![
+        "accountcode",
+        "src",
+        "dst",
+        "dcontext",
+        "clid",
+        "channel",
+        "dstchannel",
+        "lastapp",
+        "lastdata",
+        "start",
+        "answer",
+        "end",
+        "duration",
+        "billsec",
+        "disposition",
+        "amaflags",
+        "uniqueid",
+        "userfield",
+    ];
+    if columns == 21 {
+        names.extend(["peeraccount", "linkedid", "sequence"]);
+    }
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    format!(
+        "format = \"csv\"\ninclude = [\"*.csv\"]\nheader = false\ncolumns = [{}]\n\
+         timestamp_format = \"%Y-%m-%d %H:%M:%S\"\ntimezone = \"Europe/Berlin\"\nkey = \"{{uniqueid}}\"",
+        quoted.join(", ")
+    )
+}
+
+const CDR_MAP: &str = r#"timestamp = "start"
+queueName = "dcontext"
+queueIdentifier = "dst"
+channel = { value = "calls" }
+offered = { value = true }
+handled = { column = "disposition", values = { ANSWERED = true, "*" = false } }
+duration = "billsec"
+"#;
+
+/// Asterisk's stock cdr_csv Master.csv, 18 and 21 columns, no header; 8 of 84 caller names
+/// hold a Windows-1252 byte in a UTF-8 file. Every call arrives, handled and talk time as an
+/// independent count of the file says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asterisk_cdr_master_csv_maps_every_call() {
+    for (file, columns) in [("cdr18.csv", 18), ("cdr21.csv", 21)] {
+        let bytes = std::fs::read(fixture(file)).unwrap();
+        let lines: Vec<&[u8]> = bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        let broken = lines
+            .iter()
+            .filter(|l| std::str::from_utf8(l).is_err())
+            .count();
+        assert_eq!((lines.len(), broken), (84, 8), "{file}");
+        let answered: Vec<u64> = lines
+            .iter()
+            .filter(|l| String::from_utf8_lossy(l).contains("\"ANSWERED\""))
+            .map(|l| {
+                // `lastdata` holds a comma ("SIP/2000,30"): billsec is the 15th piece.
+                let text = String::from_utf8_lossy(l);
+                text.split(',').nth(14).unwrap().parse().unwrap()
+            })
+            .collect();
+
+        let env = Env::new();
+        let api = FakeApi::start(KEY).await.unwrap();
+        let text = source(&env, "contact_events", &cdr_map(columns), CDR_MAP);
+        let records = deliver(&env, &api, file, &text, 84).await;
+        assert_eq!(
+            records.len(),
+            84,
+            "{file}: every call, the broken caller names too"
+        );
+        assert_eq!(env.report().sources[0].parked_total, 0, "{file}");
+        let handled: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["properties"]["handled"] == true)
+            .collect();
+        assert_eq!(handled.len(), answered.len(), "{file}");
+        let talk: f64 = handled
+            .iter()
+            .map(|r| r["properties"]["duration"].as_f64().unwrap())
+            .sum();
+        assert_eq!(talk, answered.iter().sum::<u64>() as f64, "{file}");
+        // 08:00 in Berlin in May is 06:00 UTC.
+        assert!(
+            records
+                .iter()
+                .any(|r| r["timestamp"] == "2024-05-01T06:00:00Z"),
+            "{file}"
+        );
+        assert!(records.iter().all(|r| r["queueName"] == "from-internal"));
+    }
+}
+
+/// A used column that cannot be read still parks the row, naming the column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_column_the_map_reads_parks_its_row_naming_it() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let map = CDR_MAP
+        .replace("queueName = \"dcontext\"", "queueName = \"clid\"")
+        .replace("queueIdentifier = \"dst\"", "queueIdentifier = \"clid\"");
+    let text = source(&env, "contact_events", &cdr_map(18), &map);
+    let records = deliver(&env, &api, "cdr18.csv", &text, 76).await;
+    assert_eq!(records.len(), 76);
+    let report = env.report();
+    assert_eq!(report.sources[0].parked_total, 8);
+    let parked = &report.parked[0];
+    assert!(
+        parked
+            .reason
+            .contains("column `clid` (field 5): not valid UTF-8"),
+        "{}",
+        parked.reason
+    );
+}
+
+/// (day, time, queue, outcome, talk, hold, acw) of the call-detail fixture.
+fn call_detail() -> Vec<Vec<String>> {
+    std::fs::read_to_string(fixture("calldetail.tsv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').map(str::to_owned).collect())
+        .collect()
+}
+
+fn hms(s: &str) -> f64 {
+    s.split(':')
+        .fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap())
+}
+
+/// A call-detail export: the outcome in words, date and time in separate local columns,
+/// handle time = talk + hold + after-call work as h:mm:ss, phantom calls left out, queue
+/// names trimmed and upper-cased before a lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_detail_export_maps_outcomes_local_times_and_handle_time() {
+    let rows = call_detail();
+    let kept: Vec<&Vec<String>> = rows.iter().filter(|r| r[3] != "PHANTOM").collect();
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let head = "format = \"tsv\"\ninclude = [\"*.tsv\"]\ntimestamp_format = \"%d.%m.%Y %H:%M:%S\"\n\
+                timezone = \"Europe/Berlin\"\nskip_if = { expr = \"Outcome == 'PHANTOM'\" }";
+    let map = r#"timestamp = { expr = "local(Date + ' ' + Time)" }
+queueName = { expr = "Queue.trim().upperAscii()", values = { SUPPORT = "Support", BILLING = "Billing" } }
+queueIdentifier = { expr = "Queue.trim().upperAscii()", values = { SUPPORT = "q-support", BILLING = "q-billing" } }
+channel = { value = "calls" }
+offered = { value = true }
+handled = { column = "Outcome", values = { AGENT = true, "*" = false } }
+duration = { expr = "seconds(Talk) + seconds(Hold) + seconds(ACW)" }
+"#;
+    let text = source(&env, "contact_events", head, map);
+    let records = deliver(&env, &api, "calldetail.tsv", &text, kept.len()).await;
+    assert_eq!(records.len(), kept.len());
+    let report = env.report();
+    assert_eq!(report.sources[0].parked_total, 0);
+    let handled = kept.iter().filter(|r| r[3] == "AGENT").count();
+    let got_handled = records
+        .iter()
+        .filter(|r| r["properties"]["handled"] == true)
+        .count();
+    assert_eq!(got_handled, handled);
+    let handle_time: f64 = kept
+        .iter()
+        .map(|r| hms(&r[4]) + hms(&r[5]) + hms(&r[6]))
+        .sum();
+    let got: f64 = records
+        .iter()
+        .map(|r| r["properties"]["duration"].as_f64().unwrap())
+        .sum();
+    assert_eq!(got, handle_time);
+    // The first row: 01.03.2024 7:00:00 in Berlin (CET) is 06:00 UTC.
+    let first = &kept[0];
+    assert_eq!(
+        (first[0].as_str(), first[1].as_str()),
+        ("01.03.2024", "7:00:00")
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["timestamp"] == "2024-03-01T06:00:00Z")
+    );
+    for r in &records {
+        let id = r["queueIdentifier"].as_str().unwrap();
+        assert!(id == "q-support" || id == "q-billing", "{r}");
+        let name = r["queueName"].as_str().unwrap();
+        assert!(name == "Support" || name == "Billing", "{r}");
+    }
+}
+
+/// Agent statuses given as start + length, and as from/to times of day where `to` may be
+/// after midnight: each interval as long as the row says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_intervals_from_start_and_length_or_across_midnight() {
+    let text = std::fs::read_to_string(fixture("intervals.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(';').collect())
+        .collect();
+    let across = rows.iter().filter(|r| hms(r[4]) < hms(r[3])).count();
+    assert!(across > 0, "the fixture has intervals across midnight");
+    let head = "format = \"csv\"\ndelimiter = \";\"\ninclude = [\"*.csv\"]\n\
+                external_system = \"ACD\"\ntimestamp_format = \"%d.%m.%Y %H:%M:%S\"\n\
+                timezone = \"Europe/Berlin\"";
+    for (map, length) in [
+        (
+            r#"agentIdentifier = "agent"
+activityIdentifier = "state"
+startTime = { expr = "local(start)" }
+endTime = { expr = "local(start) + span(length)" }
+"#,
+            Box::new(|r: &Vec<&str>| r[6].parse::<f64>().unwrap())
+                as Box<dyn Fn(&Vec<&str>) -> f64>,
+        ),
+        (
+            r#"agentIdentifier = "agent"
+activityIdentifier = "state"
+startTime = { expr = "local(day + ' ' + from)" }
+endTime = { expr = "endAfter(local(day + ' ' + from), local(day + ' ' + to))" }
+"#,
+            Box::new(|r: &Vec<&str>| {
+                let (from, to) = (hms(r[3]), hms(r[4]));
+                if to < from {
+                    to + 86_400.0 - from
+                } else {
+                    to - from
+                }
+            }),
+        ),
+    ] {
+        let env = Env::new();
+        let api = FakeApi::start(KEY).await.unwrap();
+        let text = source(&env, "agent_statuses", head, map);
+        let records = deliver(&env, &api, "intervals.csv", &text, rows.len()).await;
+        assert_eq!(records.len(), rows.len());
+        let seconds = |r: &Value| {
+            let at = |k: &str| r[k].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+            (at("endTime") - at("startTime")).as_secs_f64()
+        };
+        let mut got: Vec<f64> = records.iter().map(seconds).collect();
+        let mut want: Vec<f64> = rows.iter().map(&length).collect();
+        got.sort_by(f64::total_cmp);
+        want.sort_by(f64::total_cmp);
+        assert_eq!(got, want);
+        assert!(
+            records
+                .iter()
+                .all(|r| r["endTime"].as_str() > r["startTime"].as_str())
+        );
+    }
+}
+
+/// A value missing from `values` parks the row naming the value and the column; an error
+/// while evaluating an expression parks the row with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_value_and_a_failing_expression_park_their_rows() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let head = "format = \"csv\"\ninclude = [\"*.csv\"]";
+    let map = r#"timestamp = "at"
+queueName = "queue"
+queueIdentifier = "queue"
+channel = { value = "calls" }
+offered = { value = true }
+handled = { column = "outcome", values = { AGENT = true, HANG = false } }
+duration = { expr = "seconds(talk)" }
+"#;
+    let text = source(&env, "contact_events", head, map);
+    let config = env.write_config(&env.config_text(&api.url(), "", &text));
+    std::fs::write(
+        env.exports.join("calls.csv"),
+        "at,queue,outcome,talk\n\
+         2024-05-01T08:00:00Z,Support,AGENT,0:01:00\n\
+         2024-05-01T08:01:00Z,Support,TRANSFER,0:01:00\n\
+         2024-05-01T08:02:00Z,Support,HANG,soon\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "two rows parked", || {
+        env.first_source().is_some_and(|s| s.parked_total == 2)
+    })
+    .await;
+    wait_for(LIMIT, "1 record", || api.record_count() >= 1).await;
+    daemon.stop().await;
+    let mut parked = env.report().parked;
+    parked.sort_by(|a, b| a.origin.cmp(&b.origin));
+    assert_eq!(parked[0].origin, "calls.csv:3");
+    assert!(
+        parked[0]
+            .reason
+            .contains("column `outcome` → handled: \"TRANSFER\" is not among the values"),
+        "{}",
+        parked[0].reason
+    );
+    assert_eq!(parked[1].origin, "calls.csv:4");
+    assert!(
+        parked[1].reason.contains("\"soon\" is not a duration"),
+        "{}",
+        parked[1].reason
+    );
+    assert_eq!(api.record_count(), 1);
+}
