@@ -36,6 +36,8 @@ pub struct SourceMetrics {
     pub name: SourceName,
     pub records: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Of the duplicates, rows merged by their natural `key`.
+    pub merged: AtomicU64,
     pub parked: AtomicU64,
     /// Rows left out on purpose (`skip_if`).
     pub skipped: AtomicU64,
@@ -110,6 +112,7 @@ impl SourceMetrics {
             name,
             records: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            merged: AtomicU64::new(0),
             parked: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -139,6 +142,7 @@ impl SourceMetrics {
     pub fn committed(&self, done: &crate::outbox::Committed, parked: u64) {
         self.records.fetch_add(done.inserted as u64, Relaxed);
         self.duplicates.fetch_add(done.duplicates as u64, Relaxed);
+        self.merged.fetch_add(done.merged as u64, Relaxed);
         self.parked.fetch_add(parked, Relaxed);
         self.last_activity_ms
             .store(crate::outbox::now_ms(), Relaxed);
@@ -296,6 +300,12 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "injixo_sync_source_merged_total",
+            "Rows merged into a record already kept, because their key was known.",
+            sources().map(|(l, s)| (l, counter(&s.merged))),
+        )?;
+        family(
+            e,
             "injixo_sync_source_parked_total",
             "Input lines that could not become records.",
             sources().map(|(l, s)| (l, counter(&s.parked))),
@@ -432,6 +442,15 @@ mod tests {
             0,
         ));
         source.records.fetch_add(500, Relaxed);
+        source.committed(
+            &crate::outbox::Committed {
+                inserted: 1,
+                duplicates: 4,
+                merged: 3,
+                groups: Vec::new(),
+            },
+            0,
+        );
         let text = render(
             &[source],
             &[(
@@ -455,7 +474,9 @@ mod tests {
             format!("injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"0.05\"}} 1"),
             format!("injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 2"),
             format!("injixo_sync_batch_duration_seconds_count{{{labels}}} 2"),
-            "injixo_sync_source_records_total{source=\"acd\"} 500".to_owned(),
+            "injixo_sync_source_records_total{source=\"acd\"} 501".to_owned(),
+            "injixo_sync_source_duplicates_total{source=\"acd\"} 4".to_owned(),
+            "injixo_sync_source_merged_total{source=\"acd\"} 3".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

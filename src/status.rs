@@ -372,16 +372,18 @@ pub fn render(
     }
     let _ = writeln!(
         out,
-        "\n{:<24} {:>10} {:>8}  LAST ACTIVITY",
-        "SOURCE", "RECORDS", "PARKED"
+        "\n{:<24} {:>10} {:>8} {:>8} {:>8}  LAST ACTIVITY",
+        "SOURCE", "RECORDS", "PARKED", "SKIPPED", "MERGED"
     );
     for s in &r.sources {
         let _ = writeln!(
             out,
-            "{:<24} {:>10} {:>8}  {}",
+            "{:<24} {:>10} {:>8} {:>8} {:>8}  {}",
             s.name,
             s.records_total,
             s.parked_total,
+            s.skipped_total,
+            s.merged_total,
             s.last_activity_ms
                 .map(|t| format!("{} ago", ago(now_ms, t)))
                 .unwrap_or("never".into())

@@ -349,3 +349,59 @@ duration = { expr = "seconds(talk)" }
     );
     assert_eq!(api.record_count(), 1);
 }
+
+/// Rows merged because their `key` was already known, and rows left out by `skip_if`, are
+/// counted per source in `status` (an export whose call ids repeat per phone line otherwise
+/// loses rows with no number anywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_and_skipped_rows_are_counted_in_status() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let head = "format = \"csv\"\ninclude = [\"*.csv\"]\nkey = \"{call}\"\n\
+                skip_if = { expr = \"queue.startsWith('TEST')\" }";
+    let map = r#"timestamp = "at"
+queueName = "queue"
+queueIdentifier = "queue"
+channel = { value = "calls" }
+offered = { value = true }
+handled = { value = true }
+duration = "talk"
+"#;
+    let text = source(&env, "contact_events", head, map);
+    let config = env.write_config(&env.config_text(&api.url(), "", &text));
+    // Call 1 on three phone lines, call 2 on two; one test call.
+    std::fs::write(
+        env.exports.join("calls.csv"),
+        "at,call,line,queue,talk\n\
+         2024-05-01T08:00:00Z,1,a,Support,60\n\
+         2024-05-01T08:00:00Z,1,b,Support,60\n\
+         2024-05-01T08:00:00Z,1,c,Support,60\n\
+         2024-05-01T08:01:00Z,2,a,Support,30\n\
+         2024-05-01T08:01:00Z,2,b,Support,30\n\
+         2024-05-01T08:02:00Z,3,a,TEST queue,10\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "2 records", || api.record_count() >= 2).await;
+    settled(&env).await;
+    daemon.stop().await;
+    let s = &env.report().sources[0];
+    assert_eq!(
+        (
+            s.records_total,
+            s.merged_total,
+            s.skipped_total,
+            s.parked_total
+        ),
+        (2, 3, 1, 0)
+    );
+    let (_, out) = cli(&["--config", env.config_file.to_str().unwrap(), "status"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("acd "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let numbers: Vec<&str> = line.split_whitespace().skip(1).take(4).collect();
+    assert_eq!(numbers, ["2", "0", "1", "3"], "{out}");
+    assert!(out.contains("SKIPPED"), "{out}");
+    assert!(out.contains("MERGED"), "{out}");
+}

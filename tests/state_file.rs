@@ -385,6 +385,7 @@ async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
 fn as_version_3(conn: &rusqlite::Connection) {
     conn.execute_batch(
         "DROP TABLE problems;
+         ALTER TABLE sources DROP COLUMN skipped_total; ALTER TABLE sources DROP COLUMN merged_total;
          ALTER TABLE batches DROP COLUMN part_first; ALTER TABLE batches DROP COLUMN part_last;
          ALTER TABLE lanes DROP COLUMN sent_to; ALTER TABLE lanes DROP COLUMN pruned_to;
          ALTER TABLE batches DROP COLUMN first_id; ALTER TABLE batches DROP COLUMN last_id;

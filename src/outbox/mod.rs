@@ -171,6 +171,8 @@ pub struct Commit {
     /// Consecutive groups of `records` and `parked` (pushes committed together), counted
     /// apart in [`Committed::groups`]; empty for none.
     pub groups: Vec<Group>,
+    /// Input rows the read left out on purpose (`skip_if`), counted for `status`.
+    pub skipped: u64,
 }
 
 /// A group of a commit's records and parked input (one push), in order.
@@ -197,6 +199,8 @@ pub struct GroupDone {
 pub struct Committed {
     pub inserted: usize,
     pub duplicates: usize,
+    /// Of the duplicates, rows whose natural `key` was known: merged into the record kept.
+    pub merged: usize,
     /// Per group of [`Commit::groups`].
     pub groups: Vec<GroupDone>,
 }
@@ -585,6 +589,9 @@ fn write_commit(
                 continue;
             }
             g.duplicates += 1;
+            if r.dkey[0] & 0x80 != 0 {
+                done.merged += 1;
+            }
             if group.same_payload && !g.conflict {
                 let kept: String = c
                     .prepare_cached(
@@ -624,9 +631,17 @@ fn write_commit(
     }
     c.prepare_cached(
         "UPDATE sources SET last_activity = ?1, records_total = records_total + ?2,
-         parked_total = parked_total + ?3 WHERE id = ?4",
+         parked_total = parked_total + ?3, skipped_total = skipped_total + ?4,
+         merged_total = merged_total + ?5 WHERE id = ?6",
     )?
-    .execute(params![now, done.inserted as i64, parked_total, source.0])?;
+    .execute(params![
+        now,
+        done.inserted as i64,
+        parked_total,
+        commit.skipped as i64,
+        done.merged as i64,
+        source.0
+    ])?;
     Ok(done)
 }
 

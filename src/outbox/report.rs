@@ -42,6 +42,10 @@ pub struct SourceReport {
     pub last_activity_ms: Option<i64>,
     pub records_total: i64,
     pub parked_total: i64,
+    /// Rows left out on purpose by `skip_if`.
+    pub skipped_total: i64,
+    /// Rows merged into a record already kept, because their `key` was known.
+    pub merged_total: i64,
     /// The most recently moved cursors, newest first.
     pub cursors: Vec<CursorReport>,
     /// What the source cannot do right now (while the daemon runs), oldest first.
@@ -170,7 +174,8 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
 
     let mut sources = Vec::new();
     let mut stmt = c.prepare(
-        "SELECT id, name, last_activity, records_total, parked_total FROM sources ORDER BY name",
+        "SELECT id, name, last_activity, records_total, parked_total, skipped_total, merged_total
+         FROM sources ORDER BY name",
     )?;
     let mut cursors = c.prepare(
         "SELECT key, value, updated FROM cursors WHERE source_id = ?1
@@ -207,6 +212,8 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
             last_activity_ms: r.get(2)?,
             records_total: r.get(3)?,
             parked_total: r.get(4)?,
+            skipped_total: r.get(5)?,
+            merged_total: r.get(6)?,
             cursors: cs,
             problems: ps,
         });

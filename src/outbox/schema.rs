@@ -127,12 +127,15 @@ CREATE TABLE deliveries (
 "#;
 
 /// Version 5: the part of a split batch in flight (`part_first..=part_last`, record ids), written
-/// before the part is sent, so that after a crash it goes out again under its own key; and
-/// what each source cannot do right now (a folder gone, a file it may not read, a database
-/// that does not answer), for `status`, kept until it is resolved.
+/// before the part is sent, so that after a crash it goes out again under its own key; what
+/// each source cannot do right now (a folder gone, a file it may not read, a database that does
+/// not answer), for `status`, kept until it is resolved; and per source the rows left out by
+/// `skip_if` and merged by their `key`.
 const SCHEMA_V5: &str = r#"
 ALTER TABLE batches ADD COLUMN part_first INTEGER;
 ALTER TABLE batches ADD COLUMN part_last INTEGER;
+ALTER TABLE sources ADD COLUMN skipped_total INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sources ADD COLUMN merged_total INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE problems (
     source_id INTEGER NOT NULL,
     subject   TEXT NOT NULL,

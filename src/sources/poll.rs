@@ -337,6 +337,7 @@ impl Sink<'_> {
                 records,
                 parked,
                 cursors,
+                skipped,
                 ..Commit::default()
             },
         )

@@ -245,10 +245,10 @@ async fn take(
         outcomes.push(outcome);
         replies.push(push.reply);
     }
-    ctx.metrics.skipped.fetch_add(
-        outcomes.iter().map(|o| o.skipped).sum(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    all.skipped = outcomes.iter().map(|o| o.skipped).sum();
+    ctx.metrics
+        .skipped
+        .fetch_add(all.skipped, std::sync::atomic::Ordering::Relaxed);
     let mut result = commit(ctx, all).await;
     // Committed to a state file an operator deleted or replaced meanwhile: not kept for any
     // next start, so not acknowledged (the daemon is stopping; see `app`).

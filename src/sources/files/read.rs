@@ -232,6 +232,7 @@ impl FilesSource {
                     records,
                     parked,
                     cursors,
+                    skipped: step.skipped,
                     ..Commit::default()
                 },
             );
