@@ -53,6 +53,23 @@ pub enum Command {
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
     },
+    /// Show what a source would send, row by row, without writing to the outbox or sending
+    /// anything: the first rows of a file, or a poller's first page from initial_cursor.
+    /// Exit 1 when a row would be parked.
+    Preview {
+        /// The source (its name in the configuration).
+        #[arg(long)]
+        source: String,
+        /// The file to read (files sources; default: the oldest file the source would read).
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+        /// How many rows.
+        #[arg(long, default_value_t = 20)]
+        rows: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send one visible test record and print the API's whole answer (first-time set-up).
     SendTest {
         /// Which kind of record.

@@ -29,6 +29,7 @@ pub mod logging;
 pub mod metrics;
 pub mod normalize;
 pub mod outbox;
+pub mod preview;
 pub mod push;
 pub mod redact;
 pub mod send_test;

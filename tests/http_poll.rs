@@ -281,3 +281,42 @@ async fn agent_state_changes_read_again_at_the_cursor_are_applied_once() {
     let report = env.report();
     assert_eq!(report.sources[0].parked_total, 0, "{:#?}", report.parked);
 }
+
+/// `preview` of an http source polls its first page from initial_cursor into a scratch
+/// outbox: the records as they would be sent, nothing written beside the configuration's state
+/// file, nothing sent, no second page asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_shows_the_first_page_and_writes_nothing() {
+    let acd = AcdApi::start().await;
+    acd.add(1..=20, "2024-05-01T08:00:00Z");
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = http_source(
+        &env,
+        "page",
+        &acd.url("/page/calls"),
+        "pagination = \"page\"",
+    );
+    std::fs::write(&env.config_file, env.config_text(&api.url(), "", &source)).unwrap();
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        cli(&["--config", &cfg, "preview", "--source", "page", "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["summary"]["records"], 7, "one page of 7: {out}");
+    assert!(
+        v["from"].as_str().unwrap().contains("2024-01-01T00:00:00Z"),
+        "{out}"
+    );
+    let pages = acd
+        .log()
+        .iter()
+        .filter(|(_, path, _)| path.starts_with("/page/calls"))
+        .count();
+    assert_eq!(pages, 1, "{:?}", acd.log());
+    assert!(!env.state.exists(), "no state file");
+    assert_eq!(api.record_count(), 0);
+}

@@ -405,3 +405,109 @@ duration = "talk"
     assert!(out.contains("SKIPPED"), "{out}");
     assert!(out.contains("MERGED"), "{out}");
 }
+
+/// `preview` shows each row as it would be sent, parked, skipped or merged, with file:line,
+/// and a summary; it writes no state file and sends nothing; a parked row makes it exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_shows_each_row_and_writes_nothing() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let head = "format = \"csv\"\ninclude = [\"*.csv\"]\nkey = \"{call}\"\n\
+                skip_if = { expr = \"queue.startsWith('TEST')\" }";
+    let map = r#"timestamp = "at"
+queueName = "queue"
+queueIdentifier = "queue"
+channel = { value = "calls" }
+offered = { value = true }
+handled = { column = "outcome", values = { AGENT = true, HANG = false } }
+duration = { expr = "seconds(talk)" }
+"#;
+    let text = source(&env, "contact_events", head, map);
+    env.write_config(&env.config_text(&api.url(), "", &text));
+    std::fs::write(
+        env.exports.join("calls.csv"),
+        "at,call,queue,outcome,talk\n\
+         2024-05-01T08:00:00Z,1,Support,AGENT,0:01:00\n\
+         2024-05-01T08:00:00Z,1,Support,AGENT,0:01:00\n\
+         2024-05-01T08:01:00Z,2,Support,TRANSFER,0:01:00\n\
+         2024-05-01T08:02:00Z,3,TEST,HANG,0:00:10\n\
+         2024-05-01T08:03:00Z,4,Support,HANG,0:00:00\n",
+    )
+    .unwrap();
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let (code, out) = cli(&["--config", &cfg, "preview", "--source", "acd"]);
+    assert_eq!(code, 1, "a parked row: {out}");
+    assert!(out.contains("calls.csv:2  {\"channel\":\"calls\""), "{out}");
+    assert!(out.contains("\"duration\":60.0"), "{out}");
+    assert!(
+        out.contains("calls.csv:3  MERGED into the record of calls.csv:2"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "calls.csv:4  PARKED column `outcome` → handled: \"TRANSFER\" is not among the values"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("calls.csv:5  SKIPPED (skip_if)"), "{out}");
+    assert!(
+        out.contains("5 row(s): 2 record(s), 1 parked, 1 skipped, 1 merged"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1  column `outcome` → handled: \"…\" is not among"),
+        "{out}"
+    );
+    // --rows and --json.
+    let (code, out) = cli(&[
+        "--config", &cfg, "preview", "--source", "acd", "--rows", "2", "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["summary"]["rows"], 2);
+    assert_eq!(v["rows"][0]["origin"], "calls.csv:2");
+    assert_eq!(v["rows"][0]["records"][0]["properties"]["handled"], true);
+    assert_eq!(v["rows"][1]["merged"]["into"], "calls.csv:2");
+    // Nothing written, nothing sent.
+    assert!(!env.state.exists(), "no state file");
+    assert_eq!(api.record_count(), 0);
+    // --from another file; an unknown source is named.
+    let other = env.dir.path().join("sample.csv");
+    std::fs::write(
+        &other,
+        "at,call,queue,outcome,talk\n2024-05-01T08:00:00Z,9,Billing,HANG,5\n",
+    )
+    .unwrap();
+    let (code, out) = cli(&[
+        "--config",
+        &cfg,
+        "preview",
+        "--source",
+        "acd",
+        "--from",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"queueName\":\"Billing\""), "{out}");
+    let (code, out) = cli(&["--config", &cfg, "preview", "--source", "nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("no source is named \"nope\" (sources: acd)"),
+        "{out}"
+    );
+}
+
+/// The CDR fixture previews as the daemon reads it: the broken caller names park nothing.
+#[test]
+fn preview_of_an_asterisk_cdr_parks_nothing() {
+    let env = Env::new();
+    let text = source(&env, "contact_events", &cdr_map(21), CDR_MAP);
+    env.write_config(&env.config_text("http://127.0.0.1:9", "", &text));
+    std::fs::copy(fixture("cdr21.csv"), env.exports.join("cdr21.csv")).unwrap();
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let (code, out) = cli(&[
+        "--config", &cfg, "preview", "--source", "acd", "--rows", "84",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("84 row(s): 84 record(s), 0 parked"), "{out}");
+}

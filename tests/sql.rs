@@ -753,3 +753,37 @@ async fn agent_state_changes_read_again_by_overlapping_polls_are_applied_once() 
     let report = env.report();
     assert_eq!(report.sources[0].parked_total, 0, "{:#?}", report.parked);
 }
+
+/// `preview` of an sql source reads its first page from initial_cursor into a scratch
+/// outbox: the rows as they would be sent, nothing written to the state file, nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_shows_the_first_page_of_rows_and_writes_nothing() {
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
+         started timestamptz NOT NULL, updated_at timestamptz NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    insert_pg(&pool, 1..=5, "2024-05-01T08:00:00Z").await;
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let source = sql_source(&env, &pg.url(), "");
+    env.write_config(&env.config_text(&api.url(), "", &source));
+    let cfg = env.config_file.to_str().unwrap().to_owned();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        cli(&["--config", &cfg, "preview", "--source", "acd-db"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("5 row(s): 5 record(s), 0 parked"), "{out}");
+    assert!(out.contains("\"queueName\":\"support\""), "{out}");
+    assert!(out.contains("initial_cursor 2024-01-01T00:00:00Z"), "{out}");
+    assert!(!env.state.exists(), "no state file");
+    assert_eq!(api.record_count(), 0);
+}

@@ -75,6 +75,17 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// The `type` it is configured as.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceKind::Files(f) if f.queue_log.is_some() => "asterisk_queue_log",
+            SourceKind::Files(_) => "files",
+            SourceKind::Sql(_) => "sql",
+            SourceKind::Http(_) => "http",
+            SourceKind::Webhook(_) => "webhook",
+        }
+    }
+
     /// The secrets the source reads when it runs (the webhook's token is read when it is
     /// built).
     pub fn secrets(&self) -> Vec<&SourceSecret> {

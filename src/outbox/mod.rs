@@ -51,8 +51,8 @@ pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
 pub use keys::{dedupe_key, natural_key};
 pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};
 pub use report::{
-    CursorReport, DeadLetter, LaneReport, ParkedReport, ProblemReport, Report, SourceReport,
-    inspect, lane_depths, verify,
+    CursorReport, DeadLetter, LaneReport, ParkedReport, ProblemReport, Report, RowRead,
+    SourceReport, inspect, lane_depths, rows_read, verify,
 };
 pub use resend::{AgentSent, Resend, agents_sent, resend};
 pub use schema::{SCHEMA_VERSION, writable};

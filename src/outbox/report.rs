@@ -242,3 +242,46 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
         parked,
     })
 }
+
+/// A record or a parked line of a (scratch) outbox, for `preview`.
+#[derive(Debug)]
+pub struct RowRead {
+    pub origin: String,
+    pub payload: String,
+    /// Why it was parked (then `payload` is the input kept).
+    pub parked: Option<String>,
+}
+
+/// The first `limit` records and parked lines, each in the order they were committed.
+pub fn rows_read(path: &Path, limit: usize) -> Result<Vec<RowRead>, OutboxError> {
+    let conn = super::schema::open_ro(path)?;
+    let err = |e| OutboxError::sqlite(path, e);
+    let mut out: Vec<RowRead> = conn
+        .prepare("SELECT origin, payload FROM records ORDER BY id LIMIT ?1")
+        .map_err(err)?
+        .query_map([limit as i64], |r| {
+            Ok(RowRead {
+                origin: r.get(0)?,
+                payload: r.get(1)?,
+                parked: None,
+            })
+        })
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    let parked: Vec<RowRead> = conn
+        .prepare("SELECT origin, raw, reason FROM parked ORDER BY id LIMIT ?1")
+        .map_err(err)?
+        .query_map([limit as i64], |r| {
+            Ok(RowRead {
+                origin: r.get(0)?,
+                payload: r.get(1)?,
+                parked: Some(r.get(2)?),
+            })
+        })
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    out.extend(parked);
+    Ok(out)
+}

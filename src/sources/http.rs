@@ -52,36 +52,42 @@ impl HttpSource {
 
 impl Source for HttpSource {
     fn run(self: Box<Self>, ctx: SourceContext) {
-        let cfg = self.cfg;
-        let client = match reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("injixo-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
-            Ok(c) => c,
+        let (poller, reading) = match parts(&self.cfg) {
+            Ok(p) => p,
             Err(e) => {
-                tracing::error!(source = %ctx.name, "cannot set up HTTP: {e}");
+                tracing::error!(source = %ctx.name, "{e}");
                 return;
             }
         };
-        let poller = HttpPoller {
-            cfg: cfg.clone(),
-            client,
-            oauth: None,
-        };
-        super::poll::run(
-            poller,
-            ctx,
-            cfg.schedule.clone(),
-            super::poll::Reading {
-                rows: cfg.rows.clone(),
-                snapshot: cfg.snapshot,
-                initial: cfg.initial_cursor.clone(),
-                queue_log: None,
-            },
-        );
+        super::poll::run(poller, ctx, self.cfg.schedule.clone(), reading);
     }
+}
+
+fn parts(cfg: &HttpConfig) -> Result<(HttpPoller, super::poll::Reading), String> {
+    let client = reqwest::Client::builder()
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("injixo-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot set up HTTP: {e}"))?;
+    let poller = HttpPoller {
+        cfg: cfg.clone(),
+        client,
+        oauth: None,
+    };
+    let reading = super::poll::Reading {
+        rows: cfg.rows.clone(),
+        snapshot: cfg.snapshot,
+        initial: cfg.initial_cursor.clone(),
+        queue_log: None,
+    };
+    Ok((poller, reading))
+}
+
+/// `preview`: the first page from `initial_cursor` into `ctx`'s scratch outbox.
+pub fn preview(cfg: &HttpConfig, ctx: &SourceContext) -> Result<(), PollError> {
+    let (poller, reading) = parts(cfg).map_err(PollError::Remote)?;
+    super::poll::first_page(poller, ctx, reading)
 }
 
 struct HttpPoller {
@@ -177,6 +183,9 @@ impl Poll for HttpPoller {
                 .collect();
             sink.page(rows, None).await?;
             total += n;
+            if !sink.wants_more() {
+                break;
+            }
             let next = match &self.cfg.pagination {
                 Pagination::None => None,
                 Pagination::Page { .. } | Pagination::Offset(_) => {

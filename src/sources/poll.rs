@@ -178,6 +178,7 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
                 changes: Vec::new(),
                 table: queue_log.as_ref().zip(table.as_mut()),
                 doubt: &doubt,
+                pages_left: None,
             };
             let result = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
@@ -228,6 +229,47 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
     });
 }
 
+/// `preview`: the first page from `initial_cursor`, committed to `ctx`'s (scratch) outbox
+/// through the same [`Sink`] the daemon uses. Blocks; call it off the runtime's workers.
+pub fn first_page<P: Poll>(
+    mut poller: P,
+    ctx: &SourceContext,
+    reading: Reading,
+) -> Result<(), PollError> {
+    let list = ctx.outbox.cursors_blocking(ctx.id)?;
+    let (cursor_id, mut cursor): (i64, PollCursor) = json_cursor(ctx, &list, POLL_CURSOR)?;
+    cursor.value = reading.initial;
+    let mut states = match &reading.rows.states {
+        Some(cfg) => Some(States::load(cfg.clone(), ctx, &list)?),
+        None => None,
+    };
+    let mut table: Option<(i64, TableCursor)> = match &reading.queue_log {
+        Some(_) => Some(json_cursor(ctx, &list, TRACKER_CURSOR)?),
+        None => None,
+    };
+    let doubt = std::cell::Cell::new(false);
+    let mut sink = Sink {
+        ctx,
+        rows: &reading.rows,
+        cursor_id,
+        cursor,
+        states: states.as_mut(),
+        snapshot: reading.snapshot,
+        changes: Vec::new(),
+        table: reading.queue_log.as_ref().zip(table.as_mut()),
+        doubt: &doubt,
+        pages_left: Some(1),
+    };
+    tokio::runtime::Handle::current().block_on(async {
+        match poller.poll(&mut sink).await {
+            // The page after the first was refused: the preview has what it needs.
+            Ok(()) | Err(PollError::Outbox(OutboxError::Closed)) => {}
+            Err(e) => return Err(e),
+        }
+        sink.finish(crate::outbox::now_ms()).await
+    })
+}
+
 /// Reads the poll cursor, the open states and the tracker back as the outbox holds them.
 async fn reload(
     ctx: &SourceContext,
@@ -263,12 +305,19 @@ pub struct Sink<'a> {
     /// Set while a commit is in the writer's hands; still set if the poll was cut off
     /// before it saw the outcome (then the next poll reads its state back first).
     doubt: &'a std::cell::Cell<bool>,
+    /// `preview`: how many more pages are taken; the one after ends the poll.
+    pages_left: Option<usize>,
 }
 
 impl Sink<'_> {
     /// The committed cursor value.
     pub fn cursor(&self) -> Option<&str> {
         self.cursor.value.as_deref()
+    }
+
+    /// Whether another page is wanted (`preview` takes one).
+    pub fn wants_more(&self) -> bool {
+        self.pages_left != Some(0)
     }
 
     /// Converts one page of rows and commits them with the cursor after them (`None`: the
@@ -278,6 +327,11 @@ impl Sink<'_> {
         rows: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
         next: Option<String>,
     ) -> Result<usize, OutboxError> {
+        match &mut self.pages_left {
+            Some(0) => return Err(OutboxError::Closed),
+            Some(n) => *n -= 1,
+            None => {}
+        }
         let mut cursors = Vec::new();
         // The tracker as committed, put back if the commit fails.
         let mut committed_table = None;
@@ -519,6 +573,7 @@ timestamp = "at"
                 changes: Vec::new(),
                 table: None,
                 doubt: &self.doubt,
+                pages_left: None,
             };
             let result = self.rt.block_on(async {
                 match cut {

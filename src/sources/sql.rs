@@ -46,29 +46,35 @@ impl SqlSource {
 
 impl Source for SqlSource {
     fn run(self: Box<Self>, ctx: SourceContext) {
-        let cfg = self.cfg;
-        let poller = SqlPoller {
-            cfg: cfg.clone(),
-            db: None,
-            kind: None,
-            connected_once: false,
-        };
-        super::poll::run(
-            poller,
-            ctx,
-            cfg.schedule.clone(),
-            super::poll::Reading {
-                rows: cfg.rows.clone(),
-                snapshot: cfg.snapshot,
-                initial: cfg.initial_cursor.clone(),
-                queue_log: cfg.queue_log.clone().map(|q| super::poll::TableRules {
-                    cfg: q,
-                    zone: cfg.zone.clone(),
-                    keep: cfg.overlap,
-                }),
-            },
-        );
+        let (poller, reading) = parts(&self.cfg);
+        super::poll::run(poller, ctx, self.cfg.schedule.clone(), reading);
     }
+}
+
+fn parts(cfg: &SqlConfig) -> (SqlPoller, super::poll::Reading) {
+    let poller = SqlPoller {
+        cfg: cfg.clone(),
+        db: None,
+        kind: None,
+        connected_once: false,
+    };
+    let reading = super::poll::Reading {
+        rows: cfg.rows.clone(),
+        snapshot: cfg.snapshot,
+        initial: cfg.initial_cursor.clone(),
+        queue_log: cfg.queue_log.clone().map(|q| super::poll::TableRules {
+            cfg: q,
+            zone: cfg.zone.clone(),
+            keep: cfg.overlap,
+        }),
+    };
+    (poller, reading)
+}
+
+/// `preview`: the first page from `initial_cursor` into `ctx`'s scratch outbox.
+pub fn preview(cfg: &SqlConfig, ctx: &SourceContext) -> Result<(), PollError> {
+    let (poller, reading) = parts(cfg);
+    super::poll::first_page(poller, ctx, reading)
 }
 
 /// A connection pool of either kind.
@@ -359,6 +365,9 @@ impl SqlPoller {
                 sink.page(origins(ties, &column), Some(last_text)).await?;
                 lower = tie;
                 strict = true;
+                if !sink.wants_more() {
+                    return Ok(());
+                }
             } else {
                 // Rows before the last value are complete; the last value's rows come again.
                 let before: Vec<_> = rows
@@ -369,6 +378,9 @@ impl SqlPoller {
                     .await?;
                 lower = parse_bound(kind, &last_text, zone).map_err(PollError::Remote)?;
                 strict = false;
+                if !sink.wants_more() {
+                    return Ok(());
+                }
             }
         }
     }

@@ -39,6 +39,7 @@ mod read;
 mod scan;
 mod tail;
 
+pub(crate) use read::{csv_row, json_row};
 pub(crate) use scan::matching_files;
 
 use super::rows::{self, STATES_CURSOR, States, commit_blocking, json_cursor};

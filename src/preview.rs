@@ -1,0 +1,486 @@
+//! `injixo-sync preview`: what a source would send, row by row, without writing to the outbox
+//! or sending anything. The loop a person uses to get a `[source.map]` right in minutes.
+//!
+//! Files are read from their start (the first `--rows` rows) through the same per-row
+//! conversion the files source runs (`csv_row`, `json_row`, the queue_log tracker). Pollers
+//! poll their first page from `initial_cursor` into a scratch outbox in a temporary folder,
+//! through the same `Sink` the daemon commits with, and nothing of the real state file is
+//! read or written.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::config::{Config, FileFormat, FilesConfig, SourceConfig, SourceKind};
+use crate::sources::files::{csv_row, json_row, matching_files};
+use crate::sources::parse;
+use crate::sources::rows::{ChangeRead, RowOut};
+
+/// What one row would become.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Shown {
+    /// The records as they would be sent.
+    Records(Vec<serde_json::Value>),
+    /// Why it would be parked.
+    Parked(String),
+    /// Left out by `skip_if`.
+    Skipped,
+    /// Its `key` was given by an earlier row: merged into that row's record.
+    Merged { into: String },
+    /// An agent's state change (`emits = "agent_states"`): intervals are built from
+    /// consecutive changes of an agent.
+    Change {
+        agent: String,
+        activity: Option<String>,
+        at: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct PreviewRow {
+    pub origin: String,
+    #[serde(flatten)]
+    pub shown: Shown,
+}
+
+/// A source's preview: its rows, and what was read.
+#[derive(Debug, Serialize)]
+pub struct Preview {
+    pub source: String,
+    /// The file read, or where a poller's first page starts.
+    pub from: String,
+    pub rows: Vec<PreviewRow>,
+}
+
+impl Preview {
+    fn count(&self, f: impl Fn(&Shown) -> bool) -> usize {
+        self.rows.iter().filter(|r| f(&r.shown)).count()
+    }
+
+    pub fn parked(&self) -> usize {
+        self.count(|s| matches!(s, Shown::Parked(_)))
+    }
+
+    /// The summary: rows, records, parked (by reason), skipped, merged.
+    pub fn summary(&self) -> Summary {
+        let mut reasons: Vec<(String, usize)> = Vec::new();
+        for r in &self.rows {
+            if let Shown::Parked(why) = &r.shown {
+                let kind = reason_kind(why);
+                match reasons.iter_mut().find(|(k, _)| *k == kind) {
+                    Some((_, n)) => *n += 1,
+                    None => reasons.push((kind, 1)),
+                }
+            }
+        }
+        Summary {
+            rows: self.rows.len(),
+            records: self
+                .rows
+                .iter()
+                .map(|r| match &r.shown {
+                    Shown::Records(v) => v.len(),
+                    _ => 0,
+                })
+                .sum(),
+            changes: self.count(|s| matches!(s, Shown::Change { .. })),
+            parked: self.parked(),
+            skipped: self.count(|s| matches!(s, Shown::Skipped)),
+            merged: self.count(|s| matches!(s, Shown::Merged { .. })),
+            parked_by_reason: reasons,
+        }
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut out = format!("{}: {}\n\n", self.source, self.from);
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r.origin.len())
+            .max()
+            .unwrap_or(0)
+            .min(40);
+        for r in &self.rows {
+            let what = match &r.shown {
+                Shown::Records(records) => records
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(&format!("\n{:width$}  ", "")),
+                Shown::Parked(why) => format!("PARKED {why}"),
+                Shown::Skipped => "SKIPPED (skip_if)".into(),
+                Shown::Merged { into } => format!("MERGED into the record of {into} (same key)"),
+                Shown::Change {
+                    agent,
+                    activity,
+                    at,
+                } => format!(
+                    "STATE agent {agent:?} {} at {at}",
+                    match activity {
+                        Some(a) => format!("is {a:?}"),
+                        None => "logged out".into(),
+                    }
+                ),
+            };
+            let _ = writeln!(out, "{:width$}  {what}", r.origin);
+        }
+        let s = self.summary();
+        let _ = write!(
+            out,
+            "\n{} row(s): {} record(s), {} parked, {} skipped, {} merged",
+            s.rows, s.records, s.parked, s.skipped, s.merged
+        );
+        if s.changes > 0 {
+            let _ = write!(out, ", {} agent state change(s)", s.changes);
+        }
+        out.push('\n');
+        if !s.parked_by_reason.is_empty() {
+            out.push_str("parked by reason:\n");
+            for (reason, n) in &s.parked_by_reason {
+                let _ = writeln!(out, "  {n:>5}  {reason}");
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub rows: usize,
+    pub records: usize,
+    pub changes: usize,
+    pub parked: usize,
+    pub skipped: usize,
+    pub merged: usize,
+    pub parked_by_reason: Vec<(String, usize)>,
+}
+
+/// A reason without the row's own value (its first quoted text), so that rows parked for one
+/// cause are counted together.
+fn reason_kind(why: &str) -> String {
+    let Some(open) = why.find('"') else {
+        return why.to_owned();
+    };
+    match why[open + 1..].find('"') {
+        Some(close) => format!("{}\"…\"{}", &why[..open], &why[open + 1 + close + 1..]),
+        None => why.to_owned(),
+    }
+}
+
+/// `injixo-sync preview`.
+pub fn main(
+    config_path: &Path,
+    source: &str,
+    from: Option<PathBuf>,
+    rows: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let Some(cfg) = config.sources.iter().find(|s| s.name.as_str() == source) else {
+        let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        anyhow::bail!(
+            "no source is named {source:?} (sources: {})",
+            names.join(", ")
+        );
+    };
+    let preview = match &cfg.kind {
+        SourceKind::Files(files) => {
+            let file = match from {
+                Some(f) => f,
+                None => oldest(files).with_context(|| {
+                    format!(
+                        "source {source:?}: no file in {} matches its include/exclude \
+                         (pass --from PATH)",
+                        files.path.display()
+                    )
+                })?,
+            };
+            preview_file(cfg, files, &file, rows)?
+        }
+        SourceKind::Sql(_) | SourceKind::Http(_) => {
+            anyhow::ensure!(
+                from.is_none(),
+                "--from applies to files sources; a {} source previews its first page from \
+                 initial_cursor",
+                cfg.kind.name()
+            );
+            preview_poll(cfg, rows)?
+        }
+        SourceKind::Webhook(_) => anyhow::bail!(
+            "source {source:?} is a webhook: it is pushed to, so there is nothing to read \
+             ahead; `send-test` shows the API's answer to a record"
+        ),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "source": preview.source,
+                "from": preview.from,
+                "rows": preview.rows,
+                "summary": preview.summary(),
+            }))?
+        );
+    } else {
+        print!("{}", preview.render());
+    }
+    Ok(if preview.parked() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The oldest file a files source would read.
+fn oldest(files: &FilesConfig) -> Option<PathBuf> {
+    matching_files(files).0.into_iter().next().map(|(p, _)| p)
+}
+
+/// The first `rows` rows of `file` as the files source would read them.
+pub fn preview_file(
+    source: &SourceConfig,
+    files: &FilesConfig,
+    file: &Path,
+    rows: usize,
+) -> anyhow::Result<Preview> {
+    use std::io::Read as _;
+    // Enough bytes for the rows asked for, growing until they are there or the file ends.
+    let mut want = 1 << 20;
+    let mut buf = Vec::new();
+    let name = file
+        .strip_prefix(&files.path)
+        .unwrap_or(file)
+        .display()
+        .to_string();
+    let name = if name.is_empty() {
+        file.display().to_string()
+    } else {
+        name
+    };
+    loop {
+        buf.clear();
+        let mut f =
+            std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+        f.by_ref().take(want as u64).read_to_end(&mut buf)?;
+        let complete = buf.len() < want;
+        let shown = preview_bytes(source, files, &name, &buf, complete, rows);
+        if complete || shown.len() >= rows || want >= 256 << 20 {
+            return Ok(Preview {
+                source: source.name.as_str().to_owned(),
+                from: format!("{} (the first {} row(s))", file.display(), shown.len()),
+                rows: shown,
+            });
+        }
+        want *= 4;
+    }
+}
+
+/// Converts the rows at the start of `buf` (a file's first bytes; `complete`: all of it).
+fn preview_bytes(
+    source: &SourceConfig,
+    files: &FilesConfig,
+    name: &str,
+    buf: &[u8],
+    complete: bool,
+    limit: usize,
+) -> Vec<PreviewRow> {
+    let charset = files.charset;
+    let skip = charset.bom_len(buf).min(buf.len());
+    let raw = &buf[skip..];
+    let transcoded = charset
+        .big_endian(buf)
+        .map(|be| parse::Transcoded::utf16(raw, be, complete));
+    let text = transcoded.as_ref().map_or(raw, |t| &t.text[..]);
+    let origin = |newlines: u64| format!("{name}:{}", newlines + 1);
+    let mut out = Vec::new();
+    let mut keys: HashMap<String, String> = HashMap::new();
+    let mut shown = |origin: String, outcome: Result<Option<RowOut>, String>| {
+        let shown = match outcome {
+            Err(why) => Shown::Parked(why),
+            Ok(None) => Shown::Skipped,
+            Ok(Some(RowOut::Change(c))) => Shown::Change {
+                agent: c.agent,
+                activity: c.activity,
+                at: crate::normalize::time::to_api(c.at),
+            },
+            Ok(Some(RowOut::Records(records, key))) => {
+                let earlier = key.and_then(|k| match keys.get(&k) {
+                    Some(first) => Some(first.clone()),
+                    None => {
+                        keys.insert(k, origin.clone());
+                        None
+                    }
+                });
+                match earlier {
+                    Some(into) => Shown::Merged { into },
+                    None => Shown::Records(
+                        records
+                            .iter()
+                            .map(|r| serde_json::from_str(r).unwrap_or_default())
+                            .collect(),
+                    ),
+                }
+            }
+        };
+        PreviewRow { origin, shown }
+    };
+    match files.format {
+        FileFormat::Csv | FileFormat::Tsv => {
+            let header = usize::from(files.header);
+            let (items, _) = parse::csv(text, files.delimiter, charset, complete, limit + header);
+            let mut columns: Vec<String> = files.columns.clone().unwrap_or_default();
+            for (n, item) in items.into_iter().enumerate() {
+                if n == 0 && files.header {
+                    if files.columns.is_none() {
+                        columns = item.value.fields;
+                    }
+                    continue;
+                }
+                let (outcome, _) = csv_row(files, &columns, &item.value);
+                out.push(shown(origin(item.newlines_before), outcome));
+            }
+        }
+        FileFormat::Ndjson => {
+            let plain = files.rows.is_plain();
+            for item in parse::lines(text, complete).into_iter().take(limit) {
+                let outcome = match charset.decode(item.value) {
+                    Ok(t) => json_row(
+                        &files.rows,
+                        plain,
+                        source.lane.emits,
+                        t.trim_start_matches('\u{feff}'),
+                    ),
+                    Err(e) => Err(e),
+                };
+                out.push(shown(origin(item.newlines_before), outcome));
+            }
+        }
+        FileFormat::QueueLog => {
+            let Some(cfg) = &files.queue_log else {
+                return out;
+            };
+            let mut tracker = crate::normalize::queue_log::Tracker::default();
+            for item in parse::lines(text, complete).into_iter().take(limit) {
+                let here = origin(item.newlines_before);
+                let line = match charset.decode(item.value) {
+                    Ok(t) => t.into_owned(),
+                    Err(e) => {
+                        out.push(shown(here, Err(e)));
+                        continue;
+                    }
+                };
+                if let Err(e) = crate::normalize::queue_log::parse(&line) {
+                    out.push(shown(here, Err(e)));
+                    continue;
+                }
+                let (mut records, mut changes, mut parked) = (Vec::new(), Vec::new(), Vec::new());
+                crate::sources::queue_log::apply(
+                    cfg,
+                    files.rows.states.as_ref(),
+                    &mut tracker,
+                    vec![(here.clone(), line)],
+                    &mut records,
+                    &mut changes,
+                    &mut parked,
+                );
+                let outcome = if let Some(p) = parked.pop() {
+                    Err(p.reason)
+                } else if let Some(ChangeRead { change, .. }) = changes.pop() {
+                    Ok(Some(RowOut::Change(change)))
+                } else if records.is_empty() {
+                    // A line that only moves the tracker on (a call entering a queue).
+                    continue;
+                } else {
+                    Ok(Some(RowOut::Records(
+                        records.into_iter().map(|r| r.payload).collect(),
+                        None,
+                    )))
+                };
+                out.push(shown(here, outcome));
+            }
+        }
+    }
+    out
+}
+
+/// A poller's first page from `initial_cursor`, read into a scratch outbox.
+fn preview_poll(source: &SourceConfig, rows: usize) -> anyhow::Result<Preview> {
+    let scratch = tempfile::tempdir().context("cannot make a scratch folder")?;
+    let state = scratch.path().join("preview.db");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (outbox, writer) = crate::outbox::Outbox::open(&state)?;
+    let (id, lane) = runtime.block_on(async {
+        Ok::<_, crate::outbox::OutboxError>((
+            outbox.source_id(&source.name).await?,
+            outbox.lane_id(&source.lane).await?,
+        ))
+    })?;
+    let ctx = crate::sources::SourceContext::new(
+        source,
+        (id, lane),
+        outbox.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let metrics = ctx.metrics.clone();
+    let kind = source.kind.clone();
+    let polled = runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || match &kind {
+            SourceKind::Sql(sql) => crate::sources::sql::preview(sql, &ctx),
+            SourceKind::Http(http) => crate::sources::http::preview(http, &ctx),
+            _ => unreachable!("pollers only"),
+        })
+        .await
+    })?;
+    drop(outbox);
+    let _ = writer.join();
+    polled.map_err(|e| anyhow::anyhow!("source {:?}: {e}", source.name.as_str()))?;
+    let read = crate::outbox::rows_read(&state, rows)?;
+    let mut out: Vec<PreviewRow> = read
+        .into_iter()
+        .map(|r| PreviewRow {
+            origin: r.origin,
+            shown: match r.parked {
+                Some(why) => Shown::Parked(why),
+                None => Shown::Records(vec![serde_json::from_str(&r.payload).unwrap_or_default()]),
+            },
+        })
+        .collect();
+    let skipped = metrics.skipped.load(std::sync::atomic::Ordering::Relaxed);
+    let merged = metrics.merged.load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..skipped {
+        out.push(PreviewRow {
+            origin: "(a row)".into(),
+            shown: Shown::Skipped,
+        });
+    }
+    for _ in 0..merged {
+        out.push(PreviewRow {
+            origin: "(a row)".into(),
+            shown: Shown::Merged {
+                into: "an earlier row".into(),
+            },
+        });
+    }
+    let initial = match &source.kind {
+        SourceKind::Sql(s) => s.initial_cursor.clone(),
+        SourceKind::Http(h) => h.initial_cursor.clone(),
+        _ => None,
+    };
+    Ok(Preview {
+        source: source.name.as_str().to_owned(),
+        from: format!(
+            "the first page from initial_cursor {}",
+            initial.as_deref().unwrap_or("(none: from the start)")
+        ),
+        rows: out,
+    })
+}
