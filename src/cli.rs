@@ -53,6 +53,17 @@ pub enum Command {
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
     },
+    /// Write a complete, commented configuration for a sample export (to stdout, or --output):
+    /// encoding, delimiter, header, timestamp format, durations and value lookups guessed
+    /// from the sample, each guess commented, ending with the preview of its first rows.
+    Init {
+        /// A sample export file (CSV, TSV or NDJSON).
+        #[arg(long, value_name = "PATH")]
+        sample: PathBuf,
+        /// Where to write the configuration (refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Show what a source would send, row by row, without writing to the outbox or sending
     /// anything: the first rows of a file, or a poller's first page from initial_cursor.
     /// Exit 1 when a row would be parked.

@@ -25,6 +25,7 @@ pub mod demo;
 pub mod encoding;
 pub mod fake_api;
 pub mod import;
+pub mod init;
 pub mod logging;
 pub mod metrics;
 pub mod normalize;

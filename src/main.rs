@@ -6,7 +6,7 @@ use clap::Parser;
 use injixo_sync::cli::{Cli, Command, TestKind};
 use injixo_sync::config::{self, Config};
 use injixo_sync::types::Emits;
-use injixo_sync::{app, check, demo, import, logging, preview, send_test, service, status};
+use injixo_sync::{app, check, demo, import, init, logging, preview, send_test, service, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             from,
             since,
         } => import::main(&path, &source, from, since.as_deref()),
+        Command::Init { sample, output } => init::main(&sample, output),
         Command::Preview {
             source,
             from,

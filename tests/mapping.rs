@@ -511,3 +511,82 @@ fn preview_of_an_asterisk_cdr_parks_nothing() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("84 row(s): 84 record(s), 0 parked"), "{out}");
 }
+
+/// `init --sample` → fill in the TODOs → `preview` → `check` → `run`: the generated
+/// configuration reads the sample's every row, and `check` names what was left to fill in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_from_a_sample_to_delivery() {
+    for (file, rows) in [
+        ("calldetail.tsv", 300),
+        ("cdr21.csv", 84),
+        ("intervals.csv", 40),
+    ] {
+        let env = Env::new();
+        let api = FakeApi::start(KEY).await.unwrap();
+        let sample = env.exports.join(file);
+        std::fs::copy(fixture(file), &sample).unwrap();
+        let generated = env.dir.path().join("generated.toml");
+        let (code, out) = cli(&[
+            "init",
+            "--sample",
+            sample.to_str().unwrap(),
+            "--output",
+            generated.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{file}: {out}");
+        let text = std::fs::read_to_string(&generated).unwrap();
+        assert!(
+            text.contains(&format!("row(s): {} record(s), 0 parked", rows.min(10))),
+            "{file}:\n{text}"
+        );
+        // What init cannot know, `check` names.
+        let (code, out) = cli(&[
+            "--config",
+            generated.to_str().unwrap(),
+            "check",
+            "--offline",
+        ]);
+        assert_eq!(code, 1, "{file}: {out}");
+        assert!(out.contains("integration_id: is required"), "{file}: {out}");
+        // Filled in: the key file, the state file, the configuration id.
+        let filled = text
+            .replace(
+                "token_file = \"/etc/injixo-sync/api-key\"",
+                &format!("token_file = {:?}", env.key_file.display().to_string()),
+            )
+            .replace(
+                "path = \"/var/lib/injixo-sync/outbox.db\"",
+                &format!(
+                    "path = {:?}\nkeep_sent = \"1d\"",
+                    env.state.display().to_string()
+                ),
+            )
+            .replace("# integration_id = 1234", "integration_id = 1234");
+        let filled = filled.replacen(
+            "[api]\n",
+            &format!("[api]\nurl = {:?}\nlinger = \"50ms\"\n", api.url()),
+            1,
+        );
+        std::fs::write(&env.config_file, &filled).unwrap();
+        let cfg = env.config_file.to_str().unwrap().to_owned();
+        let (code, out) = cli(&["--config", &cfg, "check", "--offline"]);
+        assert_eq!(code, 0, "{file}: {out}\n{filled}");
+        let (code, out) = cli(&[
+            "--config", &cfg, "preview", "--source", "acd", "--rows", "1000",
+        ]);
+        assert_eq!(code, 0, "{file}: {out}");
+        assert!(
+            out.contains(&format!("{rows} row(s): {rows} record(s), 0 parked")),
+            "{file}: {out}"
+        );
+        let config = injixo_sync::config::Config::load(&env.config_file).unwrap();
+        let daemon = Daemon::start(config);
+        wait_for(LIMIT, &format!("{rows} records"), || {
+            api.record_count() >= rows
+        })
+        .await;
+        settled(&env).await;
+        daemon.stop().await;
+        assert_eq!(api.record_count(), rows, "{file}");
+    }
+}
