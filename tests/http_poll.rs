@@ -44,7 +44,7 @@ fn http_source(env: &Env, name: &str, url: &str, extra: &str) -> String {
          page_size = 7\nkey = \"{{id}}\"\n{auth}\n{extra}\n\
          [source.map]\ntimestamp = \"started\"\nqueueName = \"queue\"\nqueueIdentifier = \"queue\"\n\
          channel = {{ value = \"calls\" }}\noffered = {{ value = true }}\nhandled = {{ value = true }}\n\
-         duration = \"id\"\n\n"
+         duration = {{ expr = \"seconds(id)\" }}\n\n"
     )
 }
 

@@ -22,7 +22,7 @@ fn sql_source(env: &Env, url: &str, extra: &str) -> String {
          page_size = 10\nkey = \"{{id}}\"\n{extra}\n\
          [source.map]\ntimestamp = \"started\"\nqueueName = \"queue\"\nqueueIdentifier = \"queue\"\n\
          channel = {{ value = \"calls\" }}\noffered = {{ value = true }}\nhandled = {{ value = true }}\n\
-         duration = \"id\"\n",
+         duration = {{ expr = \"seconds(id)\" }}\n",
         file = url_file.display().to_string()
     )
 }

@@ -26,7 +26,7 @@ fn config(env: &Env, api_url: &str, port: u16) -> String {
                  emits = \"contact_events\"\ntoken_file = {file:?}\nmax_body = \"64KiB\"\n\n\
                  [[source]]\nname = \"states\"\ntype = \"webhook\"\nintegration_id = 1234\n\
                  emits = \"agent_states\"\nexternal_system = \"Odigo\"\ntoken_file = {file:?}\n\
-                 [source.map]\nagentIdentifier = \"user\"\nactivityIdentifier = \"status\"\ntimestamp = \"at\"\n",
+                 [source.map]\nagentIdentifier = \"user\"\nactivityIdentifier = {{ expr = \"status.trim()\" }}\ntimestamp = \"at\"\n",
                 file = token_file.display().to_string()
             )
         )
