@@ -3,6 +3,10 @@
 //!
 //! 1. A large CSV with a map (local times in Europe/Berlin, decimal commas, hh:mm:ss
 //!    durations): rows/s into the outbox (BENCH_CSV_ROWS, default 1,000,000).
+//!
+//!    A 10-column call-detail CSV read twice (BENCH_CSV10_ROWS, default 500,000): with a map of
+//!    plain columns, and with four of its fields as expressions (two comparisons, a sum of
+//!    three `seconds()`, a string function); the ratio is the expressions' cost.
 //! 2. A tailed file of BENCH_TAIL_MB (default 1024) MiB: rows/s and the daemon's peak RSS,
 //!    which must not grow with the file.
 //! 3. Latency from a line appended to its commit in tail mode, with file events and with the
@@ -36,6 +40,9 @@ fn main() {
     api.set_outage(Some((503, None)));
 
     let (csv_secs, csv_rss) = csv_ingest(&api.url(), csv_rows);
+    let csv10_rows = env_or("BENCH_CSV10_ROWS", 500_000);
+    let plain_secs = csv10_ingest(&api.url(), csv10_rows, false);
+    let expr_secs = csv10_ingest(&api.url(), csv10_rows, true);
     let (tail_rows, tail_secs, tail_rss) = big_tail(&api.url(), tail_mb);
     let events = latency(&api.url(), "events", appends);
     let poll = latency(&api.url(), "poll", appends);
@@ -45,6 +52,8 @@ fn main() {
     let table = format!(
         "| measure (release build, {} cores) | value |\n|---|---:|\n\
          | CSV with a map, {csv_rows} rows | {:.0} rows/s ({csv_secs:.2} s), peak RSS {:.1} MB |\n\
+         | 10-column CSV, {csv10_rows} rows, plain columns | {:.0} rows/s ({plain_secs:.2} s) |\n\
+         | the same with 4 expression fields | {:.0} rows/s ({expr_secs:.2} s), {:.0} % of plain |\n\
          | tail of a {tail_mb} MiB file, {tail_rows} rows | {:.0} rows/s ({tail_secs:.1} s), peak RSS {:.1} MB |\n\
          | append → commit, file events | p50 {:.1} ms, p99 {:.1} ms |\n\
          | append → commit, poll scan every 1 s | p50 {:.0} ms, p99 {:.0} ms |\n\
@@ -53,6 +62,9 @@ fn main() {
         cores(),
         csv_rows as f64 / csv_secs,
         csv_rss as f64 / 1024.0,
+        csv10_rows as f64 / plain_secs,
+        csv10_rows as f64 / expr_secs,
+        100.0 * plain_secs / expr_secs,
         tail_rows as f64 / tail_secs,
         tail_rss as f64 / 1024.0,
         events.0,
@@ -69,6 +81,9 @@ fn main() {
             "csv_rows": csv_rows,
             "csv_rows_per_s": csv_rows as f64 / csv_secs,
             "csv_peak_rss_kib": csv_rss,
+            "csv10_rows": csv10_rows,
+            "csv10_plain_rows_per_s": csv10_rows as f64 / plain_secs,
+            "csv10_expr_rows_per_s": csv10_rows as f64 / expr_secs,
             "tail_mib": tail_mb,
             "tail_rows": tail_rows,
             "tail_rows_per_s": tail_rows as f64 / tail_secs,
@@ -136,6 +151,57 @@ fn csv_ingest(url: &str, rows: u64) -> (f64, u64) {
     let rss = status_kib(pid, "VmHWM:");
     stop(child);
     (secs, rss)
+}
+
+/// A 10-column call-detail CSV into the outbox, with a map of plain columns or with four
+/// expression fields; the seconds until every row is committed.
+fn csv10_ingest(url: &str, rows: u64, expressions: bool) -> f64 {
+    let map = if expressions {
+        "queueIdentifier = { expr = \"queue.upperAscii()\" }\n\
+         offered = { expr = \"outcome != 'PHANTOM'\" }\n\
+         handled = { expr = \"outcome == 'AGENT'\" }\n\
+         duration = { expr = \"seconds(talk) + seconds(hold) + seconds(acw)\" }\n"
+    } else {
+        "queueIdentifier = \"queue\"\noffered = \"offered\"\nhandled = \"handled\"\nduration = \"talk\"\n"
+    };
+    let (dir, state) = setup(
+        url,
+        &format!(
+            "format = \"csv\"\nsettle = \"0s\"\ntimestamp_format = \"%Y-%m-%d %H:%M:%S\"\n\
+             timezone = \"Europe/Berlin\"\n[source.map]\ntimestamp = \"start\"\nqueueName = \"queue\"\n\
+             channel = {{ value = \"calls\" }}\n{map}"
+        ),
+    );
+    let mut text = String::from("start,queue,agent,outcome,offered,handled,talk,hold,acw,caller\n");
+    let queues = ["support", "sales", "billing", "tech"];
+    let outcomes = ["AGENT", "AGENT", "AGENT", "HANG", "PHANTOM"];
+    for i in 0..rows {
+        let outcome = outcomes[(i % 5) as usize];
+        let _ = writeln!(
+            text,
+            "2026-11-{:02} {:02}:{:02}:{:02},{},agent{},{outcome},{},{},0:{:02}:{:02},{},{},+4930{:07}",
+            1 + (i / 86_400) % 28,
+            (i / 3600) % 24,
+            (i / 60) % 60,
+            i % 60,
+            queues[(i % 4) as usize],
+            i % 500,
+            u8::from(outcome != "PHANTOM"),
+            u8::from(outcome == "AGENT"),
+            (i / 60) % 60,
+            i % 60,
+            i % 90,
+            i % 45,
+            i,
+        );
+    }
+    std::fs::write(dir.path().join("exports/calls.csv"), text).unwrap();
+    let start = Instant::now();
+    let child = run_in(dir.path());
+    wait(Duration::from_secs(900), || committed(&state) >= rows);
+    let secs = start.elapsed().as_secs_f64();
+    stop(child);
+    secs
 }
 
 fn big_tail(url: &str, mib: u64) -> (u64, f64, u64) {
