@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::{LaneMetrics, SourceMetrics};
@@ -315,6 +315,19 @@ async fn run_prepared(
         warn!("{w}");
     }
     let (outbox, writer) = Outbox::open(&config.state.path)?;
+    let budget = outbox
+        .apply_budget(config.state.max_outbox_size, false)
+        .await?;
+    info!(
+        "outbox budget: {} ({}); {}",
+        bytesize::ByteSize(budget),
+        if config.state.max_outbox_size.is_some() {
+            "max_outbox_size"
+        } else {
+            "default: the outbox's size plus half the free space"
+        },
+        outbox.usage().describe()
+    );
     let tracker = TaskTracker::new();
     let settings = LaneSettings {
         batch_records: config.api.batch_records,
@@ -412,6 +425,13 @@ async fn run_prepared(
             }
         }
     });
+
+    // At the budget, delivered records still kept for `keep_sent` give their payload up,
+    // oldest first, so reading resumes as soon as delivery allows.
+    {
+        let (outbox, token) = (outbox.clone(), shutdown.clone());
+        tracker.spawn(async move { compact_when_full(outbox, token).await });
+    }
 
     // Records made pending by operator commands in other processes wake the lanes.
     {
@@ -600,6 +620,82 @@ async fn supervise(s: Supervised, shutdown: CancellationToken) {
     }
 }
 
+/// Compacts delivered records while the outbox is at its budget (see `outbox::space`).
+async fn compact_when_full(outbox: Outbox, token: CancellationToken) {
+    let mut compacted_to: std::collections::HashMap<i64, i64> = Default::default();
+    // Said at most every ten minutes: reading pauses and resumes as often as delivery
+    // frees a little room.
+    let mut told: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if !outbox.usage().full() {
+            continue;
+        }
+        if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(600)) {
+            warn!("{}", outbox.usage().describe());
+            told = Some(std::time::Instant::now());
+        }
+        let lanes = match outbox.kept_lanes().await {
+            Ok(lanes) => lanes,
+            Err(e) => {
+                warn!("cannot compact delivered records: {e}");
+                continue;
+            }
+        };
+        let mut total = 0;
+        for (lane, pruned_to) in lanes {
+            let from = compacted_to.entry(lane).or_insert(pruned_to);
+            *from = (*from).max(pruned_to);
+            while outbox.usage().full() && !token.is_cancelled() {
+                match outbox.compact_step(lane, *from).await {
+                    Ok((n, Some(reached))) => {
+                        total += n;
+                        *from = reached;
+                    }
+                    Ok((_, None)) => break,
+                    Err(e) => {
+                        warn!("cannot compact delivered records: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        // Compacted records alone fill the budget: the oldest delivered go, keys and all.
+        if total == 0 && outbox.usage().full() {
+            let lanes = outbox.kept_lanes().await.unwrap_or_default();
+            let mut pruned = 0;
+            for (lane, _) in lanes {
+                while outbox.usage().full() && !token.is_cancelled() {
+                    match outbox.prune_oldest_step(lane).await {
+                        Ok(0) => break,
+                        Ok(n) => pruned += n,
+                        Err(e) => {
+                            warn!("cannot prune delivered records: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            if pruned > 0 {
+                warn!(
+                    "removed the {pruned} oldest delivered records before keep_sent: their keys \
+                     alone filled max_outbox_size ({})",
+                    outbox.usage().describe()
+                );
+            }
+        }
+        if total > 0 {
+            debug!(
+                "compacted {total} delivered records (kept as keys only) to make room: {}",
+                outbox.usage().describe()
+            );
+        }
+    }
+}
+
 /// Reads one source's files once into the outbox (`import`), stopping early on Ctrl-C.
 /// `progress` is called about five times a second with the source's counters. Returns
 /// whether every file was read to its end.
@@ -615,6 +711,9 @@ pub fn import(
         .map_err(|e| RunError::Internal(format!("cannot start the async runtime: {e}")))?;
     let (outbox, writer) = Outbox::open(&config.state.path)?;
     let (id, lane) = runtime.block_on(async {
+        outbox
+            .apply_budget(config.state.max_outbox_size, true)
+            .await?;
         Ok::<_, OutboxError>((
             outbox.source_id(&source.name).await?,
             outbox.lane_id(&source.lane).await?,

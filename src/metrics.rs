@@ -209,12 +209,14 @@ pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 pub fn render(
     sources: &[Arc<SourceMetrics>],
     lanes: &[(Arc<LaneMetrics>, Depth)],
+    outbox: crate::outbox::Usage,
     now_ms: i64,
 ) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Scrape {
         sources: sources.to_vec(),
         lanes: lanes.to_vec(),
+        outbox,
         now_ms,
     }));
     let mut text = String::new();
@@ -227,6 +229,7 @@ pub fn render(
 struct Scrape {
     sources: Vec<Arc<SourceMetrics>>,
     lanes: Vec<(Arc<LaneMetrics>, Depth)>,
+    outbox: crate::outbox::Usage,
     now_ms: i64,
 }
 
@@ -274,6 +277,33 @@ impl Collector for Scrape {
         let now = self.now_ms;
         let up: [([(&str, &str); 0], _); 1] = [([], ConstGauge::new(1))];
         family(e, "injixo_sync_up", "1 while the daemon runs.", up)?;
+        let o = self.outbox;
+        let gauge =
+            |n: u64| -> [([(&str, &str); 0], ConstGauge); 1] { [([], ConstGauge::new(n as i64))] };
+        family(
+            e,
+            "injixo_sync_outbox_size_bytes",
+            "The state file and its WAL on disk.",
+            gauge(o.on_disk),
+        )?;
+        family(
+            e,
+            "injixo_sync_outbox_used_bytes",
+            "Bytes in the state file's pages in use (free pages are reused).",
+            gauge(o.used),
+        )?;
+        family(
+            e,
+            "injixo_sync_outbox_budget_bytes",
+            "max_outbox_size: reading pauses while the bytes in use reach it.",
+            gauge(o.budget),
+        )?;
+        family(
+            e,
+            "injixo_sync_outbox_full",
+            "1 while the outbox is at its budget and reading is paused.",
+            gauge(u64::from(o.full())),
+        )?;
 
         let sources = || {
             self.sources
@@ -460,6 +490,11 @@ mod tests {
                     oldest_pending_ms: Some(1_000),
                 },
             )],
+            crate::outbox::Usage {
+                used: 2 << 20,
+                on_disk: 3 << 20,
+                budget: 2 << 20,
+            },
             11_000,
         );
         let labels =
@@ -477,6 +512,9 @@ mod tests {
             "injixo_sync_source_records_total{source=\"acd\"} 501".to_owned(),
             "injixo_sync_source_duplicates_total{source=\"acd\"} 4".to_owned(),
             "injixo_sync_source_merged_total{source=\"acd\"} 3".to_owned(),
+            "injixo_sync_outbox_size_bytes 3145728".to_owned(),
+            "injixo_sync_outbox_budget_bytes 2097152".to_owned(),
+            "injixo_sync_outbox_full 1".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -251,7 +251,7 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
             reply(
                 StatusCode::OK,
                 metrics::CONTENT_TYPE,
-                metrics::render(&o.sources, &lanes, now_ms()),
+                metrics::render(&o.sources, &lanes, o.outbox.usage(), now_ms()),
             )
         }
         _ => reply(
@@ -498,6 +498,10 @@ async fn not_ready(o: &Observed) -> Vec<String> {
     let mut reasons = Vec::new();
     if !o.outbox.is_open() {
         reasons.push("the outbox is closed".to_owned());
+    }
+    let usage = o.outbox.usage();
+    if usage.full() {
+        reasons.push(format!("the outbox: {}", usage.describe()));
     }
     let depths = depths(o).await;
     let now = now_ms();

@@ -319,7 +319,7 @@ pub fn render(
     schedules: &[(String, crate::config::Schedule)],
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Outbox {}\n", path.display());
+    let _ = writeln!(out, "Outbox {}: {}\n", path.display(), r.outbox.describe());
     let _ = writeln!(
         out,
         "{:<40} {:<9} {:>9} {:>9} {:>11} {:>6}  LAST SUCCESS",

@@ -38,7 +38,7 @@ const CASES: &[(&str, &str, &str)] = &[
     (
         "format = \"csv\"",
         "format = \"csv\"\nmax_line = \"2GiB\"",
-        "f.toml:15: source[0] \"acd\".max_line: write a size from \"1KiB\" to \"64MiB\"",
+        "f.toml:15: source[0] \"acd\".max_line: \"2GiB\" is out of range (1.0 KiB to 64.0 MiB)",
     ),
     (
         "[api]\n",
@@ -68,7 +68,12 @@ const CASES: &[(&str, &str, &str)] = &[
     (
         "[api]\n",
         "[api]\nbatch_bytes = \"lots\"\n",
-        "f.toml:2: api.batch_bytes: \"lots\" is not a size: write it like \"512KiB\" or \"1MiB\"",
+        "f.toml:2: api.batch_bytes: \"lots\" is not a size: write it like \"512KiB\", \"64MiB\" or \"5GiB\"",
+    ),
+    (
+        "[state]\n",
+        "[state]\nmax_outbox_size = \"1KiB\"\n",
+        "f.toml:5: state.max_outbox_size: \"1KiB\" is out of range (1.0 MiB to 1.0 PiB)",
     ),
     (
         "[api]\n",

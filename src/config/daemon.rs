@@ -51,6 +51,8 @@ pub struct StateConfig {
     pub keep_sent: Duration,
     /// Parked input is kept this long for `status` and the operator, then deleted.
     pub keep_parked: Duration,
+    /// The disk budget in bytes; `None`: the outbox's size at start plus half the free space.
+    pub max_outbox_size: Option<u64>,
 }
 
 /// The local HTTP listener for `/healthz`, `/readyz` and `/metrics`.
@@ -173,28 +175,13 @@ impl Validator<'_> {
                 500
             }
         };
-        let batch_bytes = match raw.batch_bytes.as_deref() {
-            None => 1 << 20,
-            Some(s) => match s.parse::<bytesize::ByteSize>() {
-                Ok(b) if (1024..=64 << 20).contains(&b.as_u64()) => b.as_u64() as usize,
-                Ok(_) => {
-                    self.problem(
-                        &k("batch_bytes"),
-                        "api.batch_bytes",
-                        format!("{s:?} is out of range (1KiB to 64MiB)"),
-                    );
-                    1 << 20
-                }
-                Err(_) => {
-                    self.problem(
-                        &k("batch_bytes"),
-                        "api.batch_bytes",
-                        format!("{s:?} is not a size: write it like \"512KiB\" or \"1MiB\""),
-                    );
-                    1 << 20
-                }
-            },
-        };
+        let batch_bytes = self.size(
+            &k("batch_bytes"),
+            "api.batch_bytes",
+            raw.batch_bytes.as_deref(),
+            1 << 20,
+            (1024, 64 << 20),
+        ) as usize;
         let ms = Duration::from_millis;
         let s = Duration::from_secs;
         let linger = self.duration(
@@ -281,10 +268,18 @@ impl Validator<'_> {
                 Duration::from_secs(3650 * 86_400),
             ),
         );
+        let max_outbox_size = self.size(
+            &[Seg::Key("state"), Seg::Key("max_outbox_size")],
+            "state.max_outbox_size",
+            raw.max_outbox_size.as_deref(),
+            0,
+            (1 << 20, 1 << 50),
+        );
         StateConfig {
             path,
             keep_sent,
             keep_parked,
+            max_outbox_size: Some(max_outbox_size).filter(|b| *b > 0),
         }
     }
 

@@ -261,22 +261,13 @@ impl Validator<'_> {
             s(5),
             (Duration::from_millis(50), s(3600)),
         );
-        let max_line = match raw
-            .max_line
-            .as_deref()
-            .map(str::parse::<bytesize::ByteSize>)
-        {
-            None => DEFAULT_MAX_LINE,
-            Some(Ok(b)) if (1024..=64 << 20).contains(&b.as_u64()) => b.as_u64() as usize,
-            Some(_) => {
-                self.problem(
-                    &at("max_line"),
-                    &key("max_line"),
-                    "write a size from \"1KiB\" to \"64MiB\"",
-                );
-                DEFAULT_MAX_LINE
-            }
-        };
+        let max_line = self.size(
+            &at("max_line"),
+            &key("max_line"),
+            raw.max_line.as_deref(),
+            DEFAULT_MAX_LINE as u64,
+            (1024, 64 << 20),
+        ) as usize;
         let start_at = self.one_of(
             &at("start_at"),
             &key("start_at"),

@@ -434,22 +434,13 @@ impl Validator<'_> {
             ),
             "the secret part of the push URL (at least 16 characters)",
         );
-        let max_body = match raw
-            .max_body
-            .as_deref()
-            .map(str::parse::<bytesize::ByteSize>)
-        {
-            None => 1 << 20,
-            Some(Ok(b)) if b.as_u64() >= 1024 && b.as_u64() <= 64 << 20 => b.as_u64() as usize,
-            Some(_) => {
-                self.problem(
-                    &[Seg::Key("source"), Seg::Index(i), Seg::Key("max_body")],
-                    &format!("{label}.max_body"),
-                    "write a size from \"1KiB\" to \"64MiB\"",
-                );
-                1 << 20
-            }
-        };
+        let max_body = self.size(
+            &[Seg::Key("source"), Seg::Index(i), Seg::Key("max_body")],
+            &format!("{label}.max_body"),
+            raw.max_body.as_deref(),
+            1 << 20,
+            (1024, 64 << 20),
+        ) as usize;
         let rows = self.rows(i, label, emits, &mut raw, false, false)?;
         Some(SourceKind::Webhook(WebhookConfig {
             token: token?,

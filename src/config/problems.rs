@@ -131,6 +131,40 @@ impl Validator<'_> {
         span.map(|s| line_of(self.text, s.start))
     }
 
+    /// A size such as "64MiB" within `range` (bytes); `default` when absent or wrong.
+    pub(super) fn size(
+        &mut self,
+        path: &[Seg],
+        label: &str,
+        raw: Option<&str>,
+        default: u64,
+        range: (u64, u64),
+    ) -> u64 {
+        let Some(raw) = raw else { return default };
+        let (low, high) = (bytesize::ByteSize(range.0), bytesize::ByteSize(range.1));
+        match raw.parse::<bytesize::ByteSize>() {
+            Ok(b) if (range.0..=range.1).contains(&b.as_u64()) => b.as_u64(),
+            Ok(_) => {
+                self.problem(
+                    path,
+                    label,
+                    format!("{raw:?} is out of range ({low} to {high})"),
+                );
+                default
+            }
+            Err(_) => {
+                self.problem(
+                    path,
+                    label,
+                    format!(
+                        "{raw:?} is not a size: write it like \"512KiB\", \"64MiB\" or \"5GiB\""
+                    ),
+                );
+                default
+            }
+        }
+    }
+
     pub(super) fn duration(
         &mut self,
         path: &[Seg],

@@ -41,6 +41,7 @@ pub(super) struct RawState {
     pub(super) path: Option<String>,
     pub(super) keep_sent: Option<String>,
     pub(super) keep_parked: Option<String>,
+    pub(super) max_outbox_size: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -34,6 +34,7 @@ mod prune;
 mod report;
 mod resend;
 mod schema;
+mod space;
 mod writer;
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ pub use report::{
 };
 pub use resend::{AgentSent, Resend, agents_sent, resend};
 pub use schema::{SCHEMA_VERSION, writable};
+use space::Space;
+pub use space::{COMPACTED, Usage, default_budget};
 use writer::{Job, writer};
 
 use crate::types::{LaneKey, SourceName};
@@ -101,6 +104,19 @@ pub enum OutboxError {
     Missing(PathBuf),
     #[error("the outbox writer has stopped")]
     Closed,
+    /// The outbox has reached `max_outbox_size`: reading pauses until space is freed.
+    #[error(
+        "state file {path}: the outbox is full ({used} in use of its {budget} budget, \
+         max_outbox_size); reading is paused until delivery and pruning free space",
+        path = path.display(),
+        used = bytesize::ByteSize(*used),
+        budget = bytesize::ByteSize(*budget)
+    )]
+    Full {
+        path: PathBuf,
+        used: u64,
+        budget: u64,
+    },
 }
 
 impl OutboxError {
@@ -134,6 +150,14 @@ impl OutboxError {
 
     pub fn is_disk_full(&self) -> bool {
         matches!(self, OutboxError::DiskFull { .. })
+    }
+
+    /// The disk is full, or the outbox at its budget: reading waits for space.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(
+            self,
+            OutboxError::DiskFull { .. } | OutboxError::Full { .. }
+        )
     }
 }
 
@@ -225,6 +249,7 @@ impl Wakers {
 pub struct Outbox {
     tx: mpsc::UnboundedSender<Job>,
     wakers: Arc<Wakers>,
+    space: Arc<Space>,
     path: PathBuf,
     instance: Arc<str>,
     /// What the path named when the file was opened (device and inode; Unix only).
@@ -242,9 +267,12 @@ impl Outbox {
             .map_err(|e| OutboxError::sqlite(path, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let owned = path.to_owned();
+        let space = Arc::new(Space::default());
+        space.measure(&conn);
+        let measure = space.clone();
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
-            .spawn(move || writer(conn, owned, rx))
+            .spawn(move || writer(conn, owned, rx, measure))
             .map_err(|e| OutboxError::Io {
                 path: path.to_owned(),
                 message: format!("cannot start the writer thread: {e}"),
@@ -253,6 +281,7 @@ impl Outbox {
             Outbox {
                 tx,
                 wakers: Arc::default(),
+                space,
                 path: path.to_owned(),
                 instance: instance.into(),
                 identity: lock::identity(path),
@@ -498,8 +527,10 @@ impl Outbox {
         commit: Commit,
     ) -> oneshot::Receiver<Result<Committed, OutboxError>> {
         let wake = self.wakers.get(lane.0);
+        let space = self.space.clone();
         self.job(
             move |c, p| {
+                space.refuses(c, commit.records.len(), p)?;
                 write_commit(c, source, lane, commit).map_err(|e| OutboxError::sqlite(p, e))
             },
             move |done: &Committed| {
@@ -598,7 +629,8 @@ fn write_commit(
                         "SELECT payload FROM records WHERE source_id = ?1 AND dkey = ?2",
                     )?
                     .query_row(params![source.0, &r.dkey[..]], |row| row.get(0))?;
-                g.conflict = kept != r.payload;
+                // A compacted record's payload is gone: its key alone says "sent before".
+                g.conflict = kept != r.payload && kept != COMPACTED;
             }
         }
         let group_parked: Vec<&Parked> = parked.by_ref().take(group.parked).collect();

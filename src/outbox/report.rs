@@ -10,6 +10,8 @@ use super::{OutboxError, schema};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The state file's size, what is in use and the budget.
+    pub outbox: super::Usage,
     pub lanes: Vec<LaneReport>,
     pub sources: Vec<SourceReport>,
     pub dead: Vec<DeadLetter>,
@@ -131,7 +133,13 @@ pub fn verify(path: &Path) -> Result<(), OutboxError> {
 /// Reads per-lane and per-source figures, the latest dead letters and parked input.
 pub fn inspect(path: &Path, recent: usize) -> Result<Report, OutboxError> {
     let conn = schema::open_ro(path)?;
-    read(&conn, recent).map_err(|e| OutboxError::sqlite(path, e))
+    let mut report = read(&conn, recent).map_err(|e| OutboxError::sqlite(path, e))?;
+    report.outbox = super::Usage {
+        used: super::space::used_bytes(&conn).unwrap_or(0),
+        on_disk: super::space::on_disk(path),
+        budget: super::space::stored_budget(&conn),
+    };
+    Ok(report)
 }
 
 fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
@@ -236,6 +244,7 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
         })?
         .collect::<Result<_, _>>()?;
     Ok(Report {
+        outbox: super::Usage::default(),
         lanes,
         sources,
         dead,

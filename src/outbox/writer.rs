@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Outbox, OutboxError};
+use super::{Outbox, OutboxError, Space};
 
 pub(super) type Finish = Box<dyn FnOnce(Option<&OutboxError>) + Send>;
 
@@ -67,7 +67,12 @@ impl Outbox {
     }
 }
 
-pub(super) fn writer(conn: Connection, path: PathBuf, mut rx: mpsc::UnboundedReceiver<Job>) {
+pub(super) fn writer(
+    conn: Connection,
+    path: PathBuf,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    space: std::sync::Arc<Space>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < 512 {
@@ -107,6 +112,7 @@ pub(super) fn writer(conn: Connection, path: PathBuf, mut rx: mpsc::UnboundedRec
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
+        space.measure(&conn);
         for finish in finishes {
             finish(commit.as_ref().err());
         }

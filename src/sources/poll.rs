@@ -199,12 +199,17 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
                 }
                 Err(e) => {
                     failures += 1;
-                    let wait = Duration::from_secs(1 << failures.min(8)).min(Duration::from_secs(300));
+                    let wait = match &e {
+                        // Space comes back as delivery goes on: look again soon.
+                        PollError::Outbox(o) if o.is_out_of_space() => Duration::from_secs(5),
+                        _ => Duration::from_secs(1 << failures.min(8)).min(Duration::from_secs(300)),
+                    };
                     let what = match e {
                         PollError::Outbox(_) => "cannot commit what was read, reading is paused",
                         PollError::Remote(_) => "poll failed",
                     };
-                    if failures == 1 || failures.is_power_of_two() {
+                    let full = matches!(&e, PollError::Outbox(o) if o.is_out_of_space() && !o.is_disk_full());
+                    if !full && (failures == 1 || failures.is_power_of_two()) {
                         error!(source = %ctx.name, attempt = failures, "{what}: {e}; retrying in {}", humantime::format_duration(wait));
                     } else {
                         debug!(source = %ctx.name, attempt = failures, "{what}: {e}");

@@ -213,7 +213,10 @@ impl Source for FilesSource {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || e.is_disk_full() {
+                    // At the budget the daemon says so itself (`status`, /readyz, the log).
+                    if e.is_out_of_space() && !e.is_disk_full() {
+                        debug!(source = %ctx.name, "reading waits for room in the outbox: {e}");
+                    } else if failures == 1 || e.is_disk_full() {
                         error!(source = %ctx.name, "cannot commit what was read, reading is paused and will resume: {e}");
                     }
                     Duration::from_secs(1 << failures.min(3))
@@ -240,7 +243,23 @@ impl FilesSource {
     pub fn run_once(mut self, ctx: &SourceContext) -> Result<(), OutboxError> {
         self.load_cursors(ctx)?;
         self.first_pass = false;
-        self.pass(ctx).map(|_| ())
+        let mut waited = false;
+        loop {
+            match self.pass(ctx) {
+                // The outbox is at its budget: the running daemon frees space as it delivers.
+                Err(e) if e.is_out_of_space() && !ctx.shutdown.is_cancelled() => {
+                    if !waited {
+                        warn!(source = %ctx.name, "{e}; the import waits and goes on by itself");
+                        waited = true;
+                    }
+                    match ctx.wake.recv_timeout(Duration::from_secs(2)) {
+                        Err(RecvTimeoutError::Disconnected) => return Err(e),
+                        _ => continue,
+                    }
+                }
+                result => return result.map(|_| ()),
+            }
+        }
     }
 
     /// Loads the source's cursors; `true` when it has none yet (a first start).

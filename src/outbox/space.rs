@@ -1,0 +1,322 @@
+//! The disk budget (`[state] max_outbox_size`): how much of the disk the outbox may use.
+//!
+//! The writer measures the pages in use (`page_count - freelist_count`) after every
+//! transaction; a commit that brings records while that is at the budget is refused with
+//! [`OutboxError::Full`] before it writes anything, so its source keeps its input and reads it
+//! again later (a file from its committed cursor, a poll from its cursor, a push answered 503).
+//! Cursor moves, parked lines, delivery marks and operator commands are never refused. Free
+//! pages are reused by SQLite, so the file stops growing near the budget, and reading resumes
+//! as delivery and pruning free pages. To free them sooner, delivered records still kept for
+//! `keep_sent` are compacted at the budget, oldest first: their payload and origin are emptied
+//! ([`COMPACTED`]) and their dedupe key kept, so re-read input is still recognised and nothing
+//! is enqueued twice; only `resend` can no longer reach them. When compacted records alone
+//! fill the budget, the oldest delivered records go, keys and all, before `keep_sent` (logged):
+//! a natural `key` seen again after that would be sent again, which a budget too small for the
+//! keys of `keep_sent` makes unavoidable. Nothing pending is ever dropped.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use rusqlite::{Connection, params};
+
+use super::{Outbox, OutboxError};
+
+/// The payload of a compacted record: valid JSON with none of the fields `resend` reads.
+pub const COMPACTED: &str = "{}";
+
+/// What the outbox uses and may use, shared by the writer and every handle.
+#[derive(Debug, Default)]
+pub(super) struct Space {
+    /// Bytes in pages in use after the last transaction.
+    used: AtomicU64,
+    /// 0: no budget.
+    budget: AtomicU64,
+}
+
+/// The outbox's size for `status`, `/readyz` and `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Bytes in the pages records, keys and cursors use.
+    pub used: u64,
+    /// The state file and its WAL on disk.
+    pub on_disk: u64,
+    /// `max_outbox_size` as in effect; 0 when none was set yet.
+    pub budget: u64,
+}
+
+impl Usage {
+    /// Reading is paused: records are refused until pages are freed.
+    pub fn full(&self) -> bool {
+        self.budget > 0 && self.used >= self.budget
+    }
+
+    /// In words, for `status` and `/readyz`.
+    pub fn describe(&self) -> String {
+        let size = |b: u64| bytesize::ByteSize(b).to_string();
+        let mut text = format!("{} on disk, {} in use", size(self.on_disk), size(self.used));
+        if self.budget > 0 {
+            text.push_str(&format!(
+                " of a {} budget (max_outbox_size)",
+                size(self.budget)
+            ));
+        }
+        if self.full() {
+            text.push_str(
+                ": full, reading is paused until delivery and pruning free space \
+                 (nothing is dropped)",
+            );
+        }
+        text
+    }
+}
+
+impl Space {
+    pub(super) fn measure(&self, c: &Connection) {
+        if let Ok(used) = used_bytes(c) {
+            self.used.store(used, Relaxed);
+        }
+    }
+
+    /// The commit of `records` new records must wait.
+    pub(super) fn refuses(
+        &self,
+        c: &Connection,
+        records: usize,
+        path: &Path,
+    ) -> Result<(), OutboxError> {
+        let budget = self.budget.load(Relaxed);
+        if records == 0 || budget == 0 || self.used.load(Relaxed) < budget {
+            return Ok(());
+        }
+        // Another process (a daemon beside `import`) may have freed pages meanwhile.
+        self.measure(c);
+        let used = self.used.load(Relaxed);
+        if used >= budget {
+            return Err(OutboxError::Full {
+                path: path.to_owned(),
+                used,
+                budget,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Bytes in pages in use: the file without its free pages.
+pub(super) fn used_bytes(c: &Connection) -> rusqlite::Result<u64> {
+    let pragma = |name: &str| c.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0));
+    let pages = pragma("page_count")? - pragma("freelist_count")?;
+    Ok(pages.max(0) as u64 * pragma("page_size")? as u64)
+}
+
+/// The state file and its WAL on disk, by `stat` (never by opening them).
+pub(super) fn on_disk(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path, Path::new(&wal)]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The budget as last set by a daemon, for commands in other processes.
+pub(super) fn stored_budget(c: &Connection) -> u64 {
+    c.query_row(
+        "SELECT value FROM meta WHERE key = 'max_outbox_size'",
+        [],
+        |r| r.get::<_, String>(0),
+    )
+    .ok()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(0)
+}
+
+/// The default budget: what the outbox holds now plus half the space free beside it, so the
+/// disk the ACD and the system share is never filled by the outbox alone.
+pub fn default_budget(path: &Path) -> Option<u64> {
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let free = free_space(folder.unwrap_or(Path::new(".")))?;
+    Some(on_disk(path) + free / 2)
+}
+
+/// Bytes available to this user on the file system holding `folder`.
+#[cfg(unix)]
+fn free_space(folder: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(folder.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Bytes available to this user on the volume holding `folder`.
+#[cfg(windows)]
+fn free_space(folder: &Path) -> Option<u64> {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Storage::FileSystem::GetDiskFreeSpaceExW;
+    let wide: Vec<u16> = folder.as_os_str().encode_wide().chain(Some(0)).collect();
+    let mut free = 0u64;
+    // SAFETY: `wide` is NUL-terminated; the other outputs may be null.
+    let ok = unsafe {
+        GetDiskFreeSpaceExW(
+            wide.as_ptr(),
+            &mut free,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    (ok != 0).then_some(free)
+}
+
+impl Outbox {
+    /// Sets the budget (bytes; 0 for none) and keeps it in the state file for `status`.
+    pub async fn set_budget(&self, budget: u64) -> Result<(), OutboxError> {
+        self.space.budget.store(budget, Relaxed);
+        self.call(move |c, p| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('max_outbox_size', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [budget.to_string()],
+            )
+            .map(drop)
+            .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// Puts `max_outbox_size` in effect: `configured`, else (for a second process such as
+    /// `import`, `prefer_stored`) what the daemon set, else [`default_budget`]. Returns it.
+    pub async fn apply_budget(
+        &self,
+        configured: Option<u64>,
+        prefer_stored: bool,
+    ) -> Result<u64, OutboxError> {
+        let stored = if prefer_stored {
+            self.call(|c, _| Ok(stored_budget(c))).await?
+        } else {
+            0
+        };
+        let budget = configured
+            .or((stored > 0).then_some(stored))
+            .or_else(|| default_budget(&self.path))
+            .unwrap_or(0);
+        self.set_budget(budget).await?;
+        Ok(budget)
+    }
+
+    /// What the outbox uses now, as the writer last measured it.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            used: self.space.used.load(Relaxed),
+            on_disk: on_disk(&self.path),
+            budget: self.space.budget.load(Relaxed),
+        }
+    }
+
+    /// Compacts up to 5,000 delivered records of `lane` above `from` (see the module doc);
+    /// returns how many, and how far the lane is compacted (`None`: nothing left to compact).
+    pub async fn compact_step(
+        &self,
+        lane: i64,
+        from: i64,
+    ) -> Result<(usize, Option<i64>), OutboxError> {
+        self.call(move |c, p| compact_step(c, lane, from).map_err(|e| OutboxError::sqlite(p, e)))
+            .await
+    }
+
+    /// Lets up to 5,000 of `lane`'s oldest delivered records go before `keep_sent`, keys and
+    /// all: the last resort when compacted records alone fill the budget. Returns how many.
+    pub async fn prune_oldest_step(&self, lane: i64) -> Result<usize, OutboxError> {
+        self.call(move |c, p| {
+            let (from, upto): (i64, i64) = c
+                .prepare_cached("SELECT pruned_to, sent_to FROM lanes WHERE id = ?1")
+                .and_then(|mut s| s.query_row([lane], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(|e| OutboxError::sqlite(p, e))?;
+            if from >= upto {
+                return Ok(0);
+            }
+            super::prune::prune_step(c, lane, from, upto)
+                .map(|(n, _)| n)
+                .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+
+    /// The lanes with delivered records kept, and where each is pruned to.
+    pub async fn kept_lanes(&self) -> Result<Vec<(i64, i64)>, OutboxError> {
+        self.call(|c, p| {
+            c.prepare_cached(
+                "SELECT id, pruned_to FROM lanes WHERE sent_to > pruned_to ORDER BY id",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+}
+
+fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize, Option<i64>)> {
+    const STEP: i64 = 5000;
+    let upto: i64 = c
+        .prepare_cached("SELECT sent_to FROM lanes WHERE id = ?1")?
+        .query_row([lane], |r| r.get(0))?;
+    if from >= upto {
+        return Ok((0, None));
+    }
+    type Kept = (i64, i64, Vec<u8>, i64, Option<i64>, bool);
+    let mut last = None;
+    let mut seen = 0;
+    let rows: Vec<Kept> = c
+        .prepare_cached(
+            "SELECT id, source_id, dkey, created, batch_id, payload = ?5 FROM records
+             WHERE id > ?1 AND id <= ?2 AND lane_id = ?3 AND state = 0 ORDER BY id LIMIT ?4",
+        )?
+        .query_map(
+            params![from, upto, lane, STEP, COMPACTED],
+            |r| -> rusqlite::Result<Kept> {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?
+        .filter_map(|r| {
+            // Rows compacted before are passed over, but count towards the step.
+            seen += 1;
+            match r {
+                Ok(row) => {
+                    last = Some(row.0);
+                    (!row.5).then_some(Ok(row))
+                }
+                Err(e) => Some(Err(e)),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    // Rewritten rather than updated: a row that only shrinks keeps its page, a row deleted
+    // and written again small lets SQLite merge the pages it leaves.
+    let mut delete = c.prepare_cached("DELETE FROM records WHERE id = ?1")?;
+    let mut insert = c.prepare_cached(
+        "INSERT INTO records (id, lane_id, source_id, dkey, payload, origin, created, state, batch_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, '', ?6, 0, ?7)",
+    )?;
+    for (id, source, dkey, created, batch, _) in &rows {
+        delete.execute([id])?;
+        insert.execute(params![id, lane, source, dkey, COMPACTED, created, batch])?;
+    }
+    let reached = match last {
+        Some(last) if seen == STEP => last,
+        _ => upto,
+    };
+    Ok((rows.len(), Some(reached)))
+}
