@@ -430,7 +430,8 @@ async fn run_prepared(
     // oldest first, so reading resumes as soon as delivery allows.
     {
         let (outbox, token) = (outbox.clone(), shutdown.clone());
-        tracker.spawn(async move { compact_when_full(outbox, token).await });
+        let configured = config.state.max_outbox_size.is_some();
+        tracker.spawn(async move { compact_when_full(outbox, configured, token).await });
     }
 
     // Records made pending by operator commands in other processes wake the lanes.
@@ -621,7 +622,11 @@ async fn supervise(s: Supervised, shutdown: CancellationToken) {
 }
 
 /// Compacts delivered records while the outbox is at its budget (see `outbox::space`).
-async fn compact_when_full(outbox: Outbox, token: CancellationToken) {
+/// A default budget (none configured) grows with the disk: at the budget it is worked out
+/// again from the space free now, so a disk grown or cleaned up lets reading go on.
+async fn compact_when_full(outbox: Outbox, configured: bool, token: CancellationToken) {
+    // What the default budget leaves free for the rest of the system.
+    let reserve = crate::outbox::free_beside(outbox.path()).map_or(0, |f| f / 2);
     let mut compacted_to: std::collections::HashMap<i64, i64> = Default::default();
     // Said at most every ten minutes: reading pauses and resumes as often as delivery
     // frees a little room.
@@ -633,6 +638,21 @@ async fn compact_when_full(outbox: Outbox, token: CancellationToken) {
         }
         if !outbox.usage().full() {
             continue;
+        }
+        if !configured
+            && let Some(grown) = crate::outbox::regrown_budget(outbox.path(), reserve)
+            && grown > outbox.usage().budget
+        {
+            match outbox.set_budget(grown).await {
+                Ok(()) => info!(
+                    "outbox budget: {} (more space is free now)",
+                    bytesize::ByteSize(grown)
+                ),
+                Err(e) => warn!("cannot set the outbox budget: {e}"),
+            }
+            if !outbox.usage().full() {
+                continue;
+            }
         }
         if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(600)) {
             warn!("{}", outbox.usage().describe());

@@ -58,7 +58,7 @@ pub use report::{
 pub use resend::{AgentSent, Resend, agents_sent, resend};
 pub use schema::{SCHEMA_VERSION, writable};
 use space::Space;
-pub use space::{COMPACTED, Usage, default_budget};
+pub use space::{COMPACTED, Usage, default_budget, free_beside, regrown_budget};
 use writer::{Job, writer};
 
 use crate::types::{LaneKey, SourceName};

@@ -135,9 +135,19 @@ pub(super) fn stored_budget(c: &Connection) -> u64 {
 /// The default budget: what the outbox holds now plus half the space free beside it, so the
 /// disk the ACD and the system share is never filled by the outbox alone.
 pub fn default_budget(path: &Path) -> Option<u64> {
+    Some(on_disk(path) + free_beside(path)? / 2)
+}
+
+/// The default budget worked out again, for a disk grown or cleaned up since the start: what
+/// the outbox holds plus what is free now, less the `reserve` left free at the start.
+pub fn regrown_budget(path: &Path, reserve: u64) -> Option<u64> {
+    Some((on_disk(path) + free_beside(path)?).saturating_sub(reserve))
+}
+
+/// Bytes free beside the state file.
+pub fn free_beside(path: &Path) -> Option<u64> {
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let free = free_space(folder.unwrap_or(Path::new(".")))?;
-    Some(on_disk(path) + free / 2)
+    free_space(folder.unwrap_or(Path::new(".")))
 }
 
 /// Bytes available to this user on the file system holding `folder`.
