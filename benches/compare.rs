@@ -13,7 +13,9 @@
 //!
 //! The fake API checks every record strictly and runs on one thread of this process, on the
 //! same two cores as the client it measures. Each job runs against a sink that keeps what it
-//! accepts and one that only counts, and its faster run is reported.
+//! accepts and one that only counts, and its faster run is reported. With `BENCH_SINK=python`
+//! the sink is instead a plain Python `http.server` that parses each body as JSON and counts
+//! its records, a sink that costs CPU on the same cores as real receivers do.
 //!
 //! It also runs, in this process, the ceiling of our ingest: a raw rusqlite loop inserting
 //! the outbox's row shape (sequential dedupe keys, 16,384 rows per transaction) with the
@@ -102,12 +104,17 @@ fn main() {
     let rate = |r: &Option<(f64, u64, u64)>| r.map(|(t, _, _)| n as f64 / t);
     let ours_rate = rate(&ours).unwrap();
     let mut table = format!(
-        "| measure ({n} NDJSON contact events, release build, {} cores) | value | ratio |\n\
+        "| measure ({n} NDJSON contact events, release build, {} cores, {} sink) | value | ratio |\n\
          |---|---:|---:|\n\
          | raw rusqlite insert loop, synchronous = FULL (the ceiling) | {full:.0} records/s | 1.00 |\n\
          | raw rusqlite insert loop, synchronous = NORMAL | {normal:.0} records/s | {:.2} × FULL |\n\
          | injixo-sync ingest into the outbox (API down) | {ingest:.0} records/s | {:.2} of the ceiling |\n",
         cores(),
+        if python_sink() {
+            "Python http.server"
+        } else {
+            "Rust fake API"
+        },
         normal / full,
         ingest / full,
     );
@@ -137,10 +144,15 @@ fn main() {
     }
     job("naive script (no durability)", &naive, "");
     save(
-        "compare",
+        if python_sink() {
+            "compare-python"
+        } else {
+            "compare"
+        },
         &table,
         serde_json::json!({
             "records": n,
+            "sink": if python_sink() { "python" } else { "rust" },
             "ceiling_full_records_per_s": full,
             "ceiling_normal_records_per_s": normal,
             "ingest_records_per_s": ingest,
@@ -151,15 +163,111 @@ fn main() {
     );
 }
 
-/// The fake API a job sends to: it checks every record as strictly as always, and keeps
-/// what it accepts or only counts it.
-fn sink(runtime: &tokio::runtime::Runtime, keep: bool) -> FakeApi {
+/// What a job sends to: the fake API (in this process), or a Python sink (`BENCH_SINK=python`).
+enum Sink {
+    Rust(FakeApi),
+    Python(std::process::Child, u16),
+}
+
+impl Sink {
+    fn url(&self) -> String {
+        match self {
+            Sink::Rust(api) => api.url(),
+            Sink::Python(_, port) => format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn record_count(&self) -> usize {
+        match self {
+            Sink::Rust(api) => api.record_count(),
+            Sink::Python(_, port) => {
+                use std::io::{Read, Write};
+                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", *port)) else {
+                    return 0;
+                };
+                let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+                let mut answer = String::new();
+                let _ = s.read_to_string(&mut answer);
+                answer
+                    .rsplit("\r\n\r\n")
+                    .next()
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            }
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Sink::Python(child, _) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn python_sink() -> bool {
+    std::env::var("BENCH_SINK").is_ok_and(|s| s == "python")
+}
+
+/// The sink a job sends to: the fake API checks every record as strictly as always, and keeps
+/// what it accepts or only counts it; the Python sink parses and counts.
+fn sink(runtime: &tokio::runtime::Runtime, keep: bool) -> Sink {
+    if python_sink() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .arg("-c")
+            .arg(PYTHON_SINK)
+            .arg(port.to_string())
+            .spawn()
+            .expect("python3 runs");
+        let sink = Sink::Python(child, port);
+        wait(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        return sink;
+    }
     let api = runtime.block_on(FakeApi::start(KEY)).unwrap();
     if !keep {
         api.count_only();
     }
-    api
+    Sink::Rust(api)
 }
+
+/// A plain `http.server` that parses each body and counts its records (GET: the count).
+const PYTHON_SINK: &str = r#"
+import json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+count = 0
+lock = threading.Lock()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def do_POST(self):
+        global count
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        with lock:
+            count += len(body["data"])
+        out = json.dumps({"accepted": len(body["data"])}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def do_GET(self):
+        out = str(count).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
 
 /// The faster of a job's runs against a keeping and a counting sink: (seconds, peak RSS in
 /// KiB, records received).
@@ -167,6 +275,9 @@ fn best(
     mut job: impl FnMut(bool) -> Result<(f64, u64, u64), String>,
 ) -> Result<(f64, u64, u64), String> {
     let kept = job(true)?;
+    if python_sink() {
+        return Ok(kept);
+    }
     let counted = job(false)?;
     Ok(if kept.0 <= counted.0 { kept } else { counted })
 }

@@ -640,8 +640,8 @@ async fn compact_when_full(outbox: Outbox, configured: bool, token: Cancellation
             continue;
         }
         if !configured
-            && let Some(grown) = crate::outbox::regrown_budget(outbox.path(), reserve)
-            && grown > outbox.usage().budget
+            && let Some(grown) =
+                crate::outbox::regrown_budget(outbox.path(), reserve, outbox.usage().budget)
         {
             match outbox.set_budget(grown).await {
                 Ok(()) => info!(
@@ -669,11 +669,13 @@ async fn compact_when_full(outbox: Outbox, configured: bool, token: Cancellation
         for (lane, pruned_to) in lanes {
             let from = compacted_to.entry(lane).or_insert(pruned_to);
             *from = (*from).max(pruned_to);
-            while outbox.usage().full() && !token.is_cancelled() {
+            while outbox.usage().above(0.9) && !token.is_cancelled() {
                 match outbox.compact_step(lane, *from).await {
                     Ok((n, Some(reached))) => {
                         total += n;
                         *from = reached;
+                        // Other processes on the state file (`import`, commands) get a turn.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Ok((_, None)) => break,
                     Err(e) => {
@@ -688,7 +690,7 @@ async fn compact_when_full(outbox: Outbox, configured: bool, token: Cancellation
             let lanes = outbox.kept_lanes().await.unwrap_or_default();
             let mut pruned = 0;
             for (lane, _) in lanes {
-                while outbox.usage().full() && !token.is_cancelled() {
+                while outbox.usage().above(0.9) && !token.is_cancelled() {
                     match outbox.prune_oldest_step(lane).await {
                         Ok(0) => break,
                         Ok(n) => pruned += n,

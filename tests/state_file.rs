@@ -178,6 +178,38 @@ fn a_new_outbox_is_made_whole_under_a_temporary_name_and_linked_into_place() {
     assert_eq!(version, injixo_sync::outbox::SCHEMA_VERSION);
 }
 
+/// A daemon and `import` started at the same moment both create the outbox: one file is
+/// linked into place, and both open it.
+#[test]
+fn two_processes_creating_the_outbox_at_once_both_open_the_same_one() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("outbox.db");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let openers: Vec<_> = (0..2)
+            .map(|_| {
+                let (state, start) = (state.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let (outbox, writer) = Outbox::open(&state).expect("both open the outbox");
+                    drop(outbox);
+                    writer.join().unwrap();
+                })
+            })
+            .collect();
+        for o in openers {
+            o.join().unwrap();
+        }
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".new"))
+            .collect();
+        assert!(names.is_empty(), "temporary files left: {names:?}");
+    }
+}
+
 #[test]
 fn another_programs_sqlite_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -76,6 +76,10 @@ pub enum OutboxError {
     DiskFull { path: PathBuf, message: String },
     #[error("state file {path}: {message}", path = path.display())]
     Io { path: PathBuf, message: String },
+    /// Another connection holds a lock SQLite would not wait for (two processes opening a new
+    /// outbox at once, one of them turning on its WAL): worth trying again.
+    #[error("state file {path}: {message}", path = path.display())]
+    Locked { path: PathBuf, message: String },
     #[error(
         "state file {path} is refused: {detail}. It was not changed. Point [state] path at \
          another file, or move this one away if it really is not needed",
@@ -135,6 +139,12 @@ impl OutboxError {
                 };
             }
             _ => {}
+        }
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+            return OutboxError::Locked {
+                path: path.to_owned(),
+                message: e.to_string(),
+            };
         }
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
             return OutboxError::DiskFull {

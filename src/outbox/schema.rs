@@ -168,6 +168,21 @@ CREATE TABLE queues (
 /// Only a path where nothing exists is created, and atomically (see [`create`]): an empty
 /// file, or an SQLite database without our schema, is refused like any foreign file.
 pub fn open_rw(path: &Path) -> Result<Connection, OutboxError> {
+    // Two processes opening a new outbox at once both turn WAL on; one of them is told "locked"
+    // at once, without SQLite's busy wait.
+    let mut tries = 0;
+    loop {
+        match open_rw_once(path) {
+            Err(OutboxError::Locked { .. }) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn open_rw_once(path: &Path) -> Result<Connection, OutboxError> {
     if !exists(path)? {
         create(path)?;
     }
@@ -340,7 +355,7 @@ fn not_ours(path: &Path) -> OutboxError {
 /// Creates a new outbox at `path`, where nothing exists: built under a temporary name in the
 /// same directory (rollback journal, `synchronous = FULL`), then linked into place only if
 /// the path is still free, and the directory synced. A crash on the way leaves the path free
-/// (and a `.new` file the next start replaces), never an empty or half-made outbox there.
+/// (and a `.new-<pid>-<n>` file beside it), never an empty or half-made outbox there.
 fn create(path: &Path) -> Result<(), OutboxError> {
     let io = |what: &str, e: std::io::Error| OutboxError::Io {
         path: path.to_owned(),
@@ -353,15 +368,41 @@ fn create(path: &Path) -> Result<(), OutboxError> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|e| io("cannot create the state directory", e))?;
     }
+    // A name of its own: two processes creating the outbox at once (a daemon and `import`
+    // started together) must not remove each other's file; the first link wins.
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".new");
+    name.push(format!(
+        ".new-{}-{}",
+        std::process::id(),
+        MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let fresh = dir.join(name);
-    for stale in [fresh.clone(), journal_of(&fresh)] {
-        match std::fs::remove_file(&stale) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(&format!("cannot remove {}", stale.display()), e));
-            }
-            _ => {}
+    // What a crash while creating left (a creator at work now made its file moments ago).
+    let stem = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let old = |e: &std::fs::DirEntry| {
+        e.metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60))
+    };
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = n.strip_prefix(&format!("{stem}.new")) else {
+            continue;
+        };
+        let leftover =
+            rest.is_empty() || rest == "-journal" || (rest.starts_with('-') && old(&entry));
+        if leftover
+            && let Err(e) = std::fs::remove_file(entry.path())
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io(&format!("cannot remove {}", entry.path().display()), e));
         }
     }
     {
@@ -389,12 +430,6 @@ fn create(path: &Path) -> Result<(), OutboxError> {
         Err(_) => std::fs::rename(&fresh, path).map_err(|e| io("cannot move it into place", e))?,
     }
     sync_dir(dir).map_err(|e| io("cannot sync the state directory", e))
-}
-
-fn journal_of(db: &Path) -> std::path::PathBuf {
-    let mut name = db.file_name().unwrap_or_default().to_owned();
-    name.push("-journal");
-    db.with_file_name(name)
 }
 
 /// Makes a new name in `dir` durable (Unix; NTFS journals its directory entries itself).

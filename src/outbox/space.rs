@@ -31,6 +31,8 @@ pub(super) struct Space {
     used: AtomicU64,
     /// 0: no budget.
     budget: AtomicU64,
+    /// A second process (`import`) follows the budget the daemon keeps in the state file.
+    follow_stored: std::sync::atomic::AtomicBool,
 }
 
 /// The outbox's size for `status`, `/readyz` and `/metrics`.
@@ -48,6 +50,12 @@ impl Usage {
     /// Reading is paused: records are refused until pages are freed.
     pub fn full(&self) -> bool {
         self.budget > 0 && self.used >= self.budget
+    }
+
+    /// More than `share` of the budget is in use. Room is made down to 90 %, so that reading
+    /// goes on for a while before the budget is met again, instead of a chunk at a time.
+    pub fn above(&self, share: f64) -> bool {
+        self.budget > 0 && self.used as f64 > self.budget as f64 * share
     }
 
     /// In words, for `status` and `/readyz`.
@@ -88,8 +96,17 @@ impl Space {
         if records == 0 || budget == 0 || self.used.load(Relaxed) < budget {
             return Ok(());
         }
-        // Another process (a daemon beside `import`) may have freed pages meanwhile.
+        // Another process (a daemon beside `import`) may have freed pages meanwhile, or
+        // raised the budget.
         self.measure(c);
+        let mut budget = budget;
+        if self.follow_stored.load(Relaxed) {
+            let stored = stored_budget(c);
+            if stored > 0 {
+                budget = stored;
+                self.budget.store(stored, Relaxed);
+            }
+        }
         let used = self.used.load(Relaxed);
         if used >= budget {
             return Err(OutboxError::Full {
@@ -140,8 +157,12 @@ pub fn default_budget(path: &Path) -> Option<u64> {
 
 /// The default budget worked out again, for a disk grown or cleaned up since the start: what
 /// the outbox holds plus what is free now, less the `reserve` left free at the start.
-pub fn regrown_budget(path: &Path, reserve: u64) -> Option<u64> {
-    Some((on_disk(path) + free_beside(path)?).saturating_sub(reserve))
+pub fn regrown_budget(path: &Path, reserve: u64, budget: u64) -> Option<u64> {
+    let grown = (on_disk(path) + free_beside(path)?).saturating_sub(reserve);
+    // Only a real change counts: the WAL, the -shm file and the file system's own blocks
+    // move the sum a little all the time, and a budget that crept up with them would never
+    // pause reading before the disk is full.
+    (grown > budget + (budget / 10).max(1 << 20)).then_some(grown)
 }
 
 /// Bytes free beside the state file.
@@ -214,6 +235,12 @@ impl Outbox {
             .or((stored > 0).then_some(stored))
             .or_else(|| default_budget(&self.path))
             .unwrap_or(0);
+        if prefer_stored && configured.is_none() {
+            // The daemon's budget, as it changes; this process does not set it.
+            self.space.follow_stored.store(true, Relaxed);
+            self.space.budget.store(budget, Relaxed);
+            return Ok(budget);
+        }
         self.set_budget(budget).await?;
         Ok(budget)
     }

@@ -87,7 +87,17 @@ impl FilesSource {
         path: &Path,
     ) -> Result<bool, TakeError> {
         let mut file = open_shared(path)?;
-        let (digest, len) = hash_file(&mut file)?;
+        let meta = file.metadata()?;
+        let stamp = (meta.len(), meta.modified().ok());
+        let (digest, len) = match self.digests.get(path) {
+            Some((known, digest)) if *known == stamp => (digest.clone(), stamp.0),
+            _ => {
+                let (digest, len) = hash_file(&mut file)?;
+                self.digests
+                    .insert(path.to_owned(), ((len, stamp.1), digest.clone()));
+                (digest, len)
+            }
+        };
         let key = format!("sha256:{digest}");
         let idx = match self.by_key.get(&key) {
             Some(&i) => i,
@@ -101,6 +111,7 @@ impl FilesSource {
             )?,
         };
         if self.known[idx].cur.done {
+            self.digests.remove(path);
             debug!(source = %ctx.name, file = %path.display(), "same content was read before; not read again");
             return Ok(true);
         }
@@ -118,6 +129,7 @@ impl FilesSource {
                 },
             )?;
             cur.cur = done;
+            self.digests.remove(path);
             info!(source = %ctx.name, file = %path.display(), lines = cur.cur.line, "file read");
             return Ok(true);
         }

@@ -150,6 +150,9 @@ pub struct FilesSource {
     copying: HashMap<PathBuf, (u64, Instant)>,
     /// Dropped files already read and kept in place: (len, mtime) when read.
     finished: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    /// Content hashes of dropped files being read, by (len, mtime): a pass that ends early
+    /// (the outbox full) and comes back does not hash a large file again.
+    digests: HashMap<PathBuf, ((u64, Option<SystemTime>), String)>,
     /// Dropped files read whose `after` (delete, move) failed, with why: a problem while
     /// they are there.
     after_failed: HashMap<PathBuf, String>,
@@ -173,6 +176,7 @@ impl FilesSource {
             settling: HashMap::new(),
             copying: HashMap::new(),
             finished: HashMap::new(),
+            digests: HashMap::new(),
             after_failed: HashMap::new(),
             problems: super::Problems::default(),
             buf: Vec::new(),
@@ -246,8 +250,12 @@ impl FilesSource {
         let mut waited = false;
         loop {
             match self.pass(ctx) {
-                // The outbox is at its budget: the running daemon frees space as it delivers.
-                Err(e) if e.is_out_of_space() && !ctx.shutdown.is_cancelled() => {
+                // The outbox is at its budget (the running daemon frees space as it delivers),
+                // or the daemon's writer held the file longer than the busy timeout.
+                Err(e)
+                    if (e.is_out_of_space() || matches!(e, OutboxError::Locked { .. }))
+                        && !ctx.shutdown.is_cancelled() =>
+                {
                     if !waited {
                         warn!(source = %ctx.name, "{e}; the import waits and goes on by itself");
                         waited = true;
