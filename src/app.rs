@@ -322,9 +322,12 @@ async fn run_prepared(
         "outbox budget: {} ({}); {}",
         bytesize::ByteSize(budget),
         if config.state.max_outbox_size.is_some() {
-            "max_outbox_size"
+            "max_outbox_size".to_owned()
         } else {
-            "default: the outbox's size plus half the free space"
+            format!(
+                "default: what the disk holds for it, leaving {} free",
+                bytesize::ByteSize(outbox.reserve())
+            )
         },
         outbox.usage().describe()
     );
@@ -626,7 +629,7 @@ async fn supervise(s: Supervised, shutdown: CancellationToken) {
 /// again from the space free now, so a disk grown or cleaned up lets reading go on.
 async fn compact_when_full(outbox: Outbox, configured: bool, token: CancellationToken) {
     // What the default budget leaves free for the rest of the system.
-    let reserve = crate::outbox::free_beside(outbox.path()).map_or(0, |f| f / 2);
+    let reserve = outbox.reserve();
     let mut compacted_to: std::collections::HashMap<i64, i64> = Default::default();
     // Said at most every ten minutes: reading pauses and resumes as often as delivery
     // frees a little room.
@@ -683,30 +686,6 @@ async fn compact_when_full(outbox: Outbox, configured: bool, token: Cancellation
                         break;
                     }
                 }
-            }
-        }
-        // Compacted records alone fill the budget: the oldest delivered go, keys and all.
-        if total == 0 && outbox.usage().full() {
-            let lanes = outbox.kept_lanes().await.unwrap_or_default();
-            let mut pruned = 0;
-            for (lane, _) in lanes {
-                while outbox.usage().above(0.9) && !token.is_cancelled() {
-                    match outbox.prune_oldest_step(lane).await {
-                        Ok(0) => break,
-                        Ok(n) => pruned += n,
-                        Err(e) => {
-                            warn!("cannot prune delivered records: {e}");
-                            break;
-                        }
-                    }
-                }
-            }
-            if pruned > 0 {
-                warn!(
-                    "removed the {pruned} oldest delivered records before keep_sent: their keys \
-                     alone filled max_outbox_size ({})",
-                    outbox.usage().describe()
-                );
             }
         }
         if total > 0 {

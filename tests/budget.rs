@@ -8,14 +8,14 @@ use std::time::Duration;
 use support::*;
 
 const LIMIT: Duration = Duration::from_secs(120);
-const BUDGET: u64 = 3 << 20;
+const BUDGET: u64 = 8 << 20;
 
 async fn get(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.expect("daemon answers");
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-/// 40,000 records (about 10 MB in the outbox) through a 3 MiB budget: the outbox stops near
+/// 40,000 records (about 10 MB in the outbox) through an 8 MiB budget: the outbox stops near
 /// the budget while the API is down, and once it is back every record arrives exactly once,
 /// which needs the delivered records (kept for `keep_sent`) to give their room up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +27,7 @@ async fn reading_pauses_at_the_budget_and_resumes_as_delivery_frees_space() {
     let port = free_port();
     let text = env
         .config_text(&api.url(), "", &env.ndjson_source("acd", "tail", ""))
-        .replace("[state]\n", "[state]\nmax_outbox_size = \"3MiB\"\n");
+        .replace("[state]\n", "[state]\nmax_outbox_size = \"8MiB\"\n");
     let config = env.write_config(&format!(
         "{text}\n[listen]\naddress = \"127.0.0.1:{port}\"\n"
     ));
@@ -130,7 +130,7 @@ async fn a_push_at_the_budget_is_answered_503_and_kept_when_sent_again() {
                 token_file.display().to_string()
             ),
         )
-        .replace("[state]\n", "[state]\nmax_outbox_size = \"2MiB\"\n");
+        .replace("[state]\n", "[state]\nmax_outbox_size = \"5MiB\"\n");
     let config = env.write_config(&format!(
         "{text}\n[listen]\naddress = \"127.0.0.1:{port}\"\n"
     ));

@@ -58,7 +58,7 @@ pub use report::{
 pub use resend::{AgentSent, Resend, agents_sent, resend};
 pub use schema::{SCHEMA_VERSION, writable};
 use space::Space;
-pub use space::{COMPACTED, Usage, default_budget, free_beside, regrown_budget};
+pub use space::{COMPACTED, Usage, compacted_origin, free_beside, regrown_budget};
 use writer::{Job, writer};
 
 use crate::types::{LaneKey, SourceName};
@@ -634,13 +634,19 @@ fn write_commit(
                 done.merged += 1;
             }
             if group.same_payload && !g.conflict {
-                let kept: String = c
+                let (kept, origin): (String, String) = c
                     .prepare_cached(
-                        "SELECT payload FROM records WHERE source_id = ?1 AND dkey = ?2",
+                        "SELECT payload, origin FROM records WHERE source_id = ?1 AND dkey = ?2",
                     )?
-                    .query_row(params![source.0, &r.dkey[..]], |row| row.get(0))?;
-                // A compacted record's payload is gone: its key alone says "sent before".
-                g.conflict = kept != r.payload && kept != COMPACTED;
+                    .query_row(params![source.0, &r.dkey[..]], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?;
+                // A compacted record's payload is gone; its origin keeps the payload's hash.
+                g.conflict = if kept == COMPACTED {
+                    origin != compacted_origin(&r.payload)
+                } else {
+                    kept != r.payload
+                };
             }
         }
         let group_parked: Vec<&Parked> = parked.by_ref().take(group.parked).collect();

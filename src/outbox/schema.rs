@@ -396,8 +396,21 @@ fn create(path: &Path) -> Result<(), OutboxError> {
         let Some(rest) = n.strip_prefix(&format!("{stem}.new")) else {
             continue;
         };
-        let leftover =
-            rest.is_empty() || rest == "-journal" || (rest.starts_with('-') && old(&entry));
+        // Only names `create` makes: `.new` (older builds) or `.new-<pid>-<n>`, each with its
+        // `-journal`; never another file that happens to share the prefix.
+        let ours = |r: &str| {
+            let r = r.strip_suffix("-journal").unwrap_or(r);
+            r.is_empty()
+                || r.strip_prefix('-').is_some_and(|r| {
+                    let mut parts = r.split('-');
+                    let digits = |p: Option<&str>| {
+                        p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    };
+                    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+                })
+        };
+        let legacy = rest.is_empty() || rest == "-journal";
+        let leftover = ours(rest) && (legacy || old(&entry));
         if leftover
             && let Err(e) = std::fs::remove_file(entry.path())
             && e.kind() != std::io::ErrorKind::NotFound
@@ -426,7 +439,12 @@ fn create(path: &Path) -> Result<(), OutboxError> {
             let _ = std::fs::remove_file(&fresh);
             return Ok(());
         }
-        // File systems without hard links: rename, the path being free a moment ago.
+        // File systems without hard links: rename, the path being free a moment ago; one
+        // made meanwhile by another process is kept (a rename would replace it).
+        Err(_) if path.exists() => {
+            let _ = std::fs::remove_file(&fresh);
+            return Ok(());
+        }
         Err(_) => std::fs::rename(&fresh, path).map_err(|e| io("cannot move it into place", e))?,
     }
     sync_dir(dir).map_err(|e| io("cannot sync the state directory", e))

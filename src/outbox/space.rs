@@ -9,10 +9,15 @@
 //! as delivery and pruning free pages. To free them sooner, delivered records still kept for
 //! `keep_sent` are compacted at the budget, oldest first: their payload and origin are emptied
 //! ([`COMPACTED`]) and their dedupe key kept, so re-read input is still recognised and nothing
-//! is enqueued twice; only `resend` can no longer reach them. When compacted records alone
-//! fill the budget, the oldest delivered records go, keys and all, before `keep_sent` (logged):
-//! a natural `key` seen again after that would be sent again, which a budget too small for the
-//! keys of `keep_sent` makes unavoidable. Nothing pending is ever dropped.
+//! is enqueued twice; only `resend` can no longer reach them. A compacted record keeps a hash of
+//! its payload in its origin, so a push sent again with other records under its key is still
+//! told apart. Keys are let go only by `keep_sent`: a budget too small for them keeps reading
+//! paused (`status` says so) until the budget is raised or `keep_sent` lets keys go. Nothing
+//! pending is ever dropped.
+//!
+//! The default budget leaves a reserve free for the rest of the system: half the space free
+//! at the first start, kept in the state file, so a restart with a fuller outbox does not
+//! grant it half of what is left again.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -24,6 +29,15 @@ use super::{Outbox, OutboxError};
 /// The payload of a compacted record: valid JSON with none of the fields `resend` reads.
 pub const COMPACTED: &str = "{}";
 
+/// A compacted record's origin: a hash of the payload it had, so a push sent again under its
+/// key with other records is still told from one sent again whole.
+pub fn compacted_origin(payload: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(payload.as_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("#{hex}")
+}
+
 /// What the outbox uses and may use, shared by the writer and every handle.
 #[derive(Debug, Default)]
 pub(super) struct Space {
@@ -33,6 +47,8 @@ pub(super) struct Space {
     budget: AtomicU64,
     /// A second process (`import`) follows the budget the daemon keeps in the state file.
     follow_stored: std::sync::atomic::AtomicBool,
+    /// What the default budget leaves free on the disk (0: a budget was configured).
+    reserve: AtomicU64,
 }
 
 /// The outbox's size for `status`, `/readyz` and `/metrics`.
@@ -149,12 +165,6 @@ pub(super) fn stored_budget(c: &Connection) -> u64 {
     .unwrap_or(0)
 }
 
-/// The default budget: what the outbox holds now plus half the space free beside it, so the
-/// disk the ACD and the system share is never filled by the outbox alone.
-pub fn default_budget(path: &Path) -> Option<u64> {
-    Some(on_disk(path) + free_beside(path)? / 2)
-}
-
 /// The default budget worked out again, for a disk grown or cleaned up since the start: what
 /// the outbox holds plus what is free now, less the `reserve` left free at the start.
 pub fn regrown_budget(path: &Path, reserve: u64, budget: u64) -> Option<u64> {
@@ -231,18 +241,55 @@ impl Outbox {
         } else {
             0
         };
-        let budget = configured
-            .or((stored > 0).then_some(stored))
-            .or_else(|| default_budget(&self.path))
-            .unwrap_or(0);
-        if prefer_stored && configured.is_none() {
+        if prefer_stored && configured.is_none() && stored > 0 {
             // The daemon's budget, as it changes; this process does not set it.
             self.space.follow_stored.store(true, Relaxed);
-            self.space.budget.store(budget, Relaxed);
-            return Ok(budget);
+            self.space.budget.store(stored, Relaxed);
+            return Ok(stored);
         }
+        let budget = match configured {
+            Some(b) => b,
+            None => self.default_budget().await?,
+        };
         self.set_budget(budget).await?;
         Ok(budget)
+    }
+
+    /// The default budget: what the outbox holds plus the space free beside it, less the
+    /// reserve kept in the state file (half the space free when it was first worked out).
+    async fn default_budget(&self) -> Result<u64, OutboxError> {
+        let Some(free) = free_beside(&self.path) else {
+            return Ok(0);
+        };
+        let proposed = free / 2;
+        let reserve = self
+            .call(move |c, p| {
+                c.execute(
+                    "INSERT INTO meta (key, value) VALUES ('outbox_reserve', ?1)
+                     ON CONFLICT (key) DO NOTHING",
+                    [proposed.to_string()],
+                )
+                .and_then(|_| {
+                    c.query_row(
+                        "SELECT value FROM meta WHERE key = 'outbox_reserve'",
+                        [],
+                        |r| r.get::<_, String>(0),
+                    )
+                })
+                .map(|v| v.parse().unwrap_or(proposed))
+                .map_err(|e| OutboxError::sqlite(p, e))
+            })
+            .await?;
+        self.space.reserve.store(reserve, Relaxed);
+        // Never 0, which would mean no budget: a disk fuller than the reserve pauses reading.
+        Ok((on_disk(&self.path) + free)
+            .saturating_sub(reserve)
+            .max(1 << 20))
+    }
+
+    /// What the default budget leaves free on the disk; 0 when a budget is configured.
+    pub fn reserve(&self) -> u64 {
+        self.space.reserve.load(Relaxed)
     }
 
     /// What the outbox uses now, as the writer last measured it.
@@ -263,24 +310,6 @@ impl Outbox {
     ) -> Result<(usize, Option<i64>), OutboxError> {
         self.call(move |c, p| compact_step(c, lane, from).map_err(|e| OutboxError::sqlite(p, e)))
             .await
-    }
-
-    /// Lets up to 5,000 of `lane`'s oldest delivered records go before `keep_sent`, keys and
-    /// all: the last resort when compacted records alone fill the budget. Returns how many.
-    pub async fn prune_oldest_step(&self, lane: i64) -> Result<usize, OutboxError> {
-        self.call(move |c, p| {
-            let (from, upto): (i64, i64) = c
-                .prepare_cached("SELECT pruned_to, sent_to FROM lanes WHERE id = ?1")
-                .and_then(|mut s| s.query_row([lane], |r| Ok((r.get(0)?, r.get(1)?))))
-                .map_err(|e| OutboxError::sqlite(p, e))?;
-            if from >= upto {
-                return Ok(0);
-            }
-            super::prune::prune_step(c, lane, from, upto)
-                .map(|(n, _)| n)
-                .map_err(|e| OutboxError::sqlite(p, e))
-        })
-        .await
     }
 
     /// The lanes with delivered records kept, and where each is pruned to.
@@ -307,16 +336,16 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
     if from >= upto {
         return Ok((0, None));
     }
-    type Kept = (i64, i64, Vec<u8>, i64, Option<i64>, bool);
+    type Kept = (i64, i64, Vec<u8>, i64, Option<i64>, String);
     let mut last = None;
     let mut seen = 0;
     let rows: Vec<Kept> = c
         .prepare_cached(
-            "SELECT id, source_id, dkey, created, batch_id, payload = ?5 FROM records
+            "SELECT id, source_id, dkey, created, batch_id, payload FROM records
              WHERE id > ?1 AND id <= ?2 AND lane_id = ?3 AND state = 0 ORDER BY id LIMIT ?4",
         )?
         .query_map(
-            params![from, upto, lane, STEP, COMPACTED],
+            params![from, upto, lane, STEP],
             |r| -> rusqlite::Result<Kept> {
                 Ok((
                     r.get(0)?,
@@ -334,7 +363,7 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
             match r {
                 Ok(row) => {
                     last = Some(row.0);
-                    (!row.5).then_some(Ok(row))
+                    (row.5 != COMPACTED).then_some(Ok(row))
                 }
                 Err(e) => Some(Err(e)),
             }
@@ -345,11 +374,20 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
     let mut delete = c.prepare_cached("DELETE FROM records WHERE id = ?1")?;
     let mut insert = c.prepare_cached(
         "INSERT INTO records (id, lane_id, source_id, dkey, payload, origin, created, state, batch_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, '', ?6, 0, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
     )?;
-    for (id, source, dkey, created, batch, _) in &rows {
+    for (id, source, dkey, created, batch, payload) in &rows {
         delete.execute([id])?;
-        insert.execute(params![id, lane, source, dkey, COMPACTED, created, batch])?;
+        insert.execute(params![
+            id,
+            lane,
+            source,
+            dkey,
+            COMPACTED,
+            compacted_origin(payload),
+            created,
+            batch
+        ])?;
     }
     let reached = match last {
         Some(last) if seen == STEP => last,

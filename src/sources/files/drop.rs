@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info};
 
-use super::identity::{hash_file, open_shared};
+use super::identity::{file_identity, hash_file, open_shared};
 use super::{FileCursor, FilesSource, Settling, TakeError, to_json};
 use crate::config::After;
 use crate::outbox::{Commit, OutboxError};
@@ -24,6 +24,7 @@ impl FilesSource {
         let present: std::collections::HashSet<&PathBuf> = files.iter().map(|(p, _)| p).collect();
         self.settling.retain(|p, _| present.contains(p));
         self.finished.retain(|p, _| present.contains(p));
+        self.digests.retain(|p, _| present.contains(p));
         self.after_failed.retain(|p, _| present.contains(p));
         for (path, message) in &self.after_failed {
             self.problems
@@ -88,13 +89,13 @@ impl FilesSource {
     ) -> Result<bool, TakeError> {
         let mut file = open_shared(path)?;
         let meta = file.metadata()?;
-        let stamp = (meta.len(), meta.modified().ok());
+        let stamp = (file_identity(&file), meta.len(), meta.modified().ok());
         let (digest, len) = match self.digests.get(path) {
-            Some((known, digest)) if *known == stamp => (digest.clone(), stamp.0),
+            Some((known, digest)) if *known == stamp => (digest.clone(), stamp.1),
             _ => {
                 let (digest, len) = hash_file(&mut file)?;
                 self.digests
-                    .insert(path.to_owned(), ((len, stamp.1), digest.clone()));
+                    .insert(path.to_owned(), ((stamp.0, len, stamp.2), digest.clone()));
                 (digest, len)
             }
         };

@@ -139,6 +139,9 @@ struct Settling {
     since: Instant,
 }
 
+/// What must be unchanged for a dropped file's hash to be taken again unread.
+type DigestStamp = ((u64, u64), u64, Option<SystemTime>);
+
 pub struct FilesSource {
     cfg: FilesConfig,
     known: Vec<Known>,
@@ -150,9 +153,9 @@ pub struct FilesSource {
     copying: HashMap<PathBuf, (u64, Instant)>,
     /// Dropped files already read and kept in place: (len, mtime) when read.
     finished: HashMap<PathBuf, (u64, Option<SystemTime>)>,
-    /// Content hashes of dropped files being read, by (len, mtime): a pass that ends early
-    /// (the outbox full) and comes back does not hash a large file again.
-    digests: HashMap<PathBuf, ((u64, Option<SystemTime>), String)>,
+    /// Content hashes of dropped files being read, by file identity, length and mtime: a pass
+    /// that ends early (the outbox full) and comes back does not hash a large file again.
+    digests: HashMap<PathBuf, (DigestStamp, String)>,
     /// Dropped files read whose `after` (delete, move) failed, with why: a problem while
     /// they are there.
     after_failed: HashMap<PathBuf, String>,
@@ -256,6 +259,13 @@ impl FilesSource {
                     if (e.is_out_of_space() || matches!(e, OutboxError::Locked { .. }))
                         && !ctx.shutdown.is_cancelled() =>
                 {
+                    // Only a running daemon delivers and makes room.
+                    if e.is_out_of_space()
+                        && crate::outbox::lock_holder(ctx.outbox.path()).is_none()
+                    {
+                        warn!(source = %ctx.name, "{e}; no daemon runs on this state file to deliver and make room: start the service and run the same import again (it goes on where it stopped), or raise max_outbox_size");
+                        return Err(e);
+                    }
                     if !waited {
                         warn!(source = %ctx.name, "{e}; the import waits and goes on by itself");
                         waited = true;
