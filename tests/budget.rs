@@ -100,12 +100,7 @@ async fn reading_pauses_at_the_budget_and_resumes_as_delivery_frees_space() {
         "{metrics}"
     );
     assert_eq!(report.lanes[0].pending, 0);
-    let (code, out) = cli(&[
-        "--config",
-        env.config_file.to_str().unwrap(),
-        "check",
-        "--offline",
-    ]);
+    let (code, out) = env.check_offline();
     assert_eq!(code, 0, "the outbox is intact: {out}");
 }
 
@@ -143,14 +138,16 @@ async fn a_push_at_the_budget_is_answered_503_and_kept_when_sent_again() {
     let url = format!("http://127.0.0.1:{port}/webhook/push/push-token-0123456789");
     let body = format!("[{}]", event(1_000_000));
     let client = reqwest::Client::new();
-    let answer = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("idempotency-key", "push-1")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    // The same push each time, under the same Idempotency-Key.
+    let push = || {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "push-1")
+            .body(body.clone())
+            .send()
+    };
+    let answer = push().await.unwrap();
     assert_eq!(answer.status().as_u16(), 503);
     assert!(answer.headers().contains_key("retry-after"));
     let said = answer.text().await.unwrap();
@@ -159,14 +156,7 @@ async fn a_push_at_the_budget_is_answered_503_and_kept_when_sent_again() {
     api.set_outage(None);
     let mut kept = false;
     for _ in 0..600 {
-        let answer = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("idempotency-key", "push-1")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+        let answer = push().await.unwrap();
         if answer.status().is_success() {
             kept = true;
             break;

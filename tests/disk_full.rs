@@ -102,12 +102,7 @@ async fn a_full_disk_pauses_reading_and_everything_resumes_when_space_returns() 
     daemon.stop().await;
     assert!(arrivals(&api).values().all(|n| *n == 1), "each once");
     assert_eq!(env.report().sources[0].parked_total, 0);
-    let (code, out) = cli(&[
-        "--config",
-        env.config_file.to_str().unwrap(),
-        "check",
-        "--offline",
-    ]);
+    let (code, out) = env.check_offline();
     assert_eq!(code, 0, "the outbox is intact: {out}");
 }
 

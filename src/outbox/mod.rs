@@ -162,6 +162,12 @@ impl OutboxError {
         matches!(self, OutboxError::DiskFull { .. })
     }
 
+    /// The outbox is at `max_outbox_size` (said by `status`, /readyz and the daemon's log,
+    /// not by every source that waits for room).
+    pub fn is_at_budget(&self) -> bool {
+        matches!(self, OutboxError::Full { .. })
+    }
+
     /// The disk is full, or the outbox at its budget: reading waits for space.
     pub fn is_out_of_space(&self) -> bool {
         matches!(

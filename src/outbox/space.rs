@@ -137,9 +137,13 @@ impl Space {
 
 /// Bytes in pages in use: the file without its free pages.
 pub(super) fn used_bytes(c: &Connection) -> rusqlite::Result<u64> {
-    let pragma = |name: &str| c.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0));
-    let pages = pragma("page_count")? - pragma("freelist_count")?;
-    Ok(pages.max(0) as u64 * pragma("page_size")? as u64)
+    // After every transaction of the writer: one cached statement, no parsing.
+    c.prepare_cached(
+        "SELECT (p.page_count - f.freelist_count) * s.page_size
+         FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s",
+    )?
+    .query_row([], |r| r.get::<_, i64>(0))
+    .map(|b| b.max(0) as u64)
 }
 
 /// The state file and its WAL on disk, by `stat` (never by opening them).
@@ -168,11 +172,17 @@ pub(super) fn stored_budget(c: &Connection) -> u64 {
 /// The default budget worked out again, for a disk grown or cleaned up since the start: what
 /// the outbox holds plus what is free now, less the `reserve` left free at the start.
 pub fn regrown_budget(path: &Path, reserve: u64, budget: u64) -> Option<u64> {
-    let grown = (on_disk(path) + free_beside(path)?).saturating_sub(reserve);
+    let grown = budget_leaving(path, free_beside(path)?, reserve);
     // Only a real change counts: the WAL, the -shm file and the file system's own blocks
     // move the sum a little all the time, and a budget that crept up with them would never
     // pause reading before the disk is full.
     (grown > budget + (budget / 10).max(1 << 20)).then_some(grown)
+}
+
+/// What the disk holds for the outbox (its size and the space free beside it), less the
+/// `reserve` left for the rest of the system; never 0, which would mean no budget.
+fn budget_leaving(path: &Path, free: u64, reserve: u64) -> u64 {
+    (on_disk(path) + free).saturating_sub(reserve).max(1 << 20)
 }
 
 /// Bytes free beside the state file.
@@ -281,10 +291,8 @@ impl Outbox {
             })
             .await?;
         self.space.reserve.store(reserve, Relaxed);
-        // Never 0, which would mean no budget: a disk fuller than the reserve pauses reading.
-        Ok((on_disk(&self.path) + free)
-            .saturating_sub(reserve)
-            .max(1 << 20))
+        // A disk fuller than the reserve pauses reading.
+        Ok(budget_leaving(&self.path, free, reserve))
     }
 
     /// What the default budget leaves free on the disk; 0 when a budget is configured.

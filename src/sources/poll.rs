@@ -208,7 +208,7 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
                         PollError::Outbox(_) => "cannot commit what was read, reading is paused",
                         PollError::Remote(_) => "poll failed",
                     };
-                    let full = matches!(&e, PollError::Outbox(o) if o.is_out_of_space() && !o.is_disk_full());
+                    let full = matches!(&e, PollError::Outbox(o) if o.is_at_budget());
                     if !full && (failures == 1 || failures.is_power_of_two()) {
                         error!(source = %ctx.name, attempt = failures, "{what}: {e}; retrying in {}", humantime::format_duration(wait));
                     } else {

@@ -285,7 +285,7 @@ async fn take(
         Err(e) => {
             // A full outbox is said by `status`, /readyz and the daemon's log already; each
             // push refused meanwhile is answered 503.
-            if e.is_out_of_space() && !e.is_disk_full() {
+            if e.is_at_budget() {
                 debug!(source = %ctx.name, "push refused, the outbox is full: {e}");
             } else {
                 error!(source = %ctx.name, "cannot commit pushed records: {e}");

@@ -86,6 +86,16 @@ impl Env {
         Config::load(&self.config_file).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `check --offline` on this installation's configuration: exit code and output.
+    pub fn check_offline(&self) -> (i32, String) {
+        cli(&[
+            "--config",
+            self.config_file.to_str().unwrap(),
+            "check",
+            "--offline",
+        ])
+    }
+
     pub fn report(&self) -> injixo_sync::outbox::Report {
         injixo_sync::outbox::inspect(&self.state, 50).expect("outbox report")
     }

@@ -221,7 +221,7 @@ impl Source for FilesSource {
                 Err(e) => {
                     failures += 1;
                     // At the budget the daemon says so itself (`status`, /readyz, the log).
-                    if e.is_out_of_space() && !e.is_disk_full() {
+                    if e.is_at_budget() {
                         debug!(source = %ctx.name, "reading waits for room in the outbox: {e}");
                     } else if failures == 1 || e.is_disk_full() {
                         error!(source = %ctx.name, "cannot commit what was read, reading is paused and will resume: {e}");
