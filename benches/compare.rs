@@ -18,7 +18,7 @@
 //! its records, a sink that costs CPU on the same cores as real receivers do.
 //!
 //! It also runs, in this process, the ceiling of our ingest: a raw rusqlite loop inserting
-//! the outbox's row shape (sequential dedupe keys, 16,384 rows per transaction) with the
+//! the outbox's row shape (sequential dedupe keys, plain payloads, 16,384 rows per transaction) with the
 //! outbox's pragmas, at `synchronous = FULL` and `NORMAL`; and the daemon's own ingest (API
 //! down) on the same file, as a ratio of that ceiling.
 
@@ -61,8 +61,9 @@ fn main() {
         });
         let took = start.elapsed().as_secs_f64();
         stop(child);
-        n as f64 / took
+        (n as f64 / took, on_disk(&run.join("outbox.db")))
     };
+    let (ingest, (disk, payload)) = ingest;
     drop(api);
 
     // The whole job, three ways; each against a fresh fake API, timed from start to the
@@ -108,7 +109,8 @@ fn main() {
          |---|---:|---:|\n\
          | raw rusqlite insert loop, synchronous = FULL (the ceiling) | {full:.0} records/s | 1.00 |\n\
          | raw rusqlite insert loop, synchronous = NORMAL | {normal:.0} records/s | {:.2} × FULL |\n\
-         | injixo-sync ingest into the outbox (API down) | {ingest:.0} records/s | {:.2} of the ceiling |\n",
+         | injixo-sync ingest into the outbox (API down) | {ingest:.0} records/s | {:.2} of the ceiling |\n\
+         | outbox on disk after that ingest ({n} records kept) | {:.0} bytes/record | {:.2} × the payload ({:.0} bytes/record) |\n",
         cores(),
         if python_sink() {
             "Python http.server"
@@ -117,6 +119,9 @@ fn main() {
         },
         normal / full,
         ingest / full,
+        disk as f64 / n as f64,
+        disk as f64 / payload as f64,
+        payload as f64 / n as f64,
     );
     let mut job = |name: &str, r: &Option<(f64, u64, u64)>, note: &str| match r {
         Some((t, rss, got)) => {
@@ -156,6 +161,8 @@ fn main() {
             "ceiling_full_records_per_s": full,
             "ceiling_normal_records_per_s": normal,
             "ingest_records_per_s": ingest,
+            "outbox_bytes": disk,
+            "payload_bytes": payload,
             "injixo_sync_records_per_s": ours_rate,
             "syslog_ng_records_per_s": syslog.as_ref().ok().map(|(t, _, _)| n as f64 / t),
             "naive_records_per_s": rate(&naive),
@@ -304,6 +311,24 @@ fn daemon_config(run: &std::path::Path, file: &std::path::Path, api: &str) -> st
     config
 }
 
+/// The outbox's size on disk (with its WAL) and the bytes of the payloads it keeps.
+fn on_disk(state: &std::path::Path) -> (u64, u64) {
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let wal = state.with_extension("db-wal");
+    let conn =
+        rusqlite::Connection::open_with_flags(state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    injixo_sync::outbox::register_functions(&conn).unwrap();
+    let payload: i64 = conn
+        .query_row(
+            "SELECT sum(length(payload(payload))) FROM records",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (size(state) + size(&wal), payload as u64)
+}
+
 /// Inserts `n` rows of the outbox's shape in transactions of 16,384 with the outbox's pragmas
 /// and `synchronous`; returns rows/s.
 fn ceiling(dir: &std::path::Path, n: u64, synchronous: &str) -> f64 {
@@ -336,9 +361,7 @@ fn ceiling(dir: &std::path::Path, n: u64, synchronous: &str) -> f64 {
                 )
                 .unwrap();
             for line in chunk {
-                let mut key = [0u8; 16];
-                key[..8].copy_from_slice(&1u64.to_be_bytes());
-                key[8..].copy_from_slice(&offset.to_be_bytes());
+                let key = injixo_sync::outbox::dedupe_key(1, offset);
                 insert
                     .execute(rusqlite::params![&key[..], line, 0i64])
                     .unwrap();

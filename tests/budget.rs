@@ -8,31 +8,47 @@ use std::time::Duration;
 use support::*;
 
 const LIMIT: Duration = Duration::from_secs(120);
-const BUDGET: u64 = 8 << 20;
+const BUDGET: u64 = 4 << 20;
+
+/// Contact events as a history holds them: one every 37 seconds, some not handled, each with
+/// its id in `duration` (see [`event`]). Compressed, each takes about 30 bytes.
+fn history(ids: std::ops::Range<u64>) -> String {
+    let start = jiff::Timestamp::from_second(1_714_550_400).unwrap();
+    ids.map(|id| {
+        let at = start + jiff::SignedDuration::from_secs(id as i64 * 37);
+        format!(
+            "{{\"properties\":{{\"offered\":true,\"handled\":{},\"duration\":{id}}},\
+             \"queueName\":\"Support\",\"queueIdentifier\":\"support\",\
+             \"timestamp\":\"{at}\",\"channel\":\"calls\"}}\n",
+            id % 5 != 0
+        )
+    })
+    .collect()
+}
 
 async fn get(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.expect("daemon answers");
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-/// 40,000 records (about 10 MB in the outbox) through an 8 MiB budget: the outbox stops near
+/// 60,000 records (about 5 MB in the outbox, compressed) through a 4 MiB budget: the outbox stops near
 /// the budget while the API is down, and once it is back every record arrives exactly once,
 /// which needs the delivered records (kept for `keep_sent`) to give their room up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_pauses_at_the_budget_and_resumes_as_delivery_frees_space() {
-    const N: u64 = 40_000;
+    const N: u64 = 60_000;
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
     api.set_outage(Some((503, None)));
     let port = free_port();
     let text = env
         .config_text(&api.url(), "", &env.ndjson_source("acd", "tail", ""))
-        .replace("[state]\n", "[state]\nmax_outbox_size = \"8MiB\"\n");
+        .replace("[state]\n", "[state]\nmax_outbox_size = \"4MiB\"\n");
     let config = env.write_config(&format!(
         "{text}\n[listen]\naddress = \"127.0.0.1:{port}\"\n"
     ));
     assert_eq!(config.state.max_outbox_size, Some(BUDGET));
-    std::fs::write(env.exports.join("history.ndjson"), events(0..N)).unwrap();
+    std::fs::write(env.exports.join("history.ndjson"), history(0..N)).unwrap();
     let daemon = Daemon::start(config);
 
     wait_for(LIMIT, "the outbox at its budget", || {
@@ -79,7 +95,7 @@ async fn reading_pauses_at_the_budget_and_resumes_as_delivery_frees_space() {
 
     // Delivery frees space; reading resumes and the whole history arrives once.
     api.set_outage(None);
-    wait_for(LIMIT, "all 40,000 delivered", || {
+    wait_for(LIMIT, "all 60,000 delivered", || {
         api.record_count() >= N as usize
     })
     .await;
@@ -125,11 +141,11 @@ async fn a_push_at_the_budget_is_answered_503_and_kept_when_sent_again() {
                 token_file.display().to_string()
             ),
         )
-        .replace("[state]\n", "[state]\nmax_outbox_size = \"5MiB\"\n");
+        .replace("[state]\n", "[state]\nmax_outbox_size = \"4MiB\"\n");
     let config = env.write_config(&format!(
         "{text}\n[listen]\naddress = \"127.0.0.1:{port}\"\n"
     ));
-    std::fs::write(env.exports.join("history.ndjson"), events(0..30_000)).unwrap();
+    std::fs::write(env.exports.join("history.ndjson"), history(0..60_000)).unwrap();
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "the outbox at its budget", || {
         env.try_report().is_some_and(|r| r.outbox.full())
@@ -165,10 +181,10 @@ async fn a_push_at_the_budget_is_answered_503_and_kept_when_sent_again() {
     }
     assert!(kept, "the push was never kept");
     wait_for(LIMIT, "everything delivered", || {
-        api.record_count() >= 30_001
+        api.record_count() >= 60_001
     })
     .await;
     settled(&env).await;
     daemon.stop().await;
-    assert_arrived_once(&api, (0..30_000).chain([1_000_000]));
+    assert_arrived_once(&api, (0..60_000).chain([1_000_000]));
 }

@@ -112,7 +112,7 @@ async fn a_full_disk_pauses_reading_and_everything_resumes_when_space_returns() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_leaves_open_agent_states_as_committed() {
     const AGENTS: u64 = 4;
-    const CHANGES: u64 = 6_000;
+    const CHANGES: u64 = 24_000;
     let env = Env::new();
     let Some(mount) = small_state_disk(&env) else {
         return;

@@ -416,7 +416,7 @@ async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
 /// ranges, batches as tags on records.
 fn as_version_3(conn: &rusqlite::Connection) {
     conn.execute_batch(
-        "DROP TABLE problems;
+        "DROP TABLE problems; DROP TABLE dicts;
          ALTER TABLE sources DROP COLUMN skipped_total; ALTER TABLE sources DROP COLUMN merged_total;
          ALTER TABLE batches DROP COLUMN part_first; ALTER TABLE batches DROP COLUMN part_last;
          ALTER TABLE lanes DROP COLUMN sent_to; ALTER TABLE lanes DROP COLUMN pruned_to;
@@ -426,6 +426,80 @@ fn as_version_3(conn: &rusqlite::Connection) {
          PRAGMA user_version = 3;",
     )
     .unwrap();
+}
+
+/// Version 6 keeps records compressed and places in files under short keys. A version 5
+/// outbox (plain records, 16-byte keys) is migrated so that lines read again after the
+/// upgrade are still known, and what it holds goes out as it was.
+#[tokio::test]
+async fn a_version_5_outbox_still_knows_what_it_read_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outbox.db");
+    let record = |i: u64| NewRecord {
+        dkey: dedupe_key(1, i * 180),
+        payload: format!(
+            r#"{{"queueIdentifier":"q","queueName":"Q","channel":"calls","timestamp":"2024-05-01T08:00:00Z","n":{i}}}"#
+        ),
+        origin: format!("calls.ndjson:{}", i + 1),
+    };
+    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let done = commit_all(&outbox, source, lane, (0..3000).map(record).collect()).await;
+    assert_eq!(done.inserted, 3000);
+    drop(outbox);
+    writer.join().unwrap();
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    injixo_sync::outbox::register_functions(&conn).unwrap();
+    let compressed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM records WHERE typeof(payload) = 'blob' AND origin = ''",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(compressed >= 1000, "{compressed} of 3000 compressed");
+    // As version 5 kept them.
+    conn.execute_batch("BEGIN").unwrap();
+    for i in 0..3000u64 {
+        let mut old = [0u8; 16];
+        old[..8].copy_from_slice(&1i64.to_be_bytes());
+        old[8..].copy_from_slice(&(i * 180).to_be_bytes());
+        conn.execute(
+            "UPDATE records SET dkey = ?1, payload = payload(payload),
+             origin = origin(payload, origin) WHERE id = ?2",
+            rusqlite::params![&old[..], i as i64 + 1],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("DROP TABLE dicts; PRAGMA user_version = 5; COMMIT;")
+        .unwrap();
+    drop(conn);
+
+    let (outbox, writer) = Outbox::open(&state).expect("a version 5 outbox opens");
+    let again = commit_all(&outbox, source, lane, (0..3500).map(record).collect()).await;
+    assert_eq!(
+        (again.inserted, again.duplicates),
+        (500, 3000),
+        "the lines read before are known"
+    );
+    let limits = BatchLimits {
+        max_records: 5000,
+        max_bytes: 16 << 20,
+        linger: std::time::Duration::ZERO,
+    };
+    let NextBatch::Ready(batch) = outbox.next_batch(lane, None, limits).await.unwrap() else {
+        panic!("no batch");
+    };
+    let want: Vec<String> = (0..3500).map(|i| record(i).payload).collect();
+    assert_eq!(payloads(&batch), want);
+    drop(outbox);
+    writer.join().unwrap();
+    let (code, out) = cli(&[
+        "--config",
+        config_for(dir.path(), &state).to_str().unwrap(),
+        "check",
+        "--offline",
+    ]);
+    assert_eq!(code, 0, "{out}");
 }
 
 fn payloads(batch: &injixo_sync::outbox::Batch) -> Vec<&str> {

@@ -261,7 +261,7 @@ pub(super) fn next_batch(
         };
         let records: Vec<(i64, String)> = c
             .prepare_cached(
-                "SELECT id, payload FROM records WHERE id > ?1 AND id BETWEEN ?2 AND ?3
+                "SELECT id, payload(payload) FROM records WHERE id > ?1 AND id BETWEEN ?2 AND ?3
                  AND lane_id = ?4 AND state = 0 ORDER BY id",
             )?
             .query_map(params![sent, first, last, lane.0], |r| {
@@ -282,7 +282,7 @@ pub(super) fn next_batch(
     let (mut records, mut oldest, mut full);
     loop {
         let mut stmt = c.prepare_cached(
-            "SELECT id, payload, created FROM records
+            "SELECT id, payload(payload), created FROM records
              WHERE id > ?1 AND lane_id = ?2 AND state = 0 ORDER BY id LIMIT ?3",
         )?;
         let mut rows = stmt.query(params![scanned, lane.0, max_records as i64])?;
@@ -371,9 +371,9 @@ pub(super) fn write_sent(c: &Connection, lane: LaneId, done: Delivered) -> rusql
     if emits == "agent_statuses" {
         c.prepare_cached(
             "INSERT INTO agents (lane_id, agent, first_sent, last_sent)
-             SELECT ?1, json_extract(payload, '$.agentIdentifier'), ?2, ?2
+             SELECT ?1, json_extract(payload(payload), '$.agentIdentifier'), ?2, ?2
              FROM records WHERE id > ?3 AND id <= ?4 AND lane_id = ?1 AND state = 0
-               AND json_extract(payload, '$.agentIdentifier') IS NOT NULL
+               AND json_extract(payload(payload), '$.agentIdentifier') IS NOT NULL
              ON CONFLICT (lane_id, agent) DO UPDATE SET last_sent = excluded.last_sent",
         )?
         .execute(params![lane.0, now, sent, done.last])?;

@@ -37,7 +37,8 @@ pub(super) fn query(
     limit: usize,
 ) -> rusqlite::Result<Vec<DeadLetter>> {
     c.prepare(
-        "SELECT d.record_id, s.name, r.origin, d.status, d.answer, d.at, r.payload
+        "SELECT d.record_id, s.name, origin(r.payload, r.origin), d.status, d.answer, d.at,
+               payload(r.payload)
          FROM dead d JOIN records r ON r.id = d.record_id
          JOIN sources s ON s.id = r.source_id
          WHERE r.state = 2 AND (?1 IS NULL OR s.name = ?1)

@@ -172,8 +172,8 @@ pub fn queues(path: &Path) -> Result<(Vec<KnownQueue>, Vec<HeldQueue>), OutboxEr
             .collect::<Result<_, _>>()?;
         let held = conn
             .prepare(
-                "SELECT l.integration_id, json_extract(r.payload, '$.queueIdentifier'),
-                        json_extract(r.payload, '$.queueName'), count(*)
+                "SELECT l.integration_id, json_extract(payload(r.payload), '$.queueIdentifier'),
+                        json_extract(payload(r.payload), '$.queueName'), count(*)
                  FROM records r JOIN lanes l ON l.id = r.lane_id
                  WHERE r.state = 4 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
             )?
@@ -216,8 +216,8 @@ pub fn confirm_queue(
     schema::admin_transaction(path, |c| {
         let held = "FROM records r JOIN lanes l ON l.id = r.lane_id
              WHERE r.state = 4 AND l.integration_id = ?1
-               AND json_extract(r.payload, '$.queueIdentifier') = ?2
-               AND json_extract(r.payload, '$.queueName') = ?3";
+               AND json_extract(payload(r.payload), '$.queueIdentifier') = ?2
+               AND json_extract(payload(r.payload), '$.queueName') = ?3";
         if !accept {
             return c.execute(
                 &format!(
@@ -228,7 +228,7 @@ pub fn confirm_queue(
         }
         let channel: Option<String> = c
             .query_row(
-                &format!("SELECT json_extract(r.payload, '$.channel') {held} LIMIT 1"),
+                &format!("SELECT json_extract(payload(r.payload), '$.channel') {held} LIMIT 1"),
                 params![integration, identifier, name],
                 |r| r.get(0),
             )

@@ -26,6 +26,7 @@
 //! the commands read and change beside a running daemon.
 
 mod batches;
+mod codec;
 mod dead;
 mod guard;
 mod keys;
@@ -47,9 +48,11 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use batches::{Batch, BatchLimits, Delivered, Health, NextBatch};
 use batches::{move_to_end, note_requeue};
+pub use codec::register as register_functions;
+use codec::{Codecs, Packed};
 pub use dead::{Changed, Selection, dead_letters, drop_dead, retry_dead};
 pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
-pub use keys::{dedupe_key, natural_key};
+pub use keys::{Dkey, dedupe_key, natural_key};
 pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};
 pub use report::{
     CursorReport, DeadLetter, LaneReport, ParkedReport, ProblemReport, Report, RowRead,
@@ -187,7 +190,7 @@ pub struct LaneId(pub i64);
 #[derive(Clone, Debug)]
 pub struct NewRecord {
     /// Unique per source; see [`dedupe_key`].
-    pub dkey: [u8; 16],
+    pub dkey: Dkey,
     /// The record as compact JSON in the API's shape.
     pub payload: String,
     /// Where it came from, such as `calls-2024-05-01.csv:17`.
@@ -266,6 +269,7 @@ pub struct Outbox {
     tx: mpsc::UnboundedSender<Job>,
     wakers: Arc<Wakers>,
     space: Arc<Space>,
+    codecs: Arc<Codecs>,
     path: PathBuf,
     instance: Arc<str>,
     /// What the path named when the file was opened (device and inode; Unix only).
@@ -281,6 +285,8 @@ impl Outbox {
                 r.get(0)
             })
             .map_err(|e| OutboxError::sqlite(path, e))?;
+        let codecs = Codecs::load(&conn).map_err(|e| OutboxError::sqlite(path, e))?;
+        let decoders = codec::register(&conn).map_err(|e| OutboxError::sqlite(path, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let owned = path.to_owned();
         let space = Arc::new(Space::default());
@@ -288,7 +294,7 @@ impl Outbox {
         let measure = space.clone();
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
-            .spawn(move || writer(conn, owned, rx, measure))
+            .spawn(move || writer(conn, owned, rx, measure, decoders))
             .map_err(|e| OutboxError::Io {
                 path: path.to_owned(),
                 message: format!("cannot start the writer thread: {e}"),
@@ -298,6 +304,7 @@ impl Outbox {
                 tx,
                 wakers: Arc::default(),
                 space,
+                codecs: Arc::new(codecs),
                 path: path.to_owned(),
                 instance: instance.into(),
                 identity: lock::identity(path),
@@ -544,10 +551,12 @@ impl Outbox {
     ) -> oneshot::Receiver<Result<Committed, OutboxError>> {
         let wake = self.wakers.get(lane.0);
         let space = self.space.clone();
+        // Compressed here, on the caller's thread, not the writer's.
+        let packed = self.codecs.pack(lane.0, &commit.records);
         self.job(
             move |c, p| {
                 space.refuses(c, commit.records.len(), p)?;
-                write_commit(c, source, lane, commit).map_err(|e| OutboxError::sqlite(p, e))
+                write_commit(c, source, lane, commit, packed).map_err(|e| OutboxError::sqlite(p, e))
             },
             move |done: &Committed| {
                 if done.inserted > 0 {
@@ -596,9 +605,15 @@ fn write_commit(
     source: SourceId,
     lane: LaneId,
     commit: Commit,
+    packed: Option<Packed>,
 ) -> rusqlite::Result<Committed> {
     let now = now_ms();
     let mut done = Committed::default();
+    let dict = match &packed {
+        Some(p) => Some(p.dict.store(c, now)?),
+        None => None,
+    };
+    let mut frames = packed.as_ref().map(|p| p.frames.iter());
     let mut insert = c.prepare_cached(
         "INSERT INTO records (lane_id, source_id, dkey, payload, origin, created)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (source_id, dkey) DO NOTHING",
@@ -623,26 +638,41 @@ fn write_commit(
             c.execute_batch("SAVEPOINT push_group")?;
         }
         for r in records.by_ref().take(group.records) {
-            let n = insert.execute(params![
-                lane.0,
-                source.0,
-                &r.dkey[..],
-                r.payload,
-                r.origin,
-                now
-            ])?;
+            let frame = frames
+                .as_mut()
+                .and_then(|f| f.next())
+                .and_then(Option::as_ref);
+            let n = match (dict, frame) {
+                (Some(dict), Some(frame)) => insert.execute(params![
+                    lane.0,
+                    source.0,
+                    &r.dkey[..],
+                    codec::stored(dict, frame),
+                    "",
+                    now
+                ])?,
+                _ => insert.execute(params![
+                    lane.0,
+                    source.0,
+                    &r.dkey[..],
+                    r.payload,
+                    r.origin,
+                    now
+                ])?,
+            };
             if n == 1 {
                 g.inserted += 1;
                 continue;
             }
             g.duplicates += 1;
-            if r.dkey[0] & 0x80 != 0 {
+            if r.dkey.is_natural() {
                 done.merged += 1;
             }
             if group.same_payload && !g.conflict {
                 let (kept, origin): (String, String) = c
                     .prepare_cached(
-                        "SELECT payload, origin FROM records WHERE source_id = ?1 AND dkey = ?2",
+                        "SELECT payload(payload), origin(payload, origin) FROM records
+                         WHERE source_id = ?1 AND dkey = ?2",
                     )?
                     .query_row(params![source.0, &r.dkey[..]], |row| {
                         Ok((row.get(0)?, row.get(1)?))

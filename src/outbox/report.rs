@@ -266,7 +266,9 @@ pub fn rows_read(path: &Path, limit: usize) -> Result<Vec<RowRead>, OutboxError>
     let conn = super::schema::open_ro(path)?;
     let err = |e| OutboxError::sqlite(path, e);
     let mut out: Vec<RowRead> = conn
-        .prepare("SELECT origin, payload FROM records ORDER BY id LIMIT ?1")
+        .prepare(
+            "SELECT origin(payload, origin), payload(payload) FROM records ORDER BY id LIMIT ?1",
+        )
         .map_err(err)?
         .query_map([limit as i64], |r| {
             Ok(RowRead {

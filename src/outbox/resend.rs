@@ -45,9 +45,9 @@ pub fn resend(path: &Path, what: &Resend) -> Result<usize, OutboxError> {
             c,
             "FROM records r JOIN lanes l ON l.id = r.lane_id
              WHERE (r.state = 1 OR (r.state = 0 AND r.id <= l.sent_to))
-               AND coalesce(json_extract(r.payload, '$.startTime'),
-                            json_extract(r.payload, '$.timestamp')) >= ?1
-               AND (?2 IS NULL OR json_extract(r.payload, '$.agentIdentifier') = ?2)
+               AND coalesce(json_extract(payload(r.payload), '$.startTime'),
+                            json_extract(payload(r.payload), '$.timestamp')) >= ?1
+               AND (?2 IS NULL OR json_extract(payload(r.payload), '$.agentIdentifier') = ?2)
                AND (?3 IS NULL OR r.source_id = (SELECT id FROM sources WHERE name = ?3))",
             params![what.since, what.agent, what.source],
         )

@@ -13,7 +13,7 @@ use super::OutboxError;
 /// `PRAGMA application_id`: "IJXS".
 pub const APPLICATION_ID: i32 = 0x494A_5853;
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -143,6 +143,19 @@ CREATE TABLE problems (
     since     INTEGER NOT NULL,
     PRIMARY KEY (source_id, subject)
 ) WITHOUT ROWID;
+"#;
+
+/// Version 6: records are kept compressed (see `codec.rs`), with zstd dictionaries trained on
+/// each lane's own records. A compressed record names its dictionary, so they are versions:
+/// never changed nor deleted while a record may name them.
+const SCHEMA_V6: &str = r#"
+CREATE TABLE dicts (
+    id      INTEGER PRIMARY KEY,
+    lane_id INTEGER NOT NULL,
+    hash    BLOB NOT NULL UNIQUE,
+    dict    BLOB NOT NULL,
+    created INTEGER NOT NULL
+);
 "#;
 
 const SCHEMA_V2: &str = r#"
@@ -342,6 +355,7 @@ fn connect(path: &Path, mode: OpenFlags) -> Result<Connection, OutboxError> {
         .map_err(|e| OutboxError::sqlite(path, e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| OutboxError::sqlite(path, e))?;
+    super::codec::register(&conn).map_err(|e| OutboxError::sqlite(path, e))?;
     Ok(conn)
 }
 
@@ -585,12 +599,38 @@ fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxErr
             OutboxError::sqlite(path, e)
         })?;
     }
-    run(format!(
-        "BEGIN IMMEDIATE;
-         {SCHEMA_V5}
-         PRAGMA user_version = 5;
-         COMMIT;"
-    ))
+    if version < 5 {
+        run(format!(
+            "BEGIN IMMEDIATE;
+             {SCHEMA_V5}
+             PRAGMA user_version = 5;
+             COMMIT;"
+        ))?;
+    }
+    if version < 6 {
+        // Dedupe keys of places in a file take their short form: what is read again after
+        // the upgrade must meet the key it had before.
+        conn.create_scalar_function(
+            "shorten_dkey",
+            1,
+            rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+            |ctx| {
+                let old = ctx.get_raw(0).as_blob()?;
+                Ok(super::keys::shorten(old).map(|k| k.to_vec()))
+            },
+        )
+        .map_err(|e| OutboxError::sqlite(path, e))?;
+        run(format!(
+            "BEGIN IMMEDIATE;
+             {SCHEMA_V6}
+             UPDATE records SET dkey = shorten_dkey(dkey)
+              WHERE length(dkey) = 16 AND shorten_dkey(dkey) IS NOT NULL;
+             PRAGMA user_version = 6;
+             COMMIT;"
+        ))?;
+        let _ = conn.remove_function("shorten_dkey", 1);
+    }
+    Ok(())
 }
 
 /// Turns version 3's per-record batch tags into version 4's ranges: every pending record is

@@ -9,9 +9,10 @@
 //! as delivery and pruning free pages. To free them sooner, delivered records still kept for
 //! `keep_sent` are compacted at the budget, oldest first: their payload and origin are emptied
 //! ([`COMPACTED`]) and their dedupe key kept, so re-read input is still recognised and nothing
-//! is enqueued twice; only `resend` can no longer reach them. A compacted record keeps a hash of
-//! its payload in its origin, so a push sent again with other records under its key is still
-//! told apart. Keys are let go only by `keep_sent`: a budget too small for them keeps reading
+//! is enqueued twice; only `resend` can no longer reach them. A pushed record keeps a hash of
+//! its payload in its origin when compacted, so a push sent again with other records under its
+//! key is still told apart. Records are kept compressed (`codec.rs`), so compacting frees about
+//! a third of a delivered record; one compressed smaller than its compacted form stays whole. Keys are let go only by `keep_sent`: a budget too small for them keeps reading
 //! paused (`status` says so) until the budget is raised or `keep_sent` lets keys go. Nothing
 //! pending is ever dropped.
 //!
@@ -36,6 +37,18 @@ pub fn compacted_origin(payload: &str) -> String {
     let hash = Sha256::digest(payload.as_bytes());
     let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("#{hex}")
+}
+
+/// Whether a stored key was made from content (a push's or a `key`'s), not a place in a file.
+fn natural(dkey: &[u8]) -> bool {
+    dkey.first().is_some_and(|b| b & 0x80 != 0)
+}
+
+/// The bytes of payload and origin a record keeps once compacted: a record read from a place
+/// in a file needs no hash, as only pushes are checked against the payload they had. A record
+/// stored in fewer (compressed well) is left as it is.
+fn compacted_size(dkey: &[u8]) -> i64 {
+    (COMPACTED.len() + if natural(dkey) { 17 } else { 0 }) as i64
 }
 
 /// What the outbox uses and may use, shared by the writer and every handle.
@@ -344,12 +357,13 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
     if from >= upto {
         return Ok((0, None));
     }
-    type Kept = (i64, i64, Vec<u8>, i64, Option<i64>, String);
+    type Kept = (i64, i64, Vec<u8>, i64, Option<i64>, String, i64);
     let mut last = None;
     let mut seen = 0;
     let rows: Vec<Kept> = c
         .prepare_cached(
-            "SELECT id, source_id, dkey, created, batch_id, payload FROM records
+            "SELECT id, source_id, dkey, created, batch_id, payload(payload),
+                    length(payload) + length(origin) FROM records
              WHERE id > ?1 AND id <= ?2 AND lane_id = ?3 AND state = 0 ORDER BY id LIMIT ?4",
         )?
         .query_map(
@@ -362,6 +376,7 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
                 ))
             },
         )?
@@ -371,28 +386,36 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
             match r {
                 Ok(row) => {
                     last = Some(row.0);
-                    (row.5 != COMPACTED).then_some(Ok(row))
+                    (row.5 != COMPACTED && row.6 > compacted_size(&row.2)).then_some(Ok(row))
                 }
                 Err(e) => Some(Err(e)),
             }
         })
         .collect::<Result<_, _>>()?;
-    // Rewritten rather than updated: a row that only shrinks keeps its page, a row deleted
-    // and written again small lets SQLite merge the pages it leaves.
+    // Rewritten rather than updated, and all of a step deleted before any is written again: a
+    // row that only shrinks keeps its page, and so does one deleted and written back at once
+    // (a page that keeps more than a third of its rows is not merged). Pages emptied whole go
+    // to the free list, and the rows written back fill fewer.
     let mut delete = c.prepare_cached("DELETE FROM records WHERE id = ?1")?;
     let mut insert = c.prepare_cached(
         "INSERT INTO records (id, lane_id, source_id, dkey, payload, origin, created, state, batch_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
     )?;
-    for (id, source, dkey, created, batch, payload) in &rows {
-        delete.execute([id])?;
+    for row in &rows {
+        delete.execute([row.0])?;
+    }
+    for (id, source, dkey, created, batch, payload, _) in &rows {
         insert.execute(params![
             id,
             lane,
             source,
             dkey,
             COMPACTED,
-            compacted_origin(payload),
+            if natural(dkey) {
+                compacted_origin(payload)
+            } else {
+                String::new()
+            },
             created,
             batch
         ])?;

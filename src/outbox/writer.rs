@@ -72,6 +72,7 @@ pub(super) fn writer(
     path: PathBuf,
     mut rx: mpsc::UnboundedReceiver<Job>,
     space: std::sync::Arc<Space>,
+    decoders: std::sync::Arc<super::codec::Decoders>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -111,6 +112,8 @@ pub(super) fn writer(
             .map_err(|e| OutboxError::sqlite(&path, e));
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+            // A dictionary this transaction stored is gone, and its id may name another.
+            decoders.forget();
         }
         space.measure(&conn);
         for finish in finishes {

@@ -617,13 +617,14 @@ timestamp = "at"
         fn db(&self) -> rusqlite::Connection {
             let c = rusqlite::Connection::open(&self.state).unwrap();
             c.busy_timeout(Duration::from_secs(10)).unwrap();
+            crate::outbox::register_functions(&c).unwrap();
             c
         }
 
         fn intervals(&self) -> Vec<String> {
             let mut all: Vec<String> = self
                 .db()
-                .prepare("SELECT payload FROM records ORDER BY id")
+                .prepare("SELECT payload(payload) FROM records ORDER BY id")
                 .unwrap()
                 .query_map([], |r| r.get::<_, String>(0))
                 .unwrap()

@@ -343,7 +343,7 @@ pub fn interval_record(source: &SourceName, i: &Interval, origin: &str) -> NewRe
 
 /// A record's dedupe key when a row has no position (database rows, pushes, API records):
 /// its natural key if `key` names one, else its content.
-pub fn content_key(key: Option<&str>, payload: &str, piece: u32) -> [u8; 16] {
+pub fn content_key(key: Option<&str>, payload: &str, piece: u32) -> crate::outbox::Dkey {
     match key {
         Some(k) => natural_key(k, piece),
         None => natural_key(&format!("\u{1e}{payload}"), piece),

@@ -1,0 +1,539 @@
+//! Records are kept compressed. Each lane's records are compressed one by one with a zstd
+//! dictionary trained on that lane's own records: a contact event of 176 bytes becomes about
+//! 30, because what records of one lane share (field names, the queue, the date, the file
+//! name of their origin) is in the dictionary, not in every record.
+//!
+//! A lane's first [`SAMPLES`] records (per process) are stored plain and kept as samples;
+//! then a dictionary is trained from them, stored in `dicts` (schema 6) and used from then on.
+//! If the lane's records change shape and compress markedly worse than when the dictionary
+//! was trained, a new one is trained from fresh samples. Dictionaries are never changed or
+//! deleted: a record names the one it was compressed with (a version), so old records stay
+//! readable after a new one is trained.
+//!
+//! A compressed record is a BLOB in `records.payload`: the dictionary's id (a LEB128 varint),
+//! then a zstd frame without magic number or checksum (SQLite checks its pages; the frame
+//! says its size) holding the origin (a varint length, then its bytes) and the payload. Its
+//! `origin` column is empty. A plain record keeps TEXT in both columns, as before; so do
+//! compacted ones and records a dictionary does not make smaller.
+//!
+//! Records are decompressed only when read: every connection has the SQL functions
+//! `payload(payload)` and `origin(payload, origin)`, which give the text back, and every
+//! query that reads a record's payload or origin goes through them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension, params};
+use zstd::zstd_safe::{self, CCtx, CDict, CParameter, DCtx, DDict, DParameter, FrameFormat};
+
+use super::NewRecord;
+
+/// Records of a lane kept plain as samples before its dictionary is trained.
+pub const SAMPLES: usize = 1024;
+/// The size of a trained dictionary.
+const DICT_BYTES: usize = 4096;
+const LEVEL: i32 = 3;
+/// Records over which a lane's compression ratio is measured.
+const WINDOW: u64 = 16_384;
+/// A frame that says it holds more than this is refused as corrupt.
+const MAX_RECORD: u64 = 256 << 20;
+
+/// A trained dictionary, ready to compress with.
+pub(super) struct Dict {
+    lane: i64,
+    bytes: Vec<u8>,
+    hash: [u8; 16],
+    cdict: CDict<'static>,
+}
+
+/// What each lane compresses with; shared by the handles of one outbox.
+#[derive(Default)]
+pub(super) struct Codecs(Mutex<HashMap<i64, Lane>>);
+
+#[derive(Default)]
+struct Lane {
+    dict: Option<Arc<Dict>>,
+    /// Samples for the next dictionary (their bytes end to end, and each one's size), while
+    /// `collecting`.
+    samples: Vec<u8>,
+    sizes: Vec<usize>,
+    training: bool,
+    /// Bytes in and out over the current window, and the ratio of the dictionary's first.
+    raw: u64,
+    packed: u64,
+    records: u64,
+    reference: Option<f64>,
+}
+
+impl Lane {
+    fn collecting(&self) -> bool {
+        !self.training && (self.dict.is_none() || !self.sizes.is_empty())
+    }
+}
+
+/// Records compressed with one dictionary; `None` for one kept plain (it did not get smaller).
+pub(super) struct Packed {
+    pub dict: Arc<Dict>,
+    pub frames: Vec<Option<Vec<u8>>>,
+}
+
+/// What a record is compressed from: its origin (length first) and its payload.
+fn content(buf: &mut Vec<u8>, r: &NewRecord) {
+    buf.clear();
+    varint(buf, r.origin.len() as u64);
+    buf.extend_from_slice(r.origin.as_bytes());
+    buf.extend_from_slice(r.payload.as_bytes());
+}
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+impl Codecs {
+    /// Loads each lane's newest dictionary.
+    pub(super) fn load(conn: &Connection) -> rusqlite::Result<Codecs> {
+        let mut lanes = HashMap::new();
+        let mut stmt = conn.prepare(
+            "SELECT lane_id, dict FROM dicts WHERE id IN (SELECT max(id) FROM dicts GROUP BY lane_id)",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        for row in rows {
+            let (lane, bytes) = row?;
+            lanes.insert(
+                lane,
+                Lane {
+                    dict: Some(Arc::new(Dict::new(lane, bytes))),
+                    ..Lane::default()
+                },
+            );
+        }
+        Ok(Codecs(Mutex::new(lanes)))
+    }
+
+    /// Compresses a commit's records with their lane's dictionary, on the caller's thread;
+    /// `None` while the lane has none yet. Samples the records while a dictionary is due, and
+    /// trains it once enough are in.
+    pub(super) fn pack(&self, lane: i64, records: &[NewRecord]) -> Option<Packed> {
+        if records.is_empty() {
+            return None;
+        }
+        let dict = self.sample(lane, records);
+        let packed = dict.map(|dict| {
+            let frames = compress(&dict, records);
+            Packed { dict, frames }
+        });
+        if let Some(p) = &packed {
+            self.measure(lane, records, p);
+        }
+        packed
+    }
+
+    fn sample(&self, lane: i64, records: &[NewRecord]) -> Option<Arc<Dict>> {
+        let mut lanes = self.0.lock().expect("codecs lock");
+        let l = lanes.entry(lane).or_default();
+        if l.collecting() {
+            let mut buf = Vec::new();
+            for r in records.iter().take(SAMPLES - l.sizes.len()) {
+                content(&mut buf, r);
+                l.samples.extend_from_slice(&buf);
+                l.sizes.push(buf.len());
+            }
+            if l.sizes.len() >= SAMPLES {
+                l.training = true;
+                let samples = std::mem::take(&mut l.samples);
+                let sizes = std::mem::take(&mut l.sizes);
+                drop(lanes);
+                // Trained without the lock: other lanes go on meanwhile.
+                let trained = zstd::dict::from_continuous(&samples, &sizes, DICT_BYTES);
+                let mut lanes = self.0.lock().expect("codecs lock");
+                let l = lanes.entry(lane).or_default();
+                l.training = false;
+                match trained {
+                    Ok(bytes) => {
+                        l.dict = Some(Arc::new(Dict::new(lane, bytes)));
+                        (l.raw, l.packed, l.records, l.reference) = (0, 0, 0, None);
+                    }
+                    Err(e) => {
+                        // Too few distinct records to learn from: tried again on the next.
+                        tracing::debug!(lane, error = %e, "no compression dictionary trained");
+                    }
+                }
+                return l.dict.clone();
+            }
+        }
+        l.dict.clone()
+    }
+
+    /// Follows the lane's ratio; markedly worse than the dictionary's first window starts
+    /// sampling for a new one.
+    fn measure(&self, lane: i64, records: &[NewRecord], p: &Packed) {
+        let raw: u64 = records
+            .iter()
+            .map(|r| (r.origin.len() + r.payload.len()) as u64)
+            .sum();
+        let packed: u64 = records
+            .iter()
+            .zip(&p.frames)
+            .map(|(r, f)| match f {
+                Some(f) => f.len() as u64,
+                None => (r.origin.len() + r.payload.len()) as u64,
+            })
+            .sum();
+        let mut lanes = self.0.lock().expect("codecs lock");
+        let Some(l) = lanes.get_mut(&lane) else {
+            return;
+        };
+        if !l.dict.as_ref().is_some_and(|d| Arc::ptr_eq(d, &p.dict)) {
+            return;
+        }
+        l.raw += raw;
+        l.packed += packed;
+        l.records += records.len() as u64;
+        if l.records < WINDOW {
+            return;
+        }
+        let ratio = l.packed as f64 / l.raw.max(1) as f64;
+        match l.reference {
+            None => l.reference = Some(ratio),
+            Some(first) if ratio > first * 1.5 + 0.05 && l.sizes.is_empty() && !l.training => {
+                tracing::info!(
+                    lane,
+                    ratio,
+                    first,
+                    "records compress worse than when the dictionary was trained; training a new one"
+                );
+                // Sampling starts with the next commit.
+                l.sizes.reserve(SAMPLES);
+                let mut buf = Vec::new();
+                for r in records.iter().take(SAMPLES) {
+                    content(&mut buf, r);
+                    l.samples.extend_from_slice(&buf);
+                    l.sizes.push(buf.len());
+                }
+            }
+            Some(_) => {}
+        }
+        (l.raw, l.packed, l.records) = (0, 0, 0);
+    }
+}
+
+impl Dict {
+    fn new(lane: i64, bytes: Vec<u8>) -> Dict {
+        use sha2::{Digest, Sha256};
+        let mut hash = [0u8; 16];
+        hash.copy_from_slice(&Sha256::digest(&bytes)[..16]);
+        let cdict = CDict::create(&bytes, LEVEL);
+        Dict {
+            lane,
+            bytes,
+            hash,
+            cdict,
+        }
+    }
+
+    /// The dictionary's id in `dicts`, stored first if it is not there yet (in the writer's
+    /// transaction, so records never name a dictionary that is not on disk with them).
+    pub(super) fn store(&self, c: &Connection, now: i64) -> rusqlite::Result<i64> {
+        let known: Option<i64> = c
+            .prepare_cached("SELECT id FROM dicts WHERE hash = ?1")?
+            .query_row([&self.hash[..]], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = known {
+            return Ok(id);
+        }
+        c.prepare_cached(
+            "INSERT INTO dicts (lane_id, hash, dict, created) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![self.lane, &self.hash[..], self.bytes, now])?;
+        Ok(c.last_insert_rowid())
+    }
+}
+
+fn compress(dict: &Dict, records: &[NewRecord]) -> Vec<Option<Vec<u8>>> {
+    let mut cctx = CCtx::create();
+    let setup = cctx
+        .ref_cdict(&dict.cdict)
+        .and_then(|_| cctx.set_parameter(CParameter::Format(FrameFormat::Magicless)))
+        .and_then(|_| cctx.set_parameter(CParameter::ContentSizeFlag(true)))
+        .and_then(|_| cctx.set_parameter(CParameter::ChecksumFlag(false)))
+        .and_then(|_| cctx.set_parameter(CParameter::DictIdFlag(false)));
+    if setup.is_err() {
+        return vec![None; records.len()];
+    }
+    let mut buf = Vec::new();
+    records
+        .iter()
+        .map(|r| {
+            content(&mut buf, r);
+            let mut out = Vec::with_capacity(zstd_safe::compress_bound(buf.len()));
+            match cctx.compress2(&mut out, &buf) {
+                Ok(_) if out.len() < buf.len() => Some(out),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A compressed record's stored form: the dictionary's id, then the frame.
+pub(super) fn stored(dict: i64, frame: &[u8]) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(frame.len() + 3);
+    varint(&mut blob, dict as u64);
+    blob.extend_from_slice(frame);
+    blob
+}
+
+/// The content size a magicless frame header states.
+fn content_size(frame: &[u8]) -> Option<u64> {
+    let fhd = *frame.first()?;
+    let single = fhd & 0x20 != 0;
+    let mut pos = 1 + usize::from(!single) + [0, 1, 2, 4][usize::from(fhd & 3)];
+    let size = match (fhd >> 6, single) {
+        (0, true) => 1,
+        (0, false) => return None,
+        (1, _) => 2,
+        (2, _) => 4,
+        _ => 8,
+    };
+    let bytes = frame.get(pos..pos + size)?;
+    pos += size;
+    let _ = pos;
+    let mut v = 0u64;
+    for (i, b) in bytes.iter().enumerate() {
+        v |= u64::from(*b) << (8 * i);
+    }
+    Some(if size == 2 { v + 256 } else { v })
+}
+
+/// Reads compressed records back, for the SQL functions of one connection.
+#[derive(Default)]
+pub struct Decoders(Mutex<DecodeState>);
+
+struct DecodeState {
+    dicts: HashMap<i64, Arc<DDict<'static>>>,
+    dctx: DCtx<'static>,
+}
+
+impl Default for DecodeState {
+    fn default() -> Self {
+        let mut dctx = DCtx::create();
+        let _ = dctx.set_parameter(DParameter::Format(FrameFormat::Magicless));
+        DecodeState {
+            dicts: HashMap::new(),
+            dctx,
+        }
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::UserFunctionError(format!("a compressed record cannot be read: {what}").into())
+}
+
+impl Decoders {
+    /// Forgets the dictionaries read so far: after a rollback, an id may name another one.
+    pub fn forget(&self) {
+        self.0.lock().expect("decoders lock").dicts.clear();
+    }
+
+    /// A stored record's origin and payload.
+    fn decode(&self, c: &Connection, blob: &[u8]) -> rusqlite::Result<(String, String)> {
+        let (id, used) = read_varint(blob).ok_or_else(|| corrupt("no dictionary id"))?;
+        let frame = &blob[used..];
+        let size = content_size(frame).ok_or_else(|| corrupt("no size in its frame header"))?;
+        if size > MAX_RECORD {
+            return Err(corrupt(format!("its frame says {size} bytes")));
+        }
+        let mut state = self.0.lock().expect("decoders lock");
+        let ddict = match state.dicts.get(&(id as i64)) {
+            Some(d) => d.clone(),
+            None => {
+                let bytes: Vec<u8> = c
+                    .prepare_cached("SELECT dict FROM dicts WHERE id = ?1")?
+                    .query_row([id as i64], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| corrupt(format!("dictionary {id} is not in the outbox")))?;
+                let d = Arc::new(DDict::create(&bytes));
+                state.dicts.insert(id as i64, d.clone());
+                d
+            }
+        };
+        let mut out: Vec<u8> = Vec::with_capacity(size as usize);
+        state
+            .dctx
+            .decompress_using_ddict(&mut out, frame, &ddict)
+            .map_err(|code| corrupt(zstd_safe::get_error_name(code)))?;
+        drop(state);
+        let (len, used) = read_varint(&out).ok_or_else(|| corrupt("no origin"))?;
+        let end = used
+            .checked_add(len as usize)
+            .filter(|e| *e <= out.len())
+            .ok_or_else(|| corrupt("its origin is cut short"))?;
+        let origin = String::from_utf8(out[used..end].to_vec()).map_err(corrupt)?;
+        out.drain(..end);
+        let payload = String::from_utf8(out).map_err(corrupt)?;
+        Ok((origin, payload))
+    }
+}
+
+/// Adds `payload(payload)` and `origin(payload, origin)` to a connection; the returned
+/// decoders are the ones its functions use.
+pub fn register(conn: &Connection) -> rusqlite::Result<Arc<Decoders>> {
+    let decoders = Arc::new(Decoders::default());
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    let d = decoders.clone();
+    conn.create_scalar_function("payload", 1, flags, move |ctx| {
+        Ok(match ctx.get_raw(0) {
+            ValueRef::Blob(b) => Some(decode(&d, ctx, b)?.1),
+            ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            _ => None,
+        })
+    })?;
+    let d = decoders.clone();
+    conn.create_scalar_function("origin", 2, flags, move |ctx| {
+        Ok(match (ctx.get_raw(0), ctx.get_raw(1)) {
+            (ValueRef::Blob(b), ValueRef::Text(b"")) => Some(decode(&d, ctx, b)?.0),
+            (_, ValueRef::Text(o)) => Some(String::from_utf8_lossy(o).into_owned()),
+            _ => None,
+        })
+    })?;
+    Ok(decoders)
+}
+
+fn decode(d: &Decoders, ctx: &Context<'_>, blob: &[u8]) -> rusqlite::Result<(String, String)> {
+    // SAFETY: the connection is only used within this call, on the thread running it.
+    let c = unsafe { ctx.get_connection()? };
+    d.decode(&c, blob)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: usize) -> NewRecord {
+        NewRecord {
+            dkey: super::super::dedupe_key(1, i as u64),
+            payload: format!(
+                r#"{{"id":"call-{i}","queueIdentifier":"q{}","channel":"voice","startTime":"2026-01-01T00:{:02}:00Z","handled":true}}"#,
+                i % 7,
+                i % 60
+            ),
+            origin: format!("calls-2026-01-01.ndjson:{}", i + 1),
+        }
+    }
+
+    fn outbox() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE dicts (id INTEGER PRIMARY KEY, lane_id INTEGER NOT NULL,
+             hash BLOB NOT NULL UNIQUE, dict BLOB NOT NULL, created INTEGER NOT NULL);
+             CREATE TABLE r (payload, origin);",
+        )
+        .unwrap();
+        c
+    }
+
+    #[test]
+    fn records_come_back_as_they_went_in_and_smaller() {
+        let c = outbox();
+        register(&c).unwrap();
+        let codecs = Codecs::default();
+        let records: Vec<NewRecord> = (0..3000).map(record).collect();
+        assert!(
+            codecs.pack(1, &records[..1000]).is_none(),
+            "no dictionary yet"
+        );
+        let first = codecs.pack(1, &records[1000..2000]);
+        let p = first
+            .or_else(|| codecs.pack(1, &records[1000..2000]))
+            .unwrap();
+        let id = p.dict.store(&c, 0).unwrap();
+        assert_eq!(p.dict.store(&c, 0).unwrap(), id, "stored once");
+        let (mut raw, mut packed) = (0, 0);
+        for (r, f) in records[1000..2000].iter().zip(&p.frames) {
+            let f = f.as_ref().expect("compressed");
+            raw += r.payload.len();
+            packed += f.len();
+            c.execute("INSERT INTO r VALUES (?1, '')", [stored(id, f)])
+                .unwrap();
+        }
+        assert!(packed * 3 < raw, "{packed} bytes from {raw}");
+        let back: Vec<(String, String)> = c
+            .prepare("SELECT payload(payload), origin(payload, origin) FROM r ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (r, (payload, origin)) in records[1000..2000].iter().zip(back) {
+            assert_eq!((&r.payload, &r.origin), (&payload, &origin));
+        }
+        // Plain text passes through both functions.
+        let plain: (String, String) = c
+            .query_row("SELECT payload('{}'), origin('{}', 'a.csv:1')", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(plain, ("{}".into(), "a.csv:1".into()));
+    }
+
+    #[test]
+    fn frame_sizes_are_read_from_every_header_form() {
+        let c = outbox();
+        register(&c).unwrap();
+        let codecs = Codecs::default();
+        let records: Vec<NewRecord> = (0..SAMPLES).map(record).collect();
+        let _ = codecs.pack(1, &records);
+        for len in [
+            0usize,
+            1,
+            200,
+            255,
+            256,
+            300,
+            65_791,
+            65_792,
+            70_000,
+            1 << 20,
+        ] {
+            let mut r = record(len);
+            r.payload = "x".repeat(len) + &fastrand::u64(..).to_string();
+            let p = codecs.pack(1, std::slice::from_ref(&r)).unwrap();
+            let Some(f) = &p.frames[0] else { continue };
+            let id = p.dict.store(&c, 0).unwrap();
+            let back: String = c
+                .query_row("SELECT payload(?1)", [stored(id, f)], |r| r.get(0))
+                .unwrap();
+            assert_eq!(back, r.payload, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_missing_dictionary_or_a_broken_frame_is_an_error_not_a_guess() {
+        let c = outbox();
+        register(&c).unwrap();
+        let e = c
+            .query_row("SELECT payload(x'07281400')", [], |r| r.get::<_, String>(0))
+            .unwrap_err();
+        assert!(e.to_string().contains("dictionary 7"), "{e}");
+        let e = c
+            .query_row("SELECT payload(x'')", [], |r| r.get::<_, String>(0))
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot be read"), "{e}");
+    }
+}
