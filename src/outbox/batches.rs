@@ -261,11 +261,11 @@ pub(super) fn next_batch(
         };
         let records: Vec<(i64, String)> = c
             .prepare_cached(
-                "SELECT id, payload(payload) FROM records WHERE id > ?1 AND id BETWEEN ?2 AND ?3
+                "SELECT id, payload FROM records WHERE id > ?1 AND id BETWEEN ?2 AND ?3
                  AND lane_id = ?4 AND state = 0 ORDER BY id",
             )?
             .query_map(params![sent, first, last, lane.0], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, super::codec::text(c, r.get_ref(1)?)?))
             })?
             .collect::<Result<_, _>>()?;
         if !records.is_empty() {
@@ -282,7 +282,7 @@ pub(super) fn next_batch(
     let (mut records, mut oldest, mut full);
     loop {
         let mut stmt = c.prepare_cached(
-            "SELECT id, payload(payload), created FROM records
+            "SELECT id, payload, created FROM records
              WHERE id > ?1 AND lane_id = ?2 AND state = 0 ORDER BY id LIMIT ?3",
         )?;
         let mut rows = stmt.query(params![scanned, lane.0, max_records as i64])?;
@@ -291,7 +291,7 @@ pub(super) fn next_batch(
         oldest = None;
         full = false;
         while let Some(row) = rows.next()? {
-            let payload: String = row.get(1)?;
+            let payload = super::codec::text(c, row.get_ref(1)?)?;
             if !records.is_empty() && bytes + payload.len() + 1 > max_bytes {
                 full = true;
                 break;

@@ -34,7 +34,9 @@ use super::NewRecord;
 pub const SAMPLES: usize = 1024;
 /// The size of a trained dictionary.
 const DICT_BYTES: usize = 4096;
-const LEVEL: i32 = 3;
+/// Level 1: as small as level 3 or 9 for records this size (measured: 32 bytes for a contact
+/// event at each), at a fraction of the CPU and memory.
+const LEVEL: i32 = 1;
 /// Records over which a lane's compression ratio is measured.
 const WINDOW: u64 = 16_384;
 /// A frame that says it holds more than this is refused as corrupt.
@@ -74,10 +76,15 @@ impl Lane {
 }
 
 /// Records compressed with one dictionary; `None` for one kept plain (it did not get smaller).
+/// Each frame starts with [`ROOM`] bytes left for the dictionary's id, which only the writer
+/// knows: the stored form is made in place, without a copy on the writer's thread.
 pub(super) struct Packed {
     pub dict: Arc<Dict>,
     pub frames: Vec<Option<Vec<u8>>>,
 }
+
+/// Bytes left before each frame for the dictionary id (a varint of an i64 takes at most 10).
+const ROOM: usize = 10;
 
 /// What a record is compressed from: its origin (length first) and its payload.
 fn content(buf: &mut Vec<u8>, r: &NewRecord) {
@@ -129,20 +136,25 @@ impl Codecs {
 
     /// Compresses a commit's records with their lane's dictionary, on the caller's thread;
     /// `None` while the lane has none yet. Samples the records while a dictionary is due, and
-    /// trains it once enough are in.
-    pub(super) fn pack(&self, lane: i64, records: &[NewRecord]) -> Option<Packed> {
+    /// trains it once enough are in. With `strip`, a compressed record's payload and origin
+    /// are let go here too, so the writer neither copies nor frees them.
+    pub(super) fn pack(&self, lane: i64, records: &mut [NewRecord], strip: bool) -> Option<Packed> {
         if records.is_empty() {
             return None;
         }
-        let dict = self.sample(lane, records);
-        let packed = dict.map(|dict| {
-            let frames = compress(&dict, records);
-            Packed { dict, frames }
-        });
-        if let Some(p) = &packed {
-            self.measure(lane, records, p);
+        let dict = self.sample(lane, records)?;
+        let frames = compress(&dict, records);
+        let packed = Packed { dict, frames };
+        self.measure(lane, records, &packed);
+        if strip {
+            for (r, f) in records.iter_mut().zip(&packed.frames) {
+                if f.is_some() {
+                    r.payload = String::new();
+                    r.origin = String::new();
+                }
+            }
         }
-        packed
+        Some(packed)
     }
 
     fn sample(&self, lane: i64, records: &[NewRecord]) -> Option<Arc<Dict>> {
@@ -282,21 +294,52 @@ fn compress(dict: &Dict, records: &[NewRecord]) -> Vec<Option<Vec<u8>>> {
         .iter()
         .map(|r| {
             content(&mut buf, r);
-            let mut out = Vec::with_capacity(zstd_safe::compress_bound(buf.len()));
-            match cctx.compress2(&mut out, &buf) {
-                Ok(_) if out.len() < buf.len() => Some(out),
+            let mut out = Vec::with_capacity(ROOM + zstd_safe::compress_bound(buf.len()));
+            out.resize(ROOM, 0);
+            let mut frame = std::io::Cursor::new(out);
+            frame.set_position(ROOM as u64);
+            match cctx.compress2(&mut frame, &buf) {
+                Ok(n) if n < buf.len() => Some(frame.into_inner()),
                 _ => None,
             }
         })
         .collect()
 }
 
-/// A compressed record's stored form: the dictionary's id, then the frame.
-pub(super) fn stored(dict: i64, frame: &[u8]) -> Vec<u8> {
-    let mut blob = Vec::with_capacity(frame.len() + 3);
-    varint(&mut blob, dict as u64);
-    blob.extend_from_slice(frame);
-    blob
+/// A compressed record's stored form: the dictionary's id, then the frame (written into the
+/// room [`Codecs::pack`] left before it).
+pub(super) fn stored(dict: i64, frame: &mut [u8]) -> &[u8] {
+    let mut id = Vec::with_capacity(ROOM);
+    varint(&mut id, dict as u64);
+    let start = ROOM - id.len();
+    frame[start..ROOM].copy_from_slice(&id);
+    &frame[start..]
+}
+
+thread_local! {
+    /// The writer thread's decoders (see [`adopt`]).
+    static THREAD: std::cell::RefCell<Option<Arc<Decoders>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `decoders` the ones [`text`] uses on this thread: the writer's, which it forgets
+/// after a rollback.
+pub(super) fn adopt(decoders: Arc<Decoders>) {
+    THREAD.with(|t| *t.borrow_mut() = Some(decoders));
+}
+
+/// A stored payload as text, read in Rust rather than through `payload()`: forming a batch
+/// on the writer's thread copies it once, not three times.
+pub(super) fn text(c: &Connection, v: ValueRef<'_>) -> rusqlite::Result<String> {
+    match v {
+        ValueRef::Text(t) => String::from_utf8(t.to_vec()).map_err(corrupt),
+        ValueRef::Blob(b) => {
+            let d = THREAD
+                .with(|t| t.borrow().clone())
+                .unwrap_or_else(|| Arc::new(Decoders::default()));
+            Ok(d.decode(c, b)?.1)
+        }
+        _ => Err(corrupt("its payload is missing")),
+    }
 }
 
 /// The content size a magicless frame header states.
@@ -453,24 +496,21 @@ mod tests {
         let c = outbox();
         register(&c).unwrap();
         let codecs = Codecs::default();
-        let records: Vec<NewRecord> = (0..3000).map(record).collect();
+        let mut records: Vec<NewRecord> = (0..3000).map(record).collect();
         assert!(
-            codecs.pack(1, &records[..1000]).is_none(),
+            codecs.pack(1, &mut records[..1000], false).is_none(),
             "no dictionary yet"
         );
-        let first = codecs.pack(1, &records[1000..2000]);
-        let p = first
-            .or_else(|| codecs.pack(1, &records[1000..2000]))
-            .unwrap();
+        let p = codecs.pack(1, &mut records[1000..2000], false).unwrap();
         let id = p.dict.store(&c, 0).unwrap();
         assert_eq!(p.dict.store(&c, 0).unwrap(), id, "stored once");
         let (mut raw, mut packed) = (0, 0);
-        for (r, f) in records[1000..2000].iter().zip(&p.frames) {
-            let f = f.as_ref().expect("compressed");
+        let mut p = p;
+        for (r, f) in records[1000..2000].iter().zip(&mut p.frames) {
+            let f = stored(id, f.as_mut().expect("compressed"));
             raw += r.payload.len();
             packed += f.len();
-            c.execute("INSERT INTO r VALUES (?1, '')", [stored(id, f)])
-                .unwrap();
+            c.execute("INSERT INTO r VALUES (?1, '')", [f]).unwrap();
         }
         assert!(packed * 3 < raw, "{packed} bytes from {raw}");
         let back: Vec<(String, String)> = c
@@ -497,8 +537,8 @@ mod tests {
         let c = outbox();
         register(&c).unwrap();
         let codecs = Codecs::default();
-        let records: Vec<NewRecord> = (0..SAMPLES).map(record).collect();
-        let _ = codecs.pack(1, &records);
+        let mut records: Vec<NewRecord> = (0..SAMPLES).map(record).collect();
+        let _ = codecs.pack(1, &mut records, false);
         for len in [
             0usize,
             1,
@@ -513,9 +553,11 @@ mod tests {
         ] {
             let mut r = record(len);
             r.payload = "x".repeat(len) + &fastrand::u64(..).to_string();
-            let p = codecs.pack(1, std::slice::from_ref(&r)).unwrap();
-            let Some(f) = &p.frames[0] else { continue };
+            let mut p = codecs
+                .pack(1, std::slice::from_mut(&mut r.clone()), false)
+                .unwrap();
             let id = p.dict.store(&c, 0).unwrap();
+            let Some(f) = &mut p.frames[0] else { continue };
             let back: String = c
                 .query_row("SELECT payload(?1)", [stored(id, f)], |r| r.get(0))
                 .unwrap();

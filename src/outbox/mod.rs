@@ -551,8 +551,11 @@ impl Outbox {
     ) -> oneshot::Receiver<Result<Committed, OutboxError>> {
         let wake = self.wakers.get(lane.0);
         let space = self.space.clone();
-        // Compressed here, on the caller's thread, not the writer's.
-        let packed = self.codecs.pack(lane.0, &commit.records);
+        // Compressed here, on the caller's thread, not the writer's. A push's texts stay for
+        // the writer to compare with what a key already names.
+        let mut commit = commit;
+        let strip = !commit.groups.iter().any(|g| g.same_payload);
+        let packed = self.codecs.pack(lane.0, &mut commit.records, strip);
         self.job(
             move |c, p| {
                 space.refuses(c, commit.records.len(), p)?;
@@ -613,7 +616,8 @@ fn write_commit(
         Some(p) => Some(p.dict.store(c, now)?),
         None => None,
     };
-    let mut frames = packed.as_ref().map(|p| p.frames.iter());
+    let mut packed = packed;
+    let mut frames = packed.as_mut().map(|p| p.frames.iter_mut());
     let mut insert = c.prepare_cached(
         "INSERT INTO records (lane_id, source_id, dkey, payload, origin, created)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (source_id, dkey) DO NOTHING",
@@ -641,7 +645,7 @@ fn write_commit(
             let frame = frames
                 .as_mut()
                 .and_then(|f| f.next())
-                .and_then(Option::as_ref);
+                .and_then(Option::as_mut);
             let n = match (dict, frame) {
                 (Some(dict), Some(frame)) => insert.execute(params![
                     lane.0,

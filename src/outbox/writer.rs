@@ -74,6 +74,7 @@ pub(super) fn writer(
     space: std::sync::Arc<Space>,
     decoders: std::sync::Arc<super::codec::Decoders>,
 ) {
+    super::codec::adopt(decoders.clone());
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < 512 {
