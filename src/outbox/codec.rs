@@ -11,14 +11,16 @@
 //! readable after a new one is trained.
 //!
 //! A compressed record is a BLOB in `records.payload`: the dictionary's id (a LEB128 varint),
-//! then a zstd frame without magic number or checksum (SQLite checks its pages; the frame
-//! says its size) holding the origin (a varint length, then its bytes) and the payload. Its
-//! `origin` column is empty. A plain record keeps TEXT in both columns, as before; so do
+//! then a zstd frame without magic number or checksum (the frame says its size; like the
+//! plain text it replaces, a record trusts the disk under it, and a dictionary, which every
+//! record of a lane needs, is checked against its hash when read) holding the origin (a varint
+//! length, then its bytes) and the payload. Its `origin` column is empty. A plain record keeps TEXT in both columns, as before; so do
 //! compacted ones and records a dictionary does not make smaller.
 //!
 //! Records are decompressed only when read: every connection has the SQL functions
 //! `payload(payload)` and `origin(payload, origin)`, which give the text back, and every
-//! query that reads a record's payload or origin goes through them.
+//! query that reads a record's payload or origin goes through them, except batch forming on
+//! the writer's thread, which decodes in Rust ([`text`]) to copy each payload once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,10 @@ use super::NewRecord;
 
 /// Records of a lane kept plain as samples before its dictionary is trained.
 pub const SAMPLES: usize = 1024;
+/// Records longer than this are not taken as samples, and samples stop at [`SAMPLE_BYTES`]:
+/// a lane of huge records trains on fewer, and never holds more than that in memory.
+const SAMPLE_MAX: usize = 4096;
+const SAMPLE_BYTES: usize = 512 << 10;
 /// The size of a trained dictionary.
 const DICT_BYTES: usize = 4096;
 /// Level 1: as small as level 3 or 9 for records this size (measured: 32 bytes for a contact
@@ -70,6 +76,21 @@ struct Lane {
 }
 
 impl Lane {
+    /// Keeps records as samples, up to [`SAMPLES`] of them and [`SAMPLE_BYTES`] in all.
+    fn take_samples(&mut self, records: &[NewRecord]) {
+        let mut buf = Vec::new();
+        for r in records {
+            if self.sizes.len() >= SAMPLES || self.samples.len() >= SAMPLE_BYTES {
+                break;
+            }
+            content(&mut buf, r);
+            if buf.len() <= SAMPLE_MAX {
+                self.samples.extend_from_slice(&buf);
+                self.sizes.push(buf.len());
+            }
+        }
+    }
+
     fn collecting(&self) -> bool {
         !self.training && (self.dict.is_none() || !self.sizes.is_empty())
     }
@@ -118,15 +139,33 @@ impl Codecs {
     pub(super) fn load(conn: &Connection) -> rusqlite::Result<Codecs> {
         let mut lanes = HashMap::new();
         let mut stmt = conn.prepare(
-            "SELECT lane_id, dict FROM dicts WHERE id IN (SELECT max(id) FROM dicts GROUP BY lane_id)",
+            "SELECT lane_id, dict, hash FROM dicts
+             WHERE id IN (SELECT max(id) FROM dicts GROUP BY lane_id)",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
         for row in rows {
-            let (lane, bytes) = row?;
+            let (lane, bytes, hash) = row?;
+            // A damaged one is left to the records that name it (they say so when read);
+            // the lane trains a new one.
+            let dict = Dict::new(lane, bytes)
+                .filter(|d| d.hash[..] == hash[..])
+                .map(Arc::new);
+            if dict.is_none() {
+                tracing::warn!(
+                    lane,
+                    "a compression dictionary in the outbox cannot be loaded"
+                );
+            }
             lanes.insert(
                 lane,
                 Lane {
-                    dict: Some(Arc::new(Dict::new(lane, bytes))),
+                    dict,
                     ..Lane::default()
                 },
             );
@@ -158,28 +197,23 @@ impl Codecs {
     }
 
     fn sample(&self, lane: i64, records: &[NewRecord]) -> Option<Arc<Dict>> {
-        let mut lanes = self.0.lock().expect("codecs lock");
+        let mut lanes = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let l = lanes.entry(lane).or_default();
         if l.collecting() {
-            let mut buf = Vec::new();
-            for r in records.iter().take(SAMPLES - l.sizes.len()) {
-                content(&mut buf, r);
-                l.samples.extend_from_slice(&buf);
-                l.sizes.push(buf.len());
-            }
-            if l.sizes.len() >= SAMPLES {
+            l.take_samples(records);
+            if l.sizes.len() >= SAMPLES || l.samples.len() >= SAMPLE_BYTES {
                 l.training = true;
                 let samples = std::mem::take(&mut l.samples);
                 let sizes = std::mem::take(&mut l.sizes);
                 drop(lanes);
                 // Trained without the lock: other lanes go on meanwhile.
                 let trained = train(&samples, &sizes);
-                let mut lanes = self.0.lock().expect("codecs lock");
+                let mut lanes = self.0.lock().unwrap_or_else(|e| e.into_inner());
                 let l = lanes.entry(lane).or_default();
                 l.training = false;
                 match trained {
                     Ok(bytes) => {
-                        l.dict = Some(Arc::new(Dict::new(lane, bytes)));
+                        l.dict = Dict::new(lane, bytes).map(Arc::new).or(l.dict.take());
                         (l.raw, l.packed, l.records, l.reference) = (0, 0, 0, None);
                     }
                     Err(e) => {
@@ -208,7 +242,7 @@ impl Codecs {
                 None => (r.origin.len() + r.payload.len()) as u64,
             })
             .sum();
-        let mut lanes = self.0.lock().expect("codecs lock");
+        let mut lanes = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let Some(l) = lanes.get_mut(&lane) else {
             return;
         };
@@ -231,14 +265,8 @@ impl Codecs {
                     first,
                     "records compress worse than when the dictionary was trained; training a new one"
                 );
-                // Sampling starts with the next commit.
-                l.sizes.reserve(SAMPLES);
-                let mut buf = Vec::new();
-                for r in records.iter().take(SAMPLES) {
-                    content(&mut buf, r);
-                    l.samples.extend_from_slice(&buf);
-                    l.sizes.push(buf.len());
-                }
+                // Sampling starts with this commit's records and goes on with the next.
+                l.take_samples(records);
             }
             Some(_) => {}
         }
@@ -248,7 +276,7 @@ impl Codecs {
 
 /// Trains a dictionary with fastCover at fixed parameters: zstd's default search over them
 /// takes 6 × 2^20 bytes of memory, more than the daemon's whole working set; with `f = 12`
-/// it takes 24 KiB, and records of 150–250 bytes compress as well (a 176-byte contact event
+/// its tables take 24 KiB, and records of 150–250 bytes compress as well (a 176-byte contact event
 /// to 33 bytes, against 34 with the search).
 fn train(samples: &[u8], sizes: &[usize]) -> Result<Vec<u8>, &'static str> {
     use zstd::zstd_safe::zstd_sys as sys;
@@ -291,17 +319,14 @@ fn train(samples: &[u8], sizes: &[usize]) -> Result<Vec<u8>, &'static str> {
 }
 
 impl Dict {
-    fn new(lane: i64, bytes: Vec<u8>) -> Dict {
-        use sha2::{Digest, Sha256};
-        let mut hash = [0u8; 16];
-        hash.copy_from_slice(&Sha256::digest(&bytes)[..16]);
-        let cdict = CDict::create(&bytes, LEVEL);
-        Dict {
+    fn new(lane: i64, bytes: Vec<u8>) -> Option<Dict> {
+        let cdict = CDict::try_create(&bytes, LEVEL)?;
+        Some(Dict {
             lane,
+            hash: dict_hash(&bytes),
             bytes,
-            hash,
             cdict,
-        }
+        })
     }
 
     /// The dictionary's id in `dicts`, stored first if it is not there yet (in the writer's
@@ -322,6 +347,13 @@ impl Dict {
     }
 }
 
+fn dict_hash(bytes: &[u8]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut hash = [0u8; 16];
+    hash.copy_from_slice(&Sha256::digest(bytes)[..16]);
+    hash
+}
+
 fn compress(dict: &Dict, records: &[NewRecord]) -> Vec<Option<Vec<u8>>> {
     let mut cctx = CCtx::create();
     let setup = cctx
@@ -333,17 +365,21 @@ fn compress(dict: &Dict, records: &[NewRecord]) -> Vec<Option<Vec<u8>>> {
     if setup.is_err() {
         return vec![None; records.len()];
     }
-    let mut buf = Vec::new();
+    let (mut buf, mut scratch) = (Vec::new(), Vec::new());
     records
         .iter()
         .map(|r| {
             content(&mut buf, r);
-            let mut out = Vec::with_capacity(ROOM + zstd_safe::compress_bound(buf.len()));
-            out.resize(ROOM, 0);
-            let mut frame = std::io::Cursor::new(out);
-            frame.set_position(ROOM as u64);
-            match cctx.compress2(&mut frame, &buf) {
-                Ok(n) if n < buf.len() => Some(frame.into_inner()),
+            scratch.clear();
+            scratch.reserve(zstd_safe::compress_bound(buf.len()));
+            match cctx.compress2(&mut scratch, &buf) {
+                // Its own allocation, of its size: frames wait in the writer's queue.
+                Ok(n) if n < buf.len() => {
+                    let mut out = Vec::with_capacity(ROOM + n);
+                    out.resize(ROOM, 0);
+                    out.extend_from_slice(&scratch);
+                    Some(out)
+                }
                 _ => None,
             }
         })
@@ -433,9 +469,14 @@ fn corrupt(what: impl std::fmt::Display) -> rusqlite::Error {
 }
 
 impl Decoders {
+    /// The state; a panic elsewhere while it was held leaves nothing half-changed in it.
+    fn state(&self) -> std::sync::MutexGuard<'_, DecodeState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Forgets the dictionaries read so far: after a rollback, an id may name another one.
     pub fn forget(&self) {
-        self.0.lock().expect("decoders lock").dicts.clear();
+        self.state().dicts.clear();
     }
 
     /// A stored record's origin and payload.
@@ -446,16 +487,24 @@ impl Decoders {
         if size > MAX_RECORD {
             return Err(corrupt(format!("its frame says {size} bytes")));
         }
-        let mut state = self.0.lock().expect("decoders lock");
+        let mut state = self.state();
         let ddict = match state.dicts.get(&(id as i64)) {
             Some(d) => d.clone(),
             None => {
-                let bytes: Vec<u8> = c
-                    .prepare_cached("SELECT dict FROM dicts WHERE id = ?1")?
-                    .query_row([id as i64], |r| r.get(0))
+                let (bytes, hash): (Vec<u8>, Vec<u8>) = c
+                    .prepare_cached("SELECT dict, hash FROM dicts WHERE id = ?1")?
+                    .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?
                     .ok_or_else(|| corrupt(format!("dictionary {id} is not in the outbox")))?;
-                let d = Arc::new(DDict::create(&bytes));
+                if hash != dict_hash(&bytes) {
+                    return Err(corrupt(format!(
+                        "dictionary {id} does not match its hash (the state file is damaged)"
+                    )));
+                }
+                let d = Arc::new(
+                    DDict::try_create(&bytes)
+                        .ok_or_else(|| corrupt(format!("dictionary {id} cannot be loaded")))?,
+                );
                 state.dicts.insert(id as i64, d.clone());
                 d
             }
@@ -607,6 +656,63 @@ mod tests {
                 .unwrap();
             assert_eq!(back, r.payload, "{len} bytes");
         }
+    }
+
+    /// Trains a dictionary for lane `lane` on records `from..`, returns it with one record of
+    /// it in its stored form.
+    fn trained(codecs: &Codecs, c: &Connection, lane: i64, from: usize) -> (i64, Vec<u8>, String) {
+        let mut records: Vec<NewRecord> = (from..from + SAMPLES).map(record).collect();
+        let mut p = codecs.pack(lane, &mut records, false).unwrap();
+        let id = p.dict.store(c, 0).unwrap();
+        let blob = stored(id, p.frames[0].as_mut().unwrap()).to_vec();
+        (id, blob, records[0].payload.clone())
+    }
+
+    #[test]
+    fn a_damaged_dictionary_is_an_error_naming_it_and_never_a_panic() {
+        let c = outbox();
+        register(&c).unwrap();
+        let (id, blob, _) = trained(&Codecs::default(), &c, 1, 0);
+        let mut bytes: Vec<u8> = c
+            .query_row("SELECT dict FROM dicts WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap();
+        bytes[8..40].fill(0);
+        c.execute(
+            "UPDATE dicts SET dict = ?1 WHERE id = ?2",
+            rusqlite::params![bytes, id],
+        )
+        .unwrap();
+        let e = c
+            .query_row("SELECT payload(?1)", [&blob], |r| r.get::<_, String>(0))
+            .unwrap_err();
+        assert!(e.to_string().contains("does not match its hash"), "{e}");
+        // Loading it for compressing leaves the lane to train a new one.
+        let codecs = Codecs::load(&c).unwrap();
+        let mut records: Vec<NewRecord> = (0..10).map(record).collect();
+        assert!(codecs.pack(1, &mut records, false).is_none());
+    }
+
+    /// The writer forgets the dictionaries it has read after a rollback: the id of one rolled
+    /// back is given to the next stored, and its records must meet that one.
+    #[test]
+    fn after_a_rollback_a_reused_dictionary_id_names_the_new_dictionary() {
+        let c = outbox();
+        let decoders = register(&c).unwrap();
+        c.execute_batch("SAVEPOINT job").unwrap();
+        let (first, blob, payload) = trained(&Codecs::default(), &c, 1, 0);
+        let back: String = c
+            .query_row("SELECT payload(?1)", [&blob], |r| r.get(0))
+            .unwrap();
+        assert_eq!(back, payload);
+        c.execute_batch("ROLLBACK TO job; RELEASE job").unwrap();
+        decoders.forget();
+        let other = Codecs::default();
+        let (second, blob, payload) = trained(&other, &c, 2, 5_000);
+        assert_eq!(first, second, "the id is given again");
+        let back: String = c
+            .query_row("SELECT payload(?1)", [&blob], |r| r.get(0))
+            .unwrap();
+        assert_eq!(back, payload);
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl Dkey {
 ///
 /// Written short, as most are small numbers: a first byte with the cursor's length less one
 /// (high nibble, 0..=7) and the position's length (low nibble, 0..=8), then both big-endian
-/// without their leading zero bytes: 6 or 7 bytes for most records instead of 16, in the row
+/// without their leading zero bytes: 6 to 9 bytes for most records instead of 16, in the row
 /// and again in the unique index. Keys of one file still grow with the offset (a longer
 /// position has a larger first byte), so the index is written in order and the insert rate
 /// stays near SQLite's sequential ceiling. The first byte is below 0x80, so the key never

@@ -9,8 +9,8 @@
 //! as delivery and pruning free pages. To free them sooner, delivered records still kept for
 //! `keep_sent` are compacted at the budget, oldest first: their payload and origin are emptied
 //! ([`COMPACTED`]) and their dedupe key kept, so re-read input is still recognised and nothing
-//! is enqueued twice; only `resend` can no longer reach them. A pushed record keeps a hash of
-//! its payload in its origin when compacted, so a push sent again with other records under its
+//! is enqueued twice; only `resend` can no longer reach them. A record keyed by its content (a
+//! push, a `key` template) keeps a hash of its payload in its origin when compacted, so a push sent again with other records under its
 //! key is still told apart. Records are kept compressed (`codec.rs`), so compacting frees about
 //! a third of a delivered record; one compressed smaller than its compacted form stays whole. Keys are let go only by `keep_sent`: a budget too small for them keeps reading
 //! paused (`status` says so) until the budget is raised or `keep_sent` lets keys go. Nothing

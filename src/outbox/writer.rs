@@ -102,6 +102,8 @@ pub(super) fn writer(
                 let end = if ok {
                     "RELEASE job"
                 } else {
+                    // A dictionary the job stored is gone, and its id may name another.
+                    decoders.forget();
                     "ROLLBACK TO job; RELEASE job"
                 };
                 let _ = conn.execute_batch(end);
