@@ -14,8 +14,9 @@
 //! then a zstd frame without magic number or checksum (the frame says its size; like the
 //! plain text it replaces, a record trusts the disk under it, and a dictionary, which every
 //! record of a lane needs, is checked against its hash when read) holding the origin (a varint
-//! length, then its bytes) and the payload. Its `origin` column is empty. A plain record keeps TEXT in both columns, as before; so do
-//! compacted ones and records a dictionary does not make smaller.
+//! length, then its bytes) and the payload. Its `origin` column is empty. A plain record keeps
+//! TEXT in both columns, as before; so do compacted ones and records a dictionary does not
+//! make smaller.
 //!
 //! Records are decompressed only when read: every connection has the SQL functions
 //! `payload(payload)` and `origin(payload, origin)`, which give the text back, and every
@@ -110,17 +111,22 @@ const ROOM: usize = 10;
 /// What a record is compressed from: its origin (length first) and its payload.
 fn content(buf: &mut Vec<u8>, r: &NewRecord) {
     buf.clear();
-    varint(buf, r.origin.len() as u64);
+    let (len, n) = varint(r.origin.len() as u64);
+    buf.extend_from_slice(&len[..n]);
     buf.extend_from_slice(r.origin.as_bytes());
     buf.extend_from_slice(r.payload.as_bytes());
 }
 
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
+/// `v` as a LEB128 varint: its bytes and how many of them it takes (at most [`ROOM`]).
+fn varint(mut v: u64) -> ([u8; ROOM], usize) {
+    let (mut bytes, mut n) = ([0u8; ROOM], 0);
     while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
+        bytes[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    buf.push(v as u8);
+    bytes[n] = v as u8;
+    (bytes, n + 1)
 }
 
 fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
@@ -238,7 +244,7 @@ impl Codecs {
             .iter()
             .zip(&p.frames)
             .map(|(r, f)| match f {
-                Some(f) => f.len() as u64,
+                Some(f) => (f.len() - ROOM) as u64,
                 None => (r.origin.len() + r.payload.len()) as u64,
             })
             .sum();
@@ -276,8 +282,8 @@ impl Codecs {
 
 /// Trains a dictionary with fastCover at fixed parameters: zstd's default search over them
 /// takes 6 × 2^20 bytes of memory, more than the daemon's whole working set; with `f = 12`
-/// its tables take 24 KiB, and records of 150–250 bytes compress as well (a 176-byte contact event
-/// to 33 bytes, against 34 with the search).
+/// its tables take 24 KiB, and records of 150–250 bytes compress as well (a 176-byte contact
+/// event to 33 bytes, against 34 with the search).
 fn train(samples: &[u8], sizes: &[usize]) -> Result<Vec<u8>, &'static str> {
     use zstd::zstd_safe::zstd_sys as sys;
     let mut dict = vec![0u8; DICT_BYTES];
@@ -389,10 +395,9 @@ fn compress(dict: &Dict, records: &[NewRecord]) -> Vec<Option<Vec<u8>>> {
 /// A compressed record's stored form: the dictionary's id, then the frame (written into the
 /// room [`Codecs::pack`] left before it).
 pub(super) fn stored(dict: i64, frame: &mut [u8]) -> &[u8] {
-    let mut id = Vec::with_capacity(ROOM);
-    varint(&mut id, dict as u64);
-    let start = ROOM - id.len();
-    frame[start..ROOM].copy_from_slice(&id);
+    let (id, n) = varint(dict as u64);
+    let start = ROOM - n;
+    frame[start..ROOM].copy_from_slice(&id[..n]);
     &frame[start..]
 }
 
@@ -426,7 +431,7 @@ pub(super) fn text(c: &Connection, v: ValueRef<'_>) -> rusqlite::Result<String> 
 fn content_size(frame: &[u8]) -> Option<u64> {
     let fhd = *frame.first()?;
     let single = fhd & 0x20 != 0;
-    let mut pos = 1 + usize::from(!single) + [0, 1, 2, 4][usize::from(fhd & 3)];
+    let pos = 1 + usize::from(!single) + [0, 1, 2, 4][usize::from(fhd & 3)];
     let size = match (fhd >> 6, single) {
         (0, true) => 1,
         (0, false) => return None,
@@ -435,8 +440,6 @@ fn content_size(frame: &[u8]) -> Option<u64> {
         _ => 8,
     };
     let bytes = frame.get(pos..pos + size)?;
-    pos += size;
-    let _ = pos;
     let mut v = 0u64;
     for (i, b) in bytes.iter().enumerate() {
         v |= u64::from(*b) << (8 * i);

@@ -27,8 +27,13 @@ impl std::fmt::Debug for Dkey {
 impl Dkey {
     /// Whether the key was made from content ([`natural_key`]), not a place in a file.
     pub fn is_natural(&self) -> bool {
-        self.bytes[0] & 0x80 != 0
+        is_natural_key(self)
     }
+}
+
+/// [`Dkey::is_natural`] of a key as stored.
+pub(super) fn is_natural_key(stored: &[u8]) -> bool {
+    stored.first().is_some_and(|b| b & 0x80 != 0)
 }
 
 /// A dedupe key built from a cursor id and a position inside it (a byte offset, a row number).
@@ -59,7 +64,7 @@ pub fn dedupe_key(cursor: i64, position: u64) -> Dkey {
 /// The short form of a key schema 5 wrote: `cursor` and `position`, 8 bytes each, big-endian.
 /// Natural keys and keys already short come back as they are.
 pub fn shorten(old: &[u8]) -> Option<Dkey> {
-    if old.len() != 16 || old[0] & 0x80 != 0 {
+    if old.len() != 16 || is_natural_key(old) {
         return None;
     }
     let cursor = i64::from_be_bytes(old[..8].try_into().ok()?);

@@ -646,24 +646,15 @@ fn write_commit(
                 .as_mut()
                 .and_then(|f| f.next())
                 .and_then(Option::as_mut);
-            let n = match (dict, frame) {
-                (Some(dict), Some(frame)) => insert.execute(params![
-                    lane.0,
-                    source.0,
-                    &r.dkey[..],
-                    codec::stored(dict, frame),
-                    "",
-                    now
-                ])?,
-                _ => insert.execute(params![
-                    lane.0,
-                    source.0,
-                    &r.dkey[..],
-                    r.payload,
-                    r.origin,
-                    now
-                ])?,
+            let blob;
+            let (payload, origin): (&dyn rusqlite::ToSql, &str) = match (dict, frame) {
+                (Some(dict), Some(frame)) => {
+                    blob = codec::stored(dict, frame);
+                    (&blob, "")
+                }
+                _ => (&r.payload, &r.origin),
             };
+            let n = insert.execute(params![lane.0, source.0, &r.dkey[..], payload, origin, now])?;
             if n == 1 {
                 g.inserted += 1;
                 continue;

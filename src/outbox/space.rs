@@ -10,9 +10,11 @@
 //! `keep_sent` are compacted at the budget, oldest first: their payload and origin are emptied
 //! ([`COMPACTED`]) and their dedupe key kept, so re-read input is still recognised and nothing
 //! is enqueued twice; only `resend` can no longer reach them. A record keyed by its content (a
-//! push, a `key` template) keeps a hash of its payload in its origin when compacted, so a push sent again with other records under its
-//! key is still told apart. Records are kept compressed (`codec.rs`), so compacting frees about
-//! a third of a delivered record; one compressed smaller than its compacted form stays whole. Keys are let go only by `keep_sent`: a budget too small for them keeps reading
+//! push, a `key` template) keeps a hash of its payload in its origin when compacted, so a push
+//! sent again with other records under its key is still told apart. Records are kept
+//! compressed (`codec.rs`), so compacting frees about a third of a delivered record; one
+//! compressed smaller than its compacted form stays whole. Keys are let go only by
+//! `keep_sent`: a budget too small for them keeps reading
 //! paused (`status` says so) until the budget is raised or `keep_sent` lets keys go. Nothing
 //! pending is ever dropped.
 //!
@@ -25,6 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use rusqlite::{Connection, params};
 
+use rusqlite::types::ValueRef;
+
+use super::keys::is_natural_key;
 use super::{Outbox, OutboxError};
 
 /// The payload of a compacted record: valid JSON with none of the fields `resend` reads.
@@ -39,16 +44,11 @@ pub fn compacted_origin(payload: &str) -> String {
     format!("#{hex}")
 }
 
-/// Whether a stored key was made from content (a push's or a `key`'s), not a place in a file.
-fn natural(dkey: &[u8]) -> bool {
-    dkey.first().is_some_and(|b| b & 0x80 != 0)
-}
-
 /// The bytes of payload and origin a record keeps once compacted: a record read from a place
 /// in a file needs no hash, as only pushes are checked against the payload they had. A record
 /// stored in fewer (compressed well) is left as it is.
 fn compacted_size(dkey: &[u8]) -> i64 {
-    (COMPACTED.len() + if natural(dkey) { 17 } else { 0 }) as i64
+    (COMPACTED.len() + if is_natural_key(dkey) { 17 } else { 0 }) as i64
 }
 
 /// What the outbox uses and may use, shared by the writer and every handle.
@@ -357,39 +357,40 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
     if from >= upto {
         return Ok((0, None));
     }
-    type Kept = (i64, i64, Vec<u8>, i64, Option<i64>, String, i64);
+    // Each row to compact, with the origin it keeps. Only a record keyed by its content is
+    // decoded (for its payload's hash); the others are judged by their stored size.
+    type Kept = (i64, i64, Vec<u8>, i64, Option<i64>, String);
     let mut last = None;
     let mut seen = 0;
     let rows: Vec<Kept> = c
         .prepare_cached(
-            "SELECT id, source_id, dkey, created, batch_id, payload(payload),
+            "SELECT id, source_id, dkey, created, batch_id, payload,
                     length(payload) + length(origin) FROM records
              WHERE id > ?1 AND id <= ?2 AND lane_id = ?3 AND state = 0 ORDER BY id LIMIT ?4",
         )?
         .query_map(
             params![from, upto, lane, STEP],
-            |r| -> rusqlite::Result<Kept> {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
+            |r| -> rusqlite::Result<Option<Kept>> {
+                let (id, dkey): (i64, Vec<u8>) = (r.get(0)?, r.get(2)?);
+                last = Some(id);
+                let payload = r.get_ref(5)?;
+                // Rows compacted before are passed over, but count towards the step; so do
+                // rows stored in fewer bytes than their compacted form.
+                let compacted = payload == ValueRef::Text(COMPACTED.as_bytes());
+                if compacted || r.get::<_, i64>(6)? <= compacted_size(&dkey) {
+                    return Ok(None);
+                }
+                let origin = if is_natural_key(&dkey) {
+                    compacted_origin(&super::codec::text(c, payload)?)
+                } else {
+                    String::new()
+                };
+                Ok(Some((id, r.get(1)?, dkey, r.get(3)?, r.get(4)?, origin)))
             },
         )?
         .filter_map(|r| {
-            // Rows compacted before are passed over, but count towards the step.
             seen += 1;
-            match r {
-                Ok(row) => {
-                    last = Some(row.0);
-                    (row.5 != COMPACTED && row.6 > compacted_size(&row.2)).then_some(Ok(row))
-                }
-                Err(e) => Some(Err(e)),
-            }
+            r.transpose()
         })
         .collect::<Result<_, _>>()?;
     // Rewritten rather than updated, and all of a step deleted before any is written again: a
@@ -404,20 +405,9 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
     for row in &rows {
         delete.execute([row.0])?;
     }
-    for (id, source, dkey, created, batch, payload, _) in &rows {
+    for (id, source, dkey, created, batch, origin) in &rows {
         insert.execute(params![
-            id,
-            lane,
-            source,
-            dkey,
-            COMPACTED,
-            if natural(dkey) {
-                compacted_origin(payload)
-            } else {
-                String::new()
-            },
-            created,
-            batch
+            id, lane, source, dkey, COMPACTED, origin, created, batch
         ])?;
     }
     let reached = match last {
