@@ -976,3 +976,61 @@ async fn parked_lines_name_the_file_below_the_source_path() {
         "{out}"
     );
 }
+
+/// An ACD that rewrites its current file in place from the start (same size, new content), as
+/// fast as it can: the daemon (the real binary) keeps running with a bounded stack, and no
+/// content it read is delivered twice; content written once the storm is over is read too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_storm_costs_bounded_stack_and_reads_each_content_once() {
+    use std::os::unix::fs::FileExt;
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", "")));
+    let path = env.exports.join("current.ndjson");
+    // Ids of one width, so every rewrite has the same size.
+    let line = |i: u64| event(1_000_000 + i) + "\n";
+    std::fs::write(&path, line(0)).unwrap();
+    let mut daemon = Process::start(&env.config_file);
+    wait_for(LIMIT, "the first content", || api.record_count() >= 1).await;
+    let storm_path = path.clone();
+    let rewrites = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&storm_path)
+            .unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(4);
+        let mut n = 1;
+        while std::time::Instant::now() < until {
+            file.write_all_at(line(n).as_bytes(), 0).unwrap();
+            n += 1;
+        }
+        n
+    })
+    .await
+    .unwrap();
+    assert!(rewrites > 10_000, "only {rewrites} rewrites: no storm");
+    daemon.assert_running();
+    // After the storm, each new content is read, once.
+    let before = api.record_count();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(line(rewrites + 1).as_bytes(), 0)
+        .unwrap();
+    wait_for(LIMIT, "the content after the storm", || {
+        arrivals(&api).contains_key(&(1_000_000 + rewrites + 1))
+    })
+    .await;
+    wait_for(LIMIT, "nothing pending", || {
+        env.try_report()
+            .is_some_and(|r| r.lanes.iter().all(|l| l.pending == 0))
+    })
+    .await;
+    daemon.assert_running();
+    let got = arrivals(&api);
+    assert!(api.record_count() > before);
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "contents read twice: {twice:?}");
+    daemon.terminate();
+}

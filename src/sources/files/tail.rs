@@ -339,7 +339,7 @@ impl FilesSource {
         ctx: &SourceContext,
         i: usize,
     ) -> Result<Option<Duration>, TakeError> {
-        let idx = self.tailed[i].known;
+        let mut idx = self.tailed[i].known;
         let len = self.tailed[i].file.metadata()?.len();
         // One read of the first bytes serves both the check and the growing fingerprint.
         let head = read_head(&mut self.tailed[i].file)?;
@@ -363,9 +363,12 @@ impl FilesSource {
             self.known[idx].cur.truncated_ms = Some(crate::outbox::now_ms());
             self.retire(ctx, idx)?;
             let id = file_identity(&self.tailed[i].file);
+            // The new content is read below, in this same call: looking again first would let
+            // a file rewritten faster than it is looked at start a new cursor on every look
+            // without reading any of them (and, as a recursion, overflow the stack).
             let fresh = self.start_file(ctx, &path, id, &head, 0)?;
             self.tailed[i].known = fresh;
-            return self.follow(ctx, i);
+            idx = fresh;
         }
         // The fingerprint covers up to FINGERPRINT_MAX bytes as the file grows, so two files
         // that begin alike (a CSV header) are told apart once their content differs.
@@ -376,9 +379,21 @@ impl FilesSource {
         }
         let mut file = self.tailed[i].file.try_clone()?;
         self.read(ctx, idx, &mut file, None, false)?;
+        // A short file's first bytes are all that was read of it: its fingerprint is taken from
+        // them, not from the look before the read, which a rewrite in between would make a
+        // fingerprint of content never read (and the content read would be read again).
+        let known = &mut self.known[idx];
+        if known.cur.offset > 0 && known.tail.len() as u64 == known.cur.offset {
+            known.cur.fp_len = known.cur.offset;
+            known.cur.fp = fingerprint(&known.tail);
+        }
+        // A followed file is never finished: what its new lines became is said only when
+        // some were merged or parked.
+        let path = self.tailed[i].path.clone();
+        self.tally
+            .say(ctx, &format!("{} read on", path.display()), false);
 
         // Is the path still this file?
-        let path = self.tailed[i].path.clone();
         let here = path_identity(&path);
         let ours = (self.known[idx].cur.dev, self.known[idx].cur.ino);
         // A deleted file whose inode a new file at the same path got back looks like the same
@@ -395,7 +410,11 @@ impl FilesSource {
                 self.known[idx].cur.end_fp =
                     end_fingerprint(&mut file, self.known[idx].cur.offset)?;
                 self.retire(ctx, idx)?;
-                info!(source = %ctx.name, file = %path.display(), "rotated file finished");
+                self.tally.say(
+                    ctx,
+                    &format!("rotated file {} finished", path.display()),
+                    true,
+                );
                 Ok(None)
             }
             Some((_, size)) if size == len => Ok(Some(self.cfg.settle)),

@@ -1,0 +1,1259 @@
+//! `injixo-sync init --sample PATH`: a complete, commented configuration for a sample export.
+//!
+//! It reads the sample and guesses what a person would otherwise fill in by hand: the encoding
+//! (a byte-order mark, valid UTF-8, else Windows-1252), the delimiter and whether the first
+//! row is a header (Asterisk's cdr_csv Master.csv is recognised by its columns), a timestamp
+//! format that reads every value of the chosen column (or of a date and a time column), the
+//! duration columns (seconds, `h:mm:ss`), and for columns of a handful of words a `values`
+//! lookup stub listing them. Every guess is a comment saying what it saw; what it cannot guess
+//! (the configuration id, the API key) is left for the first `check` to name. The preview of the
+//! first rows ends the file, as comments, so the output stays a valid configuration.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::encoding::{Charset, Endian};
+use crate::normalize::map::parse_seconds;
+use crate::sources::parse;
+
+mod key;
+
+/// Asterisk's cdr_csv columns: 16, then `uniqueid` and `userfield` (18), then `peeraccount`,
+/// `linkedid` and `sequence` (21).
+const CDR: [&str; 21] = [
+    "accountcode",
+    "src",
+    "dst",
+    "dcontext",
+    "clid",
+    "channel",
+    "dstchannel",
+    "lastapp",
+    "lastdata",
+    "start",
+    "answer",
+    "end",
+    "duration",
+    "billsec",
+    "disposition",
+    "amaflags",
+    "uniqueid",
+    "userfield",
+    "peeraccount",
+    "linkedid",
+    "sequence",
+];
+
+/// Date and time patterns tried, most specific first.
+const DATE_TIMES: &[&str] = &[
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%d.%m.%Y %H:%M:%S",
+    "%d.%m.%Y %H:%M",
+    "%d/%m/%Y %H:%M:%S",
+    "%m/%d/%Y %H:%M:%S",
+    "%d/%m/%Y %H:%M",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y %I:%M:%S %p",
+    "%Y/%m/%d %H:%M:%S",
+];
+const DATES: &[&str] = &["%Y-%m-%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d"];
+const TIMES: &[&str] = &["%H:%M:%S", "%H:%M"];
+
+/// What a column holds, as far as the sample shows.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    /// Every value reads as a time with this `timestamp_format`.
+    Time(String),
+    Date(&'static str),
+    TimeOfDay(&'static str),
+    /// `h:mm:ss` / `mm:ss`.
+    Clock,
+    /// Whole or decimal numbers.
+    Number,
+    /// A handful of distinct words.
+    Words(Vec<String>),
+    Text,
+    Empty,
+}
+
+struct Column {
+    name: String,
+    kind: Kind,
+    /// A value from the sample, for comments.
+    example: String,
+}
+
+/// The sample as read: encoding, layout, columns.
+struct Sample {
+    path: PathBuf,
+    charset: (&'static str, String),
+    format: &'static str,
+    delimiter: Option<u8>,
+    header: bool,
+    /// Why the columns are named as they are.
+    columns_note: String,
+    columns: Vec<Column>,
+    rows: usize,
+}
+
+/// `injixo-sync init --sample PATH [--output FILE]`.
+pub fn main(sample: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let text = generate(sample)?;
+    match output {
+        Some(path) => {
+            anyhow::ensure!(
+                !path.exists(),
+                "{} exists already: choose another --output, or move it away",
+                path.display()
+            );
+            std::fs::write(&path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "wrote {}: fill in what it marks TODO, then `injixo-sync --config {} check`",
+                path.display(),
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration text for a sample file.
+pub fn generate(sample: &Path) -> anyhow::Result<String> {
+    let sample = read(sample)?;
+    let mut out = String::new();
+    let config = render(&sample, &mut out);
+    out.push_str(&preview_comments(&sample, &config));
+    Ok(out)
+}
+
+fn read(path: &Path) -> anyhow::Result<Sample> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("cannot read the sample {}", path.display()))?
+        .take(4 << 20)
+        .read_to_end(&mut bytes)?;
+    anyhow::ensure!(!bytes.is_empty(), "the sample {} is empty", path.display());
+    let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let (charset, text) = decode(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let first = lines.first().copied().unwrap_or_default().trim_start();
+    if first.starts_with('{') {
+        let objects: Vec<serde_json::Map<String, serde_json::Value>> = lines
+            .iter()
+            .take(1000)
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let mut names: Vec<String> = Vec::new();
+        for o in &objects {
+            for k in o.keys() {
+                if !names.contains(k) {
+                    names.push(k.clone());
+                }
+            }
+        }
+        let columns = names
+            .iter()
+            .map(|n| {
+                let values: Vec<String> = objects
+                    .iter()
+                    .filter_map(|o| match o.get(n)? {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        serde_json::Value::Null => None,
+                        v => Some(v.to_string()),
+                    })
+                    .collect();
+                classify(n, &values)
+            })
+            .collect();
+        return Ok(Sample {
+            path: path.to_owned(),
+            charset,
+            format: "ndjson",
+            delimiter: None,
+            header: false,
+            columns_note: format!("the keys of the first {} JSON lines", objects.len()),
+            columns,
+            rows: objects.len(),
+        });
+    }
+    let delimiter = [b',', b';', b'\t', b'|']
+        .into_iter()
+        .map(|d| (d, consistency(&text, d)))
+        .max_by_key(|(_, score)| *score)
+        .map(|(d, _)| d)
+        .unwrap_or(b',');
+    let (items, _) = parse::csv(text.as_bytes(), delimiter, Charset::Utf8, true, 1001);
+    let records: Vec<Vec<String>> = items.into_iter().map(|i| i.value.fields).collect();
+    anyhow::ensure!(
+        records.len() >= 2,
+        "the sample {} has fewer than two rows: give one with a few rows of data",
+        path.display()
+    );
+    let width = records.iter().map(Vec::len).max().unwrap_or(0);
+    let header = looks_like_header(&records);
+    let (names, note) = if header {
+        (
+            records[0].clone(),
+            "the first row is a header: its names are text, and the rows below hold numbers \
+             or times where it does not"
+                .to_owned(),
+        )
+    } else if is_cdr(&records, width) {
+        (
+            CDR[..width].iter().map(|s| s.to_string()).collect(),
+            format!(
+                "no header; {width} columns with ANSWERED/NO ANSWER/BUSY in column 15: \
+                 Asterisk's cdr_csv Master.csv"
+            ),
+        )
+    } else {
+        (
+            (1..=width).map(|i| format!("column{i}")).collect(),
+            "no header (the first row holds data): the columns are numbered; rename them here \
+             and in the map"
+                .to_owned(),
+        )
+    };
+    let data = &records[usize::from(header)..];
+    let columns = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let values: Vec<String> = data
+                .iter()
+                .filter_map(|r| r.get(i))
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .collect();
+            classify(n, &values)
+        })
+        .collect();
+    Ok(Sample {
+        path: path.to_owned(),
+        charset,
+        format: if delimiter == b'\t' { "tsv" } else { "csv" },
+        delimiter: Some(delimiter),
+        header,
+        columns_note: note,
+        columns,
+        rows: data.len(),
+    })
+}
+
+/// The encoding, with what was seen, and the text.
+fn decode(bytes: &[u8]) -> ((&'static str, String), String) {
+    if bytes.starts_with(&[0xef, 0xbb, 0xbf]) {
+        let text = String::from_utf8_lossy(&bytes[3..]).into_owned();
+        return (
+            ("utf-8", "it starts with a UTF-8 byte-order mark".into()),
+            text,
+        );
+    }
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        let be = bytes[0] == 0xfe;
+        let charset = Charset::Utf16(if be { Endian::Big } else { Endian::Little });
+        let t =
+            parse::Transcoded::utf16(&bytes[2..], charset.big_endian(bytes) == Some(true), true);
+        let text = String::from_utf8_lossy(&t.text).into_owned();
+        return (
+            ("utf-16", "it starts with a UTF-16 byte-order mark".into()),
+            text,
+        );
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(t) => (("utf-8", "every byte is valid UTF-8".into()), t.to_owned()),
+        Err(_) => {
+            let bad = bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| std::str::from_utf8(l).is_err())
+                .count();
+            let text = encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(bytes)
+                .0
+                .into_owned();
+            (
+                (
+                    "windows-1252",
+                    format!(
+                        "{bad} line(s) are not valid UTF-8, and Windows-1252 reads every byte \
+                         (if most lines are UTF-8 with a few broken names, \"utf-8\" also \
+                         works: rows are parked only when a mapped column is broken)"
+                    ),
+                ),
+                text,
+            )
+        }
+    }
+}
+
+/// How well `delimiter` splits the first lines: rows with the most common field count, when
+/// that count is more than one.
+fn consistency(text: &str, delimiter: u8) -> usize {
+    let (items, _) = parse::csv(text.as_bytes(), delimiter, Charset::Utf8, true, 50);
+    let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
+    for i in &items {
+        *counts.entry(i.value.fields.len()).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter(|(width, _)| *width > 1)
+        .map(|(width, n)| n * 1000 + width)
+        .max()
+        .unwrap_or(0)
+}
+
+fn looks_like_header(records: &[Vec<String>]) -> bool {
+    let first = &records[0];
+    let plain = |v: &str| {
+        let v = v.trim();
+        !v.is_empty()
+            && v.parse::<f64>().is_err()
+            && parse_seconds(v).is_err()
+            && !DATE_TIMES.iter().chain(DATES).any(|f| strtime(f, v))
+    };
+    let mut seen = std::collections::HashSet::new();
+    if !first
+        .iter()
+        .all(|v| plain(v) && seen.insert(v.trim().to_owned()))
+    {
+        return false;
+    }
+    // Some column of the rows below is not plain text where the first row is.
+    (0..first.len()).any(|i| {
+        records[1..]
+            .iter()
+            .filter_map(|r| r.get(i))
+            .any(|v| !v.trim().is_empty() && !plain(v))
+    })
+}
+
+fn is_cdr(records: &[Vec<String>], width: usize) -> bool {
+    [16, 17, 18, 21].contains(&width)
+        && records.iter().take(50).all(|r| {
+            r.get(14).is_some_and(|d| {
+                ["ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION"].contains(&d.as_str())
+            })
+        })
+}
+
+fn strtime(pattern: &str, value: &str) -> bool {
+    jiff::fmt::strtime::parse(pattern, value).is_ok_and(|p| {
+        if pattern.contains("%H") || pattern.contains("%I") {
+            if pattern.contains("%d") {
+                p.to_datetime().is_ok()
+            } else {
+                p.to_time().is_ok()
+            }
+        } else {
+            p.to_date().is_ok()
+        }
+    })
+}
+
+fn classify(name: &str, values: &[String]) -> Column {
+    let example = values.first().cloned().unwrap_or_default();
+    let all = |f: &dyn Fn(&str) -> bool| !values.is_empty() && values.iter().all(|v| f(v));
+    let kind = if values.is_empty() {
+        Kind::Empty
+    } else if all(&|v| v.parse::<jiff::Timestamp>().is_ok()) {
+        Kind::Time("rfc3339".into())
+    } else if let Some(f) = DATE_TIMES.iter().find(|f| all(&|v| strtime(f, v))) {
+        Kind::Time((*f).to_owned())
+    } else if let Some(f) = DATES.iter().find(|f| all(&|v| strtime(f, v))) {
+        Kind::Date(f)
+    } else if all(&|v| v.contains(':') && parse_seconds(v).is_ok()) {
+        // 7:00:00 reads as a time of day and as a duration: the name decides.
+        let lower = name.to_ascii_lowercase();
+        let clock_name = ["time", "zeit", "start", "begin", "end", "from", "to", "uhr"]
+            .iter()
+            .any(|w| lower.contains(w))
+            && !DURATION_WORDS.iter().any(|w| lower.contains(w));
+        match TIMES.iter().find(|f| all(&|v| strtime(f, v))) {
+            Some(f) if clock_name => Kind::TimeOfDay(f),
+            _ => Kind::Clock,
+        }
+    } else if all(&|v| v.replace(',', ".").parse::<f64>().is_ok()) {
+        Kind::Number
+    } else {
+        let mut distinct: Vec<String> = Vec::new();
+        for v in values {
+            if !distinct.contains(v) {
+                distinct.push(v.clone());
+            }
+            if distinct.len() > 12 {
+                break;
+            }
+        }
+        if distinct.len() <= 12 && values.len() >= 2 * distinct.len() {
+            distinct.sort();
+            Kind::Words(distinct)
+        } else {
+            Kind::Text
+        }
+    };
+    Column {
+        name: name.to_owned(),
+        kind,
+        example,
+    }
+}
+
+const DURATION_WORDS: &[&str] = &[
+    "talk",
+    "hold",
+    "acw",
+    "wrap",
+    "duration",
+    "dauer",
+    "billsec",
+    "handle",
+    "aht",
+    "sec",
+    "gespräch",
+    "nachbearbeitung",
+];
+
+fn first_named<'a>(
+    columns: &'a [Column],
+    words: &[&str],
+    fits: impl Fn(&Kind) -> bool,
+) -> Option<&'a Column> {
+    for w in words {
+        if let Some(c) = columns
+            .iter()
+            .find(|c| c.name.to_ascii_lowercase().contains(w) && fits(&c.kind))
+        {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// A column name as the map writes it: bare when it is a plain identifier.
+fn variable(name: &str) -> String {
+    let ident = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ident {
+        name.to_owned()
+    } else {
+        format!(
+            "row[{}]",
+            serde_json::to_string(name)
+                .unwrap_or_default()
+                .replace('"', "'")
+        )
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// Words that differ only in case and surrounding spaces, as (upper-cased key, the first
+/// spelling seen trimmed).
+fn spellings(words: &[String]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for w in words {
+        let key = w.trim().to_uppercase();
+        if !out.iter().any(|(k, _)| *k == key) {
+            out.push((key, w.trim().to_owned()));
+        }
+    }
+    out
+}
+
+/// Whether a word means the contact was handled.
+fn handled_word(w: &str) -> bool {
+    let w = w.to_ascii_uppercase();
+    [
+        "ANSWER",
+        "AGENT",
+        "HANDLED",
+        "CONNECT",
+        "COMPLETE",
+        "ACCEPT",
+        "TRUE",
+        "YES",
+        "ANGENOMMEN",
+    ]
+    .iter()
+    .any(|h| {
+        w.contains(h) && !w.starts_with("NO") && !w.starts_with("UN") && !w.starts_with("NICHT")
+    }) || ["Y", "1", "J", "JA"].contains(&w.as_str())
+}
+
+/// Writes the configuration to `out`; returns the part a preview can parse (with TODOs filled
+/// with placeholders).
+fn render(s: &Sample, out: &mut String) -> String {
+    let dir = s
+        .path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let ext = s
+        .path
+        .extension()
+        .map(|e| format!("*.{}", e.to_string_lossy()))
+        .unwrap_or_else(|| "*".into());
+    let zone = jiff::tz::TimeZone::system()
+        .iana_name()
+        .unwrap_or("UTC")
+        .to_owned();
+    let _ = writeln!(
+        out,
+        "# injixo-sync configuration written by `injixo-sync init --sample {}`.\n\
+         # Every guess below says what it saw. Fill in what is marked TODO, check the guesses,\n\
+         # then: `injixo-sync --config THIS_FILE preview --source acd` (what each row becomes)\n\
+         # and `injixo-sync --config THIS_FILE check`. config.example.toml documents every key.\n",
+        s.path.display()
+    );
+    out.push_str(
+        "[api]\n\
+         # TODO: the API key from injixo (Account > Integrations > injixo API > generate key),\n\
+         # in a file only the service user may read.\n\
+         token_file = \"/etc/injixo-sync/api-key\"\n\n\
+         [state]\n\
+         path = \"/var/lib/injixo-sync/outbox.db\"\n\n",
+    );
+    let mut source = String::new();
+    let _ = writeln!(
+        source,
+        "[[source]]\nname = \"acd\"\ntype = \"files\"\nemits = \"contact_events\"\n\
+         # TODO: the configuration id from the integration's tile in injixo, e.g.\n\
+         # integration_id = 1234\n\
+         # The folder the sample is in, and files named like it.\n\
+         path = {}\ninclude = [{}]\nformat = {:?}",
+        toml_str(&dir.display().to_string()),
+        toml_str(&ext),
+        s.format
+    );
+    if let Some(d) = s.delimiter
+        && s.format == "csv"
+    {
+        let _ = writeln!(
+            source,
+            "# {:?} splits the first rows into the same number of columns.\ndelimiter = {}",
+            d as char,
+            toml_str(&(d as char).to_string())
+        );
+    }
+    let _ = writeln!(
+        source,
+        "# Encoding: {}.\nencoding = {:?}",
+        s.charset.1, s.charset.0
+    );
+    if s.format != "ndjson" {
+        let _ = writeln!(source, "# Columns: {}.", s.columns_note);
+        if s.header {
+            source.push_str("header = true\n");
+        } else {
+            let names: Vec<String> = s.columns.iter().map(|c| toml_str(&c.name)).collect();
+            let _ = writeln!(source, "header = false\ncolumns = [{}]", names.join(", "));
+        }
+    }
+    let mut map = String::new();
+    let mut todo: Vec<&'static str> = Vec::new();
+    let emits = match agent_columns(s) {
+        Some(agent) => agent_map(&agent, &mut source, &mut map, &mut todo, &zone),
+        None => {
+            contact_map(s, &mut source, &mut map, &mut todo, &zone);
+            "contact_events"
+        }
+    };
+    let source = source.replacen(
+        "emits = \"contact_events\"",
+        &format!("emits = \"{emits}\""),
+        1,
+    );
+    out.push_str(&source);
+    let _ = writeln!(out, "\n[source.map]\n{map}");
+    if !todo.is_empty() {
+        let _ = writeln!(
+            out,
+            "# Not guessed: {} (see the TODOs above; `check` names what is missing).",
+            todo.join(", ")
+        );
+    }
+    let placeholder = source.replacen(
+        "name = \"acd\"\n",
+        "name = \"acd\"\nintegration_id = 1\n",
+        1,
+    );
+    format!(
+        "[api]\ntoken = \"preview\"\n[state]\npath = \"preview.db\"\n{placeholder}\n[source.map]\n{map}"
+    )
+}
+
+/// The columns of an agent-status export: who, in which state, from when (and until when).
+struct AgentColumns<'a> {
+    agent: &'a Column,
+    activity: &'a Column,
+    start: Option<&'a Column>,
+    end: Option<&'a Column>,
+    length: Option<&'a Column>,
+    date: Option<&'a Column>,
+}
+
+/// Whether the sample is agents' states rather than contacts: an agent column, a state column
+/// of a handful of words, and no queue.
+fn agent_columns(s: &Sample) -> Option<AgentColumns<'_>> {
+    let queue = first_named(
+        &s.columns,
+        &["queue", "skill", "split", "warteschlange"],
+        |_| true,
+    );
+    if queue.is_some() {
+        return None;
+    }
+    let agent = first_named(
+        &s.columns,
+        &["agent", "login", "user", "mitarbeiter", "extension"],
+        |k| !matches!(k, Kind::Empty),
+    )?;
+    let activity = first_named(
+        &s.columns,
+        &["state", "status", "activity", "reason", "aux", "zustand"],
+        |k| matches!(k, Kind::Words(_)),
+    )?;
+    let timed = |k: &Kind| matches!(k, Kind::Time(_) | Kind::TimeOfDay(_));
+    let start = first_named(
+        &s.columns,
+        &["start", "from", "begin", "von", "since"],
+        timed,
+    )
+    .or_else(|| s.columns.iter().find(|c| matches!(c.kind, Kind::Time(_))));
+    let end = first_named(&s.columns, &["end", "to", "stop", "until", "bis"], |k| {
+        timed(k)
+    })
+    .filter(|e| start.is_none_or(|st| st.name != e.name));
+    let length = first_named(
+        &s.columns,
+        &["length", "duration", "dauer", "seconds", "secs"],
+        |k| matches!(k, Kind::Number | Kind::Clock),
+    );
+    let date = s.columns.iter().find(|c| matches!(c.kind, Kind::Date(_)));
+    Some(AgentColumns {
+        agent,
+        activity,
+        start,
+        end,
+        length,
+        date,
+    })
+}
+
+/// The map of agent statuses (from a start and an end or a length) or of agent state changes
+/// (one time per row); returns what the source emits.
+fn agent_map(
+    a: &AgentColumns<'_>,
+    source: &mut String,
+    map: &mut String,
+    todo: &mut Vec<&'static str>,
+    zone: &str,
+) -> &'static str {
+    let _ = writeln!(
+        map,
+        "# `{}` names the agent and `{}` the state ({}).\n\
+         agentIdentifier = {}\nactivityIdentifier = {}",
+        a.agent.name,
+        a.activity.name,
+        match &a.activity.kind {
+            Kind::Words(w) => w.join(", "),
+            _ => String::new(),
+        },
+        toml_str(&a.agent.name),
+        toml_str(&a.activity.name)
+    );
+    // A time: the column, or a date column and a time of day read together.
+    let at = |c: &Column| -> (String, Option<String>) {
+        match (&c.kind, a.date) {
+            (Kind::Time(f), _) => (format!("local({})", variable(&c.name)), Some(f.clone())),
+            (Kind::TimeOfDay(tf), Some(d)) => {
+                let Kind::Date(df) = &d.kind else {
+                    unreachable!()
+                };
+                (
+                    format!("local({} + ' ' + {})", variable(&d.name), variable(&c.name)),
+                    Some(format!("{df} {tf}")),
+                )
+            }
+            _ => (format!("local({})", variable(&c.name)), None),
+        }
+    };
+    let external = "# The name injixo shows for this system (meta.externalSystem).\nexternal_system = \"ACD\"\n";
+    let (end, length) = (a.end, a.length);
+    let emits = match a.start {
+        Some(start) if end.is_some() || length.is_some() => {
+            let (from, format) = at(start);
+            let end_expr = match (end, length) {
+                (Some(e), _) => {
+                    let (to, _) = at(e);
+                    if matches!(e.kind, Kind::TimeOfDay(_)) {
+                        let _ = writeln!(
+                            map,
+                            "# `{}` is a time of day: one earlier than `{}` is on the next day.",
+                            e.name, start.name
+                        );
+                        format!("endAfter({from}, {to})")
+                    } else {
+                        to
+                    }
+                }
+                (None, Some(l)) => {
+                    let _ = writeln!(
+                        map,
+                        "# Each interval lasts `{}` from `{}`.",
+                        l.name, start.name
+                    );
+                    format!("{from} + span({})", variable(&l.name))
+                }
+                (None, None) => unreachable!(),
+            };
+            if let Some(f) = format {
+                let _ = writeln!(
+                    source,
+                    "# `{}` reads as a time with this format in every row (e.g. {:?}).\ntimestamp_format = {}",
+                    start.name,
+                    start.example,
+                    toml_str(&f)
+                );
+            }
+            source.push_str(external);
+            let _ = writeln!(
+                map,
+                "startTime = {{ expr = {} }}\nendTime = {{ expr = {} }}",
+                toml_str(&from),
+                toml_str(&end_expr)
+            );
+            "agent_statuses"
+        }
+        Some(start) => {
+            let (from, format) = at(start);
+            if let Some(f) = format {
+                let _ = writeln!(
+                    source,
+                    "# One time per row: each row is an agent's state change, built into intervals.\n\
+                     timestamp_format = {}",
+                    toml_str(&f)
+                );
+            }
+            source.push_str(external);
+            let _ = writeln!(map, "timestamp = {{ expr = {} }}", toml_str(&from));
+            "agent_states"
+        }
+        None => {
+            todo.push("startTime");
+            source.push_str(external);
+            map.push_str("# TODO: no column reads as a time in every row.\n# startTime = \"start\"\n# endTime = \"end\"\n");
+            "agent_statuses"
+        }
+    };
+    let _ = writeln!(
+        source,
+        "# Local times are read in this zone (this machine's); set the ACD's if it differs.\ntimezone = {}",
+        toml_str(zone)
+    );
+    emits
+}
+
+/// The map of contact events: timestamp, queue, channel, handled, duration, key.
+fn contact_map(
+    s: &Sample,
+    source: &mut String,
+    map: &mut String,
+    todo: &mut Vec<&'static str>,
+    zone: &str,
+) {
+    // The timestamp: one column that reads as a time, or a date and a time of day.
+    let time_words = [
+        "start",
+        "begin",
+        "calldate",
+        "date",
+        "time",
+        "timestamp",
+        "zeit",
+        "datum",
+    ];
+    let time_col = first_named(&s.columns, &time_words, |k| matches!(k, Kind::Time(_)))
+        .or_else(|| s.columns.iter().find(|c| matches!(c.kind, Kind::Time(_))));
+    let date_col = s.columns.iter().find(|c| matches!(c.kind, Kind::Date(_)));
+    let clock_col = s
+        .columns
+        .iter()
+        .find(|c| matches!(c.kind, Kind::TimeOfDay(_)));
+    match (time_col, date_col, clock_col) {
+        (Some(c), _, _) => {
+            let Kind::Time(f) = &c.kind else {
+                unreachable!()
+            };
+            let _ = writeln!(
+                source,
+                "# `{}` reads as a time with this format in every row (e.g. {:?}).\ntimestamp_format = {}",
+                c.name,
+                c.example,
+                toml_str(f)
+            );
+            let _ = writeln!(map, "timestamp = {}", toml_str(&c.name));
+        }
+        (None, Some(d), Some(t)) => {
+            let (Kind::Date(df), Kind::TimeOfDay(tf)) = (&d.kind, &t.kind) else {
+                unreachable!()
+            };
+            let _ = writeln!(
+                source,
+                "# The date is in `{}` and the time of day in `{}`: read together.\ntimestamp_format = {}",
+                d.name,
+                t.name,
+                toml_str(&format!("{df} {tf}"))
+            );
+            let _ = writeln!(
+                map,
+                "timestamp = {{ expr = {} }}",
+                toml_str(&format!(
+                    "local({} + ' ' + {})",
+                    variable(&d.name),
+                    variable(&t.name)
+                ))
+            );
+        }
+        _ => {
+            todo.push("timestamp");
+            map.push_str("# TODO: no column reads as a time in every row; name it, and set timestamp_format.\n# timestamp = \"start\"\n");
+        }
+    }
+    if s.format != "ndjson"
+        || time_col.is_some_and(|c| !matches!(&c.kind, Kind::Time(f) if f == "rfc3339"))
+    {
+        let _ = writeln!(
+            source,
+            "# Local times are read in this zone (this machine's); set the ACD's if it differs.\ntimezone = {}",
+            toml_str(zone)
+        );
+    }
+    // The queue.
+    let queue_words = [
+        "queue",
+        "skill",
+        "split",
+        "warteschlange",
+        "dcontext",
+        "group",
+        "service",
+    ];
+    match first_named(&s.columns, &queue_words, |k| !matches!(k, Kind::Empty)) {
+        Some(q) => match &q.kind {
+            // "Support", " support ": one queue, written differently.
+            Kind::Words(words) if spellings(words).len() < words.len() => {
+                let entries: Vec<String> = spellings(words)
+                    .iter()
+                    .map(|(k, name)| format!("{} = {}", toml_str(k), toml_str(name)))
+                    .collect();
+                let _ = writeln!(
+                    map,
+                    "# `{}` names the queue, written {}: trimmed and upper-cased, they are {} \
+                     queue(s).\nqueueName = {{ expr = {}, values = {{ {} }} }}\n\
+                     queueIdentifier = {{ expr = {} }}",
+                    q.name,
+                    words
+                        .iter()
+                        .map(|w| format!("{w:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    entries.len(),
+                    toml_str(&format!("{}.trim().upperAscii()", variable(&q.name))),
+                    entries.join(", "),
+                    toml_str(&format!("{}.trim().lowerAscii()", variable(&q.name))),
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    map,
+                    "# `{}` names the queue (e.g. {:?}); injixo makes one queue per identifier.\n\
+                     queueName = {}\nqueueIdentifier = {}",
+                    q.name,
+                    q.example,
+                    toml_str(&q.name),
+                    toml_str(&q.name)
+                );
+            }
+        },
+        None => {
+            todo.push("queueName");
+            map.push_str("# TODO: which column names the queue?\n# queueName = \"queue\"\n# queueIdentifier = \"queue\"\n");
+        }
+    }
+    let channel_words = ["channel", "media", "kanal", "type"];
+    match first_named(&s.columns, &channel_words, |k| matches!(k, Kind::Words(_))) {
+        Some(c) => {
+            let Kind::Words(words) = &c.kind else { unreachable!() };
+            let entries: Vec<String> = words
+                .iter()
+                .map(|w| {
+                    let l = w.to_ascii_lowercase();
+                    let to = if l.contains("chat") {
+                        "chats"
+                    } else if l.contains("mail") {
+                        "emails"
+                    } else {
+                        "calls"
+                    };
+                    format!("{} = \"{to}\"", toml_str(w))
+                })
+                .collect();
+            let _ = writeln!(
+                map,
+                "# `{}` holds {}: check what each is.\nchannel = {{ column = {}, values = {{ {} }} }}",
+                c.name,
+                words.join(", "),
+                toml_str(&c.name),
+                entries.join(", ")
+            );
+        }
+        None => map.push_str("# No column names the channel: every contact is a call.\nchannel = { value = \"calls\" }\n"),
+    }
+    map.push_str("offered = { value = true }\n");
+    let outcome_words = [
+        "disposition",
+        "outcome",
+        "result",
+        "status",
+        "handled",
+        "answered",
+        "angenommen",
+        "state",
+    ];
+    match first_named(&s.columns, &outcome_words, |k| matches!(k, Kind::Words(_))) {
+        Some(c) => {
+            let Kind::Words(words) = &c.kind else {
+                unreachable!()
+            };
+            let entries: Vec<String> = words
+                .iter()
+                .map(|w| format!("{} = {}", toml_str(w), handled_word(w)))
+                .collect();
+            let _ = writeln!(
+                map,
+                "# `{}` holds {} in the sample: check which mean handled.\n\
+                 handled = {{ column = {}, values = {{ {}, \"*\" = false }} }}",
+                c.name,
+                words.join(", "),
+                toml_str(&c.name),
+                entries.join(", ")
+            );
+        }
+        None => {
+            todo.push("handled");
+            map.push_str("# TODO: which column says the contact was handled? e.g.\n# handled = { column = \"outcome\", values = { AGENT = true, \"*\" = false } }\n");
+        }
+    }
+    let durations: Vec<&Column> = s
+        .columns
+        .iter()
+        .filter(|c| {
+            let lower = c.name.to_ascii_lowercase();
+            matches!(c.kind, Kind::Clock | Kind::Number)
+                && DURATION_WORDS.iter().any(|w| lower.contains(w))
+                && !(lower == "duration" && s.columns.iter().any(|o| o.name == "billsec"))
+        })
+        .collect();
+    let talk = durations
+        .iter()
+        .copied()
+        .filter(|c| {
+            let l = c.name.to_ascii_lowercase();
+            [
+                "talk",
+                "hold",
+                "acw",
+                "wrap",
+                "billsec",
+                "gespräch",
+                "nachbearbeitung",
+            ]
+            .iter()
+            .any(|w| l.contains(w))
+        })
+        .collect::<Vec<_>>();
+    let parts = if talk.is_empty() {
+        durations.clone()
+    } else {
+        talk
+    };
+    match parts.as_slice() {
+        [] => {
+            todo.push("duration");
+            map.push_str(
+                "# TODO: which column holds the handle time? e.g.\n# duration = \"talk\"\n",
+            );
+        }
+        [one] => {
+            let _ = writeln!(
+                map,
+                "# `{}` holds durations ({}).\nduration = {}",
+                one.name,
+                if one.kind == Kind::Clock {
+                    "h:mm:ss"
+                } else {
+                    "seconds"
+                },
+                toml_str(&one.name)
+            );
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|c| c.name.as_str()).collect();
+            let sum: Vec<String> = many
+                .iter()
+                .map(|c| format!("seconds({})", variable(&c.name)))
+                .collect();
+            let _ = writeln!(
+                map,
+                "# Handle time: {} added up.\nduration = {{ expr = {} }}",
+                names.join(" + "),
+                toml_str(&sum.join(" + "))
+            );
+        }
+    }
+    key_guess(s, source);
+    for c in &s.columns {
+        if let Kind::Words(words) = &c.kind
+            && words.len() > 1
+            && !map.contains(&format!("column = {}", toml_str(&c.name)))
+            && !map.contains(&variable(&c.name))
+        {
+            let _ = writeln!(
+                map,
+                "# `{}` has {} distinct value(s): {}. To use it, e.g.\n\
+                 # someField = {{ column = {}, values = {{ {} = ..., \"*\" = ... }} }}",
+                c.name,
+                words.len(),
+                words.join(", "),
+                toml_str(&c.name),
+                toml_str(&words[0])
+            );
+        }
+    }
+}
+
+/// Column sets that may be a row's natural key, most likely first: an id column alone, then
+/// with a column that tells apart the rows one id can have (a leg's sequence number, the
+/// phone line, the channel, the start time, the agent, the queue).
+fn key_candidates(s: &Sample) -> Vec<Vec<String>> {
+    let id_words = ["uniqueid", "call_id", "callid", "contact_id", "id"];
+    let Some(id) = first_named(&s.columns, &id_words, |k| {
+        !matches!(k, Kind::Empty | Kind::Words(_))
+    }) else {
+        return Vec::new();
+    };
+    let mut out = vec![vec![id.name.clone()]];
+    let companions = [
+        "sequence", "seq", "leg", "line", "dstchannel", "channel", "start", "time", "date",
+        "agent", "queue",
+    ];
+    for w in companions {
+        for c in &s.columns {
+            let set = vec![id.name.clone(), c.name.clone()];
+            // A talk time or a count is no part of a call's identity, however unique.
+            let fits = match w {
+                "start" | "time" | "date" => {
+                    matches!(c.kind, Kind::Time(_) | Kind::Date(_) | Kind::TimeOfDay(_))
+                }
+                _ => !matches!(c.kind, Kind::Empty | Kind::Clock),
+            };
+            if c.name != id.name
+                && c.name.to_ascii_lowercase().contains(w)
+                && fits
+                && !out.contains(&set)
+            {
+                out.push(set);
+            }
+        }
+    }
+    out
+}
+
+/// `key`, only for a column set unique over the whole sample; otherwise each row is its own
+/// record (its place in its file), which never merges two rows.
+fn key_guess(s: &Sample, source: &mut String) {
+    const WHY: &str = "# A content key is needed only where exports overlap (a file that \
+                       exports again rows an earlier\n# file held): rows with the same key are \
+                       then one record. Without it, each row of each file\n# is one record, \
+                       by its place in the file, and no two rows are ever merged.\n";
+    let candidates = key_candidates(s);
+    if candidates.is_empty() {
+        let _ = write!(
+            source,
+            "{WHY}# No column looks like a call id: no key. If files overlap, name the columns \
+             that tell every row\n# apart, e.g. key = \"{{call_id}}-{{line}}\"\n"
+        );
+        return;
+    }
+    let layout = match s.delimiter {
+        Some(delimiter) => key::Layout::Delimited {
+            delimiter,
+            header: s.header,
+        },
+        None => key::Layout::Ndjson,
+    };
+    let names: Vec<String> = s.columns.iter().map(|c| c.name.clone()).collect();
+    let template = |cols: &[String]| {
+        cols.iter()
+            .map(|c| format!("{{{c}}}"))
+            .collect::<Vec<_>>()
+            .join("-")
+    };
+    let checked = match key::check(&s.path, &layout, &names, &candidates) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = write!(
+                source,
+                "{WHY}# No key: a key is proposed only when it is unique over the whole \
+                 sample, and {e}.\n# Check one yourself with `preview`, e.g. key = {}\n",
+                toml_str(&template(&candidates[0]))
+            );
+            return;
+        }
+    };
+    if let Some(v) = checked.verdicts.iter().find(|v| v.holds()) {
+        let _ = write!(
+            source,
+            "{WHY}# {} is unique in all {} row(s) of the sample{}.\nkey = {}\n",
+            v.columns
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(" with "),
+            checked.rows,
+            if v.repeats > 0 {
+                format!(" ({} row(s) exported twice are one record)", v.repeats)
+            } else {
+                String::new()
+            },
+            toml_str(&template(&v.columns))
+        );
+        return;
+    }
+    let _ = write!(
+        source,
+        "{WHY}# No key: no column set tried is unique over the {} row(s) of the sample, and \
+         a key that is not\n# would merge distinct calls into one record:\n",
+        checked.rows
+    );
+    for v in &checked.verdicts {
+        let mut why = Vec::new();
+        if v.conflicts > 0 {
+            why.push(format!(
+                "{} row(s) share a key with another row of other content (e.g. {})",
+                v.conflicts,
+                v.example.as_deref().unwrap_or("")
+            ));
+        }
+        if v.empty > 0 {
+            why.push(format!("{} row(s) have an empty key column", v.empty));
+        }
+        let _ = writeln!(
+            source,
+            "#   {}: {}",
+            template(&v.columns),
+            why.join("; ")
+        );
+    }
+}
+
+/// The preview of the first rows, as comments.
+fn preview_comments(s: &Sample, config: &str) -> String {
+    let mut out = format!(
+        "\n# Preview of the first rows of {} ({} row(s) read):\n",
+        s.path.display(),
+        s.rows
+    );
+    let dir = s.path.parent().unwrap_or(Path::new("."));
+    let parsed = crate::config::Config::parse(config, &dir.join("init.toml"));
+    let text = match parsed {
+        Err(e) => format!(
+            "(no preview until the TODOs are filled in: {})",
+            e.problems
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Ok(config) => {
+            let source = &config.sources[0];
+            match &source.kind {
+                crate::config::SourceKind::Files(files) => {
+                    match crate::preview::preview_file(source, files, &s.path, 10) {
+                        Ok(p) => p.render(),
+                        Err(e) => format!("(no preview: {e})"),
+                    }
+                }
+                _ => String::new(),
+            }
+        }
+    };
+    for line in text.lines() {
+        let _ = writeln!(out, "#   {line}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handled_words_are_told_from_the_others() {
+        for w in ["ANSWERED", "AGENT", "handled", "Y", "ja"] {
+            assert!(handled_word(w), "{w}");
+        }
+        for w in [
+            "NO ANSWER",
+            "BUSY",
+            "FAILED",
+            "HANG",
+            "PHANTOM",
+            "unanswered",
+            "N",
+        ] {
+            assert!(!handled_word(w), "{w}");
+        }
+    }
+
+    #[test]
+    fn a_time_format_is_chosen_only_when_it_reads_every_value() {
+        let c = classify(
+            "start",
+            &["01.03.2024 07:00:00".into(), "13.03.2024 17:30:00".into()],
+        );
+        assert_eq!(c.kind, Kind::Time("%d.%m.%Y %H:%M:%S".into()));
+        // 13/03 is no month: the day comes first.
+        let c = classify(
+            "start",
+            &["01/03/2024 07:00:00".into(), "13/03/2024 07:00:00".into()],
+        );
+        assert_eq!(c.kind, Kind::Time("%d/%m/%Y %H:%M:%S".into()));
+        let c = classify("talk", &["0:02:04".into(), "1:10:00".into()]);
+        assert_eq!(c.kind, Kind::Clock);
+        let c = classify("Time", &["7:00:00".into(), "17:30:00".into()]);
+        assert_eq!(c.kind, Kind::TimeOfDay("%H:%M:%S"));
+    }
+
+    #[test]
+    fn columns_as_expression_variables() {
+        assert_eq!(variable("talk_time"), "talk_time");
+        assert_eq!(variable("Talk Time"), "row['Talk Time']");
+    }
+}
