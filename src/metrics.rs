@@ -139,7 +139,8 @@ impl SourceMetrics {
     }
 
     /// Counts a commit: records inserted, duplicates absorbed, input parked.
-    pub fn committed(&self, done: &crate::outbox::Committed, parked: u64) {
+    pub fn committed(&self, done: &crate::outbox::Committed) {
+        let parked = done.parked as u64;
         self.records.fetch_add(done.inserted as u64, Relaxed);
         self.duplicates.fetch_add(done.duplicates as u64, Relaxed);
         self.merged.fetch_add(done.merged as u64, Relaxed);
@@ -472,15 +473,12 @@ mod tests {
             0,
         ));
         source.records.fetch_add(500, Relaxed);
-        source.committed(
-            &crate::outbox::Committed {
-                inserted: 1,
-                duplicates: 4,
-                merged: 3,
-                groups: Vec::new(),
-            },
-            0,
-        );
+        source.committed(&crate::outbox::Committed {
+            inserted: 1,
+            duplicates: 4,
+            merged: 3,
+            ..Default::default()
+        });
         let text = render(
             &[source],
             &[(

@@ -30,8 +30,11 @@ pub enum Shown {
     Parked(String),
     /// Left out by `skip_if`.
     Skipped,
-    /// Its `key` was given by an earlier row: merged into that row's record.
+    /// Its `key` was given by an earlier, different row: merged into (dropped in favour of)
+    /// that row's record.
     Merged { into: String },
+    /// The same row as an earlier one, key and all: one record.
+    Repeat { of: String },
     /// An agent's state change (`emits = "agent_states"`): intervals are built from
     /// consecutive changes of an agent.
     Change {
@@ -48,52 +51,25 @@ pub struct PreviewRow {
     pub shown: Shown,
 }
 
-/// A source's preview: its rows, and what was read.
+/// A source's preview: its first rows, and what became of every row read.
 #[derive(Debug, Serialize)]
 pub struct Preview {
     pub source: String,
     /// The file read, or where a poller's first page starts.
     pub from: String,
     pub rows: Vec<PreviewRow>,
+    /// Over every row read (a whole file), not only the rows shown.
+    pub summary: Summary,
 }
 
 impl Preview {
-    fn count(&self, f: impl Fn(&Shown) -> bool) -> usize {
-        self.rows.iter().filter(|r| f(&r.shown)).count()
-    }
-
     pub fn parked(&self) -> usize {
-        self.count(|s| matches!(s, Shown::Parked(_)))
+        self.summary.parked
     }
 
     /// The summary: rows, records, parked (by reason), skipped, merged.
-    pub fn summary(&self) -> Summary {
-        let mut reasons: Vec<(String, usize)> = Vec::new();
-        for r in &self.rows {
-            if let Shown::Parked(why) = &r.shown {
-                let kind = reason_kind(why);
-                match reasons.iter_mut().find(|(k, _)| *k == kind) {
-                    Some((_, n)) => *n += 1,
-                    None => reasons.push((kind, 1)),
-                }
-            }
-        }
-        Summary {
-            rows: self.rows.len(),
-            records: self
-                .rows
-                .iter()
-                .map(|r| match &r.shown {
-                    Shown::Records(v) => v.len(),
-                    _ => 0,
-                })
-                .sum(),
-            changes: self.count(|s| matches!(s, Shown::Change { .. })),
-            parked: self.parked(),
-            skipped: self.count(|s| matches!(s, Shown::Skipped)),
-            merged: self.count(|s| matches!(s, Shown::Merged { .. })),
-            parked_by_reason: reasons,
-        }
+    pub fn summary(&self) -> &Summary {
+        &self.summary
     }
 
     /// The human-readable report.
@@ -115,7 +91,10 @@ impl Preview {
                     .join(&format!("\n{:width$}  ", "")),
                 Shown::Parked(why) => format!("PARKED {why}"),
                 Shown::Skipped => "SKIPPED (skip_if)".into(),
-                Shown::Merged { into } => format!("MERGED into the record of {into} (same key)"),
+                Shown::Merged { into } => format!(
+                    "MERGED into the record of {into} (same key, another row: this row is not sent)"
+                ),
+                Shown::Repeat { of } => format!("REPEAT of {of} (the same row again: one record)"),
                 Shown::Change {
                     agent,
                     activity,
@@ -136,10 +115,22 @@ impl Preview {
             "\n{} row(s): {} record(s), {} parked, {} skipped, {} merged",
             s.rows, s.records, s.parked, s.skipped, s.merged
         );
+        if s.repeats > 0 {
+            let _ = write!(out, ", {} repeated", s.repeats);
+        }
         if s.changes > 0 {
             let _ = write!(out, ", {} agent state change(s)", s.changes);
         }
         out.push('\n');
+        if s.merged > 0 {
+            let _ = writeln!(
+                out,
+                "WARNING: {} row(s) have the key of an earlier row with other content and would \
+                 not be sent: if they are different calls, the key is too narrow (add the column \
+                 that tells them apart, or leave `key` out)",
+                s.merged
+            );
+        }
         if !s.parked_by_reason.is_empty() {
             out.push_str("parked by reason:\n");
             for (reason, n) in &s.parked_by_reason {
@@ -150,7 +141,7 @@ impl Preview {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Summary {
     pub rows: usize,
     pub records: usize,
@@ -158,7 +149,101 @@ pub struct Summary {
     pub parked: usize,
     pub skipped: usize,
     pub merged: usize,
+    pub repeats: usize,
     pub parked_by_reason: Vec<(String, usize)>,
+}
+
+impl Summary {
+    /// Counts what one row became.
+    fn add(&mut self, shown: &Shown) {
+        self.rows += 1;
+        match shown {
+            Shown::Records(v) => self.records += v.len(),
+            Shown::Parked(why) => {
+                self.parked += 1;
+                let kind = reason_kind(why);
+                match self.parked_by_reason.iter_mut().find(|(k, _)| *k == kind) {
+                    Some((_, n)) => *n += 1,
+                    None => self.parked_by_reason.push((kind, 1)),
+                }
+            }
+            Shown::Skipped => self.skipped += 1,
+            Shown::Merged { .. } => self.merged += 1,
+            Shown::Repeat { .. } => self.repeats += 1,
+            Shown::Change { .. } => self.changes += 1,
+        }
+    }
+
+    fn of(rows: &[PreviewRow]) -> Self {
+        let mut s = Summary::default();
+        for r in rows {
+            s.add(&r.shown);
+        }
+        s
+    }
+}
+
+/// The rows shown (the first `limit`) and the summary of every row.
+struct Collector {
+    limit: usize,
+    rows: Vec<PreviewRow>,
+    summary: Summary,
+    /// Each key seen: (the hash of the row that gave it, where that row was).
+    keys: HashMap<String, (u64, String)>,
+}
+
+impl Collector {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            rows: Vec::new(),
+            summary: Summary::default(),
+            keys: HashMap::new(),
+        }
+    }
+
+    /// What the row at `origin` (read as `raw`) became.
+    fn add(&mut self, origin: String, outcome: Result<Option<RowOut>, String>, raw: &[u8]) {
+        let shown = match outcome {
+            Err(why) => Shown::Parked(why),
+            Ok(None) => Shown::Skipped,
+            Ok(Some(RowOut::Change(c))) => Shown::Change {
+                agent: c.agent,
+                activity: c.activity,
+                at: crate::normalize::time::to_api(c.at),
+            },
+            Ok(Some(RowOut::Records(records, key))) => {
+                let hash = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    raw.hash(&mut h);
+                    h.finish()
+                };
+                let earlier = key.and_then(|k| match self.keys.get(&k) {
+                    Some((h, first)) if *h == hash => Some(Shown::Repeat { of: first.clone() }),
+                    Some((_, first)) => Some(Shown::Merged {
+                        into: first.clone(),
+                    }),
+                    None => {
+                        self.keys.insert(k, (hash, origin.clone()));
+                        None
+                    }
+                });
+                earlier.unwrap_or_else(|| {
+                    Shown::Records(
+                        records
+                            .iter()
+                            .map(|r| serde_json::from_str(r).unwrap_or_default())
+                            .collect(),
+                    )
+                })
+            }
+        };
+        self.summary.add(&shown);
+        if self.rows.len() < self.limit {
+            self.rows.push(PreviewRow { origin, shown });
+        }
+    }
 }
 
 /// A reason without the row's own value (its first quoted text), so that rows parked for one
@@ -224,7 +309,7 @@ pub fn main(
                 "source": preview.source,
                 "from": preview.from,
                 "rows": preview.rows,
-                "summary": preview.summary(),
+                "summary": preview.summary,
             }))?
         );
     } else {
@@ -242,7 +327,11 @@ fn oldest(files: &FilesConfig) -> Option<PathBuf> {
     matching_files(files).0.into_iter().next().map(|(p, _)| p)
 }
 
-/// The first `rows` rows of `file` as the files source would read them.
+/// The most bytes of a file `preview` reads (and counts rows over).
+const PREVIEW_MAX: usize = 256 << 20;
+
+/// The first `rows` rows of `file` as the files source would read them, and what became of
+/// every row of it (merges and parked rows often begin far from the first rows).
 pub fn preview_file(
     source: &SourceConfig,
     files: &FilesConfig,
@@ -250,9 +339,6 @@ pub fn preview_file(
     rows: usize,
 ) -> anyhow::Result<Preview> {
     use std::io::Read as _;
-    // Enough bytes for the rows asked for, growing until they are there or the file ends.
-    let mut want = 1 << 20;
-    let mut buf = Vec::new();
     let name = file
         .strip_prefix(&files.path)
         .unwrap_or(file)
@@ -263,25 +349,34 @@ pub fn preview_file(
     } else {
         name
     };
-    loop {
-        buf.clear();
-        let mut f =
-            std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
-        f.by_ref().take(want as u64).read_to_end(&mut buf)?;
-        let complete = buf.len() < want;
-        let shown = preview_bytes(source, files, &name, &buf, complete, rows);
-        if complete || shown.len() >= rows || want >= 256 << 20 {
-            return Ok(Preview {
-                source: source.name.as_str().to_owned(),
-                from: format!("{} (the first {} row(s))", file.display(), shown.len()),
-                rows: shown,
-            });
-        }
-        want *= 4;
-    }
+    let mut buf = Vec::new();
+    std::fs::File::open(file)
+        .with_context(|| format!("cannot read {}", file.display()))?
+        .take(PREVIEW_MAX as u64 + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let complete = buf.len() <= PREVIEW_MAX;
+    buf.truncate(PREVIEW_MAX);
+    let collected = preview_bytes(source, files, &name, &buf, complete, rows);
+    let read = if complete {
+        "the whole file".to_owned()
+    } else {
+        format!("its first {} MiB", PREVIEW_MAX >> 20)
+    };
+    Ok(Preview {
+        source: source.name.as_str().to_owned(),
+        from: format!(
+            "{} (the first {} row(s) shown; counted over {read})",
+            file.display(),
+            collected.rows.len()
+        ),
+        rows: collected.rows,
+        summary: collected.summary,
+    })
 }
 
-/// Converts the rows at the start of `buf` (a file's first bytes; `complete`: all of it).
+/// Converts every row of `buf` (a file's first bytes; `complete`: all of it), keeping the
+/// first `limit` to show.
 fn preview_bytes(
     source: &SourceConfig,
     files: &FilesConfig,
@@ -289,7 +384,7 @@ fn preview_bytes(
     buf: &[u8],
     complete: bool,
     limit: usize,
-) -> Vec<PreviewRow> {
+) -> Collector {
     let charset = files.charset;
     let skip = charset.bom_len(buf).min(buf.len());
     let raw = &buf[skip..];
@@ -298,42 +393,10 @@ fn preview_bytes(
         .map(|be| parse::Transcoded::utf16(raw, be, complete));
     let text = transcoded.as_ref().map_or(raw, |t| &t.text[..]);
     let origin = |newlines: u64| format!("{name}:{}", newlines + 1);
-    let mut out = Vec::new();
-    let mut keys: HashMap<String, String> = HashMap::new();
-    let mut shown = |origin: String, outcome: Result<Option<RowOut>, String>| {
-        let shown = match outcome {
-            Err(why) => Shown::Parked(why),
-            Ok(None) => Shown::Skipped,
-            Ok(Some(RowOut::Change(c))) => Shown::Change {
-                agent: c.agent,
-                activity: c.activity,
-                at: crate::normalize::time::to_api(c.at),
-            },
-            Ok(Some(RowOut::Records(records, key))) => {
-                let earlier = key.and_then(|k| match keys.get(&k) {
-                    Some(first) => Some(first.clone()),
-                    None => {
-                        keys.insert(k, origin.clone());
-                        None
-                    }
-                });
-                match earlier {
-                    Some(into) => Shown::Merged { into },
-                    None => Shown::Records(
-                        records
-                            .iter()
-                            .map(|r| serde_json::from_str(r).unwrap_or_default())
-                            .collect(),
-                    ),
-                }
-            }
-        };
-        PreviewRow { origin, shown }
-    };
+    let mut out = Collector::new(limit);
     match files.format {
         FileFormat::Csv | FileFormat::Tsv => {
-            let header = usize::from(files.header);
-            let (items, _) = parse::csv(text, files.delimiter, charset, complete, limit + header);
+            let (items, _) = parse::csv(text, files.delimiter, charset, complete, usize::MAX);
             let mut columns: Vec<String> = files.columns.clone().unwrap_or_default();
             for (n, item) in items.into_iter().enumerate() {
                 if n == 0 && files.header {
@@ -343,12 +406,16 @@ fn preview_bytes(
                     continue;
                 }
                 let (outcome, _) = csv_row(files, &columns, &item.value);
-                out.push(shown(origin(item.newlines_before), outcome));
+                out.add(
+                    origin(item.newlines_before),
+                    outcome,
+                    &text[item.start..item.end],
+                );
             }
         }
         FileFormat::Ndjson => {
             let plain = files.rows.is_plain();
-            for item in parse::lines(text, complete).into_iter().take(limit) {
+            for item in parse::lines(text, complete) {
                 let outcome = match charset.decode(item.value) {
                     Ok(t) => json_row(
                         &files.rows,
@@ -358,7 +425,7 @@ fn preview_bytes(
                     ),
                     Err(e) => Err(e),
                 };
-                out.push(shown(origin(item.newlines_before), outcome));
+                out.add(origin(item.newlines_before), outcome, item.value);
             }
         }
         FileFormat::QueueLog => {
@@ -366,17 +433,17 @@ fn preview_bytes(
                 return out;
             };
             let mut tracker = crate::normalize::queue_log::Tracker::default();
-            for item in parse::lines(text, complete).into_iter().take(limit) {
+            for item in parse::lines(text, complete) {
                 let here = origin(item.newlines_before);
                 let line = match charset.decode(item.value) {
                     Ok(t) => t.into_owned(),
                     Err(e) => {
-                        out.push(shown(here, Err(e)));
+                        out.add(here, Err(e), item.value);
                         continue;
                     }
                 };
                 if let Err(e) = crate::normalize::queue_log::parse(&line) {
-                    out.push(shown(here, Err(e)));
+                    out.add(here, Err(e), item.value);
                     continue;
                 }
                 let (mut records, mut changes, mut parked) = (Vec::new(), Vec::new(), Vec::new());
@@ -402,7 +469,7 @@ fn preview_bytes(
                         None,
                     )))
                 };
-                out.push(shown(here, outcome));
+                out.add(here, outcome, item.value);
             }
         }
     }
@@ -481,6 +548,7 @@ fn preview_poll(source: &SourceConfig, rows: usize) -> anyhow::Result<Preview> {
             "the first page from initial_cursor {}",
             initial.as_deref().unwrap_or("(none: from the start)")
         ),
+        summary: Summary::of(&out),
         rows: out,
     })
 }

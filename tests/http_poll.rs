@@ -320,3 +320,41 @@ async fn preview_shows_the_first_page_and_writes_nothing() {
     assert!(!env.state.exists(), "no state file");
     assert_eq!(api.record_count(), 0);
 }
+
+/// A row that parks is read again by every poll (the cursor is inclusive, and the row is at
+/// it): it is parked once, however many polls read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_parks_is_parked_once_however_often_polls_read_it() {
+    let acd = AcdApi::start().await;
+    acd.add(1..=3, "2024-05-01T09:00:00Z");
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let secret = env.dir.path().join("page-secret");
+    std::fs::write(&secret, BEARER).unwrap();
+    // The third call's id is not in the lookup: it parks.
+    let source = format!(
+        "[[source]]\nname = \"calls\"\ntype = \"http\"\nintegration_id = 1234\n\
+         emits = \"contact_events\"\nevery = \"1s\"\n\
+         url = \"{url}?since={{cursor}}\"\ninitial_cursor = \"2024-01-01T00:00:00Z\"\n\
+         records = \"/data\"\ncursor_field = \"updated\"\npagination = \"page\"\n\
+         page_param = \"page\"\ntoken_file = {secret:?}\nkey = \"{{id}}\"\n\
+         [source.map]\ntimestamp = \"started\"\nqueueIdentifier = \"queue\"\nqueueName = \"queue\"\n\
+         channel = {{ column = \"id\", values = {{ \"1001\" = \"calls\", \"1002\" = \"calls\" }} }}\n\
+         offered = {{ value = true }}\nhandled = {{ value = true }}\n\
+         duration = {{ expr = \"seconds(id)\" }}\n",
+        url = acd.url("/page/calls"),
+        secret = secret.display().to_string()
+    );
+    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let daemon = Daemon::start(config);
+    wait_for(Duration::from_secs(30), "two records", || {
+        api.record_count() >= 2
+    })
+    .await;
+    more_polls(&env, "calls", 4).await;
+    daemon.stop().await;
+    let report = env.report();
+    assert_eq!(report.parked.len(), 1, "{:#?}", report.parked);
+    assert_eq!(report.sources[0].parked_total, 1);
+    assert_eq!(api.record_count(), 2);
+}

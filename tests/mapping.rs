@@ -63,13 +63,18 @@ fn cdr_map(columns: usize) -> String {
         "uniqueid",
         "userfield",
     ];
-    if columns == 21 {
+    // README's recipe: a uniqueid repeats across the legs of a call; with `sequence` it names
+    // one leg. Without it (18 columns), each row is its own record.
+    let key = if columns == 21 {
         names.extend(["peeraccount", "linkedid", "sequence"]);
-    }
+        "\nkey = \"{uniqueid}-{sequence}\""
+    } else {
+        ""
+    };
     let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
     format!(
         "format = \"csv\"\ninclude = [\"*.csv\"]\nheader = false\ncolumns = [{}]\n\
-         timestamp_format = \"%Y-%m-%d %H:%M:%S\"\ntimezone = \"Europe/Berlin\"\nkey = \"{{uniqueid}}\"",
+         timestamp_format = \"%Y-%m-%d %H:%M:%S\"\ntimezone = \"Europe/Berlin\"{key}",
         quoted.join(", ")
     )
 }
@@ -428,7 +433,7 @@ duration = { expr = "seconds(talk)" }
         env.exports.join("calls.csv"),
         "at,call,queue,outcome,talk\n\
          2024-05-01T08:00:00Z,1,Support,AGENT,0:01:00\n\
-         2024-05-01T08:00:00Z,1,Support,AGENT,0:01:00\n\
+         2024-05-01T08:00:30Z,1,Support,AGENT,0:01:00\n\
          2024-05-01T08:01:00Z,2,Support,TRANSFER,0:01:00\n\
          2024-05-01T08:02:00Z,3,TEST,HANG,0:00:10\n\
          2024-05-01T08:03:00Z,4,Support,HANG,0:00:00\n",
@@ -462,9 +467,11 @@ duration = { expr = "seconds(talk)" }
     let (code, out) = cli(&[
         "--config", &cfg, "preview", "--source", "acd", "--rows", "2", "--json",
     ]);
-    assert_eq!(code, 0, "{out}");
+    // The summary counts every row of the file: a parked row beyond the rows shown is one.
+    assert_eq!(code, 1, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["summary"]["rows"], 2);
+    assert_eq!(v["summary"]["rows"], 5);
+    assert_eq!(v["rows"].as_array().unwrap().len(), 2);
     assert_eq!(v["rows"][0]["origin"], "calls.csv:2");
     assert_eq!(v["rows"][0]["records"][0]["properties"]["handled"], true);
     assert_eq!(v["rows"][1]["merged"]["into"], "calls.csv:2");
@@ -536,7 +543,7 @@ async fn init_from_a_sample_to_delivery() {
         assert_eq!(code, 0, "{file}: {out}");
         let text = std::fs::read_to_string(&generated).unwrap();
         assert!(
-            text.contains(&format!("row(s): {} record(s), 0 parked", rows.min(10))),
+            text.contains(&format!("{rows} row(s): {rows} record(s), 0 parked")),
             "{file}:\n{text}"
         );
         // What init cannot know, `check` names.
@@ -589,4 +596,203 @@ async fn init_from_a_sample_to_delivery() {
         daemon.stop().await;
         assert_eq!(api.record_count(), rows, "{file}");
     }
+}
+
+/// A stock Master.csv where a call rings three agents in turn: three legs (rows) under one
+/// `uniqueid`, one ANSWERED. `init` proposes only a key unique per leg, and README's recipe
+/// delivers every leg.
+fn multi_leg_cdr(calls: u64) -> String {
+    let mut text = String::new();
+    let mut sequence = 0;
+    for call in 0..calls {
+        for (leg, disposition) in ["NO ANSWER", "BUSY", "ANSWERED"].iter().enumerate() {
+            let agent = 2000 + leg;
+            let billsec = if leg == 2 { 30 + call } else { 0 };
+            text.push_str(&format!(
+                "\"\",\"{src}\",\"600\",\"from-queue\",\"\"\"Caller\"\" <{src}>\",\
+                 \"SIP/trunk-{call:08x}\",\"SIP/{agent}-{sequence:08x}\",\"Queue\",\"600\",\
+                 \"2024-05-01 08:{m:02}:{leg:02}\",\"\",\"2024-05-01 08:{m:02}:59\",{d},{billsec},\
+                 \"{disposition}\",\"DOCUMENTATION\",\"1714550400.{call}\",\"\",\"\",\
+                 \"1714550400.{call}\",{sequence}\n",
+                src = 1000 + call,
+                m = call % 60,
+                d = billsec + 5,
+            ));
+            sequence += 1;
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_leg_of_a_cdr_arrives_and_init_keys_it_per_leg() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    std::fs::write(env.exports.join("Master.csv"), multi_leg_cdr(30)).unwrap();
+    let (code, out) = cli(&[
+        "init",
+        "--sample",
+        env.exports.join("Master.csv").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("key = \"{uniqueid}-{sequence}\""), "{out}");
+    assert!(out.contains("90 row(s): 90 record(s), 0 parked"), "{out}");
+    let text = source(&env, "contact_events", &cdr_map(21), CDR_MAP);
+    let config = env.write_config(&env.config_text(&api.url(), "", &text));
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "90 legs", || api.record_count() >= 90).await;
+    settled(&env).await;
+    daemon.stop().await;
+    let records = api.records();
+    assert_eq!(records.len(), 90);
+    let answered = records
+        .iter()
+        .filter(|r| r["properties"]["handled"] == true)
+        .count();
+    assert_eq!(answered, 30);
+    assert_eq!(env.report().sources[0].merged_total, 0);
+}
+
+/// A month of a call center's TSV whose call ids restart on every phone line: unique in the
+/// first thousand rows, not in the month. `init` reads the whole sample, proposes the id with
+/// the line, and a channel value first seen on day 20 is not parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_proposes_only_a_key_unique_over_the_whole_sample() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let mut tsv = String::from("call_id\tline\tstart\tqueue\ttype\toutcome\ttalk\n");
+    let mut rows = 0;
+    for line in 1..=3 {
+        for id in 1..=1500u64 {
+            // One id starts at the same time on every line: only the line tells them apart.
+            let day = 1 + (id * 27 / 1500);
+            let kind = if day >= 20 && id % 7 == 0 { "XE" } else { "NE" };
+            tsv.push_str(&format!(
+                "{id}\t{line}\t2024-05-{day:02} 08:00:{s:02}\tSupport\t{kind}\t{outcome}\t{talk}\n",
+                outcome = if id % 5 == 0 { "ABANDONED" } else { "AGENT" },
+                s = id % 60,
+                talk = rows,
+            ));
+            rows += 1;
+        }
+    }
+    let sample = env.exports.join("month.tsv");
+    std::fs::write(&sample, &tsv).unwrap();
+    let (code, text) = cli(&["init", "--sample", sample.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("key = \"{call_id}-{line}\""), "{text}");
+    assert!(text.contains("unique in all 4500 row(s)"), "{text}");
+    assert!(!text.contains("key = \"{call_id}\""), "{text}");
+    // Without the line, no key at all: only the ids were given.
+    let narrow = env.exports.join("narrow.tsv");
+    let without_line: String = tsv
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\n",
+                f[0], f[2], f[3], f[4], f[5], f[6]
+            )
+        })
+        .collect();
+    std::fs::write(&narrow, without_line).unwrap();
+    let (code, out) = cli(&["init", "--sample", narrow.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("\nkey = "), "{out}");
+    assert!(
+        out.contains("No key: no column set tried is unique"),
+        "{out}"
+    );
+    // The proposed configuration, filled in, delivers every call of the month.
+    let filled = text
+        .replace(
+            "token_file = \"/etc/injixo-sync/api-key\"",
+            &format!("token_file = {:?}", env.key_file.display().to_string()),
+        )
+        .replace(
+            "path = \"/var/lib/injixo-sync/outbox.db\"",
+            &format!("path = {:?}", env.state.display().to_string()),
+        )
+        .replace("# integration_id = 1234", "integration_id = 1234")
+        .replacen(
+            "[api]\n",
+            &format!("[api]\nurl = {:?}\nlinger = \"50ms\"\n", api.url()),
+            1,
+        );
+    std::fs::write(&env.config_file, &filled).unwrap();
+    std::fs::remove_file(&narrow).unwrap();
+    let config = injixo_sync::config::Config::load(&env.config_file).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "4500 records", || api.record_count() >= 4500).await;
+    settled(&env).await;
+    daemon.stop().await;
+    assert_eq!(api.record_count(), 4500);
+    let report = env.report();
+    assert_eq!(report.sources[0].merged_total, 0);
+    assert_eq!(report.sources[0].parked_total, 0, "{:#?}", report.parked);
+}
+
+/// A merge is never silent: the file read that merged rows says so in a warning with the
+/// count and the key, while an export that only repeats rows already read says that quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_read_that_merges_rows_warns_with_the_count_and_the_key() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let head = "format = \"csv\"\ninclude = [\"*.csv\"]\nkey = \"{call}\"";
+    let map = r#"timestamp = "at"
+queueName = "queue"
+queueIdentifier = "queue"
+channel = { value = "calls" }
+offered = { value = true }
+handled = { value = true }
+duration = "talk"
+"#;
+    let text = source(&env, "contact_events", head, map);
+    env.write_config(&env.config_text(&api.url(), "", &text));
+    let row =
+        |call: u64, line: &str| format!("2024-05-01T08:0{call}:00Z,{call},{line},Support,60\n");
+    let header = "at,call,line,queue,talk\n";
+    std::fs::write(
+        env.exports.join("a.csv"),
+        format!("{header}{}{}{}", row(1, "a"), row(2, "a"), row(3, "a")),
+    )
+    .unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let daemon = Process::start_logged(&env.config_file, &log);
+    wait_for(LIMIT, "3 records", || api.record_count() >= 3).await;
+    // An overlapping re-export: calls 2 and 3 again as they were, call 4 new, and call 1 on
+    // another line (another call under the same id).
+    std::fs::write(
+        env.exports.join("b.csv"),
+        format!(
+            "{header}{}{}{}{}",
+            row(2, "a"),
+            row(3, "a"),
+            row(4, "a"),
+            row(1, "b")
+        ),
+    )
+    .unwrap();
+    wait_for(LIMIT, "the second file read", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("b.csv read"))
+    })
+    .await;
+    settled(&env).await;
+    daemon.terminate();
+    let log = std::fs::read_to_string(&log).unwrap();
+    let b = log.lines().find(|l| l.contains("b.csv read")).unwrap();
+    assert!(b.contains("WARN"), "{b}");
+    assert!(
+        b.contains("1 record(s), 0 parked, 1 merged, 2 read before"),
+        "{b}"
+    );
+    assert!(b.contains("1 row(s) merged by key {call}"), "{b}");
+    assert!(b.contains("the key is too narrow"), "{b}");
+    let a = log.lines().find(|l| l.contains("a.csv read")).unwrap();
+    assert!(
+        a.contains("INFO") && a.contains("3 record(s), 0 parked, 0 merged"),
+        "{a}"
+    );
+    assert_eq!(api.record_count(), 4);
+    assert_eq!(env.report().sources[0].merged_total, 1);
 }

@@ -724,6 +724,7 @@ async fn a_part_in_flight_at_a_crash_goes_out_again_under_its_own_key() {
                 )
                 .unwrap(),
                 origin: format!("day.ndjson:{}", i + 1),
+                row_hash: None,
             })
             .collect();
         let ob = outbox.clone();

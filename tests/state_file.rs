@@ -234,6 +234,7 @@ async fn a_corrupt_outbox_is_refused_by_run_and_check_and_never_recreated() {
                 dkey: dedupe_key(1, i),
                 payload: format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100)),
                 origin: format!("f:{i}"),
+                row_hash: None,
             })
             .collect();
         commit_all(&outbox, source, lane, records).await;
@@ -283,6 +284,7 @@ async fn a_record_key_already_in_the_outbox_is_not_enqueued_again() {
         dkey: dedupe_key(7, i),
         payload: format!("{{\"n\":{i}}}"),
         origin: String::new(),
+        row_hash: None,
     };
     let ob = outbox.clone();
     let (first, second) = tokio::task::spawn_blocking(move || {
@@ -323,6 +325,7 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
         dkey: dedupe_key(1, 0),
         payload: "{}".into(),
         origin: "a:1".into(),
+        row_hash: None,
     };
     commit_all(&outbox, source, lane, vec![record]).await;
     drop(outbox);
@@ -389,6 +392,7 @@ async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
             dkey: dedupe_key(3, i),
             payload: format!("{{\"n\":{i}}}"),
             origin: String::new(),
+            row_hash: None,
         })
         .collect();
     commit_all(&outbox, source, lane, records).await;
@@ -441,6 +445,7 @@ async fn a_version_5_outbox_still_knows_what_it_read_after_the_upgrade() {
             r#"{{"queueIdentifier":"q","queueName":"Q","channel":"calls","timestamp":"2024-05-01T08:00:00Z","n":{i}}}"#
         ),
         origin: format!("calls.ndjson:{}", i + 1),
+        row_hash: None,
     };
     let (outbox, writer, source, lane) = open_with_lane(&state).await;
     let done = commit_all(&outbox, source, lane, (0..3000).map(record).collect()).await;
@@ -535,6 +540,7 @@ async fn a_version_3_outbox_sends_its_open_batches_with_their_keys_after_the_mig
             dkey: dedupe_key(1, i),
             payload: format!("{{\"n\":{i}}}"),
             origin: format!("a:{i}"),
+            row_hash: None,
         })
         .collect();
     commit_all(&outbox, source, lane, records).await;
@@ -620,6 +626,7 @@ async fn delivered_records_are_pruned_after_keep_sent_and_pending_and_dead_ones_
             dkey: dedupe_key(7, i),
             payload: format!("{{\"n\":{i}}}"),
             origin: String::new(),
+            row_hash: None,
         })
         .collect();
     commit_all(&outbox, source, lane, records).await;

@@ -75,6 +75,16 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// What turns its rows into records.
+    pub fn rows(&self) -> &RowRules {
+        match self {
+            SourceKind::Files(f) => &f.rows,
+            SourceKind::Sql(s) => &s.rows,
+            SourceKind::Http(h) => &h.rows,
+            SourceKind::Webhook(w) => &w.rows,
+        }
+    }
+
     /// The `type` it is configured as.
     pub fn name(&self) -> &'static str {
         match self {

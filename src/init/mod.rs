@@ -858,24 +858,21 @@ fn contact_map(
         Some(q) => match &q.kind {
             // "Support", " support ": one queue, written differently.
             Kind::Words(words) if spellings(words).len() < words.len() => {
-                let entries: Vec<String> = spellings(words)
-                    .iter()
-                    .map(|(k, name)| format!("{} = {}", toml_str(k), toml_str(name)))
-                    .collect();
+                // An expression, not a lookup of the spellings seen: a queue that first turns
+                // up after the sample must not park its rows.
                 let _ = writeln!(
                     map,
                     "# `{}` names the queue, written {}: trimmed and upper-cased, they are {} \
-                     queue(s).\nqueueName = {{ expr = {}, values = {{ {} }} }}\n\
-                     queueIdentifier = {{ expr = {} }}",
+                     queue(s), and so is\n# any queue the sample did not show.\n\
+                     queueName = {{ expr = {} }}\nqueueIdentifier = {{ expr = {} }}",
                     q.name,
                     words
                         .iter()
                         .map(|w| format!("{w:?}"))
                         .collect::<Vec<_>>()
                         .join(", "),
-                    entries.len(),
+                    spellings(words).len(),
                     toml_str(&format!("{}.trim().upperAscii()", variable(&q.name))),
-                    entries.join(", "),
                     toml_str(&format!("{}.trim().lowerAscii()", variable(&q.name))),
                 );
             }
@@ -900,28 +897,42 @@ fn contact_map(
     match first_named(&s.columns, &channel_words, |k| matches!(k, Kind::Words(_))) {
         Some(c) => {
             let Kind::Words(words) = &c.kind else { unreachable!() };
-            let entries: Vec<String> = words
-                .iter()
-                .map(|w| {
-                    let l = w.to_ascii_lowercase();
-                    let to = if l.contains("chat") {
-                        "chats"
-                    } else if l.contains("mail") {
-                        "emails"
-                    } else {
-                        "calls"
-                    };
-                    format!("{} = \"{to}\"", toml_str(w))
-                })
-                .collect();
-            let _ = writeln!(
-                map,
-                "# `{}` holds {}: check what each is.\nchannel = {{ column = {}, values = {{ {} }} }}",
-                c.name,
-                words.join(", "),
-                toml_str(&c.name),
-                entries.join(", ")
-            );
+            let channel_of = |w: &str| {
+                let l = w.to_ascii_lowercase();
+                if l.contains("chat") {
+                    "chats"
+                } else if l.contains("mail") {
+                    "emails"
+                } else {
+                    "calls"
+                }
+            };
+            let first = channel_of(&words[0]);
+            if words.iter().all(|w| channel_of(w) == first) {
+                // A lookup whose every value gives one result is that result, and a constant
+                // does not park what the sample did not show.
+                let _ = writeln!(
+                    map,
+                    "# `{}` holds {} in the sample: all {first}.\nchannel = {{ value = \"{first}\" }}",
+                    c.name,
+                    words.join(", "),
+                );
+            } else {
+                let entries: Vec<String> = words
+                    .iter()
+                    .map(|w| format!("{} = \"{}\"", toml_str(w), channel_of(w)))
+                    .collect();
+                let _ = writeln!(
+                    map,
+                    "# `{}` holds {}: check what each is. \"*\" is every value the sample did not \
+                     show: calls\n# (without it, rows with a new value would be parked).\n\
+                     channel = {{ column = {}, values = {{ {}, \"*\" = \"calls\" }} }}",
+                    c.name,
+                    words.join(", "),
+                    toml_str(&c.name),
+                    entries.join(", ")
+                );
+            }
         }
         None => map.push_str("# No column names the channel: every contact is a call.\nchannel = { value = \"calls\" }\n"),
     }
@@ -1060,8 +1071,17 @@ fn key_candidates(s: &Sample) -> Vec<Vec<String>> {
     };
     let mut out = vec![vec![id.name.clone()]];
     let companions = [
-        "sequence", "seq", "leg", "line", "dstchannel", "channel", "start", "time", "date",
-        "agent", "queue",
+        "sequence",
+        "seq",
+        "leg",
+        "line",
+        "dstchannel",
+        "channel",
+        "start",
+        "time",
+        "date",
+        "agent",
+        "queue",
     ];
     for w in companions {
         for c in &s.columns {
@@ -1164,12 +1184,7 @@ fn key_guess(s: &Sample, source: &mut String) {
         if v.empty > 0 {
             why.push(format!("{} row(s) have an empty key column", v.empty));
         }
-        let _ = writeln!(
-            source,
-            "#   {}: {}",
-            template(&v.columns),
-            why.join("; ")
-        );
+        let _ = writeln!(source, "#   {}: {}", template(&v.columns), why.join("; "));
     }
 }
 

@@ -286,6 +286,24 @@ impl KeyTemplate {
     }
 }
 
+/// The key as configured: `{call_id}-{line}`, or `{ expr = "..." }`.
+impl std::fmt::Display for KeyTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            KeyKind::Template(parts) => {
+                for p in parts {
+                    match p {
+                        Part::Column(c) => write!(f, "{{{c}}}")?,
+                        Part::Text(t) => f.write_str(t)?,
+                    }
+                }
+                Ok(())
+            }
+            KeyKind::Expr(e) => write!(f, "{{ expr = {:?} }}", e.source()),
+        }
+    }
+}
+
 /// An expression's value as text (a lookup's key, a row's key).
 fn out_text(out: Out) -> String {
     match out {

@@ -431,13 +431,14 @@ pub(crate) fn move_to_end(
 ) -> rusqlite::Result<Option<Moved>> {
     c.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS moving (old INTEGER PRIMARY KEY, lane_id INTEGER,
-           source_id INTEGER, dkey BLOB, payload TEXT, origin TEXT, created INTEGER);
+           source_id INTEGER, dkey BLOB, payload TEXT, origin TEXT, created INTEGER,
+           row_hash INTEGER);
          DELETE FROM temp.moving;",
     )?;
     let n = c.execute(
         &format!(
-            "INSERT INTO temp.moving SELECT id, lane_id, source_id, dkey, payload, origin, created
-             FROM records WHERE id IN ({chosen})"
+            "INSERT INTO temp.moving SELECT id, lane_id, source_id, dkey, payload, origin, created,
+             row_hash FROM records WHERE id IN ({chosen})"
         ),
         params,
     )?;
@@ -456,8 +457,8 @@ pub(crate) fn move_to_end(
     c.execute_batch(
         "DELETE FROM records WHERE id IN (SELECT old FROM temp.moving);
          DELETE FROM dead WHERE record_id IN (SELECT old FROM temp.moving);
-         INSERT INTO records (lane_id, source_id, dkey, payload, origin, created)
-           SELECT lane_id, source_id, dkey, payload, origin, created FROM temp.moving
+         INSERT INTO records (lane_id, source_id, dkey, payload, origin, created, row_hash)
+           SELECT lane_id, source_id, dkey, payload, origin, created, row_hash FROM temp.moving
            ORDER BY old;
          DELETE FROM temp.moving;",
     )?;

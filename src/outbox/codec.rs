@@ -573,6 +573,7 @@ mod tests {
                 i % 60
             ),
             origin: format!("calls-2026-01-01.ndjson:{}", i + 1),
+            row_hash: None,
         }
     }
 

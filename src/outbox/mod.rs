@@ -195,6 +195,9 @@ pub struct NewRecord {
     pub payload: String,
     /// Where it came from, such as `calls-2024-05-01.csv:17`.
     pub origin: String,
+    /// A hash of the input row, for a record keyed by the source's `key`: another row with
+    /// the same key is told from the same row read again ([`Committed::merged`]).
+    pub row_hash: Option<i64>,
 }
 
 /// Input that could not become a record: kept with its place and reason, never dropped.
@@ -216,6 +219,9 @@ pub struct Commit {
     pub groups: Vec<Group>,
     /// Input rows the read left out on purpose (`skip_if`), counted for `status`.
     pub skipped: u64,
+    /// The input is read again by design (a poller's look-back, ties at its cursor): a row
+    /// parked already (the same raw text) is not parked again.
+    pub park_once: bool,
 }
 
 /// A group of a commit's records and parked input (one push), in order.
@@ -242,10 +248,13 @@ pub struct GroupDone {
 pub struct Committed {
     pub inserted: usize,
     pub duplicates: usize,
-    /// Of the duplicates, rows whose natural `key` was known: merged into the record kept.
+    /// Of the duplicates, rows whose natural `key` was known with another record: merged
+    /// into (dropped in favour of) the record kept.
     pub merged: usize,
     /// Per group of [`Commit::groups`].
     pub groups: Vec<GroupDone>,
+    /// Input rows parked (with [`Commit::park_once`], those not parked before).
+    pub parked: usize,
 }
 
 /// Wakes the lane that a commit added records to.
@@ -619,8 +628,8 @@ fn write_commit(
     let mut packed = packed;
     let mut frames = packed.as_mut().map(|p| p.frames.iter_mut());
     let mut insert = c.prepare_cached(
-        "INSERT INTO records (lane_id, source_id, dkey, payload, origin, created)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (source_id, dkey) DO NOTHING",
+        "INSERT INTO records (lane_id, source_id, dkey, payload, origin, created, row_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (source_id, dkey) DO NOTHING",
     )?;
     let mut park = c.prepare_cached(
         "INSERT INTO parked (source_id, origin, reason, raw, at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -654,30 +663,41 @@ fn write_commit(
                 }
                 _ => (&r.payload, &r.origin),
             };
-            let n = insert.execute(params![lane.0, source.0, &r.dkey[..], payload, origin, now])?;
+            let n = insert.execute(params![
+                lane.0,
+                source.0,
+                &r.dkey[..],
+                payload,
+                origin,
+                now,
+                r.row_hash
+            ])?;
             if n == 1 {
                 g.inserted += 1;
                 continue;
             }
             g.duplicates += 1;
-            if r.dkey.is_natural() {
-                done.merged += 1;
+            // A row with the key of a record kept but from another input row is merged: it is
+            // dropped in favour of that record, which a key too narrow for the data does to
+            // distinct calls. The same row read again (an export that overlaps the last, a
+            // poll's look-back) is only a repeat.
+            if let Some(hash) = r.row_hash {
+                let kept: Option<i64> = c
+                    .prepare_cached(
+                        "SELECT row_hash FROM records WHERE source_id = ?1 AND dkey = ?2",
+                    )?
+                    .query_row(params![source.0, &r.dkey[..]], |row| row.get(0))?;
+                let differs = match kept {
+                    Some(kept) => kept != hash,
+                    // Kept before rows were hashed: told by the record itself.
+                    None => kept_differs(c, source, r)?,
+                };
+                if differs {
+                    done.merged += 1;
+                }
             }
             if group.same_payload && !g.conflict {
-                let (kept, origin): (String, String) = c
-                    .prepare_cached(
-                        "SELECT payload(payload), origin(payload, origin) FROM records
-                         WHERE source_id = ?1 AND dkey = ?2",
-                    )?
-                    .query_row(params![source.0, &r.dkey[..]], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })?;
-                // A compacted record's payload is gone; its origin keeps the payload's hash.
-                g.conflict = if kept == COMPACTED {
-                    origin != compacted_origin(&r.payload)
-                } else {
-                    kept != r.payload
-                };
+                g.conflict = kept_differs(c, source, r)?;
             }
         }
         let group_parked: Vec<&Parked> = parked.by_ref().take(group.parked).collect();
@@ -690,6 +710,12 @@ fn write_commit(
             continue;
         }
         for p in group_parked {
+            if commit.park_once
+                && c.prepare_cached("SELECT 1 FROM parked WHERE source_id = ?1 AND raw = ?2")?
+                    .exists(params![source.0, p.raw])?
+            {
+                continue;
+            }
             park.execute(params![source.0, p.origin, p.reason, p.raw, now])?;
             parked_total += 1;
         }
@@ -703,6 +729,7 @@ fn write_commit(
     if commit.groups.is_empty() {
         done.groups.clear();
     }
+    done.parked = parked_total as usize;
     let mut cursor =
         c.prepare_cached("UPDATE cursors SET value = ?1, updated = ?2 WHERE id = ?3")?;
     for (id, value) in &commit.cursors {
@@ -722,6 +749,24 @@ fn write_commit(
         source.0
     ])?;
     Ok(done)
+}
+
+/// Whether the record kept under `r`'s key is another record than `r`.
+fn kept_differs(c: &Connection, source: SourceId, r: &NewRecord) -> rusqlite::Result<bool> {
+    let (kept, origin): (String, String) = c
+        .prepare_cached(
+            "SELECT payload(payload), origin(payload, origin) FROM records
+             WHERE source_id = ?1 AND dkey = ?2",
+        )?
+        .query_row(params![source.0, &r.dkey[..]], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    // A compacted record's payload is gone; its origin keeps the payload's hash.
+    Ok(if kept == COMPACTED {
+        origin != compacted_origin(&r.payload)
+    } else {
+        kept != r.payload
+    })
 }
 
 /// Unix time in milliseconds.

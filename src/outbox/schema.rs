@@ -13,7 +13,7 @@ use super::OutboxError;
 /// `PRAGMA application_id`: "IJXS".
 pub const APPLICATION_ID: i32 = 0x494A_5853;
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -156,6 +156,15 @@ CREATE TABLE dicts (
     dict    BLOB NOT NULL,
     created INTEGER NOT NULL
 );
+"#;
+
+/// Version 7: a poller reads rows again by design (its look-back, ties at its cursor); a row
+/// it parked is found by its raw text, so it is parked once. A record keyed by the source's
+/// `key` keeps a hash of its input row, so that a row with a known key is told apart from the
+/// same row read again: only the first is a merge.
+const SCHEMA_V7: &str = r#"
+CREATE INDEX parked_raw ON parked (source_id, raw);
+ALTER TABLE records ADD COLUMN row_hash INTEGER;
 "#;
 
 const SCHEMA_V2: &str = r#"
@@ -629,6 +638,14 @@ fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxErr
              COMMIT;"
         ))?;
         let _ = conn.remove_function("shorten_dkey", 1);
+    }
+    if version < 7 {
+        run(format!(
+            "BEGIN IMMEDIATE;
+             {SCHEMA_V7}
+             PRAGMA user_version = 7;
+             COMMIT;"
+        ))?;
     }
     Ok(())
 }

@@ -359,13 +359,13 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
     }
     // Each row to compact, with the origin it keeps. Only a record keyed by its content is
     // decoded (for its payload's hash); the others are judged by their stored size.
-    type Kept = (i64, i64, Vec<u8>, i64, Option<i64>, String);
+    type Kept = (i64, i64, Vec<u8>, i64, Option<i64>, String, Option<i64>);
     let mut last = None;
     let mut seen = 0;
     let rows: Vec<Kept> = c
         .prepare_cached(
             "SELECT id, source_id, dkey, created, batch_id, payload,
-                    length(payload) + length(origin) FROM records
+                    length(payload) + length(origin), row_hash FROM records
              WHERE id > ?1 AND id <= ?2 AND lane_id = ?3 AND state = 0 ORDER BY id LIMIT ?4",
         )?
         .query_map(
@@ -385,7 +385,15 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
                 } else {
                     String::new()
                 };
-                Ok(Some((id, r.get(1)?, dkey, r.get(3)?, r.get(4)?, origin)))
+                Ok(Some((
+                    id,
+                    r.get(1)?,
+                    dkey,
+                    r.get(3)?,
+                    r.get(4)?,
+                    origin,
+                    r.get(7)?,
+                )))
             },
         )?
         .filter_map(|r| {
@@ -399,15 +407,16 @@ fn compact_step(c: &Connection, lane: i64, from: i64) -> rusqlite::Result<(usize
     // to the free list, and the rows written back fill fewer.
     let mut delete = c.prepare_cached("DELETE FROM records WHERE id = ?1")?;
     let mut insert = c.prepare_cached(
-        "INSERT INTO records (id, lane_id, source_id, dkey, payload, origin, created, state, batch_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
+        "INSERT INTO records (id, lane_id, source_id, dkey, payload, origin, created, state, batch_id,
+                              row_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9)",
     )?;
     for row in &rows {
         delete.execute([row.0])?;
     }
-    for (id, source, dkey, created, batch, origin) in &rows {
+    for (id, source, dkey, created, batch, origin, row_hash) in &rows {
         insert.execute(params![
-            id, lane, source, dkey, COMPACTED, origin, created, batch
+            id, lane, source, dkey, COMPACTED, origin, created, batch, row_hash
         ])?;
     }
     let reached = match last {

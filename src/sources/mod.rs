@@ -43,6 +43,8 @@ pub struct SourceContext {
     /// A sender for `wake`, for the source's own watchers.
     pub waker: mpsc::Sender<()>,
     pub metrics: Arc<SourceMetrics>,
+    /// The source's `key`, as configured, for the words that say rows were merged by it.
+    pub key: Option<String>,
 }
 
 impl SourceContext {
@@ -81,6 +83,7 @@ impl SourceContext {
             wake,
             waker,
             metrics,
+            key: source.kind.rows().key.as_ref().map(|k| k.to_string()),
         }
     }
 }

@@ -179,6 +179,7 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
                 table: queue_log.as_ref().zip(table.as_mut()),
                 doubt: &doubt,
                 pages_left: None,
+                tally: super::rows::Tally::default(),
             };
             let result = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
@@ -188,6 +189,7 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
                 } => r,
             };
             // What was committed is the cursor now, whether or not the poll completed.
+            sink.tally.say(&ctx, "poll", false);
             cursor = sink.cursor;
             match result {
                 Ok(()) => {
@@ -264,6 +266,7 @@ pub fn first_page<P: Poll>(
         table: reading.queue_log.as_ref().zip(table.as_mut()),
         doubt: &doubt,
         pages_left: Some(1),
+        tally: super::rows::Tally::default(),
     };
     tokio::runtime::Handle::current().block_on(async {
         match poller.poll(&mut sink).await {
@@ -312,6 +315,8 @@ pub struct Sink<'a> {
     doubt: &'a std::cell::Cell<bool>,
     /// `preview`: how many more pages are taken; the one after ends the poll.
     pages_left: Option<usize>,
+    /// What became of the poll's rows, said when it ends.
+    tally: super::rows::Tally,
 }
 
 impl Sink<'_> {
@@ -397,6 +402,7 @@ impl Sink<'_> {
                 parked,
                 cursors,
                 skipped,
+                park_once: true,
                 ..Commit::default()
             },
         )
@@ -411,6 +417,9 @@ impl Sink<'_> {
         }
         self.doubt.set(false);
         let done = done?;
+        let mut tally = super::rows::Tally::of(&done);
+        tally.skipped = skipped;
+        self.tally.add(tally);
         self.cursor = after;
         Ok(done.inserted)
     }
@@ -579,6 +588,7 @@ timestamp = "at"
                 table: None,
                 doubt: &self.doubt,
                 pages_left: None,
+                tally: crate::sources::rows::Tally::default(),
             };
             let result = self.rt.block_on(async {
                 match cut {

@@ -69,6 +69,7 @@ pub fn apply(
                 dkey: natural_key(&format!("{}\u{1f}{}", call.callid, call.queue), 0),
                 payload: payload.to_string(),
                 origin: origin.clone(),
+                row_hash: None,
             });
         }
         if let Some(states) = states {

@@ -241,13 +241,12 @@ impl States {
 
 /// Commits and counts, from a source's own thread.
 pub fn commit_blocking(ctx: &SourceContext, c: Commit) -> Result<(), OutboxError> {
-    submit(ctx, c).wait(ctx)
+    submit(ctx, c).wait(ctx).map(|_| ())
 }
 
 /// Hands a commit to the writer without waiting (see [`crate::outbox::Outbox::submit`]).
 pub fn submit(ctx: &SourceContext, c: Commit) -> Submitted {
     Submitted {
-        parked: c.parked.len() as u64,
         commit: ctx.outbox.submit(ctx.id, ctx.lane, c),
     }
 }
@@ -256,15 +255,14 @@ pub fn submit(ctx: &SourceContext, c: Commit) -> Submitted {
 #[must_use = "a submitted commit's outcome must be waited for"]
 pub struct Submitted {
     commit: crate::outbox::Submitted,
-    parked: u64,
 }
 
 impl Submitted {
     /// Waits for the commit, from a source's own thread, and counts it.
-    pub fn wait(self, ctx: &SourceContext) -> Result<(), OutboxError> {
+    pub fn wait(self, ctx: &SourceContext) -> Result<Tally, OutboxError> {
         let done = self.commit.wait_blocking()?;
-        ctx.metrics.committed(&done, self.parked);
-        Ok(())
+        ctx.metrics.committed(&done);
+        Ok(Tally::of(&done))
     }
 }
 
@@ -273,10 +271,69 @@ pub async fn commit(
     ctx: &SourceContext,
     c: Commit,
 ) -> Result<crate::outbox::Committed, OutboxError> {
-    let parked = c.parked.len() as u64;
     let done = ctx.outbox.commit(ctx.id, ctx.lane, c).await?;
-    ctx.metrics.committed(&done, parked);
+    ctx.metrics.committed(&done);
     Ok(done)
+}
+
+/// What became of the rows of one read (a file read to its end, a poll), added up over its
+/// commits and said in one log line, so that no merge goes unsaid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub records: u64,
+    pub parked: u64,
+    pub merged: u64,
+    /// Rows read again whose record was kept already (overlaps, look-backs).
+    pub repeats: u64,
+    pub skipped: u64,
+}
+
+impl Tally {
+    pub fn of(done: &crate::outbox::Committed) -> Self {
+        Self {
+            records: done.inserted as u64,
+            parked: done.parked as u64,
+            merged: done.merged as u64,
+            repeats: (done.duplicates - done.merged) as u64,
+            skipped: 0,
+        }
+    }
+
+    pub fn add(&mut self, other: Tally) {
+        self.records += other.records;
+        self.parked += other.parked;
+        self.merged += other.merged;
+        self.repeats += other.repeats;
+        self.skipped += other.skipped;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Tally::default()
+    }
+
+    /// Logs what became of the rows of `what` (a file, a poll) and starts again from zero:
+    /// a warning when rows were parked or merged, else an info line when `always`.
+    pub fn say(&mut self, ctx: &SourceContext, what: &str, always: bool) {
+        let t = std::mem::take(self);
+        let summary = format!(
+            "{} record(s), {} parked, {} merged, {} read before, {} skipped",
+            t.records, t.parked, t.merged, t.repeats, t.skipped
+        );
+        if t.merged > 0 {
+            let key = ctx.key.as_deref().unwrap_or("(none)");
+            warn!(
+                source = %ctx.name,
+                "{what}: {summary}; {} row(s) merged by key {key}: they had the key of a record \
+                 already kept but other content, and were dropped in its favour; if these are \
+                 different calls, the key is too narrow (add the column that tells them apart)",
+                t.merged
+            );
+        } else if t.parked > 0 {
+            warn!(source = %ctx.name, "{what}: {summary}; `status` lists the parked rows with their reasons");
+        } else if always {
+            tracing::info!(source = %ctx.name, "{what}: {summary}");
+        }
+    }
 }
 
 /// A source's JSON state kept in a cursor row (`key`), created empty at the first start.
@@ -338,11 +395,21 @@ pub fn interval_record(source: &SourceName, i: &Interval, origin: &str) -> NewRe
         dkey: natural_key(&format!("{}\u{1f}{}", i.agent, i.start.as_millisecond()), 0),
         payload: payload.to_string(),
         origin: origin.to_owned(),
+        row_hash: None,
     }
 }
 
 /// A record's dedupe key when a row has no position (database rows, pushes, API records):
 /// its natural key if `key` names one, else its content.
+/// A hash of an input row as read (a line, a JSON object), stored with a record keyed by the
+/// source's `key`.
+pub fn row_hash(raw: &str) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    raw.hash(&mut h);
+    h.finish() as i64
+}
+
 pub fn content_key(key: Option<&str>, payload: &str, piece: u32) -> crate::outbox::Dkey {
     match key {
         Some(k) => natural_key(k, piece),
@@ -397,6 +464,7 @@ pub fn convert_objects(
                         dkey,
                         payload,
                         origin: origin.clone(),
+                        row_hash: key.as_ref().map(|_| row_hash(&text())),
                     });
                 }
             }

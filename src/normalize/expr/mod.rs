@@ -292,6 +292,11 @@ impl Expr {
     }
 
     /// The columns it reads (for telling whether a column that cannot be read matters).
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     pub fn columns(&self) -> impl Iterator<Item = &str> {
         self.columns.iter().map(String::as_str)
     }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::identity::{file_identity, hash_file, open_shared};
 use super::{FileCursor, FilesSource, Settling, TakeError, to_json};
@@ -131,7 +131,12 @@ impl FilesSource {
             )?;
             cur.cur = done;
             self.digests.remove(path);
-            info!(source = %ctx.name, file = %path.display(), lines = cur.cur.line, "file read");
+            let lines = cur.cur.line;
+            self.tally.say(
+                ctx,
+                &format!("{} read ({lines} line(s))", path.display()),
+                true,
+            );
             return Ok(true);
         }
         Ok(false)

@@ -167,6 +167,8 @@ pub struct FilesSource {
     states: Option<States>,
     /// `asterisk_queue_log`: calls waiting and agents' memberships, and their cursor row.
     tracker: Option<(i64, queue_log::Tracker)>,
+    /// What became of the rows of the file being read, said when it is finished.
+    tally: super::rows::Tally,
 }
 
 impl FilesSource {
@@ -186,6 +188,7 @@ impl FilesSource {
             first_pass: true,
             states: None,
             tracker: None,
+            tally: super::rows::Tally::default(),
         }
     }
 }

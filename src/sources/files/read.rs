@@ -76,9 +76,11 @@ impl FilesSource {
         if let Some(states) = self.states.as_mut() {
             states.settle(done.is_ok());
         }
-        if done.is_ok() {
+        if let Ok(tally) = &done {
             ctx.metrics.bytes.fetch_add(chunk.bytes, Relaxed);
             ctx.metrics.skipped.fetch_add(chunk.skipped, Relaxed);
+            self.tally.add(*tally);
+            self.tally.skipped += chunk.skipped;
         } else {
             self.known[idx].cur = chunk.before;
             self.known[idx].tail = chunk.tail_before;
@@ -88,7 +90,7 @@ impl FilesSource {
                 *tracker = before;
             }
         }
-        done
+        done.map(|_| ())
     }
 
     pub(super) fn read_chunks(
@@ -565,6 +567,7 @@ impl Step {
                         dkey,
                         payload,
                         origin: origin.clone(),
+                        row_hash: key.as_ref().map(|_| crate::sources::rows::row_hash(raw)),
                     });
                 }
             }
