@@ -51,7 +51,7 @@ pub fn main(config_path: &Path, emits: Emits, source: Option<&str>) -> anyhow::R
     };
     let client = ApiClient::new(&config.api).map_err(anyhow::Error::msg)?;
     let request = body(&chosen.lane.meta_json(), &[(0, record.to_string())]);
-    println!("POST {}", client.url(emits.endpoint()));
+    println!("POST {}", crate::redact::url(&client.url(emits.endpoint())));
     println!("{request}");
     if emits == Emits::ContactEvents {
         println!("(this creates the queue {TEST_QUEUE:?} in injixo once processed)");

@@ -14,7 +14,11 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 /// The start of an answer's body for a message: trimmed, at most 300 bytes.
 pub fn excerpt(body: &[u8]) -> String {
-    truncate(String::from_utf8_lossy(body).trim(), 300)
+    // Error pages often quote the request, query and all: its values may be keys.
+    truncate(
+        &crate::redact::text(String::from_utf8_lossy(body).trim()),
+        300,
+    )
 }
 
 #[cfg(test)]

@@ -117,7 +117,10 @@ impl Validator<'_> {
                 self.problem(
                     &k("url"),
                     "api.url",
-                    format!("{url_text:?} is not a URL ({e}); the default is {DEFAULT_API_URL}"),
+                    format!(
+                        "{:?} is not a URL ({e}); the default is {DEFAULT_API_URL}",
+                        crate::redact::url_text(url_text)
+                    ),
                 );
                 None
             }
@@ -225,7 +228,10 @@ impl Validator<'_> {
                 self.problem(
                     &k("proxy"),
                     "api.proxy",
-                    format!("{p:?} is not a proxy URL like \"http://proxy.example:3128\""),
+                    format!(
+                        "{:?} is not a proxy URL like \"http://proxy.example:3128\"",
+                        crate::redact::url_text(&p)
+                    ),
                 );
                 None
             }

@@ -180,7 +180,14 @@ impl Validator<'_> {
         let url = match raw.url.take() {
             Some(u) if reqwest::Url::parse(&fill_example(&u)).is_ok() => Some(u),
             Some(u) => {
-                self.problem(&at("url"), &key("url"), format!("{u:?} is not a URL"));
+                self.problem(
+                    &at("url"),
+                    &key("url"),
+                    format!(
+                        "{:?} is not a URL: write it as https://host/path?name=value",
+                        crate::redact::url_text(&u)
+                    ),
+                );
                 None
             }
             None => {

@@ -119,7 +119,9 @@ impl ApiClient {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
                 let body = match resp.text().await {
-                    Ok(t) => truncate(&t, 2000),
+                    // Kept in dead letters and lane health: an answer quoting the request must
+                    // not bring api.url's query values along.
+                    Ok(t) => truncate(&crate::redact::text(&t), 2000),
                     Err(e) if (200..300).contains(&status) => {
                         // The API said yes; a broken body after that does not undo it.
                         format!("(answer body unreadable: {e})")

@@ -175,7 +175,9 @@ impl Poll for HttpPoller {
                     }
                 }
             }
-            let origin = url.as_str().to_owned();
+            // Origins are stored and shown (`status`, `dead list`, `preview`): the URL's user
+            // info and query values stay out of them, so the page number says which page.
+            let origin = format!("{} page {}", redact(&url), page_no + 1);
             let rows = records
                 .into_iter()
                 .enumerate()
@@ -196,13 +198,19 @@ impl Poll for HttpPoller {
                 }
                 Pagination::NextLink(_) => match next_link {
                     Some(s) => Some(url.join(&s).map_err(|e| {
-                        PollError::Remote(format!("the next link {s:?} is not a URL: {e}"))
+                        PollError::Remote(format!(
+                            "the next link {:?} at next_pointer is not a URL ({e}): check next_pointer",
+                            crate::redact::url_text(&s)
+                        ))
                     })?),
                     None => None,
                 },
                 Pagination::LinkHeader => match page.link_next {
                     Some(s) => Some(url.join(&s).map_err(|e| {
-                        PollError::Remote(format!("the Link header's next {s:?} is not a URL: {e}"))
+                        PollError::Remote(format!(
+                            "the Link header's next {:?} is not a URL ({e}): check pagination",
+                            crate::redact::url_text(&s)
+                        ))
                     })?),
                     None => None,
                 },
@@ -432,7 +440,7 @@ pub fn take_records(body: &mut Value, pointer: &str) -> Result<Vec<Map<String, V
     let Some(at) = body.pointer_mut(pointer) else {
         return Err(format!(
             "the answer has nothing at records = {pointer:?}: {}",
-            truncate(&body.to_string(), 300)
+            excerpt(body.to_string().as_bytes())
         ));
     };
     match at.take() {
@@ -518,7 +526,8 @@ pub fn link_next(headers: &HeaderMap) -> Option<String> {
     None
 }
 
-/// A URL for messages: without its password and query values (either may hold a secret).
+/// A URL for messages and origins: without its user info and query values (either may hold
+/// a secret).
 fn redact(url: &reqwest::Url) -> String {
     crate::redact::url(url)
 }

@@ -33,6 +33,12 @@ struct State {
     revoked: Vec<String>,
     /// When each request came, with its status.
     log: Vec<(Instant, String, u16)>,
+    /// Appended to every next link (`&token=...`), as APIs that sign their page links do.
+    next_suffix: String,
+    /// Given as the next link instead of the real one (a link that is not a URL).
+    next_instead: Option<String>,
+    /// Error answers quote the request's path and query, as many APIs' error pages do.
+    echo: bool,
 }
 
 #[derive(Clone)]
@@ -103,6 +109,21 @@ impl AcdApi {
         s.revoked.extend(all);
     }
 
+    /// Next links (body and `Link` header) end with `suffix` from now on.
+    pub fn sign_next_links(&self, suffix: &str) {
+        self.state.lock().unwrap().next_suffix = suffix.to_owned();
+    }
+
+    /// Next links are `link` from now on (`None`: the real ones again).
+    pub fn next_link_instead(&self, link: Option<&str>) {
+        self.state.lock().unwrap().next_instead = link.map(str::to_owned);
+    }
+
+    /// Error answers quote the request target (path and query) from now on.
+    pub fn echo_requests_in_errors(&self) {
+        self.state.lock().unwrap().echo = true;
+    }
+
     /// Every request: when, what, answered with.
     pub fn log(&self) -> Vec<(Instant, String, u16)> {
         self.state.lock().unwrap().log.clone()
@@ -119,14 +140,25 @@ impl AcdApi {
                     .collect()
             })
             .unwrap_or_default();
-        let auth = req
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        // Every Authorization header: a URL's user info arrives as one more (Basic), beside
+        // the one the source's `auth` adds.
+        let auths: Vec<String> = req
             .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+            .get_all("authorization")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
         let body = req.into_body().collect().await.unwrap().to_bytes();
-        let (status, headers, body) = self.route(&path, &query, &auth, &body);
+        let (status, headers, mut body) = self.route(&path, &query, &auths, &body);
+        if status >= 400 && self.state.lock().unwrap().echo {
+            body["request"] = Value::String(target);
+        }
         self.state
             .lock()
             .unwrap()
@@ -146,7 +178,7 @@ impl AcdApi {
         &self,
         path: &str,
         query: &[(String, String)],
-        auth: &str,
+        auths: &[String],
         body: &[u8],
     ) -> (u16, Vec<(&'static str, String)>, Value) {
         use base64::Engine;
@@ -159,7 +191,7 @@ impl AcdApi {
             let grant = form
                 .iter()
                 .any(|(k, v)| k == "grant_type" && v == "client_credentials");
-            if auth != want || !grant {
+            if !auths.contains(&want) || !grant {
                 return (401, vec![], json!({"error": "invalid_client"}));
             }
             let token = format!("tok-{}", s.tokens.len());
@@ -176,13 +208,15 @@ impl AcdApi {
         if rest != "calls" {
             return (404, vec![], json!({"error": "no such path"}));
         }
-        let authorized = match style {
-            "page" => auth == format!("Bearer {BEARER}"),
-            "offset" => auth == format!("Basic {}", b64.encode(format!("{}:{}", BASIC.0, BASIC.1))),
+        let authorized = auths.iter().any(|auth| match style {
+            "page" => *auth == format!("Bearer {BEARER}"),
+            "offset" => {
+                *auth == format!("Basic {}", b64.encode(format!("{}:{}", BASIC.0, BASIC.1)))
+            }
             _ => auth.strip_prefix("Bearer ").is_some_and(|t| {
                 s.tokens.iter().any(|k| k == t) && !s.revoked.iter().any(|k| k == t)
             }),
-        };
+        });
         if !authorized {
             return (401, vec![], json!({"error": "unauthorized"}));
         }
@@ -237,11 +271,16 @@ impl AcdApi {
             })
             .collect();
         let more = start + PAGE < calls.len();
-        let next = format!(
-            "/{style}/calls?since={}&after={}",
-            url::form_urlencoded::byte_serialize(since.to_string().as_bytes()).collect::<String>(),
-            start + PAGE
-        );
+        let next = match &s.next_instead {
+            Some(link) => link.clone(),
+            None => format!(
+                "/{style}/calls?since={}&after={}{}",
+                url::form_urlencoded::byte_serialize(since.to_string().as_bytes())
+                    .collect::<String>(),
+                start + PAGE,
+                s.next_suffix
+            ),
+        };
         match style {
             "next" => (
                 200,
