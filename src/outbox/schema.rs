@@ -13,7 +13,7 @@ use super::OutboxError;
 /// `PRAGMA application_id`: "IJXS".
 pub const APPLICATION_ID: i32 = 0x494A_5853;
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -156,6 +156,15 @@ CREATE TABLE dicts (
     dict    BLOB NOT NULL,
     created INTEGER NOT NULL
 );
+"#;
+
+/// Version 7: a dead letter may be a record the outbox cannot decode (its stored bytes or its
+/// dictionary damaged), set aside so that its lane flows on: `damaged` is 1 and `answer` says
+/// why (status 0: the API never saw it). Its stored bytes are kept as they are. The index
+/// keeps counting them cheap for every scrape.
+const SCHEMA_V7: &str = r#"
+ALTER TABLE dead ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX dead_damaged ON dead (record_id) WHERE damaged = 1;
 "#;
 
 const SCHEMA_V2: &str = r#"
@@ -629,6 +638,14 @@ fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxErr
              COMMIT;"
         ))?;
         let _ = conn.remove_function("shorten_dkey", 1);
+    }
+    if version < 7 {
+        run(format!(
+            "BEGIN IMMEDIATE;
+             {SCHEMA_V7}
+             PRAGMA user_version = 7;
+             COMMIT;"
+        ))?;
     }
     Ok(())
 }
