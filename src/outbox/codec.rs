@@ -18,6 +18,10 @@
 //! TEXT in both columns, as before; so do compacted ones and records a dictionary does not
 //! make smaller.
 //!
+//! A record whose bytes do not decode into a whole payload (a damaged frame or dictionary, a
+//! payload cut short: [`Damaged`]) is never sent: batch forming sets it aside as a damaged
+//! dead letter and its lane goes on (`batches.rs`).
+//!
 //! Records are decompressed only when read: every connection has the SQL functions
 //! `payload(payload)` and `origin(payload, origin)`, which give the text back, and every
 //! query that reads a record's payload or origin goes through them, except batch forming on
@@ -771,6 +775,34 @@ mod tests {
             .query_row("SELECT payload(?1)", [&blob], |r| r.get(0))
             .unwrap();
         assert_eq!(back, payload);
+    }
+
+    /// Batch forming tells a damaged record (set aside) from SQLite failing (retried).
+    #[test]
+    fn a_record_cut_short_or_naming_no_dictionary_is_damage_not_an_sql_error() {
+        let c = outbox();
+        for (stored, why) in [
+            (ValueRef::Text(b"{"), "not a whole JSON object"),
+            (ValueRef::Blob(b"\x07"), "no size in its frame header"),
+            (
+                ValueRef::Blob(b"garbage!"),
+                "dictionary 103 is not in the outbox",
+            ),
+        ] {
+            let e = text(&c, stored).unwrap_err();
+            let damage = damage(&e).unwrap_or_else(|| panic!("not damage: {e}"));
+            assert!(damage.to_string().contains(why), "{damage}");
+        }
+        assert_eq!(text(&c, ValueRef::Text(b"{}")).unwrap(), "{}");
+        let e = text(
+            &Connection::open_in_memory().unwrap(),
+            ValueRef::Blob(b"\x07\x20\x01x"),
+        )
+        .unwrap_err();
+        assert!(
+            damage(&e).is_none(),
+            "no dicts table is SQLite's error: {e}"
+        );
     }
 
     #[test]

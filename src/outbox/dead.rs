@@ -1,4 +1,6 @@
-//! Dead letters for the operator: list them, send them again, or drop them.
+//! Dead letters for the operator: list them, send them again, or drop them. A damaged one (a
+//! record the outbox cannot decode, set aside by batch forming) is listed with why and can
+//! only be dropped: sent again, it would be garbage.
 //!
 //! These run from the command line beside a running daemon, each as one short transaction on
 //! its own connection (WAL and the busy timeout let the two take turns). A retried record
