@@ -602,21 +602,25 @@ async fn supervise(s: Supervised, shutdown: CancellationToken) {
         .ok()
         .and_then(Result::ok)
         .map(|rows| {
-            let capped = rows.iter().any(|(_, n, _)| *n >= STATUS_COUNT_CAP);
-            let sum: i64 = rows.iter().map(|(_, n, _)| n).sum();
-            format!("{sum}{}", if capped { "+" } else { "" })
+            let capped = rows.iter().any(|(_, n, _, _)| *n >= STATUS_COUNT_CAP);
+            let sum: i64 = rows.iter().map(|(_, n, _, _)| n).sum();
+            let damaged: i64 = rows.iter().map(|(_, _, _, d)| d).sum();
+            (format!("{sum}{}", if capped { "+" } else { "" }), damaged)
         })
-        .unwrap_or_else(|| "?".into());
+        .unwrap_or_else(|| ("?".into(), 0));
+        let (pending, damaged) = pending;
         let sent: u64 = s.lanes.iter().map(|l| l.sent.load(Relaxed)).sum();
         let paused = s.lanes.iter().filter(|l| l.paused.load(Relaxed)).count();
-        s.notifier.notify(&format!(
-            "STATUS={pending} pending, {sent} delivered since start{}",
-            if paused > 0 {
-                format!(", {paused} lane(s) paused")
-            } else {
-                String::new()
-            }
-        ));
+        let mut line = format!("STATUS={pending} pending, {sent} delivered since start");
+        if paused > 0 {
+            line.push_str(&format!(", {paused} lane(s) paused"));
+        }
+        if damaged > 0 {
+            line.push_str(&format!(
+                ", {damaged} damaged record(s) set aside (injixo-sync dead list)"
+            ));
+        }
+        s.notifier.notify(&line);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(tick) => {}

@@ -36,10 +36,29 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     // Writable first: reading a WAL database needs its -shm file, which a read-only folder
     // keeps SQLite from making.
     match outbox::writable(&config.state.path).and_then(|()| outbox::verify(&config.state.path)) {
-        Ok(()) => ok.push(format!(
-            "state file {} is intact (integrity check passed) and writable",
-            config.state.path.display()
-        )),
+        Ok(()) => {
+            ok.push(format!(
+                "state file {} is intact (integrity check passed) and writable",
+                config.state.path.display()
+            ));
+            // SQLite's check passes over damage inside a record's bytes; the outbox knows.
+            match outbox::lane_depths(&config.state.path, 1) {
+                Ok(lanes) => {
+                    let damaged: i64 = lanes.iter().map(|(_, _, _, d)| d).sum();
+                    if damaged > 0 {
+                        problems.push(format!(
+                            "state file {}: {damaged} damaged record(s) cannot be decoded and \
+                             were set aside as dead letters (their lanes go on without them): \
+                             `injixo-sync dead list` shows them and why; keep a copy of the \
+                             state file for a closer look if you want one, then give them up \
+                             with `injixo-sync dead drop ID`",
+                            config.state.path.display()
+                        ));
+                    }
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
         Err(OutboxError::Missing(p)) => {
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
             let dir = dir.unwrap_or(Path::new("."));

@@ -200,6 +200,8 @@ impl Counters {
 pub struct Depth {
     pub pending: i64,
     pub oldest_pending_ms: Option<i64>,
+    /// Records set aside because they cannot be decoded, until dropped.
+    pub damaged: i64,
 }
 
 /// The `Content-Type` of [`render`]'s text.
@@ -422,6 +424,13 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "injixo_sync_lane_damaged_records",
+            "Records that cannot be decoded (damaged in the state file), set aside as dead \
+             letters so the lane flows on: `injixo-sync dead list` shows them.",
+            lanes().map(|(k, _, d)| (k, ConstGauge::new(d.damaged))),
+        )?;
+        family(
+            e,
             "injixo_sync_lane_last_success_timestamp_seconds",
             "When the API last accepted a batch (0 never).",
             lanes().map(|(k, l, _)| (k, seconds(l.last_success_ms.load(Relaxed)))),
@@ -486,6 +495,7 @@ mod tests {
                 Depth {
                     pending: 3,
                     oldest_pending_ms: Some(1_000),
+                    damaged: 2,
                 },
             )],
             crate::outbox::Usage {
@@ -503,6 +513,7 @@ mod tests {
             format!("injixo_sync_lane_sent_total{{{labels}}} 499"),
             format!("injixo_sync_lane_pending_records{{{labels}}} 3"),
             format!("injixo_sync_lane_oldest_pending_age_seconds{{{labels}}} 10.0"),
+            format!("injixo_sync_lane_damaged_records{{{labels}}} 2"),
             format!("injixo_sync_http_responses_total{{{labels},status=\"503\"}} 1"),
             format!("injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"0.05\"}} 1"),
             format!("injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 2"),

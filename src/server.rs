@@ -220,7 +220,8 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
             json!({"status": "alive"}).to_string(),
         ),
         "/readyz" => {
-            let reasons = not_ready(&o).await;
+            let depths = depths(&o).await;
+            let reasons = not_ready(&o, &depths);
             let status = if reasons.is_empty() {
                 StatusCode::OK
             } else {
@@ -229,7 +230,12 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
             reply(
                 status,
                 "application/json",
-                json!({"ready": reasons.is_empty(), "reasons": reasons}).to_string(),
+                json!({
+                    "ready": reasons.is_empty(),
+                    "reasons": reasons,
+                    "warnings": warnings(&o, &depths),
+                })
+                .to_string(),
             )
         }
         "/metrics" => {
@@ -481,20 +487,45 @@ async fn depths(o: &Observed) -> Vec<(LaneId, Depth)> {
             .and_then(Result::ok)
             .unwrap_or_default();
     rows.into_iter()
-        .map(|(lane, pending, oldest)| {
+        .map(|(lane, pending, oldest, damaged)| {
             (
                 LaneId(lane),
                 Depth {
                     pending,
                     oldest_pending_ms: oldest,
+                    damaged,
                 },
             )
         })
         .collect()
 }
 
+/// What a person must look at although the daemon works, in words: damaged records set
+/// aside. They do not make it unready: their lane flows on, and an unready daemon would be
+/// taken out of a load balancer and refused pushes, which helps nobody; a person must act,
+/// which `/metrics` (`injixo_sync_lane_damaged_records`), `status` and `check` also say.
+fn warnings(o: &Observed, depths: &[(LaneId, Depth)]) -> Vec<String> {
+    depths
+        .iter()
+        .filter(|(_, d)| d.damaged > 0)
+        .map(|(id, d)| {
+            let lane = o
+                .lanes
+                .iter()
+                .find(|(l, _)| l == id)
+                .map_or_else(|| format!("#{}", id.0), |(_, m)| m.key.to_string());
+            format!(
+                "lane {lane}: {} record(s) cannot be decoded (damaged in the state file) and \
+                 were set aside as dead letters; the lane goes on. `injixo-sync dead list` \
+                 shows them, `injixo-sync dead drop ID` gives them up",
+                d.damaged
+            )
+        })
+        .collect()
+}
+
 /// Why the daemon is not ready, in words; empty when it is.
-async fn not_ready(o: &Observed) -> Vec<String> {
+fn not_ready(o: &Observed, depths: &[(LaneId, Depth)]) -> Vec<String> {
     let mut reasons = Vec::new();
     if !o.outbox.is_open() {
         reasons.push("the outbox is closed".to_owned());
@@ -503,7 +534,6 @@ async fn not_ready(o: &Observed) -> Vec<String> {
     if usage.full() {
         reasons.push(format!("the outbox: {}", usage.describe()));
     }
-    let depths = depths(o).await;
     let now = now_ms();
     for s in &o.sources {
         if let Some(why) = s.stale_verdict(now) {
@@ -513,7 +543,7 @@ async fn not_ready(o: &Observed) -> Vec<String> {
             reasons.push(format!("source {}: {problem}", s.name));
         }
     }
-    for (id, depth) in &depths {
+    for (id, depth) in depths {
         if depth.pending > 0 && !o.lanes.iter().any(|(l, _)| l == id) {
             reasons.push(format!(
                 "lane #{}: {} record(s) wait in it and no configured source sends to it any \

@@ -219,7 +219,21 @@ pub fn dead(config_path: &Path, action: DeadAction) -> anyhow::Result<ExitCode> 
                 "{} record(s) pending again; a running daemon sends them within a second",
                 done.count
             );
-            return Ok(not_found(&done));
+            let found = not_found(&done);
+            if !done.damaged.is_empty() {
+                let ids: Vec<String> = done.damaged.iter().map(|id| format!("#{id}")).collect();
+                eprintln!(
+                    "not retried: {} cannot be decoded (damaged in the state file {}), and \
+                     sending {} would send garbage. `injixo-sync dead list` says why; \
+                     `injixo-sync dead drop ID` gives {} up",
+                    ids.join(", "),
+                    state.display(),
+                    if ids.len() == 1 { "it" } else { "them" },
+                    if ids.len() == 1 { "it" } else { "them" },
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            return Ok(found);
         }
         DeadAction::Drop { ids, all } => {
             let done = outbox::drop_dead(state, &selection(ids, all))?;
@@ -245,6 +259,15 @@ fn not_found(done: &outbox::Changed) -> ExitCode {
 }
 
 fn render_dead(d: &DeadLetter) -> String {
+    if d.damaged {
+        return format!(
+            "#{} {} {} → DAMAGED: {}
+    (its stored bytes are kept in the state file as they are; it cannot be retried, only \
+dropped: `injixo-sync dead drop {}`)
+",
+            d.record_id, d.source, d.origin, d.answer, d.record_id
+        );
+    }
     format!(
         "#{} {} {} → HTTP {}: {}
     {}
@@ -330,11 +353,17 @@ pub fn render(
         if let Some(s) = &l.external_system {
             let _ = write!(name, " ({s})");
         }
+        // Delivery may be fine while damaged records wait for a person: the column says so.
+        let health = if l.health == "ok" && l.damaged > 0 {
+            "damaged"
+        } else {
+            &l.health
+        };
         let _ = writeln!(
             out,
             "{:<40} {:<9} {:>9} {:>9} {:>11} {:>6}  {}",
             name,
-            l.health,
+            health,
             l.pending,
             l.oldest_pending_ms
                 .map(|t| ago(now_ms, t))
@@ -353,6 +382,15 @@ pub fn render(
                 .map(|t| format!(" ({} ago)", ago(now_ms, t)))
                 .unwrap_or_default();
             let _ = writeln!(out, "    {}{when}: {e}", l.health);
+        }
+        if l.damaged > 0 {
+            let _ = writeln!(
+                out,
+                "    DAMAGED: {} record(s) cannot be decoded (their stored bytes or dictionary are \
+                 damaged) and were set aside as dead letters, their bytes kept; the lane goes on. \
+                 `injixo-sync dead list` shows them; `injixo-sync dead drop ID` gives them up",
+                l.damaged
+            );
         }
         if l.held > 0 {
             let _ = writeln!(
@@ -422,7 +460,7 @@ pub fn render(
     if !r.dead.is_empty() {
         let _ = writeln!(
             out,
-            "\nDEAD LETTERS (latest {}): records the API refused",
+            "\nDEAD LETTERS (latest {}): records the API refused, or that cannot be decoded",
             r.dead.len()
         );
         for d in &r.dead {

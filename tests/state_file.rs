@@ -371,6 +371,35 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
             "state {state}: {plan:?}"
         );
     }
+    // Version 7: a dead letter says whether it is a record that cannot be decoded; those of
+    // version 6 were all refused by the API.
+    conn.execute_batch(
+        "UPDATE records SET state = 2;
+         INSERT INTO dead (record_id, status, answer, at) SELECT id, 422, 'bad', 0 FROM records;",
+    )
+    .unwrap();
+    as_version_6(&conn);
+    drop(conn);
+    let (outbox, writer) = Outbox::open(&state).expect("a version 6 outbox opens");
+    drop(outbox);
+    writer.join().unwrap();
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let (version, damaged): (i32, i64) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version),
+                    (SELECT count(*) FROM dead WHERE damaged = 0)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (version, damaged),
+        (7, 1),
+        "the dead letter kept, not damaged"
+    );
+    let letters = injixo_sync::outbox::dead_letters(&state, None, 10).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(!letters[0].damaged, "{:?}", letters[0]);
     conn.execute_batch("PRAGMA user_version = 99;").unwrap();
     drop(conn);
     match Outbox::open(&state) {
@@ -419,6 +448,7 @@ async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
 /// Turns a current outbox back into what schema version 3 wrote: no delivered mark, no batch
 /// ranges, batches as tags on records.
 fn as_version_3(conn: &rusqlite::Connection) {
+    as_version_6(conn);
     conn.execute_batch(
         "DROP TABLE problems; DROP TABLE dicts;
          ALTER TABLE sources DROP COLUMN skipped_total; ALTER TABLE sources DROP COLUMN merged_total;
@@ -428,6 +458,17 @@ fn as_version_3(conn: &rusqlite::Connection) {
          DROP TABLE deliveries;
          CREATE INDEX records_batch ON records (batch_id, id) WHERE batch_id IS NOT NULL;
          PRAGMA user_version = 3;",
+    )
+    .unwrap();
+}
+
+/// Turns a current outbox back into what schema version 6 wrote: no damaged dead letters, no
+/// index of parked rows' text, no hashes of the rows records were made of.
+fn as_version_6(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "DROP INDEX dead_damaged; ALTER TABLE dead DROP COLUMN damaged;
+         DROP INDEX parked_raw; ALTER TABLE records DROP COLUMN row_hash;
+         PRAGMA user_version = 6;",
     )
     .unwrap();
 }
@@ -475,6 +516,7 @@ async fn a_version_5_outbox_still_knows_what_it_read_after_the_upgrade() {
         )
         .unwrap();
     }
+    as_version_6(&conn);
     conn.execute_batch("DROP TABLE dicts; PRAGMA user_version = 5; COMMIT;")
         .unwrap();
     drop(conn);

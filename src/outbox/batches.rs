@@ -259,15 +259,21 @@ pub(super) fn next_batch(
         else {
             break;
         };
-        let records: Vec<(i64, String)> = c
-            .prepare_cached(
+        let (mut records, mut damaged) = (Vec::new(), Vec::new());
+        {
+            let mut stmt = c.prepare_cached(
                 "SELECT id, payload FROM records WHERE id > ?1 AND id BETWEEN ?2 AND ?3
                  AND lane_id = ?4 AND state = 0 ORDER BY id",
-            )?
-            .query_map(params![sent, first, last, lane.0], |r| {
-                Ok((r.get(0)?, super::codec::text(c, r.get_ref(1)?)?))
-            })?
-            .collect::<Result<_, _>>()?;
+            )?;
+            let mut rows = stmt.query(params![sent, first, last, lane.0])?;
+            while let Some(r) = rows.next()? {
+                let id = r.get(0)?;
+                if let Some(payload) = decoded(c, id, r.get_ref(1)?, &mut damaged)? {
+                    records.push((id, payload));
+                }
+            }
+        }
+        set_aside(c, lane, &damaged)?;
         if !records.is_empty() {
             return Ok(NextBatch::Ready(Batch {
                 id,
@@ -287,20 +293,30 @@ pub(super) fn next_batch(
         )?;
         let mut rows = stmt.query(params![scanned, lane.0, max_records as i64])?;
         records = Vec::new();
+        let mut damaged = Vec::new();
         let mut bytes = 64;
         oldest = None;
         full = false;
         while let Some(row) = rows.next()? {
-            let payload = super::codec::text(c, row.get_ref(1)?)?;
+            let id = row.get::<_, i64>(0)?;
+            let Some(payload) = decoded(c, id, row.get_ref(1)?, &mut damaged)? else {
+                continue;
+            };
             if !records.is_empty() && bytes + payload.len() + 1 > max_bytes {
                 full = true;
                 break;
             }
             bytes += payload.len() + 1;
             oldest.get_or_insert(row.get::<_, i64>(2)?);
-            records.push((row.get::<_, i64>(0)?, payload));
+            records.push((id, payload));
         }
         drop(rows);
+        // Damaged records leave the scan, which then runs again without them: a batch is
+        // still a full one when enough sound records follow.
+        if !damaged.is_empty() {
+            set_aside(c, lane, &damaged)?;
+            continue;
+        }
         // Held records leave the batch; if that empties it, look again past them.
         if super::guard::hold_renamed_queues(c, lane, &mut records)? == 0 || !records.is_empty() {
             break;
@@ -344,6 +360,59 @@ pub(super) fn next_batch(
         records,
         part: None,
     }))
+}
+
+/// A record's payload as text; `None` for one that cannot be decoded, which is added to
+/// `damaged` with why. Any other error (SQLite's) is returned.
+fn decoded(
+    c: &Connection,
+    id: i64,
+    stored: rusqlite::types::ValueRef<'_>,
+    damaged: &mut Vec<(i64, super::codec::Damaged)>,
+) -> rusqlite::Result<Option<String>> {
+    match super::codec::text(c, stored) {
+        Ok(payload) => Ok(Some(payload)),
+        Err(e) => match super::codec::damage(&e) {
+            Some(why) => {
+                damaged.push((id, why.clone()));
+                Ok(None)
+            }
+            None => Err(e),
+        },
+    }
+}
+
+/// Sets records that cannot be decoded aside as damaged dead letters (state 2, `damaged` 1,
+/// why in `answer`), their stored bytes left as they are for a look: sent, they would be
+/// garbage, and kept pending, they would stop their lane for good. `status`, `dead list`,
+/// `/readyz`, `/metrics` and `check` name them; `dead drop` gives them up.
+fn set_aside(
+    c: &Connection,
+    lane: LaneId,
+    damaged: &[(i64, super::codec::Damaged)],
+) -> rusqlite::Result<()> {
+    let Some((first, why)) = damaged.first() else {
+        return Ok(());
+    };
+    let now = now_ms();
+    for (id, why) in damaged {
+        c.prepare_cached("UPDATE records SET state = 2 WHERE id = ?1 AND state = 0")?
+            .execute([id])?;
+        c.prepare_cached(
+            "INSERT INTO dead (record_id, status, answer, at, damaged) VALUES (?1, 0, ?2, ?3, 1)
+             ON CONFLICT (record_id) DO UPDATE SET status = 0, answer = ?2, at = ?3, damaged = 1",
+        )?
+        .execute(params![id, format!("record {id}: {why}"), now])?;
+    }
+    // One line per scan, not per record: a damaged dictionary sets aside all of its records.
+    tracing::error!(
+        lane = lane.0,
+        "{} record(s) in the state file cannot be decoded (the first, #{first}: {why}); they \
+         are set aside as damaged dead letters, their stored bytes kept, and the lane goes on: \
+         `injixo-sync dead list` shows them, `injixo-sync dead drop ID` gives them up",
+        damaged.len()
+    );
+    Ok(())
 }
 
 /// A lane's records up to `last`, the last of them in batch `batch`, that the API accepted:

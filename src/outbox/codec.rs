@@ -18,6 +18,10 @@
 //! TEXT in both columns, as before; so do compacted ones and records a dictionary does not
 //! make smaller.
 //!
+//! A record whose bytes do not decode into a whole payload (a damaged frame or dictionary, a
+//! payload cut short: [`Damaged`]) is never sent: batch forming sets it aside as a damaged
+//! dead letter and its lane goes on (`batches.rs`).
+//!
 //! Records are decompressed only when read: every connection has the SQL functions
 //! `payload(payload)` and `origin(payload, origin)`, which give the text back, and every
 //! query that reads a record's payload or origin goes through them, except batch forming on
@@ -413,17 +417,40 @@ pub(super) fn adopt(decoders: Arc<Decoders>) {
 }
 
 /// A stored payload as text, read in Rust rather than through `payload()`: forming a batch
-/// on the writer's thread copies it once, not three times.
+/// on the writer's thread copies it once, not three times. A record that cannot be decoded is
+/// an error [`damage`] recognises; any other error is SQLite's.
 pub(super) fn text(c: &Connection, v: ValueRef<'_>) -> rusqlite::Result<String> {
-    match v {
-        ValueRef::Text(t) => String::from_utf8(t.to_vec()).map_err(corrupt),
-        ValueRef::Blob(b) => {
-            let d = THREAD
-                .with(|t| t.borrow().clone())
-                .unwrap_or_else(|| Arc::new(Decoders::default()));
-            Ok(d.decode(c, b)?.1)
-        }
-        _ => Err(corrupt("its payload is missing")),
+    let d = THREAD
+        .with(|t| t.borrow().clone())
+        .unwrap_or_else(|| Arc::new(Decoders::default()));
+    Ok(d.read(c, v, ValueRef::Text(b""))?.1)
+}
+
+/// Why a record cannot be decoded, when `e` says that (rather than that SQLite failed).
+pub(super) fn damage(e: &rusqlite::Error) -> Option<&Damaged> {
+    match e {
+        rusqlite::Error::UserFunctionError(inner) => inner.downcast_ref::<Damaged>(),
+        _ => None,
+    }
+}
+
+/// A record whose stored bytes do not decode into a whole payload: its frame, its dictionary
+/// or its text is damaged. It can never be sent as it is.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("it cannot be decoded: {0}")]
+pub struct Damaged(String);
+
+/// A payload is a JSON object, written compact: one cut short (a record truncated on disk)
+/// is told by its ends without parsing it.
+fn whole(payload: String) -> Result<String, rusqlite::Error> {
+    let b = payload.as_bytes();
+    if b.len() >= 2 && b[0] == b'{' && b[b.len() - 1] == b'}' {
+        Ok(payload)
+    } else {
+        Err(corrupt(format!(
+            "its payload is not a whole JSON object ({} byte(s): cut short or overwritten)",
+            b.len()
+        )))
     }
 }
 
@@ -468,7 +495,7 @@ impl Default for DecodeState {
 }
 
 fn corrupt(what: impl std::fmt::Display) -> rusqlite::Error {
-    rusqlite::Error::UserFunctionError(format!("a compressed record cannot be read: {what}").into())
+    rusqlite::Error::UserFunctionError(Box::new(Damaged(what.to_string())))
 }
 
 impl Decoders {
@@ -480,6 +507,24 @@ impl Decoders {
     /// Forgets the dictionaries read so far: after a rollback, an id may name another one.
     pub fn forget(&self) {
         self.state().dicts.clear();
+    }
+
+    /// A stored record's origin and payload, from its `payload` and `origin` columns, each
+    /// checked to be whole: the one reader for sending, compacting and listing.
+    pub(super) fn read(
+        &self,
+        c: &Connection,
+        payload: ValueRef<'_>,
+        origin: ValueRef<'_>,
+    ) -> rusqlite::Result<(String, String)> {
+        let text = |t: &[u8]| String::from_utf8(t.to_vec()).map_err(corrupt);
+        let (origin, payload) = match (payload, origin) {
+            (ValueRef::Blob(b), ValueRef::Text(b"")) => self.decode(c, b)?,
+            (ValueRef::Text(p), ValueRef::Text(o)) => (text(o)?, text(p)?),
+            (ValueRef::Blob(_), _) => return Err(corrupt("a blob payload beside an origin")),
+            _ => return Err(corrupt("its payload or origin is missing")),
+        };
+        Ok((origin, whole(payload)?))
     }
 
     /// A stored record's origin and payload.
@@ -494,11 +539,25 @@ impl Decoders {
         let ddict = match state.dicts.get(&(id as i64)) {
             Some(d) => d.clone(),
             None => {
-                let (bytes, hash): (Vec<u8>, Vec<u8>) = c
+                // Read as whatever is stored: a row overwritten with another type is damage
+                // to report, not an SQL error that would stop the lane.
+                let (bytes, hash) = c
                     .prepare_cached("SELECT dict, hash FROM dicts WHERE id = ?1")?
-                    .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_row([id as i64], |r| {
+                        let blob = |i| -> rusqlite::Result<Option<Vec<u8>>> {
+                            Ok(r.get_ref(i)?
+                                .as_blob_or_null()
+                                .ok()
+                                .flatten()
+                                .map(<[u8]>::to_vec))
+                        };
+                        Ok((blob(0)?, blob(1)?))
+                    })
                     .optional()?
                     .ok_or_else(|| corrupt(format!("dictionary {id} is not in the outbox")))?;
+                let (Some(bytes), Some(hash)) = (bytes, hash) else {
+                    return Err(corrupt(format!("dictionary {id} is not stored as bytes")));
+                };
                 if hash != dict_hash(&bytes) {
                     return Err(corrupt(format!(
                         "dictionary {id} does not match its hash (the state file is damaged)"
@@ -719,6 +778,34 @@ mod tests {
         assert_eq!(back, payload);
     }
 
+    /// Batch forming tells a damaged record (set aside) from SQLite failing (retried).
+    #[test]
+    fn a_record_cut_short_or_naming_no_dictionary_is_damage_not_an_sql_error() {
+        let c = outbox();
+        for (stored, why) in [
+            (ValueRef::Text(b"{"), "not a whole JSON object"),
+            (ValueRef::Blob(b"\x07"), "no size in its frame header"),
+            (
+                ValueRef::Blob(b"garbage!"),
+                "dictionary 103 is not in the outbox",
+            ),
+        ] {
+            let e = text(&c, stored).unwrap_err();
+            let damage = damage(&e).unwrap_or_else(|| panic!("not damage: {e}"));
+            assert!(damage.to_string().contains(why), "{damage}");
+        }
+        assert_eq!(text(&c, ValueRef::Text(b"{}")).unwrap(), "{}");
+        let e = text(
+            &Connection::open_in_memory().unwrap(),
+            ValueRef::Blob(b"\x07\x20\x01x"),
+        )
+        .unwrap_err();
+        assert!(
+            damage(&e).is_none(),
+            "no dicts table is SQLite's error: {e}"
+        );
+    }
+
     #[test]
     fn a_missing_dictionary_or_a_broken_frame_is_an_error_not_a_guess() {
         let c = outbox();
@@ -730,6 +817,6 @@ mod tests {
         let e = c
             .query_row("SELECT payload(x'')", [], |r| r.get::<_, String>(0))
             .unwrap_err();
-        assert!(e.to_string().contains("cannot be read"), "{e}");
+        assert!(e.to_string().contains("cannot be decoded"), "{e}");
     }
 }

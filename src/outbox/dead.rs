@@ -1,4 +1,6 @@
-//! Dead letters for the operator: list them, send them again, or drop them.
+//! Dead letters for the operator: list them, send them again, or drop them. A damaged one (a
+//! record the outbox cannot decode, set aside by batch forming) is listed with why and can
+//! only be dropped: sent again, it would be garbage.
 //!
 //! These run from the command line beside a running daemon, each as one short transaction on
 //! its own connection (WAL and the busy timeout let the two take turns). A retried record
@@ -11,6 +13,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, params};
 
+use super::codec::{Decoders, damage};
 use super::report::DeadLetter;
 use super::{OutboxError, now_ms, schema};
 
@@ -31,46 +34,89 @@ pub fn dead_letters(
     query(&conn, source, limit).map_err(|e| OutboxError::sqlite(path, e))
 }
 
+/// Each dead letter is decoded here, one by one, rather than by `payload()` in the query: one
+/// that cannot be decoded is listed as damaged instead of failing the whole list.
 pub(super) fn query(
     c: &Connection,
     source: Option<&str>,
     limit: usize,
 ) -> rusqlite::Result<Vec<DeadLetter>> {
+    let decoders = Decoders::default();
     c.prepare(
-        "SELECT d.record_id, s.name, origin(r.payload, r.origin), d.status, d.answer, d.at,
-               payload(r.payload)
+        "SELECT d.record_id, s.name, r.payload, r.origin, d.status, d.answer, d.at, d.damaged
          FROM dead d JOIN records r ON r.id = d.record_id
          JOIN sources s ON s.id = r.source_id
          WHERE r.state = 2 AND (?1 IS NULL OR s.name = ?1)
          ORDER BY d.at DESC, d.record_id DESC LIMIT ?2",
     )?
     .query_map(params![source, limit as i64], |r| {
+        let mut answer: String = r.get(5)?;
+        let mut damaged = r.get::<_, i64>(7)? != 0;
+        let (origin, payload) = match decoders.read(c, r.get_ref(2)?, r.get_ref(3)?) {
+            Ok(read) => read,
+            Err(e) => {
+                let Some(why) = damage(&e) else {
+                    return Err(e);
+                };
+                if !damaged {
+                    // Refused by the API, and damaged on disk since.
+                    answer.push_str(&format!("; and {why}"));
+                    damaged = true;
+                }
+                // A plain record's origin is its own column; a compressed one's is inside
+                // the damaged frame.
+                let origin = r.get_ref(3)?.as_str().unwrap_or_default();
+                let origin = if origin.is_empty() { "?" } else { origin };
+                (origin.to_owned(), String::new())
+            }
+        };
         Ok(DeadLetter {
             record_id: r.get(0)?,
             source: r.get(1)?,
-            origin: r.get(2)?,
-            status: r.get(3)?,
-            answer: r.get(4)?,
-            at_ms: r.get(5)?,
-            payload: r.get(6)?,
+            origin,
+            status: r.get(4)?,
+            answer,
+            at_ms: r.get(6)?,
+            payload,
+            damaged,
         })
     })?
     .collect()
 }
 
-/// What an operator change did: the records it changed, and the ids asked for that are not
-/// dead letters (unknown, or no longer dead).
+/// What an operator change did: the records it changed, the ids asked for that are not
+/// dead letters (unknown, or no longer dead), and those left alone because they cannot be
+/// decoded (a retry would send garbage).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changed {
     pub count: usize,
     pub not_found: Vec<i64>,
+    pub damaged: Vec<i64>,
 }
 
 /// Makes the selected dead letters pending again; a running daemon sends them within a second.
+/// Damaged ones (marked so, or no longer decodable) stay dead letters and are named.
 pub fn retry_dead(path: &Path, selection: &Selection) -> Result<Changed, OutboxError> {
+    let decoders = Decoders::default();
     change(path, selection, |c, id| {
+        let (read, marked) = c.query_row(
+            "SELECT r.payload, r.origin, d.damaged FROM records r JOIN dead d
+             ON d.record_id = r.id WHERE r.id = ?1",
+            [id],
+            |r| {
+                let read = decoders.read(c, r.get_ref(0)?, r.get_ref(1)?).map(drop);
+                Ok((read, r.get::<_, i64>(2)? != 0))
+            },
+        )?;
+        match read {
+            Err(e) if damage(&e).is_none() => return Err(e),
+            // Marked damaged stays so even if it reads now: what it holds is not trusted.
+            Err(_) => return Ok(false),
+            Ok(()) if marked => return Ok(false),
+            Ok(()) => {}
+        }
         super::resend::requeue(c, "FROM records r WHERE r.id = ?1 AND r.state = 2", &[&id])?;
-        Ok(())
+        Ok(true)
     })
 }
 
@@ -81,14 +127,16 @@ pub fn drop_dead(path: &Path, selection: &Selection) -> Result<Changed, OutboxEr
             "UPDATE records SET state = 3, sent_at = ?1 WHERE id = ?2 AND state = 2",
             params![now_ms(), id],
         )?;
-        Ok(())
+        Ok(true)
     })
 }
 
+/// Applies `apply` to each selected dead letter; it returns whether it changed the record
+/// (`false`: left alone as damaged).
 fn change(
     path: &Path,
     selection: &Selection,
-    apply: impl Fn(&Connection, i64) -> rusqlite::Result<()>,
+    apply: impl Fn(&Connection, i64) -> rusqlite::Result<bool>,
 ) -> Result<Changed, OutboxError> {
     schema::admin_transaction(path, |conn| {
         let dead: Vec<i64> = conn
@@ -108,13 +156,18 @@ fn change(
                     .partition(|id| dead.binary_search(id).is_ok())
             }
         };
-        for id in &chosen {
-            apply(conn, *id)?;
-            conn.execute("DELETE FROM dead WHERE record_id = ?1", [id])?;
-        }
-        Ok(Changed {
-            count: chosen.len(),
+        let mut done = Changed {
             not_found,
-        })
+            ..Changed::default()
+        };
+        for id in chosen {
+            if apply(conn, id)? {
+                conn.execute("DELETE FROM dead WHERE record_id = ?1", [id])?;
+                done.count += 1;
+            } else {
+                done.damaged.push(id);
+            }
+        }
+        Ok(done)
     })
 }

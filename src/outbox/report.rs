@@ -32,6 +32,8 @@ pub struct LaneReport {
     pub oldest_pending_ms: Option<i64>,
     pub sent_kept: i64,
     pub dead: i64,
+    /// Of the dead letters, records that cannot be decoded (see [`DeadLetter::damaged`]).
+    pub damaged: i64,
     /// Held back by the queue guard (`injixo-sync queues`).
     pub held: i64,
     pub delivered_total: i64,
@@ -77,7 +79,11 @@ pub struct DeadLetter {
     pub status: i64,
     pub answer: String,
     pub at_ms: i64,
+    /// Empty for a damaged one.
     pub payload: String,
+    /// The record cannot be decoded (its stored bytes or its dictionary are damaged): set
+    /// aside so its lane flows on, never sent; `answer` says why (status 0).
+    pub damaged: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,12 +95,12 @@ pub struct ParkedReport {
 }
 
 /// Per lane id: records waiting (counted up to `cap`, so that a large backlog costs a bounded
-/// read; `status` counts them all) and the creation time of the oldest, for `/metrics`,
-/// `/readyz` and the service status. Reads the lane's records above its delivered mark in
-/// rowid order, where the first is the oldest.
-pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<(i64, i64, Option<i64>)>, OutboxError> {
+/// read; `status` counts them all), the creation time of the oldest, and the damaged records
+/// set aside, for `/metrics`, `/readyz` and the service status. Reads the lane's records above
+/// its delivered mark in rowid order, where the first is the oldest.
+pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<LaneDepth>, OutboxError> {
     let conn = schema::open_ro(path)?;
-    let read = || -> rusqlite::Result<Vec<(i64, i64, Option<i64>)>> {
+    let read = || -> rusqlite::Result<Vec<LaneDepth>> {
         let lanes: Vec<(i64, i64)> = conn
             .prepare("SELECT id, sent_to FROM lanes ORDER BY id")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -107,6 +113,11 @@ pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<(i64, i64, Option<i64>)>
             "SELECT created FROM records WHERE id > ?1 AND lane_id = ?2 AND state = 0
              ORDER BY id LIMIT 1",
         )?;
+        // Through the partial index of damaged dead letters: no scan of the others.
+        let mut damaged = conn.prepare(
+            "SELECT count(*) FROM dead d JOIN records r ON r.id = d.record_id
+             WHERE d.damaged = 1 AND r.lane_id = ?1 AND r.state = 2",
+        )?;
         let mut out = Vec::with_capacity(lanes.len());
         for (lane, sent) in lanes {
             let n: i64 = pending.query_row(params![sent, lane, cap], |r| r.get(0))?;
@@ -117,12 +128,17 @@ pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<(i64, i64, Option<i64>)>
             } else {
                 None
             };
-            out.push((lane, n, oldest));
+            let damaged: i64 = damaged.query_row([lane], |r| r.get(0))?;
+            out.push((lane, n, oldest, damaged));
         }
         Ok(out)
     };
     read().map_err(|e| OutboxError::sqlite(path, e))
 }
+
+/// A lane's id, pending records (up to a cap), the oldest one's creation time and its damaged
+/// records (see [`lane_depths`]).
+pub type LaneDepth = (i64, i64, Option<i64>, i64);
 
 /// Checks the whole file (`PRAGMA integrity_check`) and that it is ours.
 pub fn verify(path: &Path) -> Result<(), OutboxError> {
@@ -154,7 +170,9 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
                 (SELECT count(*) FROM records r WHERE r.lane_id = l.id
                  AND (r.state = 1 OR (r.state = 0 AND r.id <= l.sent_to))),
                 (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 2),
-                (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 4)
+                (SELECT count(*) FROM records r WHERE r.lane_id = l.id AND r.state = 4),
+                (SELECT count(*) FROM dead d JOIN records r ON r.id = d.record_id
+                 WHERE d.damaged = 1 AND r.lane_id = l.id AND r.state = 2)
          FROM lanes l ORDER BY l.id",
     )?;
     let mut rows = stmt.query([])?;
@@ -175,6 +193,7 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
             sent_kept: r.get(12)?,
             dead: r.get(13)?,
             held: r.get(14)?,
+            damaged: r.get(15)?,
         });
     }
     drop(rows);

@@ -158,11 +158,18 @@ CREATE TABLE dicts (
 );
 "#;
 
-/// Version 7: a poller reads rows again by design (its look-back, ties at its cursor); a row
-/// it parked is found by its raw text, so it is parked once. A record keyed by the source's
-/// `key` keeps a hash of its input row, so that a row with a known key is told apart from the
-/// same row read again: only the first is a merge.
+/// Version 7:
+/// * A dead letter may be a record the outbox cannot decode (its stored bytes or its
+///   dictionary damaged), set aside so that its lane flows on: `damaged` is 1 and `answer`
+///   says why (status 0: the API never saw it). Its stored bytes are kept as they are. The
+///   index keeps counting them cheap for every scrape.
+/// * A poller reads rows again by design (its look-back, ties at its cursor); a row it parked
+///   is found by its raw text, so it is parked once.
+/// * A record keyed by the source's `key` keeps a hash of its input row, so that a row with a
+///   known key is told apart from the same row read again: only the first is a merge.
 const SCHEMA_V7: &str = r#"
+ALTER TABLE dead ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX dead_damaged ON dead (record_id) WHERE damaged = 1;
 CREATE INDEX parked_raw ON parked (source_id, raw);
 ALTER TABLE records ADD COLUMN row_hash INTEGER;
 "#;
