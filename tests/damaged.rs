@@ -318,6 +318,7 @@ async fn compaction_passes_over_a_damaged_delivered_record() {
                 dkey: natural_key(&format!("call-{i}"), 0),
                 payload: event(i),
                 origin: format!("push {i}"),
+                row_hash: None,
             })
             .collect();
         let ob = outbox.clone();
