@@ -95,24 +95,42 @@ pub(super) fn writer(
             }
             continue;
         }
+        // Set when a savepoint could not be ended: what the transaction holds is no longer
+        // known to be what its jobs wrote, so none of it is committed.
+        let mut poisoned: Option<OutboxError> = None;
         for job in jobs {
-            let sp = conn.execute_batch("SAVEPOINT job");
+            if poisoned.is_some() {
+                let (_, finish) = job(Err(poisoned.as_ref().expect("set")));
+                finishes.push(finish);
+                continue;
+            }
+            // A job runs only inside its own savepoint: without one, a failed job could not
+            // be undone alone, and its half would be committed with the others.
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                let e = OutboxError::sqlite(&path, e);
+                let (_, finish) = job(Err(&e));
+                finishes.push(finish);
+                continue;
+            }
             let (ok, finish) = job(Ok((&conn, &path)));
-            if sp.is_ok() {
-                let end = if ok {
-                    "RELEASE job"
-                } else {
-                    // A dictionary the job stored is gone, and its id may name another.
-                    decoders.forget();
-                    "ROLLBACK TO job; RELEASE job"
-                };
-                let _ = conn.execute_batch(end);
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                // A dictionary the job stored is gone, and its id may name another.
+                decoders.forget();
+                "ROLLBACK TO job; RELEASE job"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                poisoned = Some(OutboxError::sqlite(&path, e));
             }
             finishes.push(finish);
         }
-        let commit = conn
-            .execute_batch("COMMIT")
-            .map_err(|e| OutboxError::sqlite(&path, e));
+        let commit = match poisoned {
+            Some(e) => Err(e),
+            None => conn
+                .execute_batch("COMMIT")
+                .map_err(|e| OutboxError::sqlite(&path, e)),
+        };
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
             // A dictionary this transaction stored is gone, and its id may name another.
@@ -122,5 +140,69 @@ pub(super) fn writer(
         for finish in finishes {
             finish(commit.as_ref().err());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job that leaves the savepoint stack broken (its savepoint gone when the writer ends
+    /// it) fails the whole transaction: every job in it is answered with the error, and
+    /// nothing any of them wrote is committed, the failed job's half least of all.
+    #[test]
+    fn a_savepoint_that_cannot_be_ended_fails_every_job_of_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, writer) = Outbox::open(&dir.path().join("outbox.db")).unwrap();
+        outbox
+            .call_blocking(|c, p| {
+                c.execute_batch("CREATE TABLE t (x INTEGER)")
+                    .map_err(|e| OutboxError::sqlite(p, e))
+            })
+            .unwrap();
+        // The first job holds the writer until the three after it are queued, so that those
+        // run in one transaction.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (running, started) = std::sync::mpsc::channel::<()>();
+        let held = outbox.job(
+            move |_, _| {
+                running.send(()).unwrap();
+                wait.recv().unwrap();
+                Ok(())
+            },
+            |_| {},
+        );
+        started.recv().unwrap();
+        let insert = |x: i64, broken: bool| {
+            outbox.job(
+                move |c, p| {
+                    c.execute("INSERT INTO t VALUES (?1)", [x])
+                        .map_err(|e| OutboxError::sqlite(p, e))?;
+                    if broken {
+                        // Ends the writer's savepoint itself, then fails.
+                        c.execute_batch("RELEASE job")
+                            .map_err(|e| OutboxError::sqlite(p, e))?;
+                        return Err(OutboxError::Closed);
+                    }
+                    Ok(())
+                },
+                |_| {},
+            )
+        };
+        let answers = [insert(1, false), insert(2, true), insert(3, false)];
+        go.send(()).unwrap();
+        held.blocking_recv().unwrap().unwrap();
+        for a in answers {
+            assert!(a.blocking_recv().unwrap().is_err());
+        }
+        let rows: i64 = outbox
+            .call_blocking(|c, p| {
+                c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .map_err(|e| OutboxError::sqlite(p, e))
+            })
+            .unwrap();
+        assert_eq!(rows, 0, "nothing of the transaction was committed");
+        drop(outbox);
+        writer.join().unwrap();
     }
 }
