@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use globset::{Glob, GlobSetBuilder};
 
 use crate::config::{After, Config, FileMode, SourceKind};
-use crate::sources::files::matching_files;
+use crate::sources::files::{StateFiles, matching_files};
 
 pub fn main(
     config_path: &Path,
@@ -87,7 +87,7 @@ pub fn main(
     files.settle = Duration::ZERO;
     files.after = After::Keep;
     files.modified_since = since.map(parse_since).transpose()?;
-    let (selected, problems) = matching_files(&files);
+    let (selected, problems) = matching_files(&files, &StateFiles::of(&config.state.path));
     for (_, p) in problems {
         eprintln!("warning: {p}");
     }

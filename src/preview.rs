@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::config::{Config, FileFormat, FilesConfig, SourceConfig, SourceKind};
-use crate::sources::files::{csv_row, json_row, matching_files};
+use crate::sources::files::{StateFiles, csv_row, json_row, matching_files};
 use crate::sources::parse;
 use crate::sources::rows::{ChangeRead, RowOut};
 
@@ -324,7 +324,12 @@ pub fn main(
 
 /// The oldest file a files source would read.
 fn oldest(files: &FilesConfig) -> Option<PathBuf> {
-    matching_files(files).0.into_iter().next().map(|(p, _)| p)
+    // A preview only reads: the outbox's files are left to the configuration's check.
+    matching_files(files, &StateFiles::default())
+        .0
+        .into_iter()
+        .next()
+        .map(|(p, _)| p)
 }
 
 /// The most bytes of a file `preview` reads (and counts rows over).

@@ -226,6 +226,65 @@ async fn a_second_daemon_on_the_same_state_file_refuses_at_once_naming_the_first
     );
 }
 
+/// The state file reached through a hard link in another folder is the same outbox: a
+/// second daemon through it refuses at once, naming the first, instead of running beside it
+/// with a lock file and a WAL of its own (and losing the first one's commits).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_through_a_hard_link_refuses_at_once_naming_the_first() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let text = env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", ""));
+    std::fs::write(&env.config_file, &text).unwrap();
+    std::fs::write(env.exports.join("0.ndjson"), events(0..1000)).unwrap();
+    let mut first = Process::start(&env.config_file);
+    wait_for(LIMIT, "the first daemon's outbox", || {
+        env.try_report().is_some()
+    })
+    .await;
+    let elsewhere = env.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let link = elsewhere.join("link.db");
+    std::fs::hard_link(&env.state, &link).unwrap();
+    let other = env.dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        text.replace(
+            &format!("path = {:?}", env.state.display().to_string()),
+            &format!("path = {:?}", link.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        cli_within(
+            &["--config", other.to_str().unwrap(), "run"],
+            Duration::from_secs(15),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&link.display().to_string()), "{out}");
+    assert!(
+        out.contains(&format!("injixo-sync run (pid {})", first.pid()))
+            && out.contains("hard link"),
+        "{out}"
+    );
+    assert_eq!(
+        injixo_sync::outbox::lock_holder(&link).and_then(|h| h.pid),
+        Some(first.pid()),
+        "the holder is seen through the link too"
+    );
+    wait_for(LIMIT, "1000 records", || api.record_count() >= 1000).await;
+    first.assert_running();
+    assert_eq!(first.terminate().code(), Some(0));
+    assert_arrived_once(&api, 0..1000);
+    assert!(
+        !elsewhere.join("link.db-wal").exists(),
+        "no WAL of its own beside the link"
+    );
+}
+
 /// An operator deletes the state file (or its lock file) under the running daemon: it stops
 /// within seconds, non-zero and saying why, and acknowledges no push into the deleted file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -325,7 +325,30 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
                 std::fs::write(&setup.env.config_file, &setup.valid).unwrap();
             }
             "second daemon" => {
-                let cfg = setup.cfg();
+                // By the state file's path, or (Linux) through a hard link to it: the same
+                // outbox under another name.
+                let cfg = if cfg!(target_os = "linux") && rng.bool() {
+                    let linked = setup.env.dir.path().join("linked");
+                    std::fs::create_dir_all(&linked).unwrap();
+                    let link = linked.join("outbox.db");
+                    let _ = std::fs::remove_file(&link);
+                    std::fs::hard_link(&setup.env.state, &link).unwrap();
+                    let text = std::fs::read_to_string(&setup.env.config_file).unwrap();
+                    let state = format!("{:?}", setup.env.state.display().to_string());
+                    assert!(
+                        text.contains(&state),
+                        "the configuration names the state file"
+                    );
+                    let file = linked.join("config.toml");
+                    std::fs::write(
+                        &file,
+                        text.replace(&state, &format!("{:?}", link.display().to_string())),
+                    )
+                    .unwrap();
+                    file.display().to_string()
+                } else {
+                    setup.cfg()
+                };
                 let (code, out) = tokio::task::spawn_blocking(move || {
                     cli_within(&["--config", &cfg, "run"], Duration::from_secs(15))
                 })

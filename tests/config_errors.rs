@@ -311,6 +311,16 @@ const CASES: &[(&str, &str, &str)] = &[
         "f.toml:15: source[0] \"acd\".skip_if.expr: expression \"queue\" gives text, and this \
          needs true or false",
     ),
+    (
+        "path = \"/srv/acd/exports\"\ninclude = [\"*.csv\"]",
+        "path = \"/tmp\"\ninclude = [\"*\"]\nafter = \"delete\"",
+        "f.toml:12: source[0] \"acd\".path: /tmp is the folder of [state] path /tmp/outbox.db, \
+         and include/exclude let the source read outbox.db, outbox.db-wal, outbox.db-shm, \
+         outbox.db-journal, outbox.db.lock, outbox.db.new-<pid>-<n>, \
+         outbox.db.new-<pid>-<n>-journal (the outbox and the files SQLite and the lock keep \
+         beside it): it would delete them. Move the state file out of the folders sources \
+         read",
+    ),
 ];
 
 #[test]
@@ -540,5 +550,75 @@ fn an_unusable_ca_file_is_refused_with_its_path() {
     assert!(
         err.contains("api.ca_file") && err.contains("ca.pem"),
         "{err}"
+    );
+}
+
+/// A files source (an asterisk_queue_log too) whose folder and patterns reach the state file
+/// or the files beside it would delete, move or park the outbox: `check` refuses it, naming
+/// the source's `path` and the state file; patterns that leave those names out are fine.
+#[test]
+fn a_files_source_that_reaches_the_state_file_is_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let exports = dir.path().join("exports");
+    std::fs::create_dir_all(exports.join("deep/state")).unwrap();
+    std::fs::write(dir.path().join("key"), "k").unwrap();
+    // Through a symlink to the exports, the way an operator may have named it.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&exports, dir.path().join("acd")).unwrap();
+    let base = VALID
+        .replace("/etc/injixo-sync/api-key", "key")
+        .replace("/srv/acd/exports", "acd");
+    let config = dir.path().join("f.toml");
+    let check = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        cli(&["--config", config.to_str().unwrap(), "check", "--offline"])
+    };
+    let state = exports.join("deep/state/outbox.db");
+    let below = base.replace("/tmp/outbox.db", state.to_str().unwrap());
+    // Below the source's folder, but the source does not go down: fine.
+    let (code, out) = check(&below.replace("include = [\"*.csv\"]", "include = [\"*\"]"));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check(&below.replace(
+        "include = [\"*.csv\"]",
+        "include = [\"*\"]\nrecursive = true\nafter = \"move\"\narchive_dir = \"done\"",
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("f.toml:12: source[0] \"acd\".path:")
+            && out.contains(&format!("[state] path {}", state.display()))
+            && out.contains("holds, with recursive = true, the folder of")
+            && out.contains("it would move them away")
+            && out.contains("exclude = [\"deep/state/outbox.db*\"]"),
+        "{out}"
+    );
+    // Its patterns leave the outbox's names out.
+    let (code, out) = check(&below.replace(
+        "include = [\"*.csv\"]",
+        "include = [\"*\"]\nrecursive = true\nexclude = [\"deep/state/outbox.db*\"]",
+    ));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check(&below.replace(
+        "include = [\"*.csv\"]",
+        "include = [\"**/*.csv\"]\nrecursive = true",
+    ));
+    assert_eq!(code, 0, "{out}");
+
+    // An asterisk_queue_log whose rotated names (queue_log.*) take the state file in.
+    let logs = dir.path().join("asterisk");
+    std::fs::create_dir_all(&logs).unwrap();
+    let text = format!(
+        "[api]\ntoken_file = \"key\"\n[state]\npath = {:?}\n[[source]]\nname = \"ast\"\n\
+         type = \"asterisk_queue_log\"\nintegration_id = 1\nemits = \"contact_events\"\n\
+         path = {:?}\n",
+        logs.join("queue_log.db").display().to_string(),
+        logs.join("queue_log").display().to_string(),
+    );
+    let (code, out) = check(&text);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("source[0] \"ast\".path:")
+            && out.contains("queue_log.db-wal")
+            && out.contains("follow them and park"),
+        "{out}"
     );
 }

@@ -1034,3 +1034,53 @@ async fn a_rewrite_storm_costs_bounded_stack_and_reads_each_content_once() {
     assert!(twice.is_empty(), "contents read twice: {twice:?}");
     daemon.terminate();
 }
+
+/// A source's folder that turns out to be the state file's folder (a symlink made after the
+/// configuration was checked; a bind mount looks the same): the source reads and deletes the
+/// exports there, and leaves the outbox, its -wal and -shm files and its lock alone, told by
+/// their device and inode.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_folder_that_leads_to_the_state_folder_never_takes_the_outbox() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let link = env.dir.path().join("exports-link");
+    let source = format!(
+        "[[source]]\nname = \"acd\"\ntype = \"files\"\nintegration_id = 1234\n\
+         emits = \"contact_events\"\npath = {:?}\nformat = \"ndjson\"\nafter = \"delete\"\n\
+         settle = \"100ms\"\npoll_interval = \"200ms\"\n",
+        link.display().to_string()
+    );
+    env.write_config(&env.config_text(&api.url(), "", &source));
+    let mut daemon = Process::start(&env.config_file);
+    wait_for(LIMIT, "the outbox", || env.try_report().is_some()).await;
+    let state_dir = env.state.parent().unwrap();
+    std::os::unix::fs::symlink(state_dir, &link).unwrap();
+    let export = state_dir.join("0.ndjson");
+    std::fs::write(&export, events(0..100)).unwrap();
+    wait_for(LIMIT, "100 records and the export deleted", || {
+        api.record_count() >= 100 && !export.exists()
+    })
+    .await;
+    // More scans pass over the state files while records keep coming.
+    std::fs::write(state_dir.join("1.ndjson"), events(100..200)).unwrap();
+    wait_for(LIMIT, "200 records", || api.record_count() >= 200).await;
+    daemon.assert_running();
+    let side = |suffix: &str| {
+        let mut p = env.state.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    for p in [env.state.clone(), side("-wal"), side("-shm"), side(".lock")] {
+        assert!(p.exists(), "{} was taken", p.display());
+    }
+    let source = env.first_source().expect("the source's row");
+    assert_eq!(source.parked_total, 0, "no state bytes parked");
+    assert_eq!(source.records_total, 200);
+    assert_eq!(
+        injixo_sync::outbox::lock_holder(&env.state).and_then(|h| h.pid),
+        Some(daemon.pid())
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    assert_arrived_once(&api, 0..200);
+}

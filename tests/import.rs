@@ -197,3 +197,49 @@ async fn a_tailed_source_keeps_its_identity_through_an_import_and_refuses_one_be
     assert_eq!(got.len(), 110);
     assert!(got.values().all(|n| *n == 1), "each record once: {got:?}");
 }
+
+/// A newer build's `import` beside an older daemon: migrating the schema would rewrite the
+/// outbox under the daemon, so the import refuses, naming the daemon, and changes nothing;
+/// with no daemon running it takes the lock, migrates and imports.
+#[test]
+fn an_import_migrates_an_older_outbox_only_under_the_state_lock() {
+    let (env, history) = setup(2, 100);
+    env.write_config(&env.config_text(
+        "http://127.0.0.1:9",
+        "",
+        &env.ndjson_source("acd", "drop", ""),
+    ));
+    // A version 5 outbox, as the older daemon keeps it.
+    let (outbox, writer) = injixo_sync::outbox::Outbox::open(&env.state).unwrap();
+    drop(outbox);
+    writer.join().unwrap();
+    let version = || -> i32 {
+        rusqlite::Connection::open(&env.state)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    rusqlite::Connection::open(&env.state)
+        .unwrap()
+        .execute_batch("DROP TABLE dicts; PRAGMA user_version = 5;")
+        .unwrap();
+    let daemon = injixo_sync::outbox::StateLock::acquire(&env.state, "run").unwrap();
+    let cfg = env.config_file.to_str().unwrap();
+    let args = import_args(cfg, &history);
+    let (code, out) = cli(&args);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "state file {} has schema version 5",
+            env.state.display()
+        )) && out.contains(&format!("injixo-sync run (pid {})", std::process::id()))
+            && out.contains("Nothing was changed"),
+        "{out}"
+    );
+    assert_eq!(version(), 5, "not migrated under the daemon");
+    drop(daemon);
+    let (code, out) = cli(&args);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(version(), injixo_sync::outbox::SCHEMA_VERSION);
+    assert_eq!(records(&env), 200);
+}

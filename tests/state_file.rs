@@ -875,3 +875,61 @@ async fn a_state_file_the_service_user_cannot_write_is_named_by_check_and_run() 
     assert_eq!(code, Some(0), "{out}");
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// The outbox deleted by hand after a crash, its -wal and -shm left behind: `run` would make
+/// a new outbox that SQLite merges the old log into, then call it corrupt. `run` and `check`
+/// refuse before anything is created, naming the files and the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_wal_without_its_outbox_is_refused_before_anything_is_created() {
+    use support::*;
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    std::fs::write(env.exports.join("0.ndjson"), events(0..500)).unwrap();
+    let daemon = Process::start(&env.config_file);
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "500 records read",
+        || env.first_source().is_some_and(|s| s.records_total >= 500),
+    )
+    .await;
+    daemon.kill9();
+    let side = |suffix: &str| {
+        let mut p = env.state.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    let (wal, shm) = (side("-wal"), side("-shm"));
+    assert!(wal.exists() && shm.exists(), "kill -9 leaves the log");
+    std::fs::remove_file(&env.state).unwrap();
+    let cfg = env.config_file.to_str().unwrap();
+    let (code, out) = cli_within(
+        &["--config", cfg, "run"],
+        std::time::Duration::from_secs(15),
+    );
+    assert_eq!(code, 1, "{out}");
+    for named in [&env.state, &wal, &shm] {
+        assert!(out.contains(&named.display().to_string()), "{out}");
+    }
+    assert!(
+        out.contains("Nothing was created") && out.contains("move them away"),
+        "{out}"
+    );
+    assert!(!env.state.exists(), "no new outbox was made");
+    let (code, out) = env.check_offline();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&wal.display().to_string()), "{out}");
+    // Moved away, as the message says: a new outbox starts.
+    let away = env.dir.path().join("away");
+    std::fs::create_dir_all(&away).unwrap();
+    for f in [&wal, &shm] {
+        std::fs::rename(f, away.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut daemon = Process::start(&env.config_file);
+    wait_for(std::time::Duration::from_secs(60), "a new outbox", || {
+        env.try_report().is_some()
+    })
+    .await;
+    daemon.assert_running();
+    assert_eq!(daemon.terminate().code(), Some(0));
+}

@@ -405,6 +405,80 @@ impl Validator<'_> {
         }))
     }
 
+    /// A files source must not reach the state file or the files kept beside it: `delete`
+    /// and `move` would take the outbox away, `keep` would park its bytes (and grow the log
+    /// it reads again), `tail` would follow a file that changes with every commit. Reached
+    /// means: the state file's folder is the source's `path` (or below it, with `recursive`)
+    /// and `include`/`exclude` let one of those names through. Paths are compared as they are
+    /// on disk where they exist (symlinks resolved); the scan also skips the files by identity
+    /// for what this cannot see.
+    pub(super) fn away_from_state(
+        &mut self,
+        i: usize,
+        name: &str,
+        files: &FilesConfig,
+        state: &Path,
+    ) {
+        let (Some(state_dir), Some(state_name)) = (state.parent(), state.file_name()) else {
+            return;
+        };
+        let (source, state_dir) = (resolved(&files.path), resolved(state_dir));
+        let Ok(below) = state_dir.strip_prefix(&source) else {
+            return;
+        };
+        if !below.as_os_str().is_empty() && !files.recursive {
+            return;
+        }
+        // The scan does not go into the archive folder.
+        if let After::Move(archive) = &files.after
+            && state_dir.starts_with(resolved(archive))
+        {
+            return;
+        }
+        let state_name = state_name.to_string_lossy();
+        let reached: Vec<String> = side_names(&state_name)
+            .into_iter()
+            .filter(|n| {
+                let rel = below.join(n);
+                files.include.is_match(&rel) && !files.exclude.is_match(&rel)
+            })
+            .collect();
+        if reached.is_empty() {
+            return;
+        }
+        let shown: Vec<String> = reached
+            .iter()
+            .map(|n| n.replace(".new-1-0", ".new-<pid>-<n>"))
+            .collect();
+        let how = if below.as_os_str().is_empty() {
+            "is the folder of".to_owned()
+        } else {
+            "holds, with recursive = true, the folder of".to_owned()
+        };
+        self.problem(
+            &[Seg::Key("source"), Seg::Index(i), Seg::Key("path")],
+            &format!("source[{i}] {name:?}.path"),
+            format!(
+                "{} {how} [state] path {}, and include/exclude let the source read {} (the \
+                 outbox and the files SQLite and the lock keep beside it): it would {}. \
+                 Move the state file out of the folders sources read (the default is {}), or \
+                 exclude its names, e.g. exclude = [\"{}*\"]",
+                files.path.display(),
+                state.display(),
+                shown.join(", "),
+                match (&files.mode, &files.after) {
+                    (FileMode::Tail, _) => "follow them and park their bytes as bad lines",
+                    (_, After::Delete) => "delete them",
+                    (_, After::Move(_)) => "move them away",
+                    (_, After::Keep) => "park their bytes as bad lines",
+                },
+                super::paths::default_state_path().display(),
+                // Patterns match the path below the source's folder.
+                below.join(&*state_name).display(),
+            ),
+        );
+    }
+
     pub(super) fn globs(
         &mut self,
         path: &[Seg],
@@ -423,5 +497,52 @@ impl Validator<'_> {
             }
         }
         b.build().unwrap_or_else(|_| GlobSet::empty())
+    }
+}
+
+/// The names of the state file and of the files kept beside it, as a scan would see them:
+/// SQLite's `-wal`, `-shm` and `-journal`, the lock file, and the temporary files a new outbox
+/// is made under (`.new-<pid>-<n>` and its journal).
+fn side_names(state: &str) -> Vec<String> {
+    [
+        "",
+        "-wal",
+        "-shm",
+        "-journal",
+        ".lock",
+        ".new-1-0",
+        ".new-1-0-journal",
+    ]
+    .iter()
+    .map(|suffix| format!("{state}{suffix}"))
+    .collect()
+}
+
+/// `path` as it is on disk: the longest part that exists with symlinks resolved, the rest
+/// appended (`..` and `.` taken out lexically first).
+fn resolved(path: &Path) -> PathBuf {
+    let mut clean = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            c => clean.push(c),
+        }
+    }
+    let mut rest = Vec::new();
+    let mut at = clean.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                at = parent;
+            }
+            _ => return clean,
+        }
     }
 }

@@ -174,7 +174,7 @@ impl Config {
             .filter(|(_, s)| s.kind.as_deref() == Some("webhook"))
             .map(|(i, s)| (i, s.name.clone().unwrap_or_default()))
             .collect();
-        let sources = v.sources(raw.sources);
+        let sources = v.sources(raw.sources, &state.path);
         if listen.is_none() {
             for (i, name) in webhooks {
                 v.problem(
@@ -215,7 +215,7 @@ impl Config {
 }
 
 impl Validator<'_> {
-    fn sources(&mut self, raws: Vec<RawSource>) -> Vec<SourceConfig> {
+    fn sources(&mut self, raws: Vec<RawSource>, state: &Path) -> Vec<SourceConfig> {
         if raws.is_empty() {
             self.problem(
                 &[],
@@ -227,6 +227,9 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for (i, raw) in raws.into_iter().enumerate() {
             if let Some(s) = self.source(i, raw, &mut names) {
+                if let SourceKind::Files(files) = &s.kind {
+                    self.away_from_state(i, s.name.as_str(), files, state);
+                }
                 out.push(s);
             }
         }

@@ -498,6 +498,13 @@ pub(crate) fn move_to_end(
     params: &[&dyn rusqlite::ToSql],
     created: Option<i64>,
 ) -> rusqlite::Result<Option<Moved>> {
+    // The migration to version 4 moves records too, before version 7 added `row_hash`.
+    let hashed: bool = c.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('records') WHERE name = 'row_hash'",
+        [],
+        |r| r.get(0),
+    )?;
+    let row_hash = if hashed { "row_hash" } else { "NULL" };
     c.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS moving (old INTEGER PRIMARY KEY, lane_id INTEGER,
            source_id INTEGER, dkey BLOB, payload TEXT, origin TEXT, created INTEGER,
@@ -507,7 +514,7 @@ pub(crate) fn move_to_end(
     let n = c.execute(
         &format!(
             "INSERT INTO temp.moving SELECT id, lane_id, source_id, dkey, payload, origin, created,
-             row_hash FROM records WHERE id IN ({chosen})"
+             {row_hash} FROM records WHERE id IN ({chosen})"
         ),
         params,
     )?;
@@ -523,14 +530,15 @@ pub(crate) fn move_to_end(
         [],
         |r| r.get(0),
     )?;
-    c.execute_batch(
+    let hashed = if hashed { ", row_hash" } else { "" };
+    c.execute_batch(&format!(
         "DELETE FROM records WHERE id IN (SELECT old FROM temp.moving);
          DELETE FROM dead WHERE record_id IN (SELECT old FROM temp.moving);
-         INSERT INTO records (lane_id, source_id, dkey, payload, origin, created, row_hash)
-           SELECT lane_id, source_id, dkey, payload, origin, created, row_hash FROM temp.moving
+         INSERT INTO records (lane_id, source_id, dkey, payload, origin, created{hashed})
+           SELECT lane_id, source_id, dkey, payload, origin, created{hashed} FROM temp.moving
            ORDER BY old;
          DELETE FROM temp.moving;",
-    )?;
+    ))?;
     c.query_row(
         "SELECT min(id), max(id) FROM records WHERE id > ?1",
         [before],

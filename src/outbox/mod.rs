@@ -59,7 +59,7 @@ pub use report::{
     SourceReport, inspect, lane_depths, rows_read, verify,
 };
 pub use resend::{AgentSent, Resend, agents_sent, resend};
-pub use schema::{SCHEMA_VERSION, writable};
+pub use schema::{SCHEMA_VERSION, side_files, writable};
 use space::Space;
 pub use space::{COMPACTED, Usage, compacted_origin, free_beside, regrown_budget};
 use writer::{Job, writer};
@@ -109,6 +109,38 @@ pub enum OutboxError {
     Busy { path: PathBuf, holder: String },
     #[error("state file {} does not exist yet; `run` creates it", .0.display())]
     Missing(PathBuf),
+    /// SQLite's files of a database that is gone: a new outbox made at the path would take
+    /// the old log in (and then be found corrupt).
+    #[error(
+        "state file {path} does not exist, but {files} beside it {verb}: {they} left from an \
+         outbox that was deleted or moved without {them}, and SQLite would merge {them} into a \
+         new outbox made there. Nothing was created. If the outbox was moved or is in a \
+         backup, put it back at {path}; if it is really gone, move {them} away (`mv {list} \
+         <somewhere else>`) and start again",
+        path = path.display(),
+        files = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" and "),
+        list = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" "),
+        verb = if files.len() == 1 { "does" } else { "do" },
+        they = if files.len() == 1 { "it is" } else { "they are" },
+        them = if files.len() == 1 { "it" } else { "them" },
+    )]
+    Orphaned { path: PathBuf, files: Vec<PathBuf> },
+    /// An older outbox that this build would migrate, while another process holds the lock.
+    #[error(
+        "state file {path} has schema version {version}, and this injixo-sync ({build}) would \
+         migrate it to version {newest}, but {holder} is using it: migrating would rewrite the \
+         outbox under that process. Nothing was changed. Stop it (`systemctl stop \
+         injixo-sync`), upgrade the service to this version (it migrates the file when it \
+         starts), then run the command again",
+        path = path.display(),
+        build = env!("CARGO_PKG_VERSION"),
+        newest = SCHEMA_VERSION
+    )]
+    MigrationBusy {
+        path: PathBuf,
+        version: i32,
+        holder: String,
+    },
     #[error("the outbox writer has stopped")]
     Closed,
     /// The outbox has reached `max_outbox_size`: reading pauses until space is freed.

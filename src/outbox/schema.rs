@@ -4,7 +4,7 @@
 //! refused with a message that says so. It is never deleted or recreated: the records in it may
 //! be the only copy of a day's contact-center data.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -212,19 +212,67 @@ pub fn open_rw(path: &Path) -> Result<Connection, OutboxError> {
 }
 
 fn open_rw_once(path: &Path) -> Result<Connection, OutboxError> {
-    if !exists(path)? {
-        create(path)?;
-    }
+    create_if_absent(path)?;
     // Before SQLite opens it: SQLite would quietly open a read-only file read-only and make
     // its -shm file read-only too.
     writable(path)?;
     let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     // Identify before anything writes: a foreign file is refused untouched.
     let version = identify(&conn, path)?;
+    // A migration rewrites tables a running daemon of an older build reads and writes: it
+    // happens only under the state lock, which `run` holds for its life; anyone else (an
+    // `import` by a newer build) takes it for the migration or, while a daemon runs, refuses.
+    let _migrating = if version < SCHEMA_VERSION {
+        super::lock::for_migration(path, version)?
+    } else {
+        None
+    };
     configure(&conn, path)?;
     verify_pragma(&conn, path, "quick_check")?;
     migrate(&conn, path, version)?;
     Ok(conn)
+}
+
+/// Creates the outbox at `path` if nothing is there, unless SQLite's side files of a database
+/// that is gone are (see [`refuse_orphans`]).
+pub fn create_if_absent(path: &Path) -> Result<(), OutboxError> {
+    if !exists(path)? {
+        refuse_orphans(path)?;
+        create(path)?;
+    }
+    Ok(())
+}
+
+/// The files SQLite keeps beside a database: its write-ahead log, the log's index, and the
+/// rollback journal (a new outbox is made with one, see [`create`]).
+pub fn side_files(path: &Path) -> [PathBuf; 3] {
+    ["-wal", "-shm", "-journal"].map(|suffix| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    })
+}
+
+/// Refuses a missing state file whose side files are still there (the outbox deleted by
+/// hand): SQLite would take an old `-wal` (or hot `-journal`) into a new database at the path
+/// and then find it corrupt, and the records in that log may be the only copy.
+///
+/// The side files are looked for before the database is looked for again: a creator links
+/// the database into place before SQLite makes any side file of it, and nothing removes the
+/// database, so side files seen before the database is found missing are really orphans and
+/// not those of an outbox being created at this moment.
+fn refuse_orphans(path: &Path) -> Result<(), OutboxError> {
+    let left: Vec<PathBuf> = side_files(path)
+        .into_iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect();
+    if left.is_empty() || exists(path)? {
+        return Ok(());
+    }
+    Err(OutboxError::Orphaned {
+        path: path.to_owned(),
+        files: left,
+    })
 }
 
 /// Opens an existing outbox read-only (for `status` and `check`).
@@ -262,6 +310,7 @@ pub fn admin_transaction<T>(
 
 fn open_existing(path: &Path, mode: OpenFlags) -> Result<Connection, OutboxError> {
     if !exists(path)? {
+        refuse_orphans(path)?;
         return Err(OutboxError::Missing(path.to_owned()));
     }
     let conn = connect(path, mode)?;

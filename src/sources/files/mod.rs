@@ -40,7 +40,7 @@ mod scan;
 mod tail;
 
 pub(crate) use read::{csv_row, json_row};
-pub(crate) use scan::matching_files;
+pub(crate) use scan::{StateFiles, matching_files};
 
 use super::rows::{self, STATES_CURSOR, States, commit_blocking, json_cursor};
 use super::{Source, SourceContext};
