@@ -51,13 +51,35 @@ pub enum RunError {
 pub struct Kept {
     lock: Arc<crate::outbox::StateLock>,
     counters: crate::metrics::Counters,
+    /// Requests in flight that a reload handed from one generation's lanes to the next's.
+    handoffs: Arc<crate::push::Handoffs>,
+    /// The outbox, opened (checked and migrated) once: a reload does not open it again.
+    outbox: Outbox,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Kept {
-    fn new(lock: crate::outbox::StateLock) -> Self {
-        Self {
+    /// Takes the state file's lock and opens the outbox. Blocks: call it off the runtime's
+    /// workers.
+    fn open(config: &Config) -> Result<Self, RunError> {
+        let lock = lock_state(config, "run")?;
+        let (outbox, writer) = Outbox::open(&config.state.path)?;
+        Ok(Self {
             lock: Arc::new(lock),
             counters: crate::metrics::Counters::default(),
+            handoffs: Arc::default(),
+            outbox,
+            writer: std::sync::Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Lets the outbox go and waits for its writer to finish what it was given.
+    fn close(self) {
+        let Kept { outbox, writer, .. } = self;
+        drop(outbox);
+        let writer = writer.into_inner().ok().flatten();
+        if writer.is_some_and(|w| w.join().is_err()) {
+            error!("the outbox writer panicked");
         }
     }
 }
@@ -80,13 +102,16 @@ pub fn main(config: Config) -> Result<(), RunError> {
 
 /// [`main`], also stopped by `stop` (the Windows service control manager).
 pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunError> {
-    let kept = Kept::new(lock_state(&config, "run")?);
+    let kept = Kept::open(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| RunError::Internal(format!("cannot start the async runtime: {e}")))?;
-    let result = runtime.block_on(generations(config, kept, stop));
+    let result = runtime.block_on(generations(config, &kept, stop));
+    if result.is_ok() {
+        kept.close();
+    }
     if result.is_err() {
         // A thread that would not stop must not keep the process alive.
         runtime.shutdown_background();
@@ -95,7 +120,7 @@ pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunErro
 }
 
 /// Runs one generation after another: the first configuration, then each reloaded one.
-async fn generations(config: Config, kept: Kept, stop: CancellationToken) -> Result<(), RunError> {
+async fn generations(config: Config, kept: &Kept, stop: CancellationToken) -> Result<(), RunError> {
     let shutdown = CancellationToken::new();
     let reload = Arc::new(tokio::sync::Notify::new());
     let (signals, hup) = (shutdown.clone(), reload.clone());
@@ -130,7 +155,7 @@ async fn generations(config: Config, kept: Kept, stop: CancellationToken) -> Res
             (Err(e), _) => return Err(e),
         };
         let hurry = CancellationToken::new();
-        let running = run_prepared(current, socket, &kept, (generation.clone(), hurry.clone()));
+        let running = run_prepared(current, socket, kept, (generation.clone(), hurry.clone()));
         tokio::pin!(running);
         let next = loop {
             tokio::select! {
@@ -220,10 +245,19 @@ async fn wait_for_signals(reload: &tokio::sync::Notify) {
 
 /// Runs the pipeline until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let kept = Kept::new(lock_state(&config, "run")?);
+    let opening = config.clone();
+    let kept = tokio::task::spawn_blocking(move || Kept::open(&opening))
+        .await
+        .map_err(|e| RunError::Internal(format!("cannot open the outbox: {e}")))??;
     let listener = Listening::default().for_config(&config).await?;
     let hurry = CancellationToken::new();
-    run_prepared(prepare(config)?, listener, &kept, (shutdown, hurry)).await
+    let result = run_prepared(prepare(config)?, listener, &kept, (shutdown, hurry)).await;
+    if result.is_ok() {
+        tokio::task::spawn_blocking(move || kept.close())
+            .await
+            .map_err(|e| RunError::Internal(format!("cannot close the outbox: {e}")))?;
+    }
+    result
 }
 
 /// A configuration whose sources and API client are built: every secret has been read.
@@ -314,7 +348,7 @@ async fn run_prepared(
     for w in &config.warnings {
         warn!("{w}");
     }
-    let (outbox, writer) = Outbox::open(&config.state.path)?;
+    let outbox = kept.outbox.clone();
     let budget = outbox
         .apply_budget(config.state.max_outbox_size, false)
         .await?;
@@ -357,7 +391,7 @@ async fn run_prepared(
             client.clone(),
             settings.clone(),
             (shutdown.clone(), hurry.clone()),
-            metrics,
+            (metrics, kept.handoffs.clone()),
         );
         tracker.spawn(lane.run());
     }
@@ -537,9 +571,6 @@ async fn run_prepared(
         });
     }
     drop(outbox);
-    if writer.join().is_err() {
-        error!("the outbox writer panicked");
-    }
     if let Some(why) = gone.lock().expect("state watch").take() {
         return Err(RunError::StateGone(why));
     }

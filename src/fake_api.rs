@@ -67,6 +67,8 @@ struct State {
     seen: Vec<Seen>,
     faults: VecDeque<Fault>,
     outage: Option<(u16, Option<u64>)>,
+    /// How long an accepted batch's answer takes after its records are imported.
+    latency: Option<std::time::Duration>,
     refused: Option<(Emits, u16)>,
     reject_containing: Vec<String>,
     /// `true`: accepted records are counted in `counted_only`, not kept (for benchmarks of
@@ -151,6 +153,12 @@ impl FakeApi {
     /// Queues a failure for the next request (faults apply in order, one per request).
     pub fn push_fault(&self, fault: Fault) {
         self.with(|s| s.faults.push_back(fault));
+    }
+
+    /// Imports every accepted batch at once but answers it only `latency` later, as an API
+    /// under load does: a client that stops waiting cannot know it was imported.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.with(|s| s.latency = Some(latency));
     }
 
     /// Answers every request with `status` (and `Retry-After`) until cleared with `None`.
@@ -317,16 +325,21 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Answer {
     match verdict {
         Ok((accepted, n)) => {
             log(200, n);
-            let mut st = state.lock().expect("state");
-            if st.discard {
-                st.counted_only += n;
-            } else {
-                st.accepted.push(Accepted {
-                    idempotency_key: key.clone(),
-                    ..accepted
-                });
+            let latency = {
+                let mut st = state.lock().expect("state");
+                if st.discard {
+                    st.counted_only += n;
+                } else {
+                    st.accepted.push(Accepted {
+                        idempotency_key: key.clone(),
+                        ..accepted
+                    });
+                }
+                st.latency
+            };
+            if let Some(latency) = latency {
+                tokio::time::sleep(latency).await;
             }
-            drop(st);
             if matches!(fault, Some(Fault::AcceptThenDrop)) {
                 return Err(DropConnection);
             }

@@ -508,8 +508,8 @@ async fn reloads_that_keep_the_address_refuse_no_push() {
     }
 }
 
-/// A reload while the API hangs on a request: the request in flight is let go (its batch goes
-/// out again, under its key, from the next generation), so the reload does not wait out
+/// A reload while the API hangs on a request: the request in flight is handed to the next
+/// generation (whose lane waits for its answer), so the reload does not wait out
 /// `api.timeout` while pushes wait for the listener.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,4 +550,106 @@ async fn a_reload_does_not_wait_for_a_hanging_api() {
     })
     .await;
     daemon.kill9();
+}
+
+/// SIGHUP every half second while 20 clients push: every acknowledged record arrives, and a
+/// batch in flight at a reload is handed to the next generation, which waits for its answer
+/// instead of sending it again. A batch the API still accepted twice under its key is counted
+/// as an unknown-outcome retry (`status`, `/metrics`), never resent unsaid.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_pushes_hand_the_request_in_flight_on_and_count_every_resend() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    // Every answer takes a while, so that reloads meet requests in flight.
+    api.set_latency(Duration::from_millis(150));
+    let port = free_port();
+    std::fs::write(&env.config_file, config(&env, &api.url(), port)).unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let daemon = Process::start_logged(&env.config_file, &log);
+    wait_for(Duration::from_secs(30), "the first generation", || {
+        generations_started(&log) == 1
+    })
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut pushers = tokio::task::JoinSet::new();
+    for p in 0..20u64 {
+        let stop = stop.clone();
+        pushers.spawn(async move {
+            let client = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
+            let mut acked = Vec::new();
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let ids = (p * 1_000_000 + n)..(p * 1_000_000 + n + 5);
+                n += 5;
+                let body = events_json(ids.clone()).to_string();
+                if let Ok(r) = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    && r.status().as_u16() == 200
+                {
+                    acked.extend(ids);
+                }
+            }
+            acked
+        });
+    }
+    let reloads = 20;
+    for reload in 1..=reloads {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+        wait_for(Duration::from_secs(30), "the next generation", || {
+            generations_started(&log) == reload + 1
+        })
+        .await;
+    }
+    stop.cancel();
+    let mut acked = Vec::new();
+    while let Some(r) = pushers.join_next().await {
+        acked.extend(r.unwrap());
+    }
+    wait_for(Duration::from_secs(120), "every acknowledged push", || {
+        let got = arrivals(&api);
+        acked.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    settled(&env).await;
+    let handed_on = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("waiting for the answer to the request in flight at the reload")
+        .count();
+    daemon.terminate();
+    let resent_batches = {
+        let mut by_key: std::collections::HashMap<String, usize> = Default::default();
+        for a in api.accepted() {
+            *by_key.entry(a.idempotency_key.unwrap()).or_default() += 1;
+        }
+        by_key.values().map(|n| n - 1).sum::<usize>()
+    };
+    let counted: i64 = env
+        .report()
+        .lanes
+        .iter()
+        .map(|l| l.unknown_outcome_retries)
+        .sum();
+    eprintln!(
+        "reloads {reloads}, acknowledged {}, delivered {}, handed on {handed_on}, resent batches {resent_batches}, counted {counted}",
+        acked.len(),
+        api.record_count()
+    );
+    assert!(!acked.is_empty());
+    assert!(
+        resent_batches as i64 <= counted,
+        "{resent_batches} batch(es) accepted again under their key, {counted} counted"
+    );
+    let got = arrivals(&api);
+    let twice = got.values().filter(|n| **n > 1).count();
+    assert!(
+        twice <= records_in_resent_batches(&api),
+        "{twice} records arrived twice outside batches resent under their key"
+    );
 }

@@ -99,8 +99,8 @@ pub(super) fn writer(
         // known to be what its jobs wrote, so none of it is committed.
         let mut poisoned: Option<OutboxError> = None;
         for job in jobs {
-            if poisoned.is_some() {
-                let (_, finish) = job(Err(poisoned.as_ref().expect("set")));
+            if let Some(e) = &poisoned {
+                let (_, finish) = job(Err(e));
                 finishes.push(finish);
                 continue;
             }

@@ -36,6 +36,43 @@ pub struct LaneSettings {
 /// The shutdown token fired while the lane was waiting.
 struct Stopped;
 
+/// Requests in flight when a reload let their lane go, by lane: the next generation's lane
+/// waits for the answer to the request under the same `Idempotency-Key` instead of sending
+/// the batch again (the API may have imported it). Kept by `app` across generations.
+#[derive(Default)]
+pub struct Handoffs(std::sync::Mutex<std::collections::HashMap<LaneId, InFlight>>);
+
+/// A request under way: its `Idempotency-Key` and the task that will have its answer.
+struct InFlight {
+    key: String,
+    answer: tokio::task::JoinHandle<Attempt>,
+}
+
+impl Handoffs {
+    fn put(&self, lane: LaneId, key: String, answer: tokio::task::JoinHandle<Attempt>) {
+        self.0
+            .lock()
+            .expect("handoffs")
+            .insert(lane, InFlight { key, answer });
+    }
+
+    /// The request in flight for `lane`, if any: `Ok` with its answer to come when it was
+    /// sent under `key`, `Err(())` when it was another batch's (its outcome is lost to us).
+    fn take(
+        &self,
+        lane: LaneId,
+        key: &str,
+    ) -> Option<Result<tokio::task::JoinHandle<Attempt>, ()>> {
+        let found = self.0.lock().expect("handoffs").remove(&lane)?;
+        if found.key == key {
+            Some(Ok(found.answer))
+        } else {
+            found.answer.abort();
+            Some(Err(()))
+        }
+    }
+}
+
 pub struct Lane {
     key: LaneKey,
     id: LaneId,
@@ -44,10 +81,11 @@ pub struct Lane {
     client: Arc<ApiClient>,
     settings: LaneSettings,
     shutdown: CancellationToken,
-    /// Fired with `shutdown` on a reload: the request in flight is let go rather than waited
-    /// for (its batch goes out again, under its key, from the next generation), so that a
-    /// hanging API does not hold up a reload.
+    /// Fired with `shutdown` on a reload: the request in flight is not waited for (a hanging
+    /// API must not hold up a reload) but handed to the next generation in `handoffs`, whose
+    /// lane waits for its answer rather than sending the batch again.
     hurry: CancellationToken,
+    handoffs: Arc<Handoffs>,
     health: Health,
     metrics: Arc<LaneMetrics>,
 }
@@ -60,9 +98,11 @@ impl Lane {
         client: Arc<ApiClient>,
         settings: LaneSettings,
         (shutdown, hurry): (CancellationToken, CancellationToken),
-        metrics: Arc<LaneMetrics>,
+        // What outlives a generation: the counters and requests handed on at a reload.
+        (metrics, handoffs): (Arc<LaneMetrics>, Arc<Handoffs>),
     ) -> Self {
         Self {
+            handoffs,
             meta: key.meta_json(),
             key,
             id,
@@ -234,9 +274,34 @@ impl Lane {
                     return Err(Stopped);
                 }
                 let started = Instant::now();
+                let mut answer = match self.handoffs.take(self.id, &idem) {
+                    Some(Ok(answer)) => {
+                        info!(lane = %self.key, "waiting for the answer to the request in flight at the reload, rather than sending the batch again");
+                        answer
+                    }
+                    other => {
+                        if other.is_some() {
+                            // Another batch was in flight at the reload: whatever became of it,
+                            // it goes out again under its key.
+                            self.metrics.unknown_outcome.fetch_add(1, Relaxed);
+                            let _ = self.outbox.count_unknown_outcome(self.id).await;
+                        }
+                        // Its own task, so that a reload can hand it on unfinished.
+                        let (client, key, idem, request) = (
+                            self.client.clone(),
+                            self.key.clone(),
+                            idem.clone(),
+                            request.clone(),
+                        );
+                        tokio::spawn(async move { client.post(&key, &idem, request).await })
+                    }
+                };
                 let attempt = tokio::select! {
-                    a = self.client.post(&self.key, &idem, request.clone()) => a,
+                    a = &mut answer => a.unwrap_or_else(|e| {
+                        Attempt::Unknown(format!("the request was cut off: {e}"))
+                    }),
                     _ = self.hurry.cancelled() => {
+                        self.handoffs.put(self.id, idem.clone(), answer);
                         self.flush(last_accepted.take()).await;
                         return Err(Stopped);
                     }

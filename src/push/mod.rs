@@ -11,4 +11,4 @@ pub mod client;
 pub mod lane;
 
 pub use client::ApiClient;
-pub use lane::{Lane, LaneSettings};
+pub use lane::{Handoffs, Lane, LaneSettings};
