@@ -83,7 +83,7 @@ impl StateFiles {
             }
         }
         #[cfg(not(unix))]
-        let _ = meta;
+        let _ = (meta, &self.files);
         if dir.is_none() || dir != self.dir || self.name.is_empty() {
             return false;
         }
