@@ -1,8 +1,9 @@
 //! The chaos suite: the real binary with a tailed files source, a webhook source and a sql
 //! source (a real PostgreSQL) delivering to the fake API, while at random moments an operator
 //! scrapes `/metrics` and `/readyz`, runs every operator command, reloads with valid and
-//! invalid configurations, starts a second daemon on the same state file, kills the daemon
-//! with `kill -9` and starts it again, and the API fails in every way it can.
+//! invalid configurations (while clients push), starts a second daemon on the same state file,
+//! kills the daemon with `kill -9` and starts it again, rewrites a tailed file in place from its
+//! start, and the API fails in every way it can.
 //!
 //! The invariant: every record that was acknowledged (a 200 to a push, a line written to a
 //! tailed file, a row committed to the database) arrives at least once, and a record arrives
@@ -32,6 +33,7 @@ const FILE_IDS: u64 = 1_000_000;
 const PUSH_IDS: u64 = 2_000_000;
 const DB_IDS: u64 = 3_000_000;
 const IMPORT_IDS: u64 = 4_000_000;
+const REWRITE_IDS: u64 = 5_000_000;
 
 struct Setup {
     env: Env,
@@ -260,6 +262,7 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
         &["import", "--source", "history", "--from", "OLD"],
     ];
     let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+    let (mut rewrites, mut last_rewrite) = (0u64, None);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -272,11 +275,30 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
             50..60 => "reload",
             60..67 => "reload an invalid configuration",
             67..72 => "second daemon",
-            72..87 => "kill -9",
+            72..84 => "kill -9",
+            84..88 => "rewrite in place",
             _ => "API failure",
         };
         *ops.entry(op).or_default() += 1;
         match op {
+            "rewrite in place" => {
+                // The same size, other lines, from the first byte: an ACD that rewrites its
+                // current file. Content rewritten before it was read is gone by design; the
+                // last content must arrive, and no content twice.
+                use std::os::unix::fs::FileExt;
+                let from = REWRITE_IDS + rewrites * 3;
+                rewrites += 1;
+                let path = setup.env.exports.join("rewritten.ndjson");
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .unwrap();
+                file.write_all_at(events(from..from + 3).as_bytes(), 0)
+                    .unwrap();
+                last_rewrite = Some(from..from + 3);
+            }
             "scrape" => {
                 for path in ["/metrics", "/readyz"] {
                     let _ = client
@@ -381,6 +403,8 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
     for w in writers {
         w.await.unwrap();
     }
+    // The file's last content is acknowledged: it stays there to be read.
+    acked.add(last_rewrite.into_iter().flatten());
     // The refusals end; the dead letters they made are sent again.
     api.clear_rejections();
     let cfg = setup.cfg();
@@ -438,9 +462,18 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
         .collect();
     let unexplained: Vec<&u64> = twice.iter().filter(|id| !in_resent.contains(id)).collect();
     let unknown: Vec<&u64> = got.keys().filter(|id| !acked.contains(id)).collect();
+    let resent_batches: usize = resent_keys.values().map(|n| n - 1).sum();
+    let counted: i64 = setup
+        .env
+        .report()
+        .lanes
+        .iter()
+        .map(|l| l.unknown_outcome_retries)
+        .sum();
     eprintln!(
         "chaos: {steps} operations {ops:?}; {} acknowledged, {} delivered ({} records), {} \
-         records in batches resent under their key, {} delivered twice",
+         records in {resent_batches} batch(es) resent under their key ({counted} counted as \
+         unknown-outcome retries), {} delivered twice, {rewrites} in-place rewrites",
         acked.len(),
         got.len(),
         api.record_count(),
@@ -451,10 +484,13 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
         unexplained.is_empty(),
         "delivered twice outside a resent batch: {unexplained:?}"
     );
-    // Pushes whose answer was lost (a kill after the commit) may arrive unacknowledged;
-    // anything else is a record nobody wrote.
+    // Pushes whose answer was lost (a kill after the commit) may arrive unacknowledged, and
+    // so may a rewritten file's content read before the next rewrite; anything else is a
+    // record nobody wrote.
     assert!(
-        unknown.iter().all(|id| (PUSH_IDS..DB_IDS).contains(*id)),
+        unknown
+            .iter()
+            .all(|id| (PUSH_IDS..DB_IDS).contains(*id) || (REWRITE_IDS..).contains(*id)),
         "records nobody acknowledged: {unknown:?}"
     );
 }

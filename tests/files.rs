@@ -980,6 +980,7 @@ async fn parked_lines_name_the_file_below_the_source_path() {
 /// An ACD that rewrites its current file in place from the start (same size, new content), as
 /// fast as it can: the daemon (the real binary) keeps running with a bounded stack, and no
 /// content it read is delivered twice; content written once the storm is over is read too.
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewrite_storm_costs_bounded_stack_and_reads_each_content_once() {
     use std::os::unix::fs::FileExt;

@@ -379,13 +379,22 @@ impl FilesSource {
         }
         let mut file = self.tailed[i].file.try_clone()?;
         self.read(ctx, idx, &mut file, None, false)?;
-        // A short file's first bytes are all that was read of it: its fingerprint is taken from
-        // them, not from the look before the read, which a rewrite in between would make a
-        // fingerprint of content never read (and the content read would be read again).
+        // A short file's first bytes are all that was read of it. When they are not what the
+        // look before the read saw (rewritten in between), its fingerprint is taken from what
+        // was read, and kept at once: a fingerprint of content never read would make the
+        // content read be read again, after a restart too.
         let known = &mut self.known[idx];
-        if known.cur.offset > 0 && known.tail.len() as u64 == known.cur.offset {
+        let read_whole = known.cur.offset > 0 && known.tail.len() as u64 == known.cur.offset;
+        if read_whole && !head.starts_with(&known.tail) {
             known.cur.fp_len = known.cur.offset;
             known.cur.fp = fingerprint(&known.tail);
+            commit_blocking(
+                ctx,
+                Commit {
+                    cursors: vec![(known.id, to_json(&known.cur))],
+                    ..Commit::default()
+                },
+            )?;
         }
         // A followed file is never finished: what its new lines became is said only when
         // some were merged or parked.
