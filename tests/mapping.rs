@@ -519,6 +519,26 @@ fn preview_of_an_asterisk_cdr_parks_nothing() {
     assert!(out.contains("84 row(s): 84 record(s), 0 parked"), "{out}");
 }
 
+/// What `init` left for a person to fill in (the key file, the state file, the configuration
+/// id), filled in for this installation and the fake API; `state` goes into `[state]`.
+fn filled_in(generated: &str, env: &Env, api: &FakeApi, state: &str) -> String {
+    generated
+        .replace(
+            "token_file = \"/etc/injixo-sync/api-key\"",
+            &format!("token_file = {:?}", env.key_file.display().to_string()),
+        )
+        .replace(
+            "path = \"/var/lib/injixo-sync/outbox.db\"",
+            &format!("path = {:?}{state}", env.state.display().to_string()),
+        )
+        .replace("# integration_id = 1234", "integration_id = 1234")
+        .replacen(
+            "[api]\n",
+            &format!("[api]\nurl = {:?}\nlinger = \"50ms\"\n", api.url()),
+            1,
+        )
+}
+
 /// `init --sample` → fill in the TODOs → `preview` → `check` → `run`: the generated
 /// configuration reads the sample's every row, and `check` names what was left to fill in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,24 +576,7 @@ async fn init_from_a_sample_to_delivery() {
         assert_eq!(code, 1, "{file}: {out}");
         assert!(out.contains("integration_id: is required"), "{file}: {out}");
         // Filled in: the key file, the state file, the configuration id.
-        let filled = text
-            .replace(
-                "token_file = \"/etc/injixo-sync/api-key\"",
-                &format!("token_file = {:?}", env.key_file.display().to_string()),
-            )
-            .replace(
-                "path = \"/var/lib/injixo-sync/outbox.db\"",
-                &format!(
-                    "path = {:?}\nkeep_sent = \"1d\"",
-                    env.state.display().to_string()
-                ),
-            )
-            .replace("# integration_id = 1234", "integration_id = 1234");
-        let filled = filled.replacen(
-            "[api]\n",
-            &format!("[api]\nurl = {:?}\nlinger = \"50ms\"\n", api.url()),
-            1,
-        );
+        let filled = filled_in(&text, &env, &api, "\nkeep_sent = \"1d\"");
         std::fs::write(&env.config_file, &filled).unwrap();
         let cfg = env.config_file.to_str().unwrap().to_owned();
         let (code, out) = cli(&["--config", &cfg, "check", "--offline"]);
@@ -704,22 +707,7 @@ async fn init_proposes_only_a_key_unique_over_the_whole_sample() {
         "{out}"
     );
     // The proposed configuration, filled in, delivers every call of the month.
-    let filled = text
-        .replace(
-            "token_file = \"/etc/injixo-sync/api-key\"",
-            &format!("token_file = {:?}", env.key_file.display().to_string()),
-        )
-        .replace(
-            "path = \"/var/lib/injixo-sync/outbox.db\"",
-            &format!("path = {:?}", env.state.display().to_string()),
-        )
-        .replace("# integration_id = 1234", "integration_id = 1234")
-        .replacen(
-            "[api]\n",
-            &format!("[api]\nurl = {:?}\nlinger = \"50ms\"\n", api.url()),
-            1,
-        );
-    std::fs::write(&env.config_file, &filled).unwrap();
+    std::fs::write(&env.config_file, filled_in(&text, &env, &api, "")).unwrap();
     std::fs::remove_file(&narrow).unwrap();
     let config = injixo_sync::config::Config::load(&env.config_file).unwrap();
     let daemon = Daemon::start(config);

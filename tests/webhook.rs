@@ -60,6 +60,57 @@ async fn wait_listening(port: u16) {
     wait_serving(port).await;
 }
 
+/// The real binary on this installation's configuration, its log in `daemon.log`, once its
+/// first generation runs.
+#[cfg(unix)]
+async fn start_logged(env: &Env) -> (Process, std::path::PathBuf) {
+    let log = env.dir.path().join("daemon.log");
+    let daemon = Process::start_logged(&env.config_file, &log);
+    wait_for(Duration::from_secs(30), "the first generation", || {
+        generations_started(&log) == 1
+    })
+    .await;
+    (daemon, log)
+}
+
+/// `clients` clients pushing `per_push` events a request without pause until `stop`: each
+/// returns the ids answered 200 and why the others were not.
+#[cfg(unix)]
+fn push_until(
+    port: u16,
+    clients: u64,
+    per_push: u64,
+    stop: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinSet<(Vec<u64>, Vec<String>)> {
+    let mut pushers = tokio::task::JoinSet::new();
+    for p in 0..clients {
+        let stop = stop.clone();
+        pushers.spawn(async move {
+            let client = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
+            let (mut acked, mut refused) = (Vec::new(), Vec::new());
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let ids = (p * 1_000_000 + n)..(p * 1_000_000 + n + per_push);
+                n += per_push;
+                match client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(events_json(ids.clone()).to_string())
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().as_u16() == 200 => acked.extend(ids),
+                    Ok(r) => refused.push(format!("{ids:?}: HTTP {}", r.status())),
+                    Err(e) => refused.push(format!("{ids:?}: {e}")),
+                }
+            }
+            (acked, refused)
+        });
+    }
+    pushers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_acknowledged_is_kept_through_kill_9() {
     let env = Env::new();
@@ -432,39 +483,9 @@ async fn reloads_that_keep_the_address_refuse_no_push() {
     let api = FakeApi::start(KEY).await.unwrap();
     let port = free_port();
     std::fs::write(&env.config_file, config(&env, &api.url(), port)).unwrap();
-    let log = env.dir.path().join("daemon.log");
-    let daemon = Process::start_logged(&env.config_file, &log);
-    wait_for(Duration::from_secs(30), "the first generation", || {
-        generations_started(&log) == 1
-    })
-    .await;
+    let (daemon, log) = start_logged(&env).await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut pushers = tokio::task::JoinSet::new();
-    for p in 0..4u64 {
-        let stop = stop.clone();
-        pushers.spawn(async move {
-            let client = reqwest::Client::new();
-            let url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
-            let (mut acked, mut refused) = (Vec::new(), Vec::new());
-            let mut n = 0u64;
-            while !stop.is_cancelled() {
-                let id = p * 1_000_000 + n;
-                n += 1;
-                match client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(event(id))
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().as_u16() == 200 => acked.push(id),
-                    Ok(r) => refused.push(format!("{id}: HTTP {}", r.status())),
-                    Err(e) => refused.push(format!("{id}: {e}")),
-                }
-            }
-            (acked, refused)
-        });
-    }
+    let mut pushers = push_until(port, 4, 1, &stop);
     for reload in 1..=5 {
         unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
         wait_for(Duration::from_secs(30), "the next generation", || {
@@ -565,39 +586,9 @@ async fn reloads_under_pushes_hand_the_request_in_flight_on_and_count_every_rese
     api.set_latency(Duration::from_millis(150));
     let port = free_port();
     std::fs::write(&env.config_file, config(&env, &api.url(), port)).unwrap();
-    let log = env.dir.path().join("daemon.log");
-    let daemon = Process::start_logged(&env.config_file, &log);
-    wait_for(Duration::from_secs(30), "the first generation", || {
-        generations_started(&log) == 1
-    })
-    .await;
+    let (daemon, log) = start_logged(&env).await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut pushers = tokio::task::JoinSet::new();
-    for p in 0..20u64 {
-        let stop = stop.clone();
-        pushers.spawn(async move {
-            let client = reqwest::Client::new();
-            let url = format!("http://127.0.0.1:{port}/webhook/acd/{TOKEN}");
-            let mut acked = Vec::new();
-            let mut n = 0u64;
-            while !stop.is_cancelled() {
-                let ids = (p * 1_000_000 + n)..(p * 1_000_000 + n + 5);
-                n += 5;
-                let body = events_json(ids.clone()).to_string();
-                if let Ok(r) = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    && r.status().as_u16() == 200
-                {
-                    acked.extend(ids);
-                }
-            }
-            acked
-        });
-    }
+    let mut pushers = push_until(port, 20, 5, &stop);
     let reloads = 20;
     for reload in 1..=reloads {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -610,7 +601,7 @@ async fn reloads_under_pushes_hand_the_request_in_flight_on_and_count_every_rese
     stop.cancel();
     let mut acked = Vec::new();
     while let Some(r) = pushers.join_next().await {
-        acked.extend(r.unwrap());
+        acked.extend(r.unwrap().0);
     }
     wait_for(Duration::from_secs(120), "every acknowledged push", || {
         let got = arrivals(&api);
