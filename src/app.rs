@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::{LaneMetrics, SourceMetrics};
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{LaneId, Outbox, OutboxError};
 use crate::push::{ApiClient, Lane, LaneSettings};
 use crate::server;
 use crate::service::{Notifier, watchdog_interval};
@@ -48,14 +48,16 @@ pub enum RunError {
 
 /// What lives as long as the process, across generations: the state file's lock, and the
 /// counters (a reload keeps counting where the previous configuration left off).
+/// Fields drop in order: the outbox and its writer go before the lock, so that the lock is not
+/// let go while this process may still commit (see [`Drop`]).
 pub struct Kept {
-    lock: Arc<crate::outbox::StateLock>,
+    /// The outbox, opened (checked and migrated) once: a reload does not open it again.
+    outbox: Option<Outbox>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: crate::metrics::Counters,
     /// Requests in flight that a reload handed from one generation's lanes to the next's.
     handoffs: Arc<crate::push::Handoffs>,
-    /// The outbox, opened (checked and migrated) once: a reload does not open it again.
-    outbox: Outbox,
-    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    lock: Arc<crate::outbox::StateLock>,
 }
 
 impl Kept {
@@ -65,20 +67,43 @@ impl Kept {
         let lock = lock_state(config, "run")?;
         let (outbox, writer) = Outbox::open(&config.state.path)?;
         Ok(Self {
-            lock: Arc::new(lock),
+            outbox: Some(outbox),
+            writer: std::sync::Mutex::new(Some(writer)),
             counters: crate::metrics::Counters::default(),
             handoffs: Arc::default(),
-            outbox,
-            writer: std::sync::Mutex::new(Some(writer)),
+            lock: Arc::new(lock),
         })
+    }
+
+    fn outbox(&self) -> Outbox {
+        self.outbox.clone().expect("open until dropped")
     }
 
     /// Lets the outbox go and waits for its writer to finish what it was given.
     fn close(self) {
-        let Kept { outbox, writer, .. } = self;
-        drop(outbox);
-        let writer = writer.into_inner().ok().flatten();
-        if writer.is_some_and(|w| w.join().is_err()) {
+        drop(self);
+    }
+}
+
+impl Drop for Kept {
+    /// The writer finishes the jobs it was given (every handle gone, it stops) before the
+    /// lock is let go, however the daemon ends; a writer still busy after a deadline (a disk
+    /// that hangs) is left behind, with the lock, for the process's exit to end.
+    fn drop(&mut self) {
+        self.outbox = None;
+        let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !writer.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !writer.is_finished() {
+            error!("the outbox writer did not finish within 10 s");
+            std::mem::forget(self.lock.clone());
+            return;
+        }
+        if writer.join().is_err() {
             error!("the outbox writer panicked");
         }
     }
@@ -348,7 +373,7 @@ async fn run_prepared(
     for w in &config.warnings {
         warn!("{w}");
     }
-    let outbox = kept.outbox.clone();
+    let outbox = kept.outbox();
     let budget = outbox
         .apply_budget(config.state.max_outbox_size, false)
         .await?;
@@ -394,6 +419,12 @@ async fn run_prepared(
             (metrics, kept.handoffs.clone()),
         );
         tracker.spawn(lane.run());
+    }
+    // A request handed on by a lane this configuration no longer has: its batch goes out
+    // again (its records are adopted by another lane), counted as a resend.
+    let configured: Vec<LaneId> = lane_ids.iter().map(|(_, id)| *id).collect();
+    for lane in kept.handoffs.keep_only(&configured) {
+        let _ = outbox.count_unknown_outcome(lane).await;
     }
     let mut source_metrics = Vec::new();
     let mut built = built.into_iter();

@@ -95,8 +95,11 @@ pub fn text(text: &str) -> String {
     while let Some(at) = rest.find(['?', ':']) {
         let (head, tail) = rest.split_at(at);
         out.push_str(head);
-        if let Some(after) = tail.strip_prefix("://") {
-            out.push_str("://");
+        // JSON may escape the slashes (`https:\/\/`, PHP's json_encode does by default).
+        let scheme_end = ["://", ":\\/\\/"].into_iter().find(|s| tail.starts_with(s));
+        if let Some(sep) = scheme_end {
+            let after = &tail[sep.len()..];
+            out.push_str(sep);
             let end = after.find(ends_authority).unwrap_or(after.len());
             let authority = &after[..end];
             out.push_str(authority.rsplit_once('@').map_or(authority, |(_, h)| h));
@@ -250,6 +253,10 @@ mod tests {
         assert_eq!(
             text("<a href=\"/calls?a=1&amp;key=s3cr3t\">"),
             "<a href=\"/calls?a=***&amp;key=***\">"
+        );
+        assert_eq!(
+            text(r#"{"next":"https:\/\/ann:pw@acd.example\/x?k=s3cr3t"}"#),
+            r#"{"next":"https:\/\/acd.example\/x?k=***"}"#
         );
         assert_eq!(text("time: 10:00, ratio 3:1"), "time: 10:00, ratio 3:1");
     }

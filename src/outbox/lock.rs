@@ -452,10 +452,18 @@ mod ident {
             let file = File::options().read(true).write(true).open(state)?;
             let m = file.metadata()?;
             let key = (m.dev(), m.ino());
-            open.entry(key).or_insert(Entry {
-                file: Arc::new(file),
-                held: None,
-            });
+            match open.entry(key) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(Entry {
+                        file: Arc::new(file),
+                        held: None,
+                    });
+                }
+                // The path named another file between the look and the open, one already kept
+                // here: this second descriptor is never closed either (closing any descriptor
+                // of the file would drop SQLite's locks on it in this process).
+                std::collections::hash_map::Entry::Occupied(_) => std::mem::forget(file),
+            }
             // The path may name another file by now; the descriptor decides.
             return Ok((key, open.get_mut(&key).expect("just inserted")));
         }

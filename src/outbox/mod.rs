@@ -102,6 +102,14 @@ pub enum OutboxError {
     )]
     Newer { path: PathBuf, version: i32 },
     #[error(
+        "state file {path} has schema version {version}, older than this build reads ({current}): \
+         it is brought up to date when the service starts. Restart it (`systemctl restart \
+         injixo-sync`), then run this command again",
+        path = path.display(),
+        current = SCHEMA_VERSION
+    )]
+    Older { path: PathBuf, version: i32 },
+    #[error(
         "state file {path} is in use by {holder}: one daemon per state file. Stop that \
          process first (`systemctl stop injixo-sync`), or point [state] path at another file",
         path = path.display()
@@ -679,6 +687,8 @@ fn write_commit(
     let mut parked_total = 0;
     for group in &groups {
         let mut g = GroupDone::default();
+        // Counted once the group is kept: a group left out whole merged nothing.
+        let mut g_merged = 0;
         if group.same_payload {
             c.execute_batch("SAVEPOINT push_group")?;
         }
@@ -725,7 +735,7 @@ fn write_commit(
                     None => kept_differs(c, source, r)?,
                 };
                 if differs {
-                    done.merged += 1;
+                    g_merged += 1;
                 }
             }
             if group.same_payload && !g.conflict {
@@ -756,6 +766,7 @@ fn write_commit(
         }
         done.inserted += g.inserted;
         done.duplicates += g.duplicates;
+        done.merged += g_merged;
         done.groups.push(g);
     }
     if commit.groups.is_empty() {
@@ -783,16 +794,21 @@ fn write_commit(
     Ok(done)
 }
 
-/// Whether the record kept under `r`'s key is another record than `r`.
+/// Whether the record kept under `r`'s key is another record than `r`. A kept record that
+/// cannot be decoded counts as another: it must not stop the source's commits.
 fn kept_differs(c: &Connection, source: SourceId, r: &NewRecord) -> rusqlite::Result<bool> {
-    let (kept, origin): (String, String) = c
+    let kept = c
         .prepare_cached(
             "SELECT payload(payload), origin(payload, origin) FROM records
              WHERE source_id = ?1 AND dkey = ?2",
         )?
         .query_row(params![source.0, &r.dkey[..]], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?;
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        });
+    let (kept, origin) = match kept {
+        Err(e) if codec::damage(&e).is_some() => return Ok(true),
+        other => other?,
+    };
     // A compacted record's payload is gone; its origin keeps the payload's hash.
     Ok(if kept == COMPACTED {
         origin != compacted_origin(&r.payload)

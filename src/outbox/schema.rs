@@ -314,7 +314,15 @@ fn open_existing(path: &Path, mode: OpenFlags) -> Result<Connection, OutboxError
         return Err(OutboxError::Missing(path.to_owned()));
     }
     let conn = connect(path, mode)?;
-    identify(&conn, path)?;
+    let version = identify(&conn, path)?;
+    // Commands read what this build writes; only the daemon (or `import`, under the lock)
+    // migrates an older file.
+    if version < SCHEMA_VERSION {
+        return Err(OutboxError::Older {
+            path: path.to_owned(),
+            version,
+        });
+    }
     Ok(conn)
 }
 

@@ -20,6 +20,19 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// Where its requests go, as a number: the API's address and the key (which names the
+    /// customer). A request handed on at a reload counts only for a client with the same.
+    pub fn destination(&self) -> u64 {
+        use sha2::Digest;
+        let token = self.token.read().expect("token lock");
+        let digest = sha2::Sha256::new()
+            .chain_update(self.base.as_str().as_bytes())
+            .chain_update([0])
+            .chain_update(token.expose().as_bytes())
+            .finalize();
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+
     /// Builds the client: timeout, proxy (`api.proxy`, else `HTTPS_PROXY`/`NO_PROXY`), extra CA
     /// bundle. Fails if the key cannot be read or the CA file is unusable.
     pub fn new(cfg: &ApiConfig) -> Result<Self, String> {

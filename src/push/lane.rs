@@ -42,34 +42,51 @@ struct Stopped;
 #[derive(Default)]
 pub struct Handoffs(std::sync::Mutex<std::collections::HashMap<LaneId, InFlight>>);
 
-/// A request under way: its `Idempotency-Key` and the task that will have its answer.
+/// A request under way: its `Idempotency-Key`, where it went ([`ApiClient::destination`]) and
+/// the task that will have its answer.
 struct InFlight {
     key: String,
+    to: u64,
     answer: tokio::task::JoinHandle<Attempt>,
 }
 
 impl Handoffs {
-    fn put(&self, lane: LaneId, key: String, answer: tokio::task::JoinHandle<Attempt>) {
+    fn put(&self, lane: LaneId, key: String, to: u64, answer: tokio::task::JoinHandle<Attempt>) {
         self.0
             .lock()
             .expect("handoffs")
-            .insert(lane, InFlight { key, answer });
+            .insert(lane, InFlight { key, to, answer });
     }
 
     /// The request in flight for `lane`, if any: `Ok` with its answer to come when it was
-    /// sent under `key`, `Err(())` when it was another batch's (its outcome is lost to us).
+    /// sent under `key` to `to`; `Err(())` when it was another batch's or went elsewhere (the
+    /// API's address or key changed with the reload): its outcome does not count here.
     fn take(
         &self,
         lane: LaneId,
         key: &str,
+        to: u64,
     ) -> Option<Result<tokio::task::JoinHandle<Attempt>, ()>> {
         let found = self.0.lock().expect("handoffs").remove(&lane)?;
-        if found.key == key {
+        if found.key == key && found.to == to {
             Some(Ok(found.answer))
         } else {
             found.answer.abort();
             Some(Err(()))
         }
+    }
+
+    /// Lets go of the requests handed on by lanes that are not among `lanes` (a reload that
+    /// removed them): their batches go out again under their keys. Returns those lanes.
+    pub fn keep_only(&self, lanes: &[LaneId]) -> Vec<LaneId> {
+        let mut map = self.0.lock().expect("handoffs");
+        let gone: Vec<LaneId> = map.keys().filter(|l| !lanes.contains(l)).copied().collect();
+        for lane in &gone {
+            if let Some(f) = map.remove(lane) {
+                f.answer.abort();
+            }
+        }
+        gone
     }
 }
 
@@ -274,15 +291,16 @@ impl Lane {
                     return Err(Stopped);
                 }
                 let started = Instant::now();
-                let mut answer = match self.handoffs.take(self.id, &idem) {
+                let to = self.client.destination();
+                let mut answer = match self.handoffs.take(self.id, &idem, to) {
                     Some(Ok(answer)) => {
                         info!(lane = %self.key, "waiting for the answer to the request in flight at the reload, rather than sending the batch again");
                         answer
                     }
                     other => {
                         if other.is_some() {
-                            // Another batch was in flight at the reload: whatever became of it,
-                            // it goes out again under its key.
+                            // Another batch, or another destination, was in flight at the
+                            // reload: whatever became of it, it goes out again.
                             self.metrics.unknown_outcome.fetch_add(1, Relaxed);
                             let _ = self.outbox.count_unknown_outcome(self.id).await;
                         }
@@ -301,7 +319,7 @@ impl Lane {
                         Attempt::Unknown(format!("the request was cut off: {e}"))
                     }),
                     _ = self.hurry.cancelled() => {
-                        self.handoffs.put(self.id, idem.clone(), answer);
+                        self.handoffs.put(self.id, idem.clone(), to, answer);
                         self.flush(last_accepted.take()).await;
                         return Err(Stopped);
                     }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tracing::warn;
 
-use super::identity::{bytes_before, fingerprint, last_bytes, read_full};
+use super::identity::{FINGERPRINT_MAX, bytes_before, fingerprint, last_bytes, read_full};
 use super::{FilesSource, InFlight, Known, LongLine, TakeError, to_json};
 use crate::config::{FileFormat, FilesConfig, RowRules};
 use crate::normalize::map::Row;
@@ -201,6 +201,14 @@ impl FilesSource {
             next.line += step.newlines;
             let tail = last_bytes(&cur.tail, &self.buf[..consumed]);
             next.end_fp = fingerprint(&tail);
+            // A followed file read from its start: its first bytes' fingerprint is that of the
+            // bytes read, committed with them. One taken at an earlier look would be of
+            // content a rewrite in between replaced, and the content read would be read again.
+            if offset == 0 && cur.cur.fp_len > 0 {
+                let first = &self.buf[..n.min(FINGERPRINT_MAX)];
+                next.fp_len = first.len() as u64;
+                next.fp = fingerprint(first);
+            }
             if step.header.is_some() {
                 next.header = step.header;
             }

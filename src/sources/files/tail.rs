@@ -379,23 +379,6 @@ impl FilesSource {
         }
         let mut file = self.tailed[i].file.try_clone()?;
         self.read(ctx, idx, &mut file, None, false)?;
-        // A short file's first bytes are all that was read of it. When they are not what the
-        // look before the read saw (rewritten in between), its fingerprint is taken from what
-        // was read, and kept at once: a fingerprint of content never read would make the
-        // content read be read again, after a restart too.
-        let known = &mut self.known[idx];
-        let read_whole = known.cur.offset > 0 && known.tail.len() as u64 == known.cur.offset;
-        if read_whole && !head.starts_with(&known.tail) {
-            known.cur.fp_len = known.cur.offset;
-            known.cur.fp = fingerprint(&known.tail);
-            commit_blocking(
-                ctx,
-                Commit {
-                    cursors: vec![(known.id, to_json(&known.cur))],
-                    ..Commit::default()
-                },
-            )?;
-        }
         // A followed file is never finished: what its new lines became is said only when
         // some were merged or parked.
         let path = self.tailed[i].path.clone();
