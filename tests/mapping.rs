@@ -63,8 +63,8 @@ fn cdr_map(columns: usize) -> String {
         "uniqueid",
         "userfield",
     ];
-    // README's recipe: a uniqueid repeats across the legs of a call; with `sequence` it names
-    // one leg. Without it (18 columns), each row is its own record.
+    // The recipe in docs/configuration.md: a uniqueid repeats across the legs of a call; with
+    // `sequence` it names one leg. Without it (18 columns), each row is its own record.
     let key = if columns == 21 {
         names.extend(["peeraccount", "linkedid", "sequence"]);
         "\nkey = \"{uniqueid}-{sequence}\""
@@ -602,8 +602,8 @@ async fn init_from_a_sample_to_delivery() {
 }
 
 /// A stock Master.csv where a call rings three agents in turn: three legs (rows) under one
-/// `uniqueid`, one ANSWERED. `init` proposes only a key unique per leg, and README's recipe
-/// delivers every leg.
+/// `uniqueid`, one ANSWERED. `init` proposes only a key unique per leg, and the recipe in
+/// docs/configuration.md delivers every leg.
 fn multi_leg_cdr(calls: u64) -> String {
     let mut text = String::new();
     let mut sequence = 0;
