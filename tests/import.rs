@@ -221,7 +221,11 @@ fn an_import_migrates_an_older_outbox_only_under_the_state_lock() {
     };
     rusqlite::Connection::open(&env.state)
         .unwrap()
-        .execute_batch("DROP TABLE dicts; PRAGMA user_version = 5;")
+        .execute_batch(
+            "DROP TABLE dicts; DROP INDEX dead_damaged; ALTER TABLE dead DROP COLUMN damaged;
+             DROP INDEX parked_raw; ALTER TABLE records DROP COLUMN row_hash;
+             PRAGMA user_version = 5;",
+        )
         .unwrap();
     let daemon = injixo_sync::outbox::StateLock::acquire(&env.state, "run").unwrap();
     let cfg = env.config_file.to_str().unwrap();

@@ -32,6 +32,25 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
+/// [`run`], again while the server answers that it is still starting up (it accepts
+/// connections before it accepts logins, and a loaded machine makes that window long).
+fn run_once_up(cmd: &mut Command, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains("starting up") || Instant::now() > deadline {
+            assert!(
+                out.status.success(),
+                "{what}: {}{err}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub struct Postgres {
     _dir: tempfile::TempDir,
     data: PathBuf,
@@ -84,7 +103,7 @@ impl Postgres {
             "initdb",
         );
         pg.restart();
-        run(
+        run_once_up(
             Command::new(pg.bin.join("psql"))
                 .args([
                     "-h",
