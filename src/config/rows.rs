@@ -7,9 +7,9 @@ use super::SourceKind;
 use super::problems::{Seg, Validator};
 use super::raw::RawSource;
 use crate::normalize::expr::{Expr, Reading, Want};
-use crate::normalize::map::{
-    ApiField, Expand, ExpandDuration, FieldSource, KeyTemplate, Lookup, Mapping, SkipIf,
-};
+use crate::normalize::key::KeyTemplate;
+use crate::normalize::map::{ApiField, Expand, ExpandDuration, FieldSource, Lookup, Mapping};
+use crate::normalize::skip::SkipIf;
 use crate::normalize::time::{TimeFormat, TimeParser};
 use crate::types::Emits;
 
