@@ -158,7 +158,96 @@ impl Validator<'_> {
                 None
             }
         };
-        let format = match raw.format.as_deref() {
+        let format = self.file_format(i, label, &raw);
+        let queue_log = (format == Some(FileFormat::QueueLog))
+            .then(|| self.queue_log_config(i, label, &mut raw));
+        self.not_applicable(
+            i,
+            label,
+            &[
+                ("channel", raw.channel.is_some()),
+                ("queues", raw.queues.is_some()),
+            ],
+            "applies only to type = \"asterisk_queue_log\"",
+        );
+        let mode = self.one_of(
+            &at("mode"),
+            &key("mode"),
+            raw.mode.as_deref(),
+            FileMode::Drop,
+            &[("drop", FileMode::Drop), ("tail", FileMode::Tail)],
+        );
+        let (include, exclude) = self.patterns(i, label, &mut raw);
+        let after = self.after(i, label, &mut raw, mode);
+        let s = Duration::from_secs;
+        let settle = self.duration(
+            &at("settle"),
+            &key("settle"),
+            raw.settle.as_deref(),
+            s(2),
+            (Duration::ZERO, s(3600)),
+        );
+        let poll_interval = self.duration(
+            &at("poll_interval"),
+            &key("poll_interval"),
+            raw.poll_interval.as_deref(),
+            s(5),
+            (Duration::from_millis(50), s(3600)),
+        );
+        let max_line = self.size(
+            &at("max_line"),
+            &key("max_line"),
+            raw.max_line.as_deref(),
+            DEFAULT_MAX_LINE as u64,
+            (1024, 64 << 20),
+        ) as usize;
+        let start_at = self.start_at(i, label, &raw, mode);
+        let tabular = matches!(format, Some(FileFormat::Csv | FileFormat::Tsv));
+        let delimiter = self.delimiter(i, label, &raw, format);
+        let charset = self.encoding(i, label, &raw);
+        let header = self.header(i, label, &raw, tabular);
+        let watch = self.one_of(
+            &at("watch"),
+            &key("watch"),
+            raw.watch.as_deref(),
+            Watch::Auto,
+            &[
+                ("auto", Watch::Auto),
+                ("events", Watch::Events),
+                ("poll", Watch::Poll),
+            ],
+        );
+        let marker = self.marker(i, label, &raw, mode);
+        let rows = self.rows(i, label, emits, &mut raw, tabular, queue_log.is_some())?;
+        Some(SourceKind::Files(FilesConfig {
+            path: path?,
+            recursive: raw.recursive.unwrap_or(false),
+            include,
+            exclude,
+            format: format?,
+            mode,
+            after,
+            settle,
+            poll_interval,
+            max_line,
+            start_at,
+            delimiter,
+            charset,
+            header,
+            columns: raw.columns,
+            rows,
+            watch,
+            marker,
+            queue_log,
+            modified_since: None,
+        }))
+    }
+
+    /// `format`: required; `asterisk_queue_log` only for that type.
+    fn file_format(&mut self, i: usize, label: &str, raw: &RawSource) -> Option<FileFormat> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        match raw.format.as_deref() {
             None => {
                 self.problem(
                     &at("format"),
@@ -182,25 +271,14 @@ impl Validator<'_> {
                     ]
                 },
             )),
-        };
-        let queue_log = (format == Some(FileFormat::QueueLog))
-            .then(|| self.queue_log_config(i, label, &mut raw));
-        self.not_applicable(
-            i,
-            label,
-            &[
-                ("channel", raw.channel.is_some()),
-                ("queues", raw.queues.is_some()),
-            ],
-            "applies only to type = \"asterisk_queue_log\"",
-        );
-        let mode = self.one_of(
-            &at("mode"),
-            &key("mode"),
-            raw.mode.as_deref(),
-            FileMode::Drop,
-            &[("drop", FileMode::Drop), ("tail", FileMode::Tail)],
-        );
+        }
+    }
+
+    /// `include` and `exclude`, with the names writers use for files still being written left
+    /// out by default.
+    fn patterns(&mut self, i: usize, label: &str, raw: &mut RawSource) -> (GlobSet, GlobSet) {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
         let include = self.globs(&at("include"), &key("include"), raw.include.take(), &["*"]);
         // Names that writers use while a file is incomplete (rsync's hidden temporaries,
         // browsers' and copy tools' partial files, Office lock files).
@@ -210,6 +288,13 @@ impl Validator<'_> {
             raw.exclude.take(),
             &[".*", "*/.*", "*.tmp", "*.part", "*.partial", "~$*"],
         );
+        (include, exclude)
+    }
+
+    /// `after` and `archive_dir`: what becomes of a dropped file once read.
+    fn after(&mut self, i: usize, label: &str, raw: &mut RawSource, mode: FileMode) -> After {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
         let after = match (raw.after.as_deref(), raw.archive_dir.take()) {
             (None | Some("keep"), None) => After::Keep,
             (Some("delete"), None) => After::Delete,
@@ -246,28 +331,13 @@ impl Validator<'_> {
                 "applies only to mode = \"drop\": a tailed file belongs to the ACD that writes it",
             );
         }
-        let s = Duration::from_secs;
-        let settle = self.duration(
-            &at("settle"),
-            &key("settle"),
-            raw.settle.as_deref(),
-            s(2),
-            (Duration::ZERO, s(3600)),
-        );
-        let poll_interval = self.duration(
-            &at("poll_interval"),
-            &key("poll_interval"),
-            raw.poll_interval.as_deref(),
-            s(5),
-            (Duration::from_millis(50), s(3600)),
-        );
-        let max_line = self.size(
-            &at("max_line"),
-            &key("max_line"),
-            raw.max_line.as_deref(),
-            DEFAULT_MAX_LINE as u64,
-            (1024, 64 << 20),
-        ) as usize;
+        after
+    }
+
+    /// `start_at`, for tailed files only.
+    fn start_at(&mut self, i: usize, label: &str, raw: &RawSource, mode: FileMode) -> StartAt {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
         let start_at = self.one_of(
             &at("start_at"),
             &key("start_at"),
@@ -282,8 +352,21 @@ impl Validator<'_> {
                 "applies only to mode = \"tail\": dropped files are always read whole",
             );
         }
+        start_at
+    }
+
+    /// `delimiter`, for csv and tsv only.
+    fn delimiter(
+        &mut self,
+        i: usize,
+        label: &str,
+        raw: &RawSource,
+        format: Option<FileFormat>,
+    ) -> u8 {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
         let tabular = matches!(format, Some(FileFormat::Csv | FileFormat::Tsv));
-        let delimiter = match (&raw.delimiter, format) {
+        match (&raw.delimiter, format) {
             (None, Some(FileFormat::Tsv)) => b'\t',
             (None, _) => b',',
             (Some(_), _) if !tabular => {
@@ -306,8 +389,14 @@ impl Validator<'_> {
                 );
                 b','
             }
-        };
-        let charset = match raw
+        }
+    }
+
+    /// `encoding`.
+    fn encoding(&mut self, i: usize, label: &str, raw: &RawSource) -> Charset {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        match raw
             .encoding
             .as_deref()
             .map(str::to_ascii_lowercase)
@@ -329,7 +418,13 @@ impl Validator<'_> {
                 );
                 Charset::Utf8
             }
-        };
+        }
+    }
+
+    /// `header` and `columns`, for csv and tsv only: without a header the columns are named.
+    fn header(&mut self, i: usize, label: &str, raw: &RawSource, tabular: bool) -> bool {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
         if !tabular && (raw.header.is_some() || raw.columns.is_some()) {
             self.problem(
                 &at(if raw.header.is_some() {
@@ -353,18 +448,14 @@ impl Validator<'_> {
                 "is false, so `columns = [...]` must name the columns",
             );
         }
-        let watch = self.one_of(
-            &at("watch"),
-            &key("watch"),
-            raw.watch.as_deref(),
-            Watch::Auto,
-            &[
-                ("auto", Watch::Auto),
-                ("events", Watch::Events),
-                ("poll", Watch::Poll),
-            ],
-        );
-        let marker = match raw.marker.as_deref().map(Marker::parse) {
+        header
+    }
+
+    /// `marker`, for dropped files only.
+    fn marker(&mut self, i: usize, label: &str, raw: &RawSource, mode: FileMode) -> Option<Marker> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        match raw.marker.as_deref().map(Marker::parse) {
             None => None,
             Some(_) if mode == FileMode::Tail => {
                 self.problem(
@@ -379,30 +470,7 @@ impl Validator<'_> {
                 self.problem(&at("marker"), &key("marker"), e);
                 None
             }
-        };
-        let rows = self.rows(i, label, emits, &mut raw, tabular, queue_log.is_some())?;
-        Some(SourceKind::Files(FilesConfig {
-            path: path?,
-            recursive: raw.recursive.unwrap_or(false),
-            include,
-            exclude,
-            format: format?,
-            mode,
-            after,
-            settle,
-            poll_interval,
-            max_line,
-            start_at,
-            delimiter,
-            charset,
-            header,
-            columns: raw.columns,
-            rows,
-            watch,
-            marker,
-            queue_log,
-            modified_since: None,
-        }))
+        }
     }
 
     /// A files source must not reach the state file or the files kept beside it: `delete`

@@ -7,9 +7,9 @@ use super::SourceKind;
 use super::problems::{Seg, Validator};
 use super::raw::RawSource;
 use crate::normalize::expr::{Expr, Reading, Want};
-use crate::normalize::map::{
-    ApiField, Expand, ExpandDuration, FieldSource, KeyTemplate, Lookup, Mapping, SkipIf,
-};
+use crate::normalize::key::KeyTemplate;
+use crate::normalize::map::{ApiField, Expand, ExpandDuration, FieldSource, Lookup, Mapping};
+use crate::normalize::skip::SkipIf;
 use crate::normalize::time::{TimeFormat, TimeParser};
 use crate::types::Emits;
 
@@ -227,6 +227,70 @@ impl Validator<'_> {
     ) -> Option<RowRules> {
         let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
         let key = |k: &str| format!("{label}.{k}");
+        let expand = self.expand(i, label, raw);
+        let millis = self.duration_unit(i, label, raw);
+        let reading = self.reading(i, label, raw, millis);
+        let known = raw.columns.clone();
+        let known = known.as_deref();
+        let row_key = self.row_key(i, label, raw, &reading, known);
+        let skip_if = self.skip_if(i, label, raw, &reading, known);
+        let states = self.agent_states(i, label, raw, builtin_states);
+        let map = match (raw.map.take(), emits) {
+            (Some(table), Some(emits)) => self
+                .mapping(
+                    i,
+                    label,
+                    (emits, states.is_some(), expand.is_some()),
+                    table,
+                    &reading,
+                    known,
+                )
+                .map(|m| if millis { m.with_milliseconds() } else { m })
+                .and_then(|m| match expand {
+                    None => Some(m),
+                    Some(e) => m
+                        .with_expand(e)
+                        .map_err(|e| self.problem(&at("expand"), &key("expand"), e))
+                        .ok(),
+                }),
+            (None, _) if tabular => {
+                self.problem(
+                    &[Seg::Key("source"), Seg::Index(i)],
+                    &key("map"),
+                    "is required for csv and tsv: a [source.map] table from API fields to columns",
+                );
+                None
+            }
+            (None, _) => {
+                self.not_applicable(
+                    i,
+                    label,
+                    &[
+                        ("timestamp_format", raw.timestamp_format.is_some()),
+                        ("timezone", raw.timezone.is_some()),
+                    ],
+                    "applies only with a [source.map]: ndjson lines without a map are \
+                     already in the API's shape",
+                );
+                None
+            }
+            (Some(_), None) => None,
+        };
+        if let Some(m) = &map {
+            self.columns_named(i, label, raw, m, row_key.as_ref());
+        }
+        Some(RowRules {
+            map,
+            key: row_key,
+            skip_if,
+            states,
+        })
+    }
+
+    /// `expand = "interval"` with its `interval` and `expand_duration`.
+    fn expand(&mut self, i: usize, label: &str, raw: &RawSource) -> Option<Expand> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
         let expand = match (raw.expand.as_deref(), raw.interval.as_deref()) {
             (None, None) if raw.expand_duration.is_none() => None,
             (Some("interval"), interval) => {
@@ -281,6 +345,13 @@ impl Validator<'_> {
                 "needs a [source.map] naming the interval's columns",
             );
         }
+        expand
+    }
+
+    /// `duration_unit`: whether plain numbers of seconds are milliseconds.
+    fn duration_unit(&mut self, i: usize, label: &str, raw: &RawSource) -> bool {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
         let millis = self.one_of(
             &at("duration_unit"),
             &key("duration_unit"),
@@ -300,10 +371,21 @@ impl Validator<'_> {
                 "applies only with a [source.map]",
             );
         }
-        let reading = self.reading(i, label, raw, millis);
-        let known = raw.columns.clone();
-        let known = known.as_deref();
-        let row_key = match raw.key.take() {
+        millis
+    }
+
+    /// `key`: a template of columns, or `{ expr = "..." }`.
+    fn row_key(
+        &mut self,
+        i: usize,
+        label: &str,
+        raw: &mut RawSource,
+        reading: &Reading,
+        known: Option<&[String]>,
+    ) -> Option<KeyTemplate> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        match raw.key.take() {
             None => None,
             Some(toml::Value::String(t)) => match KeyTemplate::parse(&t) {
                 Ok(k) => Some(k),
@@ -316,7 +398,7 @@ impl Validator<'_> {
                 if t.len() == 1 && t.get("expr").is_some_and(|e| e.is_str()) =>
             {
                 let source = t["expr"].as_str().unwrap_or_default();
-                match Expr::compile(source, Want::Text, &reading, known) {
+                match Expr::compile(source, Want::Text, reading, known) {
                     Ok(e) => Some(KeyTemplate::expr(e)),
                     Err(e) => {
                         self.problem(&key_path(i, &["key", "expr"]), &key("key.expr"), e);
@@ -332,8 +414,21 @@ impl Validator<'_> {
                 );
                 None
             }
-        };
-        let skip_if = match raw.skip_if.take() {
+        }
+    }
+
+    /// `skip_if`: patterns per column, and `expr`.
+    fn skip_if(
+        &mut self,
+        i: usize,
+        label: &str,
+        raw: &mut RawSource,
+        reading: &Reading,
+        known: Option<&[String]>,
+    ) -> SkipIf {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        match raw.skip_if.take() {
             None => SkipIf::default(),
             Some(table) => {
                 let mut rules = Vec::new();
@@ -342,7 +437,7 @@ impl Validator<'_> {
                     if column == "expr"
                         && let toml::Value::String(source) = &v
                     {
-                        match Expr::compile(source, Want::Condition, &reading, known) {
+                        match Expr::compile(source, Want::Condition, reading, known) {
                             Ok(e) => exprs.push(e),
                             Err(e) => self.problem(
                                 &key_path(i, &["skip_if", "expr"]),
@@ -375,8 +470,21 @@ impl Validator<'_> {
                 });
                 exprs.into_iter().fold(skip, SkipIf::with_expr)
             }
-        };
-        let states = if raw.emits.as_deref() == Some("agent_states") {
+        }
+    }
+
+    /// `emits = "agent_states"`: `agents`, `activities`, `logout_states`, `max_interval`,
+    /// `open_interval_flush`; refused on other sources.
+    fn agent_states(
+        &mut self,
+        i: usize,
+        label: &str,
+        raw: &mut RawSource,
+        builtin_states: bool,
+    ) -> Option<StatesConfig> {
+        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
+        let key = |k: &str| format!("{label}.{k}");
+        if raw.emits.as_deref() == Some("agent_states") {
             if raw.map.is_none() && !builtin_states {
                 self.problem(
                     &at("emits"),
@@ -449,66 +557,32 @@ impl Validator<'_> {
                 "applies only with emits = \"agent_states\"",
             );
             None
+        }
+    }
+
+    /// Every column the map and the key read is one that `columns` names, when it is given.
+    fn columns_named(
+        &mut self,
+        i: usize,
+        label: &str,
+        raw: &RawSource,
+        m: &Mapping,
+        row_key: Option<&KeyTemplate>,
+    ) {
+        let key = |k: &str| format!("{label}.{k}");
+        let Some(cols) = &raw.columns else {
+            return;
         };
-        let map = match (raw.map.take(), emits) {
-            (Some(table), Some(emits)) => self
-                .mapping(
-                    i,
-                    label,
-                    (emits, states.is_some(), expand.is_some()),
-                    table,
-                    &reading,
-                    known,
-                )
-                .map(|m| if millis { m.with_milliseconds() } else { m })
-                .and_then(|m| match expand {
-                    None => Some(m),
-                    Some(e) => m
-                        .with_expand(e)
-                        .map_err(|e| self.problem(&at("expand"), &key("expand"), e))
-                        .ok(),
-                }),
-            (None, _) if tabular => {
+        let keyed = row_key.into_iter().flat_map(|k| k.columns());
+        for c in m.columns().into_iter().chain(keyed) {
+            if !cols.iter().any(|x| x == c) {
                 self.problem(
-                    &[Seg::Key("source"), Seg::Index(i)],
+                    &[Seg::Key("source"), Seg::Index(i), Seg::Key("map")],
                     &key("map"),
-                    "is required for csv and tsv: a [source.map] table from API fields to columns",
+                    format!("reads column `{c}`, which `columns` does not name"),
                 );
-                None
-            }
-            (None, _) => {
-                self.not_applicable(
-                    i,
-                    label,
-                    &[
-                        ("timestamp_format", raw.timestamp_format.is_some()),
-                        ("timezone", raw.timezone.is_some()),
-                    ],
-                    "applies only with a [source.map]: ndjson lines without a map are \
-                     already in the API's shape",
-                );
-                None
-            }
-            (Some(_), None) => None,
-        };
-        if let (Some(m), Some(cols)) = (&map, &raw.columns) {
-            let keyed = row_key.iter().flat_map(|k| k.columns());
-            for c in m.columns().into_iter().chain(keyed) {
-                if !cols.iter().any(|x| x == c) {
-                    self.problem(
-                        &[Seg::Key("source"), Seg::Index(i), Seg::Key("map")],
-                        &key("map"),
-                        format!("reads column `{c}`, which `columns` does not name"),
-                    );
-                }
             }
         }
-        Some(RowRules {
-            map,
-            key: row_key,
-            skip_if,
-            states,
-        })
     }
 
     /// How the source's values are read: `timestamp_format`, `timezone`, `duration_unit`.

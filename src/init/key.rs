@@ -97,7 +97,7 @@ pub fn check(
         .with_context(|| format!("cannot read the sample {}", path.display()))?
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read the sample {}", path.display()))?;
-    let (_, text) = super::decode(&bytes);
+    let (_, text) = super::sample::decode(&bytes);
     drop(bytes);
     let mut tally: Vec<(Verdict, HashMap<u64, u64>)> = candidates
         .iter()

@@ -208,7 +208,11 @@ impl FieldSource {
 }
 
 /// Fills a template's columns from a row.
-fn render(parts: &[Part], row: &dyn Row, field: &'static str) -> Result<String, RowError> {
+pub(super) fn render(
+    parts: &[Part],
+    row: &dyn Row,
+    field: &'static str,
+) -> Result<String, RowError> {
     let mut out = String::new();
     for part in parts {
         match part {
@@ -223,171 +227,14 @@ fn render(parts: &[Part], row: &dyn Row, field: &'static str) -> Result<String, 
     Ok(out)
 }
 
-/// `key = "{call_id}"`: the natural key of a row, a template of its columns (or
-/// `{ expr = "..." }`). Rows with the same key are one record, however often an export
-/// repeats them.
-#[derive(Clone, Debug, PartialEq)]
-pub struct KeyTemplate(KeyKind);
-
-#[derive(Clone, Debug, PartialEq)]
-enum KeyKind {
-    Template(Vec<Part>),
-    Expr(Expr),
-}
-
-impl KeyTemplate {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match FieldSource::template(s)? {
-            FieldSource::Template(parts) => Ok(Self(KeyKind::Template(parts))),
-            _ => unreachable!("template() returns templates"),
-        }
-    }
-
-    /// `key = { expr = "..." }`.
-    pub fn expr(e: Expr) -> Self {
-        Self(KeyKind::Expr(e))
-    }
-
-    pub fn render(&self, row: &dyn Row) -> Result<String, RowError> {
-        let key = match &self.0 {
-            KeyKind::Template(parts) => render(parts, row, "key")?,
-            KeyKind::Expr(e) => match e.eval(row) {
-                Ok(out) => out_text(out),
-                Err(message) => {
-                    return Err(RowError {
-                        field: "key",
-                        column: None,
-                        message,
-                    });
-                }
-            },
-        };
-        if key.trim().is_empty() {
-            return Err(RowError {
-                field: "key",
-                column: None,
-                message: "the row's key is empty".into(),
-            });
-        }
-        Ok(key)
-    }
-
-    pub fn columns(&self) -> Vec<&str> {
-        match &self.0 {
-            KeyKind::Template(parts) => parts
-                .iter()
-                .filter_map(|p| match p {
-                    Part::Column(c) => Some(c.as_str()),
-                    Part::Text(_) => None,
-                })
-                .collect(),
-            KeyKind::Expr(e) => e.columns().collect(),
-        }
-    }
-}
-
-/// The key as configured: `{call_id}-{line}`, or `{ expr = "..." }`.
-impl std::fmt::Display for KeyTemplate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            KeyKind::Template(parts) => {
-                for p in parts {
-                    match p {
-                        Part::Column(c) => write!(f, "{{{c}}}")?,
-                        Part::Text(t) => f.write_str(t)?,
-                    }
-                }
-                Ok(())
-            }
-            KeyKind::Expr(e) => write!(f, "{{ expr = {:?} }}", e.source()),
-        }
-    }
-}
-
 /// An expression's value as text (a lookup's key, a row's key).
-fn out_text(out: Out) -> String {
+pub(super) fn out_text(out: Out) -> String {
     match out {
         Out::Bool(b) => b.to_string(),
         Out::Number(n) | Out::Seconds(n) => n.to_string(),
         Out::Int(n) => n.to_string(),
         Out::Text(t) => t,
         Out::Time(t) => time::to_api(t),
-    }
-}
-
-/// `skip_if = { queue = ["TEST*", "Internal"] }`: rows whose column matches one of the
-/// patterns (globs, any case) are left out on purpose; they are counted, not parked.
-/// `skip_if = { expr = "..." }` leaves out the rows for which the expression is true.
-#[derive(Clone, Debug, Default)]
-pub struct SkipIf(Vec<(String, globset::GlobSet)>, Vec<Expr>);
-
-impl SkipIf {
-    pub fn new(rules: Vec<(String, Vec<String>)>) -> Result<Self, String> {
-        let mut out = Vec::new();
-        for (column, patterns) in rules {
-            let mut set = globset::GlobSetBuilder::new();
-            for p in &patterns {
-                let glob = globset::GlobBuilder::new(p)
-                    .case_insensitive(true)
-                    .build()
-                    .map_err(|e| format!("`{column}`: {p:?} is not a pattern: {e}"))?;
-                set.add(glob);
-            }
-            let set = set.build().map_err(|e| e.to_string())?;
-            out.push((column, set));
-        }
-        Ok(Self(out, Vec::new()))
-    }
-
-    /// Adds `expr = "..."`: rows for which it is true are skipped too.
-    pub fn with_expr(mut self, e: Expr) -> Self {
-        self.1.push(e);
-        self
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty() && self.1.is_empty()
-    }
-
-    /// Every column the rules read.
-    pub fn columns(&self) -> Vec<&str> {
-        let globs = self.0.iter().map(|(c, _)| c.as_str());
-        globs.chain(self.1.iter().flat_map(Expr::columns)).collect()
-    }
-
-    /// Whether the row is to be skipped: one of its columns matches (a missing column never
-    /// does), or an expression is true. An expression that cannot be evaluated parks the row.
-    pub fn skips(&self, row: &dyn Row) -> Result<bool, RowError> {
-        if self
-            .0
-            .iter()
-            .any(|(c, set)| row.get(c).is_some_and(|v| set.is_match(v.trim())))
-        {
-            return Ok(true);
-        }
-        for e in &self.1 {
-            match e.eval(row) {
-                Ok(Out::Bool(true)) => return Ok(true),
-                Ok(Out::Bool(false)) => {}
-                Ok(Out::Text(t)) if parse_bool(&t) == Ok(true) => return Ok(true),
-                Ok(Out::Text(t)) if parse_bool(&t) == Ok(false) => {}
-                Ok(other) => {
-                    return Err(RowError {
-                        field: "skip_if",
-                        column: None,
-                        message: format!("the expression gave {other:?}, not true or false"),
-                    });
-                }
-                Err(message) => {
-                    return Err(RowError {
-                        field: "skip_if",
-                        column: None,
-                        message,
-                    });
-                }
-            }
-        }
-        Ok(false)
     }
 }
 

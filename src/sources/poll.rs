@@ -390,32 +390,24 @@ impl Sink<'_> {
         if next.is_some() {
             after.value = next;
         }
-        cursors.push((
-            self.cursor_id,
-            serde_json::to_string(&after).expect("serializes"),
-        ));
-        self.doubt.set(true);
-        let done = commit(
-            self.ctx,
-            Commit {
-                records,
-                parked,
-                cursors,
-                skipped,
-                park_once: true,
-                ..Commit::default()
-            },
-        )
-        .await;
+        let done = self
+            .commit_with_cursor(
+                Commit {
+                    records,
+                    parked,
+                    cursors,
+                    skipped,
+                    park_once: true,
+                    ..Commit::default()
+                },
+                &after,
+            )
+            .await;
         if let (Err(_), Some(before), Some((_, (_, table)))) =
             (&done, committed_table, self.table.as_mut())
         {
             *table = before;
         }
-        if let Some(states) = self.states.as_deref_mut() {
-            states.settle(done.is_ok());
-        }
-        self.doubt.set(false);
         let done = done?;
         let mut tally = super::rows::Tally::of(&done);
         tally.skipped = skipped;
@@ -450,28 +442,39 @@ impl Sink<'_> {
         }
         let mut after = self.cursor.clone();
         after.last_poll_ms = Some(started_ms);
-        cursors.push((
-            self.cursor_id,
-            serde_json::to_string(&after).expect("serializes"),
-        ));
-        self.doubt.set(true);
-        let done = commit(
-            self.ctx,
+        self.commit_with_cursor(
             Commit {
                 records,
                 parked,
                 cursors,
                 ..Commit::default()
             },
+            &after,
         )
-        .await;
+        .await?;
+        self.cursor = after;
+        Ok(())
+    }
+
+    /// Commits `c` with the poll's cursor `after` behind it. The sink is in doubt while the
+    /// commit is in the writer's hands, and stays so if the poll is cut off before the outcome;
+    /// the interval builder settles on the outcome either way.
+    async fn commit_with_cursor(
+        &mut self,
+        mut c: Commit,
+        after: &PollCursor,
+    ) -> Result<crate::outbox::Committed, OutboxError> {
+        c.cursors.push((
+            self.cursor_id,
+            serde_json::to_string(after).expect("serializes"),
+        ));
+        self.doubt.set(true);
+        let done = commit(self.ctx, c).await;
         if let Some(states) = self.states.as_deref_mut() {
             states.settle(done.is_ok());
         }
         self.doubt.set(false);
-        done?;
-        self.cursor = after;
-        Ok(())
+        done
     }
 }
 

@@ -116,7 +116,6 @@ struct SqlPoller {
 /// connection is made on its own, so that a failure says why (refused, no such host, TLS, a
 /// refused login) instead of the pool's "timed out waiting for a connection".
 pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
-    use sqlx::ConnectOptions;
     let url = cfg.connection.load()?;
     let url = url.expose();
     let scheme = url
@@ -125,47 +124,11 @@ pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     let timeout = cfg.timeout.min(Duration::from_secs(30));
-    let target = endpoint(url);
-    let failed = |e: &sqlx::Error| format!("cannot connect to {target}: {}", cause(e));
-    let first = |conn: Result<Result<(), sqlx::Error>, tokio::time::error::Elapsed>| match conn {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(failed(&e)),
-        Err(_) => Err(format!(
-            "cannot connect to {target}: no answer within {} (a firewall, or the wrong host \
-             or port?)",
-            humantime::format_duration(timeout)
-        )),
-    };
     match scheme.as_str() {
-        "postgres" | "postgresql" => {
-            let options: sqlx::postgres::PgConnectOptions =
-                url.parse().map_err(|e: sqlx::Error| describe(&e))?;
-            first(
-                tokio::time::timeout(timeout, async { options.connect().await.map(drop) }).await,
-            )?;
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(timeout)
-                .connect_with(options)
-                .await
-                .map(Db::Pg)
-                .map_err(|e| failed(&e))
-        }
-        "mysql" | "mariadb" => {
-            let url = url.replacen("mariadb:", "mysql:", 1);
-            let options: sqlx::mysql::MySqlConnectOptions =
-                url.parse().map_err(|e: sqlx::Error| describe(&e))?;
-            first(
-                tokio::time::timeout(timeout, async { options.connect().await.map(drop) }).await,
-            )?;
-            sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(timeout)
-                .connect_with(options)
-                .await
-                .map(Db::My)
-                .map_err(|e| failed(&e))
-        }
+        "postgres" | "postgresql" => pool(url, timeout).await.map(Db::Pg),
+        "mysql" | "mariadb" => pool(&url.replacen("mariadb:", "mysql:", 1), timeout)
+            .await
+            .map(Db::My),
         #[cfg(feature = "odbc")]
         "odbc" => {
             super::odbc::Odbc::connect(&url["odbc:".len()..], timeout, cfg.timeout).map(Db::Odbc)
@@ -181,6 +144,33 @@ pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
             cfg.connection.key
         )),
     }
+}
+
+/// A pool of one connection to a PostgreSQL or MySQL URL, after a first connection made on
+/// its own (see [`connect`]).
+async fn pool<DB: sqlx::Database>(url: &str, timeout: Duration) -> Result<sqlx::Pool<DB>, String> {
+    use sqlx::ConnectOptions;
+    let target = endpoint(url);
+    let failed = |e: &sqlx::Error| format!("cannot connect to {target}: {}", cause(e));
+    let options: <DB::Connection as sqlx::Connection>::Options =
+        url.parse().map_err(|e: sqlx::Error| describe(&e))?;
+    match tokio::time::timeout(timeout, async { options.connect().await.map(drop) }).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(failed(&e)),
+        Err(_) => {
+            return Err(format!(
+                "cannot connect to {target}: no answer within {} (a firewall, or the wrong host \
+                 or port?)",
+                humantime::format_duration(timeout)
+            ));
+        }
+    }
+    sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(1)
+        .acquire_timeout(timeout)
+        .connect_with(options)
+        .await
+        .map_err(|e| failed(&e))
 }
 
 /// The host and port a database URL names (never its user or password), for messages.

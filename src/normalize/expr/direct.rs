@@ -12,7 +12,8 @@ use std::borrow::Cow;
 use cel::common::ast::{Expr as Ast, IdedExpr, LiteralValue, operators as op};
 
 use super::super::map::Row;
-use super::{Out, seconds_text};
+use super::Out;
+use super::functions::seconds_text;
 
 /// A compiled shape.
 #[derive(Clone, Debug)]

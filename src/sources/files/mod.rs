@@ -299,13 +299,7 @@ impl FilesSource {
             }
             match serde_json::from_str(&value) {
                 Ok(cur) => {
-                    self.by_key.insert(key, self.known.len());
-                    self.known.push(Known {
-                        id,
-                        cur,
-                        tail: Vec::new(),
-                        long_line: None,
-                    });
+                    self.register(id, key, cur);
                 }
                 Err(e) => warn!(source = %ctx.name, "ignoring unreadable cursor {key}: {e}"),
             }

@@ -354,6 +354,36 @@ impl FilesSource {
         Ok(true)
     }
 
+    /// The line formats' loop (NDJSON, queue_log): every complete line, decoded, handed to
+    /// `each` with its file offset and origin; a line too long or not in the encoding is parked
+    /// here.
+    fn each_line(
+        &self,
+        cur: &Known,
+        step: &mut Step,
+        (buf, pos, last): (&[u8], &Positions<'_>, bool),
+        origin: &dyn Fn(u64) -> String,
+        mut each: impl FnMut(&mut Step, u64, String, Cow<'_, str>),
+    ) {
+        let mut items = parse::lines(buf, last);
+        let cut = step.limit(&mut items);
+        for item in items {
+            let origin_here = origin(item.newlines_before);
+            let at = pos.at(item.start);
+            if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
+                continue;
+            }
+            match self.cfg.charset.decode(item.value) {
+                Ok(text) => each(step, at, origin_here, text),
+                Err(e) => {
+                    let raw = String::from_utf8_lossy(item.value);
+                    step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &raw);
+                }
+            }
+        }
+        step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
+    }
+
     /// Turns a buffer into records and parked rows.
     pub(super) fn parse(
         &self,
@@ -374,53 +404,34 @@ impl FilesSource {
                 // Lines already in the API's shape need no object unless a key or skip rule
                 // reads their fields.
                 let plain = self.cfg.rows.is_plain();
-                let mut items = parse::lines(buf, last);
-                let cut = step.limit(&mut items);
-                for item in items {
-                    let origin_here = origin(item.newlines_before);
-                    let at = pos.at(item.start);
-                    if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
-                        continue;
-                    }
-                    let text = match self.cfg.charset.decode(item.value) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            let raw = String::from_utf8_lossy(item.value);
-                            step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &raw);
-                            continue;
-                        }
-                    };
-                    let text = text.trim_start_matches('\u{feff}');
-                    let result = json_row(&self.cfg.rows, plain, ctx.emits, text);
-                    step.push(cur.cur.key_space(cur.id), at, origin_here, result, text);
-                }
-                step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
+                self.each_line(
+                    cur,
+                    &mut step,
+                    (buf, pos, last),
+                    &origin,
+                    |step, at, origin_here, text| {
+                        let text = text.trim_start_matches('\u{feff}');
+                        let result = json_row(&self.cfg.rows, plain, ctx.emits, text);
+                        step.push(cur.cur.key_space(cur.id), at, origin_here, result, text);
+                    },
+                );
             }
             FileFormat::QueueLog => {
-                let mut items = parse::lines(buf, last);
-                let cut = step.limit(&mut items);
-                for item in items {
-                    let origin_here = origin(item.newlines_before);
-                    let at = pos.at(item.start);
-                    if step.too_long(&item, pos, self.cfg.max_line, &origin_here, buf) {
-                        continue;
-                    }
-                    let line = match self.cfg.charset.decode(item.value) {
-                        Ok(t) => t.into_owned(),
-                        Err(e) => {
-                            let raw = String::from_utf8_lossy(item.value);
-                            step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &raw);
-                            continue;
+                self.each_line(
+                    cur,
+                    &mut step,
+                    (buf, pos, last),
+                    &origin,
+                    |step, at, origin_here, line| {
+                        let line = line.into_owned();
+                        match queue_log::parse(&line) {
+                            Ok(_) => step.queue_log.push((origin_here, line)),
+                            Err(e) => {
+                                step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &line)
+                            }
                         }
-                    };
-                    match queue_log::parse(&line) {
-                        Ok(_) => step.queue_log.push((origin_here, line)),
-                        Err(e) => {
-                            step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &line)
-                        }
-                    }
-                }
-                step.consumed = cut.unwrap_or_else(|| parse::consumed_lines(buf, last));
+                    },
+                );
             }
             FileFormat::Csv | FileFormat::Tsv => {
                 let (items, consumed) = parse::csv(

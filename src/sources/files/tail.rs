@@ -441,6 +441,11 @@ impl FilesSource {
         let id = ctx
             .outbox
             .create_cursor_blocking(ctx.id, key.clone(), to_json(&cur))?;
+        Ok(self.register(id, key, cur))
+    }
+
+    /// Adds a file whose cursor row is `id` to the known files; gives its index.
+    pub(super) fn register(&mut self, id: i64, key: String, cur: FileCursor) -> usize {
         self.by_key.insert(key, self.known.len());
         self.known.push(Known {
             id,
@@ -448,6 +453,6 @@ impl FilesSource {
             tail: Vec::new(),
             long_line: None,
         });
-        Ok(self.known.len() - 1)
+        self.known.len() - 1
     }
 }
