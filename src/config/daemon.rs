@@ -8,6 +8,7 @@ use super::paths::{DEFAULT_API_URL, default_state_path};
 use super::problems::{Seg, Validator};
 use super::raw::{RawApi, RawListen, RawLog, RawState};
 use super::secret::TokenSource;
+use crate::logging::{LogConfig, LogFormat};
 use crate::types::Secret;
 
 /// `Debug` hides the password in `url` and `proxy` (see [`crate::redact`]); the key is a
@@ -63,27 +64,6 @@ pub struct ListenConfig {
     pub ready_pending_age: Duration,
     /// A push's body must have arrived this long after its headers.
     pub body_timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Debug)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
 }
 
 impl Validator<'_> {

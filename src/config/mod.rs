@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::logging::LogConfig;
 use crate::stale::{BusinessHours, StalePolicy};
 use crate::types::{Emits, LaneKey, SourceName};
 
@@ -29,7 +30,7 @@ mod raw;
 mod rows;
 mod secret;
 
-pub use daemon::{ApiConfig, ListenConfig, LogConfig, LogFormat, StateConfig};
+pub use daemon::{ApiConfig, ListenConfig, StateConfig};
 pub use files::{
     After, DEFAULT_MAX_LINE, FileFormat, FileMode, FilesConfig, Marker, StartAt, Watch,
 };

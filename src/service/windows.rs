@@ -24,7 +24,8 @@ use windows_service::service_control_handler::{self, ServiceControlHandlerResult
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 use windows_service::{define_windows_service, service_dispatcher};
 
-use crate::config::{Config, LogConfig, program_data};
+use crate::config::{Config, program_data};
+use crate::logging::LogConfig;
 
 /// The service's name in the SCM (`sc query injixo-sync`).
 pub const NAME: &str = "injixo-sync";
