@@ -14,11 +14,28 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::ServiceAction;
 use crate::config::Config;
 
 #[cfg(windows)]
 pub mod windows;
+
+// `injixo-sync service ...` (a plain comment: clap would take a doc comment for help text).
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum ServiceAction {
+    /// Register the service: automatic (delayed) start, restart on failure, this executable
+    /// and the configuration given with --config (or the default); creates
+    /// %ProgramData%\injixo-sync with a config.example.toml and a logs folder.
+    Install,
+    /// Stop the service if it runs and remove it; configuration, outbox and logs stay.
+    Uninstall,
+    /// Start the service and wait until it runs.
+    Start,
+    /// Stop the service and wait until it has drained.
+    Stop,
+    /// What the service control manager starts.
+    #[command(hide = true)]
+    Run,
+}
 
 /// `injixo-sync service ...`. `daemon` is what `service run` runs under the service control
 /// manager: the daemon with its configuration until the token is cancelled (a stop or a
