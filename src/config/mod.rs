@@ -34,7 +34,7 @@ pub use daemon::{ApiConfig, ListenConfig, StateConfig};
 pub use files::{
     After, DEFAULT_MAX_LINE, FileFormat, FileMode, FilesConfig, Marker, StartAt, Watch,
 };
-pub use http::{HttpAuth, HttpConfig, HttpCursor, Pagination};
+pub use http::{HttpAuth, HttpConfig, HttpCursor, Pagination, is_header_name};
 pub use paths::{DEFAULT_API_URL, default_config_path, default_state_path, program_data};
 pub use pollers::{Schedule, SqlConfig, WebhookConfig, When, parse_cron};
 pub use problems::{ConfigError, Problem};
