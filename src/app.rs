@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::metrics::{LaneMetrics, SourceMetrics};
+use crate::counters::{LaneMetrics, SourceMetrics};
 use crate::outbox::{LaneId, Outbox, OutboxError};
 use crate::push::{ApiClient, Lane, LaneSettings};
 use crate::server;
@@ -54,7 +54,7 @@ pub struct Kept {
     /// The outbox, opened (checked and migrated) once: a reload does not open it again.
     outbox: Option<Outbox>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    counters: crate::metrics::Counters,
+    counters: crate::counters::Counters,
     /// Requests in flight that a reload handed from one generation's lanes to the next's.
     handoffs: Arc<crate::push::Handoffs>,
     lock: Arc<crate::outbox::StateLock>,
@@ -69,7 +69,7 @@ impl Kept {
         Ok(Self {
             outbox: Some(outbox),
             writer: std::sync::Mutex::new(Some(writer)),
-            counters: crate::metrics::Counters::default(),
+            counters: crate::counters::Counters::default(),
             handoffs: Arc::default(),
             lock: Arc::new(lock),
         })

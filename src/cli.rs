@@ -1,8 +1,13 @@
-//! Command-line definitions (clap) and nothing else.
+//! Command-line definitions (clap) and nothing else. A command's own arguments (`DeadAction`,
+//! `QueueAction`, `ServiceAction`) are defined beside the command, which derives clap's traits
+//! for them, so the library never depends on this file.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::service::ServiceAction;
+use crate::status::{DeadAction, QueueAction};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -140,75 +145,6 @@ pub enum Command {
         /// The API key it accepts.
         #[arg(long)]
         key: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum QueueAction {
-    /// Accept the new name: its held records are sent (injixo makes a queue of it).
-    Confirm(QueueChoice),
-    /// Give the held records of that name up.
-    Drop(QueueChoice),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct QueueChoice {
-    /// The configuration id (meta.integrationConfigurationId).
-    #[arg(long)]
-    pub integration_id: i64,
-    /// The queue identifier.
-    #[arg(long)]
-    pub identifier: String,
-    /// The new name, as `queues` shows it.
-    #[arg(long)]
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Copy, Subcommand)]
-pub enum ServiceAction {
-    /// Register the service: automatic (delayed) start, restart on failure, this executable
-    /// and the configuration given with --config (or the default); creates
-    /// %ProgramData%\injixo-sync with a config.example.toml and a logs folder.
-    Install,
-    /// Stop the service if it runs and remove it; configuration, outbox and logs stay.
-    Uninstall,
-    /// Start the service and wait until it runs.
-    Start,
-    /// Stop the service and wait until it has drained.
-    Stop,
-    /// What the service control manager starts.
-    #[command(hide = true)]
-    Run,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum DeadAction {
-    /// Show dead letters with the API's answer for each.
-    List {
-        /// Only this source's.
-        #[arg(long)]
-        source: Option<String>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Make dead letters pending again (after fixing the cause in injixo or the data).
-    Retry {
-        /// Record ids as shown by `dead list`.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        ids: Vec<i64>,
-        /// Every dead letter.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Give dead letters up for good.
-    Drop {
-        /// Record ids as shown by `dead list`.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        ids: Vec<i64>,
-        /// Every dead letter.
-        #[arg(long)]
-        all: bool,
     },
 }
 

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogConfig, LogFormat};
+use crate::config::Config;
 use crate::fake_api::{FakeApi, Fault};
+use crate::logging::{LogConfig, LogFormat};
 
 const KEY: &str = "demo-api-key";
 const REFUSED_QUEUE: &str = "Test queue (refused by the API)";

@@ -31,7 +31,7 @@ pub fn main(
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     // The progress is the output; per-file log lines would only interleave with it.
-    crate::logging::init(&crate::config::LogConfig {
+    crate::logging::init(&crate::logging::LogConfig {
         level: "warn".into(),
         ..config.log.clone()
     });

@@ -21,6 +21,7 @@ pub mod app;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod demo;
 pub mod encoding;
 pub mod fake_api;

@@ -1,11 +1,33 @@
 //! Log output: human text or JSON lines, on stderr (journald captures it) or, for the Windows
 //! service, in daily files under %ProgramData%\injixo-sync\logs. `RUST_LOG`, when set,
-//! overrides `[log] level`.
+//! overrides `[log] level`. The settings' types live here; `config` fills them from `[log]`,
+//! so this module knows nothing of the configuration file.
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::config::{LogConfig, LogFormat};
+/// How lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The `[log]` settings, validated by `config`.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
 
 /// Installs the global subscriber writing to stderr. A second call (tests, `demo`) is a no-op.
 pub fn init(cfg: &LogConfig) {

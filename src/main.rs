@@ -49,7 +49,9 @@ fn main() -> ExitCode {
             send_test::main(&path, emits, source.as_deref())
         }
         Command::Demo { records } => demo::main(records),
-        Command::Service { action } => service::main(&path, action),
+        Command::Service { action } => service::main(&path, action, |config, stop| {
+            app::main_until(config, stop).map_err(anyhow::Error::from)
+        }),
         Command::FakeApi { listen, key } => demo::serve_fake_api(listen, &key),
     };
     result.unwrap_or_else(|e| {

@@ -29,7 +29,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{self, Depth, LaneMetrics, SourceMetrics};
+use crate::counters::{LaneMetrics, SourceMetrics};
+use crate::metrics::{self, Depth};
 use crate::outbox::{LaneId, Outbox, now_ms};
 use crate::sources::webhook::{Hook, Push};
 

@@ -6,9 +6,62 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::DeadAction;
 use crate::config::Config;
 use crate::outbox::{self, DeadLetter, Report, Selection};
+
+// `injixo-sync dead ...` (a plain comment: clap would take a doc comment for help text).
+#[derive(Debug, clap::Subcommand)]
+pub enum DeadAction {
+    /// Show dead letters with the API's answer for each.
+    List {
+        /// Only this source's.
+        #[arg(long)]
+        source: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make dead letters pending again (after fixing the cause in injixo or the data).
+    Retry {
+        /// Record ids as shown by `dead list`.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Give dead letters up for good.
+    Drop {
+        /// Record ids as shown by `dead list`.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+// `injixo-sync queues confirm|drop`.
+#[derive(Debug, clap::Subcommand)]
+pub enum QueueAction {
+    /// Accept the new name: its held records are sent (injixo makes a queue of it).
+    Confirm(QueueChoice),
+    /// Give the held records of that name up.
+    Drop(QueueChoice),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueueChoice {
+    /// The configuration id (meta.integrationConfigurationId).
+    #[arg(long)]
+    pub integration_id: i64,
+    /// The queue identifier.
+    #[arg(long)]
+    pub identifier: String,
+    /// The new name, as `queues` shows it.
+    #[arg(long)]
+    pub name: String,
+}
 
 pub fn main(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
@@ -80,10 +133,9 @@ pub fn agents(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 /// `injixo-sync queues [confirm|drop]`.
 pub fn queues(
     config_path: &Path,
-    action: Option<crate::cli::QueueAction>,
+    action: Option<QueueAction>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    use crate::cli::QueueAction;
     let config = Config::load(config_path)?;
     let state = &config.state.path;
     match action {

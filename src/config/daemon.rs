@@ -8,19 +8,20 @@ use super::paths::{DEFAULT_API_URL, default_state_path};
 use super::problems::{Seg, Validator};
 use super::raw::{RawApi, RawListen, RawLog, RawState};
 use super::secret::TokenSource;
+use crate::logging::{LogConfig, LogFormat};
 use crate::types::Secret;
 
 /// `Debug` hides the password in `url` and `proxy` (see [`crate::redact`]); the key is a
 /// [`TokenSource`], which never shows it.
 #[derive(Clone)]
 pub struct ApiConfig {
-    pub url: reqwest::Url,
+    pub url: url::Url,
     pub token: TokenSource,
     pub batch_records: usize,
     pub batch_bytes: usize,
     pub linger: Duration,
     pub timeout: Duration,
-    pub proxy: Option<reqwest::Url>,
+    pub proxy: Option<url::Url>,
     pub ca_file: Option<PathBuf>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -65,32 +66,11 @@ pub struct ListenConfig {
     pub body_timeout: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Debug)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
-}
-
 impl Validator<'_> {
     pub(super) fn api(&mut self, raw: RawApi) -> Option<ApiConfig> {
         let k = |key: &'static str| [Seg::Key("api"), Seg::Key(key)];
         let url_text = raw.url.as_deref().unwrap_or(DEFAULT_API_URL);
-        let url = match reqwest::Url::parse(url_text) {
+        let url = match url::Url::parse(url_text) {
             Ok(u) if u.scheme() == "https" => Some(u),
             Ok(u) if u.scheme() == "http" && host_is_loopback(&u) => Some(u),
             Ok(u) if u.scheme() == "http" => {
@@ -222,7 +202,7 @@ impl Validator<'_> {
             s(300),
             (ms(100), s(86_400)),
         );
-        let proxy = raw.proxy.and_then(|p| match reqwest::Url::parse(&p) {
+        let proxy = raw.proxy.and_then(|p| match url::Url::parse(&p) {
             Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => Some(u),
             _ => {
                 self.problem(
@@ -341,7 +321,7 @@ impl Validator<'_> {
     }
 }
 
-fn host_is_loopback(url: &reqwest::Url) -> bool {
+fn host_is_loopback(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),

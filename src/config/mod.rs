@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::logging::LogConfig;
 use crate::stale::{BusinessHours, StalePolicy};
 use crate::types::{Emits, LaneKey, SourceName};
 
@@ -29,11 +30,11 @@ mod raw;
 mod rows;
 mod secret;
 
-pub use daemon::{ApiConfig, ListenConfig, LogConfig, LogFormat, StateConfig};
+pub use daemon::{ApiConfig, ListenConfig, StateConfig};
 pub use files::{
     After, DEFAULT_MAX_LINE, FileFormat, FileMode, FilesConfig, Marker, StartAt, Watch,
 };
-pub use http::{HttpAuth, HttpConfig, HttpCursor, Pagination};
+pub use http::{HttpAuth, HttpConfig, HttpCursor, Pagination, is_header_name};
 pub use paths::{DEFAULT_API_URL, default_config_path, default_state_path, program_data};
 pub use pollers::{Schedule, SqlConfig, WebhookConfig, When, parse_cron};
 pub use problems::{ConfigError, Problem};

@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use super::classify::{Action, Attempt, Backoff, classify};
 use super::client::{ApiClient, body};
-use crate::metrics::LaneMetrics;
+use crate::counters::LaneMetrics;
 use crate::outbox::{Batch, BatchLimits, Delivered, Health, LaneId, NextBatch, Outbox, now_ms};
 use crate::types::LaneKey;
 

@@ -12,13 +12,39 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::cli::ServiceAction;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
 
 #[cfg(windows)]
 pub mod windows;
 
-/// `injixo-sync service ...`.
-pub fn main(config: &Path, action: ServiceAction) -> anyhow::Result<ExitCode> {
+// `injixo-sync service ...` (a plain comment: clap would take a doc comment for help text).
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum ServiceAction {
+    /// Register the service: automatic (delayed) start, restart on failure, this executable
+    /// and the configuration given with --config (or the default); creates
+    /// %ProgramData%\injixo-sync with a config.example.toml and a logs folder.
+    Install,
+    /// Stop the service if it runs and remove it; configuration, outbox and logs stay.
+    Uninstall,
+    /// Start the service and wait until it runs.
+    Start,
+    /// Stop the service and wait until it has drained.
+    Stop,
+    /// What the service control manager starts.
+    #[command(hide = true)]
+    Run,
+}
+
+/// `injixo-sync service ...`. `daemon` is what `service run` runs under the service control
+/// manager: the daemon with its configuration until the token is cancelled (a stop or a
+/// shutdown). It is handed in so that this module never depends on the daemon's own code.
+pub fn main(
+    config: &Path,
+    action: ServiceAction,
+    daemon: impl FnOnce(Config, CancellationToken) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<ExitCode> {
     #[cfg(windows)]
     {
         match action {
@@ -26,13 +52,13 @@ pub fn main(config: &Path, action: ServiceAction) -> anyhow::Result<ExitCode> {
             ServiceAction::Uninstall => windows::uninstall()?,
             ServiceAction::Start => windows::start()?,
             ServiceAction::Stop => windows::stop()?,
-            ServiceAction::Run => windows::run(config)?,
+            ServiceAction::Run => windows::run(config, daemon)?,
         }
         Ok(ExitCode::SUCCESS)
     }
     #[cfg(not(windows))]
     {
-        let _ = (config, action);
+        let _ = (config, action, daemon);
         anyhow::bail!(
             "`service` manages the Windows service; on Linux the systemd unit does this \
              (installed by the .deb and .rpm packages): systemctl enable --now injixo-sync"

@@ -10,7 +10,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,7 +24,8 @@ use windows_service::service_control_handler::{self, ServiceControlHandlerResult
 use windows_service::service_manager::{ServiceManager, ServiceManagerAccess};
 use windows_service::{define_windows_service, service_dispatcher};
 
-use crate::config::{Config, LogConfig, program_data};
+use crate::config::{Config, program_data};
+use crate::logging::LogConfig;
 
 /// The service's name in the SCM (`sc query injixo-sync`).
 pub const NAME: &str = "injixo-sync";
@@ -43,6 +44,12 @@ const STOP_HINT: Duration = Duration::from_secs(45);
 static STATUS: OnceLock<service_control_handler::ServiceStatusHandle> = OnceLock::new();
 /// The configuration `service run` was given (the SCM calls [`service_main`] without it).
 static CONFIG: OnceLock<PathBuf> = OnceLock::new();
+/// What `service run` was handed to run, taken once by [`serve`] (the SCM calls
+/// [`service_main`] without it).
+static DAEMON: Mutex<Option<Daemon>> = Mutex::new(None);
+
+/// The daemon with its configuration, until the token is cancelled.
+type Daemon = Box<dyn FnOnce(Config, CancellationToken) -> anyhow::Result<()> + Send>;
 
 pub fn install(config: &Path) -> anyhow::Result<()> {
     let config = std::path::absolute(config)
@@ -194,9 +201,14 @@ pub fn stop() -> anyhow::Result<()> {
 
 define_windows_service!(ffi_service_main, service_main);
 
-/// `service run`: hands this process to the SCM, which calls [`service_main`].
-pub fn run(config: &Path) -> anyhow::Result<()> {
+/// `service run`: hands this process to the SCM, which calls [`service_main`]; that runs
+/// `daemon` until the SCM asks the service to stop.
+pub fn run(
+    config: &Path,
+    daemon: impl FnOnce(Config, CancellationToken) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
     let _ = CONFIG.set(config.to_owned());
+    *DAEMON.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(daemon));
     service_dispatcher::start(NAME, ffi_service_main).context(
         "`service run` is what the service control manager starts; in a console use \
          `injixo-sync run`",
@@ -243,8 +255,12 @@ fn serve(stop: CancellationToken) -> anyhow::Result<()> {
     crate::logging::init_files(&log, &program_data().join("logs"), LOG_FILES_KEPT)
         .map_err(anyhow::Error::msg)?;
     let config = config?;
-    crate::app::main_until(config, stop)?;
-    Ok(())
+    let daemon = DAEMON
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .context("the service was started without the daemon to run")?;
+    daemon(config, stop)
 }
 
 /// What [`super::Notifier`] says becomes the service's state: `READY=1` → running,

@@ -537,6 +537,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn header_names_the_configuration_accepts_are_those_reqwest_accepts() {
+        let names = (0..=255u8)
+            .map(|b| String::from_utf8_lossy(&[b]).into_owned())
+            .chain(["X-Api-Key", "x_tenant", "", "a b", "é", "a:b", "Accept"].map(String::from))
+            .chain(["a".repeat(65_535), "a".repeat(65_536)]);
+        for name in names {
+            assert_eq!(
+                crate::config::is_header_name(&name),
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok(),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
     fn link_header_next_is_found_among_others() {
         let mut h = HeaderMap::new();
         h.append(

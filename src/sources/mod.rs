@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SourceConfig, SourceKind};
-use crate::metrics::SourceMetrics;
+use crate::counters::SourceMetrics;
 use crate::outbox::{LaneId, Outbox, SourceId};
 use crate::types::{Emits, SourceName};
 
