@@ -1,0 +1,366 @@
+//! Wiring and lifecycle: the only module that spawns tasks and threads for the daemon.
+//!
+//! [`run`] opens the outbox, then runs one *generation* (`generation`): one push lane per
+//! (endpoint, configuration id, external system), one thread per source, the listener and the
+//! background tasks (`tasks`), until the shutdown token fires. On shutdown, sources stop at
+//! their next step (what they committed is safe), lanes finish the request in flight or leave
+//! the batch pending, and everything is awaited up to a deadline. [`main`] runs one generation
+//! after another, one per configuration a reload brings, never two at once.
+
+mod generation;
+mod import;
+mod tasks;
+
+pub use import::import;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::outbox::{Outbox, OutboxError};
+use crate::push::ApiClient;
+use crate::server;
+use crate::service::Notifier;
+use crate::sources;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// This configuration cannot start: a secret it cannot read, a source or the API client it
+    /// cannot build, a listen address that is taken. A reload that fails so goes back to the
+    /// configuration that ran before.
+    #[error("{0}")]
+    Config(String),
+    /// The process cannot go on: the async runtime or a thread could not start.
+    #[error("{0}")]
+    Internal(String),
+    /// A generation did not stop within its deadline: something still runs (a blocking
+    /// database call, say) and might write beside a next generation, so the process ends
+    /// instead and the service manager starts it again.
+    #[error(
+        "not everything stopped within {deadline}: {what}; exiting so that the service \
+         manager starts the daemon afresh (nothing is lost: unconfirmed batches are sent again)",
+        deadline = humantime::format_duration(*deadline)
+    )]
+    Stuck { what: String, deadline: Duration },
+    /// The state file or its lock file was deleted or replaced under the running daemon.
+    #[error("{0}")]
+    StateGone(String),
+}
+
+/// What lives as long as the process, across generations: the state file's lock, and the
+/// counters (a reload keeps counting where the previous configuration left off).
+/// Fields drop in order: the outbox and its writer go before the lock, so that the lock is not
+/// let go while this process may still commit (see [`Drop`]).
+pub struct Kept {
+    /// The outbox, opened (checked and migrated) once: a reload does not open it again.
+    outbox: Option<Outbox>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    counters: crate::counters::Counters,
+    /// Requests in flight that a reload handed from one generation's lanes to the next's.
+    handoffs: Arc<crate::push::Handoffs>,
+    lock: Arc<crate::outbox::StateLock>,
+}
+
+impl Kept {
+    /// Takes the state file's lock and opens the outbox. Blocks: call it off the runtime's
+    /// workers.
+    fn open(config: &Config) -> Result<Self, RunError> {
+        let lock = lock_state(config, "run")?;
+        let (outbox, writer) = Outbox::open(&config.state.path)?;
+        Ok(Self {
+            outbox: Some(outbox),
+            writer: std::sync::Mutex::new(Some(writer)),
+            counters: crate::counters::Counters::default(),
+            handoffs: Arc::default(),
+            lock: Arc::new(lock),
+        })
+    }
+
+    fn outbox(&self) -> Outbox {
+        self.outbox.clone().expect("open until dropped")
+    }
+
+    /// Lets the outbox go and waits for its writer to finish what it was given.
+    fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Kept {
+    /// The writer finishes the jobs it was given (every handle gone, it stops) before the
+    /// lock is let go, however the daemon ends; a writer still busy after a deadline (a disk
+    /// that hangs) is left behind, with the lock, for the process's exit to end.
+    fn drop(&mut self) {
+        self.outbox = None;
+        let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !writer.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !writer.is_finished() {
+            error!("the outbox writer did not finish within 10 s");
+            std::mem::forget(self.lock.clone());
+            return;
+        }
+        if writer.join().is_err() {
+            error!("the outbox writer panicked");
+        }
+    }
+}
+
+/// Takes the state file's lock for the life of the daemon: a second daemon on the same
+/// state file refuses to start, naming the process that holds it.
+pub fn lock_state(config: &Config, command: &str) -> Result<crate::outbox::StateLock, RunError> {
+    crate::outbox::writable(&config.state.path)?;
+    crate::outbox::StateLock::acquire(&config.state.path, command)
+        .map_err(|e| RunError::Outbox(e.into_outbox_error(&config.state.path)))
+}
+
+/// Builds a runtime, runs the daemon until SIGTERM or Ctrl-C, and drains it. SIGHUP reloads
+/// the configuration file: a valid one replaces the running pipeline (drained first, so
+/// nothing is lost or read twice: every cursor is committed with its records); an invalid one
+/// is refused and the running one stays, with an error that says why.
+pub fn main(config: Config) -> Result<(), RunError> {
+    main_until(config, CancellationToken::new())
+}
+
+/// [`main`], also stopped by `stop` (the Windows service control manager).
+pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunError> {
+    let kept = Kept::open(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Internal(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(generations(config, &kept, stop));
+    if result.is_ok() {
+        kept.close();
+    }
+    if result.is_err() {
+        // A thread that would not stop must not keep the process alive.
+        runtime.shutdown_background();
+    }
+    result
+}
+
+/// Runs one generation after another: the first configuration, then each reloaded one.
+async fn generations(config: Config, kept: &Kept, stop: CancellationToken) -> Result<(), RunError> {
+    let shutdown = CancellationToken::new();
+    let reload = Arc::new(tokio::sync::Notify::new());
+    let (signals, hup) = (shutdown.clone(), reload.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = wait_for_signals(&hup) => {}
+            _ = stop.cancelled() => {}
+        }
+        info!("stop requested");
+        signals.cancel();
+    });
+    let mut current = prepare(config)?;
+    // The configuration that ran before a reload, to go back to if the reloaded one fails
+    // while starting (a listen address that is taken, say).
+    let mut previous: Option<Config> = None;
+    let mut listening = Listening::default();
+    loop {
+        let config = current.config.clone();
+        let stop_generation = shutdown.child_token();
+        let socket = match (listening.for_config(&config).await, previous.take()) {
+            (Ok(socket), old) => {
+                previous = old;
+                socket
+            }
+            (Err(RunError::Config(e)), Some(old)) => {
+                error!(
+                    "the reloaded configuration cannot start ({e}); going back to the previous one"
+                );
+                current = prepare(old)?;
+                continue;
+            }
+            (Err(e), _) => return Err(e),
+        };
+        let hurry = CancellationToken::new();
+        let running = generation::run(
+            current,
+            socket,
+            kept,
+            (stop_generation.clone(), hurry.clone()),
+        );
+        tokio::pin!(running);
+        let next = loop {
+            tokio::select! {
+                done = &mut running => match (done, previous.take()) {
+                    (Err(RunError::Config(e)), Some(old)) => {
+                        error!("the reloaded configuration cannot start ({e}); going back to the previous one");
+                        break Next::Fallback(prepare(old)?);
+                    }
+                    (done, _) => return done,
+                },
+                // The new configuration's sources and API client are built (their secrets
+                // read) before the running generation is stopped: a reload that cannot start
+                // is refused, and the running one stays.
+                _ = reload.notified() => match Config::load(&config.file)
+                    .map_err(|e| e.to_string())
+                    .and_then(|next| same_state(&config, next))
+                    .and_then(|next| prepare(next).map_err(|e| e.to_string()))
+                {
+                    Ok(next) => break Next::Reload(next),
+                    Err(e) => error!("reload refused, the running configuration stays: {e}"),
+                },
+            }
+        };
+        current = match next {
+            Next::Reload(next) => {
+                info!(file = %next.config.file.display(), "reloading the configuration");
+                Notifier::from_env().notify("RELOADING=1");
+                hurry.cancel();
+                stop_generation.cancel();
+                running.await?;
+                previous = Some(config);
+                next
+            }
+            Next::Fallback(old) => old,
+        };
+    }
+}
+
+/// A reloaded configuration must keep the state file: the process holds its lock, and moving
+/// to another outbox would read every input again.
+fn same_state(running: &Config, next: Config) -> Result<Config, String> {
+    if next.state.path == running.state.path {
+        Ok(next)
+    } else {
+        Err(format!(
+            "[state] path changed from {} to {}: restart the service to use another state file",
+            running.state.path.display(),
+            next.state.path.display()
+        ))
+    }
+}
+
+/// What follows a running generation.
+enum Next {
+    /// A reloaded configuration, ready to start.
+    Reload(Prepared),
+    /// The configuration from before a reload that could not start.
+    Fallback(Prepared),
+}
+
+/// Waits for SIGTERM or Ctrl-C; SIGHUP (Unix) wakes `reload` meanwhile.
+async fn wait_for_signals(reload: &tokio::sync::Notify) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => reload.notify_one(),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reload;
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the pipeline until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let opening = config.clone();
+    let kept = tokio::task::spawn_blocking(move || Kept::open(&opening))
+        .await
+        .map_err(|e| RunError::Internal(format!("cannot open the outbox: {e}")))??;
+    let listener = Listening::default().for_config(&config).await?;
+    let hurry = CancellationToken::new();
+    let result = generation::run(prepare(config)?, listener, &kept, (shutdown, hurry)).await;
+    if result.is_ok() {
+        tokio::task::spawn_blocking(move || kept.close())
+            .await
+            .map_err(|e| RunError::Internal(format!("cannot close the outbox: {e}")))?;
+    }
+    result
+}
+
+/// A configuration whose sources and API client are built: every secret has been read.
+pub struct Prepared {
+    config: Config,
+    built: Vec<Box<dyn sources::Source>>,
+    hooks: Vec<sources::webhook::Hook>,
+    client: Arc<ApiClient>,
+}
+
+/// Builds what a configuration needs before anything runs, so that a secret that cannot be read
+/// stops a start (or refuses a reload) before the outbox is touched.
+pub fn prepare(config: Config) -> Result<Prepared, RunError> {
+    // Every secret a source reads as it runs (database connections, HTTP credentials) is read
+    // once here too, so that one that cannot be read refuses the start or the reload; the
+    // sources read them again when they connect (a rotated password is picked up).
+    for s in &config.sources {
+        for secret in s.kind.secrets() {
+            secret.load().map_err(RunError::Config)?;
+        }
+    }
+    let mut hooks = Vec::new();
+    let built = config
+        .sources
+        .iter()
+        .map(|s| {
+            sources::build(s, &mut hooks)
+                .map_err(|e| RunError::Config(format!("source {:?}: {e}", s.name.as_str())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = Arc::new(ApiClient::new(&config.api).map_err(RunError::Config)?);
+    Ok(Prepared {
+        config,
+        built,
+        hooks,
+        client,
+    })
+}
+
+/// The listen socket, which belongs to the process: a reload that keeps `[listen] address`
+/// keeps it, so that connections made meanwhile wait in the backlog instead of being refused.
+#[derive(Default)]
+struct Listening(Option<(std::net::SocketAddr, Arc<tokio::net::TcpListener>)>);
+
+impl Listening {
+    /// The socket for `config`: the one held if its address is the same, else a new one
+    /// (bound first, so that a taken address stops the start before anything else runs).
+    async fn for_config(
+        &mut self,
+        config: &Config,
+    ) -> Result<Option<Arc<tokio::net::TcpListener>>, RunError> {
+        let Some(listen) = &config.listen else {
+            self.0 = None;
+            return Ok(None);
+        };
+        match &self.0 {
+            Some((address, socket)) if *address == listen.address => Ok(Some(socket.clone())),
+            _ => {
+                self.0 = None;
+                let socket = Arc::new(
+                    server::bind(listen.address)
+                        .await
+                        .map_err(RunError::Config)?,
+                );
+                self.0 = Some((listen.address, socket.clone()));
+                Ok(Some(socket))
+            }
+        }
+    }
+}
