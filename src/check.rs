@@ -80,7 +80,7 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
 
     match config.api.token.load() {
         Ok(_) => ok.push(format!("API key found in {}", config.api.token.describe())),
-        Err(e) => problems.push(e),
+        Err(e) => problems.push(e.to_string()),
     }
 
     for s in &config.sources {
@@ -144,10 +144,16 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
                     "source {:?}: the database answers",
                     s.name.as_str()
                 )),
-                Err(e) => problems.push(format!(
+                // Said above, with the other secrets.
+                Err(crate::sources::sql::ConnectError::Secret(_)) => {}
+                Err(
+                    e @ (crate::sources::sql::ConnectError::Failed { .. }
+                    | crate::sources::sql::ConnectError::NoAnswer { .. }),
+                ) => problems.push(format!(
                     "source {:?}: cannot connect to the database: {e} (pass --offline to skip)",
                     s.name.as_str()
                 )),
+                Err(e) => problems.push(format!("source {:?}: {e}", s.name.as_str())),
             }
         }
     }
@@ -204,7 +210,7 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
 /// and an API that cannot be reached.
 fn reachability(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Vec<String>, String> {
     use crate::push::classify::Attempt;
-    let client = ApiClient::new(&config.api)?;
+    let client = ApiClient::new(&config.api).map_err(|e| e.to_string())?;
     let url = crate::redact::url(&config.api.url);
     let mut ok = Vec::new();
     for lane in config.lanes() {

@@ -36,17 +36,29 @@ pub fn init(cfg: &LogConfig) {
     init_with(cfg, std::io::stderr, ansi);
 }
 
+/// The log folder cannot be written to.
+#[cfg(windows)]
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write logs to {}: {source}", dir.display())]
+pub struct LogDirError {
+    dir: std::path::PathBuf,
+    source: tracing_appender::rolling::InitError,
+}
+
 /// Installs the global subscriber writing to daily files `injixo-sync.YYYY-MM-DD.log` in
 /// `dir`, keeping the last `keep` of them.
 #[cfg(windows)]
-pub fn init_files(cfg: &LogConfig, dir: &std::path::Path, keep: usize) -> Result<(), String> {
+pub fn init_files(cfg: &LogConfig, dir: &std::path::Path, keep: usize) -> Result<(), LogDirError> {
     let appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("injixo-sync")
         .filename_suffix("log")
         .max_log_files(keep)
         .build(dir)
-        .map_err(|e| format!("cannot write logs to {}: {e}", dir.display()))?;
+        .map_err(|source| LogDirError {
+            dir: dir.to_owned(),
+            source,
+        })?;
     init_with(cfg, appender, false);
     Ok(())
 }

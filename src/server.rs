@@ -82,16 +82,28 @@ impl Drop for PushSlot {
     }
 }
 
+/// Why the listener cannot bind its address.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "[listen] address {address} is already in use (another injixo-sync, or another \
+         program): stop it or choose another address"
+    )]
+    InUse { address: SocketAddr },
+    #[error("cannot listen on [listen] address {address}: {source}")]
+    Other {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 /// Binds the listener, with an error that says what to do when the address is taken.
-pub async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(address).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!(
-                "[listen] address {address} is already in use (another injixo-sync, or another \
-                 program): stop it or choose another address"
-            )
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(address).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            BindError::InUse { address }
         } else {
-            format!("cannot listen on [listen] address {address}: {e}")
+            BindError::Other { address, source }
         }
     })
 }
@@ -446,20 +458,31 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
                 serde_json::to_string(&outcome).expect("serializes"),
             )
         }
+        // Full: reading and pushes resume as delivery frees room, which takes longer than a
+        // passing fault.
+        Ok(Err(e)) if e.is_at_budget() => busy_for(&e.to_string(), FULL_RETRY_AFTER),
         Ok(Err(e)) => busy(&format!("the outbox cannot take the push now: {e}")),
         Err(_) => busy("the source is stopping"),
     }
 }
 
-/// 503 with `Retry-After`: nothing was kept, send again.
+/// 503 with `Retry-After: 5`: nothing was kept, send again.
 fn busy(why: &str) -> Answer {
+    busy_for(why, 5)
+}
+
+/// `Retry-After` for a push refused because the outbox is at its budget (seconds).
+const FULL_RETRY_AFTER: u32 = 60;
+
+/// 503 with `Retry-After: seconds`: nothing was kept, send again.
+fn busy_for(why: &str, seconds: u32) -> Answer {
     let mut r = refuse(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("{why}; nothing was kept, send it again"),
     )?;
     r.headers_mut().insert(
         hyper::header::RETRY_AFTER,
-        hyper::header::HeaderValue::from_static("5"),
+        hyper::header::HeaderValue::from(seconds),
     );
     Ok(r)
 }

@@ -165,7 +165,8 @@ async fn a_push_at_the_budget_is_answered_503_and_kept_when_sent_again() {
     };
     let answer = push().await.unwrap();
     assert_eq!(answer.status().as_u16(), 503);
-    assert!(answer.headers().contains_key("retry-after"));
+    // Room comes back as delivery goes on, which takes longer than a passing fault.
+    assert_eq!(answer.headers()["retry-after"], "60");
     let said = answer.text().await.unwrap();
     assert!(said.contains("max_outbox_size"), "{said}");
 

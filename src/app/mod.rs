@@ -19,9 +19,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::Config;
+use std::path::PathBuf;
+
+use crate::config::{Config, ConfigError, SecretError};
 use crate::outbox::{Outbox, OutboxError};
-use crate::push::ApiClient;
+use crate::push::{ApiClient, ClientError};
 use crate::server;
 use crate::service::Notifier;
 use crate::sources;
@@ -30,11 +32,10 @@ use crate::sources;
 pub enum RunError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-    /// This configuration cannot start: a secret it cannot read, a source or the API client it
-    /// cannot build, a listen address that is taken. A reload that fails so goes back to the
-    /// configuration that ran before.
-    #[error("{0}")]
-    Config(String),
+    /// This configuration cannot start. A reload that fails so goes back to the configuration
+    /// that ran before.
+    #[error(transparent)]
+    Start(#[from] StartError),
     /// The process cannot go on: the async runtime or a thread could not start.
     #[error("{0}")]
     Internal(String),
@@ -50,6 +51,41 @@ pub enum RunError {
     /// The state file or its lock file was deleted or replaced under the running daemon.
     #[error("{0}")]
     StateGone(String),
+}
+
+/// Why a configuration cannot start: a secret it cannot read, a source or the API client it
+/// cannot build, a listen address that is taken.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("source {name:?}: {error}")]
+    Source {
+        name: String,
+        #[source]
+        error: sources::BuildError,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Listen(#[from] server::BindError),
+}
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// The process holds the state file's lock, and moving to another outbox would read every
+    /// input again.
+    #[error(
+        "[state] path changed from {} to {}: restart the service to use another state file",
+        from.display(),
+        to.display()
+    )]
+    StateMoved { from: PathBuf, to: PathBuf },
+    #[error(transparent)]
+    Start(#[from] StartError),
 }
 
 /// What lives as long as the process, across generations: the state file's lock, and the
@@ -172,18 +208,15 @@ async fn generations(config: Config, kept: &Kept, stop: CancellationToken) -> Re
         let config = current.config.clone();
         let stop_generation = shutdown.child_token();
         let socket = match (listening.for_config(&config).await, previous.take()) {
-            (Ok(socket), old) => {
-                previous = old;
-                socket
-            }
-            (Err(RunError::Config(e)), Some(old)) => {
+            (Ok(socket), _) => socket,
+            (Err(e), Some(old)) => {
                 error!(
                     "the reloaded configuration cannot start ({e}); going back to the previous one"
                 );
                 current = prepare(old)?;
                 continue;
             }
-            (Err(e), _) => return Err(e),
+            (Err(e), _) => return Err(e.into()),
         };
         let hurry = CancellationToken::new();
         let running = generation::run(
@@ -195,61 +228,38 @@ async fn generations(config: Config, kept: &Kept, stop: CancellationToken) -> Re
         tokio::pin!(running);
         let next = loop {
             tokio::select! {
-                done = &mut running => match (done, previous.take()) {
-                    (Err(RunError::Config(e)), Some(old)) => {
-                        error!("the reloaded configuration cannot start ({e}); going back to the previous one");
-                        break Next::Fallback(prepare(old)?);
-                    }
-                    (done, _) => return done,
-                },
+                done = &mut running => return done,
                 // The new configuration's sources and API client are built (their secrets
                 // read) before the running generation is stopped: a reload that cannot start
                 // is refused, and the running one stays.
-                _ = reload.notified() => match Config::load(&config.file)
-                    .map_err(|e| e.to_string())
-                    .and_then(|next| same_state(&config, next))
-                    .and_then(|next| prepare(next).map_err(|e| e.to_string()))
-                {
-                    Ok(next) => break Next::Reload(next),
+                _ = reload.notified() => match reloaded(&config) {
+                    Ok(next) => break next,
                     Err(e) => error!("reload refused, the running configuration stays: {e}"),
                 },
             }
         };
-        current = match next {
-            Next::Reload(next) => {
-                info!(file = %next.config.file.display(), "reloading the configuration");
-                Notifier::from_env().notify("RELOADING=1");
-                hurry.cancel();
-                stop_generation.cancel();
-                running.await?;
-                previous = Some(config);
-                next
-            }
-            Next::Fallback(old) => old,
-        };
+        info!(file = %next.config.file.display(), "reloading the configuration");
+        Notifier::from_env().notify("RELOADING=1");
+        hurry.cancel();
+        stop_generation.cancel();
+        running.await?;
+        previous = Some(config);
+        current = next;
     }
 }
 
-/// A reloaded configuration must keep the state file: the process holds its lock, and moving
-/// to another outbox would read every input again.
-fn same_state(running: &Config, next: Config) -> Result<Config, String> {
-    if next.state.path == running.state.path {
-        Ok(next)
-    } else {
-        Err(format!(
-            "[state] path changed from {} to {}: restart the service to use another state file",
-            running.state.path.display(),
-            next.state.path.display()
-        ))
+/// The configuration file read again and prepared. A reloaded configuration must keep the
+/// state file: the process holds its lock, and moving to another outbox would read every input
+/// again.
+fn reloaded(running: &Config) -> Result<Prepared, ReloadError> {
+    let next = Config::load(&running.file)?;
+    if next.state.path != running.state.path {
+        return Err(ReloadError::StateMoved {
+            from: running.state.path.clone(),
+            to: next.state.path,
+        });
     }
-}
-
-/// What follows a running generation.
-enum Next {
-    /// A reloaded configuration, ready to start.
-    Reload(Prepared),
-    /// The configuration from before a reload that could not start.
-    Fallback(Prepared),
+    Ok(prepare(next)?)
 }
 
 /// Waits for SIGTERM or Ctrl-C; SIGHUP (Unix) wakes `reload` meanwhile.
@@ -306,13 +316,13 @@ pub struct Prepared {
 
 /// Builds what a configuration needs before anything runs, so that a secret that cannot be read
 /// stops a start (or refuses a reload) before the outbox is touched.
-pub fn prepare(config: Config) -> Result<Prepared, RunError> {
+pub fn prepare(config: Config) -> Result<Prepared, StartError> {
     // Every secret a source reads as it runs (database connections, HTTP credentials) is read
     // once here too, so that one that cannot be read refuses the start or the reload; the
     // sources read them again when they connect (a rotated password is picked up).
     for s in &config.sources {
         for secret in s.kind.secrets() {
-            secret.load().map_err(RunError::Config)?;
+            secret.load()?;
         }
     }
     let mut hooks = Vec::new();
@@ -320,11 +330,13 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
         .sources
         .iter()
         .map(|s| {
-            sources::build(s, &mut hooks)
-                .map_err(|e| RunError::Config(format!("source {:?}: {e}", s.name.as_str())))
+            sources::build(s, &mut hooks).map_err(|error| StartError::Source {
+                name: s.name.as_str().to_owned(),
+                error,
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let client = Arc::new(ApiClient::new(&config.api).map_err(RunError::Config)?);
+    let client = Arc::new(ApiClient::new(&config.api)?);
     Ok(Prepared {
         config,
         built,
@@ -344,7 +356,7 @@ impl Listening {
     async fn for_config(
         &mut self,
         config: &Config,
-    ) -> Result<Option<Arc<tokio::net::TcpListener>>, RunError> {
+    ) -> Result<Option<Arc<tokio::net::TcpListener>>, StartError> {
         let Some(listen) = &config.listen else {
             self.0 = None;
             return Ok(None);
@@ -353,11 +365,7 @@ impl Listening {
             Some((address, socket)) if *address == listen.address => Ok(Some(socket.clone())),
             _ => {
                 self.0 = None;
-                let socket = Arc::new(
-                    server::bind(listen.address)
-                        .await
-                        .map_err(RunError::Config)?,
-                );
+                let socket = Arc::new(server::bind(listen.address).await?);
                 self.0 = Some((listen.address, socket.clone()));
                 Ok(Some(socket))
             }

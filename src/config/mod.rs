@@ -39,7 +39,7 @@ pub use paths::{DEFAULT_API_URL, default_config_path, default_state_path, progra
 pub use pollers::{Schedule, SqlConfig, WebhookConfig, When, parse_cron};
 pub use problems::{ConfigError, Problem};
 pub use rows::{QueueLogConfig, RowRules, StatesConfig};
-pub use secret::{SourceSecret, TokenSource};
+pub use secret::{SecretError, SourceSecret, TokenSource};
 
 use problems::{Seg, Validator, line_of};
 use raw::{RawConfig, RawSource};

@@ -5,6 +5,21 @@ use std::path::PathBuf;
 
 use crate::types::Secret;
 
+/// Why a secret cannot be read. The value itself never appears in it.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {key}_file {}: {source}", path.display())]
+    File {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key}_env names ${var}, which is not set in the environment")]
+    Unset { key: String, var: String },
+    #[error("{what} from {from} is empty")]
+    Empty { what: String, from: String },
+}
+
 /// Where the API key comes from. The key itself is read when needed, so a rotated key written
 /// to the file is picked up without a restart.
 #[derive(Clone, Debug)]
@@ -15,7 +30,7 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    pub fn load(&self) -> Result<Secret, String> {
+    pub fn load(&self) -> Result<Secret, SecretError> {
         self.load_as("api.token", "the API key")
     }
 
@@ -25,18 +40,27 @@ impl TokenSource {
 
     /// Reads the secret configured under `key` (`key`, `key_file` or `key_env`); `what` names
     /// it in errors. The value itself never appears in them.
-    pub fn load_as(&self, key: &str, what: &str) -> Result<Secret, String> {
+    pub fn load_as(&self, key: &str, what: &str) -> Result<Secret, SecretError> {
         let value = match self {
-            TokenSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {key}_file {}: {e}", path.display()))?,
-            TokenSource::Env(var) => std::env::var(var).map_err(|_| {
-                format!("{key}_env names ${var}, which is not set in the environment")
+            TokenSource::File(path) => {
+                std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                    key: key.to_owned(),
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            TokenSource::Env(var) => std::env::var(var).map_err(|_| SecretError::Unset {
+                key: key.to_owned(),
+                var: var.clone(),
             })?,
             TokenSource::Inline(secret) => secret.expose().to_owned(),
         };
         let value = value.trim();
         if value.is_empty() {
-            return Err(format!("{what} from {} is empty", self.describe_as(key)));
+            return Err(SecretError::Empty {
+                what: what.to_owned(),
+                from: self.describe_as(key),
+            });
         }
         Ok(Secret::new(value))
     }
@@ -60,7 +84,7 @@ pub struct SourceSecret {
 }
 
 impl SourceSecret {
-    pub fn load(&self) -> Result<Secret, String> {
+    pub fn load(&self) -> Result<Secret, SecretError> {
         let what = self.key.rsplit('.').next().unwrap_or("secret");
         self.from.load_as(&self.key, &format!("the {what}"))
     }

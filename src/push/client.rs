@@ -6,10 +6,36 @@ use std::time::Duration;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use super::classify::Attempt;
-use crate::config::{ApiConfig, TokenSource};
+use crate::config::{ApiConfig, SecretError, TokenSource};
 use crate::text::truncate;
 use crate::types::{LaneKey, Secret};
 use crate::web::{describe, parse_retry_after};
+
+/// Why the API client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Key(#[from] SecretError),
+    #[error("api.proxy {proxy}: {source}")]
+    Proxy {
+        proxy: String,
+        source: reqwest::Error,
+    },
+    #[error("cannot read api.ca_file {}: {source}", path.display())]
+    CaRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("api.ca_file {} holds no usable PEM certificate: {source}", path.display())]
+    CaUnusable {
+        path: std::path::PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("api.ca_file {} holds no PEM certificate", path.display())]
+    CaEmpty { path: std::path::PathBuf },
+    #[error("cannot set up HTTPS: {0}")]
+    Tls(reqwest::Error),
+}
 
 /// Sends batches; holds the API key and re-reads it when the API refuses it.
 pub struct ApiClient {
@@ -35,7 +61,7 @@ impl ApiClient {
 
     /// Builds the client: timeout, proxy (`api.proxy`, else `HTTPS_PROXY`/`NO_PROXY`), extra CA
     /// bundle. Fails if the key cannot be read or the CA file is unusable.
-    pub fn new(cfg: &ApiConfig) -> Result<Self, String> {
+    pub fn new(cfg: &ApiConfig) -> Result<Self, ClientError> {
         let token = cfg.token.load()?;
         let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
@@ -43,30 +69,30 @@ impl ApiClient {
             .user_agent(concat!("injixo-sync/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(50));
         if let Some(proxy) = &cfg.proxy {
-            let p = reqwest::Proxy::all(proxy.as_str())
-                .map_err(|e| format!("api.proxy {}: {e}", crate::redact::url(proxy)))?;
+            let p = reqwest::Proxy::all(proxy.as_str()).map_err(|source| ClientError::Proxy {
+                proxy: crate::redact::url(proxy),
+                source,
+            })?;
             builder = builder.proxy(p);
         }
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| format!("cannot read api.ca_file {}: {e}", ca.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                format!(
-                    "api.ca_file {} holds no usable PEM certificate: {e}",
-                    ca.display()
-                )
+            let path = ca.clone();
+            let pem = std::fs::read(ca).map_err(|source| ClientError::CaRead {
+                path: path.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                ClientError::CaUnusable {
+                    path: path.clone(),
+                    source,
+                }
             })?;
             if certs.is_empty() {
-                return Err(format!(
-                    "api.ca_file {} holds no PEM certificate",
-                    ca.display()
-                ));
+                return Err(ClientError::CaEmpty { path });
             }
             builder = builder.tls_certs_merge(certs);
         }
-        let http = builder
-            .build()
-            .map_err(|e| format!("cannot set up HTTPS: {e}"))?;
+        let http = builder.build().map_err(ClientError::Tls)?;
         Ok(Self {
             http,
             base: cfg.url.clone(),
@@ -76,7 +102,7 @@ impl ApiClient {
     }
 
     /// Reads the key again (after a 401/403, the operator may have written a new one).
-    pub fn reload_token(&self) -> Result<(), String> {
+    pub fn reload_token(&self) -> Result<(), SecretError> {
         let fresh = self.token_source.load()?;
         *self.token.write().expect("token lock") = fresh;
         Ok(())

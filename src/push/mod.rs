@@ -10,5 +10,5 @@ pub mod classify;
 pub mod client;
 pub mod lane;
 
-pub use client::ApiClient;
+pub use client::{ApiClient, ClientError};
 pub use lane::{Handoffs, Lane, LaneSettings};

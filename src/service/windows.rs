@@ -252,8 +252,7 @@ fn serve(stop: CancellationToken) -> anyhow::Result<()> {
         Ok(c) => c.log.clone(),
         Err(_) => LogConfig::default(),
     };
-    crate::logging::init_files(&log, &program_data().join("logs"), LOG_FILES_KEPT)
-        .map_err(anyhow::Error::msg)?;
+    crate::logging::init_files(&log, &program_data().join("logs"), LOG_FILES_KEPT)?;
     let config = config?;
     let daemon = DAEMON
         .lock()

@@ -42,51 +42,56 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
 
 pub struct HttpSource {
     cfg: HttpConfig,
+    client: reqwest::Client,
 }
 
 impl HttpSource {
-    pub fn new(cfg: HttpConfig) -> Self {
-        Self { cfg }
+    /// The source with its HTTP client built, so that a client that cannot be set up stops
+    /// the start instead of this source alone.
+    pub fn new(cfg: HttpConfig) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            client: client(&cfg)?,
+            cfg,
+        })
     }
 }
 
 impl Source for HttpSource {
     fn run(self: Box<Self>, ctx: SourceContext) {
-        let (poller, reading) = match parts(&self.cfg) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(source = %ctx.name, "{e}");
-                return;
-            }
-        };
-        super::poll::run(poller, ctx, self.cfg.schedule.clone(), reading);
+        let HttpSource { cfg, client } = *self;
+        let schedule = cfg.schedule.clone();
+        let (poller, reading) = parts(cfg, client);
+        super::poll::run(poller, ctx, schedule, reading);
     }
 }
 
-fn parts(cfg: &HttpConfig) -> Result<(HttpPoller, super::poll::Reading), String> {
-    let client = reqwest::Client::builder()
+fn client(cfg: &HttpConfig) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
         .timeout(cfg.timeout)
         .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("injixo-sync/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("cannot set up HTTP: {e}"))?;
-    let poller = HttpPoller {
-        cfg: cfg.clone(),
-        client,
-        oauth: None,
-    };
+}
+
+fn parts(cfg: HttpConfig, client: reqwest::Client) -> (HttpPoller, super::poll::Reading) {
     let reading = super::poll::Reading {
         rows: cfg.rows.clone(),
         snapshot: cfg.snapshot,
         initial: cfg.initial_cursor.clone(),
         queue_log: None,
     };
-    Ok((poller, reading))
+    let poller = HttpPoller {
+        cfg,
+        client,
+        oauth: None,
+    };
+    (poller, reading)
 }
 
 /// `preview`: the first page from `initial_cursor` into `ctx`'s scratch outbox.
 pub fn preview(cfg: &HttpConfig, ctx: &SourceContext) -> Result<(), PollError> {
-    let (poller, reading) = parts(cfg).map_err(PollError::Remote)?;
+    let client = client(cfg).map_err(|e| PollError::Remote(format!("cannot set up HTTP: {e}")))?;
+    let (poller, reading) = parts(cfg.clone(), client);
     super::poll::first_page(poller, ctx, reading)
 }
 
@@ -324,15 +329,14 @@ impl HttpPoller {
         &mut self,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::RequestBuilder, PollError> {
-        let remote = PollError::Remote;
         Ok(match &self.cfg.auth {
             HttpAuth::None => req,
             HttpAuth::Bearer(secret) => {
-                let token = secret.load().map_err(remote)?;
+                let token = secret.load()?;
                 req.header(AUTHORIZATION, bearer(&token)?)
             }
             HttpAuth::Basic { username, password } => {
-                let password = password.load().map_err(remote)?;
+                let password = password.load()?;
                 req.basic_auth(username, Some(password.expose()))
             }
             HttpAuth::OAuth2 { .. } => {
@@ -357,7 +361,7 @@ impl HttpPoller {
         else {
             unreachable!("called for oauth2 only")
         };
-        let client_secret = secret.load().map_err(PollError::Remote)?;
+        let client_secret = secret.load()?;
         let mut form = vec![("grant_type", "client_credentials".to_owned())];
         if let Some(s) = scope {
             form.push(("scope", s.clone()));

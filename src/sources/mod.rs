@@ -161,17 +161,26 @@ pub trait Source: Send + 'static {
     fn run(self: Box<Self>, ctx: SourceContext);
 }
 
+/// Why a source cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Hook(#[from] webhook::HookError),
+    #[error("cannot set up HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
 /// Builds the source a configuration describes; a `webhook` source adds the route the
 /// listener serves it under to `hooks`. Fails when a secret the source needs at start
 /// cannot be read.
 pub fn build(
     cfg: &SourceConfig,
     hooks: &mut Vec<webhook::Hook>,
-) -> Result<Box<dyn Source>, String> {
+) -> Result<Box<dyn Source>, BuildError> {
     Ok(match &cfg.kind {
         SourceKind::Files(files) => Box::new(files::FilesSource::new(files.clone())),
         SourceKind::Sql(sql) => Box::new(sql::SqlSource::new(sql.clone())),
-        SourceKind::Http(http) => Box::new(http::HttpSource::new(http.clone())),
+        SourceKind::Http(http) => Box::new(http::HttpSource::new(http.clone())?),
         SourceKind::Webhook(w) => {
             let (source, hook) = webhook::WebhookSource::new(&cfg.name, w.clone())?;
             hooks.push(hook);

@@ -21,6 +21,7 @@ use odbc_api::{
 use serde_json::{Map, Value};
 
 use super::poll::PollError;
+use super::sql::ConnectError;
 
 /// One connection, shared by the poller's clones, and the time a query may take.
 #[derive(Clone)]
@@ -67,15 +68,21 @@ impl Odbc {
         connection_string: &str,
         login_timeout: std::time::Duration,
         query_timeout: std::time::Duration,
-    ) -> Result<Self, String> {
-        let env = odbc_api::environment().map_err(|e| format!("the ODBC driver manager: {e}"))?;
+    ) -> Result<Self, ConnectError> {
+        let env = odbc_api::environment().map_err(|source| ConnectError::Odbc {
+            what: "the ODBC driver manager",
+            source,
+        })?;
         let options = ConnectionOptions {
             login_timeout_sec: Some(login_timeout.as_secs().max(1) as u32),
             ..ConnectionOptions::default()
         };
         let conn = env
             .connect_with_connection_string(connection_string, options)
-            .map_err(|e| format!("ODBC connect: {e}"))?;
+            .map_err(|source| ConnectError::Odbc {
+                what: "ODBC connect",
+                source,
+            })?;
         Ok(Self(Arc::new(Mutex::new(conn)), query_timeout))
     }
 

@@ -21,7 +21,7 @@ use tracing::{debug, error, info};
 use super::SourceContext;
 use super::queue_log::{TRACKER_CURSOR, TableCursor, apply as apply_queue_log};
 use super::rows::{ChangeRead, Converted, Keying, States, commit, convert_objects, json_cursor};
-use crate::config::{QueueLogConfig, RowRules, Schedule};
+use crate::config::{QueueLogConfig, RowRules, Schedule, SecretError};
 use crate::outbox::{Commit, OutboxError};
 
 /// The cursor key of a poller's position.
@@ -37,27 +37,21 @@ pub struct PollCursor {
 }
 
 /// Why a poll failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PollError {
     /// The outbox cannot take what was read: reading pauses.
-    Outbox(OutboxError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// A secret the poll needs (a token, a password) cannot be read: retried, so that a file
+    /// the operator fixes is read on the next attempt.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The database cannot be reached, or refuses the login: retried.
+    #[error(transparent)]
+    Connect(#[from] super::sql::ConnectError),
     /// The remote side failed (down, refused, timed out, answered an error): retried.
+    #[error("{0}")]
     Remote(String),
-}
-
-impl From<OutboxError> for PollError {
-    fn from(e: OutboxError) -> Self {
-        PollError::Outbox(e)
-    }
-}
-
-impl std::fmt::Display for PollError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PollError::Outbox(e) => write!(f, "{e}"),
-            PollError::Remote(e) => f.write_str(e),
-        }
-    }
 }
 
 /// A source that polls.
@@ -131,7 +125,13 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
         let mut ticks = match super::schedule::Ticks::start(&schedule, ctx.name.as_str(), due).await {
             Ok(t) => t,
             Err(e) => {
-                error!(source = %ctx.name, "cannot start the schedule: {e}");
+                // Said in the log, `status` and /readyz until the daemon stops: this source
+                // does not poll.
+                error!(source = %ctx.name, "{e}: the source does not poll");
+                let mut problems = super::Problems::default();
+                problems.report("schedule", format!("{e}: the source does not poll"));
+                problems.publish_quietly(&ctx).await;
+                ctx.shutdown.cancelled().await;
                 return;
             }
         };
@@ -208,7 +208,9 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
                     };
                     let what = match e {
                         PollError::Outbox(_) => "cannot commit what was read, reading is paused",
-                        PollError::Remote(_) => "poll failed",
+                        PollError::Secret(_) | PollError::Connect(_) | PollError::Remote(_) => {
+                            "poll failed"
+                        }
                     };
                     let full = matches!(&e, PollError::Outbox(o) if o.is_at_budget());
                     if !full && (failures == 1 || failures.is_power_of_two()) {

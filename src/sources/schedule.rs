@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 use tokio::sync::mpsc;
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tracing::{debug, warn};
 
 use crate::config::{Schedule, When, parse_cron};
@@ -67,6 +67,20 @@ pub fn next_poll(
     }
 }
 
+/// Why a schedule cannot be set up: the scheduler's own refusal, and of what.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what}: {source}")]
+pub struct ScheduleError {
+    what: String,
+    source: JobSchedulerError,
+}
+
+/// `map_err` for the scheduler's calls: what was being done.
+fn doing(what: impl Into<String>) -> impl FnOnce(JobSchedulerError) -> ScheduleError {
+    let what = what.into();
+    move |source| ScheduleError { what, source }
+}
+
 /// The ticks of a running schedule.
 pub struct Ticks {
     rx: mpsc::Receiver<()>,
@@ -76,20 +90,24 @@ pub struct Ticks {
 
 impl Ticks {
     /// Starts firing; `due_now` offers the first tick at once (a first start or a missed poll).
-    pub async fn start(schedule: &Schedule, source: &str, due_now: bool) -> Result<Ticks, String> {
+    pub async fn start(
+        schedule: &Schedule,
+        source: &str,
+        due_now: bool,
+    ) -> Result<Ticks, ScheduleError> {
         let (tx, rx) = mpsc::channel(1);
         if due_now {
             let _ = tx.try_send(());
         }
         let scheduler = JobScheduler::new()
             .await
-            .map_err(|e| format!("cannot start the scheduler: {e}"))?;
+            .map_err(doing("start the scheduler"))?;
         match &schedule.when {
             When::Every(every) => {
                 scheduler
                     .add(job_every(*every, tx, source)?)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(doing("add the job"))?;
             }
             When::Cron(expr) => {
                 arm_cron(
@@ -102,7 +120,10 @@ impl Ticks {
                 .await?;
             }
         }
-        scheduler.start().await.map_err(|e| e.to_string())?;
+        scheduler
+            .start()
+            .await
+            .map_err(doing("start the scheduler"))?;
         Ok(Ticks {
             rx,
             scheduler,
@@ -135,13 +156,16 @@ fn offer(tx: &mpsc::Sender<()>, source: &str) {
     }
 }
 
-fn job_every(every: Duration, tx: mpsc::Sender<()>, source: &str) -> Result<Job, String> {
+fn job_every(every: Duration, tx: mpsc::Sender<()>, source: &str) -> Result<Job, ScheduleError> {
     let source = source.to_owned();
     Job::new_repeated_async(every, move |_, _| {
         offer(&tx, &source);
         Box::pin(async {})
     })
-    .map_err(|e| e.to_string())
+    .map_err(doing(format!(
+        "schedule every {}",
+        humantime::format_duration(every)
+    )))
 }
 
 /// Adds the cron job with the zone's current offset, and a one-shot job at the zone's next
@@ -152,7 +176,7 @@ fn arm_cron(
     zone: jiff::tz::TimeZone,
     tx: mpsc::Sender<()>,
     source: String,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ScheduleError>> + Send + '_>> {
     Box::pin(async move {
         let now = jiff::Timestamp::now();
         let fire = {
@@ -161,9 +185,9 @@ fn arm_cron(
                 offer(&tx, &source);
                 Box::pin(async {})
             })
-            .map_err(|e| format!("cannot schedule {expr:?}: {e}"))?
+            .map_err(doing(format!("schedule {expr:?}")))?
         };
-        let fire_id = scheduler.add(fire).await.map_err(|e| e.to_string())?;
+        let fire_id = scheduler.add(fire).await.map_err(doing("add the job"))?;
         let Some(change) = zone.following(now).next() else {
             return Ok(());
         };
@@ -188,8 +212,11 @@ fn arm_cron(
                 }
             })
         })
-        .map_err(|e| e.to_string())?;
-        scheduler.add(rearm).await.map_err(|e| e.to_string())?;
+        .map_err(doing("schedule the next offset change"))?;
+        scheduler
+            .add(rearm)
+            .await
+            .map_err(doing("add the offset change"))?;
         Ok(())
     })
 }

@@ -32,7 +32,7 @@ use tracing::{debug, info};
 
 use super::poll::{Poll, PollError, Sink};
 use super::{Source, SourceContext};
-use crate::config::SqlConfig;
+use crate::config::{SecretError, SqlConfig};
 
 pub struct SqlSource {
     cfg: SqlConfig,
@@ -112,10 +112,43 @@ struct SqlPoller {
     connected_once: bool,
 }
 
+/// Why a connection to the database cannot be made. It never contains the URL (which holds
+/// the password), only the host and port.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(
+        "{key} is an ODBC connection string, and this build has no ODBC (build with --features \
+         odbc)"
+    )]
+    NoOdbc { key: String },
+    #[error("{key} is not a postgres://, mysql:// (mariadb://) URL or an odbc: connection string")]
+    Scheme { key: String },
+    #[error("the connection URL is not valid")]
+    Url,
+    /// Refused, no such host, TLS, a refused login: in the words of [`cause`].
+    #[error("cannot connect to {target}: {cause}")]
+    Failed { target: String, cause: String },
+    #[error(
+        "cannot connect to {target}: no answer within {} (a firewall, or the wrong host or \
+         port?)",
+        humantime::format_duration(*after)
+    )]
+    NoAnswer { target: String, after: Duration },
+    /// The ODBC driver manager or driver refused (its own words).
+    #[cfg(feature = "odbc")]
+    #[error("{what}: {source}")]
+    Odbc {
+        what: &'static str,
+        source: odbc_api::Error,
+    },
+}
+
 /// Connects with the configured URL; errors never contain it (it holds the password). A first
 /// connection is made on its own, so that a failure says why (refused, no such host, TLS, a
 /// refused login) instead of the pool's "timed out waiting for a connection".
-pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
+pub async fn connect(cfg: &SqlConfig) -> Result<Db, ConnectError> {
     let url = cfg.connection.load()?;
     let url = url.expose();
     let scheme = url
@@ -124,6 +157,7 @@ pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     let timeout = cfg.timeout.min(Duration::from_secs(30));
+    let key = || cfg.connection.key.clone();
     match scheme.as_str() {
         "postgres" | "postgresql" => pool(url, timeout).await.map(Db::Pg),
         "mysql" | "mariadb" => pool(&url.replacen("mariadb:", "mysql:", 1), timeout)
@@ -134,35 +168,33 @@ pub async fn connect(cfg: &SqlConfig) -> Result<Db, String> {
             super::odbc::Odbc::connect(&url["odbc:".len()..], timeout, cfg.timeout).map(Db::Odbc)
         }
         #[cfg(not(feature = "odbc"))]
-        "odbc" => Err(format!(
-            "{} is an ODBC connection string, and this build has no ODBC (build with \
-             --features odbc)",
-            cfg.connection.key
-        )),
-        _ => Err(format!(
-            "{} is not a postgres://, mysql:// (mariadb://) URL or an odbc: connection string",
-            cfg.connection.key
-        )),
+        "odbc" => Err(ConnectError::NoOdbc { key: key() }),
+        _ => Err(ConnectError::Scheme { key: key() }),
     }
 }
 
 /// A pool of one connection to a PostgreSQL or MySQL URL, after a first connection made on
 /// its own (see [`connect`]).
-async fn pool<DB: sqlx::Database>(url: &str, timeout: Duration) -> Result<sqlx::Pool<DB>, String> {
+async fn pool<DB: sqlx::Database>(
+    url: &str,
+    timeout: Duration,
+) -> Result<sqlx::Pool<DB>, ConnectError> {
     use sqlx::ConnectOptions;
     let target = endpoint(url);
-    let failed = |e: &sqlx::Error| format!("cannot connect to {target}: {}", cause(e));
+    let failed = |e: &sqlx::Error| ConnectError::Failed {
+        target: target.clone(),
+        cause: cause(e),
+    };
     let options: <DB::Connection as sqlx::Connection>::Options =
-        url.parse().map_err(|e: sqlx::Error| describe(&e))?;
+        url.parse().map_err(|_: sqlx::Error| ConnectError::Url)?;
     match tokio::time::timeout(timeout, async { options.connect().await.map(drop) }).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(failed(&e)),
         Err(_) => {
-            return Err(format!(
-                "cannot connect to {target}: no answer within {} (a firewall, or the wrong host \
-                 or port?)",
-                humantime::format_duration(timeout)
-            ));
+            return Err(ConnectError::NoAnswer {
+                target,
+                after: timeout,
+            });
         }
     }
     sqlx::pool::PoolOptions::<DB>::new()
@@ -232,7 +264,7 @@ fn describe(e: &sqlx::Error) -> String {
 impl Poll for SqlPoller {
     async fn poll(&mut self, sink: &mut Sink<'_>) -> Result<(), PollError> {
         if self.db.is_none() {
-            let db = connect(&self.cfg).await.map_err(PollError::Remote)?;
+            let db = connect(&self.cfg).await?;
             if self.connected_once {
                 debug!(source = %sink.ctx.name, "connected to the database again");
             } else {

@@ -18,7 +18,7 @@ use tracing::{debug, error};
 use super::rows::{Converted, Keying, States, commit, convert_objects};
 use super::{Source, SourceContext};
 use crate::config::WebhookConfig;
-use crate::outbox::{Commit, Group};
+use crate::outbox::{Commit, Group, OutboxError};
 use crate::types::{Secret, SourceName};
 
 /// How many pushes wait for the source thread before the listener answers 503.
@@ -32,7 +32,9 @@ pub struct Push {
     /// `Idempotency-Key` header, or else a hash of its body.
     pub identity: String,
     pub objects: Vec<(String, Map<String, Value>)>,
-    pub reply: oneshot::Sender<Result<Outcome, String>>,
+    /// The outcome, or why the outbox could not take the push (one error shared by every
+    /// push of the commit that failed).
+    pub reply: oneshot::Sender<Result<Outcome, std::sync::Arc<OutboxError>>>,
 }
 
 /// What became of a push, once it is committed.
@@ -95,27 +97,35 @@ pub struct WebhookSource {
     rx: mpsc::Receiver<Push>,
 }
 
+/// Why a webhook source cannot start: its token.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error(transparent)]
+    Secret(#[from] crate::config::SecretError),
+    #[error(
+        "{key} is shorter than 16 characters: use a long random token, e.g. the output of \
+         `openssl rand -hex 24`"
+    )]
+    Short { key: String },
+    #[error("{key} may hold only letters, digits and - . _ ~ (it is part of a URL path)")]
+    Characters { key: String },
+}
+
 impl WebhookSource {
     /// The source and the hook the listener routes its pushes through. Fails when the token
-    /// cannot be read.
-    pub fn new(name: &SourceName, cfg: WebhookConfig) -> Result<(Self, Hook), String> {
+    /// cannot be read or is unfit for a URL path.
+    pub fn new(name: &SourceName, cfg: WebhookConfig) -> Result<(Self, Hook), HookError> {
         let token = cfg.token.load()?;
+        let key = || cfg.token.key.clone();
         if token.expose().len() < 16 {
-            return Err(format!(
-                "{} is shorter than 16 characters: use a long random token, e.g. the output of \
-                 `openssl rand -hex 24`",
-                cfg.token.key
-            ));
+            return Err(HookError::Short { key: key() });
         }
         if !token
             .expose()
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
         {
-            return Err(format!(
-                "{} may hold only letters, digits and - . _ ~ (it is part of a URL path)",
-                cfg.token.key
-            ));
+            return Err(HookError::Characters { key: key() });
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let hook = Hook {
@@ -253,7 +263,7 @@ async fn take(
     // Committed to a state file an operator deleted or replaced meanwhile: not kept for any
     // next start, so not acknowledged (the daemon is stopping; see `app`).
     if result.is_ok() && !ctx.outbox.still_at_path() {
-        result = Err(crate::outbox::OutboxError::Io {
+        result = Err(OutboxError::Io {
             path: ctx.outbox.path().to_owned(),
             message: "was deleted or replaced under the running daemon".into(),
         });
@@ -264,7 +274,7 @@ async fn take(
     if let Some(st) = states {
         st.settle(result.is_ok());
     }
-    match &result {
+    match result {
         Ok(done) => {
             for ((outcome, group), reply) in outcomes.iter_mut().zip(&done.groups).zip(replies) {
                 if group.conflict {
@@ -290,8 +300,9 @@ async fn take(
             } else {
                 error!(source = %ctx.name, "cannot commit pushed records: {e}");
             }
+            let e = std::sync::Arc::new(e);
             for reply in replies {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
