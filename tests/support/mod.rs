@@ -242,7 +242,12 @@ pub fn listening(text: &str) -> (String, u16) {
 /// Prometheus text exposition.
 pub fn sample_value(text: &str, sample: &str) -> Option<u64> {
     text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
         .map(|v| v as u64)
 }
 
@@ -275,15 +280,20 @@ pub async fn counter_rises(port: u16, sample: &str, n: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    counter_reaches(port, sample, start + n).await;
+}
+
+/// Waits until the counter `sample` of the daemon listening on `port` is at least `target`.
+pub async fn counter_reaches(port: u16, sample: &str, target: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = metric(port, sample).await.unwrap_or(start);
-        if now >= start + n {
+        let now = metric(port, sample).await;
+        if now.is_some_and(|v| v >= target) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "timed out waiting for {sample} to go from {start} to {} (it is {now})",
-            start + n
+            "timed out waiting for {sample} to reach {target} (it is {now:?})"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -297,12 +307,12 @@ pub async fn more_scans(port: u16, source: &str, n: u64) {
     counter_rises(port, &sample, n).await;
 }
 
-/// Waits until source `source` of the daemon listening on `port` has had `n` more commits
-/// refused for want of room (`reason`: `budget` or `disk_full`) than when called.
-pub async fn more_room_waits(port: u16, source: &str, reason: &str, n: u64) {
+/// Waits until source `source` of the daemon listening on `port` has had at least `n` commits
+/// refused for want of room (`reason`: `budget` or `disk_full`) since the daemon started.
+pub async fn room_waits(port: u16, source: &str, reason: &str, n: u64) {
     let sample =
         format!("injixo_sync_source_room_waits_total{{source=\"{source}\",reason=\"{reason}\"}}");
-    counter_rises(port, &sample, n).await;
+    counter_reaches(port, &sample, n).await;
 }
 
 /// Records the API accepted inside batches it accepted more than once under one
