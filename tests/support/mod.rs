@@ -430,6 +430,21 @@ impl Process {
         }
     }
 
+    /// Waits up to `limit` for the process to end by itself: its exit status, or `None` while
+    /// it still runs.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for injixo-sync") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(mut self) {
         let _ = self.0.kill();
