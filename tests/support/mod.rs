@@ -479,6 +479,35 @@ pub fn generations_started(log: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// How many generations a logged daemon ran, checking that each stopped before the next
+/// started: in its log, starts (`injixo-sync <version> running`) and stops (`stopped`)
+/// alternate, a start first.
+pub fn generations_one_at_a_time(log: &Path) -> usize {
+    let started = format!("injixo-sync {} running", env!("CARGO_PKG_VERSION"));
+    let text = std::fs::read_to_string(log).expect("the daemon's log");
+    let marks: String = text
+        .lines()
+        .filter_map(|l| {
+            if l.contains(&started) {
+                Some('R')
+            } else if l.ends_with(" INFO stopped") {
+                Some('S')
+            } else {
+                None
+            }
+        })
+        .collect();
+    let alternating = marks
+        .chars()
+        .enumerate()
+        .all(|(i, m)| m == if i % 2 == 0 { 'R' } else { 'S' });
+    assert!(
+        alternating,
+        "a generation started before the previous one stopped (R: started, S: stopped): {marks}"
+    );
+    marks.matches('R').count()
+}
+
 /// Runs the binary with arguments and returns (exit code, stdout + stderr).
 pub fn cli(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
