@@ -38,6 +38,13 @@ pub struct SourceMetrics {
     pub lag_bytes: AtomicU64,
     /// Unix milliseconds of the last commit, 0 before any.
     pub last_activity_ms: AtomicI64,
+    /// Passes finished: a files source's looks over its folder and open files, a poller's
+    /// polls (failed ones too). A webhook source, which is pushed to, makes none.
+    pub scans: AtomicU64,
+    /// Commits refused for want of room, by why: the outbox at its budget, the disk full.
+    /// Reading waits (a push is answered 503) each time.
+    pub room_waits_budget: AtomicU64,
+    pub room_waits_disk_full: AtomicU64,
     /// When the daemon started: silence is counted from here at the earliest.
     pub since_ms: i64,
     /// `stale_after` and `business_hours` as configured now (a reload may change them).
@@ -119,6 +126,9 @@ impl SourceMetrics {
             bytes: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
             last_activity_ms: AtomicI64::new(0),
+            scans: AtomicU64::new(0),
+            room_waits_budget: AtomicU64::new(0),
+            room_waits_disk_full: AtomicU64::new(0),
             since_ms,
             stale: Mutex::new(stale),
             problems: Mutex::new(Vec::new()),
@@ -148,6 +158,21 @@ impl SourceMetrics {
         self.parked.fetch_add(parked, Relaxed);
         self.last_activity_ms
             .store(crate::outbox::now_ms(), Relaxed);
+    }
+
+    /// Counts a finished pass (a look over the folder, a poll), whatever came of it.
+    pub fn scanned(&self) {
+        self.scans.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a commit refused for want of room (the outbox at its budget, the disk full);
+    /// any other error is not counted here.
+    pub fn waited_for_room(&self, e: &crate::outbox::OutboxError) {
+        if e.is_at_budget() {
+            self.room_waits_budget.fetch_add(1, Relaxed);
+        } else if e.is_disk_full() {
+            self.room_waits_disk_full.fetch_add(1, Relaxed);
+        }
     }
 
     /// Why this source counts as silent now, if it does.

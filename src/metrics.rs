@@ -177,6 +177,27 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "injixo_sync_source_scans_total",
+            "Passes a source finished: a files source's looks over its folder and open files, a \
+             poller's polls, failed ones included (a webhook source makes none).",
+            sources().map(|(l, s)| (l, counter(&s.scans))),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_room_waits_total",
+            "Commits a source had refused for want of room, after which its reading waited (a \
+             push was answered 503): reason budget (the outbox at max_outbox_size) or disk_full.",
+            self.sources.iter().flat_map(|s| {
+                let name = s.name.as_str();
+                [
+                    ("budget", &s.room_waits_budget),
+                    ("disk_full", &s.room_waits_disk_full),
+                ]
+                .map(|(reason, n)| ([("source", name), ("reason", reason)], counter(n)))
+            }),
+        )?;
+        family(
+            e,
             "injixo_sync_source_lag_bytes",
             "Bytes in the files a source tails beyond its cursors.",
             sources().map(|(l, s)| (l, ConstGauge::new(s.lag_bytes.load(Relaxed)))),
@@ -309,6 +330,12 @@ mod tests {
             0,
         ));
         source.records.fetch_add(500, Relaxed);
+        source.scanned();
+        source.scanned();
+        source.waited_for_room(&crate::outbox::OutboxError::DiskFull {
+            path: "outbox.db".into(),
+            message: "database or disk is full".into(),
+        });
         source.committed(&crate::outbox::Committed {
             inserted: 1,
             duplicates: 4,
@@ -348,6 +375,10 @@ mod tests {
             "injixo_sync_source_records_total{source=\"acd\"} 501".to_owned(),
             "injixo_sync_source_duplicates_total{source=\"acd\"} 4".to_owned(),
             "injixo_sync_source_merged_total{source=\"acd\"} 3".to_owned(),
+            "injixo_sync_source_scans_total{source=\"acd\"} 2".to_owned(),
+            "# TYPE injixo_sync_source_room_waits_total counter".to_owned(),
+            "injixo_sync_source_room_waits_total{source=\"acd\",reason=\"budget\"} 0".to_owned(),
+            "injixo_sync_source_room_waits_total{source=\"acd\",reason=\"disk_full\"} 1".to_owned(),
             "injixo_sync_outbox_size_bytes 3145728".to_owned(),
             "injixo_sync_outbox_budget_bytes 2097152".to_owned(),
             "injixo_sync_outbox_full 1".to_owned(),

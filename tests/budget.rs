@@ -55,8 +55,9 @@ async fn reading_pauses_at_the_budget_and_resumes_as_delivery_frees_space() {
         env.try_report().is_some_and(|r| r.outbox.full())
     })
     .await;
-    // Reading has stopped near the budget: at most the chunk in hand went past it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Reading has stopped near the budget: at most the chunk in hand went past it. Refused
+    // twice, the source has waited and tried again at least once.
+    room_waits(port, "acd", "budget", 2).await;
     let report = env.report();
     let read = report.sources[0].records_total;
     assert!((read as u64) < N, "reading did not pause ({read} read)");

@@ -126,7 +126,8 @@ async fn a_full_disk_leaves_open_agent_states_as_committed() {
          [source.map]\nagentIdentifier = \"agent\"\nactivityIdentifier = \"state\"\ntimestamp = \"at\"\n",
         env.exports.display().to_string()
     );
-    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let (text, port) = listening(&env.config_text(&api.url(), "", &source));
+    let config = env.write_config(&text);
     // Each agent alternates READY and PAUSE, one change per second.
     let start = jiff::Timestamp::from_second(1_714_550_400).unwrap();
     let mut csv = String::from("agent,state,at\n");
@@ -146,8 +147,9 @@ async fn a_full_disk_leaves_open_agent_states_as_committed() {
         available_kib(&mount.0) < 64
     })
     .await;
-    // Long enough for reading to meet the full disk more than once.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Reading meets the full disk more than once, each time putting the open states back as
+    // the refused commit found them.
+    room_waits(port, "states", "disk_full", 2).await;
     grow(&mount);
     api.set_outage(None);
     // Every change but each agent's last closes one interval.

@@ -240,13 +240,19 @@ async fn a_marker_file_says_when_an_export_is_complete() {
         "drop",
         "marker = \"{name}.done\"\nafter = \"delete\"",
     );
-    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let (text, port) = listening(&env.config_text(&api.url(), "", &source));
+    let config = env.write_config(&text);
     let data = env.exports.join("calls.ndjson");
     std::fs::write(&data, events(0..5)).unwrap();
     let daemon = Daemon::start(config);
-    // Settled long ago, but no marker yet: not complete. (Showing that nothing happens takes
-    // a while: this pause, several scans long, is the thing under test.)
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A whole pass has seen the file, but no marker yet: not complete. (A source with a marker
+    // takes a file as soon as its marker is there, without waiting for it to settle.)
+    more_scans(port, "acd", 2).await;
+    assert_eq!(
+        env.first_source().map_or(0, |s| s.records_total),
+        0,
+        "nothing read before the marker"
+    );
     assert_eq!(api.record_count(), 0, "no record before the marker");
     std::fs::write(env.exports.join("calls.ndjson.done"), "").unwrap();
     wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
@@ -267,7 +273,8 @@ async fn a_temporary_name_renamed_when_done_is_read_once_complete() {
         .ndjson_source("acd", "drop", "")
         .replace("include = [\"*.ndjson\"]", "include = [\"*\"]")
         .replace("settle = \"100ms\"", "settle = \"0s\"");
-    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let (text, port) = listening(&env.config_text(&api.url(), "", &source));
+    let config = env.write_config(&text);
     let daemon = Daemon::start(config);
     let tmp = env.exports.join("calls.tmp");
     let hidden = env.exports.join(".calls.ndjson.x1Yz");
@@ -280,11 +287,15 @@ async fn a_temporary_name_renamed_when_done_is_read_once_complete() {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     drop(f);
+    // Whole passes have seen both names since, and with `settle = "0s"` nothing is waited
+    // for: still nothing read.
+    more_scans(port, "acd", 2).await;
     assert_eq!(
-        api.record_count(),
+        env.first_source().map_or(0, |s| s.records_total),
         0,
         "nothing read while it is being written"
     );
+    assert_eq!(api.record_count(), 0);
     std::fs::rename(&tmp, env.exports.join("calls.ndjson")).unwrap();
     wait_for(LIMIT, "5 records", || api.record_count() >= 5).await;
     settled(&env).await;
@@ -464,14 +475,16 @@ async fn a_share_that_disappears_for_a_while_is_not_read_again_from_the_start() 
     );
     sh(&format!("mount --bind '{srv}' '{mnt}'"));
     let source = env.ndjson_source("acd", "tail", "");
-    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let (text, port) = listening(&env.config_text(&api.url(), "", &source));
+    let config = env.write_config(&text);
     let live = server.join("live.ndjson");
     std::fs::write(&live, events(0..10)).unwrap();
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "10 records", || api.record_count() >= 10).await;
-    // The share goes away (the daemon's open handle stays valid, as with a lazy unmount).
+    // The share goes away (the daemon's open handle stays valid, as with a lazy unmount). A
+    // whole pass finds the file gone; the next, past `settle`, lets its handle go.
     sh(&format!("umount -l '{mnt}'"));
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    more_scans(port, "acd", 4).await;
     // The ACD goes on writing on the server while the share is away.
     let append = |ids: std::ops::Range<u64>| {
         let mut f = std::fs::OpenOptions::new()
@@ -481,9 +494,9 @@ async fn a_share_that_disappears_for_a_while_is_not_read_again_from_the_start() 
         f.write_all(events(ids).as_bytes()).unwrap();
     };
     append(10..15);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    more_scans(port, "acd", 2).await;
     append(15..20);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    more_scans(port, "acd", 2).await;
     // The share is back.
     sh(&format!("mount --bind '{srv}' '{mnt}'"));
     append(20..25);
@@ -892,7 +905,8 @@ async fn a_copy_written_slowly_is_waited_for_and_recognised() {
         .ndjson_source("acd", "tail", "")
         .replace("[\"*.ndjson\"]", "[\"app.log*\"]")
         .replace("settle = \"100ms\"", "settle = \"3s\"");
-    let config = env.write_config(&env.config_text(&api.url(), "", &source));
+    let (text, port) = listening(&env.config_text(&api.url(), "", &source));
+    let config = env.write_config(&text);
     let path = env.exports.join("app.log");
     std::fs::write(&path, events(0..1000)).unwrap();
     let daemon = Daemon::start(config);
@@ -901,8 +915,11 @@ async fn a_copy_written_slowly_is_waited_for_and_recognised() {
     let copy = env.exports.join("app.log.1");
     let (half, rest) = bytes.split_at(bytes.len() / 2);
     std::fs::write(&copy, half).unwrap();
-    // The copy is slow: this pause is the thing under test.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let halfway = std::time::Instant::now();
+    // The copy is slow: its second half comes a second after the first (well inside the 3 s
+    // of `settle`), and the daemon has looked at the half-written copy meanwhile.
+    more_scans(port, "acd", 2).await;
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(halfway.elapsed())).await;
     // Lines the writer added after the daemon's last read and before the truncation: they
     // are in the copy only.
     let mut copied = std::fs::OpenOptions::new()

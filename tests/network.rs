@@ -16,6 +16,8 @@ use serde_json::Value;
 use support::*;
 
 const API_PORT: u16 = 9851;
+/// The daemon's `/metrics`, inside the namespace.
+const METRICS_PORT: u16 = 9852;
 const RECORDS: u64 = 20_000;
 
 /// A network namespace with only a loopback interface, deleted when dropped.
@@ -63,19 +65,37 @@ impl Netns {
         }
     }
 
-    /// The fake API's counters, read from inside the namespace (`None` while it cannot be
+    /// The body of `GET path` on `port`, from inside the namespace (`None` while it cannot be
     /// reached).
-    fn stats(&self) -> Option<Value> {
+    fn get(&self, port: u16, path: &str) -> Option<String> {
         let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{API_PORT} && \
-             printf 'GET /_fake/stats HTTP/1.0\\r\\nHost: fake\\r\\n\\r\\n' >&3 && cat <&3"
+            "exec 3<>/dev/tcp/127.0.0.1/{port} && \
+             printf 'GET {path} HTTP/1.0\\r\\nHost: test\\r\\n\\r\\n' >&3 && cat <&3"
         );
         let Output { stdout, .. } = self
             .cmd(&["timeout", "5", "bash", "-c", &script])
             .output()
             .ok()?;
         let text = String::from_utf8_lossy(&stdout);
-        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+        Some(text.split_once("\r\n\r\n")?.1.to_owned())
+    }
+
+    /// The fake API's counters (`None` while it cannot be reached).
+    fn stats(&self) -> Option<Value> {
+        serde_json::from_str(&self.get(API_PORT, "/_fake/stats")?).ok()
+    }
+
+    /// Requests of the daemon that got no answer from the API, as its `/metrics` counts them
+    /// (`None` while it cannot be reached).
+    fn unanswered(&self) -> Option<u64> {
+        let text = self.get(METRICS_PORT, "/metrics")?;
+        let samples = text.lines().filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let unanswered = name.starts_with("injixo_sync_http_responses_total{")
+                && name.ends_with(",status=\"0\"}");
+            unanswered.then(|| value.parse::<u64>().ok())?
+        });
+        text.contains("injixo_sync_up 1").then(|| samples.sum())
     }
 }
 
@@ -124,7 +144,10 @@ async fn loss_darkness_and_a_slow_link_are_ridden_out() {
         env.config_text(
             &format!("http://{listen}"),
             "timeout = \"2s\"\nbatch_records = 500",
-            &env.ndjson_source("live", "tail", ""),
+            &format!(
+                "{}\n[listen]\naddress = \"127.0.0.1:{METRICS_PORT}\"\n",
+                env.ndjson_source("live", "tail", "")
+            ),
         ),
     )
     .unwrap();
@@ -164,8 +187,16 @@ async fn loss_darkness_and_a_slow_link_are_ridden_out() {
         &format!("tcp dport {API_PORT} drop"),
         &format!("tcp sport {API_PORT} drop"),
     ]);
+    let unanswered = ns.unanswered().expect("the daemon's /metrics");
     write(5_000);
     tokio::time::sleep(Duration::from_secs(6)).await;
+    // Felt: at least one request was sent and timed out wholly in the dark.
+    wait_for(
+        Duration::from_secs(60),
+        "requests unanswered in the dark",
+        || ns.unanswered().is_some_and(|n| n >= unanswered + 2),
+    )
+    .await;
 
     // Slow: the link back, at 2 Mbit/s.
     ns.faults(&[]);

@@ -1,6 +1,7 @@
 //! The systemd notification protocol, over a real notify socket: READY once running, STATUS
-//! with the backlog, WATCHDOG while healthy, STOPPING on SIGTERM; and the unit file as
-//! systemd itself reads it.
+//! with the backlog, WATCHDOG while healthy, STOPPING on SIGTERM; the unit file as systemd
+//! itself reads it; and reloads (SIGHUP): applied, refused, undone, or ending the process when
+//! the running generation cannot stop.
 #![cfg(unix)]
 
 mod support;
@@ -318,4 +319,143 @@ async fn a_reload_that_cannot_bind_its_address_goes_back_to_the_previous_configu
         .unwrap();
     assert!(child.wait().unwrap().success());
     drop(taken);
+}
+
+/// A FUSE file system over a folder whose server never answers, not even the kernel's first
+/// request: like a network share whose server went away under a hard mount, every look into
+/// the folder waits inside the kernel, where only SIGKILL ends it and no cancellation reaches.
+/// Dropped, it aborts the connection (whatever waits gets an error) and unmounts.
+#[cfg(target_os = "linux")]
+struct HungShare {
+    device: Option<std::fs::File>,
+    at: std::path::PathBuf,
+}
+
+#[cfg(target_os = "linux")]
+impl HungShare {
+    fn mount(at: &std::path::Path) -> Self {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::io::AsRawFd;
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .expect("open /dev/fuse");
+        let options = CString::new(format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0",
+            device.as_raw_fd()
+        ))
+        .unwrap();
+        let target = CString::new(at.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let mounted = unsafe {
+            libc::mount(
+                c"injixo-test-hung-share".as_ptr(),
+                target.as_ptr(),
+                c"fuse".as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            mounted,
+            0,
+            "mount -t fuse over {}: {}",
+            at.display(),
+            std::io::Error::last_os_error()
+        );
+        Self {
+            device: Some(device),
+            at: at.to_owned(),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for HungShare {
+    fn drop(&mut self) {
+        drop(self.device.take());
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// Whether a thread of process `pid` waits inside FUSE, as the kernel tells where it sleeps.
+#[cfg(target_os = "linux")]
+fn waits_in_fuse(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        ["wchan", "stack"].iter().any(|f| {
+            std::fs::read_to_string(task.path().join(f)).is_ok_and(|w| w.contains("fuse_"))
+        })
+    })
+}
+
+/// A source whose folder hangs (a share whose server stopped answering) holds its thread
+/// inside the kernel, where no cancellation reaches it: a reload cannot stop that generation.
+/// It must not start the next one beside it, over the same outbox; the daemon exits non-zero
+/// instead, and the service manager starts it afresh.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_cannot_stop_a_source_caught_in_a_hung_share_exits_non_zero() {
+    if !require(
+        "mount",
+        is_root() && std::path::Path::new("/dev/fuse").exists(),
+        "run the tests as root on a kernel with FUSE (/dev/fuse), which may mount a file system",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    // Nothing is delivered (no API answers); a generation has 1 s + 5 s to stop.
+    let (text, port) = listening(&env.config_text(
+        "http://127.0.0.1:9",
+        "timeout = \"1s\"",
+        &env.ndjson_source("acd", "tail", ""),
+    ));
+    std::fs::write(&env.config_file, &text).unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let mut daemon = Process::start_logged(&env.config_file, &log);
+    wait_serving(port).await;
+    more_scans(port, "acd", 2).await;
+
+    // The share hangs; the source's next look into it does not come back.
+    let share = HungShare::mount(&env.exports);
+    wait_for(
+        Duration::from_secs(30),
+        "the source caught in the share",
+        || waits_in_fuse(daemon.pid()),
+    )
+    .await;
+
+    // The operator points the source at a local folder and reloads.
+    let local = env.dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("calls.ndjson"), events(0..5)).unwrap();
+    std::fs::write(
+        &env.config_file,
+        text.replace(
+            &format!("{:?}", env.exports.display().to_string()),
+            &format!("{:?}", local.display().to_string()),
+        ),
+    )
+    .unwrap();
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    let status = daemon.exited_within(Duration::from_secs(60)).await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{logged}");
+    assert!(logged.contains("reloading the configuration"), "{logged}");
+    assert!(
+        logged.contains("not everything stopped within 6s"),
+        "{logged}"
+    );
+    assert_eq!(
+        generations_started(&log),
+        1,
+        "no second generation started beside the first: {logged}"
+    );
+    drop(share);
+    let read: i64 = env.report().sources.iter().map(|s| s.records_total).sum();
+    assert_eq!(read, 0, "nothing read from the local folder");
 }

@@ -71,11 +71,14 @@ async fn postgres_rows_arrive_once_through_ties_late_commits_and_a_restart() {
 
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
-    let config = env.write_config(&env.config_text(
+    let (text, port) = listening(&env.config_text(
         &api.url(),
         "",
-        &sql_source(&env, &pg.url(), "overlap = \"1h\""),
+        // A database that went away fails a poll after `timeout` (the pool keeps trying to
+        // connect until then).
+        &sql_source(&env, &pg.url(), "overlap = \"1h\"\ntimeout = \"3s\""),
     ));
+    let config = env.write_config(&text);
     let daemon = Daemon::start(config);
     wait_for(Duration::from_secs(30), "37 records", || {
         api.record_count() >= 37
@@ -92,12 +95,17 @@ async fn postgres_rows_arrive_once_through_ties_late_commits_and_a_restart() {
     .await;
 
     // Rows committed just before the database goes away, maybe not polled yet; the database
-    // stays away for a few polls (the outage is the thing under test), and rows written once
-    // it is back arrive too.
+    // stays away until a whole poll has failed on it (the outage is the thing under test),
+    // and rows written once it is back arrive too.
     insert_pg(&pool, 47..=52, "2024-05-01T09:30:00Z").await;
     drop(pool);
     pg.stop();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    more_scans(port, "acd-db", 2).await;
+    assert_eq!(
+        metric(port, "injixo_sync_source_problems{source=\"acd-db\"}").await,
+        Some(1),
+        "the failed poll is the source's problem"
+    );
     pg.restart();
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     insert_pg(&pool, 53..=60, "2024-05-01T10:00:00Z").await;

@@ -613,7 +613,12 @@ async fn reloads_under_pushes_hand_the_request_in_flight_on_and_count_every_rese
         .unwrap()
         .matches("waiting for the answer to the request in flight at the reload")
         .count();
-    daemon.terminate();
+    assert!(daemon.terminate().success());
+    assert_eq!(
+        generations_one_at_a_time(&log),
+        reloads + 1,
+        "each generation stopped before the next started"
+    );
     let resent_batches = {
         let mut by_key: std::collections::HashMap<String, usize> = Default::default();
         for a in api.accepted() {

@@ -201,6 +201,9 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
                 }
                 Err(e) => {
                     failures += 1;
+                    if let PollError::Outbox(o) = &e {
+                        ctx.metrics.waited_for_room(o);
+                    }
                     let wait = match &e {
                         // Space comes back as delivery goes on: look again soon.
                         PollError::Outbox(o) if o.is_out_of_space() => Duration::from_secs(5),
@@ -229,6 +232,7 @@ pub fn run<P: Poll>(mut poller: P, ctx: SourceContext, schedule: Schedule, readi
             }
             // Logged above already; published quietly.
             problems.publish_quietly(&ctx).await;
+            ctx.metrics.scanned();
             if retrying {
                 debug!(source = %ctx.name, "retried poll done");
             }

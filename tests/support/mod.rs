@@ -228,6 +228,93 @@ pub async fn more_polls(env: &Env, source: &str, n: usize) {
     .await;
 }
 
+/// `text` with a `[listen]` table on a free port, so that the daemon serves `/metrics`: the
+/// text and the port.
+pub fn listening(text: &str) -> (String, u16) {
+    let port = free_port();
+    (
+        format!("{text}\n[listen]\naddress = \"127.0.0.1:{port}\"\n"),
+        port,
+    )
+}
+
+/// The value of `sample` (a metric's name and labels, as `/metrics` writes them) in a
+/// Prometheus text exposition.
+pub fn sample_value(text: &str, sample: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|v| v as u64)
+}
+
+/// The value of `sample` in the `/metrics` of the daemon listening on `port`; `None` while it
+/// does not serve.
+pub async fn metric(port: u16, sample: &str) -> Option<u64> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let r = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?;
+    sample_value(&r.text().await.ok()?, sample)
+}
+
+/// Waits until the counter `sample` of the daemon listening on `port` has gone up by `n` from
+/// what it is when called (once the daemon serves).
+pub async fn counter_rises(port: u16, sample: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let start = loop {
+        if let Some(v) = metric(port, sample).await {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {sample} in /metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    counter_reaches(port, sample, start + n).await;
+}
+
+/// Waits until the counter `sample` of the daemon listening on `port` is at least `target`.
+pub async fn counter_reaches(port: u16, sample: &str, target: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = metric(port, sample).await;
+        if now.is_some_and(|v| v >= target) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {sample} to reach {target} (it is {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until source `source` of the daemon listening on `port` has finished `n` more passes
+/// (looks over its folder and files, polls) than when called. With `n` >= 2 at least one whole
+/// pass began after the call: what was set up before it, the source has seen.
+pub async fn more_scans(port: u16, source: &str, n: u64) {
+    let sample = format!("injixo_sync_source_scans_total{{source=\"{source}\"}}");
+    counter_rises(port, &sample, n).await;
+}
+
+/// Waits until source `source` of the daemon listening on `port` has had at least `n` commits
+/// refused for want of room (`reason`: `budget` or `disk_full`) since the daemon started.
+pub async fn room_waits(port: u16, source: &str, reason: &str, n: u64) {
+    let sample =
+        format!("injixo_sync_source_room_waits_total{{source=\"{source}\",reason=\"{reason}\"}}");
+    counter_reaches(port, &sample, n).await;
+}
+
 /// Records the API accepted inside batches it accepted more than once under one
 /// `Idempotency-Key`: resends of a batch whose answer was lost. Duplicates must fit in here.
 pub fn records_in_resent_batches(api: &FakeApi) -> usize {
@@ -343,6 +430,21 @@ impl Process {
         }
     }
 
+    /// Waits up to `limit` for the process to end by itself: its exit status, or `None` while
+    /// it still runs.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for injixo-sync") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(mut self) {
         let _ = self.0.kill();
@@ -375,6 +477,35 @@ pub fn generations_started(log: &Path) -> usize {
     std::fs::read_to_string(log)
         .map(|t| t.matches(&started).count())
         .unwrap_or(0)
+}
+
+/// How many generations a logged daemon ran, checking that each stopped before the next
+/// started: in its log, starts (`injixo-sync <version> running`) and stops (`stopped`)
+/// alternate, a start first.
+pub fn generations_one_at_a_time(log: &Path) -> usize {
+    let started = format!("injixo-sync {} running", env!("CARGO_PKG_VERSION"));
+    let text = std::fs::read_to_string(log).expect("the daemon's log");
+    let marks: String = text
+        .lines()
+        .filter_map(|l| {
+            if l.contains(&started) {
+                Some('R')
+            } else if l.ends_with(" INFO stopped") {
+                Some('S')
+            } else {
+                None
+            }
+        })
+        .collect();
+    let alternating = marks
+        .chars()
+        .enumerate()
+        .all(|(i, m)| m == if i % 2 == 0 { 'R' } else { 'S' });
+    assert!(
+        alternating,
+        "a generation started before the previous one stopped (R: started, S: stopped): {marks}"
+    );
+    marks.matches('R').count()
 }
 
 /// Runs the binary with arguments and returns (exit code, stdout + stderr).

@@ -223,6 +223,7 @@ impl Source for FilesSource {
                 }
                 Err(e) => {
                     failures += 1;
+                    ctx.metrics.waited_for_room(&e);
                     // At the budget the daemon says so itself (`status`, /readyz, the log).
                     if e.is_at_budget() {
                         debug!(source = %ctx.name, "reading waits for room in the outbox: {e}");
@@ -234,6 +235,7 @@ impl Source for FilesSource {
             };
             self.problems.publish_blocking(&ctx);
             self.first_pass = false;
+            ctx.metrics.scanned();
             match ctx.wake.recv_timeout(wait) {
                 Ok(()) => {
                     // Events come in bursts: one pass serves them all.
