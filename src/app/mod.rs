@@ -179,10 +179,9 @@ pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunErro
     if result.is_ok() {
         kept.close();
     }
-    if result.is_err() {
-        // A thread that would not stop must not keep the process alive.
-        runtime.shutdown_background();
-    }
+    // A thread that would not stop (a reload reading from a share that hangs, a source stuck
+    // in a driver) must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
@@ -226,16 +225,27 @@ async fn generations(config: Config, kept: &Kept, stop: CancellationToken) -> Re
             (stop_generation.clone(), hurry.clone()),
         );
         tokio::pin!(running);
+        // The new configuration's sources and API client are built (their secrets read)
+        // before the running generation is stopped: a reload that cannot start is refused,
+        // and the running one stays. Reading it touches the disk (the file, secrets, folders
+        // resolved): that runs on a blocking thread, so that a share that hangs holds up the
+        // reload and not the daemon, which goes on and still stops when told.
+        let mut loading: Option<tokio::task::JoinHandle<Result<Prepared, ReloadError>>> = None;
         let next = loop {
             tokio::select! {
                 done = &mut running => return done,
-                // The new configuration's sources and API client are built (their secrets
-                // read) before the running generation is stopped: a reload that cannot start
-                // is refused, and the running one stays.
-                _ = reload.notified() => match reloaded(&config) {
-                    Ok(next) => break next,
-                    Err(e) => error!("reload refused, the running configuration stays: {e}"),
-                },
+                _ = reload.notified(), if loading.is_none() => {
+                    let config = config.clone();
+                    loading = Some(tokio::task::spawn_blocking(move || reloaded(&config)));
+                }
+                loaded = async { loading.as_mut().expect("loading").await }, if loading.is_some() => {
+                    loading = None;
+                    match loaded {
+                        Ok(Ok(next)) => break next,
+                        Ok(Err(e)) => error!("reload refused, the running configuration stays: {e}"),
+                        Err(e) => error!("reload refused, the running configuration stays: reading the configuration failed ({e})"),
+                    }
+                }
             }
         };
         info!(file = %next.config.file.display(), "reloading the configuration");

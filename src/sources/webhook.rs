@@ -293,7 +293,7 @@ async fn take(
             }
         }
         Err(e) => {
-            ctx.metrics.waited_for_room(e);
+            ctx.metrics.waited_for_room(&e);
             // A full outbox is said by `status`, /readyz and the daemon's log already; each
             // push refused meanwhile is answered 503.
             if e.is_at_budget() {
