@@ -124,18 +124,36 @@ pub struct Builder {
     ended: BTreeMap<String, Timestamp>,
 }
 
+/// A change older than what its agent's history already holds: applying it would rewrite
+/// time already sent.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "out of order: {at} is before {since} (agent {agent}){}",
+    remember.map(|r| format!(
+        "; a change read again is recognised within {r:#} of the agent's newest one"
+    )).unwrap_or_default()
+)]
+pub struct OutOfOrder {
+    pub agent: String,
+    pub at: Timestamp,
+    /// What it is before: the agent's current state's start, or its logout.
+    pub since: String,
+    /// Within how long of the agent's newest change one read again is recognised, if at all.
+    pub remember: Option<SignedDuration>,
+}
+
 /// The most changes remembered per agent.
 const REMEMBERED: usize = 64;
 
 impl Builder {
-    /// Applies one change, appending what it closes to `out`. `Err` names why the change is
-    /// refused (it is out of order).
+    /// Applies one change, appending what it closes to `out`. `Err` when the change is refused
+    /// because it is out of order (its row is parked, with the reason).
     pub fn apply(
         &mut self,
         change: Change,
         settings: &Settings,
         out: &mut Vec<Interval>,
-    ) -> Result<Applied, String> {
+    ) -> Result<Applied, OutOfOrder> {
         let Change {
             agent,
             activity,
@@ -206,15 +224,13 @@ impl Builder {
     }
 
     /// Why a change is refused as out of order.
-    fn out_of_order(&self, agent: &str, at: Timestamp, since: String, s: &Settings) -> String {
-        let mut why = format!("out of order: {at} is before {since} (agent {agent})");
-        if s.remember > SignedDuration::ZERO {
-            why.push_str(&format!(
-                "; a change read again is recognised within {:#} of the agent's newest one",
-                s.remember
-            ));
+    fn out_of_order(&self, agent: &str, at: Timestamp, since: String, s: &Settings) -> OutOfOrder {
+        OutOfOrder {
+            agent: agent.to_owned(),
+            at,
+            since,
+            remember: (s.remember > SignedDuration::ZERO).then_some(s.remember),
         }
-        why
     }
 
     /// Keeps an applied change while it is within `remember` of the agent's newest (at most
@@ -374,7 +390,8 @@ mod tests {
             .unwrap();
         let err = b
             .apply(change("a", Some("break"), 50), &s, &mut out)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("out of order"), "{err}");
         assert!(out.is_empty());
     }
@@ -407,6 +424,8 @@ mod tests {
         let err = b
             .apply(change("a", Some("ready"), 0), &s, &mut out)
             .unwrap_err();
+        assert_eq!(err.remember, Some(SignedDuration::from_mins(10)));
+        let err = err.to_string();
         assert!(
             err.contains("out of order") && err.contains("within 10m"),
             "{err}"
@@ -436,7 +455,8 @@ mod tests {
         b.apply(change("a", None, 600), &s, &mut out).unwrap();
         let err = b
             .apply(change("a", Some("call"), 300), &s, &mut out)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("logged out at"), "{err}");
         assert_eq!(b.open_agents(), 0);
         // A login after the logout opens a session again.

@@ -174,9 +174,9 @@ impl States {
                         .iter()
                         .map(|i| interval_record(source, i, &read.origin)),
                 ),
-                Err(reason) => parked.push(Parked {
+                Err(refused) => parked.push(Parked {
                     origin: read.origin,
-                    reason,
+                    reason: refused.to_string(),
                     raw: read.raw,
                 }),
             }
