@@ -189,7 +189,7 @@ struct Collector {
     rows: Vec<PreviewRow>,
     summary: Summary,
     /// Each key seen: (the hash of the row that gave it, where that row was).
-    keys: HashMap<String, (u64, String)>,
+    keys: HashMap<String, (i64, String)>,
 }
 
 impl Collector {
@@ -203,7 +203,9 @@ impl Collector {
     }
 
     /// What the row at `origin` (read as `raw`) became.
-    fn add(&mut self, origin: String, outcome: Result<Option<RowOut>, String>, raw: &[u8]) {
+    /// `raw` is the row as the daemon keeps it (`sources::rows::row_hash` of it tells a merge
+    /// from a repeat, as the daemon does).
+    fn add(&mut self, origin: String, outcome: Result<Option<RowOut>, String>, raw: &str) {
         let shown = match outcome {
             Err(why) => Shown::Parked(why),
             Ok(None) => Shown::Skipped,
@@ -213,12 +215,7 @@ impl Collector {
                 at: crate::normalize::time::to_api(c.at),
             },
             Ok(Some(RowOut::Records(records, key))) => {
-                let hash = {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    raw.hash(&mut h);
-                    h.finish()
-                };
+                let hash = crate::sources::rows::row_hash(raw);
                 let earlier = key.and_then(|k| match self.keys.get(&k) {
                     Some((h, first)) if *h == hash => Some(Shown::Repeat { of: first.clone() }),
                     Some((_, first)) => Some(Shown::Merged {
@@ -410,12 +407,8 @@ fn preview_bytes(
                     }
                     continue;
                 }
-                let (outcome, _) = csv_row(files, &columns, &item.value);
-                out.add(
-                    origin(item.newlines_before),
-                    outcome,
-                    &text[item.start..item.end],
-                );
+                let (outcome, raw) = csv_row(files, &columns, &item.value);
+                out.add(origin(item.newlines_before), outcome, &raw);
             }
         }
         FileFormat::Ndjson => {
@@ -430,7 +423,8 @@ fn preview_bytes(
                     ),
                     Err(e) => Err(e),
                 };
-                out.add(origin(item.newlines_before), outcome, item.value);
+                let raw = String::from_utf8_lossy(item.value);
+                out.add(origin(item.newlines_before), outcome, &raw);
             }
         }
         FileFormat::QueueLog => {
@@ -443,12 +437,12 @@ fn preview_bytes(
                 let line = match charset.decode(item.value) {
                     Ok(t) => t.into_owned(),
                     Err(e) => {
-                        out.add(here, Err(e), item.value);
+                        out.add(here, Err(e), &String::from_utf8_lossy(item.value));
                         continue;
                     }
                 };
                 if let Err(e) = crate::normalize::queue_log::parse(&line) {
-                    out.add(here, Err(e), item.value);
+                    out.add(here, Err(e), &String::from_utf8_lossy(item.value));
                     continue;
                 }
                 let (mut records, mut changes, mut parked) = (Vec::new(), Vec::new(), Vec::new());
@@ -474,7 +468,7 @@ fn preview_bytes(
                         None,
                     )))
                 };
-                out.add(here, outcome, item.value);
+                out.add(here, outcome, &String::from_utf8_lossy(item.value));
             }
         }
     }

@@ -399,17 +399,17 @@ pub fn interval_record(source: &SourceName, i: &Interval, origin: &str) -> NewRe
     }
 }
 
-/// A record's dedupe key when a row has no position (database rows, pushes, API records):
-/// its natural key if `key` names one, else its content.
 /// A hash of an input row as read (a line, a JSON object), stored with a record keyed by the
 /// source's `key`: the first 64 bits of its SHA-256, stable across builds and toolchains (it
-/// stays in the state file).
+/// stays in the state file). `preview` tells merges from repeats with it too.
 pub fn row_hash(raw: &str) -> i64 {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(raw.as_bytes());
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
+/// A record's dedupe key when a row has no position (database rows, pushes, API records):
+/// its natural key if `key` names one, else its content.
 pub fn content_key(key: Option<&str>, payload: &str, piece: u32) -> crate::outbox::Dkey {
     match key {
         Some(k) => natural_key(k, piece),
