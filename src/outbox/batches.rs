@@ -488,6 +488,15 @@ pub(super) fn close_batch_if_done(c: &Connection, batch: i64) -> rusqlite::Resul
     Ok(())
 }
 
+/// The `records` table's columns, as of the schema version a move runs under.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Columns {
+    /// The current schema's.
+    Current,
+    /// Before version 7 added `row_hash`: the migration to version 4 moves records too.
+    BeforeRowHash,
+}
+
 /// Moves the records `chosen` selects (`SELECT id ...`, with `params`) to the end of the
 /// outbox as pending: each is deleted and inserted again, with its dedupe key, payload and
 /// origin, under a new id above every other (`created` too, if given). Returns how many, and
@@ -497,13 +506,9 @@ pub(crate) fn move_to_end(
     chosen: &str,
     params: &[&dyn rusqlite::ToSql],
     created: Option<i64>,
+    columns: Columns,
 ) -> rusqlite::Result<Option<Moved>> {
-    // The migration to version 4 moves records too, before version 7 added `row_hash`.
-    let hashed: bool = c.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('records') WHERE name = 'row_hash'",
-        [],
-        |r| r.get(0),
-    )?;
+    let hashed = columns == Columns::Current;
     let row_hash = if hashed { "row_hash" } else { "NULL" };
     c.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS moving (old INTEGER PRIMARY KEY, lane_id INTEGER,

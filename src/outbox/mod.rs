@@ -47,7 +47,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use batches::{Batch, BatchLimits, Delivered, Health, NextBatch};
-use batches::{move_to_end, note_requeue};
+use batches::{Columns, move_to_end, note_requeue};
 pub use codec::register as register_functions;
 use codec::{Codecs, Packed};
 pub use dead::{Changed, Selection, dead_letters, drop_dead, retry_dead};
@@ -483,6 +483,7 @@ impl Outbox {
                            AND ((r.state = 0 AND r.id > l.sent_to) OR r.state = 4)",
                         &[&source.0, &from],
                         None,
+                        Columns::Current,
                     )?;
                     if let Some(m) = m {
                         c.execute(

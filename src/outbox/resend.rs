@@ -62,7 +62,13 @@ pub(super) fn requeue(
     chosen: &str,
     params: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<usize> {
-    let moved = super::move_to_end(c, &format!("SELECT r.id {chosen}"), params, Some(now_ms()))?;
+    let moved = super::move_to_end(
+        c,
+        &format!("SELECT r.id {chosen}"),
+        params,
+        Some(now_ms()),
+        super::Columns::Current,
+    )?;
     if moved.is_some() {
         super::note_requeue(c)?;
     }

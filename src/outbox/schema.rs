@@ -736,6 +736,7 @@ fn to_ranges(c: &Connection) -> rusqlite::Result<()> {
                 "SELECT id FROM records WHERE batch_id = ?1 AND state = 0",
                 &[&batch],
                 None,
+                super::Columns::BeforeRowHash,
             )?;
             match moved {
                 Some(m) => {
@@ -757,6 +758,7 @@ fn to_ranges(c: &Connection) -> rusqlite::Result<()> {
              AND batch_id IS NULL",
             &[&top, &lane],
             None,
+            super::Columns::BeforeRowHash,
         )?;
         c.execute(
             "UPDATE lanes SET sent_to = ?1, scanned_to = ?2 WHERE id = ?3",

@@ -42,21 +42,26 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: reqwest::Url,
     token_source: TokenSource,
-    token: RwLock<Secret>,
+    /// The key, and the destination it makes with `base` (see [`Self::destination`]).
+    token: RwLock<(Secret, u64)>,
 }
 
 impl ApiClient {
     /// Where its requests go, as a number: the API's address and the key (which names the
     /// customer). A request handed on at a reload counts only for a client with the same.
     pub fn destination(&self) -> u64 {
+        self.token.read().expect("token lock").1
+    }
+
+    fn keyed(base: &reqwest::Url, token: Secret) -> (Secret, u64) {
         use sha2::Digest;
-        let token = self.token.read().expect("token lock");
         let digest = sha2::Sha256::new()
-            .chain_update(self.base.as_str().as_bytes())
+            .chain_update(base.as_str().as_bytes())
             .chain_update([0])
             .chain_update(token.expose().as_bytes())
             .finalize();
-        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+        let destination = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        (token, destination)
     }
 
     /// Builds the client: timeout, proxy (`api.proxy`, else `HTTPS_PROXY`/`NO_PROXY`), extra CA
@@ -97,13 +102,13 @@ impl ApiClient {
             http,
             base: cfg.url.clone(),
             token_source: cfg.token.clone(),
-            token: RwLock::new(token),
+            token: RwLock::new(Self::keyed(&cfg.url, token)),
         })
     }
 
     /// Reads the key again (after a 401/403, the operator may have written a new one).
     pub fn reload_token(&self) -> Result<(), SecretError> {
-        let fresh = self.token_source.load()?;
+        let fresh = Self::keyed(&self.base, self.token_source.load()?);
         *self.token.write().expect("token lock") = fresh;
         Ok(())
     }
@@ -132,7 +137,7 @@ impl ApiClient {
     pub async fn post(&self, lane: &LaneKey, idempotency_key: &str, body: String) -> Attempt {
         let auth = {
             let token = self.token.read().expect("token lock");
-            HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            HeaderValue::from_str(&format!("Bearer {}", token.0.expose()))
         };
         let Ok(mut auth) = auth else {
             return Attempt::Answered {
