@@ -1,7 +1,8 @@
 //! The systemd notification protocol, over a real notify socket: READY once running, STATUS
 //! with the backlog, WATCHDOG while healthy, STOPPING on SIGTERM; the unit file as systemd
-//! itself reads it; and reloads (SIGHUP): applied, refused, undone, or ending the process when
-//! the running generation cannot stop.
+//! itself reads it; and reloads (SIGHUP): applied, refused, undone, held up by a share that
+//! hangs while the running generation goes on, or ending the process when the running
+//! generation cannot stop.
 #![cfg(unix)]
 
 mod support;
@@ -380,17 +381,26 @@ impl Drop for HungShare {
     }
 }
 
-/// Whether a thread of process `pid` waits inside FUSE, as the kernel tells where it sleeps.
+/// Whether a thread of process `pid` waits inside FUSE.
 #[cfg(target_os = "linux")]
 fn waits_in_fuse(pid: u32) -> bool {
+    threads_in_fuse(pid) > 0
+}
+
+/// How many threads of process `pid` wait inside FUSE, as the kernel tells where each sleeps.
+#[cfg(target_os = "linux")]
+fn threads_in_fuse(pid: u32) -> usize {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
+        return 0;
     };
-    tasks.flatten().any(|task| {
-        ["wchan", "stack"].iter().any(|f| {
-            std::fs::read_to_string(task.path().join(f)).is_ok_and(|w| w.contains("fuse_"))
+    tasks
+        .flatten()
+        .filter(|task| {
+            ["wchan", "stack"].iter().any(|f| {
+                std::fs::read_to_string(task.path().join(f)).is_ok_and(|w| w.contains("fuse_"))
+            })
         })
-    })
+        .count()
 }
 
 /// A source whose folder hangs (a share whose server stopped answering) holds its thread
@@ -458,4 +468,108 @@ async fn a_reload_that_cannot_stop_a_source_caught_in_a_hung_share_exits_non_zer
     drop(share);
     let read: i64 = env.report().sources.iter().map(|s| s.records_total).sum();
     assert_eq!(read, 0, "nothing read from the local folder");
+}
+
+/// A reload whose configuration names a folder on a share that hangs: reading it (the folder
+/// is resolved as the configuration is checked) waits in the kernel. That holds up the reload
+/// only: the running configuration goes on delivering, a second SIGHUP meanwhile starts no
+/// second read, and SIGTERM still stops the daemon, cleanly, with nothing sent twice.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reading_a_folder_on_a_hung_share_holds_up_only_the_reload() {
+    if !require(
+        "mount",
+        is_root() && std::path::Path::new("/dev/fuse").exists(),
+        "run the tests as root on a kernel with FUSE (/dev/fuse), which may mount a file system",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let running = env.config_text(&api.url(), "", &env.ndjson_source("acd", "tail", ""));
+    env.write_config(&running);
+    let log = env.dir.path().join("daemon.log");
+    let mut daemon = Process::start_logged(&env.config_file, &log);
+    let live = env.exports.join("live.ndjson");
+    let append = |ids: std::ops::Range<u64>| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&live)
+            .unwrap();
+        std::io::Write::write_all(&mut f, events(ids).as_bytes()).unwrap();
+    };
+    append(0..10);
+    wait_for(Duration::from_secs(30), "10 records", || {
+        api.record_count() >= 10
+    })
+    .await;
+
+    // The operator adds a source over a folder on a share whose server stopped answering.
+    let mount = env.dir.path().join("share");
+    std::fs::create_dir_all(&mount).unwrap();
+    let share = HungShare::mount(&mount);
+    std::fs::write(
+        &env.config_file,
+        format!(
+            "{running}\n[[source]]\nname = \"share\"\ntype = \"files\"\nintegration_id = 99\n\
+             emits = \"contact_events\"\npath = {:?}\nformat = \"ndjson\"\nsettle = \"100ms\"\n",
+            mount.join("exports").display().to_string()
+        ),
+    )
+    .unwrap();
+    let hup = || unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    hup();
+    wait_for(
+        Duration::from_secs(30),
+        "the reload caught in the share",
+        || threads_in_fuse(daemon.pid()) == 1,
+    )
+    .await;
+
+    // The running configuration goes on.
+    append(10..20);
+    wait_for(
+        Duration::from_secs(30),
+        "the records written after SIGHUP",
+        || api.record_count() >= 20,
+    )
+    .await;
+
+    // A second SIGHUP while the first reload still reads: no second read starts.
+    hup();
+    append(20..30);
+    wait_for(
+        Duration::from_secs(30),
+        "the records written after the second SIGHUP",
+        || api.record_count() >= 30,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    daemon.assert_running();
+    assert_eq!(
+        threads_in_fuse(daemon.pid()),
+        1,
+        "one reload reads, the second SIGHUP waits for it"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains("reloading the configuration"), "{logged}");
+    assert_eq!(generations_started(&log), 1, "{logged}");
+
+    // SIGTERM stops the daemon although the reload never finished, as a clean stop.
+    let asked = Instant::now();
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
+    let status = daemon.exited_within(Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "stopped within 30 s, exit status 0 (took {took:?}): {logged}"
+    );
+    eprintln!("stopped {took:?} after SIGTERM");
+    assert!(logged.contains("stop requested"), "{logged}");
+    assert!(!logged.contains("ERROR"), "{logged}");
+    drop(share);
+    assert_arrived_once(&api, 0..30);
 }
