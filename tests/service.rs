@@ -555,6 +555,18 @@ async fn a_reload_reading_a_folder_on_a_hung_share_holds_up_only_the_reload() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(!logged.contains("reloading the configuration"), "{logged}");
     assert_eq!(generations_started(&log), 1, "{logged}");
+    // Each SIGHUP is said: the first reads, the second waits for it.
+    assert_eq!(
+        logged
+            .matches("reload requested: reading the configuration")
+            .count(),
+        1,
+        "{logged}"
+    );
+    assert!(
+        logged.contains("reload requested while the previous one is still reading"),
+        "{logged}"
+    );
 
     // SIGTERM stops the daemon although the reload never finished, as a clean stop.
     let asked = Instant::now();

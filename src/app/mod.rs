@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use std::path::PathBuf;
 
@@ -231,15 +231,30 @@ async fn generations(config: Config, kept: &Kept, stop: CancellationToken) -> Re
         // resolved): that runs on a blocking thread, so that a share that hangs holds up the
         // reload and not the daemon, which goes on and still stops when told.
         let mut loading: Option<tokio::task::JoinHandle<Result<Prepared, ReloadError>>> = None;
+        // A reload asked for while one is reading: it follows that one.
+        let mut again = false;
         let next = loop {
             tokio::select! {
                 done = &mut running => return done,
-                _ = reload.notified(), if loading.is_none() => {
-                    let config = config.clone();
-                    loading = Some(tokio::task::spawn_blocking(move || reloaded(&config)));
+                _ = reload.notified() => {
+                    if loading.is_some() {
+                        warn!(
+                            "reload requested while the previous one is still reading the \
+                             configuration (a file or folder on a share that does not answer?): \
+                             it follows once that one is done"
+                        );
+                        again = true;
+                    } else {
+                        info!(file = %config.file.display(), "reload requested: reading the configuration");
+                        let config = config.clone();
+                        loading = Some(tokio::task::spawn_blocking(move || reloaded(&config)));
+                    }
                 }
                 loaded = async { loading.as_mut().expect("loading").await }, if loading.is_some() => {
                     loading = None;
+                    if std::mem::take(&mut again) {
+                        reload.notify_one();
+                    }
                     match loaded {
                         Ok(Ok(next)) => break next,
                         Ok(Err(e)) => error!("reload refused, the running configuration stays: {e}"),
