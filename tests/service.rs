@@ -403,6 +403,17 @@ fn threads_in_fuse(pid: u32) -> usize {
         .count()
 }
 
+/// Whether this run may mount a FUSE file system (as root, with /dev/fuse); a missing
+/// prerequisite fails the test unless `INJIXO_TEST_SKIP` names `mount`.
+#[cfg(target_os = "linux")]
+fn require_fuse() -> bool {
+    require(
+        "mount",
+        is_root() && std::path::Path::new("/dev/fuse").exists(),
+        "run the tests as root on a kernel with FUSE (/dev/fuse), which may mount a file system",
+    )
+}
+
 /// A source whose folder hangs (a share whose server stopped answering) holds its thread
 /// inside the kernel, where no cancellation reaches it: a reload cannot stop that generation.
 /// It must not start the next one beside it, over the same outbox; the daemon exits non-zero
@@ -410,11 +421,7 @@ fn threads_in_fuse(pid: u32) -> usize {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_cannot_stop_a_source_caught_in_a_hung_share_exits_non_zero() {
-    if !require(
-        "mount",
-        is_root() && std::path::Path::new("/dev/fuse").exists(),
-        "run the tests as root on a kernel with FUSE (/dev/fuse), which may mount a file system",
-    ) {
+    if !require_fuse() {
         return;
     }
     let env = Env::new();
@@ -477,11 +484,7 @@ async fn a_reload_that_cannot_stop_a_source_caught_in_a_hung_share_exits_non_zer
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_reading_a_folder_on_a_hung_share_holds_up_only_the_reload() {
-    if !require(
-        "mount",
-        is_root() && std::path::Path::new("/dev/fuse").exists(),
-        "run the tests as root on a kernel with FUSE (/dev/fuse), which may mount a file system",
-    ) {
+    if !require_fuse() {
         return;
     }
     let env = Env::new();
