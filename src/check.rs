@@ -158,8 +158,10 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // What is neither fine nor a problem: an answer that says less than `ok`.
+    let mut notes = Vec::new();
     if let Some(rt) = &rt {
-        match reachability(rt, &config) {
+        match reachability(rt, &config, &mut notes) {
             Ok(lines) => ok.extend(lines),
             Err(e) => problems.push(e),
         }
@@ -168,10 +170,24 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     for line in &ok {
         println!("ok: {line}");
     }
+    for line in &notes {
+        println!("note: {line}");
+    }
     for p in &problems {
         println!("problem: {p}");
     }
     if problems.is_empty() {
+        println!(
+            "next: {}start the daemon (`injixo-sync --config {} run`, or the service: \
+             `systemctl start injixo-sync`, `sc start injixo-sync`); `injixo-sync status` \
+             shows what it reads and delivers",
+            if offline {
+                "`check` without --offline tries the API key and the databases; then "
+            } else {
+                ""
+            },
+            config_path.display()
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         println!("{} problem(s) found", problems.len());
@@ -208,7 +224,11 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
 /// Sends each lane an empty batch (it imports nothing) and tells apart, by the answer, a key
 /// that works from a wrong key, a configuration id the key may not import into, a wrong URL
 /// and an API that cannot be reached.
-fn reachability(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Vec<String>, String> {
+fn reachability(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    notes: &mut Vec<String>,
+) -> Result<Vec<String>, String> {
     use crate::push::classify::Attempt;
     let client = ApiClient::new(&config.api).map_err(|e| e.to_string())?;
     let url = crate::redact::url(&config.api.url);
@@ -252,11 +272,18 @@ fn reachability(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Vec<Str
                     said(&body)
                 ));
             }
+            // The key passed (a wrong one is 401, a configuration id it may not use 403); the
+            // API's checks refused the empty batch itself, so whether configuration id `id`
+            // takes records shows only at the first delivery.
             Attempt::Answered { status, body, .. } if status == 400 || status == 422 => {
-                ok.push(format!(
-                    "API {url} took the key and checked an empty test batch for {lane} \
-                     (HTTP {status}: {}); nothing was imported",
-                    said(&body)
+                notes.push(format!(
+                    "API {url} took the key and checked an empty test batch for {lane}, which it \
+                     refused as a batch (HTTP {status}{}): nothing was imported. Whether \
+                     configuration id {id} takes records shows at the first delivery: \
+                     `injixo-sync status` after the daemon has sent some",
+                    reason(&body)
+                        .map(|r| format!(", saying {r:?}"))
+                        .unwrap_or_default()
                 ))
             }
             Attempt::Answered { status, body, .. } => {
@@ -275,4 +302,31 @@ fn reachability(rt: &tokio::runtime::Runtime, config: &Config) -> Result<Vec<Str
         }
     }
     Ok(ok)
+}
+
+/// What an API's error answer says, in a few words: the `message`, `detail` or `title` of a
+/// JSON body, or of its `error` (or its `errors`' first), else its text, cut short.
+fn reason(body: &str) -> Option<String> {
+    fn pick(v: &serde_json::Value) -> Option<String> {
+        if let Some(m) = ["message", "detail", "title"]
+            .iter()
+            .find_map(|k| v.get(k)?.as_str())
+        {
+            return Some(m.to_owned());
+        }
+        match v.get("error") {
+            Some(serde_json::Value::String(s)) => return Some(s.clone()),
+            Some(e @ serde_json::Value::Object(_)) => return pick(e),
+            _ => {}
+        }
+        pick(v.get("errors")?.as_array()?.first()?)
+    }
+    let text = body.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let said = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| pick(&v));
+    Some(crate::text::truncate(said.as_deref().unwrap_or(text), 200))
 }

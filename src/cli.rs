@@ -1,5 +1,5 @@
 //! Command-line definitions (clap) and nothing else. A command's own arguments (`DeadAction`,
-//! `QueueAction`, `ServiceAction`) are defined beside the command, which derives clap's traits
+//! `ParkedAction`, `QueueAction`, `ServiceAction`) are defined beside the command, which derives clap's traits
 //! for them, so the library never depends on this file.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::service::ServiceAction;
-use crate::status::{DeadAction, QueueAction};
+use crate::status::{DeadAction, ParkedAction, QueueAction};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +45,11 @@ pub enum Command {
     Dead {
         #[command(subcommand)]
         action: DeadAction,
+    },
+    /// List what could not become records (parked input), grouped by reason; or give it up.
+    Parked {
+        #[command(subcommand)]
+        action: ParkedAction,
     },
     /// Read a source's history into the outbox once, with progress; resumable.
     Import {

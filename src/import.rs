@@ -4,7 +4,7 @@
 //! Files are read under the source's own name and cursors, and under the identity the source
 //! gives files (content for `drop`, device, inode and first bytes for `tail`), so an import
 //! that is interrupted continues where it stopped, and records the daemon already has are not
-//! enqueued again. The running daemon delivers what was imported.
+//! enqueued again. The running daemon delivers what was imported (or the next one to start).
 //!
 //! Beside a running daemon, only a `drop` source without shared state is imported: a tailed
 //! file, open agent states or a queue_log tracker are read and written by the daemon's own
@@ -129,9 +129,16 @@ pub fn main(
         .map(|s| (s.records_total, s.parked_total))
         .unwrap_or_default();
     if complete {
+        // Delivered by the daemon, if one runs on this state file; else when one starts.
+        let delivery = match crate::outbox::lock_holder(&config.state.path) {
+            Some(h) if h.command == "run" => "the running daemon delivers them".to_owned(),
+            _ => "no daemon runs on this state file now: they are delivered when it starts \
+                  (`injixo-sync run`, or the service)"
+                .to_owned(),
+        };
         println!(
             "done in {:.1} s: source {source:?} now holds {records} records ({parked} lines \
-             parked, see `status`); the running daemon delivers them",
+             parked, see `status`); {delivery}",
             started.elapsed().as_secs_f64()
         );
         Ok(ExitCode::SUCCESS)

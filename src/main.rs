@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Check { offline } => check::main(&path, offline),
         Command::Status { json } => status::main(&path, json),
         Command::Dead { action } => status::dead(&path, action),
+        Command::Parked { action } => status::parked(&path, action),
         Command::Agents { json } => status::agents(&path, json),
         Command::Queues { action, json } => status::queues(&path, action, json),
         Command::Resend {

@@ -263,7 +263,8 @@ pub fn main(
     rows: usize,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
+    // Nothing is sent: no configuration id or API key is needed yet.
+    let config = Config::load_draft(config_path)?;
     let Some(cfg) = config.sources.iter().find(|s| s.name.as_str() == source) else {
         let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
         anyhow::bail!(

@@ -41,6 +41,47 @@ pub enum DeadAction {
     },
 }
 
+// `injixo-sync parked list|drop`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ParkedAction {
+    /// Parked input grouped by source and reason: how many, since when, and the first one.
+    List {
+        #[command(flatten)]
+        filter: ParkedSelection,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give parked input up on purpose (it is deleted from the state file).
+    Drop {
+        #[command(flatten)]
+        filter: ParkedSelection,
+        /// Every parked row, or every one --source and --reason select (one of the three is
+        /// needed).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct ParkedSelection {
+    /// Only this source's (its name in the configuration).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only rows whose reason contains this text.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+impl From<ParkedSelection> for outbox::ParkedFilter {
+    fn from(s: ParkedSelection) -> Self {
+        Self {
+            source: s.source,
+            reason: s.reason,
+        }
+    }
+}
+
 // `injixo-sync queues confirm|drop`.
 #[derive(Debug, clap::Subcommand)]
 pub enum QueueAction {
@@ -148,6 +189,14 @@ pub fn queues(
         }
         Some(QueueAction::Drop(q)) => {
             let n = outbox::confirm_queue(state, q.integration_id, &q.identifier, &q.name, false)?;
+            if n == 0 {
+                eprintln!(
+                    "nothing is held for configuration id {} under identifier {:?} and the name \
+                     {:?} (see `injixo-sync queues`): nothing given up",
+                    q.integration_id, q.identifier, q.name
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             println!(
                 "{n} held record(s) of {:?} / {:?} given up",
                 q.identifier, q.name
@@ -294,6 +343,79 @@ pub fn dead(config_path: &Path, action: DeadAction) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `injixo-sync parked list|drop`.
+pub fn parked(config_path: &Path, action: ParkedAction) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let state = &config.state.path;
+    match action {
+        ParkedAction::List { filter, json } => {
+            let groups = outbox::parked_groups(state, &filter.into())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "parked": groups }))?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", render_parked(&groups, outbox::now_ms()));
+        }
+        ParkedAction::Drop { filter, all } => {
+            if !all && filter.source.is_none() && filter.reason.is_none() {
+                anyhow::bail!(
+                    "say which parked rows to give up: --source NAME, --reason TEXT, or --all"
+                );
+            }
+            let n = outbox::drop_parked(state, &filter.into())?;
+            if n == 0 {
+                eprintln!(
+                    "no parked row matches (see `injixo-sync parked list`): nothing given up"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("{n} parked row(s) given up");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parked groups for a person: one line per source and reason, with the first row.
+fn render_parked(groups: &[outbox::ParkedGroup], now_ms: i64) -> String {
+    let mut out = String::new();
+    if groups.is_empty() {
+        out.push_str("no parked input\n");
+        return out;
+    }
+    let total: i64 = groups.iter().map(|g| g.count).sum();
+    let _ = writeln!(
+        out,
+        "PARKED INPUT: {total} row(s) that could not become records, in {} group(s)",
+        groups.len()
+    );
+    for g in groups {
+        let _ = writeln!(
+            out,
+            "\n{}  {} row(s), parked {} to {} ago: {}",
+            g.source,
+            g.count,
+            ago(now_ms, g.first_at_ms),
+            ago(now_ms, g.last_at_ms),
+            g.reason
+        );
+        let _ = writeln!(
+            out,
+            "    first: {}: {}",
+            g.example_origin,
+            crate::text::truncate(g.example_raw.trim_end(), 200)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nFix the source's map, then `injixo-sync preview --source NAME` shows what rows like these \
+         become; `injixo-sync parked drop --source NAME --reason TEXT` gives a group up"
+    );
+    out
 }
 
 /// Names the ids asked for that are not dead letters; exit status 1 if there are any.
@@ -522,7 +644,8 @@ pub fn render(
     if !r.parked.is_empty() {
         let _ = writeln!(
             out,
-            "\nPARKED INPUT (latest {}): lines that could not become records",
+            "\nPARKED INPUT (latest {}): lines that could not become records (`injixo-sync \
+             parked list` groups them by reason)",
             r.parked.len()
         );
         for p in &r.parked {

@@ -532,6 +532,7 @@ fn filled_in(generated: &str, env: &Env, api: &FakeApi, state: &str) -> String {
             &format!("path = {:?}{state}", env.state.display().to_string()),
         )
         .replace("# integration_id = 1234", "integration_id = 1234")
+        .replace("# timezone = ", "timezone = ")
         .replacen(
             "[api]\n",
             &format!("[api]\nurl = {:?}\nlinger = \"50ms\"\n", api.url()),
@@ -783,4 +784,83 @@ duration = "talk"
     );
     assert_eq!(api.record_count(), 4);
     assert_eq!(env.report().sources[0].merged_total, 1);
+}
+
+/// `init` does not choose a zone for local times: it names the machine's and leaves a TODO,
+/// and `check` warns while none is set. Times that carry their offset need none.
+#[test]
+fn init_leaves_the_zone_of_local_times_to_the_operator() {
+    let env = Env::new();
+    let local = env.exports.join("local.tsv");
+    std::fs::write(
+        &local,
+        "call_id\tstart\tqueue\toutcome\ttalk\n1\t2024-05-01 08:00:00\tSupport\tAGENT\t60\n2\t2024-05-01 08:01:00\tSupport\tABANDONED\t30\n",
+    )
+    .unwrap();
+    let (code, text) = cli(&["init", "--sample", local.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("# TODO: the zone the ACD writes these local times in"),
+        "{text}"
+    );
+    assert!(!text.contains("\ntimezone = "), "no zone chosen: {text}");
+    assert!(text.contains("\n# timezone = "), "{text}");
+    // Left so, `check` says the times are read as UTC.
+    let config = text
+        .replace(
+            "token_file = \"/etc/injixo-sync/api-key\"",
+            &format!("token_file = {:?}", env.key_file.display().to_string()),
+        )
+        .replace(
+            "path = \"/var/lib/injixo-sync/outbox.db\"",
+            &format!("path = {:?}", env.state.display().to_string()),
+        )
+        .replace("# integration_id = 1234", "integration_id = 1234")
+        .replace("# handled = ", "handled = ");
+    std::fs::write(&env.config_file, &config).unwrap();
+    let (code, out) = env.check_offline();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("reads local times and no `timezone` is set, so they are read as UTC"),
+        "{out}"
+    );
+
+    let offset = env.exports.join("offset.tsv");
+    std::fs::write(
+        &offset,
+        "call_id\tstart\tqueue\toutcome\ttalk\n1\t2024-05-01 08:00:00+02:00\tSupport\tAGENT\t60\n2\t2024-05-01 08:01:00+02:00\tSupport\tABANDONED\t30\n",
+    )
+    .unwrap();
+    let (code, text) = cli(&["init", "--sample", offset.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("The times carry their UTC offset"), "{text}");
+    assert!(!text.contains("timezone = "), "{text}");
+    // Read at their offset. `preview` needs neither the configuration id nor the API key: it
+    // sends nothing.
+    let draft = text
+        .replace(
+            "path = \"/var/lib/injixo-sync/outbox.db\"",
+            &format!("path = {:?}", env.state.display().to_string()),
+        )
+        .replace("# handled = ", "handled = ")
+        .replace(
+            "token_file = \"/etc/injixo-sync/api-key\"",
+            "token_file = \"/nowhere/api-key\"",
+        );
+    assert!(draft.contains("# integration_id = 1234"), "{draft}");
+    std::fs::write(&env.config_file, &draft).unwrap();
+    let (code, out) = cli(&[
+        "--config",
+        env.config_file.to_str().unwrap(),
+        "preview",
+        "--source",
+        "acd",
+        "--from",
+        offset.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("\"timestamp\":\"2024-05-01T06:00:00Z\""),
+        "{out}"
+    );
 }

@@ -292,6 +292,21 @@ async fn a_new_name_for_a_known_queue_is_held_until_the_operator_decides() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("4 held record(s) pending again"), "{out}");
+    // Nothing is held under that name any more: giving it up does nothing, and says so.
+    let (code, out) = cli(&[
+        "--config",
+        cfg,
+        "queues",
+        "drop",
+        "--integration-id",
+        "1234",
+        "--identifier",
+        "support",
+        "--name",
+        "Support Hamburg",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("nothing is held"), "{out}");
     std::fs::write(env.exports.join("d.ndjson"), renamed(9..=9)).unwrap();
     wait_for(LIMIT, "all 10", || api.record_count() >= 10).await;
     settled(&env).await;
@@ -328,6 +343,13 @@ async fn check_tells_a_wrong_key_a_wrong_configuration_id_and_an_unreachable_api
         out.contains("took the key and checked an empty test batch for contact_events #1234"),
         "{out}"
     );
+    // The API refused the empty batch as a batch: said in words, not as `ok:` with its body.
+    assert!(
+        out.contains("note: API") && out.contains("saying \"`data` must be a non-empty array\""),
+        "{out}"
+    );
+    assert!(!out.contains("ok: API http"), "{out}");
+    assert!(out.contains("next: start the daemon"), "{out}");
     assert_eq!(api.record_count(), 0, "nothing imported");
 
     api.set_token("regenerated");
@@ -357,4 +379,78 @@ async fn check_tells_a_wrong_key_a_wrong_configuration_id_and_an_unreachable_api
         out.contains("Connection refused") || out.contains("connection refused"),
         "{out}"
     );
+}
+
+/// `parked list` groups what could not become records by source and reason, with counts and
+/// the first row; `parked drop` gives a group up on purpose, and says when nothing matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_input_is_listed_by_reason_and_given_up_on_purpose() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config =
+        env.write_config(&env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", "")));
+    // 30 faxes (a channel the API does not take), 4 without a timestamp, 5 good ones.
+    let mut rows = String::new();
+    for i in 1..=30 {
+        rows += &event(i).replace("\"channel\":\"calls\"", "\"channel\":\"fax\"");
+        rows += "\n";
+    }
+    for i in 31..=34 {
+        rows += &event(i).replace("\"timestamp\":\"2024-05-01T08:00:00Z\",", "");
+        rows += "\n";
+    }
+    rows += &events(35..=39);
+    std::fs::write(env.exports.join("a.ndjson"), rows).unwrap();
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "5 records and 34 parked rows", || {
+        api.record_count() >= 5 && env.first_source().is_some_and(|s| s.parked_total == 34)
+    })
+    .await;
+    let cfg = env.config_file.to_str().unwrap();
+
+    let (code, out) = cli(&["--config", cfg, "parked", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("PARKED INPUT: 34 row(s) that could not become records, in 2 group(s)"),
+        "{out}"
+    );
+    let fax = out.find("acd  30 row(s)").expect(&out);
+    let undated = out.find("acd  4 row(s)").expect(&out);
+    assert!(fax < undated, "the largest group first: {out}");
+    assert!(out.contains("first: a.ndjson:1: {"), "{out}");
+    assert!(out.contains("first: a.ndjson:31: {"), "{out}");
+
+    let (_, json) = cli(&["--config", cfg, "parked", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let groups = listed["parked"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{json}");
+    assert_eq!(groups[0]["count"], 30);
+    assert_eq!(groups[0]["example_origin"], "a.ndjson:1");
+    let fax_reason = groups[0]["reason"].as_str().unwrap().to_owned();
+    assert!(fax_reason.contains("fax"), "{fax_reason}");
+
+    let (code, out) = cli(&["--config", cfg, "parked", "list", "--reason", "fax"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("in 1 group(s)"), "{out}");
+
+    // Giving up needs a selection.
+    let (code, out) = cli(&["--config", cfg, "parked", "drop"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("--source NAME, --reason TEXT, or --all"),
+        "{out}"
+    );
+    let (code, out) = cli(&["--config", cfg, "parked", "drop", "--reason", "fax"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("30 parked row(s) given up"), "{out}");
+    let (code, out) = cli(&["--config", cfg, "parked", "drop", "--reason", "fax"]);
+    assert_eq!(code, 1, "nothing left to give up: {out}");
+    let (_, out) = cli(&["--config", cfg, "parked", "list"]);
+    assert!(out.contains("PARKED INPUT: 4 row(s)"), "{out}");
+    let (code, out) = cli(&["--config", cfg, "parked", "drop", "--source", "acd"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(&["--config", cfg, "parked", "list"]);
+    assert!(out.contains("no parked input"), "{out}");
+    daemon.stop().await;
+    assert_eq!(api.record_count(), 5);
 }

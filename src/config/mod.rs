@@ -133,6 +133,17 @@ impl SourceKind {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Self::load_as(file, false)
+    }
+
+    /// [`Config::load`] for a configuration still being written, which `preview` reads: a
+    /// source without `integration_id` is taken (as configuration id 0, which nothing sends
+    /// to), so that rows can be tried before injixo's side is set up.
+    pub fn load_draft(file: &Path) -> Result<Config, ConfigError> {
+        Self::load_as(file, true)
+    }
+
+    fn load_as(file: &Path, draft: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
             file: file.to_owned(),
             problems: vec![Problem {
@@ -143,11 +154,15 @@ impl Config {
                 ),
             }],
         })?;
-        Self::parse(&text, file)
+        Self::parse_as(&text, file, draft)
     }
 
     /// Validates configuration text; `file` names it in errors and anchors relative paths.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        Self::parse_as(text, file, false)
+    }
+
+    fn parse_as(text: &str, file: &Path, draft: bool) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_owned(),
             problems: vec![Problem {
@@ -163,6 +178,7 @@ impl Config {
             base,
             problems: Vec::new(),
             warnings: Vec::new(),
+            draft,
         };
         let api = v.api(raw.api);
         let state = v.state(raw.state);
@@ -284,6 +300,7 @@ impl Validator<'_> {
                 );
                 None
             }
+            None if self.draft => Some(0),
             None => {
                 self.problem(
                     &at("integration_id"),

@@ -76,6 +76,9 @@ pub(super) struct Validator<'t> {
     pub(super) base: PathBuf,
     pub(super) problems: Vec<Problem>,
     pub(super) warnings: Vec<String>,
+    /// A configuration being written (`preview`): what only sending needs (a source's
+    /// `integration_id`) may be missing.
+    pub(super) draft: bool,
 }
 
 impl Validator<'_> {

@@ -600,6 +600,18 @@ impl Validator<'_> {
             }
         };
         let zone = self.zone(i, label, raw.timezone.as_deref());
+        if let TimeFormat::Pattern(p) = &format
+            && raw.timezone.is_none()
+            && !["%z", "%:z", "%::z", "%Z", "%s"]
+                .iter()
+                .any(|z| p.contains(z))
+        {
+            self.warnings.push(format!(
+                "{label}: timestamp_format {p:?} reads local times and no `timezone` is set, so \
+                 they are read as UTC: set `timezone` to the zone the ACD writes them in (e.g. \
+                 \"Europe/Berlin\"), or to \"UTC\" to say so"
+            ));
+        }
         Reading {
             time: TimeParser::new(format, zone),
             millis,

@@ -101,9 +101,11 @@ pub(super) fn render(s: &Sample, out: &mut String) -> String {
     let _ = writeln!(
         out,
         "# injixo-sync configuration written by `injixo-sync init --sample {}`.\n\
-         # Every guess below says what it saw. Fill in what is marked TODO, check the guesses,\n\
-         # then: `injixo-sync --config THIS_FILE preview --source acd` (what each row becomes)\n\
-         # and `injixo-sync --config THIS_FILE check`. config.example.toml documents every key.\n",
+         # Every guess below says what it saw. Next: fill in what is marked TODO and check the\n\
+         # guesses; `injixo-sync --config THIS_FILE preview --source acd` shows what each row\n\
+         # becomes; `injixo-sync --config THIS_FILE check` tries the key against the API; then\n\
+         # start the daemon (`injixo-sync --config THIS_FILE run`, or the service).\n\
+         # config.example.toml documents every key.\n",
         s.path.display()
     );
     out.push_str(
@@ -347,11 +349,7 @@ fn agent_map(
             "agent_statuses"
         }
     };
-    let _ = writeln!(
-        source,
-        "# Local times are read in this zone (this machine's); set the ACD's if it differs.\ntimezone = {}",
-        toml_str(zone)
-    );
+    zone_lines(source, a.start.and_then(|c| at(c).1).as_deref(), zone);
     emits
 }
 
@@ -439,15 +437,34 @@ fn timestamp(
             map.push_str("# TODO: no column reads as a time in every row; name it, and set timestamp_format.\n# timestamp = \"start\"\n");
         }
     }
-    if s.format != "ndjson"
-        || time_col.is_some_and(|c| !matches!(&c.kind, Kind::Time(f) if f == "rfc3339"))
-    {
-        let _ = writeln!(
-            source,
-            "# Local times are read in this zone (this machine's); set the ACD's if it differs.\ntimezone = {}",
-            toml_str(zone)
-        );
+    let format = match time_col.map(|c| &c.kind) {
+        Some(Kind::Time(f)) => Some(f.as_str()),
+        _ => None,
+    };
+    zone_lines(source, format, zone);
+}
+
+/// Whether times written as `format` (`rfc3339` or a strftime pattern) carry their offset.
+fn carries_offset(format: &str) -> bool {
+    format == "rfc3339" || ["%z", "%:z", "%::z"].iter().any(|z| format.contains(z))
+}
+
+/// The source's `timezone`: none where the times carry their offset; else a TODO, since a
+/// sample of local times does not tell their zone (the machine's is named, not assumed).
+fn zone_lines(source: &mut String, format: Option<&str>, machine: &str) {
+    if format.is_some_and(carries_offset) {
+        source.push_str("# The times carry their UTC offset: no timezone is needed.\n");
+        return;
     }
+    let _ = writeln!(
+        source,
+        "# TODO: the zone the ACD writes these local times in (they carry no offset), e.g.\n\
+         # \"Europe/Berlin\"; this machine's is {}. Unset, they are read as UTC, and `check`\n\
+         # warns.\n\
+         # timezone = {}",
+        toml_str(machine),
+        toml_str(machine)
+    );
 }
 
 /// `queueName` and `queueIdentifier`: the column that names the queue.

@@ -39,6 +39,9 @@ const CDR: [&str; 21] = [
 
 /// Date and time patterns tried, most specific first.
 const DATE_TIMES: &[&str] = &[
+    // With their UTC offset ("+01:00", "+0100"): the zone is in the times.
+    "%Y-%m-%d %H:%M:%S%:z",
+    "%Y-%m-%d %H:%M:%S %z",
     "%Y-%m-%d %H:%M:%S",
     "%Y-%m-%dT%H:%M:%S",
     "%Y-%m-%d %H:%M",

@@ -31,6 +31,7 @@ mod dead;
 mod guard;
 mod keys;
 mod lock;
+mod parked;
 mod prune;
 mod report;
 mod resend;
@@ -54,6 +55,7 @@ pub use dead::{Changed, Selection, dead_letters, drop_dead, retry_dead};
 pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
 pub use keys::{Dkey, dedupe_key, natural_key};
 pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};
+pub use parked::{ParkedFilter, ParkedGroup, drop_parked, parked_groups};
 pub use report::{
     CursorReport, DeadLetter, LaneReport, ParkedReport, ProblemReport, Report, RowRead,
     SourceReport, inspect, lane_depths, rows_read, verify,
