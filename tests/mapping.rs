@@ -519,9 +519,9 @@ fn preview_of_an_asterisk_cdr_parks_nothing() {
     assert!(out.contains("84 row(s): 84 record(s), 0 parked"), "{out}");
 }
 
-/// What `init` left for a person to fill in (the key file, the state file, the configuration
-/// id), filled in for this installation and the fake API; `state` goes into `[state]`.
-fn filled_in(generated: &str, env: &Env, api: &FakeApi, state: &str) -> String {
+/// `init`'s output with the test's API key file, state file (`state` appended to its path)
+/// and configuration id filled in.
+fn with_key_and_state(generated: &str, env: &Env, state: &str) -> String {
     generated
         .replace(
             "token_file = \"/etc/injixo-sync/api-key\"",
@@ -532,6 +532,12 @@ fn filled_in(generated: &str, env: &Env, api: &FakeApi, state: &str) -> String {
             &format!("path = {:?}{state}", env.state.display().to_string()),
         )
         .replace("# integration_id = 1234", "integration_id = 1234")
+}
+
+/// What `init` left for a person to fill in (the key file, the state file, the configuration
+/// id), filled in for this installation and the fake API; `state` goes into `[state]`.
+fn filled_in(generated: &str, env: &Env, api: &FakeApi, state: &str) -> String {
+    with_key_and_state(generated, env, state)
         .replace("# timezone = ", "timezone = ")
         .replacen(
             "[api]\n",
@@ -806,17 +812,7 @@ fn init_leaves_the_zone_of_local_times_to_the_operator() {
     assert!(!text.contains("\ntimezone = "), "no zone chosen: {text}");
     assert!(text.contains("\n# timezone = "), "{text}");
     // Left so, `check` says the times are read as UTC.
-    let config = text
-        .replace(
-            "token_file = \"/etc/injixo-sync/api-key\"",
-            &format!("token_file = {:?}", env.key_file.display().to_string()),
-        )
-        .replace(
-            "path = \"/var/lib/injixo-sync/outbox.db\"",
-            &format!("path = {:?}", env.state.display().to_string()),
-        )
-        .replace("# integration_id = 1234", "integration_id = 1234")
-        .replace("# handled = ", "handled = ");
+    let config = with_key_and_state(&text, &env, "").replace("# handled = ", "handled = ");
     std::fs::write(&env.config_file, &config).unwrap();
     let (code, out) = env.check_offline();
     assert_eq!(code, 0, "{out}");

@@ -278,33 +278,25 @@ async fn a_new_name_for_a_known_queue_is_held_until_the_operator_decides() {
         out.contains("HELD 4 record(s): configuration id 1234, identifier \"support\" under the new name \"Support Hamburg\" (injixo knows it as \"Support\")"),
         "{out}"
     );
-    let (code, out) = cli(&[
-        "--config",
-        cfg,
-        "queues",
-        "confirm",
-        "--integration-id",
-        "1234",
-        "--identifier",
-        "support",
-        "--name",
-        "Support Hamburg",
-    ]);
+    let decide = |action: &str| {
+        cli(&[
+            "--config",
+            cfg,
+            "queues",
+            action,
+            "--integration-id",
+            "1234",
+            "--identifier",
+            "support",
+            "--name",
+            "Support Hamburg",
+        ])
+    };
+    let (code, out) = decide("confirm");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("4 held record(s) pending again"), "{out}");
     // Nothing is held under that name any more: giving it up does nothing, and says so.
-    let (code, out) = cli(&[
-        "--config",
-        cfg,
-        "queues",
-        "drop",
-        "--integration-id",
-        "1234",
-        "--identifier",
-        "support",
-        "--name",
-        "Support Hamburg",
-    ]);
+    let (code, out) = decide("drop");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("nothing is held"), "{out}");
     std::fs::write(env.exports.join("d.ndjson"), renamed(9..=9)).unwrap();

@@ -92,9 +92,11 @@ impl Usage {
         let size = |b: u64| bytesize::ByteSize(b).to_string();
         let mut text = format!("{} on disk, {} in use", size(self.on_disk), size(self.used));
         if self.budget > 0 {
-            // `max_outbox_size`, or what the disk holds for the outbox (the start's log says
-            // which).
-            text.push_str(&format!(" of a {} budget", size(self.budget)));
+            // Which of the two it is, the start's log says.
+            text.push_str(&format!(
+                " of a {} budget (max_outbox_size, or by default what the disk holds)",
+                size(self.budget)
+            ));
         }
         if self.full() {
             text.push_str(
