@@ -415,16 +415,17 @@ fn preview_bytes(
         FileFormat::Ndjson => {
             let plain = files.rows.is_plain();
             for item in parse::lines(text, complete) {
-                let outcome = match charset.decode(item.value) {
-                    Ok(t) => json_row(
-                        &files.rows,
-                        plain,
-                        source.lane.emits,
-                        t.trim_start_matches('\u{feff}'),
-                    ),
-                    Err(e) => Err(e),
+                // Hashed as the daemon keeps it: decoded, without a byte order mark.
+                let (outcome, raw) = match charset.decode(item.value) {
+                    Ok(t) => {
+                        let t = t.trim_start_matches('\u{feff}');
+                        (
+                            json_row(&files.rows, plain, source.lane.emits, t),
+                            t.to_owned(),
+                        )
+                    }
+                    Err(e) => (Err(e), String::from_utf8_lossy(item.value).into_owned()),
                 };
-                let raw = String::from_utf8_lossy(item.value);
                 out.add(origin(item.newlines_before), outcome, &raw);
             }
         }

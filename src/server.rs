@@ -460,7 +460,10 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
         }
         // Full: reading and pushes resume as delivery frees room, which takes longer than a
         // passing fault.
-        Ok(Err(e)) if e.is_at_budget() => busy_for(&e.to_string(), FULL_RETRY_AFTER),
+        Ok(Err(e)) if e.is_at_budget() => busy_for(
+            &format!("the outbox cannot take the push now: {e}"),
+            FULL_RETRY_AFTER,
+        ),
         Ok(Err(e)) => busy(&format!("the outbox cannot take the push now: {e}")),
         Err(_) => busy("the source is stopping"),
     }

@@ -52,7 +52,8 @@ pub enum ParkedAction {
         #[arg(long)]
         json: bool,
     },
-    /// Give parked input up on purpose (it is deleted from the state file).
+    /// Give parked input up on purpose (it is deleted from the state file). A row a poller
+    /// reads again (its look-back) is parked again until the map takes it.
     Drop {
         #[command(flatten)]
         filter: ParkedSelection,
@@ -362,6 +363,11 @@ pub fn parked(config_path: &Path, action: ParkedAction) -> anyhow::Result<ExitCo
             print!("{}", render_parked(&groups, outbox::now_ms()));
         }
         ParkedAction::Drop { filter, all } => {
+            if filter.source.as_deref() == Some("") || filter.reason.as_deref() == Some("") {
+                anyhow::bail!(
+                    "--source and --reason need a value (an empty one would match every row)"
+                );
+            }
             if !all && filter.source.is_none() && filter.reason.is_none() {
                 anyhow::bail!(
                     "say which parked rows to give up: --source NAME, --reason TEXT, or --all"

@@ -62,9 +62,22 @@ pub(super) async fn run(
         shutdown,
         hurry,
     };
+    let deadline = config.api.timeout + Duration::from_secs(5);
     generation.apply_budget(&config).await?;
-    let lanes = generation.start_lanes(&config, &client).await?;
-    let sources = generation.start_sources(&config, built, &lanes).await?;
+    // What started before a step failed is stopped and awaited before the error is returned.
+    let started = async {
+        let lanes = generation.start_lanes(&config, &client).await?;
+        let sources = generation.start_sources(&config, built, &lanes).await?;
+        Ok::<_, RunError>((lanes, sources))
+    };
+    let (lanes, sources) = match started.await {
+        Ok(started) => started,
+        Err(e) => {
+            generation.shutdown.cancel();
+            generation.drain(deadline).await?;
+            return Err(e);
+        }
+    };
     let gone = generation.start_tasks(&config);
     if let (Some(listener), Some(listen)) = (listener, &config.listen) {
         let observed = Arc::new(server::Observed {
@@ -94,9 +107,7 @@ pub(super) async fn run(
     );
     generation.shutdown.cancelled().await;
     notifier.notify("STOPPING=1\nSTATUS=stopping: finishing the request in flight");
-    generation
-        .drain(config.api.timeout + Duration::from_secs(5))
-        .await?;
+    generation.drain(deadline).await?;
     if let Some(why) = gone.lock().unwrap_or_else(|e| e.into_inner()).take() {
         return Err(RunError::StateGone(why));
     }

@@ -602,9 +602,7 @@ impl Validator<'_> {
         let zone = self.zone(i, label, raw.timezone.as_deref());
         if let TimeFormat::Pattern(p) = &format
             && raw.timezone.is_none()
-            && !["%z", "%:z", "%::z", "%Z", "%s"]
-                .iter()
-                .any(|z| p.contains(z))
+            && !format.carries_offset()
         {
             self.warnings.push(format!(
                 "{label}: timestamp_format {p:?} reads local times and no `timezone` is set, so \

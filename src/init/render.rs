@@ -446,7 +446,7 @@ fn timestamp(
 
 /// Whether times written as `format` (`rfc3339` or a strftime pattern) carry their offset.
 fn carries_offset(format: &str) -> bool {
-    format == "rfc3339" || ["%z", "%:z", "%::z"].iter().any(|z| format.contains(z))
+    crate::normalize::time::TimeFormat::parse(format).is_ok_and(|f| f.carries_offset())
 }
 
 /// The source's `timezone`: none where the times carry their offset; else a TODO, since a

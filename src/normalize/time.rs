@@ -24,6 +24,17 @@ pub enum TimeFormat {
 }
 
 impl TimeFormat {
+    /// Whether times written so carry their own offset or zone (RFC 3339, epochs, a pattern
+    /// with `%z`, `%:z`, `%::z`, `%:::z`, `%Z`, `%Q`, `%:Q` or `%s`): no `timezone` is needed.
+    pub fn carries_offset(&self) -> bool {
+        match self {
+            TimeFormat::Rfc3339 | TimeFormat::EpochSeconds | TimeFormat::EpochMillis => true,
+            TimeFormat::Pattern(p) => ["%z", "%:z", "%::z", "%:::z", "%Z", "%Q", "%:Q", "%s"]
+                .iter()
+                .any(|z| p.contains(z)),
+        }
+    }
+
     /// Parses the `timestamp_format` configuration value.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {

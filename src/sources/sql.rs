@@ -125,8 +125,9 @@ pub enum ConnectError {
     NoOdbc { key: String },
     #[error("{key} is not a postgres://, mysql:// (mariadb://) URL or an odbc: connection string")]
     Scheme { key: String },
-    #[error("the connection URL is not valid")]
-    Url,
+    /// The URL does not parse (in words that never quote it).
+    #[error("{0}")]
+    Url(String),
     /// Refused, no such host, TLS, a refused login: in the words of [`cause`].
     #[error("cannot connect to {target}: {cause}")]
     Failed { target: String, cause: String },
@@ -185,8 +186,9 @@ async fn pool<DB: sqlx::Database>(
         target: target.clone(),
         cause: cause(e),
     };
-    let options: <DB::Connection as sqlx::Connection>::Options =
-        url.parse().map_err(|_: sqlx::Error| ConnectError::Url)?;
+    let options: <DB::Connection as sqlx::Connection>::Options = url
+        .parse()
+        .map_err(|e: sqlx::Error| ConnectError::Url(describe(&e)))?;
     match tokio::time::timeout(timeout, async { options.connect().await.map(drop) }).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(failed(&e)),
