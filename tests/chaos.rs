@@ -245,6 +245,9 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
         &["dead", "list"],
         &["dead", "retry", "--all"],
         &["dead", "drop", "999999999"],
+        &["parked", "list"],
+        &["parked", "list", "--json"],
+        &["parked", "drop", "--reason", "no reason says this"],
         &["resend", "--since", "2999-01-01T00:00:00Z"],
         &["queues"],
         &[
