@@ -150,9 +150,10 @@ impl Validator<'_> {
         let path = match raw.path.take() {
             Some(p) => Some(self.path(&p)),
             None => {
-                self.problem(
-                    &at("path"),
-                    &key("path"),
+                self.source_problem(
+                    i,
+                    label,
+                    "path",
                     "is required: the directory the ACD writes its exports to",
                 );
                 None
@@ -249,9 +250,10 @@ impl Validator<'_> {
         let key = |k: &str| format!("{label}.{k}");
         match raw.format.as_deref() {
             None => {
-                self.problem(
-                    &at("format"),
-                    &key("format"),
+                self.source_problem(
+                    i,
+                    label,
+                    "format",
                     "is required: \"ndjson\", \"csv\" or \"tsv\"",
                 );
                 None
@@ -293,41 +295,43 @@ impl Validator<'_> {
 
     /// `after` and `archive_dir`: what becomes of a dropped file once read.
     fn after(&mut self, i: usize, label: &str, raw: &mut RawSource, mode: FileMode) -> After {
-        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
-        let key = |k: &str| format!("{label}.{k}");
         let after = match (raw.after.as_deref(), raw.archive_dir.take()) {
             (None | Some("keep"), None) => After::Keep,
             (Some("delete"), None) => After::Delete,
             (Some("move"), Some(dir)) => After::Move(self.path(&dir)),
             (Some("move"), None) => {
-                self.problem(
-                    &at("after"),
-                    &key("after"),
+                self.source_problem(
+                    i,
+                    label,
+                    "after",
                     "\"move\" needs archive_dir: the directory read files are moved to",
                 );
                 After::Keep
             }
             (Some("keep" | "delete") | None, Some(_)) => {
-                self.problem(
-                    &at("archive_dir"),
-                    &key("archive_dir"),
+                self.source_problem(
+                    i,
+                    label,
+                    "archive_dir",
                     "applies only with after = \"move\"",
                 );
                 After::Keep
             }
             (Some(other), _) => {
-                self.problem(
-                    &at("after"),
-                    &key("after"),
+                self.source_problem(
+                    i,
+                    label,
+                    "after",
                     format!("{other:?} is not valid: use \"keep\", \"delete\" or \"move\""),
                 );
                 After::Keep
             }
         };
         if mode == FileMode::Tail && after != After::Keep {
-            self.problem(
-                &at("after"),
-                &key("after"),
+            self.source_problem(
+                i,
+                label,
+                "after",
                 "applies only to mode = \"drop\": a tailed file belongs to the ACD that writes it",
             );
         }
@@ -346,9 +350,10 @@ impl Validator<'_> {
             &[("beginning", StartAt::Beginning), ("end", StartAt::End)],
         );
         if raw.start_at.is_some() && mode == FileMode::Drop {
-            self.problem(
-                &at("start_at"),
-                &key("start_at"),
+            self.source_problem(
+                i,
+                label,
+                "start_at",
                 "applies only to mode = \"tail\": dropped files are always read whole",
             );
         }
@@ -363,16 +368,15 @@ impl Validator<'_> {
         raw: &RawSource,
         format: Option<FileFormat>,
     ) -> u8 {
-        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
-        let key = |k: &str| format!("{label}.{k}");
         let tabular = matches!(format, Some(FileFormat::Csv | FileFormat::Tsv));
         match (&raw.delimiter, format) {
             (None, Some(FileFormat::Tsv)) => b'\t',
             (None, _) => b',',
             (Some(_), _) if !tabular => {
-                self.problem(
-                    &at("delimiter"),
-                    &key("delimiter"),
+                self.source_problem(
+                    i,
+                    label,
+                    "delimiter",
                     "applies only to format = \"csv\" or \"tsv\"",
                 );
                 b','
@@ -382,9 +386,7 @@ impl Validator<'_> {
                 d.as_bytes()[0]
             }
             (Some(d), _) => {
-                self.problem(
-                    &at("delimiter"),
-                    &key("delimiter"),
+                self.source_problem(i, label, "delimiter",
                     format!("{d:?} is not a delimiter: use one ASCII character such as \",\", \";\" or \"\\t\""),
                 );
                 b','
@@ -394,8 +396,6 @@ impl Validator<'_> {
 
     /// `encoding`.
     fn encoding(&mut self, i: usize, label: &str, raw: &RawSource) -> Charset {
-        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
-        let key = |k: &str| format!("{label}.{k}");
         match raw
             .encoding
             .as_deref()
@@ -408,9 +408,7 @@ impl Validator<'_> {
             Some("utf-16le" | "utf16le") => Charset::Utf16(Endian::Little),
             Some("utf-16be" | "utf16be") => Charset::Utf16(Endian::Big),
             Some(other) => {
-                self.problem(
-                    &at("encoding"),
-                    &key("encoding"),
+                self.source_problem(i, label, "encoding",
                     format!(
                         "{other:?} is not supported: use \"utf-8\", \"windows-1252\" (also for \
                          latin1), \"utf-16\" (byte order from the BOM), \"utf-16le\" or \"utf-16be\""
@@ -442,9 +440,10 @@ impl Validator<'_> {
         }
         let header = raw.header.unwrap_or(raw.columns.is_none());
         if tabular && !header && raw.columns.is_none() {
-            self.problem(
-                &at("header"),
-                &key("header"),
+            self.source_problem(
+                i,
+                label,
+                "header",
                 "is false, so `columns = [...]` must name the columns",
             );
         }
@@ -453,21 +452,20 @@ impl Validator<'_> {
 
     /// `marker`, for dropped files only.
     fn marker(&mut self, i: usize, label: &str, raw: &RawSource, mode: FileMode) -> Option<Marker> {
-        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
-        let key = |k: &str| format!("{label}.{k}");
         match raw.marker.as_deref().map(Marker::parse) {
             None => None,
             Some(_) if mode == FileMode::Tail => {
-                self.problem(
-                    &at("marker"),
-                    &key("marker"),
+                self.source_problem(
+                    i,
+                    label,
+                    "marker",
                     "applies only to mode = \"drop\": a tailed file is never complete",
                 );
                 None
             }
             Some(Ok(m)) => Some(m),
             Some(Err(e)) => {
-                self.problem(&at("marker"), &key("marker"), e);
+                self.source_problem(i, label, "marker", e);
                 None
             }
         }

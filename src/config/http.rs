@@ -181,9 +181,10 @@ impl Validator<'_> {
         let url = match raw.url.take() {
             Some(u) if url::Url::parse(&fill_example(&u)).is_ok() => Some(u),
             Some(u) => {
-                self.problem(
-                    &at("url"),
-                    &key("url"),
+                self.source_problem(
+                    i,
+                    label,
+                    "url",
                     format!(
                         "{:?} is not a URL: write it as https://host/path?name=value",
                         crate::redact::url_text(&u)
@@ -192,9 +193,10 @@ impl Validator<'_> {
                 None
             }
             None => {
-                self.problem(
-                    &at("url"),
-                    &key("url"),
+                self.source_problem(
+                    i,
+                    label,
+                    "url",
                     "is required: the API address, with {cursor}, {now} or {until} where the \
                      query takes them",
                 );
@@ -214,11 +216,7 @@ impl Validator<'_> {
             ],
         );
         if raw.body.is_some() && !post {
-            self.problem(
-                &at("body"),
-                &key("body"),
-                "applies only with method = \"POST\"",
-            );
+            self.source_problem(i, label, "body", "applies only with method = \"POST\"");
         }
         let mut headers = Vec::new();
         for (name, v) in raw.headers.take().unwrap_or_default() {
@@ -270,17 +268,11 @@ impl Validator<'_> {
                 let token_url = match raw.token_url.as_deref().map(url::Url::parse) {
                     Some(Ok(u)) => Some(u),
                     Some(Err(e)) => {
-                        self.problem(
-                            &at("token_url"),
-                            &key("token_url"),
-                            format!("is not a URL: {e}"),
-                        );
+                        self.source_problem(i, label, "token_url", format!("is not a URL: {e}"));
                         None
                     }
                     None => {
-                        self.problem(
-                            &at("token_url"),
-                            &key("token_url"),
+                        self.source_problem(i, label, "token_url",
                             "is required with auth = \"oauth2\": where client-credential tokens come from",
                         );
                         None
@@ -306,9 +298,10 @@ impl Validator<'_> {
                 })
             }
             Some(other) => {
-                self.problem(
-                    &at("auth"),
-                    &key("auth"),
+                self.source_problem(
+                    i,
+                    label,
+                    "auth",
                     format!("{other:?} is not valid: use \"bearer\", \"basic\" or \"oauth2\""),
                 );
                 None
@@ -316,9 +309,10 @@ impl Validator<'_> {
         };
         let records = raw.records.take().unwrap_or_default();
         if !records.is_empty() && !records.starts_with('/') {
-            self.problem(
-                &at("records"),
-                &key("records"),
+            self.source_problem(
+                i,
+                label,
+                "records",
                 "is a JSON pointer: \"\" for the whole response, or like \"/data/items\"",
             );
         }
@@ -328,9 +322,7 @@ impl Validator<'_> {
             Some("next_link") => match raw.next_pointer.take() {
                 Some(p) if p.starts_with('/') => Pagination::NextLink(p),
                 _ => {
-                    self.problem(
-                        &at("next_pointer"),
-                        &key("next_pointer"),
+                    self.source_problem(i, label, "next_pointer",
                         "is required with pagination = \"next_link\": a JSON pointer such as \"/links/next\"",
                     );
                     Pagination::None
@@ -345,9 +337,10 @@ impl Validator<'_> {
             }
             Some("link_header") => Pagination::LinkHeader,
             Some(other) => {
-                self.problem(
-                    &at("pagination"),
-                    &key("pagination"),
+                self.source_problem(
+                    i,
+                    label,
+                    "pagination",
                     format!(
                         "{other:?} is not valid: use \"none\", \"next_link\", \"page\", \
                          \"offset\" or \"link_header\""
@@ -361,17 +354,19 @@ impl Validator<'_> {
             (Some(f), None) => HttpCursor::Field(f),
             (None, Some(p)) if p.starts_with('/') => HttpCursor::Pointer(p),
             (None, Some(_)) => {
-                self.problem(
-                    &at("cursor_pointer"),
-                    &key("cursor_pointer"),
+                self.source_problem(
+                    i,
+                    label,
+                    "cursor_pointer",
                     "is a JSON pointer such as \"/meta/until\"",
                 );
                 HttpCursor::None
             }
             (Some(_), Some(_)) => {
-                self.problem(
-                    &at("cursor_pointer"),
-                    &key("cursor_pointer"),
+                self.source_problem(
+                    i,
+                    label,
+                    "cursor_pointer",
                     "set either cursor_field or cursor_pointer, not both",
                 );
                 HttpCursor::None

@@ -264,26 +264,26 @@ impl Validator<'_> {
             Some(n) => format!("source[{i}] {n:?}"),
             None => format!("source[{i}]"),
         };
-        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
-        let key = |k: &str| format!("{label}.{k}");
 
         let name = match raw.name.as_deref().map(SourceName::parse) {
             None => {
-                self.problem(
-                    &at("name"),
-                    &key("name"),
+                self.source_problem(
+                    i,
+                    &label,
+                    "name",
                     "is required: a stable name; cursors are keyed by it",
                 );
                 None
             }
             Some(Err(e)) => {
-                self.problem(&at("name"), &key("name"), e);
+                self.source_problem(i, &label, "name", e);
                 None
             }
             Some(Ok(n)) if !names.insert(n.as_str().to_owned()) => {
-                self.problem(
-                    &at("name"),
-                    &key("name"),
+                self.source_problem(
+                    i,
+                    &label,
+                    "name",
                     "is used by an earlier source: names must be unique",
                 );
                 None
@@ -293,18 +293,17 @@ impl Validator<'_> {
         let integration_id = match raw.integration_id {
             Some(n) if n > 0 => Some(n as u64),
             Some(n) => {
-                self.problem(
-                    &at("integration_id"),
-                    &key("integration_id"),
+                self.source_problem(i, &label, "integration_id",
                     format!("{n} is not a configuration id: copy the positive number from the integration's tile in injixo"),
                 );
                 None
             }
             None if self.draft => Some(0),
             None => {
-                self.problem(
-                    &at("integration_id"),
-                    &key("integration_id"),
+                self.source_problem(
+                    i,
+                    &label,
+                    "integration_id",
                     "is required: the integration's configuration id from its tile in injixo",
                 );
                 None
@@ -315,17 +314,16 @@ impl Validator<'_> {
             Some("agent_statuses") => Some(Emits::AgentStatuses),
             Some("agent_states") => Some(Emits::AgentStatuses),
             Some(other) => {
-                self.problem(
-                    &at("emits"),
-                    &key("emits"),
+                self.source_problem(i, &label, "emits",
                     format!("{other:?} is not valid: use \"contact_events\", \"agent_statuses\" or \"agent_states\""),
                 );
                 None
             }
             None => {
-                self.problem(
-                    &at("emits"),
-                    &key("emits"),
+                self.source_problem(
+                    i,
+                    &label,
+                    "emits",
                     "is required: \"contact_events\", \"agent_statuses\" or \"agent_states\"",
                 );
                 None
@@ -333,21 +331,20 @@ impl Validator<'_> {
         };
         let external_system = match (emits, raw.external_system.take()) {
             (Some(Emits::AgentStatuses), None) => {
-                self.problem(
-                    &at("external_system"),
-                    &key("external_system"),
+                self.source_problem(i, &label, "external_system",
                     "is required for agent statuses: the name injixo shows for the source system (meta.externalSystem)",
                 );
                 None
             }
             (_, Some(s)) if s.trim().is_empty() => {
-                self.problem(&at("external_system"), &key("external_system"), "is empty");
+                self.source_problem(i, &label, "external_system", "is empty");
                 None
             }
             (Some(Emits::ContactEvents), Some(_)) => {
-                self.problem(
-                    &at("external_system"),
-                    &key("external_system"),
+                self.source_problem(
+                    i,
+                    &label,
+                    "external_system",
                     "applies only to agent statuses: contact events carry no externalSystem",
                 );
                 None
@@ -362,9 +359,10 @@ impl Validator<'_> {
             Some("http") => self.http(i, &label, emits, raw),
             Some("webhook") => self.webhook(i, &label, emits, raw),
             Some(t) => {
-                self.problem(
-                    &at("type"),
-                    &key("type"),
+                self.source_problem(
+                    i,
+                    &label,
+                    "type",
                     format!(
                         "{t:?} is not a source type: use \"files\", \"asterisk_queue_log\", \
                          \"sql\", \"http\" or \"webhook\""
@@ -373,11 +371,7 @@ impl Validator<'_> {
                 None
             }
             None => {
-                self.problem(
-                    &at("type"),
-                    &key("type"),
-                    "is required, e.g. type = \"files\"",
-                );
+                self.source_problem(i, &label, "type", "is required, e.g. type = \"files\"");
                 None
             }
         };

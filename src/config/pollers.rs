@@ -320,7 +320,6 @@ impl Validator<'_> {
                 self.only_keys(i, label, "asterisk_queue_log", &own);
             }
         }
-        let at = |k: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(k)];
         let key = |k: &str| format!("{label}.{k}");
         let schedule = self.schedule(i, label, &raw);
         let connection = self.secret(
@@ -337,9 +336,10 @@ impl Validator<'_> {
         let query = match raw.query.take() {
             Some(q) if !q.trim().is_empty() => Some(q.trim().trim_end_matches(';').to_owned()),
             _ => {
-                self.problem(
-                    &at("query"),
-                    &key("query"),
+                self.source_problem(
+                    i,
+                    label,
+                    "query",
                     "is required: the SELECT whose rows are read, e.g. \
                      \"SELECT * FROM calls\" (the cursor condition and order are added)",
                 );
@@ -367,29 +367,33 @@ impl Validator<'_> {
         let snapshot = self.snapshot(i, label, &raw, &rows);
         let cursor_column = raw.cursor_column.take();
         match (&cursor_column, snapshot, &raw.initial_cursor) {
-            (None, false, _) => self.problem(
-                &at("cursor_column"),
-                &key("cursor_column"),
+            (None, false, _) => self.source_problem(
+                i,
+                label,
+                "cursor_column",
                 "is required: the column (a time or a growing number) that orders the rows, \
                  unless snapshot = true",
             ),
-            (Some(_), true, _) => self.problem(
-                &at("cursor_column"),
-                &key("cursor_column"),
+            (Some(_), true, _) => self.source_problem(
+                i,
+                label,
+                "cursor_column",
                 "does not apply with snapshot = true: a snapshot is read whole every time",
             ),
-            (Some(_), false, None) => self.problem(
-                &at("initial_cursor"),
-                &key("initial_cursor"),
+            (Some(_), false, None) => self.source_problem(
+                i,
+                label,
+                "initial_cursor",
                 "is required with cursor_column: where the first poll starts, e.g. \
                  \"2024-01-01T00:00:00Z\" or 0",
             ),
             _ => {}
         }
         if rows.key.is_none() && rows.states.is_none() && queue_log.is_none() {
-            self.problem(
-                &at("key"),
-                &key("key"),
+            self.source_problem(
+                i,
+                label,
+                "key",
                 "is required for sql records: the row's natural key, e.g. \"{call_id}\"; \
                  polls overlap, and it is what keeps a row from being sent twice",
             );

@@ -82,6 +82,21 @@ pub(super) struct Validator<'t> {
 }
 
 impl Validator<'_> {
+    /// A problem with `key` of the `i`th source, labelled `label` (e.g. `source[0] "acd"`).
+    pub(super) fn source_problem(
+        &mut self,
+        i: usize,
+        label: &str,
+        key: &'static str,
+        message: impl Into<String>,
+    ) {
+        self.problem(
+            &[Seg::Key("source"), Seg::Index(i), Seg::Key(key)],
+            &format!("{label}.{key}"),
+            message,
+        );
+    }
+
     pub(super) fn problem(&mut self, path: &[Seg], label: &str, message: impl Into<String>) {
         let line = self.locate(path);
         self.problems.push(Problem {

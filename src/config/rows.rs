@@ -94,8 +94,6 @@ impl Validator<'_> {
         emits: Option<Emits>,
         mut raw: RawSource,
     ) -> Option<SourceKind> {
-        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
-        let key = |k: &str| format!("{label}.{k}");
         self.not_applicable(
             i,
             label,
@@ -108,9 +106,10 @@ impl Validator<'_> {
             "does not apply to asterisk_queue_log: the file's format is fixed",
         );
         if emits == Some(Emits::AgentStatuses) && raw.emits.as_deref() != Some("agent_states") {
-            self.problem(
-                &at("emits"),
-                &key("emits"),
+            self.source_problem(
+                i,
+                label,
+                "emits",
                 "asterisk_queue_log emits \"contact_events\" or \"agent_states\"",
             );
         }
@@ -118,9 +117,7 @@ impl Validator<'_> {
         {
             // Asterisk's realtime queue_log table, through the sql poller.
             if raw.path.is_some() {
-                self.problem(
-                    &at("path"),
-                    &key("path"),
+                self.source_problem(i, label, "path",
                     "set either path (the queue_log file) or connection (the realtime table), not both",
                 );
             }
@@ -135,9 +132,10 @@ impl Validator<'_> {
             return self.sql(i, label, emits, raw, Some(queue_log));
         }
         let Some(file) = raw.path.take() else {
-            self.problem(
-                &at("path"),
-                &key("path"),
+            self.source_problem(
+                i,
+                label,
+                "path",
                 "is required: the queue_log file (e.g. /var/log/asterisk/queue_log), or \
                  connection_file for the realtime queue_log table",
             );
@@ -145,7 +143,7 @@ impl Validator<'_> {
         };
         let file = self.path(&file);
         let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
-            self.problem(&at("path"), &key("path"), "names no file");
+            self.source_problem(i, label, "path", "names no file");
             return None;
         };
         let name = globset::escape(&name.to_string_lossy());
@@ -201,9 +199,10 @@ impl Validator<'_> {
         }
         let channel = raw.channel.take().unwrap_or_else(|| "calls".into());
         if !crate::normalize::schema::CHANNELS.contains(&channel.as_str()) {
-            self.problem(
-                &at("channel"),
-                &key("channel"),
+            self.source_problem(
+                i,
+                label,
+                "channel",
                 format!(
                     "{channel:?} is not a channel injixo knows: use one of {}",
                     crate::normalize::schema::CHANNELS.join(", ")
@@ -225,7 +224,6 @@ impl Validator<'_> {
         tabular: bool,
         builtin_states: bool,
     ) -> Option<RowRules> {
-        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
         let key = |k: &str| format!("{label}.{k}");
         let expand = self.expand(i, label, raw);
         let millis = self.duration_unit(i, label, raw);
@@ -250,7 +248,7 @@ impl Validator<'_> {
                     None => Some(m),
                     Some(e) => m
                         .with_expand(e)
-                        .map_err(|e| self.problem(&at("expand"), &key("expand"), e))
+                        .map_err(|e| self.source_problem(i, label, "expand", e))
                         .ok(),
                 }),
             (None, _) if tabular => {
@@ -295,9 +293,7 @@ impl Validator<'_> {
             (None, None) if raw.expand_duration.is_none() => None,
             (Some("interval"), interval) => {
                 if interval.is_none() {
-                    self.problem(
-                        &at("interval"),
-                        &key("interval"),
+                    self.source_problem(i, label, "interval",
                         "is required with expand = \"interval\": the length of the report's intervals, e.g. \"15m\"",
                     );
                 }
@@ -321,9 +317,10 @@ impl Validator<'_> {
                 Some(Expand { interval, duration })
             }
             (Some(other), _) => {
-                self.problem(
-                    &at("expand"),
-                    &key("expand"),
+                self.source_problem(
+                    i,
+                    label,
+                    "expand",
                     format!("{other:?} is not valid: the only expansion is \"interval\""),
                 );
                 None
@@ -339,9 +336,10 @@ impl Validator<'_> {
             }
         };
         if expand.is_some() && raw.map.is_none() {
-            self.problem(
-                &at("expand"),
-                &key("expand"),
+            self.source_problem(
+                i,
+                label,
+                "expand",
                 "needs a [source.map] naming the interval's columns",
             );
         }
@@ -365,9 +363,10 @@ impl Validator<'_> {
             ],
         );
         if raw.duration_unit.is_some() && raw.map.is_none() {
-            self.problem(
-                &at("duration_unit"),
-                &key("duration_unit"),
+            self.source_problem(
+                i,
+                label,
+                "duration_unit",
                 "applies only with a [source.map]",
             );
         }
@@ -383,14 +382,13 @@ impl Validator<'_> {
         reading: &Reading,
         known: Option<&[String]>,
     ) -> Option<KeyTemplate> {
-        let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
         let key = |k: &str| format!("{label}.{k}");
         match raw.key.take() {
             None => None,
             Some(toml::Value::String(t)) => match KeyTemplate::parse(&t) {
                 Ok(k) => Some(k),
                 Err(e) => {
-                    self.problem(&at("key"), &key("key"), e);
+                    self.source_problem(i, label, "key", e);
                     None
                 }
             },
@@ -407,9 +405,10 @@ impl Validator<'_> {
                 }
             }
             Some(_) => {
-                self.problem(
-                    &at("key"),
-                    &key("key"),
+                self.source_problem(
+                    i,
+                    label,
+                    "key",
                     "write a template such as \"{call_id}\", or { expr = \"...\" }",
                 );
                 None
@@ -465,7 +464,7 @@ impl Validator<'_> {
                     rules.push((column, patterns));
                 }
                 let skip = SkipIf::new(rules).unwrap_or_else(|e| {
-                    self.problem(&at("skip_if"), &key("skip_if"), e);
+                    self.source_problem(i, label, "skip_if", e);
                     SkipIf::default()
                 });
                 exprs.into_iter().fold(skip, SkipIf::with_expr)
@@ -486,9 +485,10 @@ impl Validator<'_> {
         let key = |k: &str| format!("{label}.{k}");
         if raw.emits.as_deref() == Some("agent_states") {
             if raw.map.is_none() && !builtin_states {
-                self.problem(
-                    &at("emits"),
-                    &key("emits"),
+                self.source_problem(
+                    i,
+                    label,
+                    "emits",
                     "\"agent_states\" needs a [source.map] with agentIdentifier, \
                      activityIdentifier and timestamp",
                 );
