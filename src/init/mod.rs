@@ -33,10 +33,12 @@ pub fn main(sample: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> 
             );
             std::fs::write(&path, &text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
+            let config = path.display();
             eprintln!(
-                "wrote {}: fill in what it marks TODO, then `injixo-sync --config {} check`",
-                path.display(),
-                path.display()
+                "wrote {config}: fill in what it marks TODO; then `injixo-sync --config {config} \
+                 preview --source acd` shows what each row becomes, `injixo-sync --config \
+                 {config} check` tries the key against the API, and `injixo-sync --config \
+                 {config} run` (or the service) starts delivering"
             );
         }
         None => print!("{text}"),
