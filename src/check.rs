@@ -235,7 +235,7 @@ fn reachability(
     let mut ok = Vec::new();
     for lane in config.lanes() {
         let id = lane.integration_id;
-        let said = |body: &str| crate::text::truncate(body.trim(), 200);
+        let said = |body: &str| crate::text::excerpt(body.as_bytes());
         match rt.block_on(client.probe(&lane)) {
             Attempt::Answered { status, .. } if (200..300).contains(&status) => ok.push(format!(
                 "API {url}: an empty test batch for {lane} was accepted (HTTP {status}): the \
@@ -305,7 +305,8 @@ fn reachability(
 }
 
 /// What an API's error answer says, in a few words: the `message`, `detail` or `title` of a
-/// JSON body, or of its `error` (or its `errors`' first), else its text, cut short.
+/// JSON body, or of its `error` (or its `errors`' first), else its text; cut short, query
+/// values masked (`text::excerpt`).
 fn reason(body: &str) -> Option<String> {
     fn pick(v: &serde_json::Value) -> Option<String> {
         if let Some(m) = ["message", "detail", "title"]
@@ -328,5 +329,7 @@ fn reason(body: &str) -> Option<String> {
     let said = serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|v| pick(&v));
-    Some(crate::text::truncate(said.as_deref().unwrap_or(text), 200))
+    Some(crate::text::excerpt(
+        said.as_deref().unwrap_or(text).as_bytes(),
+    ))
 }
