@@ -23,14 +23,6 @@ async fn get(url: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-/// The value of the sample whose line starts with `prefix`, if there is one.
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// A connection to the state file with the outbox's `payload()` function, for reading what a
 /// record holds before damaging it.
 fn open_state(env: &Env) -> rusqlite::Connection {
@@ -190,7 +182,7 @@ async fn a_damaged_record_is_set_aside_and_every_other_record_arrives_once() {
     );
     let (_, metrics) = get(&format!("{base}/metrics")).await;
     assert_eq!(
-        sample(&metrics, &format!("injixo_sync_lane_damaged_records{LANE}")),
+        sample_value(&metrics, &format!("injixo_sync_lane_damaged_records{LANE}")),
         Some(3.0),
         "{metrics}"
     );
@@ -220,7 +212,7 @@ async fn a_damaged_record_is_set_aside_and_every_other_record_arrives_once() {
     assert!(out.contains("3 record(s) given up"), "{out}");
     let (_, metrics) = get(&format!("{base}/metrics")).await;
     assert_eq!(
-        sample(&metrics, &format!("injixo_sync_lane_damaged_records{LANE}")),
+        sample_value(&metrics, &format!("injixo_sync_lane_damaged_records{LANE}")),
         Some(0.0),
         "{metrics}"
     );

@@ -13,13 +13,9 @@ async fn get(url: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-/// The value of the first sample whose line starts with `prefix`.
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix}\n{text}"))
+/// The value of `name` (a metric with its labels) in `text`; a test fails without it.
+fn sample(text: &str, name: &str) -> f64 {
+    sample_value(text, name).unwrap_or_else(|| panic!("no sample {name}\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,15 +240,13 @@ pub fn listening(text: &str) -> (String, u16) {
 
 /// The value of `sample` (a metric's name and labels, as `/metrics` writes them) in a
 /// Prometheus text exposition.
-pub fn sample_value(text: &str, sample: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)?
-                .strip_prefix(' ')?
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|v| v as u64)
+pub fn sample_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .parse::<f64>()
+            .ok()
+    })
 }
 
 /// The value of `sample` in the `/metrics` of the daemon listening on `port`; `None` while it
@@ -263,7 +261,7 @@ pub async fn metric(port: u16, sample: &str) -> Option<u64> {
         .send()
         .await
         .ok()?;
-    sample_value(&r.text().await.ok()?, sample)
+    sample_value(&r.text().await.ok()?, sample).map(|v| v as u64)
 }
 
 /// Waits until the counter `sample` of the daemon listening on `port` has gone up by `n` from
