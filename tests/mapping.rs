@@ -797,14 +797,23 @@ duration = "talk"
 #[test]
 fn init_leaves_the_zone_of_local_times_to_the_operator() {
     let env = Env::new();
-    let local = env.exports.join("local.tsv");
-    std::fs::write(
-        &local,
-        "call_id\tstart\tqueue\toutcome\ttalk\n1\t2024-05-01 08:00:00\tSupport\tAGENT\t60\n2\t2024-05-01 08:01:00\tSupport\tABANDONED\t30\n",
-    )
-    .unwrap();
-    let (code, text) = cli(&["init", "--sample", local.to_str().unwrap()]);
-    assert_eq!(code, 0, "{text}");
+    // Two calls whose start times end in `zone` (nothing, or an offset); what `init` writes.
+    let sample = |name: &str, zone: &str| {
+        let path = env.exports.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "call_id\tstart\tqueue\toutcome\ttalk\n\
+                 1\t2024-05-01 08:00:00{zone}\tSupport\tAGENT\t60\n\
+                 2\t2024-05-01 08:01:00{zone}\tSupport\tABANDONED\t30\n"
+            ),
+        )
+        .unwrap();
+        let (code, text) = cli(&["init", "--sample", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{text}");
+        (path, text)
+    };
+    let (_, text) = sample("local.tsv", "");
     assert!(
         text.contains("# TODO: the zone the ACD writes these local times in"),
         "{text}"
@@ -821,14 +830,7 @@ fn init_leaves_the_zone_of_local_times_to_the_operator() {
         "{out}"
     );
 
-    let offset = env.exports.join("offset.tsv");
-    std::fs::write(
-        &offset,
-        "call_id\tstart\tqueue\toutcome\ttalk\n1\t2024-05-01 08:00:00+02:00\tSupport\tAGENT\t60\n2\t2024-05-01 08:01:00+02:00\tSupport\tABANDONED\t30\n",
-    )
-    .unwrap();
-    let (code, text) = cli(&["init", "--sample", offset.to_str().unwrap()]);
-    assert_eq!(code, 0, "{text}");
+    let (offset, text) = sample("offset.tsv", "+02:00");
     assert!(text.contains("The times carry their UTC offset"), "{text}");
     assert!(!text.contains("timezone = "), "{text}");
     // Read at their offset. `preview` needs neither the configuration id nor the API key: it
