@@ -3,7 +3,7 @@
 //! renders into the record's dedupe key.
 
 use super::expr::Expr;
-use super::map::{FieldSource, Part, Row, RowError, out_text, render};
+use super::map::{FieldSource, Part, Row, RowError, out_text, part_columns, render};
 
 /// `key = "{call_id}"`: the natural key of a row, a template of its columns (or
 /// `{ expr = "..." }`). Rows with the same key are one record, however often an export
@@ -56,13 +56,7 @@ impl KeyTemplate {
 
     pub fn columns(&self) -> Vec<&str> {
         match &self.0 {
-            KeyKind::Template(parts) => parts
-                .iter()
-                .filter_map(|p| match p {
-                    Part::Column(c) => Some(c.as_str()),
-                    Part::Text(_) => None,
-                })
-                .collect(),
+            KeyKind::Template(parts) => part_columns(parts).collect(),
             KeyKind::Expr(e) => e.columns().collect(),
         }
     }

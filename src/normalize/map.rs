@@ -151,6 +151,14 @@ pub enum Part {
     Column(String),
 }
 
+/// The columns a template's parts read, in order.
+pub(super) fn part_columns(parts: &[Part]) -> impl Iterator<Item = &str> {
+    parts.iter().filter_map(|p| match p {
+        Part::Column(c) => Some(c.as_str()),
+        Part::Text(_) => None,
+    })
+}
+
 impl FieldSource {
     /// Parses `"{queue}_{site}"`: columns in braces, everything else literal.
     pub fn template(s: &str) -> Result<Self, String> {
@@ -185,13 +193,7 @@ impl FieldSource {
         match self {
             FieldSource::Column(c) => vec![c.as_str()],
             FieldSource::Literal(_) => vec![],
-            FieldSource::Template(parts) => parts
-                .iter()
-                .filter_map(|p| match p {
-                    Part::Column(c) => Some(c.as_str()),
-                    Part::Text(_) => None,
-                })
-                .collect(),
+            FieldSource::Template(parts) => part_columns(parts).collect(),
             FieldSource::Expr(e) => e.columns().collect(),
             FieldSource::Lookup(inner, _) => inner.columns(),
         }
