@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::parked::ParkedAction;
 use crate::service::ServiceAction;
-use crate::status::{DeadAction, ParkedAction, QueueAction};
+use crate::status::{DeadAction, QueueAction};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,7 +47,8 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadAction,
     },
-    /// List what could not become records (parked input), grouped by reason; or give it up.
+    /// What could not become records (parked input): list it grouped by reason, map it again
+    /// after fixing the map (retry), or give it up.
     Parked {
         #[command(subcommand)]
         action: ParkedAction,
@@ -79,8 +81,12 @@ pub enum Command {
     /// Exit 1 when a row would be parked.
     Preview {
         /// The source (its name in the configuration).
-        #[arg(long)]
-        source: String,
+        #[arg(long, required_unless_present = "parked")]
+        source: Option<String>,
+        /// What the parked input (of --source, or of every source) would become now, before
+        /// `parked retry`; reads the state file, writes nothing.
+        #[arg(long, conflicts_with = "from")]
+        parked: bool,
         /// The file to read (files sources; default: the oldest file the source would read).
         #[arg(long, value_name = "PATH")]
         from: Option<PathBuf>,

@@ -31,6 +31,7 @@ pub mod logging;
 pub mod metrics;
 pub mod normalize;
 pub mod outbox;
+pub mod parked;
 pub mod preview;
 pub mod push;
 pub mod redact;

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Command::Check { offline } => check::main(&path, offline),
         Command::Status { json } => status::main(&path, json),
         Command::Dead { action } => status::dead(&path, action),
-        Command::Parked { action } => status::parked(&path, action),
+        Command::Parked { action } => injixo_sync::parked::main(&path, action),
         Command::Agents { json } => status::agents(&path, json),
         Command::Queues { action, json } => status::queues(&path, action, json),
         Command::Resend {
@@ -38,10 +38,11 @@ fn main() -> ExitCode {
         Command::Init { sample, output } => init::main(&sample, output),
         Command::Preview {
             source,
+            parked,
             from,
             rows,
             json,
-        } => preview::main(&path, &source, from, rows, json),
+        } => preview::main(&path, source.as_deref(), from, (rows, parked), json),
         Command::SendTest { kind, source } => {
             let emits = match kind {
                 TestKind::ContactEvent => Emits::ContactEvents,

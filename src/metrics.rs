@@ -39,6 +39,7 @@ pub fn render(
     sources: &[Arc<SourceMetrics>],
     lanes: &[(Arc<LaneMetrics>, Depth)],
     outbox: crate::outbox::Usage,
+    parked: Vec<crate::outbox::ParkedCount>,
     now_ms: i64,
 ) -> String {
     let mut registry = Registry::default();
@@ -46,6 +47,7 @@ pub fn render(
         sources: sources.to_vec(),
         lanes: lanes.to_vec(),
         outbox,
+        parked,
         now_ms,
     }));
     let mut text = String::new();
@@ -59,6 +61,8 @@ struct Scrape {
     sources: Vec<Arc<SourceMetrics>>,
     lanes: Vec<(Arc<LaneMetrics>, Depth)>,
     outbox: crate::outbox::Usage,
+    /// Parked rows now, per source and reason (bounded; see `outbox::parked_counts`).
+    parked: Vec<crate::outbox::ParkedCount>,
     now_ms: i64,
 }
 
@@ -168,6 +172,19 @@ impl Collector for Scrape {
             "injixo_sync_source_parked_total",
             "Input lines that could not become records.",
             sources().map(|(l, s)| (l, counter(&s.parked))),
+        )?;
+        family(
+            e,
+            "injixo_sync_source_parked_rows",
+            "Rows parked now, by source and reason: the ten largest reasons of each source, the \
+             rest summed as reason=\"(other reasons)\". `injixo-sync parked list` shows them; \
+             `parked retry` maps them again after the map is fixed.",
+            self.parked.iter().map(|p| {
+                (
+                    [("source", p.source.as_str()), ("reason", p.reason.as_str())],
+                    ConstGauge::new(p.count),
+                )
+            }),
         )?;
         family(
             e,
@@ -357,6 +374,11 @@ mod tests {
                 on_disk: 3 << 20,
                 budget: 2 << 20,
             },
+            vec![crate::outbox::ParkedCount {
+                source: "acd".into(),
+                reason: r#"lookup `queue`: no entry for "Sales \ West""#.into(),
+                count: 7,
+            }],
             11_000,
         );
         let labels =
@@ -379,6 +401,8 @@ mod tests {
             "# TYPE injixo_sync_source_room_waits_total counter".to_owned(),
             "injixo_sync_source_room_waits_total{source=\"acd\",reason=\"budget\"} 0".to_owned(),
             "injixo_sync_source_room_waits_total{source=\"acd\",reason=\"disk_full\"} 1".to_owned(),
+            "# TYPE injixo_sync_source_parked_rows gauge".to_owned(),
+            r#"injixo_sync_source_parked_rows{source="acd",reason="lookup `queue`: no entry for \"Sales \\ West\""} 7"#.to_owned(),
             "injixo_sync_outbox_size_bytes 3145728".to_owned(),
             "injixo_sync_outbox_budget_bytes 2097152".to_owned(),
             "injixo_sync_outbox_full 1".to_owned(),

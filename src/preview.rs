@@ -35,6 +35,11 @@ pub enum Shown {
     Merged { into: String },
     /// The same row as an earlier one, key and all: one record.
     Repeat { of: String },
+    /// A parked row whose records are in the outbox already (delivered, or read again since):
+    /// `parked retry` takes it out without enqueueing them again.
+    InOutbox,
+    /// A parked row kept to be read, not mapped again: why.
+    Kept(String),
     /// An agent's state change (`emits = "agent_states"`): intervals are built from
     /// consecutive changes of an agent.
     Change {
@@ -95,6 +100,10 @@ impl Preview {
                     "MERGED into the record of {into} (same key, another row: this row is not sent)"
                 ),
                 Shown::Repeat { of } => format!("REPEAT of {of} (the same row again: one record)"),
+                Shown::InOutbox => {
+                    "IN OUTBOX already (delivered or pending): not enqueued again".into()
+                }
+                Shown::Kept(why) => format!("KEPT {why}"),
                 Shown::Change {
                     agent,
                     activity,
@@ -120,6 +129,12 @@ impl Preview {
         }
         if s.changes > 0 {
             let _ = write!(out, ", {} agent state change(s)", s.changes);
+        }
+        if s.in_outbox > 0 {
+            let _ = write!(out, ", {} in the outbox already", s.in_outbox);
+        }
+        if s.kept > 0 {
+            let _ = write!(out, ", {} kept to be read", s.kept);
         }
         out.push('\n');
         if s.merged > 0 {
@@ -150,6 +165,10 @@ pub struct Summary {
     pub skipped: usize,
     pub merged: usize,
     pub repeats: usize,
+    /// Parked rows whose records are in the outbox already (`preview --parked`).
+    pub in_outbox: usize,
+    /// Parked rows that cannot be mapped again (`preview --parked`).
+    pub kept: usize,
     pub parked_by_reason: Vec<(String, usize)>,
 }
 
@@ -170,6 +189,8 @@ impl Summary {
             Shown::Skipped => self.skipped += 1,
             Shown::Merged { .. } => self.merged += 1,
             Shown::Repeat { .. } => self.repeats += 1,
+            Shown::InOutbox => self.in_outbox += 1,
+            Shown::Kept(_) => self.kept += 1,
             Shown::Change { .. } => self.changes += 1,
         }
     }
@@ -226,21 +247,97 @@ impl Collector {
                         None
                     }
                 });
-                earlier.unwrap_or_else(|| {
-                    Shown::Records(
-                        records
-                            .iter()
-                            .map(|r| serde_json::from_str(r).unwrap_or_default())
-                            .collect(),
-                    )
-                })
+                earlier.unwrap_or_else(|| records_shown(&records))
             }
         };
+        self.push(origin, shown);
+    }
+
+    fn push(&mut self, origin: String, shown: Shown) {
         self.summary.add(&shown);
         if self.rows.len() < self.limit {
             self.rows.push(PreviewRow { origin, shown });
         }
     }
+}
+
+fn records_shown(records: &[String]) -> Shown {
+    Shown::Records(
+        records
+            .iter()
+            .map(|r| serde_json::from_str(r).unwrap_or_default())
+            .collect(),
+    )
+}
+
+/// What the current configuration makes of the parked rows (of `source`, or all): read from
+/// the state file, which is not written. The first `limit` rows are shown, every one counted.
+pub fn preview_parked(
+    config: &Config,
+    source: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<Preview> {
+    use crate::sources::replay::{Remapped, remap};
+    let path = &config.state.path;
+    let filter = crate::outbox::ParkedFilter {
+        source: source.map(str::to_owned),
+        reason: None,
+    };
+    let known = crate::outbox::KnownKeys::open(path)?;
+    let mut shown = Collector::new(limit);
+    let mut after = 0;
+    loop {
+        let rows = crate::outbox::parked_rows(path, &filter, &[], after, 1000)?;
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = last.id;
+        for row in &rows {
+            let origin = match source {
+                Some(_) => format!("#{} {}", row.id, row.origin),
+                None => format!("#{} {} {}", row.id, row.source, row.origin),
+            };
+            let Some(cfg) = config
+                .sources
+                .iter()
+                .find(|s| s.name.as_str() == row.source)
+            else {
+                shown.push(
+                    origin,
+                    Shown::Kept("its source is not configured any more".into()),
+                );
+                continue;
+            };
+            let what = match remap(cfg, row) {
+                Remapped::Records(list) => {
+                    let mut all_known = !list.is_empty();
+                    for r in &list {
+                        all_known &= known.has(&row.source, &r.dkey)?;
+                    }
+                    let payloads: Vec<String> = list.into_iter().map(|r| r.payload).collect();
+                    match all_known {
+                        true => Shown::InOutbox,
+                        false => records_shown(&payloads),
+                    }
+                }
+                Remapped::Change(c) => Shown::Change {
+                    agent: c.change.agent,
+                    activity: c.change.activity,
+                    at: crate::normalize::time::to_api(c.change.at),
+                },
+                Remapped::Skipped => Shown::Skipped,
+                Remapped::Parked(why) => Shown::Parked(why),
+                Remapped::Kept(why) => Shown::Kept(why),
+            };
+            shown.push(origin, what);
+        }
+    }
+    Ok(Preview {
+        source: source.unwrap_or("every source").to_owned(),
+        from: format!("parked input in {}", path.display()),
+        rows: shown.rows,
+        summary: shown.summary,
+    })
 }
 
 /// A reason without the row's own value (its first quoted text), so that rows parked for one
@@ -258,21 +355,72 @@ fn reason_kind(why: &str) -> String {
 /// `injixo-sync preview`.
 pub fn main(
     config_path: &Path,
-    source: &str,
+    source: Option<&str>,
     from: Option<PathBuf>,
-    rows: usize,
+    (rows, parked): (usize, bool),
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     // Nothing is sent: no configuration id or API key is needed yet.
     let config = Config::load_draft(config_path)?;
-    let Some(cfg) = config.sources.iter().find(|s| s.name.as_str() == source) else {
-        let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
-        anyhow::bail!(
-            "no source is named {source:?} (sources: {})",
-            names.join(", ")
-        );
+    if let Some(source) = source {
+        named(&config, source)?;
+    }
+    let preview = match (parked, source) {
+        (true, source) => {
+            anyhow::ensure!(from.is_none(), "--from and --parked: choose one");
+            preview_parked(&config, source, rows)?
+        }
+        (false, Some(source)) => preview_source(&config, source, from, rows)?,
+        (false, None) => anyhow::bail!("say which source: --source NAME (or --parked)"),
     };
-    let preview = match &cfg.kind {
+    show(&preview, json)?;
+    Ok(if preview.parked() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The source named `source`, or an error naming those there are.
+fn named<'a>(config: &'a Config, source: &str) -> anyhow::Result<&'a SourceConfig> {
+    match config.sources.iter().find(|s| s.name.as_str() == source) {
+        Some(cfg) => Ok(cfg),
+        None => {
+            let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+            anyhow::bail!(
+                "no source is named {source:?} (sources: {})",
+                names.join(", ")
+            )
+        }
+    }
+}
+
+fn show(preview: &Preview, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "source": preview.source,
+                "from": preview.from,
+                "rows": preview.rows,
+                "summary": preview.summary,
+            }))?
+        );
+    } else {
+        print!("{}", preview.render());
+    }
+    Ok(())
+}
+
+/// What a source's input would become: a file's first rows, a poller's first page.
+fn preview_source(
+    config: &Config,
+    source: &str,
+    from: Option<PathBuf>,
+    rows: usize,
+) -> anyhow::Result<Preview> {
+    let cfg = named(config, source)?;
+    Ok(match &cfg.kind {
         SourceKind::Files(files) => {
             let file = match from {
                 Some(f) => f,
@@ -297,26 +445,9 @@ pub fn main(
         }
         SourceKind::Webhook(_) => anyhow::bail!(
             "source {source:?} is a webhook: it is pushed to, so there is nothing to read \
-             ahead; `send-test` shows the API's answer to a record"
+             ahead; `send-test` shows the API's answer to a record, and `preview --parked` \
+             what its parked pushes become now"
         ),
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "source": preview.source,
-                "from": preview.from,
-                "rows": preview.rows,
-                "summary": preview.summary,
-            }))?
-        );
-    } else {
-        print!("{}", preview.render());
-    }
-    Ok(if preview.parked() > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
     })
 }
 

@@ -253,6 +253,14 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
         }
         "/metrics" => {
             let depths = depths(&o).await;
+            let path = o.state_path.clone();
+            // Bounded: ten reasons per source, the rest summed.
+            let parked =
+                tokio::task::spawn_blocking(move || crate::outbox::parked_counts(&path, 10))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
             let lanes: Vec<_> = o
                 .lanes
                 .iter()
@@ -270,7 +278,7 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
             reply(
                 StatusCode::OK,
                 metrics::CONTENT_TYPE,
-                metrics::render(&o.sources, &lanes, o.outbox.usage(), now_ms()),
+                metrics::render(&o.sources, &lanes, o.outbox.usage(), parked, now_ms()),
             )
         }
         _ => reply(

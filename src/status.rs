@@ -41,48 +41,6 @@ pub enum DeadAction {
     },
 }
 
-// `injixo-sync parked list|drop`.
-#[derive(Debug, clap::Subcommand)]
-pub enum ParkedAction {
-    /// Parked input grouped by source and reason: how many, since when, and the first one.
-    List {
-        #[command(flatten)]
-        filter: ParkedSelection,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Give parked input up on purpose (it is deleted from the state file). A row a poller
-    /// reads again (its look-back) is parked again until the map takes it.
-    Drop {
-        #[command(flatten)]
-        filter: ParkedSelection,
-        /// Every parked row, or every one --source and --reason select (one of the three is
-        /// needed).
-        #[arg(long)]
-        all: bool,
-    },
-}
-
-#[derive(Debug, Default, clap::Args)]
-pub struct ParkedSelection {
-    /// Only this source's (its name in the configuration).
-    #[arg(long)]
-    pub source: Option<String>,
-    /// Only rows whose reason contains this text.
-    #[arg(long)]
-    pub reason: Option<String>,
-}
-
-impl From<ParkedSelection> for outbox::ParkedFilter {
-    fn from(s: ParkedSelection) -> Self {
-        Self {
-            source: s.source,
-            reason: s.reason,
-        }
-    }
-}
-
 // `injixo-sync queues confirm|drop`.
 #[derive(Debug, clap::Subcommand)]
 pub enum QueueAction {
@@ -346,84 +304,6 @@ pub fn dead(config_path: &Path, action: DeadAction) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// `injixo-sync parked list|drop`.
-pub fn parked(config_path: &Path, action: ParkedAction) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path)?;
-    let state = &config.state.path;
-    match action {
-        ParkedAction::List { filter, json } => {
-            let groups = outbox::parked_groups(state, &filter.into())?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "parked": groups }))?
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            print!("{}", render_parked(&groups, outbox::now_ms()));
-        }
-        ParkedAction::Drop { filter, all } => {
-            if filter.source.as_deref() == Some("") || filter.reason.as_deref() == Some("") {
-                anyhow::bail!(
-                    "--source and --reason need a value (an empty one would match every row)"
-                );
-            }
-            if !all && filter.source.is_none() && filter.reason.is_none() {
-                anyhow::bail!(
-                    "say which parked rows to give up: --source NAME, --reason TEXT, or --all"
-                );
-            }
-            let n = outbox::drop_parked(state, &filter.into())?;
-            if n == 0 {
-                eprintln!(
-                    "no parked row matches (see `injixo-sync parked list`): nothing given up"
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            println!("{n} parked row(s) given up");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Parked groups for a person: one line per source and reason, with the first row.
-fn render_parked(groups: &[outbox::ParkedGroup], now_ms: i64) -> String {
-    let mut out = String::new();
-    if groups.is_empty() {
-        out.push_str("no parked input\n");
-        return out;
-    }
-    let total: i64 = groups.iter().map(|g| g.count).sum();
-    let _ = writeln!(
-        out,
-        "PARKED INPUT: {total} row(s) that could not become records, in {} group(s)",
-        groups.len()
-    );
-    for g in groups {
-        let _ = writeln!(
-            out,
-            "\n{}  {} row(s), parked {} to {} ago: {}",
-            g.source,
-            g.count,
-            ago(now_ms, g.first_at_ms),
-            ago(now_ms, g.last_at_ms),
-            g.reason
-        );
-        let _ = writeln!(
-            out,
-            "    first: {}: {}",
-            g.example_origin,
-            crate::text::truncate(g.example_raw.trim_end(), 200)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nFix the source's map, then `injixo-sync preview --source NAME` shows what rows like these \
-         become; `injixo-sync parked drop --source NAME --reason TEXT` gives a group up"
-    );
-    out
-}
-
 /// Names the ids asked for that are not dead letters; exit status 1 if there are any.
 fn not_found(done: &outbox::Changed) -> ExitCode {
     if done.not_found.is_empty() {
@@ -599,7 +479,7 @@ pub fn render(
             "{:<24} {:>10} {:>8} {:>8} {:>8}  {}",
             s.name,
             s.records_total,
-            s.parked_total,
+            s.parked_now,
             s.skipped_total,
             s.merged_total,
             s.last_activity_ms
@@ -647,21 +527,26 @@ pub fn render(
             out.push_str(&render_dead(d));
         }
     }
-    if !r.parked.is_empty() {
+    if !r.parked_by_reason.is_empty() {
+        let total: i64 = r.parked_by_reason.iter().map(|p| p.count).sum();
         let _ = writeln!(
             out,
-            "\nPARKED INPUT (latest {}): lines that could not become records (`injixo-sync \
-             parked list` groups them by reason)",
-            r.parked.len()
+            "\nPARKED INPUT: {total} row(s) that could not become records, by reason \
+             (`injixo-sync parked list` shows an example of each)"
         );
-        for p in &r.parked {
-            let _ = writeln!(out, "  {} {}: {}", p.source, p.origin, p.reason);
+        for p in &r.parked_by_reason {
+            let _ = writeln!(out, "  {:<24} {:>8}  {}", p.source, p.count, p.reason);
         }
+        let _ = writeln!(
+            out,
+            "  after fixing the map: `injixo-sync preview --parked --source NAME` shows what they \
+             become, `injixo-sync parked retry --source NAME` enqueues them"
+        );
     }
     out
 }
 
-fn ago(now_ms: i64, then_ms: i64) -> String {
+pub(crate) fn ago(now_ms: i64, then_ms: i64) -> String {
     let secs = ((now_ms - then_ms).max(0) / 1000) as u64;
     match secs {
         0..=59 => format!("{secs}s"),

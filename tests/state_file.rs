@@ -730,15 +730,28 @@ async fn delivered_records_are_pruned_after_keep_sent_and_pending_and_dead_ones_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_input_is_pruned_after_keep_parked_oldest_first() {
-    use injixo_sync::outbox::Parked;
+    use injixo_sync::outbox::{Parked, Place, Replay};
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("outbox.db");
     let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    // Two files' headers: the old file's goes with its rows, the new one's stays.
+    let header = |file: &str| -> std::sync::Arc<[String]> {
+        vec!["call_id".to_owned(), format!("{file}_queue")].into()
+    };
     let parked = (0..12_000)
         .map(|i| Parked {
             origin: format!("day.csv:{i}"),
             reason: "bad".into(),
             raw: String::new(),
+            replay: Some(Replay {
+                place: Place::File {
+                    cursor: 1,
+                    offset: i,
+                },
+                fields: Some(vec![i.to_string(), "q".into()]),
+                header: Some(header(if i < 11_000 { "old" } else { "new" })),
+                text: None,
+            }),
         })
         .collect();
     let ob = outbox.clone();
@@ -779,6 +792,19 @@ async fn parked_input_is_pruned_after_keep_parked_oldest_first() {
         .unwrap();
     assert_eq!(left.len(), 1_000);
     assert_eq!(left[0], "day.csv:11000");
+    let headers: Vec<String> = rusqlite::Connection::open(&state)
+        .unwrap()
+        .prepare("SELECT columns FROM parked_headers")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        headers,
+        [r#"["call_id","new_queue"]"#],
+        "one header per file, kept while named"
+    );
 }
 
 /// A state file the service user may not write (read-only, or owned by another user after a

@@ -55,7 +55,10 @@ pub use dead::{Changed, Selection, dead_letters, drop_dead, retry_dead};
 pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
 pub use keys::{Dkey, dedupe_key, natural_key};
 pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};
-pub use parked::{ParkedFilter, ParkedGroup, drop_parked, parked_groups};
+pub use parked::{
+    KnownKeys, OTHER_REASONS, ParkedCount, ParkedFilter, ParkedGroup, ParkedRow, Place, Replay,
+    ReplayDone, Retried, drop_parked, parked_counts, parked_groups, parked_rows,
+};
 pub use report::{
     CursorReport, DeadLetter, LaneReport, ParkedReport, ProblemReport, Report, RowRead,
     SourceReport, inspect, lane_depths, rows_read, verify,
@@ -248,6 +251,8 @@ pub struct Parked {
     pub origin: String,
     pub reason: String,
     pub raw: String,
+    /// What mapping it again needs; `None` when it cannot be (see [`ParkedRow::replay`]).
+    pub replay: Option<Replay>,
 }
 
 /// One atomic step of a source: records, parked input, and the cursors that follow them.
@@ -674,9 +679,6 @@ fn write_commit(
         "INSERT INTO records (lane_id, source_id, dkey, payload, origin, created, row_hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (source_id, dkey) DO NOTHING",
     )?;
-    let mut park = c.prepare_cached(
-        "INSERT INTO parked (source_id, origin, reason, raw, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
     let groups = if commit.groups.is_empty() {
         vec![Group {
             records: commit.records.len(),
@@ -761,7 +763,7 @@ fn write_commit(
             {
                 continue;
             }
-            park.execute(params![source.0, p.origin, p.reason, p.raw, now])?;
+            parked::park(c, source.0, p, now)?;
             parked_total += 1;
         }
         if group.same_payload {

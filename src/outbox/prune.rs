@@ -102,6 +102,9 @@ pub(super) fn prune_parked_step(c: &Connection, cutoff: i64) -> rusqlite::Result
     for id in &old {
         delete.execute([id])?;
     }
+    if !old.is_empty() {
+        super::parked::drop_unused_headers(c)?;
+    }
     Ok((old.len(), old.len() == STEP))
 }
 

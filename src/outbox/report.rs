@@ -15,7 +15,10 @@ pub struct Report {
     pub lanes: Vec<LaneReport>,
     pub sources: Vec<SourceReport>,
     pub dead: Vec<DeadLetter>,
+    /// The latest parked rows.
     pub parked: Vec<ParkedReport>,
+    /// Parked rows per source and reason (the ten largest reasons per source).
+    pub parked_by_reason: Vec<super::ParkedCount>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,7 +48,10 @@ pub struct SourceReport {
     pub name: String,
     pub last_activity_ms: Option<i64>,
     pub records_total: i64,
+    /// Rows ever parked (since replayed, given up or pruned included).
     pub parked_total: i64,
+    /// Rows parked now.
+    pub parked_now: i64,
     /// Rows left out on purpose by `skip_if`.
     pub skipped_total: i64,
     /// Rows merged into a record already kept, because their `key` was known.
@@ -201,7 +207,8 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
 
     let mut sources = Vec::new();
     let mut stmt = c.prepare(
-        "SELECT id, name, last_activity, records_total, parked_total, skipped_total, merged_total
+        "SELECT id, name, last_activity, records_total, parked_total, skipped_total, merged_total,
+                (SELECT count(*) FROM parked p WHERE p.source_id = sources.id)
          FROM sources ORDER BY name",
     )?;
     let mut cursors = c.prepare(
@@ -241,6 +248,7 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
             parked_total: r.get(4)?,
             skipped_total: r.get(5)?,
             merged_total: r.get(6)?,
+            parked_now: r.get(7)?,
             cursors: cs,
             problems: ps,
         });
@@ -268,6 +276,7 @@ fn read(c: &Connection, recent: usize) -> rusqlite::Result<Report> {
         sources,
         dead,
         parked,
+        parked_by_reason: super::parked::counts(c, 10)?,
     })
 }
 

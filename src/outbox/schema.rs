@@ -13,7 +13,7 @@ use super::OutboxError;
 /// `PRAGMA application_id`: "IJXS".
 pub const APPLICATION_ID: i32 = 0x494A_5853;
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -172,6 +172,22 @@ ALTER TABLE dead ADD COLUMN damaged INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX dead_damaged ON dead (record_id) WHERE damaged = 1;
 CREATE INDEX parked_raw ON parked (source_id, raw);
 ALTER TABLE records ADD COLUMN row_hash INTEGER;
+"#;
+
+/// Version 8: a parked row keeps what mapping it again needs (`parked retry`): `replay` (JSON:
+/// where its records' keys come from, a CSV record's fields, its input in full when `raw` is
+/// cut short) and its file's header, stored once per source and distinct header in
+/// `parked_headers`. The index counts parked rows per reason for every scrape.
+const SCHEMA_V8: &str = r#"
+ALTER TABLE parked ADD COLUMN replay TEXT;
+ALTER TABLE parked ADD COLUMN header_id INTEGER;
+CREATE TABLE parked_headers (
+    id        INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL,
+    columns   TEXT NOT NULL,
+    UNIQUE (source_id, columns)
+);
+CREATE INDEX parked_reason ON parked (source_id, reason);
 "#;
 
 const SCHEMA_V2: &str = r#"
@@ -703,13 +719,15 @@ fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxErr
         ))?;
         let _ = conn.remove_function("shorten_dkey", 1);
     }
-    if version < 7 {
-        run(format!(
-            "BEGIN IMMEDIATE;
-             {SCHEMA_V7}
-             PRAGMA user_version = 7;
-             COMMIT;"
-        ))?;
+    for (step, schema) in [(7, SCHEMA_V7), (8, SCHEMA_V8)] {
+        if version < step {
+            run(format!(
+                "BEGIN IMMEDIATE;
+                 {schema}
+                 PRAGMA user_version = {step};
+                 COMMIT;"
+            ))?;
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod odbc;
 pub mod parse;
 pub mod poll;
 pub mod queue_log;
+pub mod replay;
 pub mod rows;
 pub mod schedule;
 pub mod sql;

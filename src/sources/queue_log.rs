@@ -45,6 +45,9 @@ pub fn apply(
             origin: origin.clone(),
             reason,
             raw: crate::text::truncate(&line, 4096),
+            // The call it ends was built from several lines: the line alone cannot be mapped
+            // again.
+            replay: None,
         };
         if let (Some(call), None) = (out.call, states) {
             let (identifier, name) = cfg.queue(&call.queue);
@@ -90,6 +93,7 @@ pub fn apply(
                         change,
                         origin: origin.clone(),
                         raw: crate::text::truncate(&line, 4096),
+                        replay: None,
                     }),
                     Err(e) => parked.push(park(e)),
                 }
@@ -137,6 +141,7 @@ impl TableCursor {
                         origin,
                         reason,
                         raw,
+                        replay: None,
                     });
                 }
             }

@@ -13,7 +13,9 @@ use crate::config::{RowRules, StatesConfig};
 use crate::normalize::intervals::{Applied, Builder, Change, Interval};
 use crate::normalize::map::Row;
 use crate::normalize::schema;
-use crate::outbox::{Commit, NewRecord, OutboxError, Parked, natural_key};
+use crate::outbox::{
+    Commit, NewRecord, OutboxError, Parked, Place, Replay, dedupe_key, natural_key,
+};
 use crate::types::{Emits, SourceName};
 
 /// What a row became.
@@ -85,10 +87,13 @@ impl Row for JsonRow<'_> {
 }
 
 /// A state change read, with where it came from (for the interval it closes, or for parking).
+#[derive(Debug)]
 pub struct ChangeRead {
     pub change: Change,
     pub origin: String,
     pub raw: String,
+    /// What mapping it again needs, should it be parked (out of order).
+    pub replay: Option<Replay>,
 }
 
 /// The cursor key under which a source's open agent states are stored.
@@ -178,6 +183,7 @@ impl States {
                     origin: read.origin,
                     reason: refused.to_string(),
                     raw: read.raw,
+                    replay: read.replay,
                 }),
             }
         }
@@ -200,6 +206,7 @@ impl States {
                 },
                 origin: "snapshot".into(),
                 raw: format!("{agent} missing from a complete snapshot: logged out"),
+                replay: None,
             })
             .collect();
         changes.extend(gone);
@@ -408,13 +415,84 @@ pub fn row_hash(raw: &str) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// A record's dedupe key when a row has no position (database rows, pushes, API records):
-/// its natural key if `key` names one, else its content.
-pub fn content_key(key: Option<&str>, payload: &str, piece: u32) -> crate::outbox::Dkey {
-    match key {
-        Some(k) => natural_key(k, piece),
-        None => natural_key(&format!("\u{1e}{payload}"), piece),
+/// Where a row was read, as its records' dedupe keys need it: [`Place`], borrowed.
+#[derive(Clone, Copy, Debug)]
+pub enum RowPlace<'a> {
+    /// A row of a file: the file's cursor and the row's byte offset. A row without a `key`
+    /// is its place: read again, it meets the record it gave.
+    File { cursor: i64, offset: u64 },
+    /// An element of a push, named by the push's identity (its `Idempotency-Key`, or a hash
+    /// of its body): every element of a push is a record of its own, even when two are alike
+    /// (three abandoned calls in one second are three contacts), and the same push sent
+    /// again gives the same keys.
+    Push { push: &'a str, index: usize },
+    /// A database row or an API record: a row read again (an overlapping poll) is the same
+    /// record by its content.
+    Content,
+}
+
+impl RowPlace<'_> {
+    pub fn of(place: &Place) -> RowPlace<'_> {
+        match place {
+            Place::File { cursor, offset } => RowPlace::File {
+                cursor: *cursor,
+                offset: *offset,
+            },
+            Place::Push { push, index } => RowPlace::Push {
+                push,
+                index: *index,
+            },
+            Place::Content => RowPlace::Content,
+        }
     }
+
+    pub fn owned(self) -> Place {
+        match self {
+            RowPlace::File { cursor, offset } => Place::File { cursor, offset },
+            RowPlace::Push { push, index } => Place::Push {
+                push: push.to_owned(),
+                index,
+            },
+            RowPlace::Content => Place::Content,
+        }
+    }
+}
+
+/// The records a row gave (`list`, in the API's shape), with their dedupe keys: by the row's
+/// natural `key` if it has one, else by its place. `expands`: the map may give many records
+/// per row, so a file's positions leave room for them. `raw` is the row as read, hashed for
+/// a keyed record (see [`row_hash`]).
+pub fn row_records(
+    list: Vec<String>,
+    key: Option<&str>,
+    place: RowPlace<'_>,
+    expands: bool,
+    origin: &str,
+    raw: impl FnOnce() -> String,
+) -> impl Iterator<Item = NewRecord> {
+    let hash = key.map(|_| row_hash(&raw()));
+    let key = key.map(str::to_owned);
+    let origin = origin.to_owned();
+    list.into_iter().enumerate().map(move |(piece, payload)| {
+        let n = piece as u32;
+        let dkey = match (&key, place) {
+            (Some(k), _) => natural_key(k, n),
+            (None, RowPlace::File { cursor, offset }) if expands => {
+                dedupe_key(cursor, (offset << 16) | piece as u64)
+            }
+            (None, RowPlace::File { cursor, offset }) => dedupe_key(cursor, offset),
+            (None, RowPlace::Push { push, index }) => {
+                natural_key(&format!("\u{1d}{push}\u{1f}{index}"), n)
+            }
+            (None, RowPlace::Content) => natural_key(&format!("\u{1e}{payload}"), n),
+        };
+        NewRecord {
+            dkey,
+            payload,
+            origin: origin.clone(),
+            row_hash: hash,
+        }
+    })
 }
 
 /// What a list of JSON objects became.
@@ -426,15 +504,11 @@ pub struct Converted {
     pub skipped: u64,
 }
 
-/// How records without a natural `key` are told apart.
+/// How records without a natural `key` are told apart: by their content, or by their place
+/// in a push named by its identity (see [`RowPlace`]).
 #[derive(Clone, Copy, Debug)]
 pub enum Keying<'a> {
-    /// By their content: a row read again (an overlapping poll) is the same record.
     Content,
-    /// By their place in a push, named by the push's identity (its `Idempotency-Key`, or a
-    /// hash of its body): every element of a push is a record of its own, even when two are
-    /// alike (three abandoned calls in one second are three contacts), and the same push sent
-    /// again gives the same keys.
     Push(&'a str),
 }
 
@@ -448,37 +522,54 @@ pub fn convert_objects(
 ) -> Converted {
     let mut out = Converted::default();
     for (index, (origin, obj)) in rows.into_iter().enumerate() {
+        let place = match keying {
+            Keying::Content => RowPlace::Content,
+            Keying::Push(push) => RowPlace::Push { push, index },
+        };
         let text = || serde_json::Value::Object(obj.clone()).to_string();
-        match rules.convert(&JsonRow(&obj), || schema::normalize_json(emits, &text())) {
+        let replay = |text: &str, raw: &str| Some(Replay::json(place.owned(), text, raw));
+        match convert_object(rules, emits, &obj) {
             Ok(None) => out.skipped += 1,
-            Ok(Some(RowOut::Records(list, key))) => {
-                for (piece, payload) in list.into_iter().enumerate() {
-                    let piece = piece as u32;
-                    let dkey = match (key.as_deref(), keying) {
-                        (None, Keying::Push(push)) => {
-                            natural_key(&format!("\u{1d}{push}\u{1f}{index}"), piece)
-                        }
-                        (key, _) => content_key(key, &payload, piece),
-                    };
-                    out.records.push(NewRecord {
-                        dkey,
-                        payload,
-                        origin: origin.clone(),
-                        row_hash: key.as_ref().map(|_| row_hash(&text())),
-                    });
-                }
+            Ok(Some(RowOut::Records(list, key))) => out.records.extend(row_records(
+                list,
+                key.as_deref(),
+                place,
+                false,
+                &origin,
+                text,
+            )),
+            Ok(Some(RowOut::Change(change))) => {
+                let text = text();
+                let raw = crate::text::truncate(&text, 4096);
+                out.changes.push(ChangeRead {
+                    change,
+                    origin,
+                    replay: replay(&text, &raw),
+                    raw,
+                })
             }
-            Ok(Some(RowOut::Change(change))) => out.changes.push(ChangeRead {
-                change,
-                origin,
-                raw: crate::text::truncate(&text(), 4096),
-            }),
-            Err(reason) => out.parked.push(Parked {
-                origin,
-                reason,
-                raw: crate::text::truncate(&text(), 4096),
-            }),
+            Err(reason) => {
+                let text = text();
+                let raw = crate::text::truncate(&text, 4096);
+                out.parked.push(Parked {
+                    origin,
+                    reason,
+                    replay: replay(&text, &raw),
+                    raw,
+                })
+            }
         }
     }
     out
+}
+
+/// What a JSON object (a database row, an API record, an element of a push) becomes.
+pub fn convert_object(
+    rules: &RowRules,
+    emits: Emits,
+    obj: &serde_json::Map<String, serde_json::Value>,
+) -> RowOutcome {
+    rules.convert(&JsonRow(obj), || {
+        schema::normalize_json(emits, &serde_json::Value::Object(obj.clone()).to_string())
+    })
 }

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tracing::warn;
@@ -16,10 +17,12 @@ use crate::config::{FileFormat, FilesConfig, RowRules};
 use crate::normalize::map::Row;
 use crate::normalize::queue_log;
 use crate::normalize::schema;
-use crate::outbox::{Commit, NewRecord, OutboxError, Parked, dedupe_key, natural_key};
+use crate::outbox::{Commit, NewRecord, OutboxError, Parked, Replay};
 use crate::sources::SourceContext;
 use crate::sources::parse::{self, Charset, Fields};
-use crate::sources::rows::{self, ChangeRead, JsonRow, RowOut, RowOutcome, commit_blocking};
+use crate::sources::rows::{
+    self, ChangeRead, JsonRow, RowOut, RowOutcome, RowPlace, commit_blocking, row_records,
+};
 use crate::types::Emits;
 
 /// The read buffer; a record longer than this grows it, up to `max_line`.
@@ -332,6 +335,7 @@ impl FilesSource {
             ),
             raw: String::from_utf8_lossy(&long.head[..long.head.len().min(length as usize)])
                 .into_owned(),
+            replay: None,
         };
         let mut next = known.cur.clone();
         next.offset = end;
@@ -377,7 +381,8 @@ impl FilesSource {
                 Ok(text) => each(step, at, origin_here, text),
                 Err(e) => {
                     let raw = String::from_utf8_lossy(item.value);
-                    step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &raw);
+                    let place = (cur.cur.key_space(cur.id), at);
+                    step.push(place, origin_here, Err(e), &raw, Input::Kept);
                 }
             }
         }
@@ -412,7 +417,8 @@ impl FilesSource {
                     |step, at, origin_here, text| {
                         let text = text.trim_start_matches('\u{feff}');
                         let result = json_row(&self.cfg.rows, plain, ctx.emits, text);
-                        step.push(cur.cur.key_space(cur.id), at, origin_here, result, text);
+                        let place = (cur.cur.key_space(cur.id), at);
+                        step.push(place, origin_here, result, text, Input::Line);
                     },
                 );
             }
@@ -427,7 +433,8 @@ impl FilesSource {
                         match queue_log::parse(&line) {
                             Ok(_) => step.queue_log.push((origin_here, line)),
                             Err(e) => {
-                                step.push(cur.cur.key_space(cur.id), at, origin_here, Err(e), &line)
+                                let place = (cur.cur.key_space(cur.id), at);
+                                step.push(place, origin_here, Err(e), &line, Input::Kept)
                             }
                         }
                     },
@@ -461,13 +468,17 @@ impl FilesSource {
                         (None, None) => &[],
                     };
                     let (result, raw) = csv_row(&self.cfg, columns, &fields);
-                    step.push(
-                        cur.cur.key_space(cur.id),
-                        at,
-                        origin(item.newlines_before),
-                        result,
-                        &raw,
-                    );
+                    let input = match fields.unreadable.is_empty() {
+                        true => Input::Csv {
+                            columns,
+                            fields: &fields.fields,
+                        },
+                        // Its fields were read lossily: only the file, read again in the
+                        // right encoding, has them.
+                        false => Input::Kept,
+                    };
+                    let place = (cur.cur.key_space(cur.id), at);
+                    step.push(place, origin_here, result, &raw, input);
                 }
                 step.consumed = consumed;
             }
@@ -562,41 +573,76 @@ impl Step {
             origin: origin.to_owned(),
             reason: long_line_reason(length, max_line, kept.len()),
             raw: String::from_utf8_lossy(kept).into_owned(),
+            replay: None,
         });
         true
     }
 
-    /// Adds what the row at file offset `offset` became.
-    fn push(&mut self, cursor: i64, offset: u64, origin: String, outcome: RowOutcome, raw: &str) {
+    /// Adds what the row at file offset `offset` became; `input` says what a parked row keeps
+    /// to be mapped again.
+    fn push(
+        &mut self,
+        (cursor, offset): (i64, u64),
+        origin: String,
+        outcome: RowOutcome,
+        raw: &str,
+        input: Input<'_>,
+    ) {
+        let place = RowPlace::File { cursor, offset };
+        let replay = |kept: &str| match input {
+            Input::Line => Some(Replay::json(place.owned(), raw, kept)),
+            Input::Csv { columns, fields } => Some(Replay {
+                place: place.owned(),
+                fields: Some(fields.to_vec()),
+                header: Some(Arc::from(columns)),
+                text: None,
+            }),
+            Input::Kept => None,
+        };
         match outcome {
             Ok(None) => self.skipped += 1,
-            Ok(Some(RowOut::Change(change))) => self.changes.push(ChangeRead {
-                change,
-                origin,
-                raw: crate::text::truncate(raw, 4096),
-            }),
-            Ok(Some(RowOut::Records(records, key))) => {
-                for (piece, payload) in records.into_iter().enumerate() {
-                    let dkey = match &key {
-                        Some(key) => natural_key(key, piece as u32),
-                        None if self.expands => dedupe_key(cursor, (offset << 16) | piece as u64),
-                        None => dedupe_key(cursor, offset),
-                    };
-                    self.records.push(NewRecord {
-                        dkey,
-                        payload,
-                        origin: origin.clone(),
-                        row_hash: key.as_ref().map(|_| crate::sources::rows::row_hash(raw)),
-                    });
-                }
+            Ok(Some(RowOut::Change(change))) => {
+                let kept = crate::text::truncate(raw, 4096);
+                self.changes.push(ChangeRead {
+                    change,
+                    origin,
+                    replay: replay(&kept),
+                    raw: kept,
+                })
             }
-            Err(reason) => self.parked.push(Parked {
-                origin,
-                reason,
-                raw: crate::text::truncate(raw, 4096),
-            }),
+            Ok(Some(RowOut::Records(records, key))) => self.records.extend(row_records(
+                records,
+                key.as_deref(),
+                place,
+                self.expands,
+                &origin,
+                || raw.to_owned(),
+            )),
+            Err(reason) => {
+                let kept = crate::text::truncate(raw, 4096);
+                self.parked.push(Parked {
+                    origin,
+                    reason,
+                    replay: replay(&kept),
+                    raw: kept,
+                })
+            }
         }
     }
+}
+
+/// What a row of a file keeps, should it be parked, to be mapped again (`parked retry`).
+#[derive(Clone, Copy)]
+pub(super) enum Input<'a> {
+    /// An NDJSON line: its text.
+    Line,
+    /// A CSV/TSV record: its fields and the columns they were read under.
+    Csv {
+        columns: &'a [String],
+        fields: &'a [String],
+    },
+    /// Only its text, to be read (a line not in the source's encoding, a queue_log line).
+    Kept,
 }
 
 pub(super) struct CsvRow<'a> {

@@ -1,0 +1,663 @@
+//! `injixo-sync parked list|retry|drop`: the input that could not become records, grouped by
+//! reason; mapped again with the configuration of the day once the map is fixed; or given up.
+//!
+//! A retry takes each row out of the parked input in the same transaction as the records it
+//! gives, keyed as the first read would have keyed them: a retry repeated, run twice at once,
+//! or killed half-way enqueues each record once, and a record already in the outbox
+//! (delivered, or read again since the fix) is not enqueued again. It runs beside a running
+//! daemon, which delivers what it enqueued within a second. Agent-state changes go into the
+//! source's open states, which a running daemon holds: beside one, only those still out of
+//! order are settled (they stay parked with that reason); the others wait for a retry with the
+//! daemon stopped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::config::{Config, SourceConfig};
+use crate::normalize::intervals::{Applied, Builder};
+use crate::outbox::{
+    self, LaneId, Outbox, ParkedFilter, ParkedGroup, ParkedRow, Retried, SourceId, StateLock,
+};
+use crate::sources::replay::{Remapped, remap};
+use crate::sources::rows::{ChangeRead, STATES_CURSOR, interval_record};
+
+// `injixo-sync parked list|retry|drop`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ParkedAction {
+    /// Parked input grouped by source and reason: how many, since when, and the first one.
+    List {
+        #[command(flatten)]
+        filter: ParkedSelection,
+        /// Every row with its id and origin, not the groups.
+        #[arg(long)]
+        rows: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Map parked input again with the current configuration (after fixing the map): rows
+    /// that now become records are enqueued once, the others stay parked with their reason
+    /// of now. `preview --parked` shows what it would do. Works beside a running daemon.
+    Retry {
+        #[command(flatten)]
+        filter: ParkedSelection,
+        /// Row ids as `parked list --rows` shows them.
+        #[arg(conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every parked row, or every one --source and --reason select (one of --source,
+        /// --reason, --all or ids is needed).
+        #[arg(long)]
+        all: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give parked input up on purpose (it is deleted from the state file). A row a poller
+    /// reads again (its look-back) is parked again until the map takes it.
+    Drop {
+        #[command(flatten)]
+        filter: ParkedSelection,
+        /// Every parked row, or every one --source and --reason select (one of the three is
+        /// needed).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ParkedSelection {
+    /// Only this source's (its name in the configuration).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only rows whose reason contains this text.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+impl From<ParkedSelection> for ParkedFilter {
+    fn from(s: ParkedSelection) -> Self {
+        Self {
+            source: s.source,
+            reason: s.reason,
+        }
+    }
+}
+
+impl ParkedSelection {
+    /// Refuses an empty value, which would select every row.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.source.as_deref() == Some("") || self.reason.as_deref() == Some("") {
+            anyhow::bail!(
+                "--source and --reason need a value (an empty one would match every row)"
+            );
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.source.is_none() && self.reason.is_none()
+    }
+}
+
+/// `injixo-sync parked ...`.
+pub fn main(config_path: &Path, action: ParkedAction) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let state = &config.state.path;
+    match action {
+        ParkedAction::List { filter, rows, json } => {
+            filter.check()?;
+            let filter = filter.into();
+            if rows {
+                let rows = outbox::parked_rows(state, &filter, &[], 0, usize::MAX)?;
+                if json {
+                    let rows: Vec<_> = rows.iter().map(RowShown::of).collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?
+                    );
+                } else {
+                    print!("{}", render_rows(&rows));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let groups = outbox::parked_groups(state, &filter)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "parked": groups }))?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", render_groups(&groups, outbox::now_ms()));
+        }
+        ParkedAction::Retry {
+            filter,
+            ids,
+            all,
+            json,
+        } => {
+            filter.check()?;
+            if !all && ids.is_empty() && filter.is_empty() {
+                anyhow::bail!(
+                    "say which parked rows to retry: --source NAME, --reason TEXT, row ids, or --all"
+                );
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            // A second Ctrl-C ends the process at once; what was committed is kept either way.
+            let _ = ctrlc_flag(flag);
+            let report = retry(&config, &filter.into(), &ids, &stop)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if report.interrupted {
+                return Ok(ExitCode::from(130));
+            }
+            if report.sources.iter().all(|s| s.replayed == 0) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        ParkedAction::Drop { filter, all } => {
+            filter.check()?;
+            if !all && filter.is_empty() {
+                anyhow::bail!(
+                    "say which parked rows to give up: --source NAME, --reason TEXT, or --all"
+                );
+            }
+            let n = outbox::drop_parked(state, &filter.into())?;
+            if n == 0 {
+                eprintln!(
+                    "no parked row matches (see `injixo-sync parked list`): nothing given up"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("{n} parked row(s) given up");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sets `flag` on Ctrl-C (SIGINT), from a thread of its own.
+fn ctrlc_flag(flag: Arc<AtomicBool>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("interrupt".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    flag.store(true, Ordering::SeqCst);
+                }
+                // A second one ends the process.
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            })
+        })?;
+    Ok(())
+}
+
+/// A parked row as `parked list --rows --json` shows it.
+#[derive(Serialize)]
+struct RowShown<'a> {
+    id: i64,
+    source: &'a str,
+    origin: &'a str,
+    reason: &'a str,
+    raw: &'a str,
+    /// Whether `parked retry` can map it again.
+    replayable: bool,
+}
+
+impl<'a> RowShown<'a> {
+    fn of(r: &'a ParkedRow) -> Self {
+        RowShown {
+            id: r.id,
+            source: &r.source,
+            origin: &r.origin,
+            reason: &r.reason,
+            raw: &r.raw,
+            replayable: r.replay.is_some(),
+        }
+    }
+}
+
+fn render_rows(rows: &[ParkedRow]) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        out.push_str("no parked input\n");
+        return out;
+    }
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "#{} {} {}: {}{}\n    {}",
+            r.id,
+            r.source,
+            r.origin,
+            r.reason,
+            if r.replay.is_some() {
+                ""
+            } else {
+                " (kept to be read, not mapped again)"
+            },
+            crate::text::truncate(r.raw.trim_end(), 200)
+        );
+    }
+    out
+}
+
+/// Parked groups for a person: one line per source and reason, with the first row.
+pub fn render_groups(groups: &[ParkedGroup], now_ms: i64) -> String {
+    let mut out = String::new();
+    if groups.is_empty() {
+        out.push_str("no parked input\n");
+        return out;
+    }
+    let total: i64 = groups.iter().map(|g| g.count).sum();
+    let _ = writeln!(
+        out,
+        "PARKED INPUT: {total} row(s) that could not become records, in {} group(s)",
+        groups.len()
+    );
+    for g in groups {
+        let _ = writeln!(
+            out,
+            "\n{}  {} row(s), parked {} to {} ago: {}",
+            g.source,
+            g.count,
+            crate::status::ago(now_ms, g.first_at_ms),
+            crate::status::ago(now_ms, g.last_at_ms),
+            g.reason
+        );
+        let _ = writeln!(
+            out,
+            "    first: #{} {}: {}",
+            g.example_id,
+            g.example_origin,
+            crate::text::truncate(g.example_raw.trim_end(), 200)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nFix the source's map, then `injixo-sync preview --parked --source NAME` shows what these \
+         rows become now and `injixo-sync parked retry --source NAME` enqueues them; \
+         `injixo-sync parked drop --source NAME --reason TEXT` gives a group up"
+    );
+    out
+}
+
+/// What `parked retry` did.
+#[derive(Debug, Default, Serialize)]
+pub struct RetryReport {
+    pub sources: Vec<SourceRetry>,
+    /// Stopped by Ctrl-C: what was committed is kept.
+    pub interrupted: bool,
+    /// Whether a daemon ran on the state file meanwhile (it delivers what was enqueued).
+    pub beside: Option<String>,
+}
+
+/// What `parked retry` did with one source's rows.
+#[derive(Debug, Default, Serialize)]
+pub struct SourceRetry {
+    pub source: String,
+    /// Rows taken out of the parked input.
+    pub replayed: usize,
+    /// Records enqueued for them.
+    pub records: usize,
+    /// Records already in the outbox (delivered, or read again since): not enqueued again.
+    pub already: usize,
+    /// Of those, records whose `key` names a record with other content (merged into it).
+    pub merged: usize,
+    /// Rows `skip_if` now leaves out (taken out, giving nothing).
+    pub skipped: usize,
+    /// Rows still parked, by their reason of now.
+    pub still_parked: BTreeMap<String, usize>,
+    /// Rows kept to be read, not mapped again (see `parked list --rows`).
+    pub kept: usize,
+    /// Agent-state changes that would change the open states a running daemon holds: they
+    /// wait for a retry with the daemon stopped.
+    pub waiting: usize,
+    /// Rows another process replayed or gave up meanwhile.
+    pub gone: usize,
+    /// The source is no longer in the configuration: its rows were left as they are.
+    pub unconfigured: bool,
+}
+
+impl RetryReport {
+    fn source(&mut self, name: &str) -> &mut SourceRetry {
+        if let Some(i) = self.sources.iter().position(|s| s.source == name) {
+            return &mut self.sources[i];
+        }
+        self.sources.push(SourceRetry {
+            source: name.to_owned(),
+            ..SourceRetry::default()
+        });
+        self.sources.last_mut().expect("just pushed")
+    }
+
+    /// The report for a person.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if self.sources.is_empty() {
+            out.push_str(
+                "no parked row matches (see `injixo-sync parked list`): nothing retried\n",
+            );
+            return out;
+        }
+        for s in &self.sources {
+            if s.unconfigured {
+                let _ = writeln!(
+                    out,
+                    "{}: not in the configuration any more; its parked rows are left as they are \
+                     (`parked drop --source {}` gives them up)",
+                    s.source, s.source
+                );
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "{}: {} row(s) replayed: {} record(s) enqueued, {} already in the outbox{}, \
+                 {} left out by skip_if",
+                s.source,
+                s.replayed,
+                s.records,
+                s.already,
+                if s.merged > 0 {
+                    format!(
+                        " ({} merged: their key names a record with other content)",
+                        s.merged
+                    )
+                } else {
+                    String::new()
+                },
+                s.skipped
+            );
+            let still: usize = s.still_parked.values().sum();
+            if still > 0 {
+                let _ = writeln!(out, "    {still} row(s) still parked:");
+                for (reason, n) in &s.still_parked {
+                    let _ = writeln!(out, "      {n} × {reason}");
+                }
+            }
+            if s.kept > 0 {
+                let _ = writeln!(
+                    out,
+                    "    {} row(s) kept to be read, not mapped again (`parked list --rows` names them)",
+                    s.kept
+                );
+            }
+            if s.waiting > 0 {
+                let _ = writeln!(
+                    out,
+                    "    {} agent-state change(s) wait: they go into the open states the running \
+                     daemon holds; stop it, run this retry again, start it",
+                    s.waiting
+                );
+            }
+            if s.gone > 0 {
+                let _ = writeln!(
+                    out,
+                    "    {} row(s) were replayed or given up by another process meanwhile",
+                    s.gone
+                );
+            }
+        }
+        if self.interrupted {
+            out.push_str(
+                "interrupted: what was replayed is kept; run the same command again to go on\n",
+            );
+        }
+        let enqueued: usize = self.sources.iter().map(|s| s.records).sum();
+        if enqueued > 0 {
+            match &self.beside {
+                Some(holder) => {
+                    let _ = writeln!(out, "{holder} delivers them");
+                }
+                None => out.push_str(
+                    "no daemon runs on this state file now: they are delivered when it starts\n",
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// Rows read and committed per transaction: bounds memory and what an interruption undoes.
+const CHUNK: usize = 500;
+
+/// A configured source with its ids in the outbox and, for agent states, its open states.
+struct Target<'a> {
+    config: &'a SourceConfig,
+    id: SourceId,
+    lane: LaneId,
+    /// The open states as this retry has left them, and their cursor (with the lock only).
+    states: Option<(i64, Builder)>,
+}
+
+/// Maps the parked rows `filter` and `ids` select again and commits what they become.
+pub fn retry(
+    config: &Config,
+    filter: &ParkedFilter,
+    ids: &[i64],
+    stop: &AtomicBool,
+) -> anyhow::Result<RetryReport> {
+    let path = &config.state.path;
+    if let Some(name) = &filter.source
+        && !config.sources.iter().any(|s| s.name.as_str() == name)
+    {
+        anyhow::bail!("no source {name:?} in the configuration");
+    }
+    // With the lock, nothing else changes the open states meanwhile; without (a daemon runs),
+    // agent-state changes are only settled when they are still out of order.
+    let (lock, beside) = match StateLock::acquire(path, "parked retry") {
+        Ok(lock) => (Some(lock), None),
+        Err(outbox::LockError::Held(holder)) => (None, Some(holder.to_string())),
+        Err(outbox::LockError::Other(e)) => return Err(e.into()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (outbox, writer) = Outbox::open(path)?;
+    let mut report = RetryReport {
+        beside: beside.map(|h| format!("{h}, running on this state file,")),
+        ..RetryReport::default()
+    };
+    let mut targets: HashMap<String, Option<Target<'_>>> = HashMap::new();
+    let mut after = 0;
+    let result = (|| -> anyhow::Result<()> {
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                report.interrupted = true;
+                return Ok(());
+            }
+            let rows = outbox::parked_rows(path, filter, ids, after, CHUNK)?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            after = last.id;
+            let mut by_source: Vec<(String, Vec<ParkedRow>)> = Vec::new();
+            for row in rows {
+                match by_source.iter_mut().find(|(s, _)| *s == row.source) {
+                    Some((_, list)) => list.push(row),
+                    None => by_source.push((row.source.clone(), vec![row])),
+                }
+            }
+            for (name, rows) in by_source {
+                let target = match targets.get_mut(&name) {
+                    Some(t) => t,
+                    None => {
+                        let t = target(config, &outbox, &runtime, &name, lock.is_some())?;
+                        targets.entry(name.clone()).or_insert(t)
+                    }
+                };
+                let Some(target) = target else {
+                    report.source(&name).unconfigured = true;
+                    continue;
+                };
+                retry_rows(&outbox, target, rows, report.source(&name))?;
+            }
+        }
+    })();
+    drop(outbox);
+    let _ = writer.join();
+    drop(lock);
+    result.map(|()| report)
+}
+
+/// The source `name` as configured now, with its ids and (with the lock) its open states.
+fn target<'a>(
+    config: &'a Config,
+    outbox: &Outbox,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    locked: bool,
+) -> anyhow::Result<Option<Target<'a>>> {
+    let Some(source) = config.sources.iter().find(|s| s.name.as_str() == name) else {
+        return Ok(None);
+    };
+    let (id, lane) = runtime.block_on(async {
+        Ok::<_, outbox::OutboxError>((
+            outbox.source_id(&source.name).await?,
+            outbox.lane_id(&source.lane).await?,
+        ))
+    })?;
+    let states = match (&source.kind.rows().states, locked) {
+        (Some(_), true) => Some(open_states(outbox, id, true)?),
+        _ => None,
+    };
+    Ok(Some(Target {
+        config: source,
+        id,
+        lane,
+        states,
+    }))
+}
+
+/// A source's open states as the outbox holds them, and the id of their cursor; `create`s
+/// the cursor if the source has none yet (else its id is 0).
+fn open_states(outbox: &Outbox, id: SourceId, create: bool) -> anyhow::Result<(i64, Builder)> {
+    let cursors = outbox.cursors_blocking(id)?;
+    match cursors.iter().find(|(_, k, _)| k == STATES_CURSOR) {
+        Some((cursor, _, value)) => {
+            let builder = serde_json::from_str(value)
+                .context("the open agent states in the state file are unreadable")?;
+            Ok((*cursor, builder))
+        }
+        None if create => {
+            let builder = Builder::default();
+            let json = serde_json::to_string(&builder).expect("serializes");
+            let cursor = outbox.create_cursor_blocking(id, STATES_CURSOR.into(), json)?;
+            Ok((cursor, builder))
+        }
+        None => Ok((0, Builder::default())),
+    }
+}
+
+/// Maps one source's rows of a chunk again and commits what they became in one transaction.
+fn retry_rows(
+    outbox: &Outbox,
+    target: &mut Target<'_>,
+    rows: Vec<ParkedRow>,
+    report: &mut SourceRetry,
+) -> anyhow::Result<()> {
+    let mut items: Vec<(i64, Retried)> = Vec::new();
+    let mut changes: Vec<(i64, ChangeRead)> = Vec::new();
+    for row in &rows {
+        match remap(target.config, row) {
+            Remapped::Records(list) => items.push((row.id, Retried::Records(list))),
+            Remapped::Skipped => items.push((row.id, Retried::Skipped)),
+            Remapped::Parked(reason) => items.push((row.id, Retried::Parked(reason))),
+            Remapped::Kept(_) => report.kept += 1,
+            Remapped::Change(change) => changes.push((row.id, change)),
+        }
+    }
+    let mut cursors = Vec::new();
+    if !changes.is_empty() {
+        let settings = &target
+            .config
+            .kind
+            .rows()
+            .states
+            .as_ref()
+            .expect("changes come from agent-state sources")
+            .settings;
+        // An agent's changes are applied in time order, as they happened.
+        changes.sort_by_key(|(_, c)| c.change.at);
+        let name = &target.config.name;
+        match &mut target.states {
+            Some((cursor, builder)) => {
+                for (id, read) in changes {
+                    let mut closed = Vec::new();
+                    let outcome = builder.apply(read.change, settings, &mut closed);
+                    items.push((
+                        id,
+                        settle(outcome, || {
+                            closed
+                                .iter()
+                                .map(|i| interval_record(name, i, &read.origin))
+                                .collect()
+                        }),
+                    ));
+                }
+                cursors.push((*cursor, serde_json::to_string(builder).expect("serializes")));
+            }
+            None => {
+                // A daemon holds the open states: a change is settled here only when it is
+                // out of order against what the outbox holds now, which the daemon's states
+                // can only have moved beyond.
+                let (_, now) = open_states(outbox, target.id, false)?;
+                for (id, read) in changes {
+                    let mut probe = now.clone();
+                    match probe.apply(read.change, settings, &mut Vec::new()) {
+                        Err(refused) => items.push((id, Retried::Parked(replayed_late(&refused)))),
+                        Ok(_) => report.waiting += 1,
+                    }
+                }
+            }
+        }
+    }
+    if items.is_empty() && cursors.is_empty() {
+        return Ok(());
+    }
+    let done = outbox.replay_blocking(target.id, target.lane, items, cursors)?;
+    report.replayed += done.replayed;
+    report.records += done.committed.inserted;
+    report.already += done.committed.duplicates;
+    report.merged += done.committed.merged;
+    report.gone += done.gone;
+    report.skipped += done.skipped;
+    for (reason, n) in done.still_parked {
+        *report.still_parked.entry(reason).or_insert(0) += n;
+    }
+    Ok(())
+}
+
+/// What an agent-state change applied on replay becomes.
+fn settle(
+    outcome: Result<Applied, crate::normalize::intervals::OutOfOrder>,
+    records: impl FnOnce() -> Vec<outbox::NewRecord>,
+) -> Retried {
+    match outcome {
+        Ok(Applied::New) => Retried::Records(records()),
+        // Applied before: the row is settled, with nothing new.
+        Ok(Applied::Repeat) => Retried::Records(Vec::new()),
+        Err(refused) => Retried::Parked(replayed_late(&refused)),
+    }
+}
+
+/// The reason of a change replayed out of order: the rule of any change that comes late.
+fn replayed_late(refused: &crate::normalize::intervals::OutOfOrder) -> String {
+    format!("{refused} (replayed: a change older than the agent's newest is refused, as when read)")
+}

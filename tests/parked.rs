@@ -1,0 +1,316 @@
+//! The correction loop: rows parked under a wrong map are replayed, once the map is fixed,
+//! exactly once (`parked retry`), with `preview --parked` showing the change before it is
+//! made; against the real binary, beside a running daemon, through kill -9.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A CSV contact-events source whose `outcome` lookup knows only `known` values; the talk
+/// time carries each row's id into `duration`.
+fn calls_source(env: &Env, known: &str) -> String {
+    format!(
+        "[[source]]\nname = \"acd\"\ntype = \"files\"\nintegration_id = 1234\n\
+         emits = \"contact_events\"\npath = {path:?}\ninclude = [\"*.csv\"]\nformat = \"csv\"\n\
+         settle = \"100ms\"\npoll_interval = \"200ms\"\n\
+         [source.map]\ntimestamp = \"at\"\nqueueName = \"queue\"\nqueueIdentifier = \"queue\"\n\
+         channel = {{ value = \"calls\" }}\noffered = {{ value = true }}\n\
+         handled = {{ column = \"outcome\", values = {{ {known} }} }}\n\
+         duration = {{ expr = \"seconds(talk)\" }}\n",
+        path = env.exports.display().to_string()
+    )
+}
+
+/// A calls export of `ids`: every third row's outcome is TRANSFER, which the first map does
+/// not know. `order` chooses the column order of the file's header.
+fn calls_file(ids: std::ops::Range<u64>, swapped: bool) -> String {
+    let mut text = String::from(if swapped {
+        "queue,talk,outcome,at\n"
+    } else {
+        "at,queue,outcome,talk\n"
+    });
+    for id in ids {
+        let outcome = if id.is_multiple_of(3) { "TRANSFER" } else { "AGENT" };
+        let at = format!("2024-05-01T08:{:02}:{:02}Z", id / 60 % 60, id % 60);
+        let line = if swapped {
+            format!("Support,{id},{outcome},{at}\n")
+        } else {
+            format!("{at},Support,{outcome},{id}\n")
+        };
+        text.push_str(&line);
+    }
+    text
+}
+
+fn with_listen(text: String, port: u16) -> String {
+    format!("{text}\n[listen]\naddress = \"127.0.0.1:{port}\"\n")
+}
+
+/// Rows parked now; 0 before the daemon has made the state file.
+fn parked_now(state: &Path) -> i64 {
+    rusqlite::Connection::open_with_flags(state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT count(*) FROM parked", [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+/// Runs `parked retry` and kills it with SIGKILL as soon as it has committed its first chunk
+/// (or has finished): what it committed stays, what it had not is still parked.
+async fn retry_killed_midway(config: &str, state: &Path, before: i64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_injixo-sync"))
+        .args(["--config", config, "parked", "retry", "--source", "acd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while parked_now(state) == before && child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retry never started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "the retry was killed with {} of {before} rows still parked",
+        parked_now(state)
+    );
+}
+
+/// The "done means" of the correction loop: rows parked under a lookup that misses a value are
+/// shown by `parked list` as one group with a count, `preview --parked` shows what the fixed
+/// map makes of them, and `parked retry` beside the running daemon — once killed with -9
+/// half-way, then run to its end, then run again — delivers each row's record exactly once. A
+/// row still wrong stays parked with its reason, in `status` and `/metrics`. Two files with
+/// different column orders are each re-read with their own header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_lookup_fixed_and_retried_delivers_each_parked_row_once() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    let config = env.config_file.to_str().unwrap().to_owned();
+    let first = calls_source(&env, "AGENT = true, HANG = false");
+    env.write_config(&with_listen(env.config_text(&api.url(), "", &first), port));
+    // 3,000 rows in two files, 1,000 of them TRANSFER; one row's talk time is no duration.
+    std::fs::write(env.exports.join("a.csv"), calls_file(0..1500, false)).unwrap();
+    let mut b = calls_file(1500..3000, true);
+    b.push_str("Support,soon,AGENT,2024-05-01T09:00:00Z\n");
+    std::fs::write(env.exports.join("b.csv"), b).unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let mut daemon = Process::start_logged(&env.config_file, &log);
+    wait_serving(port).await;
+    wait_for(LIMIT, "2,000 records delivered", || {
+        api.record_count() >= 2000
+    })
+    .await;
+    wait_for(LIMIT, "1,001 rows parked", || {
+        parked_now(&env.state) == 1001
+    })
+    .await;
+
+    // One group per reason, with a count and an example, not a thousand lines.
+    let (code, list) = cli(&["--config", &config, "parked", "list"]);
+    assert_eq!(code, 0, "{list}");
+    assert!(list.contains("acd  1000 row(s)"), "{list}");
+    assert!(
+        list.contains("\"TRANSFER\" is not among the values"),
+        "{list}"
+    );
+    assert!(list.contains("\"soon\" is not a duration"), "{list}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("injixo_sync_source_parked_rows{")
+                && l.contains("TRANSFER")
+                && l.ends_with(" 1000")),
+        "{metrics}"
+    );
+
+    // The map is fixed and the daemon reloads it.
+    let fixed = calls_source(&env, "AGENT = true, HANG = false, TRANSFER = true");
+    env.write_config(&with_listen(env.config_text(&api.url(), "", &fixed), port));
+    Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_for(LIMIT, "the reload", || generations_started(&log) == 2).await;
+
+    // What the fixed map makes of them, before anything is changed.
+    let (code, preview) = cli(&[
+        "--config", &config, "preview", "--parked", "--source", "acd",
+    ]);
+    assert_eq!(code, 1, "one row would stay parked: {preview}");
+    assert!(
+        preview.contains("1001 row(s): 1000 record(s), 1 parked"),
+        "{preview}"
+    );
+    assert!(preview.contains("\"handled\":true"), "{preview}");
+    assert_eq!(parked_now(&env.state), 1001, "preview changes nothing");
+    assert_eq!(api.record_count(), 2000);
+
+    // Retried beside the running daemon: killed half-way, run to its end, run again.
+    retry_killed_midway(&config, &env.state, 1001).await;
+    let (code, out) = cli(&["--config", &config, "parked", "retry", "--source", "acd"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 row(s) still parked"), "{out}");
+    assert!(out.contains("delivers them"), "{out}");
+    let (code, again) = cli(&["--config", &config, "parked", "retry", "--source", "acd"]);
+    assert_eq!(code, 1, "nothing left to replay: {again}");
+    assert!(again.contains("0 row(s) replayed"), "{again}");
+    assert_eq!(parked_now(&env.state), 1);
+
+    wait_for(LIMIT, "3,000 records delivered", || {
+        api.record_count() >= 3000
+    })
+    .await;
+    settled(&env).await;
+    daemon.assert_running();
+    let ids: Vec<u64> = (0..3000).collect();
+    assert_arrived_once(&api, ids.iter().copied());
+    assert_eq!(api.record_count(), 3000, "no record twice");
+    assert!(
+        api.records()
+            .iter()
+            .filter(|r| id_of(r).is_multiple_of(3))
+            .all(|r| r["properties"]["handled"] == Value::Bool(true)),
+        "the replayed rows are mapped with the fixed lookup"
+    );
+
+    // What is left is named with its reason in `status`.
+    let (_, status) = cli(&["--config", &config, "status", "--json"]);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let groups = status["parked_by_reason"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0]["count"], 1);
+    assert!(groups[0]["reason"].as_str().unwrap().contains("\"soon\""));
+    daemon.terminate();
+}
+
+/// Agent-state rows replayed follow the rules of any late change: beside a running daemon,
+/// which holds the open states, a change that is still out of order stays parked saying so
+/// and one that would change the states waits; with the daemon stopped it is applied, and its
+/// interval delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_state_rows_replayed_follow_the_rules_of_late_changes() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.config_file.to_str().unwrap().to_owned();
+    let source = |known: &str| {
+        format!(
+            "[[source]]\nname = \"acd\"\ntype = \"files\"\nintegration_id = 7\n\
+             emits = \"agent_states\"\nexternal_system = \"ACD\"\npath = {path:?}\nformat = \"csv\"\nsettle = \"100ms\"\n\
+             poll_interval = \"200ms\"\n\
+             [source.map]\nagentIdentifier = \"agent\"\ntimestamp = \"at\"\n\
+             activityIdentifier = {{ column = \"state\", values = {{ {known} }} }}\n",
+            path = env.exports.display().to_string()
+        )
+    };
+    env.write_config(&env.config_text(
+        &api.url(),
+        "",
+        &source("READY = \"available\", LOGOUT = \"logout\""),
+    ));
+    // Anna's lunch comes before her later changes; Ben's logout is his newest change.
+    std::fs::write(
+        env.exports.join("states.csv"),
+        "agent,state,at\n\
+         anna,READY,2024-05-01T08:00:00Z\n\
+         ben,READY,2024-05-01T08:00:00Z\n\
+         anna,LUNCH,2024-05-01T09:00:00Z\n\
+         anna,READY,2024-05-01T10:00:00Z\n\
+         anna,LOGOUT,2024-05-01T11:00:00Z\n\
+         ben,LOGOFF,2024-05-01T09:00:00Z\n",
+    )
+    .unwrap();
+    let daemon = Process::start(&env.config_file);
+    wait_for(LIMIT, "two rows parked", || parked_now(&env.state) == 2).await;
+    wait_for(LIMIT, "anna's interval", || api.record_count() >= 1).await;
+    settled(&env).await;
+
+    env.write_config(&env.config_text(
+        &api.url(),
+        "",
+        &source(
+            "READY = \"available\", LOGOUT = \"logout\", LUNCH = \"lunch\", LOGOFF = \"logout\"",
+        ),
+    ));
+    let (code, preview) = cli(&["--config", &config, "preview", "--parked"]);
+    assert_eq!(code, 0, "{preview}");
+    assert!(
+        preview.contains("STATE agent \"anna\" is \"lunch\""),
+        "{preview}"
+    );
+    assert!(
+        preview.contains("STATE agent \"ben\" logged out"),
+        "{preview}"
+    );
+
+    // Beside the daemon: Anna's lunch is settled as late; Ben's logout waits.
+    let (code, out) = cli(&["--config", &config, "parked", "retry", "--all"]);
+    assert_eq!(code, 1, "nothing was taken out: {out}");
+    assert!(out.contains("1 agent-state change(s) wait"), "{out}");
+    assert!(out.contains("out of order"), "{out}");
+    assert!(out.contains("(replayed: "), "{out}");
+    assert_eq!(parked_now(&env.state), 2);
+    daemon.terminate();
+
+    // With the daemon stopped, Ben's logout closes his open state.
+    let (code, out) = cli(&["--config", &config, "parked", "retry", "--all"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("1 row(s) replayed: 1 record(s) enqueued"),
+        "{out}"
+    );
+    assert!(out.contains("1 row(s) still parked"), "{out}");
+    let (code, _) = cli(&["--config", &config, "parked", "retry", "--all"]);
+    assert_eq!(code, 1, "the second retry finds nothing to take out");
+    let daemon = Process::start(&env.config_file);
+    wait_for(LIMIT, "ben's interval", || api.record_count() >= 2).await;
+    settled(&env).await;
+    daemon.terminate();
+    let mut by_agent: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
+    for r in api.records() {
+        let s = |k: &str| r[k].as_str().unwrap().to_owned();
+        by_agent.entry(s("agentIdentifier")).or_default().push((
+            s("activityIdentifier"),
+            s("startTime"),
+            s("endTime"),
+        ));
+    }
+    assert_eq!(
+        by_agent["ben"],
+        [(
+            "available".to_owned(),
+            "2024-05-01T08:00:00Z".to_owned(),
+            "2024-05-01T09:00:00Z".to_owned()
+        )],
+        "{by_agent:?}"
+    );
+    assert_eq!(api.record_count(), 2, "{by_agent:?}");
+    let left = injixo_sync::outbox::parked_rows(
+        &env.state,
+        &injixo_sync::outbox::ParkedFilter::default(),
+        &[],
+        0,
+        10,
+    )
+    .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].origin, "states.csv:4");
+    assert!(left[0].reason.contains("(replayed: "), "{}", left[0].reason);
+}
