@@ -378,6 +378,7 @@ mod tests {
                 source: "acd".into(),
                 reason: r#"lookup `queue`: no entry for "Sales \ West""#.into(),
                 count: 7,
+                first_origin: "calls.csv:2".into(),
             }],
             11_000,
         );

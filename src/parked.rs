@@ -458,22 +458,20 @@ pub fn retry(
     {
         anyhow::bail!("no source {name:?} in the configuration");
     }
-    // With the lock, nothing else changes the open states meanwhile; without (a daemon runs),
-    // agent-state changes are only settled when they are still out of order.
-    let (lock, beside) = match StateLock::acquire(path, "parked retry") {
-        Ok(lock) => (Some(lock), None),
-        Err(outbox::LockError::Held(holder)) => (None, Some(holder.to_string())),
-        Err(outbox::LockError::Other(e)) => return Err(e.into()),
-    };
+    // Nothing to do: no state file is made, no lock taken.
+    if outbox::parked_rows(path, filter, ids, 0, 1)?.is_empty() {
+        return Ok(RetryReport::default());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let (outbox, writer) = Outbox::open(path)?;
-    let mut report = RetryReport {
-        beside: beside.map(|h| format!("{h}, running on this state file,")),
-        ..RetryReport::default()
-    };
+    runtime.block_on(outbox.apply_budget(config.state.max_outbox_size, true))?;
+    let mut report = RetryReport::default();
+    // Taken only for agent-state sources, whose open states a daemon holds: with it, nothing
+    // else changes them meanwhile; records need no lock.
+    let mut lock = Lock::NotTried;
     let mut targets: HashMap<String, Option<Target<'_>>> = HashMap::new();
     let mut after = 0;
     let result = (|| -> anyhow::Result<()> {
@@ -498,7 +496,7 @@ pub fn retry(
                 let target = match targets.get_mut(&name) {
                     Some(t) => t,
                     None => {
-                        let t = target(config, &outbox, &runtime, &name, lock.is_some())?;
+                        let t = target(config, &outbox, &runtime, &name, &mut lock)?;
                         targets.entry(name.clone()).or_insert(t)
                     }
                 };
@@ -513,7 +511,35 @@ pub fn retry(
     drop(outbox);
     let _ = writer.join();
     drop(lock);
+    report.beside = outbox::lock_holder(path)
+        .filter(|h| h.command == "run")
+        .map(|h| format!("{h}, running on this state file,"));
     result.map(|()| report)
+}
+
+/// The state lock, for replaying agent-state changes into the open states.
+enum Lock {
+    NotTried,
+    /// Held until the retry ends.
+    Held {
+        _lock: StateLock,
+    },
+    /// Another process holds it (a daemon): the open states are its.
+    Elsewhere,
+}
+
+impl Lock {
+    /// Whether this process holds the lock, trying to take it the first time.
+    fn take(&mut self, path: &Path) -> anyhow::Result<bool> {
+        if let Lock::NotTried = self {
+            *self = match StateLock::acquire(path, "parked retry") {
+                Ok(lock) => Lock::Held { _lock: lock },
+                Err(outbox::LockError::Held(_)) => Lock::Elsewhere,
+                Err(outbox::LockError::Other(e)) => return Err(e.into()),
+            };
+        }
+        Ok(matches!(self, Lock::Held { .. }))
+    }
 }
 
 /// The source `name` as configured now, with its ids and (with the lock) its open states.
@@ -522,7 +548,7 @@ fn target<'a>(
     outbox: &Outbox,
     runtime: &tokio::runtime::Runtime,
     name: &str,
-    locked: bool,
+    lock: &mut Lock,
 ) -> anyhow::Result<Option<Target<'a>>> {
     let Some(source) = config.sources.iter().find(|s| s.name.as_str() == name) else {
         return Ok(None);
@@ -533,8 +559,8 @@ fn target<'a>(
             outbox.lane_id(&source.lane).await?,
         ))
     })?;
-    let states = match (&source.kind.rows().states, locked) {
-        (Some(_), true) => Some(open_states(outbox, id, true)?),
+    let states = match &source.kind.rows().states {
+        Some(_) if lock.take(&config.state.path)? => Some(open_states(outbox, id, true)?),
         _ => None,
     };
     Ok(Some(Target {

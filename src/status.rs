@@ -536,6 +536,9 @@ pub fn render(
         );
         for p in &r.parked_by_reason {
             let _ = writeln!(out, "  {:<24} {:>8}  {}", p.source, p.count, p.reason);
+            if p.reason != outbox::OTHER_REASONS {
+                let _ = writeln!(out, "  {:<24} {:>8}  first: {}", "", "", p.first_origin);
+            }
         }
         let _ = writeln!(
             out,

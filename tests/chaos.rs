@@ -248,6 +248,8 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
         &["parked", "list"],
         &["parked", "list", "--json"],
         &["parked", "drop", "--reason", "no reason says this"],
+        &["parked", "retry", "--all"],
+        &["preview", "--parked"],
         &["resend", "--since", "2999-01-01T00:00:00Z"],
         &["queues"],
         &[

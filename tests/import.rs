@@ -222,7 +222,9 @@ fn an_import_migrates_an_older_outbox_only_under_the_state_lock() {
     rusqlite::Connection::open(&env.state)
         .unwrap()
         .execute_batch(
-            "DROP TABLE dicts; DROP INDEX dead_damaged; ALTER TABLE dead DROP COLUMN damaged;
+            "DROP INDEX parked_reason; DROP TABLE parked_headers;
+             ALTER TABLE parked DROP COLUMN header_id; ALTER TABLE parked DROP COLUMN replay;
+             DROP TABLE dicts; DROP INDEX dead_damaged; ALTER TABLE dead DROP COLUMN damaged;
              DROP INDEX parked_raw; ALTER TABLE records DROP COLUMN row_hash;
              PRAGMA user_version = 5;",
         )

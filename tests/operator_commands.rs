@@ -409,8 +409,9 @@ async fn parked_input_is_listed_by_reason_and_given_up_on_purpose() {
     let fax = out.find("acd  30 row(s)").expect(&out);
     let undated = out.find("acd  4 row(s)").expect(&out);
     assert!(fax < undated, "the largest group first: {out}");
-    assert!(out.contains("first: a.ndjson:1: {"), "{out}");
-    assert!(out.contains("first: a.ndjson:31: {"), "{out}");
+    // The first row of each group with its id, for `parked retry ID`.
+    assert!(out.contains("first: #1 a.ndjson:1: {"), "{out}");
+    assert!(out.contains(" a.ndjson:31: {"), "{out}");
 
     let (_, json) = cli(&["--config", cfg, "parked", "list", "--json"]);
     let listed: serde_json::Value = serde_json::from_str(&json).unwrap();

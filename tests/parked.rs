@@ -38,7 +38,11 @@ fn calls_file(ids: std::ops::Range<u64>, swapped: bool) -> String {
         "at,queue,outcome,talk\n"
     });
     for id in ids {
-        let outcome = if id.is_multiple_of(3) { "TRANSFER" } else { "AGENT" };
+        let outcome = if id.is_multiple_of(3) {
+            "TRANSFER"
+        } else {
+            "AGENT"
+        };
         let at = format!("2024-05-01T08:{:02}:{:02}Z", id / 60 % 60, id % 60);
         let line = if swapped {
             format!("Support,{id},{outcome},{at}\n")

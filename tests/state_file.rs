@@ -379,6 +379,12 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
     )
     .unwrap();
     as_version_6(&conn);
+    // Version 8: a row parked before keeps only its text: listed, not replayed.
+    conn.execute(
+        "INSERT INTO parked (source_id, origin, reason, raw, at) VALUES (?1, 'old.csv:2', 'bad', 'x,y', 0)",
+        [source.0],
+    )
+    .unwrap();
     drop(conn);
     let (outbox, writer) = Outbox::open(&state).expect("a version 6 outbox opens");
     drop(outbox);
@@ -394,8 +400,21 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
         .unwrap();
     assert_eq!(
         (version, damaged),
-        (7, 1),
+        (injixo_sync::outbox::SCHEMA_VERSION, 1),
         "the dead letter kept, not damaged"
+    );
+    let parked = injixo_sync::outbox::parked_rows(
+        &state,
+        &injixo_sync::outbox::ParkedFilter::default(),
+        &[],
+        0,
+        10,
+    )
+    .unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(
+        (parked[0].origin.as_str(), parked[0].replay.is_none()),
+        ("old.csv:2", true)
     );
     let letters = injixo_sync::outbox::dead_letters(&state, None, 10).unwrap();
     assert_eq!(letters.len(), 1);
@@ -465,10 +484,22 @@ fn as_version_3(conn: &rusqlite::Connection) {
 /// Turns a current outbox back into what schema version 6 wrote: no damaged dead letters, no
 /// index of parked rows' text, no hashes of the rows records were made of.
 fn as_version_6(conn: &rusqlite::Connection) {
+    as_version_7(conn);
     conn.execute_batch(
         "DROP INDEX dead_damaged; ALTER TABLE dead DROP COLUMN damaged;
          DROP INDEX parked_raw; ALTER TABLE records DROP COLUMN row_hash;
          PRAGMA user_version = 6;",
+    )
+    .unwrap();
+}
+
+/// Turns a current outbox back into what schema version 7 wrote: parked rows without what
+/// replaying them needs.
+fn as_version_7(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "DROP INDEX parked_reason; DROP TABLE parked_headers;
+         ALTER TABLE parked DROP COLUMN header_id; ALTER TABLE parked DROP COLUMN replay;
+         PRAGMA user_version = 7;",
     )
     .unwrap();
 }

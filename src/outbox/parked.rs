@@ -189,6 +189,8 @@ pub struct ParkedCount {
     pub source: String,
     pub reason: String,
     pub count: i64,
+    /// Where the first of them was read (file:line, a poll's page, a push).
+    pub first_origin: String,
 }
 
 /// The reason under which [`parked_counts`] sums a source's smaller groups.
@@ -205,9 +207,10 @@ pub fn parked_counts(path: &Path, per_source: usize) -> Result<Vec<ParkedCount>,
 pub(super) fn counts(c: &Connection, per_source: usize) -> rusqlite::Result<Vec<ParkedCount>> {
     let all: Vec<ParkedCount> = c
         .prepare_cached(
-            "SELECT s.name, g.reason, g.n FROM
-               (SELECT source_id, reason, count(*) AS n FROM parked GROUP BY source_id, reason) g
-             JOIN sources s ON s.id = g.source_id
+            "SELECT s.name, g.reason, g.n, p.origin FROM
+               (SELECT source_id, reason, count(*) AS n, min(id) AS first FROM parked
+                GROUP BY source_id, reason) g
+             JOIN sources s ON s.id = g.source_id JOIN parked p ON p.id = g.first
              ORDER BY s.name, g.n DESC, g.reason",
         )?
         .query_map([], |r| {
@@ -215,6 +218,7 @@ pub(super) fn counts(c: &Connection, per_source: usize) -> rusqlite::Result<Vec<
                 source: r.get(0)?,
                 reason: r.get(1)?,
                 count: r.get(2)?,
+                first_origin: r.get(3)?,
             })
         })?
         .collect::<Result<_, _>>()?;
