@@ -70,8 +70,30 @@ pub enum Command {
     /// from the sample, each guess commented, ending with the preview of its first rows.
     Init {
         /// A sample export file (CSV, TSV or NDJSON).
-        #[arg(long, value_name = "PATH")]
-        sample: PathBuf,
+        #[arg(
+            long,
+            value_name = "PATH",
+            required_unless_present = "acd",
+            conflicts_with = "acd"
+        )]
+        sample: Option<PathBuf>,
+        /// A ready configuration for a named ACD (`--acd list` names them): its sources,
+        /// queries, keys and cursors, tested against the vendor's tables.
+        #[arg(long, value_name = "NAME")]
+        acd: Option<String>,
+        /// With --acd: the integration's configuration id.
+        #[arg(long, value_name = "N", requires = "acd")]
+        integration_id: Option<u64>,
+        /// With --acd: the zone the ACD writes local times in (e.g. Europe/Berlin).
+        #[arg(long, value_name = "TZ", requires = "acd")]
+        timezone: Option<String>,
+        /// With --acd: the file holding the ACD database's URL.
+        #[arg(long, value_name = "PATH", requires = "acd")]
+        connection_file: Option<PathBuf>,
+        /// With --acd: where the history read starts (a date, midnight in --timezone, or an
+        /// RFC 3339 time); default: the day the configuration is written.
+        #[arg(long, value_name = "DATE", requires = "acd")]
+        since: Option<String>,
         /// Where to write the configuration (refused if it exists).
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,

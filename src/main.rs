@@ -35,7 +35,30 @@ fn main() -> ExitCode {
             from,
             since,
         } => import::main(&path, &source, from, since.as_deref()),
-        Command::Init { sample, output } => init::main(&sample, output),
+        Command::Init {
+            sample,
+            acd,
+            integration_id,
+            timezone,
+            connection_file,
+            since,
+            output,
+        } => {
+            let from = match (sample, acd) {
+                (Some(sample), _) => init::From::Sample(sample),
+                (None, Some(name)) => init::From::Acd(
+                    name,
+                    init::acd::Site {
+                        integration_id,
+                        timezone,
+                        connection_file,
+                        since,
+                    },
+                ),
+                (None, None) => unreachable!("clap requires --sample or --acd"),
+            };
+            init::main(from, output)
+        }
         Command::Preview {
             source,
             parked,

@@ -17,13 +17,32 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+pub mod acd;
 mod key;
 mod render;
 mod sample;
 
-/// `injixo-sync init --sample PATH [--output FILE]`.
-pub fn main(sample: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let text = generate(sample)?;
+/// What `init` writes a configuration from.
+pub enum From {
+    /// A sample export (`--sample PATH`).
+    Sample(PathBuf),
+    /// A named ACD's recipe (`--acd NAME`), with what the flags tell about the site.
+    Acd(String, acd::Site),
+}
+
+/// `injixo-sync init --sample PATH | --acd NAME ... [--output FILE]`.
+pub fn main(from: From, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (text, next) = match from {
+        From::Sample(sample) => (generate(&sample)?, "preview --source acd"),
+        From::Acd(name, _) if name == "list" => {
+            print!("{}", acd::list());
+            return Ok(ExitCode::SUCCESS);
+        }
+        From::Acd(name, site) => (
+            acd::render(acd::recipe(&name)?, &site)?,
+            "preview --source NAME",
+        ),
+    };
     match output {
         Some(path) => {
             anyhow::ensure!(
@@ -36,7 +55,7 @@ pub fn main(sample: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> 
             let config = path.display();
             eprintln!(
                 "wrote {config}: fill in what it marks TODO; then `injixo-sync --config {config} \
-                 preview --source acd` shows what each row becomes, `injixo-sync --config \
+                 {next}` shows what each row becomes, `injixo-sync --config \
                  {config} check` tries the key against the API, and `injixo-sync --config \
                  {config} run` (or the service) starts delivering"
             );

@@ -43,7 +43,7 @@ fn variable(name: &str) -> String {
     }
 }
 
-fn toml_str(s: &str) -> String {
+pub(super) fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 

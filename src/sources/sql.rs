@@ -617,6 +617,21 @@ fn instant_to_json(t: DateTime<Utc>) -> Value {
     }
 }
 
+/// A DECIMAL or NUMERIC value (MariaDB's `COALESCE(duration, 0)` is one, and so are many
+/// vendors' seconds columns) as a JSON number: whole numbers exactly, others as the nearest
+/// double, which the map reads as seconds, counts or amounts.
+fn decimal(d: rust_decimal::Decimal) -> Value {
+    use rust_decimal::prelude::ToPrimitive;
+    let d = d.normalize();
+    if d.scale() == 0
+        && let Some(n) = d.to_i64()
+    {
+        return Value::from(n);
+    }
+    d.to_f64()
+        .map_or_else(|| Value::String(d.to_string()), Value::from)
+}
+
 fn unsupported(column: &str, ty: &str) -> PollError {
     PollError::Remote(format!(
         "column {column:?} has type {ty}, which is not read: cast it in the query \
@@ -666,6 +681,7 @@ fn pg_row(
             "INT8" => row.try_get::<i64, _>(i).map(Value::from),
             "FLOAT4" => row.try_get::<f32, _>(i).map(|v| Value::from(v as f64)),
             "FLOAT8" => row.try_get::<f64, _>(i).map(Value::from),
+            "NUMERIC" => row.try_get::<rust_decimal::Decimal, _>(i).map(decimal),
             "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" => {
                 row.try_get::<String, _>(i).map(Value::String)
             }
@@ -696,6 +712,9 @@ fn my_row(
             | "BIGINT UNSIGNED" => row.try_get::<u64, _>(i).map(Value::from),
             "FLOAT" => row.try_get::<f32, _>(i).map(|v| Value::from(v as f64)),
             "DOUBLE" => row.try_get::<f64, _>(i).map(Value::from),
+            "DECIMAL" | "DECIMAL UNSIGNED" => {
+                row.try_get::<rust_decimal::Decimal, _>(i).map(decimal)
+            }
             "VARCHAR" | "CHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" => {
                 row.try_get::<String, _>(i).map(Value::String)
             }

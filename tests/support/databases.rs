@@ -33,13 +33,21 @@ fn run(cmd: &mut Command, what: &str) {
 }
 
 /// [`run`], again while the server answers that it is still starting up (it accepts
-/// connections before it accepts logins, and a loaded machine makes that window long).
+/// connections before it accepts logins, and a loaded machine makes that window long; a
+/// MariaDB that has opened its port may still drop the first connections).
 fn run_once_up(cmd: &mut Command, what: &str) {
+    const STARTING: [&str; 4] = [
+        "starting up",
+        "Can't connect",
+        "Lost connection",
+        "server has gone away",
+    ];
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
         let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || !err.contains("starting up") || Instant::now() > deadline {
+        let starting = STARTING.iter().any(|s| err.contains(s));
+        if out.status.success() || !starting || Instant::now() > deadline {
             assert!(
                 out.status.success(),
                 "{what}: {}{err}",
@@ -230,7 +238,7 @@ impl MariaDb {
             child: None,
         };
         db.restart();
-        run(
+        run_once_up(
             Command::new("mariadb")
                 .args([
                     "--no-defaults",

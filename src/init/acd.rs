@@ -1,0 +1,255 @@
+//! `injixo-sync init --acd NAME`: a complete configuration for a named ACD, from a recipe that
+//! knows where that ACD keeps its call and agent history, which of its rows change after they
+//! are written, what it calls answered, and in which zone it writes times. Each recipe is a
+//! commented configuration (`recipes/NAME.toml`) with four marks filled from the flags:
+//!
+//! * `@integration_id`: the configuration id (`--integration-id`), else a TODO;
+//! * `@connection`: the file holding the database URL (`--connection-file`), else a TODO
+//!   naming a default path;
+//! * `@timezone`: the zone of the ACD's local times (`--timezone`), else a TODO;
+//! * `@since`: where the first poll starts reading (`--since`, a date in that zone), else the
+//!   day the configuration is written.
+//!
+//! Each recipe is tested against the vendor's own table layout in a real database
+//! (`tests/recipes.rs`); `docs/recipes/NAME.md` says what was checked and what is inferred.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use super::render::toml_str;
+
+/// A ready configuration for one ACD.
+pub struct Recipe {
+    pub name: &'static str,
+    /// What it reads, in one line.
+    pub reads: &'static str,
+    template: &'static str,
+}
+
+/// Every recipe, as `init --acd list` names them.
+pub const RECIPES: &[Recipe] = &[
+    Recipe {
+        name: "asterisk-queue-log",
+        reads: "Asterisk/FreePBX queues: the queue_log file (calls per queue, agent logins, pauses, calls)",
+        template: include_str!("recipes/asterisk-queue-log.toml"),
+    },
+    Recipe {
+        name: "asterisk-realtime",
+        reads: "Asterisk/FreePBX queues: the realtime queue_log table in MySQL/MariaDB",
+        template: include_str!("recipes/asterisk-realtime.toml"),
+    },
+    Recipe {
+        name: "asterisk-cdr",
+        reads: "Asterisk call detail records: cdr_csv's Master.csv, one record per call leg",
+        template: include_str!("recipes/asterisk-cdr.toml"),
+    },
+    Recipe {
+        name: "issabel-callcenter",
+        reads: "Issabel/Elastix call center module: call_entry (queue calls), audit (sessions, breaks)",
+        template: include_str!("recipes/issabel-callcenter.toml"),
+    },
+    Recipe {
+        name: "vicidial",
+        reads: "VICIdial: vicidial_closer_log (inbound calls per in-group), vicidial_agent_log (agent time)",
+        template: include_str!("recipes/vicidial.toml"),
+    },
+];
+
+/// What the flags of `init --acd` tell about the site.
+#[derive(Debug, Default, Clone)]
+pub struct Site {
+    pub integration_id: Option<u64>,
+    pub timezone: Option<String>,
+    pub connection_file: Option<PathBuf>,
+    /// A date (midnight in `timezone`) or an RFC 3339 time.
+    pub since: Option<String>,
+}
+
+/// The recipe named `name`, or an error listing them.
+pub fn recipe(name: &str) -> anyhow::Result<&'static Recipe> {
+    RECIPES.iter().find(|r| r.name == name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no recipe for {name:?}; `injixo-sync init --acd list` names them: {}",
+            RECIPES
+                .iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// `init --acd list`.
+pub fn list() -> String {
+    let width = RECIPES.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for r in RECIPES {
+        let _ = writeln!(out, "{:width$}  {}", r.name, r.reads);
+    }
+    out.push_str(
+        "\n`injixo-sync init --acd NAME [--integration-id N] [--timezone TZ] \
+         [--connection-file PATH] [--since DATE] [--output PATH]` writes its configuration; \
+         docs/recipes/NAME.md says what it reads and what is inferred.\n",
+    );
+    out
+}
+
+/// The configuration `recipe` gives for `site`.
+pub fn render(recipe: &Recipe, site: &Site) -> anyhow::Result<String> {
+    let zone = match &site.timezone {
+        Some(name) => Some(
+            jiff::tz::TimeZone::get(name)
+                .map_err(|e| anyhow::anyhow!("--timezone {name:?}: {e}"))?,
+        ),
+        None => None,
+    };
+    let since = match &site.since {
+        Some(text) => since(text, zone.as_ref())?,
+        None => {
+            let zone = zone.clone().unwrap_or(jiff::tz::TimeZone::UTC);
+            midnight(zone.to_datetime(jiff::Timestamp::now()).date(), &zone)?
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# injixo-sync configuration written by `injixo-sync init --acd {}`.\n\
+         # Next: fill in what is marked TODO; `injixo-sync --config THIS_FILE check` tries it\n\
+         # (the databases and the API key); `injixo-sync --config THIS_FILE preview --source NAME`\n\
+         # shows what a source's first rows become; then start the daemon (`injixo-sync --config\n\
+         # THIS_FILE run`, or the service). config.example.toml documents every key.\n",
+        recipe.name
+    );
+    if site.since.is_none() {
+        let _ = writeln!(
+            out,
+            "# Database sources start reading at {since} (the day this was written); for older\n\
+             # history, write init again with --since DATE, or set initial_cursor before the first\n\
+             # start.\n"
+        );
+    }
+    out.push_str(
+        "[api]\n\
+         # TODO: the API key from injixo (Account > Integrations > injixo API > generate key),\n\
+         # in a file only the service user may read.\n\
+         token_file = \"/etc/injixo-sync/api-key\"\n\n\
+         [state]\n\
+         path = \"/var/lib/injixo-sync/outbox.db\"\n\n",
+    );
+    for line in recipe.template.lines() {
+        match line.trim() {
+            "@integration_id" => match site.integration_id {
+                Some(id) => {
+                    let _ = writeln!(out, "integration_id = {id}");
+                }
+                None => out.push_str(
+                    "# TODO: the configuration id from the integration's tile in injixo, e.g.\n\
+                     # integration_id = 1234\n",
+                ),
+            },
+            "@connection" => match &site.connection_file {
+                Some(path) => {
+                    let _ = writeln!(out, "connection_file = {}", toml_str(&path.display().to_string()));
+                }
+                None => out.push_str(
+                    "# TODO: a file only the service user may read, holding the database's URL, e.g.\n\
+                     # mysql://injixo:PASSWORD@acd-db/asterisk or postgres://injixo:PASSWORD@acd-db/db\n\
+                     connection_file = \"/etc/injixo-sync/acd-db.url\"\n",
+                ),
+            },
+            "@timezone" => match &site.timezone {
+                Some(name) => {
+                    let _ = writeln!(out, "timezone = {}", toml_str(name));
+                }
+                None => {
+                    let machine = jiff::tz::TimeZone::system()
+                        .iana_name()
+                        .unwrap_or("UTC")
+                        .to_owned();
+                    let _ = writeln!(
+                        out,
+                        "# TODO: the zone the ACD writes its local times in, e.g. \"Europe/Berlin\"; this\n\
+                         # machine's is {machine:?}. Unset, they are read as UTC.\n\
+                         # timezone = {machine:?}"
+                    );
+                }
+            },
+            _ => {
+                out.push_str(&line.replace("@since", &since.to_string()));
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `--since`: a date is midnight in the ACD's zone (UTC without one).
+fn since(text: &str, zone: Option<&jiff::tz::TimeZone>) -> anyhow::Result<jiff::Timestamp> {
+    if let (Ok(date), Some(zone)) = (text.parse::<jiff::civil::Date>(), zone) {
+        return midnight(date, zone);
+    }
+    crate::normalize::time::parse_since(text).map_err(|e| anyhow::anyhow!("--since {e}"))
+}
+
+/// The start of `date` in `zone`.
+fn midnight(date: jiff::civil::Date, zone: &jiff::tz::TimeZone) -> anyhow::Result<jiff::Timestamp> {
+    zone.to_ambiguous_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+        .compatible()
+        .map_err(|e| anyhow::anyhow!("midnight of {date}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every recipe, with the flags given, is a configuration that loads without a problem
+    /// except the API key and the database URL files, which a site writes.
+    #[test]
+    fn every_recipe_renders_a_configuration_that_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("db.url");
+        std::fs::write(&url, "mysql://injixo@127.0.0.1/asterisk").unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").unwrap();
+        for r in RECIPES {
+            let site = Site {
+                integration_id: Some(1234),
+                timezone: Some("Europe/Berlin".into()),
+                connection_file: Some(url.clone()),
+                since: Some("2024-05-01".into()),
+            };
+            let text = render(r, &site).unwrap();
+            for mark in ["@integration_id", "@connection", "@timezone", "@since"] {
+                assert!(!text.contains(mark), "{}: {mark} is left: {text}", r.name);
+            }
+            let text = text
+                .replace("/etc/injixo-sync/api-key", &key.display().to_string())
+                .replace(
+                    "/var/lib/injixo-sync/outbox.db",
+                    &dir.path().join("outbox.db").display().to_string(),
+                );
+            let file = dir.path().join(format!("{}.toml", r.name));
+            std::fs::write(&file, &text).unwrap();
+            if let Err(e) = crate::config::Config::load(&file) {
+                panic!("{}: {e}\n{text}", r.name);
+            }
+            if text.contains("initial_cursor") {
+                assert!(
+                    text.contains("initial_cursor = \"2024-04-30T22:00:00Z\""),
+                    "{}: --since is midnight in the zone: {text}",
+                    r.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn without_flags_what_the_site_supplies_is_a_todo() {
+        let text = render(recipe("issabel-callcenter").unwrap(), &Site::default()).unwrap();
+        assert!(text.contains("# TODO: the configuration id"));
+        assert!(text.contains("# TODO: a file only the service user may read"));
+        assert!(text.contains("# TODO: the zone the ACD writes its local times in"));
+        assert!(text.contains("start reading at"));
+        assert!(recipe("avaya").is_err());
+    }
+}

@@ -1,0 +1,464 @@
+//! `init --acd NAME`: each recipe's configuration, written by the real binary, run against the
+//! vendor's own table layout in a real database (MariaDB here), with rows that follow the
+//! vendor's lifecycle (inserted, then updated; rewritten; committed late; a call in the queue
+//! over a weekend), and the exact records the fake API receives.
+#![cfg(unix)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::databases::MariaDb;
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// The configuration `init --acd` writes for `acd` over the database at `url`, with `[api]`
+/// and `[state]` those of the test installation and the schedules shortened to a second.
+fn recipe(env: &Env, api: &FakeApi, acd: &str, url: &str, zone: &str) -> String {
+    let url_file = env.dir.path().join("acd-db.url");
+    std::fs::write(&url_file, url).unwrap();
+    let out = env.dir.path().join(format!("{acd}.toml"));
+    let (code, text) = cli(&[
+        "init",
+        "--acd",
+        acd,
+        "--integration-id",
+        "1234",
+        "--timezone",
+        zone,
+        "--connection-file",
+        url_file.to_str().unwrap(),
+        "--since",
+        "2024-05-01",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let generated = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        !generated.contains("TODO: the configuration id"),
+        "{generated}"
+    );
+    let sources = &generated[generated.find("[[source]]").expect("sources")..];
+    let sources = sources
+        .replace("every = \"1m\"", "every = \"1s\"")
+        .replace("every = \"5m\"", "every = \"1s\"");
+    let text = env.config_text(&api.url(), "", &sources);
+    env.write_config(&text);
+    let (code, out) = env.check_offline();
+    assert_eq!(code, 0, "check --offline accepts the recipe: {out}");
+    text
+}
+
+async fn exec(pool: &sqlx::MySqlPool, sql: &str) {
+    for statement in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+/// (queueIdentifier, queueName, timestamp, handled, duration) of each contact event.
+fn contacts(api: &FakeApi) -> Vec<(String, String, String, bool, f64)> {
+    let mut all: Vec<_> = api
+        .records()
+        .iter()
+        .filter(|r| r.get("queueIdentifier").is_some())
+        .map(|r: &Value| {
+            (
+                r["queueIdentifier"].as_str().unwrap().to_owned(),
+                r["queueName"].as_str().unwrap().to_owned(),
+                r["timestamp"].as_str().unwrap().to_owned(),
+                r["properties"]["handled"].as_bool().unwrap(),
+                r["properties"]["duration"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    all.sort_by(|a, b| a.2.cmp(&b.2));
+    all
+}
+
+/// (agent, activity, start, end) of each agent status, by agent and start.
+fn statuses(api: &FakeApi) -> Vec<(String, String, String, String)> {
+    let mut all: Vec<_> = api
+        .records()
+        .iter()
+        .filter(|r| r.get("agentIdentifier").is_some())
+        .map(|r: &Value| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            (
+                s("agentIdentifier"),
+                s("activityIdentifier"),
+                s("startTime"),
+                s("endTime"),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Expected statuses, sorted as [`statuses`] sorts them.
+fn owned<const N: usize>(
+    rows: [(&str, &str, &str, &str); N],
+) -> Vec<(String, String, String, String)> {
+    let mut all: Vec<_> = rows
+        .iter()
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+        .collect();
+    all.sort();
+    all
+}
+
+/// The tables VICIdial reads, as extras/MySQL_AST_CREATE_tables.sql creates them (2.14,
+/// db_schema 1540); of vicidial_inbound_groups, whose other 200 columns are settings, the
+/// first seven.
+const VICIDIAL_TABLES: &str = "\
+CREATE TABLE vicidial_closer_log (
+closecallid INT(9) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+lead_id INT(9) UNSIGNED NOT NULL,
+list_id BIGINT(14) UNSIGNED,
+campaign_id VARCHAR(20),
+call_date DATETIME,
+start_epoch INT(10) UNSIGNED,
+end_epoch INT(10) UNSIGNED,
+length_in_sec INT(10),
+status VARCHAR(6),
+phone_code VARCHAR(10),
+phone_number VARCHAR(18),
+user VARCHAR(20),
+comments VARCHAR(255),
+processed ENUM('Y','N'),
+queue_seconds DECIMAL(7,2) default '0',
+user_group VARCHAR(20),
+xfercallid INT(9) UNSIGNED,
+term_reason  ENUM('CALLER','AGENT','QUEUETIMEOUT','ABANDON','AFTERHOURS','HOLDRECALLXFER','HOLDTIME','NOAGENT','NONE','MAXCALLS','ACFILTER','CLOSETIME') default 'NONE',
+uniqueid VARCHAR(20) NOT NULL default '',
+agent_only VARCHAR(20) default '',
+queue_position SMALLINT(4) UNSIGNED default '1',
+called_count SMALLINT(5) UNSIGNED default '0',
+index (lead_id),
+index (call_date),
+index (campaign_id),
+index (uniqueid)
+) ENGINE=MyISAM;
+CREATE TABLE vicidial_agent_log (
+agent_log_id INT(9) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+user VARCHAR(20),
+server_ip VARCHAR(15) NOT NULL,
+event_time DATETIME,
+lead_id INT(9) UNSIGNED,
+campaign_id VARCHAR(8),
+pause_epoch INT(10) UNSIGNED,
+pause_sec SMALLINT(5) UNSIGNED default '0',
+wait_epoch INT(10) UNSIGNED,
+wait_sec SMALLINT(5) UNSIGNED default '0',
+talk_epoch INT(10) UNSIGNED,
+talk_sec SMALLINT(5) UNSIGNED default '0',
+dispo_epoch INT(10) UNSIGNED,
+dispo_sec SMALLINT(5) UNSIGNED default '0',
+status VARCHAR(6),
+user_group VARCHAR(20),
+comments VARCHAR(20),
+sub_status VARCHAR(6),
+dead_epoch INT(10) UNSIGNED,
+dead_sec SMALLINT(5) UNSIGNED default '0',
+processed ENUM('Y','N') default 'N',
+uniqueid VARCHAR(20) default '',
+pause_type ENUM('UNDEFINED','SYSTEM','AGENT','API','ADMIN') default 'UNDEFINED',
+index (lead_id),
+index (user),
+index (event_time)
+) ENGINE=MyISAM;
+CREATE TABLE vicidial_inbound_groups (
+group_id VARCHAR(20) PRIMARY KEY NOT NULL,
+group_name VARCHAR(30),
+group_color VARCHAR(20),
+active ENUM('Y','N'),
+web_form_address TEXT,
+voicemail_ext VARCHAR(10),
+next_agent_call VARCHAR(40) default 'longest_wait_time'
+) ENGINE=MyISAM";
+
+/// 2024-05-01T07:00:00Z.
+const T: i64 = 1_714_546_800;
+
+fn at(offset: i64) -> String {
+    jiff::Timestamp::from_second(T + offset)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vicidial_calls_and_agent_time_arrive_once_as_vicidial_counts_them() {
+    let Some(db) = MariaDb::start() else {
+        return;
+    };
+    let pool = sqlx::MySqlPool::connect(&db.url()).await.unwrap();
+    exec(&pool, VICIDIAL_TABLES).await;
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO vicidial_inbound_groups (group_id, group_name, active) VALUES ('SUPPORT', 'Support Line', 'Y');
+             INSERT INTO vicidial_closer_log (closecallid, lead_id, campaign_id, call_date, start_epoch, end_epoch, length_in_sec, status, user, queue_seconds, uniqueid) VALUES
+               (1, 11, 'SUPPORT', '2024-05-01 09:00:00', {t0}, {t0} + 200, 200, 'SALE', 'anna', 20.50, '1714546800.1'),
+               (2, 12, 'SUPPORT', '2024-05-01 09:01:00', {t0} + 60, {t0} + 105, 45, 'DROP', 'VDCL', 45.00, '1714546860.2'),
+               (3, 13, 'SALES', '2024-05-01 09:02:00', {t0} + 120, {t0} + 121, 1, 'AFTHRS', 'VDCL', 0, '1714546920.3');
+             INSERT INTO vicidial_closer_log (closecallid, lead_id, campaign_id, call_date, start_epoch, end_epoch, length_in_sec, status, user, queue_seconds, uniqueid) VALUES
+               (4, 14, 'SUPPORT', '2024-05-01 09:03:00', {t0} + 180, NULL, NULL, 'QUEUE', 'VDCL', 0, '1714546980.4');
+             INSERT INTO vicidial_agent_log (agent_log_id, user, server_ip, event_time, campaign_id, pause_epoch, pause_sec, wait_epoch, wait_sec, talk_epoch, talk_sec, dispo_epoch, dispo_sec, status, sub_status) VALUES
+               (1, 'anna', '10.0.0.1', '2024-05-01 09:00:00', 'INB', {t0}, 30, {t0} + 30, 60, {t0} + 90, 120, {t0} + 210, 15, 'SALE', 'BREAK'),
+               (2, 'anna', '10.0.0.1', '2024-05-01 09:03:45', 'INB', {t0} + 225, 0, {t0} + 225, 0, NULL, 0, NULL, 0, NULL, ''),
+               (3, 'ben', '10.0.0.1', '2024-05-01 09:00:00', 'INB', {t0}, 65000, {t0} + 100, 50, NULL, 0, NULL, 0, NULL, 'LOGIN')",
+            t0 = T
+        ),
+    )
+    .await;
+
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.write_config(&recipe(
+        &env,
+        &api,
+        "vicidial",
+        &db.url(),
+        "America/New_York",
+    ));
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "3 calls and 5 intervals", || api.record_count() >= 8).await;
+
+    // The call in the queue is answered and hangs up; a call that ended before the cursor is
+    // committed late; the first call's row is rewritten by a disposition change; agent row 2
+    // is updated as the agent takes a call and wraps up.
+    exec(
+        &pool,
+        &format!(
+            "UPDATE vicidial_closer_log SET status = 'A', user = 'ben', end_epoch = {t0} + 400, length_in_sec = 220, queue_seconds = 12.25 WHERE closecallid = 4;
+             INSERT INTO vicidial_closer_log (closecallid, lead_id, campaign_id, call_date, start_epoch, end_epoch, length_in_sec, status, user, queue_seconds, uniqueid) VALUES
+               (5, 15, 'SUPPORT', '2024-05-01 09:00:30', {t0} + 30, {t0} + 150, 120, 'SALE', 'ben', 5.00, '1714546830.5');
+             UPDATE vicidial_closer_log SET status = 'CALLBK' WHERE closecallid = 1;
+             UPDATE vicidial_agent_log SET wait_sec = 35, talk_epoch = {t0} + 260, talk_sec = 100, dispo_epoch = {t0} + 360, dispo_sec = 20 WHERE agent_log_id = 2",
+            t0 = T
+        ),
+    )
+    .await;
+    wait_for(LIMIT, "5 calls and 8 intervals", || {
+        api.record_count() >= 13
+    })
+    .await;
+    // Two more polls read the overlap again: nothing twice.
+    more_polls(&env, "vicidial-calls", 2).await;
+    settled(&env).await;
+    daemon.stop().await;
+
+    let c = |q: &str, n: &str, t: i64, h: bool, d: f64| (q.to_owned(), n.to_owned(), at(t), h, d);
+    assert_eq!(
+        contacts(&api),
+        [
+            c("SUPPORT", "Support Line", 0, true, 179.5),
+            c("SUPPORT", "Support Line", 30, true, 115.0),
+            c("SUPPORT", "Support Line", 60, false, 0.0),
+            c("SALES", "SALES", 120, false, 0.0),
+            c("SUPPORT", "Support Line", 180, true, 207.75),
+        ]
+    );
+    assert_eq!(
+        statuses(&api),
+        owned([
+            ("anna", "PAUSE:BREAK", &at(0), &at(30)),
+            ("anna", "READY", &at(225), &at(260)),
+            ("anna", "READY", &at(30), &at(90)),
+            ("anna", "TALK", &at(260), &at(360)),
+            ("anna", "TALK", &at(90), &at(210)),
+            ("anna", "WRAPUP", &at(210), &at(225)),
+            ("anna", "WRAPUP", &at(360), &at(380)),
+            ("ben", "READY", &at(100), &at(150)),
+        ])
+    );
+    assert_eq!(api.record_count(), 13, "nothing twice");
+}
+
+/// The tables the Issabel call center reads, as setup/call_center.sql creates them
+/// (IssabelFoundation/callcenter@0a99181); call_entry's foreign keys to `contact` and
+/// `campaign_entry`, tables the recipe does not read, are left out.
+const ISSABEL_TABLES: &str = "\
+CREATE TABLE `agent` (
+  `id` int(10) unsigned NOT NULL auto_increment,
+  `type` enum('Agent','SIP','IAX2') NOT NULL default 'Agent',
+  `number` varchar(40) NOT NULL,
+  `name` varchar(250) NOT NULL,
+  `password` varchar(250) NOT NULL,
+  `estatus` enum('A','I') default 'A',
+  `eccp_password` varchar(128),
+  PRIMARY KEY  (`id`),
+  KEY `agent_type` (`estatus`,`type`,`number`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8;
+CREATE TABLE `break` (
+  `id` int(10) unsigned NOT NULL auto_increment,
+  `name` varchar(250) NOT NULL,
+  `description` varchar(250) default NULL,
+  `status` varchar(1) NOT NULL default 'A',
+  `tipo` enum('B','H') default 'B',
+  PRIMARY KEY  (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8;
+CREATE TABLE `audit` (
+  `id` int(10) unsigned NOT NULL auto_increment,
+  `id_agent` int(10) unsigned NOT NULL,
+  `id_break` int(10) unsigned DEFAULT NULL,
+  `datetime_init` datetime NOT NULL,
+  `datetime_end` datetime default NULL,
+  `duration` time default NULL,
+  `ext_parked` varchar(10) default NULL,
+  PRIMARY KEY  (`id`),
+  KEY `id_agent` (`id_agent`),
+  KEY `id_break` (`id_break`),
+  CONSTRAINT `audit_ibfk_1` FOREIGN KEY (`id_agent`) REFERENCES `agent` (`id`),
+  CONSTRAINT `audit_ibfk_2` FOREIGN KEY (`id_break`) REFERENCES `break` (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8;
+CREATE TABLE `queue_call_entry` (
+  `id` int(10) unsigned NOT NULL auto_increment,
+  `queue` varchar(50) default NULL,
+  `date_init` date default NULL,
+  `time_init` time default NULL,
+  `date_end` date default NULL,
+  `time_end` time default NULL,
+  `estatus` varchar(1) NOT NULL default 'A',
+  `script` text,
+  PRIMARY KEY  (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8;
+CREATE TABLE `call_entry` (
+  `id` int(10) unsigned NOT NULL auto_increment,
+  `id_agent` int(10) unsigned default NULL,
+  `id_queue_call_entry` int(10) unsigned NOT NULL,
+  `id_contact` int(10) unsigned default NULL,
+  `callerid` varchar(15) NOT NULL,
+  `datetime_init` datetime default NULL,
+  `datetime_end` datetime default NULL,
+  `duration` int(10) unsigned default NULL,
+  `status` varchar(32) default NULL,
+  `transfer` varchar(6) default NULL,
+  `datetime_entry_queue` datetime default NULL,
+  `duration_wait` int(11) default NULL,
+  `uniqueid` varchar(32) default NULL,
+  `id_campaign` int(10) unsigned,
+  `trunk` varchar(20) NOT NULL,
+  PRIMARY KEY  (`id`),
+  KEY `id_agent` (`id_agent`),
+  KEY `id_queue_call_entry` (`id_queue_call_entry`),
+  KEY `id_contact` (`id_contact`),
+  CONSTRAINT `call_entry_ibfk_1` FOREIGN KEY (`id_agent`) REFERENCES `agent` (`id`),
+  CONSTRAINT `call_entry_ibfk_2` FOREIGN KEY (`id_queue_call_entry`) REFERENCES `queue_call_entry` (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
+    let Some(db) = MariaDb::start() else {
+        return;
+    };
+    let pool = sqlx::MySqlPool::connect(&db.url()).await.unwrap();
+    exec(&pool, ISSABEL_TABLES).await;
+    // Local times, Europe/Berlin (UTC+2 in May). Calls: answered; abandoned; one entering
+    // the queue on Friday evening that is still there; one that never ends.
+    exec(
+        &pool,
+        "INSERT INTO agent (id, number, name, password) VALUES (1, '1001', 'Anna', 'x'), (2, '1002', 'Ben', 'x');
+         INSERT INTO `break` (id, name, description, tipo) VALUES (1, 'Hold', 'Hold', 'H'), (2, 'Lunch', 'Lunch', 'B');
+         INSERT INTO queue_call_entry (id, queue) VALUES (1, '600'), (2, '601');
+         INSERT INTO call_entry (id, id_agent, id_queue_call_entry, callerid, datetime_entry_queue, datetime_init, datetime_end, duration, duration_wait, status, uniqueid, trunk) VALUES
+           (1, 1, 1, '0401', '2024-05-01 09:00:00', '2024-05-01 09:00:20', '2024-05-01 09:05:20', 300, 20, 'terminada', '1714546800.1', 'SIP/t'),
+           (2, NULL, 1, '0402', '2024-05-01 09:10:00', NULL, '2024-05-01 09:10:45', NULL, 45, 'abandonada', '1714547400.2', 'SIP/t'),
+           (3, NULL, 2, '0403', '2024-05-03 17:55:00', NULL, NULL, NULL, NULL, 'en-cola', '1714751700.3', 'SIP/t'),
+           (4, NULL, 2, '0404', '2024-05-03 17:56:00', NULL, NULL, NULL, NULL, 'en-cola', '1714751760.4', 'SIP/t');
+         INSERT INTO audit (id, id_agent, id_break, datetime_init, datetime_end) VALUES
+           (1, 1, NULL, '2024-05-01 08:00:00', '2024-05-01 17:00:00'),
+           (2, 1, 2, '2024-05-01 12:00:00', '2024-05-01 12:30:00'),
+           (3, 1, 1, '2024-05-01 16:45:00', '2024-05-01 17:00:00'),
+           (4, 2, NULL, '2024-05-01 08:00:00', '2024-05-01 08:00:00'),
+           (5, 2, NULL, '2024-05-01 09:00:00', NULL),
+           (6, 2, 2, '2024-05-01 09:00:00', '2024-05-01 09:15:00')",
+    )
+    .await;
+
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.write_config(&recipe(
+        &env,
+        &api,
+        "issabel-callcenter",
+        &db.url(),
+        "Europe/Berlin",
+    ));
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "2 calls and 5 intervals", || api.record_count() >= 7).await;
+
+    // Ben logs out after the last change read, as the dialer writes it at that moment; Monday
+    // morning the weekend call is abandoned.
+    exec(
+        &pool,
+        "UPDATE audit SET datetime_end = '2024-05-01 17:30:00' WHERE id = 5;
+         UPDATE call_entry SET status = 'abandonada', datetime_end = '2024-05-06 08:01:00', duration_wait = 223260 WHERE id = 3",
+    )
+    .await;
+    wait_for(LIMIT, "3 calls and 6 intervals", || api.record_count() >= 9).await;
+    more_polls(&env, "issabel-calls", 2).await;
+    more_polls(&env, "issabel-agents", 2).await;
+    settled(&env).await;
+    daemon.stop().await;
+
+    let c = |q: &str, t: &str, h: bool, d: f64| (q.to_owned(), q.to_owned(), t.to_owned(), h, d);
+    assert_eq!(
+        contacts(&api),
+        [
+            c("600", "2024-05-01T07:00:00Z", true, 300.0),
+            c("600", "2024-05-01T07:10:00Z", false, 0.0),
+            c("601", "2024-05-03T15:55:00Z", false, 0.0),
+        ]
+    );
+    assert_eq!(
+        statuses(&api),
+        owned([
+            (
+                "1001",
+                "Hold",
+                "2024-05-01T14:45:00Z",
+                "2024-05-01T15:00:00Z"
+            ),
+            (
+                "1001",
+                "LoggedIn",
+                "2024-05-01T06:00:00Z",
+                "2024-05-01T10:00:00Z"
+            ),
+            (
+                "1001",
+                "LoggedIn",
+                "2024-05-01T10:30:00Z",
+                "2024-05-01T14:45:00Z"
+            ),
+            (
+                "1001",
+                "Lunch",
+                "2024-05-01T10:00:00Z",
+                "2024-05-01T10:30:00Z"
+            ),
+            (
+                "1002",
+                "LoggedIn",
+                "2024-05-01T07:15:00Z",
+                "2024-05-01T15:30:00Z"
+            ),
+            (
+                "1002",
+                "Lunch",
+                "2024-05-01T07:00:00Z",
+                "2024-05-01T07:15:00Z"
+            ),
+        ])
+    );
+    assert_eq!(api.record_count(), 9, "nothing twice");
+    let parked: i64 = env.report().sources.iter().map(|s| s.parked_now).sum();
+    assert_eq!(parked, 0, "no change out of order");
+}
