@@ -91,11 +91,23 @@ impl From<ParkedSelection> for ParkedFilter {
 }
 
 impl ParkedSelection {
-    /// Refuses an empty value, which would select every row.
-    fn check(&self) -> anyhow::Result<()> {
+    /// Refuses an empty value, which would select every row, and a source the configuration
+    /// does not name (unless `any_source`: `parked drop` gives up rows of a source removed
+    /// from the configuration).
+    fn check(&self, config: &Config, any_source: bool) -> anyhow::Result<()> {
         if self.source.as_deref() == Some("") || self.reason.as_deref() == Some("") {
             anyhow::bail!(
                 "--source and --reason need a value (an empty one would match every row)"
+            );
+        }
+        if let Some(name) = &self.source
+            && !any_source
+            && !config.sources.iter().any(|s| s.name.as_str() == name)
+        {
+            let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+            anyhow::bail!(
+                "no source {name:?} in the configuration (sources: {})",
+                names.join(", ")
             );
         }
         Ok(())
@@ -112,7 +124,7 @@ pub fn main(config_path: &Path, action: ParkedAction) -> anyhow::Result<ExitCode
     let state = &config.state.path;
     match action {
         ParkedAction::List { filter, rows, json } => {
-            filter.check()?;
+            filter.check(&config, false)?;
             let filter = filter.into();
             if rows {
                 let rows = outbox::parked_rows(state, &filter, &[], 0, usize::MAX)?;
@@ -143,7 +155,7 @@ pub fn main(config_path: &Path, action: ParkedAction) -> anyhow::Result<ExitCode
             all,
             json,
         } => {
-            filter.check()?;
+            filter.check(&config, false)?;
             if !all && ids.is_empty() && filter.is_empty() {
                 anyhow::bail!(
                     "say which parked rows to retry: --source NAME, --reason TEXT, row ids, or --all"
@@ -162,12 +174,17 @@ pub fn main(config_path: &Path, action: ParkedAction) -> anyhow::Result<ExitCode
             if report.interrupted {
                 return Ok(ExitCode::from(130));
             }
-            if report.sources.iter().all(|s| s.replayed == 0) {
+            // Another process taking the rows meanwhile did the job too.
+            if report
+                .sources
+                .iter()
+                .all(|s| s.replayed == 0 && s.gone == 0)
+            {
                 return Ok(ExitCode::FAILURE);
             }
         }
         ParkedAction::Drop { filter, all } => {
-            filter.check()?;
+            filter.check(&config, true)?;
             if !all && filter.is_empty() {
                 anyhow::bail!(
                     "say which parked rows to give up: --source NAME, --reason TEXT, or --all"
@@ -305,6 +322,9 @@ pub struct RetryReport {
     pub interrupted: bool,
     /// Whether a daemon ran on the state file meanwhile (it delivers what was enqueued).
     pub beside: Option<String>,
+    /// Who held the state lock, and so the agents' open states, when agent-state changes
+    /// were to be replayed.
+    pub states_held_by: Option<String>,
 }
 
 /// What `parked retry` did with one source's rows.
@@ -398,10 +418,15 @@ impl RetryReport {
                 );
             }
             if s.waiting > 0 {
+                let holder = self.states_held_by.as_deref().unwrap_or("another process");
+                let what = match holder.starts_with("the running daemon") {
+                    true => "stop it, run this retry again, start it",
+                    false => "run this retry again once it has finished",
+                };
                 let _ = writeln!(
                     out,
-                    "    {} agent-state change(s) wait: they go into the open states the running \
-                     daemon holds; stop it, run this retry again, start it",
+                    "    {} agent-state change(s) wait: they go into the agents' open states, which \
+                     {holder} holds; {what}",
                     s.waiting
                 );
             }
@@ -422,7 +447,12 @@ impl RetryReport {
         if enqueued > 0 {
             match &self.beside {
                 Some(holder) => {
-                    let _ = writeln!(out, "{holder} delivers them");
+                    let _ = writeln!(
+                        out,
+                        "{holder} delivers them (reload it, `systemctl reload injixo-sync`, if \
+                         the configuration changed, so that rows it reads from now on are mapped \
+                         the same way)"
+                    );
                 }
                 None => out.push_str(
                     "no daemon runs on this state file now: they are delivered when it starts\n",
@@ -473,6 +503,7 @@ pub fn retry(
     // else changes them meanwhile; records need no lock.
     let mut lock = Lock::NotTried;
     let mut targets: HashMap<String, Option<Target<'_>>> = HashMap::new();
+    let mut states_sources: Vec<String> = Vec::new();
     let mut after = 0;
     let result = (|| -> anyhow::Result<()> {
         loop {
@@ -504,12 +535,52 @@ pub fn retry(
                     report.source(&name).unconfigured = true;
                     continue;
                 };
+                if target.config.kind.rows().states.is_some() {
+                    // Replayed below, all at once: an agent's changes apply in time order.
+                    if !states_sources.contains(&name) {
+                        states_sources.push(name);
+                    }
+                    continue;
+                }
                 retry_rows(&outbox, target, rows, report.source(&name))?;
             }
         }
     })();
+    // Agent-state sources: every selected row of the source in one pass, sorted by time, and
+    // committed whole with the open states they leave, or not at all (then done again from
+    // the states as stored) when another process took a row meanwhile.
+    let result = result.and_then(|()| {
+        for name in &states_sources {
+            let selection = ParkedFilter {
+                source: Some(name.clone()),
+                reason: filter.reason.clone(),
+            };
+            let target = targets
+                .get_mut(name)
+                .and_then(Option::as_mut)
+                .expect("a configured source");
+            for attempt in 1.. {
+                let rows = outbox::parked_rows(path, &selection, ids, 0, usize::MAX)?;
+                if !retry_rows(&outbox, target, rows, report.source(name))? {
+                    break;
+                }
+                anyhow::ensure!(
+                    attempt < 5,
+                    "source {name:?}: its parked rows kept changing under this retry (another \
+                     `parked retry` or `parked drop`); run it again"
+                );
+                if target.states.is_some() {
+                    target.states = Some(open_states(&outbox, target.id, true)?);
+                }
+            }
+        }
+        Ok(())
+    });
     drop(outbox);
     let _ = writer.join();
+    if let Lock::Elsewhere(holder) = &lock {
+        report.states_held_by = Some(holder.clone());
+    }
     drop(lock);
     report.beside = outbox::lock_holder(path)
         .filter(|h| h.command == "run")
@@ -524,8 +595,8 @@ enum Lock {
     Held {
         _lock: StateLock,
     },
-    /// Another process holds it (a daemon): the open states are its.
-    Elsewhere,
+    /// Another process holds it (a daemon, another retry): the open states are its.
+    Elsewhere(String),
 }
 
 impl Lock {
@@ -534,7 +605,12 @@ impl Lock {
         if let Lock::NotTried = self {
             *self = match StateLock::acquire(path, "parked retry") {
                 Ok(lock) => Lock::Held { _lock: lock },
-                Err(outbox::LockError::Held(_)) => Lock::Elsewhere,
+                Err(outbox::LockError::Held(holder)) => {
+                    Lock::Elsewhere(match holder.command.as_str() {
+                        "run" => format!("the running daemon ({holder})"),
+                        _ => holder.to_string(),
+                    })
+                }
                 Err(outbox::LockError::Other(e)) => return Err(e.into()),
             };
         }
@@ -591,13 +667,15 @@ fn open_states(outbox: &Outbox, id: SourceId, create: bool) -> anyhow::Result<(i
     }
 }
 
-/// Maps one source's rows of a chunk again and commits what they became in one transaction.
+/// Maps one source's rows again and commits what they became in one transaction. `true`
+/// when nothing was committed because a row of an agent-state source was taken meanwhile
+/// (the open states must then be read again).
 fn retry_rows(
     outbox: &Outbox,
     target: &mut Target<'_>,
     rows: Vec<ParkedRow>,
     report: &mut SourceRetry,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let mut items: Vec<(i64, Retried)> = Vec::new();
     let mut changes: Vec<(i64, ChangeRead)> = Vec::new();
     for row in &rows {
@@ -655,9 +733,14 @@ fn retry_rows(
         }
     }
     if items.is_empty() && cursors.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
-    let done = outbox.replay_blocking(target.id, target.lane, items, cursors)?;
+    // Open states moved by these changes are kept only with every one of them.
+    let whole = !cursors.is_empty();
+    let done = outbox.replay_blocking(target.id, target.lane, items, cursors, whole)?;
+    if done.stale {
+        return Ok(true);
+    }
     report.replayed += done.replayed;
     report.records += done.committed.inserted;
     report.already += done.committed.duplicates;
@@ -667,7 +750,7 @@ fn retry_rows(
     for (reason, n) in done.still_parked {
         *report.still_parked.entry(reason).or_insert(0) += n;
     }
-    Ok(())
+    Ok(false)
 }
 
 /// What an agent-state change applied on replay becomes.

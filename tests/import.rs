@@ -222,8 +222,10 @@ fn an_import_migrates_an_older_outbox_only_under_the_state_lock() {
     rusqlite::Connection::open(&env.state)
         .unwrap()
         .execute_batch(
-            "DROP INDEX parked_reason; DROP TABLE parked_headers;
-             ALTER TABLE parked DROP COLUMN header_id; ALTER TABLE parked DROP COLUMN replay;
+            "DROP TABLE parked_headers; DROP TABLE parked;
+             CREATE TABLE parked (id INTEGER PRIMARY KEY, source_id INTEGER NOT NULL,
+               origin TEXT NOT NULL, reason TEXT NOT NULL, raw TEXT NOT NULL, at INTEGER NOT NULL);
+             CREATE INDEX parked_raw ON parked (source_id, raw);
              DROP TABLE dicts; DROP INDEX dead_damaged; ALTER TABLE dead DROP COLUMN damaged;
              DROP INDEX parked_raw; ALTER TABLE records DROP COLUMN row_hash;
              PRAGMA user_version = 5;",

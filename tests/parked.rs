@@ -318,3 +318,161 @@ async fn agent_state_rows_replayed_follow_the_rules_of_late_changes() {
     assert_eq!(left[0].origin, "states.csv:4");
     assert!(left[0].reason.contains("(replayed: "), "{}", left[0].reason);
 }
+
+/// A retry takes out the rows it read and no others: parked ids are never used again, so a
+/// row parked after the rows a retry read were given up by another process is not taken
+/// out in their place; and all or nothing, as agent-state replays ask, writes nothing when a
+/// row is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_takes_out_only_the_rows_it_read() {
+    use injixo_sync::outbox::{Commit, Outbox, Parked, ParkedFilter, Retried};
+    use injixo_sync::types::{Emits, LaneKey, SourceName};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outbox.db");
+    let (outbox, writer) = Outbox::open(&state).unwrap();
+    let source = outbox
+        .source_id(&SourceName::parse("acd").unwrap())
+        .await
+        .unwrap();
+    let lane = outbox
+        .lane_id(&LaneKey {
+            emits: Emits::ContactEvents,
+            integration_id: 1,
+            external_system: None,
+        })
+        .await
+        .unwrap();
+    let park = |tag: &'static str| {
+        let ob = outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let parked = (0..3)
+                .map(|i| Parked {
+                    origin: format!("{tag}.csv:{i}"),
+                    reason: format!("{tag} is not among the values"),
+                    raw: format!("{tag},{i}"),
+                    replay: None,
+                })
+                .collect();
+            ob.commit_blocking(
+                source,
+                lane,
+                Commit {
+                    parked,
+                    ..Commit::default()
+                },
+            )
+            .unwrap()
+        })
+    };
+    park("old").await.unwrap();
+    let read =
+        injixo_sync::outbox::parked_rows(&state, &ParkedFilter::default(), &[], 0, 10).unwrap();
+    let old: Vec<i64> = read.iter().map(|r| r.id).collect();
+    // Given up by another process, then new rows parked.
+    injixo_sync::outbox::drop_parked(
+        &state,
+        &ParkedFilter {
+            source: Some("acd".into()),
+            reason: None,
+        },
+    )
+    .unwrap();
+    park("new").await.unwrap();
+    let ob = outbox.clone();
+    let retried = old.clone();
+    let (stale, late) = tokio::task::spawn_blocking(move || {
+        let all = |ids: &[i64]| {
+            ids.iter()
+                .map(|id| (*id, Retried::Records(Vec::new())))
+                .collect()
+        };
+        let stale = ob
+            .replay_blocking(source, lane, all(&retried), Vec::new(), true)
+            .unwrap();
+        let late = ob
+            .replay_blocking(source, lane, all(&retried), Vec::new(), false)
+            .unwrap();
+        (stale, late)
+    })
+    .await
+    .unwrap();
+    assert!(stale.stale && stale.replayed == 0, "{stale:?}");
+    assert_eq!((late.replayed, late.gone), (0, 3), "{late:?}");
+    let left =
+        injixo_sync::outbox::parked_rows(&state, &ParkedFilter::default(), &[], 0, 10).unwrap();
+    assert_eq!(left.len(), 3);
+    assert!(
+        left.iter()
+            .all(|r| r.origin.starts_with("new") && !old.contains(&r.id))
+    );
+    drop(outbox);
+    writer.join().unwrap();
+}
+
+/// Agent-state rows replayed with the daemon stopped are applied in the order they happened,
+/// however many there are and in whichever order their files were read: a later file's
+/// earlier changes are not refused as late because an earlier file held later ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_state_rows_replay_in_time_order_across_files() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.config_file.to_str().unwrap().to_owned();
+    let source = |known: &str| {
+        format!(
+            "[[source]]\nname = \"acd\"\ntype = \"files\"\nintegration_id = 7\n\
+             emits = \"agent_states\"\nexternal_system = \"ACD\"\npath = {path:?}\n\
+             format = \"csv\"\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n\
+             [source.map]\nagentIdentifier = \"agent\"\ntimestamp = \"at\"\n\
+             activityIdentifier = {{ column = \"state\", values = {{ {known} }} }}\n",
+            path = env.exports.display().to_string()
+        )
+    };
+    let changes = |from: u32| {
+        let mut text = String::from("agent,state,at\n");
+        for i in 0..300u32 {
+            let secs = from + i * 10;
+            let state = if i % 2 == 0 { "S1" } else { "S2" };
+            text.push_str(&format!(
+                "carl,{state},2024-05-01T{:02}:{:02}:{:02}Z\n",
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            ));
+        }
+        text
+    };
+    env.write_config(&env.config_text(&api.url(), "", &source("READY = \"ready\"")));
+    // The later hour first, then the earlier one.
+    std::fs::write(env.exports.join("a-later.csv"), changes(10 * 3600)).unwrap();
+    let daemon = Process::start(&env.config_file);
+    wait_for(LIMIT, "300 rows parked", || parked_now(&env.state) == 300).await;
+    std::fs::write(env.exports.join("b-earlier.csv"), changes(8 * 3600)).unwrap();
+    wait_for(LIMIT, "600 rows parked", || parked_now(&env.state) == 600).await;
+    daemon.terminate();
+
+    env.write_config(&env.config_text(
+        &api.url(),
+        "",
+        &source("READY = \"ready\", S1 = \"s1\", S2 = \"s2\""),
+    ));
+    let (code, out) = cli(&["--config", &config, "parked", "retry", "--all"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("600 row(s) replayed: 599 record(s) enqueued"),
+        "{out}"
+    );
+    let daemon = Process::start(&env.config_file);
+    wait_for(LIMIT, "599 intervals", || api.record_count() >= 599).await;
+    settled(&env).await;
+    daemon.terminate();
+    let mut starts: Vec<String> = api
+        .records()
+        .iter()
+        .map(|r| r["startTime"].as_str().unwrap().to_owned())
+        .collect();
+    starts.sort();
+    starts.dedup();
+    assert_eq!(starts.len(), 599, "each interval once");
+    assert_eq!(starts[0], "2024-05-01T08:00:00Z");
+    assert_eq!(parked_now(&env.state), 0);
+}

@@ -497,8 +497,10 @@ fn as_version_6(conn: &rusqlite::Connection) {
 /// replaying them needs.
 fn as_version_7(conn: &rusqlite::Connection) {
     conn.execute_batch(
-        "DROP INDEX parked_reason; DROP TABLE parked_headers;
-         ALTER TABLE parked DROP COLUMN header_id; ALTER TABLE parked DROP COLUMN replay;
+        "DROP TABLE parked_headers; DROP TABLE parked;
+         CREATE TABLE parked (id INTEGER PRIMARY KEY, source_id INTEGER NOT NULL,
+           origin TEXT NOT NULL, reason TEXT NOT NULL, raw TEXT NOT NULL, at INTEGER NOT NULL);
+         CREATE INDEX parked_raw ON parked (source_id, raw);
          PRAGMA user_version = 7;",
     )
     .unwrap();

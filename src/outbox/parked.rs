@@ -364,6 +364,8 @@ pub struct ReplayDone {
     /// The records enqueued (`inserted`), and those already in the outbox (`duplicates`,
     /// of which `merged` under the same `key` with other content).
     pub committed: super::Committed,
+    /// Asked for all or nothing, a row was no longer parked: nothing was written.
+    pub stale: bool,
 }
 
 impl super::Outbox {
@@ -371,13 +373,15 @@ impl super::Outbox {
     /// records they gave and `cursors` (an agent-state source's open states): a row that is
     /// still parked when the transaction starts gives its records; one that is not (another
     /// `parked retry` took it first) gives nothing. A record whose key is in the outbox
-    /// already (delivered, or read again since) is not enqueued twice.
+    /// already (delivered, or read again since) is not enqueued twice. `whole`: all rows or
+    /// nothing; if one is no longer parked, nothing is written and the answer is `stale`.
     pub fn replay_blocking(
         &self,
         source: super::SourceId,
         lane: super::LaneId,
         rows: Vec<(i64, Retried)>,
         cursors: Vec<(i64, String)>,
+        whole: bool,
     ) -> Result<ReplayDone, OutboxError> {
         let wake = self.wakers.get(lane.0);
         let space = self.space.clone();
@@ -386,6 +390,21 @@ impl super::Outbox {
             move |c, p| {
                 let fail = |e| OutboxError::sqlite(p, e);
                 let mut done = ReplayDone::default();
+                if whole {
+                    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+                    let present: i64 = c
+                        .query_row(
+                            "SELECT count(*) FROM parked WHERE source_id = ?1
+                             AND id IN (SELECT value FROM json_each(?2))",
+                            params![source.0, serde_json::to_string(&ids).expect("serializes")],
+                            |r| r.get(0),
+                        )
+                        .map_err(fail)?;
+                    if present != ids.len() as i64 {
+                        done.stale = true;
+                        return Ok(done);
+                    }
+                }
                 let mut records = Vec::new();
                 let take = |id: i64| {
                     c.prepare_cached("DELETE FROM parked WHERE id = ?1 AND source_id = ?2")

@@ -177,17 +177,32 @@ ALTER TABLE records ADD COLUMN row_hash INTEGER;
 /// Version 8: a parked row keeps what mapping it again needs (`parked retry`): `replay` (JSON:
 /// where its records' keys come from, a CSV record's fields, its input in full when `raw` is
 /// cut short) and its file's header, stored once per source and distinct header in
-/// `parked_headers`. The index counts parked rows per reason for every scrape.
+/// `parked_headers`. Parked ids are never used again (AUTOINCREMENT): a retry that read a row
+/// takes out that row, not a row parked after it under a freed id. The index counts parked
+/// rows per reason for every scrape.
 const SCHEMA_V8: &str = r#"
-ALTER TABLE parked ADD COLUMN replay TEXT;
-ALTER TABLE parked ADD COLUMN header_id INTEGER;
+CREATE TABLE parked_v8 (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_id INTEGER NOT NULL,
+    origin    TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    raw       TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    replay    TEXT,
+    header_id INTEGER
+);
+INSERT INTO parked_v8 (id, source_id, origin, reason, raw, at)
+    SELECT id, source_id, origin, reason, raw, at FROM parked;
+DROP TABLE parked;
+ALTER TABLE parked_v8 RENAME TO parked;
+CREATE INDEX parked_raw ON parked (source_id, raw);
+CREATE INDEX parked_reason ON parked (source_id, reason);
 CREATE TABLE parked_headers (
-    id        INTEGER PRIMARY KEY,
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
     source_id INTEGER NOT NULL,
     columns   TEXT NOT NULL,
     UNIQUE (source_id, columns)
 );
-CREATE INDEX parked_reason ON parked (source_id, reason);
 "#;
 
 const SCHEMA_V2: &str = r#"

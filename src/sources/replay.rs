@@ -27,8 +27,9 @@ pub enum Remapped {
 /// Why a row without [`Replay`] data is kept as it is.
 const KEPT: &str = "kept to be read, not mapped again: only the file holds it whole (a line \
                     longer than max_line, a line not in the source's encoding, or a queue_log \
-                    line, whose call is built from several lines); fix the setting and read the \
-                    file again with `injixo-sync import`, or give the row up with `parked drop`";
+                    line, whose call is built from several lines); a file read before is not \
+                    read again, so fix the setting and put the rows it names into a new file in \
+                    the source's folder, then give the row up with `parked drop`";
 
 /// Maps a parked row of `source` again.
 pub fn remap(source: &SourceConfig, row: &ParkedRow) -> Remapped {
