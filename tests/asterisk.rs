@@ -26,18 +26,23 @@ const QUEUE_LOG: &str = "\
 1714554400|NONE|support|SIP/1002|REMOVEMEMBER|
 ";
 
-fn sources(log: &std::path::Path) -> String {
-    format!(
-        "[[source]]\nname = \"pbx-calls\"\ntype = \"asterisk_queue_log\"\nintegration_id = 1\n\
-         emits = \"contact_events\"\npath = {log:?}\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n\
-         [source.queues]\nsupport = {{ identifier = \"hh-support\", name = \"Support Hamburg\" }}\n\n\
-         [[source]]\nname = \"pbx-agents\"\ntype = \"asterisk_queue_log\"\nintegration_id = 1\n\
-         emits = \"agent_states\"\nexternal_system = \"Asterisk\"\npath = {log:?}\nsettle = \"100ms\"\n\
-         poll_interval = \"200ms\"\n\
-         [source.agents]\n\"SIP/1001\" = \"anna\"\n\"SIP/1002\" = \"ben\"\n\
-         [source.activities]\navailable = \"ready\"\non_call = \"talking\"\npaused = \"break\"\n",
-        log = log.display().to_string(),
+/// `init --acd asterisk-queue-log` over `log`, with the site's queue names, agents and
+/// activities filled in.
+fn sources(dir: &std::path::Path, log: &std::path::Path) -> String {
+    let log = format!("{:?}", log.display().to_string());
+    recipe_sources(
+        dir,
+        "asterisk-queue-log",
+        &["--integration-id", "1"],
+        &[
+            ("\"/var/log/asterisk/queue_log\"", &log),
+            ("# [source.queues]\n# 600 = \"Support\"", "[source.queues]\nsupport = { identifier = \"hh-support\", name = \"Support Hamburg\" }"),
+            ("# [source.agents]\n# \"PJSIP/1001\" = \"anna.berg\"", "[source.agents]\n\"SIP/1001\" = \"anna\"\n\"SIP/1002\" = \"ben\""),
+            ("# [source.activities]\n# available = \"ready\"\n# on_call = \"talking\"\n# paused = \"break\"", "[source.activities]\navailable = \"ready\"\non_call = \"talking\"\npaused = \"break\""),
+        ],
     )
+    .replace("channel = \"calls\"\n", "channel = \"calls\"\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n")
+    .replace("external_system = \"Asterisk\"\n", "external_system = \"Asterisk\"\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +53,7 @@ async fn a_queue_log_gives_its_calls_and_agent_intervals() {
     // Written in two parts: the daemon reads on as the PBX appends.
     let (head, tail) = QUEUE_LOG.split_at(QUEUE_LOG.find("1714550700").unwrap());
     std::fs::write(&log, head).unwrap();
-    let config = env.write_config(&env.config_text(&api.url(), "", &sources(&log)));
+    let config = env.write_config(&env.config_text(&api.url(), "", &sources(env.dir.path(), &log)));
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "2 calls", || api.record_count() >= 2).await;
     let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();

@@ -15,15 +15,11 @@ use support::*;
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// The configuration `init --acd` writes for `acd` over the database at `url`, with `[api]`
-/// and `[state]` those of the test installation and the schedules shortened to a second.
+/// and `[state]` those of the test installation; `check --offline` accepts it.
 fn recipe(env: &Env, api: &FakeApi, acd: &str, url: &str, zone: &str) -> String {
     let url_file = env.dir.path().join("acd-db.url");
     std::fs::write(&url_file, url).unwrap();
-    let out = env.dir.path().join(format!("{acd}.toml"));
-    let (code, text) = cli(&[
-        "init",
-        "--acd",
-        acd,
+    let flags = [
         "--integration-id",
         "1234",
         "--timezone",
@@ -32,19 +28,8 @@ fn recipe(env: &Env, api: &FakeApi, acd: &str, url: &str, zone: &str) -> String 
         url_file.to_str().unwrap(),
         "--since",
         "2024-05-01",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{text}");
-    let generated = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        !generated.contains("TODO: the configuration id"),
-        "{generated}"
-    );
-    let sources = &generated[generated.find("[[source]]").expect("sources")..];
-    let sources = sources
-        .replace("every = \"1m\"", "every = \"1s\"")
-        .replace("every = \"5m\"", "every = \"1s\"");
+    ];
+    let sources = recipe_sources(env.dir.path(), acd, &flags, &[]);
     let text = env.config_text(&api.url(), "", &sources);
     env.write_config(&text);
     let (code, out) = env.check_offline();
@@ -461,4 +446,52 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
     assert_eq!(api.record_count(), 9, "nothing twice");
     let parked: i64 = env.report().sources.iter().map(|s| s.parked_now).sum();
     assert_eq!(parked, 0, "no change out of order");
+}
+
+/// `asterisk-cdr`: Master.csv of the stock cdr_csv module (21 columns), one record per leg,
+/// the legs of one call told apart by their sequence number, local times read in the zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asterisk_cdr_legs_arrive_once_each() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let sources = recipe_sources(
+        env.dir.path(),
+        "asterisk-cdr",
+        &["--integration-id", "1234", "--timezone", "Europe/Berlin"],
+        &[(
+            "\"/var/log/asterisk/cdr-csv\"",
+            &format!(
+                "{:?}\nsettle = \"100ms\"\npoll_interval = \"200ms\"",
+                env.exports.display().to_string()
+            ),
+        )],
+    );
+    env.write_config(&env.config_text(&api.url(), "", &sources));
+    let (code, out) = env.check_offline();
+    assert_eq!(code, 0, "{out}");
+    // A queue call ringing agent 1001 (no answer), then answered by 1002; a busy call.
+    std::fs::write(
+        env.exports.join("Master.csv"),
+        "\"\",\"0401\",\"600\",\"ext-queues\",\"\"\"Caller\"\" <0401>\",\"PJSIP/trunk-00000001\",\"PJSIP/1001-00000002\",\"Queue\",\"600,t\",\"2024-05-01 09:00:00\",\"\",\"2024-05-01 09:00:15\",15,0,\"NO ANSWER\",\"DOCUMENTATION\",\"1714546800.1\",\"\",\"\",\"1714546800.1\",1\n\
+         \"\",\"0401\",\"600\",\"ext-queues\",\"\"\"Caller\"\" <0401>\",\"PJSIP/trunk-00000001\",\"PJSIP/1002-00000003\",\"Queue\",\"600,t\",\"2024-05-01 09:00:15\",\"2024-05-01 09:00:20\",\"2024-05-01 09:05:20\",305,300,\"ANSWERED\",\"DOCUMENTATION\",\"1714546800.1\",\"\",\"\",\"1714546800.1\",2\n\
+         \"\",\"0402\",\"601\",\"ext-queues\",\"\"\"Other\"\" <0402>\",\"PJSIP/trunk-00000004\",\"\",\"Queue\",\"601,t\",\"2024-05-01 09:10:00\",\"\",\"2024-05-01 09:10:03\",3,0,\"BUSY\",\"DOCUMENTATION\",\"1714547400.4\",\"\",\"\",\"1714547400.4\",3\n",
+    )
+    .unwrap();
+    let config = env.write_config(&env.config_text(&api.url(), "", &sources));
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "3 legs", || api.record_count() >= 3).await;
+    settled(&env).await;
+    daemon.stop().await;
+    let c = |q: &str, t: &str, h: bool, d: f64| {
+        (q.to_owned(), "ext-queues".to_owned(), t.to_owned(), h, d)
+    };
+    assert_eq!(
+        contacts(&api),
+        [
+            c("600", "2024-05-01T07:00:00Z", false, 0.0),
+            c("600", "2024-05-01T07:00:15Z", true, 300.0),
+            c("601", "2024-05-01T07:10:00Z", false, 0.0),
+        ]
+    );
+    assert_eq!(api.record_count(), 3);
 }

@@ -431,21 +431,29 @@ async fn the_asterisk_realtime_queue_log_table_gives_calls_and_intervals() {
     let api = FakeApi::start(KEY).await.unwrap();
     let url_file = env.dir.path().join("db-url");
     std::fs::write(&url_file, db.url()).unwrap();
-    let source = |name: &str, extra: &str| {
-        format!(
-            "[[source]]\nname = \"{name}\"\ntype = \"asterisk_queue_log\"\nintegration_id = 1\n\
-             connection_file = {file:?}\nevery = \"1s\"\npage_size = 5\ntimezone = \"Europe/Berlin\"\n{extra}\n\n",
-            file = url_file.display().to_string()
-        )
-    };
-    let sources = source(
-        "pbx-calls",
-        "emits = \"contact_events\"\n[source.queues]\nsupport = { identifier = \"hh-support\", name = \"Support Hamburg\" }",
-    ) + &source(
-        "pbx-agents",
-        "emits = \"agent_states\"\nexternal_system = \"Asterisk\"\n\
-         [source.agents]\n\"SIP/1001\" = \"anna\"\n\"SIP/1002\" = \"ben\"\n\
-         [source.activities]\navailable = \"ready\"\non_call = \"talking\"\npaused = \"break\"",
+    // As `init --acd asterisk-realtime` writes it, with the site's names filled in.
+    let sources = recipe_sources(
+        env.dir.path(),
+        "asterisk-realtime",
+        &[
+            "--integration-id",
+            "1",
+            "--timezone",
+            "Europe/Berlin",
+            "--connection-file",
+            url_file.to_str().unwrap(),
+        ],
+        &[
+            (
+                "# [source.queues]\n# 600 = \"Support\"",
+                "[source.queues]\nsupport = { identifier = \"hh-support\", name = \"Support Hamburg\" }",
+            ),
+            (
+                "# [source.agents]\n# \"PJSIP/1001\" = \"anna.berg\"",
+                "[source.agents]\n\"SIP/1001\" = \"anna\"\n\"SIP/1002\" = \"ben\"\n\
+                 [source.activities]\navailable = \"ready\"\non_call = \"talking\"\npaused = \"break\"",
+            ),
+        ],
     );
     let config = env.write_config(&env.config_text(&api.url(), "", &sources));
     let daemon = Daemon::start(config);

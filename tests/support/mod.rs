@@ -549,3 +549,28 @@ pub fn cli_within(args: &[&str], limit: Duration) -> (i32, String) {
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// The sources `init --acd acd` writes with `flags`, from its first `[[source]]` on, with each
+/// `(from, to)` of `edits` applied (each must match: a test that edits what the recipe no
+/// longer writes fails) and the schedules shortened to a second.
+pub fn recipe_sources(dir: &Path, acd: &str, flags: &[&str], edits: &[(&str, &str)]) -> String {
+    let out = dir.join(format!("{acd}.toml"));
+    let mut args = vec!["init", "--acd", acd];
+    args.extend_from_slice(flags);
+    args.extend(["--output", out.to_str().unwrap()]);
+    let (code, text) = cli(&args);
+    assert_eq!(code, 0, "{text}");
+    let generated = std::fs::read_to_string(&out).unwrap();
+    let mut sources = generated[generated.find("[[source]]").expect("sources")..].to_owned();
+    for (from, to) in edits {
+        assert!(
+            sources.contains(from),
+            "the recipe writes no {from:?}:\n{sources}"
+        );
+        sources = sources.replace(from, to);
+    }
+    for every in ["every = \"1m\"", "every = \"5m\"", "every = \"10s\""] {
+        sources = sources.replace(every, "every = \"1s\"");
+    }
+    sources
+}
