@@ -495,3 +495,138 @@ async fn asterisk_cdr_legs_arrive_once_each() {
     );
     assert_eq!(api.record_count(), 3);
 }
+
+/// callcent_queuecalls as a real 3CX database has it (the columns and types of a TypeORM
+/// entity generated from one); callcent_ag_queuestatus with the columns of a 3CX backup's
+/// table, its types inferred.
+const THREECX_TABLES: &str = "\
+CREATE TABLE callcent_queuecalls (
+  idcallcent_queuecalls serial PRIMARY KEY,
+  q_num character varying(255),
+  time_start timestamp without time zone NOT NULL,
+  time_end timestamp without time zone NOT NULL,
+  ts_waiting interval DEFAULT '00:00:00',
+  ts_polling interval DEFAULT '00:00:00',
+  ts_servicing interval DEFAULT '00:00:00',
+  ts_locating interval DEFAULT '00:00:00',
+  count_polls integer NOT NULL,
+  count_dialed integer NOT NULL,
+  count_rejected integer NOT NULL,
+  count_dials_timed integer NOT NULL,
+  reason_noanswercode integer NOT NULL,
+  reason_failcode integer NOT NULL,
+  reason_noanswerdesc character varying(255) DEFAULT '',
+  reason_faildesc character varying(255) DEFAULT '',
+  call_history_id character varying(255),
+  q_cal character varying(255) DEFAULT '',
+  from_userpart character varying(255) DEFAULT '',
+  from_displayname character varying(255) DEFAULT '',
+  to_dialednum character varying(255) DEFAULT '',
+  to_dn character varying(255) DEFAULT '',
+  to_dntype integer NOT NULL,
+  cb_num character varying(255) DEFAULT '',
+  call_result text DEFAULT '',
+  deal_status integer NOT NULL DEFAULT 0,
+  is_visible boolean NOT NULL DEFAULT true,
+  is_agent boolean NOT NULL DEFAULT true
+);
+CREATE TABLE callcent_ag_queuestatus (
+  idcallcent_ag_queuestatus serial PRIMARY KEY,
+  q_num character varying(255),
+  ag_num character varying(255),
+  timeofupdate timestamp without time zone NOT NULL,
+  is_loggedin_in_queue boolean NOT NULL,
+  is_loggedin_in_allqueues boolean NOT NULL
+)";
+
+async fn exec_pg(pool: &sqlx::PgPool, sql: &str) {
+    for statement in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threecx_queue_calls_and_logins_arrive_once() {
+    let Some(db) = support::databases::Postgres::start() else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    exec_pg(&pool, THREECX_TABLES).await;
+    let call = |q: &str, start: &str, end: &str, served: &str| {
+        format!(
+            "INSERT INTO callcent_queuecalls (q_num, time_start, time_end, ts_waiting, ts_servicing, \
+             count_polls, count_dialed, count_rejected, count_dials_timed, reason_noanswercode, \
+             reason_failcode, call_history_id, to_dntype) VALUES ('{q}', '{start}', '{end}', \
+             interval '00:00:20', interval '{served}', 1, 1, 0, 0, 0, 0, 'h-{start}', 0)"
+        )
+    };
+    exec_pg(
+        &pool,
+        &[
+            call("800", "2024-05-01 07:00:00", "2024-05-01 07:02:50", "00:02:30.5"),
+            call("800", "2024-05-01 07:10:00", "2024-05-01 07:10:40", "00:00:00"),
+            "INSERT INTO callcent_ag_queuestatus (q_num, ag_num, timeofupdate, is_loggedin_in_queue, is_loggedin_in_allqueues) VALUES \
+             ('800', '100', '2024-05-01 06:00:00', true, true), ('801', '100', '2024-05-01 06:00:00', true, true), \
+             ('800', '101', '2024-05-01 06:30:00', true, true)"
+                .to_owned(),
+        ]
+        .join(";\n"),
+    )
+    .await;
+
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.write_config(&recipe(&env, &api, "3cx", &db.url(), "Europe/Berlin"));
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "2 calls", || api.record_count() >= 2).await;
+    // A call ending before the last one read, committed late; agent 100 logs out of one queue,
+    // then of all; 101 logs out.
+    exec_pg(
+        &pool,
+        &[
+            call("801", "2024-05-01 07:05:00", "2024-05-01 07:06:00", "00:00:45"),
+            "INSERT INTO callcent_ag_queuestatus (q_num, ag_num, timeofupdate, is_loggedin_in_queue, is_loggedin_in_allqueues) VALUES \
+             ('801', '100', '2024-05-01 10:00:00', false, true), ('800', '100', '2024-05-01 12:00:00', false, false), \
+             ('800', '101', '2024-05-01 12:30:00', false, false)"
+                .to_owned(),
+        ]
+        .join(";\n"),
+    )
+    .await;
+    wait_for(LIMIT, "3 calls and 2 intervals", || api.record_count() >= 5).await;
+    more_polls(&env, "3cx-queue-calls", 2).await;
+    more_polls(&env, "3cx-agents", 2).await;
+    settled(&env).await;
+    daemon.stop().await;
+
+    let c = |q: &str, t: &str, h: bool, d: f64| (q.to_owned(), q.to_owned(), t.to_owned(), h, d);
+    assert_eq!(
+        contacts(&api),
+        [
+            c("800", "2024-05-01T07:00:00Z", true, 150.5),
+            c("801", "2024-05-01T07:05:00Z", true, 45.0),
+            c("800", "2024-05-01T07:10:00Z", false, 0.0),
+        ]
+    );
+    assert_eq!(
+        statuses(&api),
+        owned([
+            (
+                "100",
+                "LoggedIn",
+                "2024-05-01T06:00:00Z",
+                "2024-05-01T12:00:00Z"
+            ),
+            (
+                "101",
+                "LoggedIn",
+                "2024-05-01T06:30:00Z",
+                "2024-05-01T12:30:00Z"
+            ),
+        ])
+    );
+    assert_eq!(api.record_count(), 5, "nothing twice");
+}

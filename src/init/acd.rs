@@ -29,6 +29,11 @@ pub struct Recipe {
 /// Every recipe, as `init --acd list` names them.
 pub const RECIPES: &[Recipe] = &[
     Recipe {
+        name: "3cx",
+        reads: "3CX V18 (and V20 before Update 6) queues: callcent_queuecalls, callcent_ag_queuestatus",
+        template: include_str!("recipes/3cx.toml"),
+    },
+    Recipe {
         name: "asterisk-queue-log",
         reads: "Asterisk/FreePBX queues: the queue_log file (calls per queue, agent logins, pauses, calls)",
         template: include_str!("recipes/asterisk-queue-log.toml"),
