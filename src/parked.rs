@@ -678,12 +678,14 @@ fn retry_rows(
 ) -> anyhow::Result<bool> {
     let mut items: Vec<(i64, Retried)> = Vec::new();
     let mut changes: Vec<(i64, ChangeRead)> = Vec::new();
+    let mut kept = 0;
+    let mut waiting = 0;
     for row in &rows {
         match remap(target.config, row) {
             Remapped::Records(list) => items.push((row.id, Retried::Records(list))),
             Remapped::Skipped => items.push((row.id, Retried::Skipped)),
             Remapped::Parked(reason) => items.push((row.id, Retried::Parked(reason))),
-            Remapped::Kept(_) => report.kept += 1,
+            Remapped::Kept(_) => kept += 1,
             Remapped::Change(change) => changes.push((row.id, change)),
         }
     }
@@ -726,13 +728,15 @@ fn retry_rows(
                     let mut probe = now.clone();
                     match probe.apply(read.change, settings, &mut Vec::new()) {
                         Err(refused) => items.push((id, Retried::Parked(replayed_late(&refused)))),
-                        Ok(_) => report.waiting += 1,
+                        Ok(_) => waiting += 1,
                     }
                 }
             }
         }
     }
     if items.is_empty() && cursors.is_empty() {
+        report.kept += kept;
+        report.waiting += waiting;
         return Ok(false);
     }
     // Open states moved by these changes are kept only with every one of them.
@@ -741,6 +745,8 @@ fn retry_rows(
     if done.stale {
         return Ok(true);
     }
+    report.kept += kept;
+    report.waiting += waiting;
     report.replayed += done.replayed;
     report.records += done.committed.inserted;
     report.already += done.committed.duplicates;
@@ -767,6 +773,6 @@ fn settle(
 }
 
 /// The reason of a change replayed out of order: the rule of any change that comes late.
-fn replayed_late(refused: &crate::normalize::intervals::OutOfOrder) -> String {
+pub(crate) fn replayed_late(refused: &crate::normalize::intervals::OutOfOrder) -> String {
     format!("{refused} (replayed: a change older than the agent's newest is refused, as when read)")
 }

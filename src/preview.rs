@@ -284,6 +284,10 @@ pub fn preview_parked(
         reason: None,
     };
     let known = crate::outbox::KnownKeys::open(path)?;
+    let mut states = StoredStates {
+        path,
+        by_source: HashMap::new(),
+    };
     let mut shown = Collector::new(limit);
     let mut after = 0;
     loop {
@@ -320,10 +324,13 @@ pub fn preview_parked(
                         false => records_shown(&payloads),
                     }
                 }
-                Remapped::Change(c) => Shown::Change {
-                    agent: c.change.agent,
-                    activity: c.change.activity,
-                    at: crate::normalize::time::to_api(c.change.at),
+                Remapped::Change(c) => match states.late(cfg, &row.source, &c.change)? {
+                    Some(reason) => Shown::Parked(reason),
+                    None => Shown::Change {
+                        agent: c.change.agent,
+                        activity: c.change.activity,
+                        at: crate::normalize::time::to_api(c.change.at),
+                    },
                 },
                 Remapped::Skipped => Shown::Skipped,
                 Remapped::Parked(why) => Shown::Parked(why),
@@ -338,6 +345,43 @@ pub fn preview_parked(
         rows: shown.rows,
         summary: shown.summary,
     })
+}
+
+/// Each source's agents' open states as the state file holds them.
+struct StoredStates<'a> {
+    path: &'a Path,
+    by_source: HashMap<String, crate::normalize::intervals::Builder>,
+}
+
+impl StoredStates<'_> {
+    /// Why `change` would stay parked when replayed against the stored open states (older
+    /// than the agent's newest change), as `parked retry` would leave it; `None` if it applies.
+    fn late(
+        &mut self,
+        cfg: &SourceConfig,
+        source: &str,
+        change: &crate::normalize::intervals::Change,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(states) = &cfg.kind.rows().states else {
+            return Ok(None);
+        };
+        if !self.by_source.contains_key(source) {
+            let stored = crate::outbox::cursor_value(
+                self.path,
+                source,
+                crate::sources::rows::STATES_CURSOR,
+            )?;
+            let builder = stored
+                .and_then(|v| serde_json::from_str(&v).ok())
+                .unwrap_or_default();
+            self.by_source.insert(source.to_owned(), builder);
+        }
+        let mut probe = self.by_source[source].clone();
+        Ok(probe
+            .apply(change.clone(), &states.settings, &mut Vec::new())
+            .err()
+            .map(|refused| crate::parked::replayed_late(&refused)))
+    }
 }
 
 /// A reason without the row's own value (its first quoted text), so that rows parked for one

@@ -253,10 +253,11 @@ async fn agent_state_rows_replayed_follow_the_rules_of_late_changes() {
             "READY = \"available\", LOGOUT = \"logout\", LUNCH = \"lunch\", LOGOFF = \"logout\"",
         ),
     ));
+    // The preview says what the retry will do: Anna's lunch is late against her stored states.
     let (code, preview) = cli(&["--config", &config, "preview", "--parked"]);
-    assert_eq!(code, 0, "{preview}");
+    assert_eq!(code, 1, "{preview}");
     assert!(
-        preview.contains("STATE agent \"anna\" is \"lunch\""),
+        preview.contains("PARKED out of order") && preview.contains("(replayed: "),
         "{preview}"
     );
     assert!(

@@ -346,7 +346,9 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
     let pool = sqlx::MySqlPool::connect(&db.url()).await.unwrap();
     exec(&pool, ISSABEL_TABLES).await;
     // Local times, Europe/Berlin (UTC+2 in May). Calls: answered; abandoned; one entering
-    // the queue on Friday evening that is still there; one that never ends.
+    // the queue on Friday evening that is still there; one that never ends. Agents: Anna's
+    // session with a lunch break, a hold of no length and a hold ending with the session;
+    // a session of no length; Ben on a break from his session's first second.
     exec(
         &pool,
         "INSERT INTO agent (id, number, name, password) VALUES (1, '1001', 'Anna', 'x'), (2, '1002', 'Ben', 'x');
@@ -363,7 +365,8 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
            (3, 1, 1, '2024-05-01 16:45:00', '2024-05-01 17:00:00'),
            (4, 2, NULL, '2024-05-01 08:00:00', '2024-05-01 08:00:00'),
            (5, 2, NULL, '2024-05-01 09:00:00', NULL),
-           (6, 2, 2, '2024-05-01 09:00:00', '2024-05-01 09:15:00')",
+           (6, 2, 2, '2024-05-01 09:00:00', '2024-05-01 09:15:00'),
+           (7, 1, 1, '2024-05-01 14:00:00', '2024-05-01 14:00:00')",
     )
     .await;
 
@@ -379,11 +382,12 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "2 calls and 5 intervals", || api.record_count() >= 7).await;
 
-    // Ben logs out after the last change read, as the dialer writes it at that moment; Monday
-    // morning the weekend call is abandoned.
+    // Ben logs out after the last change read, as the dialer writes it at that moment, and in
+    // again at the same second; Monday morning the weekend call is abandoned.
     exec(
         &pool,
         "UPDATE audit SET datetime_end = '2024-05-01 17:30:00' WHERE id = 5;
+         INSERT INTO audit (id, id_agent, id_break, datetime_init, datetime_end) VALUES (8, 2, NULL, '2024-05-01 17:30:00', '2024-05-01 18:00:00');
          UPDATE call_entry SET status = 'abandonada', datetime_end = '2024-05-06 08:01:00', duration_wait = 223260 WHERE id = 3",
     )
     .await;
@@ -433,7 +437,7 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
                 "1002",
                 "LoggedIn",
                 "2024-05-01T07:15:00Z",
-                "2024-05-01T15:30:00Z"
+                "2024-05-01T16:00:00Z"
             ),
             (
                 "1002",
@@ -482,9 +486,7 @@ async fn asterisk_cdr_legs_arrive_once_each() {
     wait_for(LIMIT, "3 legs", || api.record_count() >= 3).await;
     settled(&env).await;
     daemon.stop().await;
-    let c = |q: &str, t: &str, h: bool, d: f64| {
-        (q.to_owned(), "ext-queues".to_owned(), t.to_owned(), h, d)
-    };
+    let c = |q: &str, t: &str, h: bool, d: f64| (q.to_owned(), q.to_owned(), t.to_owned(), h, d);
     assert_eq!(
         contacts(&api),
         [

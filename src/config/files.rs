@@ -134,6 +134,18 @@ pub struct FilesConfig {
     pub modified_since: Option<std::time::SystemTime>,
 }
 
+impl FilesConfig {
+    /// The columns a CSV/TSV row is read under: `columns` if configured, else its file's
+    /// header (none before a header is read).
+    pub fn csv_columns<'a>(&'a self, header: Option<&'a [String]>) -> &'a [String] {
+        match (&self.columns, header) {
+            (Some(c), _) => c,
+            (None, Some(h)) => h,
+            (None, None) => &[],
+        }
+    }
+}
+
 /// `max_line` when not set: far above any real export line, far below what hurts.
 pub const DEFAULT_MAX_LINE: usize = 1 << 20;
 

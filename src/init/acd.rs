@@ -125,7 +125,7 @@ pub fn render(recipe: &Recipe, site: &Site) -> anyhow::Result<String> {
          # THIS_FILE run`, or the service). config.example.toml documents every key.\n",
         recipe.name
     );
-    if site.since.is_none() {
+    if site.since.is_none() && recipe.template.contains("@since") {
         let _ = writeln!(
             out,
             "# Database sources start reading at {since} (the day this was written); for older\n\

@@ -245,6 +245,20 @@ pub(super) fn counts(c: &Connection, per_source: usize) -> rusqlite::Result<Vec<
     Ok(out)
 }
 
+/// The value of a source's cursor `key` as the outbox holds it, read-only (`preview
+/// --parked` reads the agents' open states so).
+pub fn cursor_value(path: &Path, source: &str, key: &str) -> Result<Option<String>, OutboxError> {
+    let conn = schema::open_ro(path)?;
+    conn.query_row(
+        "SELECT c.value FROM cursors c JOIN sources s ON s.id = c.source_id
+         WHERE s.name = ?1 AND c.key = ?2",
+        params![source, key],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| OutboxError::sqlite(path, e))
+}
+
 /// Which records the outbox holds, by source and dedupe key (`preview --parked`).
 pub struct KnownKeys {
     conn: Connection,
@@ -315,8 +329,8 @@ fn header_id(c: &Connection, source: i64, header: &[String]) -> rusqlite::Result
 /// Deletes the headers no parked row names any more.
 pub(super) fn drop_unused_headers(c: &Connection) -> rusqlite::Result<usize> {
     c.prepare_cached(
-        "DELETE FROM parked_headers WHERE id NOT IN
-           (SELECT header_id FROM parked WHERE header_id IS NOT NULL)",
+        "DELETE FROM parked_headers WHERE NOT EXISTS
+           (SELECT 1 FROM parked p WHERE p.header_id = parked_headers.id)",
     )?
     .execute([])
 }

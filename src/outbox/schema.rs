@@ -197,6 +197,7 @@ DROP TABLE parked;
 ALTER TABLE parked_v8 RENAME TO parked;
 CREATE INDEX parked_raw ON parked (source_id, raw);
 CREATE INDEX parked_reason ON parked (source_id, reason);
+CREATE INDEX parked_header ON parked (header_id) WHERE header_id IS NOT NULL;
 CREATE TABLE parked_headers (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
     source_id INTEGER NOT NULL,

@@ -25,11 +25,12 @@ pub enum Remapped {
 }
 
 /// Why a row without [`Replay`] data is kept as it is.
-const KEPT: &str = "kept to be read, not mapped again: only the file holds it whole (a line \
-                    longer than max_line, a line not in the source's encoding, or a queue_log \
-                    line, whose call is built from several lines); a file read before is not \
-                    read again, so fix the setting and put the rows it names into a new file in \
-                    the source's folder, then give the row up with `parked drop`";
+const KEPT: &str = "kept to be read, not mapped again: it was parked before this version kept \
+                    what mapping it again needs, or only its source holds it whole (a line \
+                    longer than max_line, a line not in the source's encoding, a queue_log \
+                    line, whose call is built from several lines); have the source deliver it \
+                    again (rows written to a new file in the folder: a file read before is not \
+                    read again), then give this one up with `parked drop`";
 
 /// Maps a parked row of `source` again.
 pub fn remap(source: &SourceConfig, row: &ParkedRow) -> Remapped {
@@ -41,14 +42,10 @@ pub fn remap(source: &SourceConfig, row: &ParkedRow) -> Remapped {
         SourceKind::Files(f) if f.queue_log.is_some() => return Remapped::Kept(KEPT.into()),
         SourceKind::Sql(s) if s.queue_log.is_some() => return Remapped::Kept(KEPT.into()),
         SourceKind::Files(f) => {
-            let expands = f.rows.map.as_ref().is_some_and(|m| m.expands());
+            let expands = f.rows.expands();
             match &replay.fields {
                 Some(fields) => {
-                    let columns = match (&f.columns, &replay.header) {
-                        (Some(c), _) => c.as_slice(),
-                        (None, Some(h)) => h,
-                        (None, None) => &[],
-                    };
+                    let columns = f.csv_columns(replay.header.as_deref());
                     let fields = Fields {
                         fields: fields.clone(),
                         unreadable: Vec::new(),

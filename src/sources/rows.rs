@@ -67,6 +67,12 @@ impl RowRules {
         all
     }
 
+    /// The map may give many records per row (`expand`): a file's positions then leave room
+    /// for them in its dedupe keys.
+    pub fn expands(&self) -> bool {
+        self.map.as_ref().is_some_and(|m| m.expands())
+    }
+
     /// Rows are taken as they are: no map, key or skip rule reads their fields.
     pub fn is_plain(&self) -> bool {
         self.map.is_none() && self.key.is_none() && self.skip_if.is_empty()

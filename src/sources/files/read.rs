@@ -400,7 +400,7 @@ impl FilesSource {
         ctx: &SourceContext,
     ) -> Step {
         let mut step = Step {
-            expands: self.cfg.rows.map.as_ref().is_some_and(|m| m.expands()),
+            expands: self.cfg.rows.expands(),
             ..Step::default()
         };
         let origin = |newlines: u64| format!("{name}:{}", cur.cur.line + newlines + 1);
@@ -462,11 +462,7 @@ impl FilesSource {
                         header = Some(fields.fields);
                         continue;
                     }
-                    let columns: &[String] = match (&self.cfg.columns, &header) {
-                        (Some(c), _) => c,
-                        (None, Some(h)) => h,
-                        (None, None) => &[],
-                    };
+                    let columns = self.cfg.csv_columns(header.as_deref());
                     let (result, raw) = csv_row(&self.cfg, columns, &fields);
                     let input = match fields.unreadable.is_empty() {
                         true => Input::Csv {
