@@ -5,7 +5,6 @@ mod support;
 use std::io::Write;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -20,22 +19,6 @@ fn states_source(env: &Env, extra: &str) -> String {
          [source.activities]\nREADY = \"available\"\nPAUSE = \"break\"\n\"*\" = \"other\"\n",
         env.exports.display().to_string()
     )
-}
-
-/// (agent, activity, start, end) of every interval the API accepted, in order.
-fn intervals(api: &FakeApi) -> Vec<(String, String, String, String)> {
-    api.records()
-        .iter()
-        .map(|r: &Value| {
-            let s = |k: &str| r[k].as_str().unwrap().to_owned();
-            (
-                s("agentIdentifier"),
-                s("activityIdentifier"),
-                s("startTime"),
-                s("endTime"),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

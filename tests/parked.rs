@@ -54,6 +54,18 @@ fn calls_file(ids: std::ops::Range<u64>, swapped: bool) -> String {
     text
 }
 
+/// A CSV agent-states source whose `state` lookup knows only `known` values.
+fn states_source(env: &Env, known: &str) -> String {
+    format!(
+        "[[source]]\nname = \"acd\"\ntype = \"files\"\nintegration_id = 7\n\
+         emits = \"agent_states\"\nexternal_system = \"ACD\"\npath = {path:?}\n\
+         format = \"csv\"\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n\
+         [source.map]\nagentIdentifier = \"agent\"\ntimestamp = \"at\"\n\
+         activityIdentifier = {{ column = \"state\", values = {{ {known} }} }}\n",
+        path = env.exports.display().to_string()
+    )
+}
+
 fn with_listen(text: String, port: u16) -> String {
     format!("{text}\n[listen]\naddress = \"127.0.0.1:{port}\"\n")
 }
@@ -214,16 +226,7 @@ async fn agent_state_rows_replayed_follow_the_rules_of_late_changes() {
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
     let config = env.config_file.to_str().unwrap().to_owned();
-    let source = |known: &str| {
-        format!(
-            "[[source]]\nname = \"acd\"\ntype = \"files\"\nintegration_id = 7\n\
-             emits = \"agent_states\"\nexternal_system = \"ACD\"\npath = {path:?}\nformat = \"csv\"\nsettle = \"100ms\"\n\
-             poll_interval = \"200ms\"\n\
-             [source.map]\nagentIdentifier = \"agent\"\ntimestamp = \"at\"\n\
-             activityIdentifier = {{ column = \"state\", values = {{ {known} }} }}\n",
-            path = env.exports.display().to_string()
-        )
-    };
+    let source = |known: &str| states_source(&env, known);
     env.write_config(&env.config_text(
         &api.url(),
         "",
@@ -326,23 +329,10 @@ async fn agent_state_rows_replayed_follow_the_rules_of_late_changes() {
 /// row is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_takes_out_only_the_rows_it_read() {
-    use injixo_sync::outbox::{Commit, Outbox, Parked, ParkedFilter, Retried};
-    use injixo_sync::types::{Emits, LaneKey, SourceName};
+    use injixo_sync::outbox::{Commit, Parked, ParkedFilter, Retried};
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("outbox.db");
-    let (outbox, writer) = Outbox::open(&state).unwrap();
-    let source = outbox
-        .source_id(&SourceName::parse("acd").unwrap())
-        .await
-        .unwrap();
-    let lane = outbox
-        .lane_id(&LaneKey {
-            emits: Emits::ContactEvents,
-            integration_id: 1,
-            external_system: None,
-        })
-        .await
-        .unwrap();
+    let (outbox, writer, source, lane) = open_with_lane(&state, "acd").await;
     let park = |tag: &'static str| {
         let ob = outbox.clone();
         tokio::task::spawn_blocking(move || {
@@ -418,16 +408,7 @@ async fn agent_state_rows_replay_in_time_order_across_files() {
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
     let config = env.config_file.to_str().unwrap().to_owned();
-    let source = |known: &str| {
-        format!(
-            "[[source]]\nname = \"acd\"\ntype = \"files\"\nintegration_id = 7\n\
-             emits = \"agent_states\"\nexternal_system = \"ACD\"\npath = {path:?}\n\
-             format = \"csv\"\nsettle = \"100ms\"\npoll_interval = \"200ms\"\n\
-             [source.map]\nagentIdentifier = \"agent\"\ntimestamp = \"at\"\n\
-             activityIdentifier = {{ column = \"state\", values = {{ {known} }} }}\n",
-            path = env.exports.display().to_string()
-        )
-    };
+    let source = |known: &str| states_source(&env, known);
     let changes = |from: u32| {
         let mut text = String::from("agent,state,at\n");
         for i in 0..300u32 {

@@ -46,8 +46,31 @@ async fn exec(pool: &sqlx::MySqlPool, sql: &str) {
     }
 }
 
+/// Waits for two more polls of each of `pollers` (reading their look-back again), for every
+/// lane to have delivered, and stops the daemon.
+async fn quiesce(env: &Env, daemon: Daemon, pollers: &[&str]) {
+    for p in pollers {
+        more_polls(env, p, 2).await;
+    }
+    settled(env).await;
+    daemon.stop().await;
+}
+
+/// A contact event as [`contacts`] lists it.
+fn contact(queue: &str, name: &str, at: &str, handled: bool, duration: f64) -> Contact {
+    (
+        queue.to_owned(),
+        name.to_owned(),
+        at.to_owned(),
+        handled,
+        duration,
+    )
+}
+
+type Contact = (String, String, String, bool, f64);
+
 /// (queueIdentifier, queueName, timestamp, handled, duration) of each contact event.
-fn contacts(api: &FakeApi) -> Vec<(String, String, String, bool, f64)> {
+fn contacts(api: &FakeApi) -> Vec<Contact> {
     let mut all: Vec<_> = api
         .records()
         .iter()
@@ -68,20 +91,7 @@ fn contacts(api: &FakeApi) -> Vec<(String, String, String, bool, f64)> {
 
 /// (agent, activity, start, end) of each agent status, by agent and start.
 fn statuses(api: &FakeApi) -> Vec<(String, String, String, String)> {
-    let mut all: Vec<_> = api
-        .records()
-        .iter()
-        .filter(|r| r.get("agentIdentifier").is_some())
-        .map(|r: &Value| {
-            let s = |k: &str| r[k].as_str().unwrap().to_owned();
-            (
-                s("agentIdentifier"),
-                s("activityIdentifier"),
-                s("startTime"),
-                s("endTime"),
-            )
-        })
-        .collect();
+    let mut all = intervals(api);
     all.sort();
     all
 }
@@ -205,13 +215,10 @@ async fn vicidial_calls_and_agent_time_arrive_once_as_vicidial_counts_them() {
 
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
-    let config = env.write_config(&recipe(
-        &env,
-        &api,
-        "vicidial",
-        &db.url(),
-        "America/New_York",
-    ));
+    // A session time zone in the URL changes nothing: only epochs are read, and turned into
+    // UTC times by the query itself.
+    let url = format!("{}?timezone=%2B05%3A00", db.url());
+    let config = env.write_config(&recipe(&env, &api, "vicidial", &url, "America/New_York"));
     let daemon = Daemon::start(config);
     wait_for(LIMIT, "3 calls and 5 intervals", || api.record_count() >= 8).await;
 
@@ -235,11 +242,9 @@ async fn vicidial_calls_and_agent_time_arrive_once_as_vicidial_counts_them() {
     })
     .await;
     // Two more polls read the overlap again: nothing twice.
-    more_polls(&env, "vicidial-calls", 2).await;
-    settled(&env).await;
-    daemon.stop().await;
+    quiesce(&env, daemon, &["vicidial-calls", "vicidial-agents"]).await;
 
-    let c = |q: &str, n: &str, t: i64, h: bool, d: f64| (q.to_owned(), n.to_owned(), at(t), h, d);
+    let c = |q: &str, n: &str, t: i64, h: bool, d: f64| contact(q, n, &at(t), h, d);
     assert_eq!(
         contacts(&api),
         [
@@ -392,12 +397,9 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
     )
     .await;
     wait_for(LIMIT, "3 calls and 6 intervals", || api.record_count() >= 9).await;
-    more_polls(&env, "issabel-calls", 2).await;
-    more_polls(&env, "issabel-agents", 2).await;
-    settled(&env).await;
-    daemon.stop().await;
+    quiesce(&env, daemon, &["issabel-calls", "issabel-agents"]).await;
 
-    let c = |q: &str, t: &str, h: bool, d: f64| (q.to_owned(), q.to_owned(), t.to_owned(), h, d);
+    let c = |q: &str, t: &str, h: bool, d: f64| contact(q, q, t, h, d);
     assert_eq!(
         contacts(&api),
         [
@@ -486,7 +488,7 @@ async fn asterisk_cdr_legs_arrive_once_each() {
     wait_for(LIMIT, "3 legs", || api.record_count() >= 3).await;
     settled(&env).await;
     daemon.stop().await;
-    let c = |q: &str, t: &str, h: bool, d: f64| (q.to_owned(), q.to_owned(), t.to_owned(), h, d);
+    let c = |q: &str, t: &str, h: bool, d: f64| contact(q, q, t, h, d);
     assert_eq!(
         contacts(&api),
         [
@@ -599,12 +601,9 @@ async fn threecx_queue_calls_and_logins_arrive_once() {
     )
     .await;
     wait_for(LIMIT, "3 calls and 2 intervals", || api.record_count() >= 5).await;
-    more_polls(&env, "3cx-queue-calls", 2).await;
-    more_polls(&env, "3cx-agents", 2).await;
-    settled(&env).await;
-    daemon.stop().await;
+    quiesce(&env, daemon, &["3cx-queue-calls", "3cx-agents"]).await;
 
-    let c = |q: &str, t: &str, h: bool, d: f64| (q.to_owned(), q.to_owned(), t.to_owned(), h, d);
+    let c = |q: &str, t: &str, h: bool, d: f64| contact(q, q, t, h, d);
     assert_eq!(
         contacts(&api),
         [

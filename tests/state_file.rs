@@ -7,8 +7,7 @@ use injixo_sync::outbox::{
     Batch, BatchLimits, Commit, Delivered, LaneId, NewRecord, NextBatch, Outbox, OutboxError,
     SourceId, dedupe_key, lane_depths,
 };
-use injixo_sync::types::{Emits, LaneKey, SourceName};
-use support::cli;
+use support::{cli, open_with_lane};
 
 fn config_for(dir: &std::path::Path, state: &std::path::Path) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("exports")).unwrap();
@@ -25,26 +24,6 @@ fn config_for(dir: &std::path::Path, state: &std::path::Path) -> std::path::Path
     )
     .unwrap();
     path
-}
-
-/// An outbox with one source and one lane registered.
-async fn open_with_lane(
-    path: &std::path::Path,
-) -> (Outbox, std::thread::JoinHandle<()>, SourceId, LaneId) {
-    let (outbox, writer) = Outbox::open(path).unwrap();
-    let source = outbox
-        .source_id(&SourceName::parse("a").unwrap())
-        .await
-        .unwrap();
-    let lane = outbox
-        .lane_id(&LaneKey {
-            emits: Emits::ContactEvents,
-            integration_id: 1,
-            external_system: None,
-        })
-        .await
-        .unwrap();
-    (outbox, writer, source, lane)
 }
 
 /// Commits `records` from a blocking thread, as a source does.
@@ -228,7 +207,7 @@ async fn a_corrupt_outbox_is_refused_by_run_and_check_and_never_recreated() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("outbox.db");
     {
-        let (outbox, writer, source, lane) = open_with_lane(&state).await;
+        let (outbox, writer, source, lane) = open_with_lane(&state, "a").await;
         let records = (0..20_000u64)
             .map(|i| NewRecord {
                 dkey: dedupe_key(1, i),
@@ -279,7 +258,7 @@ async fn a_corrupt_outbox_is_refused_by_run_and_check_and_never_recreated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_key_already_in_the_outbox_is_not_enqueued_again() {
     let dir = tempfile::tempdir().unwrap();
-    let (outbox, _writer, source, lane) = open_with_lane(&dir.path().join("o.db")).await;
+    let (outbox, _writer, source, lane) = open_with_lane(&dir.path().join("o.db"), "a").await;
     let rec = |i| NewRecord {
         dkey: dedupe_key(7, i),
         payload: format!("{{\"n\":{i}}}"),
@@ -320,7 +299,7 @@ async fn a_record_key_already_in_the_outbox_is_not_enqueued_again() {
 async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("outbox.db");
-    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let (outbox, writer, source, lane) = open_with_lane(&state, "a").await;
     let record = NewRecord {
         dkey: dedupe_key(1, 0),
         payload: "{}".into(),
@@ -434,7 +413,7 @@ async fn an_older_outbox_is_migrated_in_place_and_a_newer_one_refused() {
 async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("o.db");
-    let (outbox, _writer, source, lane) = open_with_lane(&state).await;
+    let (outbox, _writer, source, lane) = open_with_lane(&state, "a").await;
     let records = (0..25)
         .map(|i| NewRecord {
             dkey: dedupe_key(3, i),
@@ -521,7 +500,7 @@ async fn a_version_5_outbox_still_knows_what_it_read_after_the_upgrade() {
         origin: format!("calls.ndjson:{}", i + 1),
         row_hash: None,
     };
-    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let (outbox, writer, source, lane) = open_with_lane(&state, "a").await;
     let done = commit_all(&outbox, source, lane, (0..3000).map(record).collect()).await;
     assert_eq!(done.inserted, 3000);
     drop(outbox);
@@ -609,7 +588,7 @@ fn all_of(batch: &Batch) -> Delivered {
 async fn a_version_3_outbox_sends_its_open_batches_with_their_keys_after_the_migration() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("outbox.db");
-    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let (outbox, writer, source, lane) = open_with_lane(&state, "a").await;
     let records = (1..=10)
         .map(|i| NewRecord {
             dkey: dedupe_key(1, i),
@@ -695,7 +674,7 @@ async fn a_version_3_outbox_sends_its_open_batches_with_their_keys_after_the_mig
 async fn delivered_records_are_pruned_after_keep_sent_and_pending_and_dead_ones_stay() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("o.db");
-    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let (outbox, writer, source, lane) = open_with_lane(&state, "a").await;
     let records = (0..12_000)
         .map(|i| NewRecord {
             dkey: dedupe_key(7, i),
@@ -766,7 +745,7 @@ async fn parked_input_is_pruned_after_keep_parked_oldest_first() {
     use injixo_sync::outbox::{Parked, Place, Replay};
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("outbox.db");
-    let (outbox, writer, source, lane) = open_with_lane(&state).await;
+    let (outbox, writer, source, lane) = open_with_lane(&state, "a").await;
     // Two files' headers: the old file's goes with its rows, the new one's stays.
     let header = |file: &str| -> std::sync::Arc<[String]> {
         vec!["call_id".to_owned(), format!("{file}_queue")].into()
@@ -854,7 +833,7 @@ async fn a_state_file_the_service_user_cannot_write_is_named_by_check_and_run() 
     std::fs::create_dir_all(&state_dir).unwrap();
     let state = state_dir.join("outbox.db");
     {
-        let (outbox, writer, _, _) = open_with_lane(&state).await;
+        let (outbox, writer, _, _) = open_with_lane(&state, "a").await;
         drop(outbox);
         writer.join().unwrap();
     }

@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::render::toml_str;
+use super::render::{API_AND_STATE, toml_str};
 
 /// A ready configuration for one ACD.
 pub struct Recipe {
@@ -133,14 +133,7 @@ pub fn render(recipe: &Recipe, site: &Site) -> anyhow::Result<String> {
              # start.\n"
         );
     }
-    out.push_str(
-        "[api]\n\
-         # TODO: the API key from injixo (Account > Integrations > injixo API > generate key),\n\
-         # in a file only the service user may read.\n\
-         token_file = \"/etc/injixo-sync/api-key\"\n\n\
-         [state]\n\
-         path = \"/var/lib/injixo-sync/outbox.db\"\n\n",
-    );
+    out.push_str(API_AND_STATE);
     for line in recipe.template.lines() {
         match line.trim() {
             "@integration_id" => match site.integration_id {

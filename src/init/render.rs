@@ -43,6 +43,18 @@ fn variable(name: &str) -> String {
     }
 }
 
+/// `[api]` and `[state]` as `init` writes them: the API key a TODO, the state file where the
+/// packages put it.
+pub(super) const API_AND_STATE: &str = "[api]
+# TODO: the API key from injixo (Account > Integrations > injixo API > generate key),
+# in a file only the service user may read.
+token_file = \"/etc/injixo-sync/api-key\"
+
+[state]
+path = \"/var/lib/injixo-sync/outbox.db\"
+
+";
+
 pub(super) fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
@@ -108,14 +120,7 @@ pub(super) fn render(s: &Sample, out: &mut String) -> String {
          # config.example.toml documents every key.\n",
         s.path.display()
     );
-    out.push_str(
-        "[api]\n\
-         # TODO: the API key from injixo (Account > Integrations > injixo API > generate key),\n\
-         # in a file only the service user may read.\n\
-         token_file = \"/etc/injixo-sync/api-key\"\n\n\
-         [state]\n\
-         path = \"/var/lib/injixo-sync/outbox.db\"\n\n",
-    );
+    out.push_str(API_AND_STATE);
     let mut source = String::new();
     let _ = writeln!(
         source,

@@ -682,16 +682,20 @@ fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxErr
              COMMIT;"
         ))?;
     }
-    for (step, schema) in [(2, SCHEMA_V2), (3, SCHEMA_V3)] {
-        if version < step {
-            run(format!(
-                "BEGIN IMMEDIATE;
-                 {schema}
-                 PRAGMA user_version = {step};
-                 COMMIT;"
-            ))?;
+    // A step that is only its SQL.
+    let plain = |step: i32, schema: &str| {
+        if version >= step {
+            return Ok(());
         }
-    }
+        run(format!(
+            "BEGIN IMMEDIATE;
+             {schema}
+             PRAGMA user_version = {step};
+             COMMIT;"
+        ))
+    };
+    plain(2, SCHEMA_V2)?;
+    plain(3, SCHEMA_V3)?;
     if version < 4 {
         let v4 = || -> rusqlite::Result<()> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -704,14 +708,7 @@ fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxErr
             OutboxError::sqlite(path, e)
         })?;
     }
-    if version < 5 {
-        run(format!(
-            "BEGIN IMMEDIATE;
-             {SCHEMA_V5}
-             PRAGMA user_version = 5;
-             COMMIT;"
-        ))?;
-    }
+    plain(5, SCHEMA_V5)?;
     if version < 6 {
         // Dedupe keys of places in a file take their short form: what is read again after
         // the upgrade must meet the key it had before.
@@ -735,16 +732,8 @@ fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxErr
         ))?;
         let _ = conn.remove_function("shorten_dkey", 1);
     }
-    for (step, schema) in [(7, SCHEMA_V7), (8, SCHEMA_V8)] {
-        if version < step {
-            run(format!(
-                "BEGIN IMMEDIATE;
-                 {schema}
-                 PRAGMA user_version = {step};
-                 COMMIT;"
-            ))?;
-        }
-    }
+    plain(7, SCHEMA_V7)?;
+    plain(8, SCHEMA_V8)?;
     Ok(())
 }
 

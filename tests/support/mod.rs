@@ -574,3 +574,47 @@ pub fn recipe_sources(dir: &Path, acd: &str, flags: &[&str], edits: &[(&str, &st
     }
     sources
 }
+
+/// An outbox with one source (`source`) and one contact-events lane registered.
+pub async fn open_with_lane(
+    path: &Path,
+    source: &str,
+) -> (
+    injixo_sync::outbox::Outbox,
+    std::thread::JoinHandle<()>,
+    injixo_sync::outbox::SourceId,
+    injixo_sync::outbox::LaneId,
+) {
+    use injixo_sync::types::{Emits, LaneKey, SourceName};
+    let (outbox, writer) = injixo_sync::outbox::Outbox::open(path).unwrap();
+    let source = outbox
+        .source_id(&SourceName::parse(source).unwrap())
+        .await
+        .unwrap();
+    let lane = outbox
+        .lane_id(&LaneKey {
+            emits: Emits::ContactEvents,
+            integration_id: 1,
+            external_system: None,
+        })
+        .await
+        .unwrap();
+    (outbox, writer, source, lane)
+}
+
+/// (agent, activity, start, end) of every agent status the API accepted, in order.
+pub fn intervals(api: &FakeApi) -> Vec<(String, String, String, String)> {
+    api.records()
+        .iter()
+        .filter(|r| r.get("agentIdentifier").is_some())
+        .map(|r: &Value| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            (
+                s("agentIdentifier"),
+                s("activityIdentifier"),
+                s("startTime"),
+                s("endTime"),
+            )
+        })
+        .collect()
+}
