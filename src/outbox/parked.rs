@@ -462,6 +462,8 @@ impl super::Outbox {
                 let commit = super::Commit {
                     records,
                     cursors,
+                    // Rows `skip_if` now leaves out count as skipped, as when read.
+                    skipped: done.skipped as u64,
                     ..super::Commit::default()
                 };
                 done.committed = super::write_commit(c, source, lane, commit, packed).map_err(fail)?;
