@@ -127,16 +127,7 @@ pub fn main(config_path: &Path, action: ParkedAction) -> anyhow::Result<ExitCode
             filter.check(&config, false)?;
             let filter = filter.into();
             if rows {
-                let rows = outbox::parked_rows(state, &filter, &[], 0, usize::MAX)?;
-                if json {
-                    let rows: Vec<_> = rows.iter().map(RowShown::of).collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?
-                    );
-                } else {
-                    print!("{}", render_rows(&rows));
-                }
+                list_rows(state, &filter, json)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let groups = outbox::parked_groups(state, &filter)?;
@@ -249,29 +240,55 @@ impl<'a> RowShown<'a> {
     }
 }
 
-fn render_rows(rows: &[ParkedRow]) -> String {
-    let mut out = String::new();
-    if rows.is_empty() {
-        out.push_str("no parked input\n");
-        return out;
+/// `parked list --rows`: every selected row, read and written a page at a time, so a large
+/// parked table costs no more memory than a page.
+fn list_rows(state: &Path, filter: &ParkedFilter, json: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let mut after = 0;
+    let mut any = false;
+    if json {
+        write!(out, "{{\"rows\": [")?;
     }
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "#{} {} {}: {}{}\n    {}",
-            r.id,
-            r.source,
-            r.origin,
-            r.reason,
-            if r.replay.is_some() {
-                ""
+    loop {
+        let page = outbox::parked_rows(state, filter, &[], after, CHUNK)?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.id;
+        for r in &page {
+            if json {
+                let sep = if any { "," } else { "" };
+                write!(out, "{sep}\n  {}", serde_json::to_string(&RowShown::of(r))?)?;
             } else {
-                " (kept to be read, not mapped again)"
-            },
-            crate::text::truncate(r.raw.trim_end(), 200)
-        );
+                out.write_all(render_row(r).as_bytes())?;
+            }
+            any = true;
+        }
     }
-    out
+    match (json, any) {
+        (true, _) => writeln!(out, "\n]}}")?,
+        (false, false) => writeln!(out, "no parked input")?,
+        (false, true) => {}
+    }
+    Ok(())
+}
+
+/// A parked row for a person: its id, where it was read, why, and its input.
+fn render_row(r: &ParkedRow) -> String {
+    format!(
+        "#{} {} {}: {}{}\n    {}\n",
+        r.id,
+        r.source,
+        r.origin,
+        r.reason,
+        if r.replay.is_some() {
+            ""
+        } else {
+            " (kept to be read, not mapped again)"
+        },
+        crate::text::truncate(r.raw.trim_end(), 200)
+    )
 }
 
 /// Parked groups for a person: one line per source and reason, with the first row.

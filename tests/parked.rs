@@ -142,6 +142,17 @@ async fn a_wrong_lookup_fixed_and_retried_delivers_each_parked_row_once() {
         "{list}"
     );
     assert!(list.contains("\"soon\" is not a duration"), "{list}");
+    // Every row with its id and origin, a page at a time.
+    let (code, rows) = cli(&["--config", &config, "parked", "list", "--rows", "--json"]);
+    assert_eq!(code, 0, "{rows}");
+    let rows: Value = serde_json::from_str(&rows).unwrap();
+    let rows = rows["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1001);
+    assert!(
+        rows.iter()
+            .all(|r| r["replayable"] == true && r["id"].as_i64().is_some())
+    );
+    assert!(rows.iter().any(|r| r["origin"] == "b.csv:1502"), "{rows:?}");
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
