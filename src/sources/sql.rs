@@ -632,6 +632,69 @@ fn decimal(d: rust_decimal::Decimal) -> Value {
         .map_or_else(|| Value::String(d.to_string()), Value::from)
 }
 
+/// A PostgreSQL NUMERIC that `rust_decimal` cannot hold (NaN, ±Infinity, more than 28
+/// digits), from its binary form: the number as text, which the map reads (a NaN then parks
+/// its row with the reason instead of failing the whole page).
+fn pg_numeric_text(row: &sqlx::postgres::PgRow, i: usize) -> Option<Value> {
+    let raw = row.try_get_raw(i).ok()?;
+    let bytes = raw.as_bytes().ok()?;
+    numeric_from_binary(bytes).map(|text| match text.parse::<f64>() {
+        Ok(n) if n.is_finite() => Value::from(n),
+        _ => Value::String(text),
+    })
+}
+
+/// PostgreSQL's binary NUMERIC (digit count, weight, sign and display scale, then base-10000
+/// digits) as decimal text.
+fn numeric_from_binary(b: &[u8]) -> Option<String> {
+    let word =
+        |at: usize| -> Option<u16> { Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?])) };
+    let (ndigits, weight, sign, dscale) = (word(0)? as usize, word(2)? as i16, word(4)?, word(6)?);
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        _ => return None,
+    }
+    let digits: Vec<u16> = (0..ndigits)
+        .map(|d| word(8 + 2 * d))
+        .collect::<Option<_>>()?;
+    let digit = |k: i32| -> u16 {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| digits.get(k))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut int = String::new();
+    for k in 0..=i32::from(weight) {
+        let d = digit(k);
+        if int.is_empty() {
+            if d != 0 {
+                int.push_str(&d.to_string());
+            }
+        } else {
+            int.push_str(&format!("{d:04}"));
+        }
+    }
+    if int.is_empty() {
+        int.push('0');
+    }
+    let mut frac = String::new();
+    let mut k = i32::from(weight) + 1;
+    while frac.len() < usize::from(dscale) {
+        frac.push_str(&format!("{:04}", digit(k)));
+        k += 1;
+    }
+    frac.truncate(usize::from(dscale));
+    let sign = if sign == 0x4000 { "-" } else { "" };
+    Some(match frac.is_empty() {
+        true => format!("{sign}{int}"),
+        false => format!("{sign}{int}.{frac}"),
+    })
+}
+
 fn unsupported(column: &str, ty: &str) -> PollError {
     PollError::Remote(format!(
         "column {column:?} has type {ty}, which is not read: cast it in the query \
@@ -681,7 +744,10 @@ fn pg_row(
             "INT8" => row.try_get::<i64, _>(i).map(Value::from),
             "FLOAT4" => row.try_get::<f32, _>(i).map(|v| Value::from(v as f64)),
             "FLOAT8" => row.try_get::<f64, _>(i).map(Value::from),
-            "NUMERIC" => row.try_get::<rust_decimal::Decimal, _>(i).map(decimal),
+            "NUMERIC" => row
+                .try_get::<rust_decimal::Decimal, _>(i)
+                .map(decimal)
+                .or_else(|e| pg_numeric_text(row, i).ok_or(e)),
             "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" => {
                 row.try_get::<String, _>(i).map(Value::String)
             }
@@ -729,4 +795,50 @@ fn my_row(
             _ => return None,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numeric_from_binary;
+
+    /// ndigits, weight, sign, dscale, then the base-10000 digits, big-endian.
+    fn binary(weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for w in [digits.len() as u16, weight as u16, sign, dscale] {
+            b.extend(w.to_be_bytes());
+        }
+        for d in digits {
+            b.extend(d.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn numerics_rust_decimal_cannot_hold_are_read_as_text() {
+        assert_eq!(
+            numeric_from_binary(&binary(1, 0, 3, &[1, 2345, 6780])).as_deref(),
+            Some("12345.678")
+        );
+        assert_eq!(
+            numeric_from_binary(&binary(-1, 0, 2, &[500])).as_deref(),
+            Some("0.05")
+        );
+        assert_eq!(
+            numeric_from_binary(&binary(8, 0x4000, 0, &[1])).as_deref(),
+            Some("-100000000000000000000000000000000")
+        );
+        assert_eq!(
+            numeric_from_binary(&binary(0, 0xC000, 0, &[])).as_deref(),
+            Some("NaN")
+        );
+        assert_eq!(
+            numeric_from_binary(&binary(0, 0xD000, 0, &[])).as_deref(),
+            Some("Infinity")
+        );
+        assert_eq!(
+            numeric_from_binary(&binary(0, 0, 0, &[])).as_deref(),
+            Some("0")
+        );
+        assert_eq!(numeric_from_binary(&[0, 1]), None, "cut short");
+    }
 }
