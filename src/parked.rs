@@ -342,6 +342,11 @@ pub struct RetryReport {
     /// Who held the state lock, and so the agents' open states, when agent-state changes
     /// were to be replayed.
     pub states_held_by: Option<String>,
+    /// The running daemon was started or reloaded with another version of the configuration
+    /// file than the one this retry mapped with.
+    pub daemon_config_differs: bool,
+    #[serde(skip)]
+    config_file: String,
 }
 
 /// What `parked retry` did with one source's rows.
@@ -460,16 +465,20 @@ impl RetryReport {
                 "interrupted: what was replayed is kept; run the same command again to go on\n",
             );
         }
+        if self.daemon_config_differs {
+            let _ = writeln!(
+                out,
+                "WARNING: the running daemon was started or reloaded with another version of {}: \
+                 rows it reads from now on are mapped the old way (and parked again, if the fix \
+                 was to the map); reload it: `systemctl reload injixo-sync`",
+                self.config_file
+            );
+        }
         let enqueued: usize = self.sources.iter().map(|s| s.records).sum();
         if enqueued > 0 {
             match &self.beside {
                 Some(holder) => {
-                    let _ = writeln!(
-                        out,
-                        "{holder} delivers them (reload it, `systemctl reload injixo-sync`, if \
-                         the configuration changed, so that rows it reads from now on are mapped \
-                         the same way)"
-                    );
+                    let _ = writeln!(out, "{holder} delivers them");
                 }
                 None => out.push_str(
                     "no daemon runs on this state file now: they are delivered when it starts\n",
@@ -602,6 +611,15 @@ pub fn retry(
     report.beside = outbox::lock_holder(path)
         .filter(|h| h.command == "run")
         .map(|h| format!("{h}, running on this state file,"));
+    // The daemon maps what it reads from now on with the file as it last loaded it.
+    if report.beside.is_some() {
+        let now = std::fs::read(&config.file)
+            .ok()
+            .map(|b| outbox::config_hash(&b));
+        let running = outbox::running_config_hash(path).ok().flatten();
+        report.daemon_config_differs = matches!((now, running), (Some(a), Some(b)) if a != b);
+        report.config_file = config.file.display().to_string();
+    }
     result.map(|()| report)
 }
 

@@ -196,7 +196,16 @@ async fn a_wrong_lookup_fixed_and_retried_delivers_each_parked_row_once() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 row(s) still parked"), "{out}");
     assert!(out.contains("delivers them"), "{out}");
+    assert!(!out.contains("WARNING"), "the daemon runs this file: {out}");
+    // A retry that maps with a file the daemon has not loaded says so.
+    let mut text = std::fs::read_to_string(&env.config_file).unwrap();
+    text.push_str("\n# edited after the reload\n");
+    std::fs::write(&env.config_file, text).unwrap();
     let (code, again) = cli(&["--config", &config, "parked", "retry", "--source", "acd"]);
+    assert!(
+        again.contains("WARNING: the running daemon was started or reloaded with another version"),
+        "{again}"
+    );
     assert_eq!(code, 1, "nothing left to replay: {again}");
     assert!(again.contains("0 row(s) replayed"), "{again}");
     assert_eq!(parked_now(&env.state), 1);

@@ -64,6 +64,7 @@ pub(super) async fn run(
     };
     let deadline = config.api.timeout + Duration::from_secs(5);
     generation.apply_budget(&config).await?;
+    generation.note_config(&config).await;
     // What started before a step failed is stopped and awaited before the error is returned.
     let started = async {
         let lanes = generation.start_lanes(&config, &client).await?;
@@ -121,6 +122,22 @@ impl Generation<'_> {
     }
 
     /// Sets the outbox's budget for this configuration and says what it is.
+    /// Notes in the outbox which version of the configuration file this generation runs
+    /// (`parked retry` warns when the file has changed since). Read off the runtime's threads:
+    /// the file may sit on a share that hangs.
+    async fn note_config(&self, config: &Config) {
+        let file = config.file.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(&file)).await;
+        if let Ok(Ok(bytes)) = read
+            && let Err(e) = self
+                .outbox
+                .note_config(crate::outbox::config_hash(&bytes))
+                .await
+        {
+            warn!("cannot note the configuration's version in the state file: {e}");
+        }
+    }
+
     async fn apply_budget(&self, config: &Config) -> Result<(), RunError> {
         let budget = self
             .outbox

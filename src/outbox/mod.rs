@@ -57,7 +57,8 @@ pub use keys::{Dkey, dedupe_key, natural_key};
 pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};
 pub use parked::{
     KnownKeys, OTHER_REASONS, ParkedCount, ParkedFilter, ParkedGroup, ParkedRow, Place, Replay,
-    ReplayDone, Retried, cursor_value, drop_parked, parked_counts, parked_groups, parked_rows,
+    ReplayDone, Retried, config_hash, cursor_value, drop_parked, parked_counts, parked_groups,
+    parked_rows, running_config_hash,
 };
 pub use report::{
     CursorReport, DeadLetter, LaneReport, ParkedReport, ProblemReport, Report, RowRead,

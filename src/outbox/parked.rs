@@ -245,6 +245,47 @@ pub(super) fn counts(c: &Connection, per_source: usize) -> rusqlite::Result<Vec<
     Ok(out)
 }
 
+/// The `meta` key under which the daemon keeps a hash of the configuration file it runs.
+const CONFIG_HASH: &str = "config_sha256";
+
+/// A hash of a configuration file's bytes, as [`Outbox::note_config`] keeps it.
+pub fn config_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl super::Outbox {
+    /// Notes the hash of the configuration file the running generation was made from, so that
+    /// `parked retry` beside the daemon can tell it maps with another version of the file.
+    pub async fn note_config(&self, hash: String) -> Result<(), OutboxError> {
+        self.call(move |c, p| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![CONFIG_HASH, hash],
+            )
+            .map(drop)
+            .map_err(|e| OutboxError::sqlite(p, e))
+        })
+        .await
+    }
+}
+
+/// The hash of the configuration file the daemon last started or reloaded with, if noted.
+pub fn running_config_hash(path: &Path) -> Result<Option<String>, OutboxError> {
+    let conn = schema::open_ro(path)?;
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = ?1",
+        [CONFIG_HASH],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| OutboxError::sqlite(path, e))
+}
+
 /// The value of a source's cursor `key` as the outbox holds it, read-only (`preview
 /// --parked` reads the agents' open states so).
 pub fn cursor_value(path: &Path, source: &str, key: &str) -> Result<Option<String>, OutboxError> {
