@@ -353,10 +353,12 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
     // Local times, Europe/Berlin (UTC+2 in May). Calls: answered; abandoned; one entering
     // the queue on Friday evening that is still there; one that never ends. Agents: Anna's
     // session with a lunch break, a hold of no length and a hold ending with the session;
-    // a session of no length; Ben on a break from his session's first second.
+    // a session of no length; Ben on a break from his session's first second; Cleo's two
+    // sessions overlapping; Dan's break ending a second after his session, and a break
+    // outside every session.
     exec(
         &pool,
-        "INSERT INTO agent (id, number, name, password) VALUES (1, '1001', 'Anna', 'x'), (2, '1002', 'Ben', 'x');
+        "INSERT INTO agent (id, number, name, password) VALUES (1, '1001', 'Anna', 'x'), (2, '1002', 'Ben', 'x'), (3, '1003', 'Cleo', 'x'), (4, '1004', 'Dan', 'x');
          INSERT INTO `break` (id, name, description, tipo) VALUES (1, 'Hold', 'Hold', 'H'), (2, 'Lunch', 'Lunch', 'B');
          INSERT INTO queue_call_entry (id, queue) VALUES (1, '600'), (2, '601');
          INSERT INTO call_entry (id, id_agent, id_queue_call_entry, callerid, datetime_entry_queue, datetime_init, datetime_end, duration, duration_wait, status, uniqueid, trunk) VALUES
@@ -371,7 +373,12 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
            (4, 2, NULL, '2024-05-01 08:00:00', '2024-05-01 08:00:00'),
            (5, 2, NULL, '2024-05-01 09:00:00', NULL),
            (6, 2, 2, '2024-05-01 09:00:00', '2024-05-01 09:15:00'),
-           (7, 1, 1, '2024-05-01 14:00:00', '2024-05-01 14:00:00')",
+           (7, 1, 1, '2024-05-01 14:00:00', '2024-05-01 14:00:00'),
+           (9, 3, NULL, '2024-05-01 09:00:00', '2024-05-01 11:00:00'),
+           (10, 3, NULL, '2024-05-01 10:00:00', '2024-05-01 12:00:00'),
+           (11, 4, NULL, '2024-05-01 09:00:00', '2024-05-01 10:00:00'),
+           (12, 4, 2, '2024-05-01 09:50:00', '2024-05-01 10:00:01'),
+           (13, 4, 1, '2024-05-01 14:00:00', '2024-05-01 14:10:00')",
     )
     .await;
 
@@ -385,7 +392,10 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
         "Europe/Berlin",
     ));
     let daemon = Daemon::start(config);
-    wait_for(LIMIT, "2 calls and 5 intervals", || api.record_count() >= 7).await;
+    wait_for(LIMIT, "2 calls and 8 intervals", || {
+        api.record_count() >= 10
+    })
+    .await;
 
     // Ben logs out after the last change read, as the dialer writes it at that moment, and in
     // again at the same second; Monday morning the weekend call is abandoned.
@@ -396,7 +406,10 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
          UPDATE call_entry SET status = 'abandonada', datetime_end = '2024-05-06 08:01:00', duration_wait = 223260 WHERE id = 3",
     )
     .await;
-    wait_for(LIMIT, "3 calls and 6 intervals", || api.record_count() >= 9).await;
+    wait_for(LIMIT, "3 calls and 9 intervals", || {
+        api.record_count() >= 12
+    })
+    .await;
     quiesce(&env, daemon, &["issabel-calls", "issabel-agents"]).await;
 
     let c = |q: &str, t: &str, h: bool, d: f64| contact(q, q, t, h, d);
@@ -447,9 +460,27 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
                 "2024-05-01T07:00:00Z",
                 "2024-05-01T07:15:00Z"
             ),
+            (
+                "1003",
+                "LoggedIn",
+                "2024-05-01T07:00:00Z",
+                "2024-05-01T10:00:00Z"
+            ),
+            (
+                "1004",
+                "LoggedIn",
+                "2024-05-01T07:00:00Z",
+                "2024-05-01T07:50:00Z"
+            ),
+            (
+                "1004",
+                "Lunch",
+                "2024-05-01T07:50:00Z",
+                "2024-05-01T08:00:00Z"
+            ),
         ])
     );
-    assert_eq!(api.record_count(), 9, "nothing twice");
+    assert_eq!(api.record_count(), 12, "nothing twice");
     let parked: i64 = env.report().sources.iter().map(|s| s.parked_now).sum();
     assert_eq!(parked, 0, "no change out of order");
 }

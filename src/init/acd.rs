@@ -183,10 +183,28 @@ pub fn render(recipe: &Recipe, site: &Site) -> anyhow::Result<String> {
 
 /// `--since`: a date is midnight in the ACD's zone (UTC without one).
 fn since(text: &str, zone: Option<&jiff::tz::TimeZone>) -> anyhow::Result<jiff::Timestamp> {
-    if let (Ok(date), Some(zone)) = (text.parse::<jiff::civil::Date>(), zone) {
+    let utc = jiff::tz::TimeZone::UTC;
+    let zone = zone.unwrap_or(&utc);
+    // A time with an offset is that instant; a date is its midnight and a time without an
+    // offset that wall-clock time, both in the ACD's zone.
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Ok(ts);
+    }
+    if text.len() == 10
+        && let Ok(date) = text.parse::<jiff::civil::Date>()
+    {
         return midnight(date, zone);
     }
-    crate::normalize::time::parse_since(text).map_err(|e| anyhow::anyhow!("--since {e}"))
+    match text.parse::<jiff::civil::DateTime>() {
+        Ok(t) => zone
+            .to_ambiguous_timestamp(t)
+            .compatible()
+            .map_err(|e| anyhow::anyhow!("--since {text:?}: {e}")),
+        Err(_) => anyhow::bail!(
+            "--since {text:?} is neither a date like 2024-01-31 nor a time like \
+             2024-01-31T08:00:00 (in --timezone) or 2024-01-31T08:00:00Z"
+        ),
+    }
 }
 
 /// The start of `date` in `zone`.
@@ -239,6 +257,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn since_is_a_date_or_a_time_in_the_acds_zone_or_an_instant() {
+        let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+        let at = |text: &str| since(text, Some(&berlin)).unwrap().to_string();
+        assert_eq!(at("2024-05-01"), "2024-04-30T22:00:00Z");
+        assert_eq!(at("2024-05-01T10:00:00"), "2024-05-01T08:00:00Z");
+        assert_eq!(at("2024-05-01 10:00:00"), "2024-05-01T08:00:00Z");
+        assert_eq!(at("2024-05-01T10:00:00Z"), "2024-05-01T10:00:00Z");
+        assert!(since("yesterday", Some(&berlin)).is_err());
     }
 
     #[test]
