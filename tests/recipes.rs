@@ -355,10 +355,11 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
     // session with a lunch break, a hold of no length and a hold ending with the session;
     // a session of no length; Ben on a break from his session's first second; Cleo's two
     // sessions overlapping; Dan's break ending a second after his session, and a break
-    // outside every session.
+    // outside every session; Eve's session left open by a crash and closed by the dialer's
+    // repair, with an estimated end in the past, once her next session had begun.
     exec(
         &pool,
-        "INSERT INTO agent (id, number, name, password) VALUES (1, '1001', 'Anna', 'x'), (2, '1002', 'Ben', 'x'), (3, '1003', 'Cleo', 'x'), (4, '1004', 'Dan', 'x');
+        "INSERT INTO agent (id, number, name, password) VALUES (1, '1001', 'Anna', 'x'), (2, '1002', 'Ben', 'x'), (3, '1003', 'Cleo', 'x'), (4, '1004', 'Dan', 'x'), (5, '1005', 'Eve', 'x');
          INSERT INTO `break` (id, name, description, tipo) VALUES (1, 'Hold', 'Hold', 'H'), (2, 'Lunch', 'Lunch', 'B');
          INSERT INTO queue_call_entry (id, queue) VALUES (1, '600'), (2, '601');
          INSERT INTO call_entry (id, id_agent, id_queue_call_entry, callerid, datetime_entry_queue, datetime_init, datetime_end, duration, duration_wait, status, uniqueid, trunk) VALUES
@@ -378,7 +379,9 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
            (10, 3, NULL, '2024-05-01 10:00:00', '2024-05-01 12:00:00'),
            (11, 4, NULL, '2024-05-01 09:00:00', '2024-05-01 10:00:00'),
            (12, 4, 2, '2024-05-01 09:50:00', '2024-05-01 10:00:01'),
-           (13, 4, 1, '2024-05-01 14:00:00', '2024-05-01 14:10:00')",
+           (13, 4, 1, '2024-05-01 14:00:00', '2024-05-01 14:10:00'),
+           (14, 5, NULL, '2024-05-01 15:00:00', NULL),
+           (15, 5, NULL, '2024-05-01 16:00:00', NULL)",
     )
     .await;
 
@@ -403,6 +406,8 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
         &pool,
         "UPDATE audit SET datetime_end = '2024-05-01 17:30:00' WHERE id = 5;
          INSERT INTO audit (id, id_agent, id_break, datetime_init, datetime_end) VALUES (8, 2, NULL, '2024-05-01 17:30:00', '2024-05-01 18:00:00');
+         UPDATE audit SET datetime_end = '2024-05-01 15:30:00' WHERE id = 14;
+         UPDATE audit SET datetime_end = '2024-05-01 17:00:00' WHERE id = 15;
          UPDATE call_entry SET status = 'abandonada', datetime_end = '2024-05-06 08:01:00', duration_wait = 223260 WHERE id = 3",
     )
     .await;
@@ -478,11 +483,31 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
                 "2024-05-01T07:50:00Z",
                 "2024-05-01T08:00:00Z"
             ),
+            // The repaired end comes after her next login was read: it is late, and parked
+            // saying so; her logged-in time is not cut short, nor her next session lost.
+            (
+                "1005",
+                "LoggedIn",
+                "2024-05-01T13:00:00Z",
+                "2024-05-01T15:00:00Z"
+            ),
         ])
     );
-    assert_eq!(api.record_count(), 12, "nothing twice");
-    let parked: i64 = env.report().sources.iter().map(|s| s.parked_now).sum();
-    assert_eq!(parked, 0, "no change out of order");
+    assert_eq!(api.record_count(), 13, "nothing twice");
+    let parked = injixo_sync::outbox::parked_rows(
+        &env.state,
+        &injixo_sync::outbox::ParkedFilter::default(),
+        &[],
+        0,
+        10,
+    )
+    .unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert!(
+        parked[0].reason.contains("was reported again"),
+        "{}",
+        parked[0].reason
+    );
 }
 
 /// `asterisk-cdr`: Master.csv of the stock cdr_csv module (21 columns), one record per leg,

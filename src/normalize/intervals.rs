@@ -62,6 +62,10 @@ struct Open {
     since: Timestamp,
     /// When the state began: `max_interval` counts from here.
     began: Timestamp,
+    /// When the state was last reported again (a repeated state goes on): a change from
+    /// before that is out of order too, since what came after it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    again: Option<Timestamp>,
 }
 
 impl Open {
@@ -178,9 +182,23 @@ impl Builder {
                     settings,
                 ));
             }
+            if let Some(again) = open.again.filter(|again| at < *again) {
+                return Err(self.out_of_order(
+                    &agent,
+                    at,
+                    format!(
+                        "its current state {:?} was reported again at {again}",
+                        open.activity
+                    ),
+                    settings,
+                ));
+            }
             if activity.as_deref() == Some(open.activity.as_str()) {
-                // The same state again: it continues.
+                // The same state again: it continues, and what is older is now late.
                 moved = false;
+                if let Some(open) = self.open.get_mut(&agent) {
+                    open.again = Some(at);
+                }
             } else {
                 // Inside a piece already sent: the change takes effect where that piece ended.
                 at = at.max(open.since);
@@ -213,6 +231,7 @@ impl Builder {
                         activity,
                         since: at,
                         began: at,
+                        again: None,
                     },
                 );
             }
@@ -379,6 +398,29 @@ mod tests {
             .collect();
         assert_eq!(got, [("available", t(0), t(60)), ("break", t(60), t(90))]);
         assert_eq!(b.open_agents(), 0);
+    }
+
+    /// A state reported again is known to go on until then: a change from before that
+    /// report, arriving after it, would cut the state short and lose the report (a login
+    /// repaired late with an end in the past, say), so it is out of order too.
+    #[test]
+    fn a_change_older_than_its_state_reported_again_is_out_of_order() {
+        let s = settings(None);
+        let mut b = Builder::default();
+        let mut out = Vec::new();
+        b.apply(change("a", Some("available"), 0), &s, &mut out)
+            .unwrap();
+        b.apply(change("a", Some("available"), 300), &s, &mut out)
+            .unwrap();
+        let err = b
+            .apply(change("a", None, 120), &s, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("was reported again at"), "{err}");
+        assert!(out.is_empty(), "nothing cut short: {out:?}");
+        b.apply(change("a", Some("break"), 400), &s, &mut out)
+            .unwrap();
+        assert_eq!((out[0].start, out[0].end), (t(0), t(400)));
     }
 
     #[test]
