@@ -68,13 +68,18 @@ impl FilesSource {
                 wait = wait.min(self.cfg.settle - quiet);
                 continue;
             }
-            self.settling.remove(&path);
             match self.take_dropped(ctx, &path) {
                 Ok(true) => {
+                    self.settling.remove(&path);
                     self.finish_dropped(&path, stamp);
                 }
-                Ok(false) => {}
+                Ok(false) => {
+                    self.settling.remove(&path);
+                }
                 Err(TakeError::Outbox(e)) => return Err(e),
+                // It stays settled: the next pass tries it again at once, so the problem
+                // stands until the file can be read (it used to settle anew, every other
+                // pass leaving the problem out, and `/readyz` and the log flapped).
                 Err(TakeError::Io(e)) => self.cannot_read(&path, &e),
             }
         }
