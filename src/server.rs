@@ -48,6 +48,9 @@ pub struct Observed {
     pub hooks: Vec<Hook>,
     /// Push bodies being read, per client address.
     pub reading: Arc<PushesByClient>,
+    /// Whether `/status.json` is served: only on a loopback address, since it shows parked
+    /// input and dead letters (reach it through an SSH tunnel or a local reverse proxy).
+    pub status_open: bool,
 }
 
 /// How many push bodies are being read from each client address.
@@ -281,11 +284,38 @@ async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> A
                 metrics::render(&o.sources, &lanes, o.outbox.usage(), parked, now_ms()),
             )
         }
+        "/status.json" => status_json(&o).await,
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /healthz, /readyz or /metrics\n".into(),
+            "not found: try /healthz, /readyz, /metrics or /status.json\n".into(),
         ),
+    }
+}
+
+/// `GET /status.json`: what `injixo-sync status --json` prints, read from the state file on a
+/// connection of its own.
+async fn status_json(o: &Observed) -> Answer {
+    if !o.status_open {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "/status.json is served only when [listen] address is a loopback address: it shows \
+             parked input and dead letters. Reach it through an SSH tunnel or a reverse proxy \
+             on this machine",
+        );
+    }
+    let path = o.state_path.clone();
+    let report = tokio::task::spawn_blocking(move || crate::outbox::inspect(&path, 10)).await;
+    match report {
+        Ok(Ok(report)) => match serde_json::to_string_pretty(&report) {
+            Ok(body) => reply(StatusCode::OK, "application/json", body),
+            Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        Ok(Err(e)) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the outbox: {e}"),
+        ),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

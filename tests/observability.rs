@@ -1,4 +1,4 @@
-//! `/metrics`, `/healthz` and `/readyz` on the `[listen]` address.
+//! `/metrics`, `/healthz`, `/readyz` and `/status.json` on the `[listen]` address.
 
 mod support;
 
@@ -95,6 +95,53 @@ async fn metrics_add_up_to_what_the_api_received() {
     assert_eq!((status, body.as_str()), (200, r#"{"status":"alive"}"#));
     let (status, body) = get(&format!("{base}/readyz")).await;
     assert_eq!(status, 200, "{body}");
+
+    // What `status --json` prints, over HTTP.
+    let (status, body) = get(&format!("{base}/status.json")).await;
+    assert_eq!(status, 200, "{body}");
+    let served: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (code, printed) = cli(&[
+        "--config",
+        env.config_file.to_str().unwrap(),
+        "status",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{printed}");
+    let printed: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    for key in [
+        "outbox",
+        "lanes",
+        "sources",
+        "dead",
+        "parked",
+        "parked_by_reason",
+    ] {
+        assert!(served.get(key).is_some(), "{key}: {served}");
+    }
+    assert_eq!(served["lanes"][0]["dead"], printed["lanes"][0]["dead"]);
+    assert_eq!(served["sources"], printed["sources"]);
+    assert_eq!(served["parked_by_reason"][0]["count"], 1);
+    daemon.stop().await;
+}
+
+/// `/status.json` shows parked input and dead letters: on an address other than loopback it
+/// is refused, saying how to reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_is_refused_off_loopback() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    let config = env.write_config(&format!(
+        "{}\n[listen]\naddress = \"0.0.0.0:{port}\"\n",
+        env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", ""))
+    ));
+    let daemon = Daemon::start(config);
+    wait_serving(port).await;
+    let (status, body) = get(&format!("http://127.0.0.1:{port}/status.json")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("SSH tunnel"), "{body}");
+    let (status, _) = get(&format!("http://127.0.0.1:{port}/healthz")).await;
+    assert_eq!(status, 200);
     daemon.stop().await;
 }
 

@@ -90,8 +90,9 @@ pub(super) async fn run(
             body_timeout: listen.body_timeout,
             hooks,
             reading: Arc::default(),
+            status_open: listen.address.ip().is_loopback(),
         });
-        info!(address = %listen.address, "serving /healthz, /readyz, /metrics and {} webhook(s)", observed.hooks.len());
+        info!(address = %listen.address, "serving /healthz, /readyz, /metrics, /status.json and {} webhook(s)", observed.hooks.len());
         generation.spawn(server::serve(
             listener,
             observed,
