@@ -533,7 +533,12 @@ pub fn convert_objects(
             Keying::Push(push) => RowPlace::Push { push, index },
         };
         let text = || serde_json::Value::Object(obj.clone()).to_string();
-        let replay = |text: &str, raw: &str| Some(Replay::json(place.owned(), text, raw));
+        // What a change or a parked row keeps: its text (the first 4 KiB) and its replay.
+        let kept = || {
+            let text = text();
+            let raw = crate::text::truncate(&text, 4096);
+            (Some(Replay::json(place.owned(), &text, &raw)), raw)
+        };
         match convert_object(rules, emits, &obj) {
             Ok(None) => out.skipped += 1,
             Ok(Some(RowOut::Records(list, key))) => out.records.extend(row_records(
@@ -545,22 +550,20 @@ pub fn convert_objects(
                 text,
             )),
             Ok(Some(RowOut::Change(change))) => {
-                let text = text();
-                let raw = crate::text::truncate(&text, 4096);
+                let (replay, raw) = kept();
                 out.changes.push(ChangeRead {
                     change,
                     origin,
-                    replay: replay(&text, &raw),
+                    replay,
                     raw,
                 })
             }
             Err(reason) => {
-                let text = text();
-                let raw = crate::text::truncate(&text, 4096);
+                let (replay, raw) = kept();
                 out.parked.push(Parked {
                     origin,
                     reason,
-                    replay: replay(&text, &raw),
+                    replay,
                     raw,
                 })
             }

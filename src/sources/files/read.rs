@@ -595,15 +595,20 @@ impl Step {
             }),
             Input::Kept => None,
         };
+        // What a change or a parked row keeps: its text (the first 4 KiB) and its replay.
+        let kept = || {
+            let kept = crate::text::truncate(raw, 4096);
+            (replay(&kept), kept)
+        };
         match outcome {
             Ok(None) => self.skipped += 1,
             Ok(Some(RowOut::Change(change))) => {
-                let kept = crate::text::truncate(raw, 4096);
+                let (replay, raw) = kept();
                 self.changes.push(ChangeRead {
                     change,
                     origin,
-                    replay: replay(&kept),
-                    raw: kept,
+                    replay,
+                    raw,
                 })
             }
             Ok(Some(RowOut::Records(records, key))) => self.records.extend(row_records(
@@ -615,12 +620,12 @@ impl Step {
                 || raw.to_owned(),
             )),
             Err(reason) => {
-                let kept = crate::text::truncate(raw, 4096);
+                let (replay, raw) = kept();
                 self.parked.push(Parked {
                     origin,
                     reason,
-                    replay: replay(&kept),
-                    raw: kept,
+                    replay,
+                    raw,
                 })
             }
         }
