@@ -35,13 +35,7 @@ pub fn main(
         level: "warn".into(),
         ..config.log.clone()
     });
-    let Some(chosen) = config.sources.iter().find(|s| s.name.as_str() == source) else {
-        let names: Vec<_> = config.sources.iter().map(|s| s.name.as_str()).collect();
-        bail!(
-            "no source is named {source:?}; configured: {}",
-            names.join(", ")
-        );
-    };
+    let chosen = config.source(source)?;
     let SourceKind::Files(mut files) = chosen.kind.clone() else {
         bail!(
             "source {source:?} is not a files source: import reads export files; sql and http \

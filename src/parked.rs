@@ -102,13 +102,8 @@ impl ParkedSelection {
         }
         if let Some(name) = &self.source
             && !any_source
-            && !config.sources.iter().any(|s| s.name.as_str() == name)
         {
-            let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
-            anyhow::bail!(
-                "no source {name:?} in the configuration (sources: {})",
-                names.join(", ")
-            );
+            config.source(name)?;
         }
         Ok(())
     }
@@ -509,10 +504,8 @@ pub fn retry(
     stop: &AtomicBool,
 ) -> anyhow::Result<RetryReport> {
     let path = &config.state.path;
-    if let Some(name) = &filter.source
-        && !config.sources.iter().any(|s| s.name.as_str() == name)
-    {
-        anyhow::bail!("no source {name:?} in the configuration");
+    if let Some(name) = &filter.source {
+        config.source(name)?;
     }
     // Nothing to do: no state file is made, no lock taken.
     if outbox::parked_rows(path, filter, ids, 0, 1)?.is_empty() {
@@ -661,7 +654,7 @@ fn target<'a>(
     name: &str,
     lock: &mut Lock,
 ) -> anyhow::Result<Option<Target<'a>>> {
-    let Some(source) = config.sources.iter().find(|s| s.name.as_str() == name) else {
+    let Ok(source) = config.source(name) else {
         return Ok(None);
     };
     let (id, lane) = runtime.block_on(async {

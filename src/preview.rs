@@ -301,11 +301,7 @@ pub fn preview_parked(
                 Some(_) => format!("#{} {}", row.id, row.origin),
                 None => format!("#{} {} {}", row.id, row.source, row.origin),
             };
-            let Some(cfg) = config
-                .sources
-                .iter()
-                .find(|s| s.name.as_str() == row.source)
-            else {
+            let Ok(cfg) = config.source(&row.source) else {
                 shown.push(
                     origin,
                     Shown::Kept("its source is not configured any more".into()),
@@ -407,7 +403,7 @@ pub fn main(
     // Nothing is sent: no configuration id or API key is needed yet.
     let config = Config::load_draft(config_path)?;
     if let Some(source) = source {
-        named(&config, source)?;
+        config.source(source)?;
     }
     let preview = match (parked, source) {
         (true, source) => {
@@ -423,20 +419,6 @@ pub fn main(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The source named `source`, or an error naming those there are.
-fn named<'a>(config: &'a Config, source: &str) -> anyhow::Result<&'a SourceConfig> {
-    match config.sources.iter().find(|s| s.name.as_str() == source) {
-        Some(cfg) => Ok(cfg),
-        None => {
-            let names: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
-            anyhow::bail!(
-                "no source is named {source:?} (sources: {})",
-                names.join(", ")
-            )
-        }
-    }
 }
 
 fn show(preview: &Preview, json: bool) -> anyhow::Result<()> {
@@ -463,7 +445,7 @@ fn preview_source(
     from: Option<PathBuf>,
     rows: usize,
 ) -> anyhow::Result<Preview> {
-    let cfg = named(config, source)?;
+    let cfg = config.source(source)?;
     Ok(match &cfg.kind {
         SourceKind::Files(files) => {
             let file = match from {

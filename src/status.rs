@@ -222,10 +222,7 @@ pub fn resend(
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     if let Some(s) = &source {
-        anyhow::ensure!(
-            config.sources.iter().any(|c| c.name.as_str() == s),
-            "no source is named {s:?}"
-        );
+        config.source(s)?;
     }
     let since =
         crate::normalize::time::parse_since(since).map_err(|e| anyhow::anyhow!("--since {e}"))?;

@@ -130,7 +130,32 @@ impl SourceKind {
     }
 }
 
+/// A source name the configuration does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("no source is named {name:?} (sources: {known})")]
+pub struct UnknownSource {
+    pub name: String,
+    /// The names it has, comma-separated.
+    pub known: String,
+}
+
 impl Config {
+    /// The source named `name`; the error names those there are.
+    pub fn source(&self, name: &str) -> Result<&SourceConfig, UnknownSource> {
+        self.sources
+            .iter()
+            .find(|s| s.name.as_str() == name)
+            .ok_or_else(|| UnknownSource {
+                name: name.to_owned(),
+                known: self
+                    .sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         Self::load_as(file, false)
