@@ -330,14 +330,7 @@ async fn agent_state_rows_replayed_follow_the_rules_of_late_changes() {
         "{by_agent:?}"
     );
     assert_eq!(api.record_count(), 2, "{by_agent:?}");
-    let left = injixo_sync::outbox::parked_rows(
-        &env.state,
-        &injixo_sync::outbox::ParkedFilter::default(),
-        &[],
-        0,
-        10,
-    )
-    .unwrap();
+    let left = all_parked(&env.state);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].origin, "states.csv:4");
     assert!(left[0].reason.contains("(replayed: "), "{}", left[0].reason);
@@ -376,8 +369,7 @@ async fn a_retry_takes_out_only_the_rows_it_read() {
         })
     };
     park("old").await.unwrap();
-    let read =
-        injixo_sync::outbox::parked_rows(&state, &ParkedFilter::default(), &[], 0, 10).unwrap();
+    let read = all_parked(&state);
     let old: Vec<i64> = read.iter().map(|r| r.id).collect();
     // Given up by another process, then new rows parked.
     injixo_sync::outbox::drop_parked(
@@ -409,8 +401,7 @@ async fn a_retry_takes_out_only_the_rows_it_read() {
     .unwrap();
     assert!(stale.stale && stale.replayed == 0, "{stale:?}");
     assert_eq!((late.replayed, late.gone), (0, 3), "{late:?}");
-    let left =
-        injixo_sync::outbox::parked_rows(&state, &ParkedFilter::default(), &[], 0, 10).unwrap();
+    let left = all_parked(&state);
     assert_eq!(left.len(), 3);
     assert!(
         left.iter()

@@ -494,14 +494,7 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
         ])
     );
     assert_eq!(api.record_count(), 13, "nothing twice");
-    let parked = injixo_sync::outbox::parked_rows(
-        &env.state,
-        &injixo_sync::outbox::ParkedFilter::default(),
-        &[],
-        0,
-        10,
-    )
-    .unwrap();
+    let parked = all_parked(&env.state);
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert!(
         parked[0].reason.contains("was reported again"),

@@ -618,3 +618,9 @@ pub fn intervals(api: &FakeApi) -> Vec<(String, String, String, String)> {
         })
         .collect()
 }
+
+/// Every row parked in the state file at `path`, in the order they were parked.
+pub fn all_parked(path: &Path) -> Vec<injixo_sync::outbox::ParkedRow> {
+    let all = injixo_sync::outbox::ParkedFilter::default();
+    injixo_sync::outbox::parked_rows(path, &all, &[], 0, usize::MAX).unwrap()
+}
