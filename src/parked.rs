@@ -565,33 +565,13 @@ pub fn retry(
             }
         }
     })();
-    // Agent-state sources: every selected row of the source in one pass, sorted by time, and
-    // committed whole with the open states they leave, or not at all (then done again from
-    // the states as stored) when another process took a row meanwhile.
     let result = result.and_then(|()| {
         for name in &states_sources {
-            let selection = ParkedFilter {
-                source: Some(name.clone()),
-                reason: filter.reason.clone(),
-            };
             let target = targets
                 .get_mut(name)
                 .and_then(Option::as_mut)
                 .expect("a configured source");
-            for attempt in 1.. {
-                let rows = outbox::parked_rows(path, &selection, ids, 0, usize::MAX)?;
-                if !retry_rows(&outbox, target, rows, report.source(name))? {
-                    break;
-                }
-                anyhow::ensure!(
-                    attempt < 5,
-                    "source {name:?}: its parked rows kept changing under this retry (another \
-                     `parked retry` or `parked drop`); run it again"
-                );
-                if target.states.is_some() {
-                    target.states = Some(open_states(&outbox, target.id, true)?);
-                }
-            }
+            retry_states((path, &outbox), target, (filter, ids), report.source(name))?;
         }
         Ok(())
     });
@@ -614,6 +594,38 @@ pub fn retry(
         report.config_file = config.file.display().to_string();
     }
     result.map(|()| report)
+}
+
+/// An agent-state source's selected rows, all in one pass, sorted by time, and committed whole
+/// with the open states they leave; or not at all when another process took one of the rows
+/// meanwhile, and then done again from the states as stored.
+fn retry_states(
+    (path, outbox): (&Path, &Outbox),
+    target: &mut Target<'_>,
+    (filter, ids): (&ParkedFilter, &[i64]),
+    report: &mut SourceRetry,
+) -> anyhow::Result<()> {
+    let name = target.config.name.as_str();
+    let selection = ParkedFilter {
+        source: Some(name.to_owned()),
+        reason: filter.reason.clone(),
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let rows = outbox::parked_rows(path, &selection, ids, 0, usize::MAX)?;
+        if !retry_rows(outbox, target, rows, report)? {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            attempt < 5,
+            "source {name:?}: its parked rows kept changing under this retry (another \
+             `parked retry` or `parked drop`); run it again"
+        );
+        if target.states.is_some() {
+            target.states = Some(open_states(outbox, target.id, true)?);
+        }
+    }
 }
 
 /// The state lock, for replaying agent-state changes into the open states.
