@@ -1,9 +1,13 @@
-//! The local HTTP listener (`[listen] address`): `/healthz`, `/readyz` and `/metrics`, and
-//! the `webhook` sources' `POST /webhook/<source>/<token>`.
+//! The local HTTP listener (`[listen] address`): `/healthz`, `/readyz`, `/metrics`, the page
+//! (`/`, with `/help`) and `/status.json`, and the `webhook` sources'
+//! `POST /webhook/<source>/<token>`.
 //!
-//! The health and metrics endpoints read the daemon's counters and the outbox (read-only)
-//! and change nothing; pushes go to their source's thread, which commits them. It binds to
-//! loopback unless told otherwise, and refuses to start when the address is taken.
+//! Everything but the pushes reads the daemon's counters and the outbox (read-only) and changes
+//! nothing; pushes go to their source's thread, which commits them. It binds to loopback unless
+//! told otherwise, and refuses to start when the address is taken. The page and
+//! `/status.json` show parked input and dead letters: on an address other than loopback they
+//! need the `[listen]` token, or are refused. Routing is axum's `Router`, called as a tower
+//! service from the connection loop below, which keeps the loop's limits.
 //!
 //! It stays answerable under floods: a connection is accepted at once (at most
 //! [`MAX_CONNECTIONS`], beyond that answered 503 and closed, never left waiting in the
@@ -21,18 +25,23 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{any, get};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::{LaneMetrics, SourceMetrics};
+use crate::flow::Flow;
 use crate::metrics::{self, Depth};
 use crate::outbox::{LaneId, Outbox, now_ms};
+use crate::page::ConfigGlance;
 use crate::sources::webhook::{Hook, Push};
+use crate::types::Secret;
 
 /// What the endpoints read.
 pub struct Observed {
@@ -48,10 +57,80 @@ pub struct Observed {
     pub hooks: Vec<Hook>,
     /// Push bodies being read, per client address.
     pub reading: Arc<PushesByClient>,
-    /// Whether `/status.json` is served: only on a loopback address, since it shows parked
-    /// input and dead letters (reach it through an SSH tunnel or a local reverse proxy).
-    pub status_open: bool,
+    /// Who may see the page and `/status.json`.
+    pub access: Access,
+    /// Records per minute, for the page's charts.
+    pub flow: Arc<Flow>,
+    /// What the page says about the configuration (no secret in it).
+    pub glance: ConfigGlance,
+    /// The pollers' schedules, for when they poll next.
+    pub schedules: Vec<(String, crate::config::Schedule)>,
+    pub address: SocketAddr,
 }
+
+/// Who may see the page and `/status.json`, which show parked input and dead letters.
+pub struct Access {
+    /// `[listen] ui`: whether the page is served.
+    pub ui: bool,
+    /// `[listen] token`: asked for as `Authorization: Bearer` or as a browser login's password.
+    pub token: Option<Secret>,
+    /// Whether the listener is on a loopback address: then, without a token, they are open.
+    pub loopback: bool,
+}
+
+impl Access {
+    /// `None` when `headers` may see them; else the answer that says why not.
+    fn check(&self, headers: &HeaderMap) -> Option<Response> {
+        let Some(token) = &self.token else {
+            if self.loopback {
+                return None;
+            }
+            return Some(refuse(
+                StatusCode::FORBIDDEN,
+                "the page and /status.json show parked input and dead letters: on an address \
+                 other than loopback they need [listen] token_file. Or reach them through an \
+                 SSH tunnel or a reverse proxy on this machine",
+            ));
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, rest) = v.trim().split_once(' ')?;
+                let rest = rest.trim();
+                if scheme.eq_ignore_ascii_case("bearer") {
+                    Some(rest.to_owned())
+                } else if scheme.eq_ignore_ascii_case("basic") {
+                    use base64::Engine;
+                    let decoded = base64::engine::general_purpose::STANDARD
+                        .decode(rest)
+                        .ok()?;
+                    let text = String::from_utf8(decoded).ok()?;
+                    // Any user name: the token is the password.
+                    Some(text.split_once(':')?.1.to_owned())
+                } else {
+                    None
+                }
+            });
+        if given.is_some_and(|g| token.matches(&g)) {
+            return None;
+        }
+        let mut r = refuse(
+            StatusCode::UNAUTHORIZED,
+            "send the [listen] token: as Authorization: Bearer TOKEN, or in a browser as the \
+             password of the login it asks for (any user name)",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"injixo-sync\", charset=\"UTF-8\""),
+        );
+        Some(r)
+    }
+}
+
+/// The client's address, put into each request by the connection loop.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
 
 /// How many push bodies are being read from each client address.
 #[derive(Default)]
@@ -120,6 +199,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let router = routes(observed);
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -138,21 +218,22 @@ pub async fn serve(
             connections.spawn(turn_away(stream));
             continue;
         };
-        let observed = observed.clone();
+        let router = router.clone();
         let stop = shutdown.clone();
         connections.spawn(async move {
             let stopping = stop.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let (observed, stopping) = (observed.clone(), stopping.clone());
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                let (mut router, stopping) = (router.clone(), stopping.clone());
+                req.extensions_mut().insert(Peer(peer));
                 async move {
-                    let mut answer = answer(req, observed, peer).await?;
+                    use tower::Service;
+                    let mut answer = router.call(req.map(Body::new)).await?;
                     if stopping.is_cancelled() {
                         // The client learns to come back on a new connection, which the
                         // next generation takes, instead of finding this one closed under it.
-                        answer.headers_mut().insert(
-                            hyper::header::CONNECTION,
-                            hyper::header::HeaderValue::from_static("close"),
-                        );
+                        answer
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
                     Ok::<_, std::convert::Infallible>(answer)
                 }
@@ -196,20 +277,16 @@ async fn turn_away(mut stream: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer)).await;
 }
 
-type Answer = Result<Response<Full<Bytes>>, std::convert::Infallible>;
-
-fn reply(status: StatusCode, kind: &'static str, body: String) -> Answer {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn reply(status: StatusCode, kind: &'static str, body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(kind),
-    );
-    Ok(r)
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
 }
 
 /// A JSON error answer: `{"error": why}`.
-fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Answer {
+fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Response {
     reply(
         status,
         "application/json",
@@ -217,98 +294,186 @@ fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Answer {
     )
 }
 
-async fn answer(req: Request<Incoming>, o: Arc<Observed>, peer: SocketAddr) -> Answer {
-    if let Some(rest) = req.uri().path().strip_prefix("/webhook/") {
-        let rest = rest.to_owned();
-        return webhook(req, &o, &rest, peer).await;
-    }
-    if req.method() != Method::GET {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "use GET\n".into(),
+/// Every route: the page and `/help`, `/status.json`, health, metrics and the webhooks.
+fn routes(o: Arc<Observed>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/help", get(help))
+        .route("/status.json", get(status_json))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/webhook/{*rest}", any(webhook))
+        .fallback(not_found)
+        .method_not_allowed_fallback(use_get)
+        .with_state(o)
+}
+
+async fn not_found() -> Response {
+    reply(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "not found: try /, /healthz, /readyz, /metrics or /status.json\n".into(),
+    )
+}
+
+async fn use_get() -> Response {
+    let mut r = reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain",
+        "use GET\n".into(),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
+}
+
+async fn healthz() -> Response {
+    reply(
+        StatusCode::OK,
+        "application/json",
+        json!({"status": "alive"}).to_string(),
+    )
+}
+
+async fn readyz(State(o): State<Arc<Observed>>) -> Response {
+    let depths = depths(&o).await;
+    let reasons = not_ready(&o, &depths);
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply(
+        status,
+        "application/json",
+        json!({
+            "ready": reasons.is_empty(),
+            "reasons": reasons,
+            "warnings": warnings(&o, &depths),
+        })
+        .to_string(),
+    )
+}
+
+async fn metrics_text(State(o): State<Arc<Observed>>) -> Response {
+    let depths = depths(&o).await;
+    let path = o.state_path.clone();
+    // Bounded: ten reasons per source, the rest summed.
+    let parked = tokio::task::spawn_blocking(move || crate::outbox::parked_counts(&path, 10))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let lanes: Vec<_> = o
+        .lanes
+        .iter()
+        .map(|(id, m)| {
+            (
+                m.clone(),
+                depths
+                    .iter()
+                    .find(|(l, _)| l == id)
+                    .map(|(_, d)| *d)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    reply(
+        StatusCode::OK,
+        metrics::CONTENT_TYPE,
+        metrics::render(&o.sources, &lanes, o.outbox.usage(), parked, now_ms()),
+    )
+}
+
+/// What a page (HTML) answer carries: no caching, no framing, no script or style from
+/// elsewhere (the page's own are inline), no referrer.
+fn html_page(body: String) -> Response {
+    let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", body);
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// `GET /`: the page (see [`crate::page`]).
+async fn page(State(o): State<Arc<Observed>>, headers: HeaderMap) -> Response {
+    if !o.access.ui {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "the page is off ([listen] ui = false); /status.json is served",
         );
     }
-    match req.uri().path() {
-        "/healthz" => reply(
-            StatusCode::OK,
-            "application/json",
-            json!({"status": "alive"}).to_string(),
-        ),
-        "/readyz" => {
-            let depths = depths(&o).await;
-            let reasons = not_ready(&o, &depths);
-            let status = if reasons.is_empty() {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            reply(
-                status,
-                "application/json",
-                json!({
-                    "ready": reasons.is_empty(),
-                    "reasons": reasons,
-                    "warnings": warnings(&o, &depths),
-                })
-                .to_string(),
-            )
-        }
-        "/metrics" => {
-            let depths = depths(&o).await;
-            let path = o.state_path.clone();
-            // Bounded: ten reasons per source, the rest summed.
-            let parked =
-                tokio::task::spawn_blocking(move || crate::outbox::parked_counts(&path, 10))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
-            let lanes: Vec<_> = o
-                .lanes
-                .iter()
-                .map(|(id, m)| {
-                    (
-                        m.clone(),
-                        depths
-                            .iter()
-                            .find(|(l, _)| l == id)
-                            .map(|(_, d)| *d)
-                            .unwrap_or_default(),
-                    )
-                })
-                .collect();
-            reply(
-                StatusCode::OK,
-                metrics::CONTENT_TYPE,
-                metrics::render(&o.sources, &lanes, o.outbox.usage(), parked, now_ms()),
-            )
-        }
-        "/status.json" => status_json(&o).await,
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /healthz, /readyz, /metrics or /status.json\n".into(),
-        ),
+    if let Some(refused) = o.access.check(&headers) {
+        return refused;
     }
+    let path = o.state_path.clone();
+    let read = match tokio::task::spawn_blocking(move || crate::page::read(&path)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the outbox: {e}"),
+            );
+        }
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let (report, dead, held) = read;
+    let view = crate::page::View {
+        now_ms: now_ms(),
+        report: &report,
+        dead: &dead,
+        held: &held,
+        sources: &o.sources,
+        lanes: &o.lanes,
+        flow: &o.flow,
+        glance: &o.glance,
+        address: o.address,
+        schedules: &o.schedules,
+    };
+    html_page(crate::page::render(&view))
+}
+
+/// `GET /help`: the troubleshooting table of this version's docs/operations.md, which the
+/// page links to (it works offline).
+async fn help(State(o): State<Arc<Observed>>) -> Response {
+    if !o.access.ui {
+        return not_found().await;
+    }
+    html_page(crate::page::help())
 }
 
 /// `GET /status.json`: what `injixo-sync status --json` prints, read from the state file on a
 /// connection of its own.
-async fn status_json(o: &Observed) -> Answer {
-    if !o.status_open {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "/status.json is served only when [listen] address is a loopback address: it shows \
-             parked input and dead letters. Reach it through an SSH tunnel or a reverse proxy \
-             on this machine",
-        );
+async fn status_json(State(o): State<Arc<Observed>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = o.access.check(&headers) {
+        return refused;
     }
     let path = o.state_path.clone();
     let report = tokio::task::spawn_blocking(move || crate::outbox::inspect(&path, 10)).await;
     match report {
         Ok(Ok(report)) => match serde_json::to_string_pretty(&report) {
-            Ok(body) => reply(StatusCode::OK, "application/json", body),
+            Ok(body) => {
+                let mut r = reply(StatusCode::OK, "application/json", body);
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                r
+            }
             Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
         Ok(Err(e)) => refuse(
@@ -331,9 +496,19 @@ async fn status_json(o: &Observed) -> Answer {
 /// now (retry). 200 otherwise, with what was kept, merged (sent before), skipped and rejected.
 /// Every element of a push is a record of its own; a push sent again under the same
 /// `Idempotency-Key` (or, without one, with the same body) is recognised and merged.
-async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketAddr) -> Answer {
+async fn webhook(
+    State(o): State<Arc<Observed>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    req: Request,
+) -> Response {
     use http_body_util::BodyExt;
-    let (name, token) = rest.split_once('/').unwrap_or((rest, ""));
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix("/webhook/")
+        .unwrap_or_default()
+        .to_owned();
+    let (name, token) = rest.split_once('/').unwrap_or((&rest, ""));
     let Some(hook) = o
         .hooks
         .iter()
@@ -346,7 +521,7 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
     }
     let json = req
         .headers()
-        .get(hyper::header::CONTENT_TYPE)
+        .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|v| {
@@ -379,7 +554,7 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
     };
     let declared = req
         .headers()
-        .get(hyper::header::CONTENT_LENGTH)
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > hook.max_body as u64) {
@@ -409,12 +584,10 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
                     "the body did not arrive within body_timeout ({}); nothing was kept",
                     humantime::format_duration(o.body_timeout)
                 ),
-            )?;
-            r.headers_mut().insert(
-                hyper::header::CONNECTION,
-                hyper::header::HeaderValue::from_static("close"),
             );
-            return Ok(r);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
     };
     let objects = match serde_json::from_slice::<serde_json::Value>(&body) {
@@ -508,7 +681,7 @@ async fn webhook(req: Request<Incoming>, o: &Observed, rest: &str, peer: SocketA
 }
 
 /// 503 with `Retry-After: 5`: nothing was kept, send again.
-fn busy(why: &str) -> Answer {
+fn busy(why: &str) -> Response {
     busy_for(why, 5)
 }
 
@@ -516,16 +689,14 @@ fn busy(why: &str) -> Answer {
 const FULL_RETRY_AFTER: u32 = 60;
 
 /// 503 with `Retry-After: seconds`: nothing was kept, send again.
-fn busy_for(why: &str, seconds: u32) -> Answer {
+fn busy_for(why: &str, seconds: u32) -> Response {
     let mut r = refuse(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("{why}; nothing was kept, send it again"),
-    )?;
-    r.headers_mut().insert(
-        hyper::header::RETRY_AFTER,
-        hyper::header::HeaderValue::from(seconds),
     );
-    Ok(r)
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    r
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {

@@ -85,18 +85,7 @@ pub fn main(config_path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 Some((src.name.as_str().to_owned(), verdict))
             })
             .collect();
-        let schedules: Vec<(String, crate::config::Schedule)> = config
-            .sources
-            .iter()
-            .filter_map(|src| {
-                let schedule = match &src.kind {
-                    crate::config::SourceKind::Sql(s) => s.schedule.clone(),
-                    crate::config::SourceKind::Http(h) => h.schedule.clone(),
-                    _ => return None,
-                };
-                Some((src.name.as_str().to_owned(), schedule))
-            })
-            .collect();
+        let schedules = config.schedules();
         print!(
             "{}",
             render(&report, &config.state.path, now, &silent, &schedules)
@@ -335,7 +324,7 @@ dropped: `injixo-sync dead drop {}`)
 
 /// A cursor in its source's own terms: a file's place, a poller's last and next poll and
 /// where it reads from, the agents in a state.
-fn cursor_line(
+pub(crate) fn cursor_line(
     c: &outbox::CursorReport,
     schedule: Option<&crate::config::Schedule>,
     now_ms: i64,

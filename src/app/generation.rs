@@ -51,6 +51,7 @@ pub(super) async fn run(
         built,
         hooks,
         client,
+        listen_token,
     } = prepared;
     for w in &config.warnings {
         warn!("{w}");
@@ -90,9 +91,28 @@ pub(super) async fn run(
             body_timeout: listen.body_timeout,
             hooks,
             reading: Arc::default(),
-            status_open: listen.address.ip().is_loopback(),
+            access: server::Access {
+                ui: listen.ui,
+                token: listen_token,
+                loopback: listen.address.ip().is_loopback(),
+            },
+            flow: generation.kept.flow.clone(),
+            glance: crate::page::ConfigGlance::of(&config),
+            schedules: config.schedules(),
+            address: listen.address,
         });
-        info!(address = %listen.address, "serving /healthz, /readyz, /metrics, /status.json and {} webhook(s)", observed.hooks.len());
+        generation.spawn(crate::page::sample(
+            observed.flow.clone(),
+            observed.sources.clone(),
+            observed.lanes.iter().map(|(_, m)| m.clone()).collect(),
+            generation.shutdown.clone(),
+        ));
+        info!(
+            address = %listen.address,
+            "serving {}/status.json, /healthz, /readyz, /metrics and {} webhook(s)",
+            if listen.ui { "the page (/), " } else { "" },
+            observed.hooks.len()
+        );
         generation.spawn(server::serve(
             listener,
             observed,

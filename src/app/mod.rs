@@ -97,6 +97,8 @@ pub struct Kept {
     outbox: Option<Outbox>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: crate::counters::Counters,
+    /// Records per minute over the last hour, for the page.
+    flow: Arc<crate::flow::Flow>,
     /// Requests in flight that a reload handed from one generation's lanes to the next's.
     handoffs: Arc<crate::push::Handoffs>,
     lock: Arc<crate::outbox::StateLock>,
@@ -112,6 +114,7 @@ impl Kept {
             outbox: Some(outbox),
             writer: std::sync::Mutex::new(Some(writer)),
             counters: crate::counters::Counters::default(),
+            flow: Arc::default(),
             handoffs: Arc::default(),
             lock: Arc::new(lock),
         })
@@ -337,6 +340,8 @@ pub struct Prepared {
     built: Vec<Box<dyn sources::Source>>,
     hooks: Vec<sources::webhook::Hook>,
     client: Arc<ApiClient>,
+    /// `[listen] token`, read.
+    listen_token: Option<crate::types::Secret>,
 }
 
 /// Builds what a configuration needs before anything runs, so that a secret that cannot be read
@@ -362,11 +367,16 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let client = Arc::new(ApiClient::new(&config.api)?);
+    let listen_token = match config.listen.as_ref().and_then(|l| l.token.as_ref()) {
+        Some(t) => Some(t.load()?),
+        None => None,
+    };
     Ok(Prepared {
         config,
         built,
         hooks,
         client,
+        listen_token,
     })
 }
 

@@ -56,10 +56,17 @@ pub struct StateConfig {
     pub max_outbox_size: Option<u64>,
 }
 
-/// The local HTTP listener for `/healthz`, `/readyz` and `/metrics`.
+/// The local HTTP listener: `/healthz`, `/readyz`, `/metrics`, the page and `/status.json`,
+/// the webhooks.
 #[derive(Clone, Debug)]
 pub struct ListenConfig {
     pub address: std::net::SocketAddr,
+    /// Whether the page (`GET /`) is served.
+    pub ui: bool,
+    /// What the page and `/status.json` ask for (`Authorization: Bearer` or a browser's
+    /// Basic login with the token as its password); without one they are served on a loopback
+    /// address only.
+    pub token: Option<super::SourceSecret>,
     /// `/readyz` fails while a lane's oldest pending record is older than this.
     pub ready_pending_age: Duration,
     /// A push's body must have arrived this long after its headers.
@@ -294,8 +301,18 @@ impl Validator<'_> {
             Duration::from_secs(10),
             (Duration::from_millis(100), Duration::from_secs(300)),
         );
+        let token = self
+            .secret_at(
+                &[Seg::Key("listen")],
+                "listen.token",
+                "token",
+                (raw.token, raw.token_file, raw.token_env),
+            )
+            .unwrap_or(None);
         ListenConfig {
             address,
+            ui: raw.ui.unwrap_or(true),
+            token,
             ready_pending_age,
             body_timeout,
         }

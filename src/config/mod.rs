@@ -140,6 +140,21 @@ pub struct UnknownSource {
 }
 
 impl Config {
+    /// The pollers' schedules by source name (for when they poll next).
+    pub fn schedules(&self) -> Vec<(String, Schedule)> {
+        self.sources
+            .iter()
+            .filter_map(|src| {
+                let schedule = match &src.kind {
+                    SourceKind::Sql(s) => s.schedule.clone(),
+                    SourceKind::Http(h) => h.schedule.clone(),
+                    _ => return None,
+                };
+                Some((src.name.as_str().to_owned(), schedule))
+            })
+            .collect()
+    }
+
     /// The source named `name`; the error names those there are.
     pub fn source(&self, name: &str) -> Result<&SourceConfig, UnknownSource> {
         self.sources

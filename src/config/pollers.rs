@@ -127,7 +127,7 @@ impl Validator<'_> {
         }
     }
 
-    /// A secret configured as `name`, `name_file` or `name_env`.
+    /// A source's secret configured as `name`, `name_file` or `name_env`; required.
     pub(super) fn secret(
         &mut self,
         i: usize,
@@ -136,8 +136,36 @@ impl Validator<'_> {
         raw: (Option<String>, Option<String>, Option<String>),
         hint: &str,
     ) -> Option<SourceSecret> {
-        let at = |k: &str| vec![Seg::Key("source"), Seg::Index(i), Seg::Owned(k.to_owned())];
+        let base = vec![Seg::Key("source"), Seg::Index(i)];
         let key = format!("{label}.{name}");
+        match self.secret_at(&base, &key, name, raw) {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => {
+                self.problem(
+                    &base,
+                    &key,
+                    format!("is required ({name}, {name}_file or {name}_env): {hint}"),
+                );
+                None
+            }
+            Err(()) => None,
+        }
+    }
+
+    /// A secret configured under `base` as `name`, `name_file` or `name_env` (`key` names it in
+    /// messages): `Ok(None)` when none of them is set, `Err` when a problem was noted.
+    pub(super) fn secret_at(
+        &mut self,
+        base: &[Seg],
+        key: &str,
+        name: &'static str,
+        raw: (Option<String>, Option<String>, Option<String>),
+    ) -> Result<Option<SourceSecret>, ()> {
+        let at = |k: &str| {
+            let mut at = base.to_vec();
+            at.push(Seg::Owned(k.to_owned()));
+            at
+        };
         let from = match raw {
             (Some(v), None, None) => {
                 self.warnings.push(format!(
@@ -154,26 +182,22 @@ impl Validator<'_> {
                     &format!("{key}_env"),
                     "names no variable",
                 );
-                return None;
+                return Err(());
             }
-            (None, None, None) => {
-                self.problem(
-                    &[Seg::Key("source"), Seg::Index(i)],
-                    &key,
-                    format!("is required ({name}, {name}_file or {name}_env): {hint}"),
-                );
-                return None;
-            }
+            (None, None, None) => return Ok(None),
             _ => {
                 self.problem(
                     &at(name),
-                    &key,
+                    key,
                     format!("set only one of {name}, {name}_file and {name}_env"),
                 );
-                return None;
+                return Err(());
             }
         };
-        Some(SourceSecret { key, from })
+        Ok(Some(SourceSecret {
+            key: key.to_owned(),
+            from,
+        }))
     }
 
     pub(super) fn schedule(&mut self, i: usize, label: &str, raw: &RawSource) -> Option<Schedule> {

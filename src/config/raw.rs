@@ -50,6 +50,10 @@ pub(super) struct RawListen {
     pub(super) address: Option<String>,
     pub(super) ready_pending_age: Option<String>,
     pub(super) body_timeout: Option<String>,
+    pub(super) ui: Option<bool>,
+    pub(super) token: Option<String>,
+    pub(super) token_file: Option<String>,
+    pub(super) token_env: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -34,6 +34,66 @@ pub fn dead_letters(
     query(&conn, source, limit).map_err(|e| OutboxError::sqlite(path, e))
 }
 
+/// Dead letters refused alike (same source, status and answer), largest group first.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeadGroup {
+    pub source: String,
+    pub status: i64,
+    pub answer: String,
+    pub count: i64,
+    pub first_id: i64,
+    /// Whether they are damaged in the state file (they can only be dropped).
+    pub damaged: bool,
+    /// Their ids when the group has at most [`GROUP_IDS`]; else the first [`GROUP_IDS`].
+    pub ids: Vec<i64>,
+}
+
+/// How many ids a [`DeadGroup`] lists.
+pub const GROUP_IDS: usize = 20;
+
+/// Dead letters grouped by source, status and answer: the `limit` largest groups.
+pub fn dead_groups(path: &Path, limit: usize) -> Result<Vec<DeadGroup>, OutboxError> {
+    let conn = schema::open_ro(path)?;
+    let read = || -> rusqlite::Result<Vec<DeadGroup>> {
+        let mut groups: Vec<DeadGroup> = conn
+            .prepare(
+                "SELECT s.name, d.status, d.answer, count(*), min(d.record_id), max(d.damaged)
+                 FROM dead d JOIN records r ON r.id = d.record_id
+                 JOIN sources s ON s.id = r.source_id
+                 WHERE r.state = 2 GROUP BY s.name, d.status, d.answer
+                 ORDER BY count(*) DESC, min(d.record_id) LIMIT ?1",
+            )?
+            .query_map([limit as i64], |r| {
+                Ok(DeadGroup {
+                    source: r.get(0)?,
+                    status: r.get(1)?,
+                    answer: r.get(2)?,
+                    count: r.get(3)?,
+                    first_id: r.get(4)?,
+                    damaged: r.get::<_, i64>(5)? != 0,
+                    ids: Vec::new(),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut ids = conn.prepare(
+            "SELECT d.record_id FROM dead d JOIN records r ON r.id = d.record_id
+             JOIN sources s ON s.id = r.source_id
+             WHERE r.state = 2 AND s.name = ?1 AND d.status = ?2 AND d.answer = ?3
+             ORDER BY d.record_id LIMIT ?4",
+        )?;
+        for g in &mut groups {
+            g.ids = ids
+                .query_map(
+                    params![g.source, g.status, g.answer, GROUP_IDS as i64],
+                    |r| r.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(groups)
+    };
+    read().map_err(|e| OutboxError::sqlite(path, e))
+}
+
 /// Each dead letter is decoded here, one by one, rather than by `payload()` in the query: one
 /// that cannot be decoded is listed as damaged instead of failing the whole list.
 pub(super) fn query(

@@ -51,7 +51,9 @@ pub use batches::{Batch, BatchLimits, Delivered, Health, NextBatch};
 use batches::{Columns, move_to_end, note_requeue};
 pub use codec::register as register_functions;
 use codec::{Codecs, Packed};
-pub use dead::{Changed, Selection, dead_letters, drop_dead, retry_dead};
+pub use dead::{
+    Changed, DeadGroup, GROUP_IDS, Selection, dead_groups, dead_letters, drop_dead, retry_dead,
+};
 pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
 pub use keys::{Dkey, dedupe_key, natural_key};
 pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod acd_api;
+pub mod browser;
 pub mod net;
 pub mod prereq;
 #[allow(unused_imports)]

@@ -1,0 +1,481 @@
+//! The page (`GET /` on the `[listen]` address) as a person sees it: the real binary with
+//! several sources, a dead letter, parked rows, a queue name held back, a source that cannot
+//! reach its database and a lane the API refuses, opened in headless Chromium; and secrets in
+//! every place a secret can be configured, none of which appears on the page, `/status.json`,
+//! `/metrics` or `/help`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use injixo_sync::types::Emits;
+use serde_json::Value;
+use support::browser::Browser;
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Every secret the configuration holds, each in its own place.
+const SECRETS: &[&str] = &[
+    KEY,
+    "PageTok3n-Secret-0001",
+    "WebhookTok3n-Secret-0002",
+    "DbPassw0rd-Secret-0003",
+    "HttpPassw0rd-Secret-0004",
+    "QueryKey-Secret-0005",
+    "HeaderKey-Secret-0006",
+    "Bearer-Secret-0007",
+    "cloud-user",
+];
+const PAGE_TOKEN: &str = "PageTok3n-Secret-0001";
+
+fn config(env: &Env, api: &str, port: u16, page_token: bool) -> String {
+    let listen_token = if page_token {
+        format!("token = {PAGE_TOKEN:?}\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"[api]
+url = {api:?}
+token = {KEY:?}
+linger = "50ms"
+retry_initial = "50ms"
+retry_max = "400ms"
+pause_probe = "300ms"
+
+[state]
+path = {state:?}
+
+[listen]
+address = "127.0.0.1:{port}"
+{listen_token}
+{calls}
+[[source]]
+name = "pushes"
+type = "webhook"
+integration_id = 1234
+emits = "agent_states"
+external_system = "ACD"
+token = "WebhookTok3n-Secret-0002"
+[source.map]
+agentIdentifier = "agent"
+activityIdentifier = "state"
+timestamp = "at"
+
+[[source]]
+name = "pbx-db"
+type = "sql"
+integration_id = 1234
+emits = "contact_events"
+connection = "postgres://wfm:DbPassw0rd-Secret-0003@127.0.0.1:1/acd"
+every = "1s"
+query = "SELECT id, queue, started FROM calls"
+cursor_column = "started"
+initial_cursor = "2024-01-01T00:00:00Z"
+key = "{{id}}"
+[source.map]
+timestamp = "started"
+queueName = "queue"
+queueIdentifier = "queue"
+channel = {{ value = "calls" }}
+offered = {{ value = true }}
+handled = {{ value = true }}
+duration = {{ value = 1 }}
+
+[[source]]
+name = "cloud-a"
+type = "http"
+integration_id = 1234
+emits = "contact_events"
+every = "1h"
+url = "http://cloud-user:HttpPassw0rd-Secret-0004@127.0.0.1:1/api/calls?api_key=QueryKey-Secret-0005"
+headers = {{ "X-Api-Key" = "HeaderKey-Secret-0006" }}
+auth = "basic"
+username = "wfm"
+password = "HttpPassw0rd-Secret-0004"
+records = "/calls"
+key = "{{id}}"
+[source.map]
+timestamp = "t"
+queueName = "q"
+queueIdentifier = "q"
+channel = {{ value = "calls" }}
+offered = {{ value = true }}
+handled = {{ value = true }}
+duration = {{ value = 1 }}
+
+[[source]]
+name = "cloud-b"
+type = "http"
+integration_id = 1234
+emits = "contact_events"
+every = "1h"
+url = "http://127.0.0.1:1/calls"
+token = "Bearer-Secret-0007"
+records = "/calls"
+key = "{{id}}"
+[source.map]
+timestamp = "t"
+queueName = "q"
+queueIdentifier = "q"
+channel = {{ value = "calls" }}
+offered = {{ value = true }}
+handled = {{ value = true }}
+duration = {{ value = 1 }}
+"#,
+        state = env.state.display().to_string(),
+        calls = env.ndjson_source("calls", "drop", ""),
+    )
+}
+
+async fn get(url: &str, auth: Option<&str>) -> (u16, String, reqwest::header::HeaderMap) {
+    let client = reqwest::Client::new();
+    let mut req = client.get(url);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let r = req.send().await.expect("daemon answers");
+    let headers = r.headers().clone();
+    (r.status().as_u16(), r.text().await.unwrap(), headers)
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for s in SECRETS {
+        assert!(!text.contains(s), "{what} shows the secret {s:?}:\n{text}");
+    }
+}
+
+/// Where the screenshots are kept (a CI artifact).
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("page-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Sets the viewport to `w` × `h` CSS pixels, whatever the window adds around it.
+async fn viewport(b: &Browser, w: u32, h: u32) {
+    b.viewport(w, h).await;
+    let inner = b
+        .run("return [window.innerWidth, window.innerHeight];")
+        .await;
+    let (iw, ih) = (inner[0].as_u64().unwrap(), inner[1].as_u64().unwrap());
+    if (iw, ih) != (w as u64, h as u64) {
+        b.viewport(w + (w - iw as u32), h + (h - ih as u32)).await;
+    }
+    let inner = b
+        .run("return [window.innerWidth, window.innerHeight];")
+        .await;
+    assert_eq!(inner, serde_json::json!([w, h]), "viewport");
+}
+
+/// What a person sees, checked in the browser; `label` names the screenshot.
+async fn look(b: &Browser, url: &str, w: u32, h: u32, label: &str) -> Value {
+    viewport(b, w, h).await;
+    b.goto(url).await;
+    let seen = b
+        .run(
+            r#"
+            const text = document.body.innerText;
+            const q = s => Array.from(document.querySelectorAll(s));
+            // WCAG contrast of an element's text against its own background.
+            const lum = c => {
+              const m = c.match(/\d+(\.\d+)?/g).slice(0, 3).map(Number).map(v => {
+                v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+              });
+              return 0.2126 * m[0] + 0.7152 * m[1] + 0.0722 * m[2];
+            };
+            const contrast = e => {
+              const s = getComputedStyle(e);
+              const [a, b] = [lum(s.color), lum(s.backgroundColor)].sort((x, y) => y - x);
+              return (a + 0.05) / (b + 0.05);
+            };
+            const chartRows = {};
+            q('tbody tr').forEach(tr => {
+              const th = tr.querySelector('th'); const svg = tr.querySelector('svg.chart');
+              if (th && svg) chartRows[th.innerText.trim()] = svg.querySelectorAll('rect').length;
+            });
+            return {
+              text,
+              lang: document.documentElement.lang,
+              landmarks: ['header', 'nav', 'main', 'footer'].filter(s => q(s).length === 1),
+              h1: q('h1').length,
+              charts: q('svg.chart').length,
+              chartsLabelled: q('svg.chart').every(s => (s.getAttribute('aria-label') || '').length > 20),
+              chartRows,
+              states: q('.state').map(e => ({text: e.innerText.trim(), contrast: contrast(e)})),
+              tablesCaptioned: q('table').every(t => t.querySelector('caption')),
+              headersScoped: q('th').every(t => t.getAttribute('scope')),
+              commands: q('.cmd code').map(c => c.innerText),
+              overflow: document.documentElement.scrollWidth - window.innerWidth,
+              smallestText: Math.min(...q('p, td, th, li, code').map(e => parseFloat(getComputedStyle(e).fontSize))),
+            };
+            "#,
+        )
+        .await;
+    let png = b.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(screenshots().join(format!("{label}.png")), png).unwrap();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    api.reject_records_containing("\"duration\":42,");
+    api.refuse_endpoint(Some((Emits::AgentStatuses, 401)));
+    let port = free_port();
+    std::fs::write(&env.config_file, config(&env, &api.url(), port, true)).unwrap();
+    let (code, checked) = env.check_offline();
+    assert_eq!(code, 0, "{checked}");
+    assert_no_secret("check", &checked);
+    let log = env.dir.path().join("daemon.log");
+    let mut daemon = Process::start_logged(&env.config_file, &log);
+    wait_serving(port).await;
+    daemon.assert_running();
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Records: 60 delivered, one refused (a dead letter), one line that is no JSON (parked).
+    std::fs::write(
+        env.exports.join("a.ndjson"),
+        events(1..=60) + "{not json\n",
+    )
+    .unwrap();
+    wait_for(LIMIT, "the first file delivered", || {
+        env.try_report()
+            .is_some_and(|r| r.lanes.iter().any(|l| l.dead >= 1 && l.pending == 0))
+    })
+    .await;
+    // The same queue under a new name: held back.
+    std::fs::write(
+        env.exports.join("b.ndjson"),
+        event(100).replace("\"Support\"", "\"Support Team\"") + "\n",
+    )
+    .unwrap();
+    // Agent states pushed: an interval for a lane the API refuses (401: paused).
+    let push = reqwest::Client::new()
+        .post(format!("{base}/webhook/pushes/WebhookTok3n-Secret-0002"))
+        .header("content-type", "application/json")
+        .body(
+            r#"[{"agent":"a1","state":"ready","at":"2024-05-01T08:00:00Z"},
+                {"agent":"a1","state":"break","at":"2024-05-01T08:30:00Z"}]"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status().as_u16(), 200);
+    wait_for(LIMIT, "held, paused and a source problem", || {
+        env.try_report().is_some_and(|r| {
+            r.lanes.iter().any(|l| l.held > 0)
+                && r.lanes.iter().any(|l| l.health == "paused")
+                && r.sources
+                    .iter()
+                    .any(|s| s.name == "pbx-db" && !s.problems.is_empty())
+        })
+    })
+    .await;
+
+    // With a [listen] token the page and /status.json ask for it; a browser's login works.
+    let (status, _, headers) = get(&format!("{base}/"), None).await;
+    assert_eq!(status, 401);
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    let (status, _, _) = get(&format!("{base}/status.json"), Some("Bearer wrong")).await;
+    assert_eq!(status, 401);
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("anyone:{PAGE_TOKEN}"))
+    );
+    let bearer = format!("Bearer {PAGE_TOKEN}");
+    let (status, html, headers) = get(&format!("{base}/"), Some(&basic)).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    assert_no_secret("the page", &html);
+    for path in ["/status.json", "/help"] {
+        let (status, body, _) = get(&format!("{base}{path}"), Some(&bearer)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_no_secret(path, &body);
+    }
+    for path in ["/metrics", "/readyz", "/healthz"] {
+        let (_, body, _) = get(&format!("{base}{path}"), None).await;
+        assert_no_secret(path, &body);
+    }
+    // Without JavaScript (the server's HTML): the parts and the commands are there.
+    for part in [
+        "Flow",
+        "Health",
+        "What needs a person",
+        "Configuration",
+        "Paused",
+        "dead retry",
+        "parked retry --source calls",
+        "queues confirm --integration-id 1234 --identifier support --name 'Support Team'",
+        "pbx-db",
+    ] {
+        assert!(html.contains(part), "no {part:?} in\n{html}");
+    }
+
+    // The token taken out (a reload): on loopback the page is open; Chromium opens it.
+    std::fs::write(&env.config_file, config(&env, &api.url(), port, false)).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status();
+    wait_for(LIMIT, "the page served without the token", || {
+        std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{base}/"))
+            .output()
+            .is_ok_and(|o| o.stdout == b"200")
+    })
+    .await;
+    // Samples are taken every 5 s: the first minute's chart has data within that.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    for (w, h, label) in [(1280, 800, "page-1280x800"), (390, 844, "page-390x844")] {
+        let seen = look(&browser, &format!("{base}/"), w, h, label).await;
+        let text = seen["text"].as_str().unwrap();
+        assert_no_secret("the page in Chromium", text);
+        for name in [
+            "contact_events #1234",
+            "agent_statuses #1234 (ACD)",
+            "calls",
+            "pushes",
+            "pbx-db",
+            "cloud-a",
+            "cloud-b",
+        ] {
+            assert!(text.contains(name), "{label}: no {name:?} in\n{text}");
+        }
+        assert!(text.contains("Paused"), "{label}: {text}");
+        assert!(text.contains("1 from calls"), "{label}: {text}");
+        assert!(text.contains("Support Team"), "{label}: {text}");
+        assert!(
+            text.contains("cannot connect") || text.contains("refused"),
+            "{label}: {text}"
+        );
+        let commands: Vec<&str> = seen["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        for wanted in [
+            "dead retry",
+            "parked retry --source calls",
+            "queues confirm",
+        ] {
+            assert!(
+                commands.iter().any(|c| c.contains(wanted)),
+                "{label}: no command with {wanted:?}: {commands:?}"
+            );
+        }
+        // Charts: one per source and lane, the busy ones with bars.
+        assert!(seen["charts"].as_u64().unwrap() >= 7, "{label}: {seen}");
+        assert_eq!(seen["chartsLabelled"], true, "{label}");
+        assert!(
+            seen["chartRows"]["calls"].as_u64().unwrap() > 0,
+            "{label}: {}",
+            seen["chartRows"]
+        );
+        assert!(
+            seen["chartRows"]["contact_events #1234"].as_u64().unwrap() > 0,
+            "{label}: {}",
+            seen["chartRows"]
+        );
+        // Accessibility basics: language, one of each landmark, one h1, captions and header
+        // scopes in tables, every state in words (not colour alone) at AA contrast.
+        assert_eq!(seen["lang"], "en");
+        assert_eq!(
+            seen["landmarks"],
+            serde_json::json!(["header", "nav", "main", "footer"])
+        );
+        assert_eq!(seen["h1"], 1);
+        assert_eq!(seen["tablesCaptioned"], true);
+        assert_eq!(seen["headersScoped"], true);
+        for s in seen["states"].as_array().unwrap() {
+            assert!(s["text"].as_str().unwrap().len() > 2, "{label}: {s}");
+            assert!(s["contrast"].as_f64().unwrap() >= 4.5, "{label}: {s}");
+        }
+        // Readable: nothing wider than the screen, no text below 12 px.
+        assert!(seen["overflow"].as_i64().unwrap() <= 0, "{label}: {seen}");
+        assert!(seen["smallestText"].as_f64().unwrap() >= 12.0, "{label}");
+        let errors: Vec<Value> = browser
+            .console()
+            .await
+            .into_iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .collect();
+        assert!(errors.is_empty(), "{label}: console errors {errors:?}");
+    }
+    // The whole page at 1280 wide, for the README.
+    viewport(&browser, 1280, 800).await;
+    browser.goto(&format!("{base}/")).await;
+    let height = browser
+        .run("return document.documentElement.scrollHeight;")
+        .await
+        .as_u64()
+        .unwrap() as u32;
+    viewport(&browser, 1280, height).await;
+    std::fs::write(
+        screenshots().join("page-1280-full.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
+    // With JavaScript the page refreshes itself (its main part is replaced).
+    browser
+        .run("document.getElementById('main').dataset.old = 'yes'; return 0;")
+        .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let old = browser
+        .run("return document.getElementById('main').dataset.old || null;")
+        .await;
+    assert_eq!(old, Value::Null, "the page did not refresh itself");
+    let errors: Vec<Value> = browser
+        .console()
+        .await
+        .into_iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(errors.is_empty(), "console errors after refresh {errors:?}");
+    browser.quit().await;
+    daemon.terminate();
+    assert_no_secret("the log", &std::fs::read_to_string(&log).unwrap());
+}
+
+/// `[listen] ui = false` turns the page off; `/status.json` stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_can_be_turned_off() {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let port = free_port();
+    let config = env.write_config(&format!(
+        "{}\n[listen]\naddress = \"127.0.0.1:{port}\"\nui = false\n",
+        env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", ""))
+    ));
+    let daemon = Daemon::start(config);
+    wait_serving(port).await;
+    let (status, body, _) = get(&format!("http://127.0.0.1:{port}/"), None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("ui = false"), "{body}");
+    let (status, _, _) = get(&format!("http://127.0.0.1:{port}/status.json"), None).await;
+    assert_eq!(status, 200);
+    daemon.stop().await;
+}
