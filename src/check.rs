@@ -82,6 +82,27 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
         Ok(_) => ok.push(format!("API key found in {}", config.api.token.describe())),
         Err(e) => problems.push(e.to_string()),
     }
+    if let Some(listen) = &config.listen {
+        let page = if listen.ui { "the page (/) and " } else { "" };
+        match &listen.token {
+            Some(t) => match t.load() {
+                Ok(_) => ok.push(format!(
+                    "[listen] {page}/status.json ask for the token in {}",
+                    t.from.describe_as(&t.key)
+                )),
+                Err(e) => problems.push(e.to_string()),
+            },
+            None if listen.address.ip().is_loopback() => ok.push(format!(
+                "[listen] {page}/status.json are served on {} (loopback) without a token",
+                listen.address
+            )),
+            None => ok.push(format!(
+                "[listen] {page}/status.json are refused on {} (not loopback) until \
+                 [listen] token_file is set; reach them through an SSH tunnel",
+                listen.address
+            )),
+        }
+    }
 
     for s in &config.sources {
         match &s.kind {

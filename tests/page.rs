@@ -241,11 +241,7 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
     let base = format!("http://127.0.0.1:{port}");
 
     // Records: 60 delivered, one refused (a dead letter), one line that is no JSON (parked).
-    std::fs::write(
-        env.exports.join("a.ndjson"),
-        events(1..=60) + "{not json\n",
-    )
-    .unwrap();
+    std::fs::write(env.exports.join("a.ndjson"), events(1..=60) + "{not json\n").unwrap();
     wait_for(LIMIT, "the first file delivered", || {
         env.try_report()
             .is_some_and(|r| r.lanes.iter().any(|l| l.dead >= 1 && l.pending == 0))
