@@ -83,6 +83,28 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
         Err(e) => problems.push(e.to_string()),
     }
     if let Some(listen) = &config.listen {
+        if let Some(files) = &listen.tls {
+            let now = crate::outbox::now_ms().div_euclid(1000);
+            match crate::tls::load(files, now) {
+                Ok(t) => {
+                    ok.push(format!(
+                        "[listen] HTTPS with {} (for {}), valid {} more day(s){}",
+                        files.cert.display(),
+                        t.names.join(", "),
+                        t.days_left(now),
+                        if files.client_ca.is_some() {
+                            "; clients must present a certificate signed by tls_client_ca"
+                        } else {
+                            ""
+                        }
+                    ));
+                    if let Some(w) = t.expiry_warning(files, now) {
+                        eprintln!("warning: {w}");
+                    }
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
         let page = if listen.ui { "the page (/) and " } else { "" };
         match &listen.token {
             Some(t) => match t.load() {

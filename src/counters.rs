@@ -45,6 +45,13 @@ pub struct SourceMetrics {
     /// Reading waits (a push is answered 503) each time.
     pub room_waits_budget: AtomicU64,
     pub room_waits_disk_full: AtomicU64,
+    /// Pushes refused before anything was kept (a webhook source): from an address not in
+    /// `allow`, without the right token, with a signature that does not match, with a signed
+    /// time too far from now.
+    pub refused_address: AtomicU64,
+    pub refused_token: AtomicU64,
+    pub refused_signature: AtomicU64,
+    pub refused_timestamp: AtomicU64,
     /// When the daemon started: silence is counted from here at the earliest.
     pub since_ms: i64,
     /// `stale_after` and `business_hours` as configured now (a reload may change them).
@@ -129,6 +136,10 @@ impl SourceMetrics {
             scans: AtomicU64::new(0),
             room_waits_budget: AtomicU64::new(0),
             room_waits_disk_full: AtomicU64::new(0),
+            refused_address: AtomicU64::new(0),
+            refused_token: AtomicU64::new(0),
+            refused_signature: AtomicU64::new(0),
+            refused_timestamp: AtomicU64::new(0),
             since_ms,
             stale: Mutex::new(stale),
             problems: Mutex::new(Vec::new()),

@@ -28,6 +28,7 @@ pub mod fake_api;
 pub mod flow;
 pub mod import;
 pub mod init;
+pub mod listen_auth;
 pub mod logging;
 pub mod metrics;
 pub mod normalize;
@@ -44,6 +45,7 @@ pub mod sources;
 pub mod stale;
 pub mod status;
 pub mod text;
+pub mod tls;
 pub mod types;
 pub mod web;
 

@@ -40,6 +40,7 @@ pub fn render(
     lanes: &[(Arc<LaneMetrics>, Depth)],
     outbox: crate::outbox::Usage,
     parked: Vec<crate::outbox::ParkedCount>,
+    listener: &Listener,
     now_ms: i64,
 ) -> String {
     let mut registry = Registry::default();
@@ -48,6 +49,7 @@ pub fn render(
         lanes: lanes.to_vec(),
         outbox,
         parked,
+        listener: listener.clone(),
         now_ms,
     }));
     let mut text = String::new();
@@ -55,9 +57,19 @@ pub fn render(
     text
 }
 
+/// What `/metrics` says about the listener itself.
+#[derive(Clone, Debug, Default)]
+pub struct Listener {
+    /// When the certificate it serves expires (unix seconds), with TLS.
+    pub tls_not_after: Option<i64>,
+    /// The webhook sources, whose refused pushes are counted.
+    pub webhooks: Vec<String>,
+}
+
 /// One scrape: every family is written from the counters and depths it holds.
 #[derive(Debug)]
 struct Scrape {
+    listener: Listener,
     sources: Vec<Arc<SourceMetrics>>,
     lanes: Vec<(Arc<LaneMetrics>, Depth)>,
     outbox: crate::outbox::Usage,
@@ -213,6 +225,35 @@ impl Collector for Scrape {
                 .map(|(reason, n)| ([("source", name), ("reason", reason)], counter(n)))
             }),
         )?;
+        family(
+            e,
+            "injixo_sync_webhook_refused_total",
+            "Pushes a webhook source refused before keeping anything, by reason: address (not \
+             in allow), token (missing or wrong), signature (missing or not matching), \
+             timestamp (the signed time missing or too far from now: a replay).",
+            self.sources
+                .iter()
+                .filter(|s| self.listener.webhooks.iter().any(|w| w == s.name.as_str()))
+                .flat_map(|s| {
+                    let name = s.name.as_str();
+                    [
+                        ("address", &s.refused_address),
+                        ("token", &s.refused_token),
+                        ("signature", &s.refused_signature),
+                        ("timestamp", &s.refused_timestamp),
+                    ]
+                    .map(|(reason, n)| ([("source", name), ("reason", reason)], counter(n)))
+                }),
+        )?;
+        if let Some(t) = self.listener.tls_not_after {
+            let expiry: [([(&str, &str); 0], _); 1] = [([], ConstGauge::new(t))];
+            family(
+                e,
+                "injixo_sync_listen_tls_not_after_timestamp_seconds",
+                "When the certificate the listener serves expires (renew it, then reload).",
+                expiry,
+            )?;
+        }
         family(
             e,
             "injixo_sync_source_lag_bytes",
@@ -380,12 +421,18 @@ mod tests {
                 count: 7,
                 first_origin: "calls.csv:2".into(),
             }],
+            &Listener {
+                tls_not_after: Some(1_900_000_000),
+                webhooks: vec!["acd".into()],
+            },
             11_000,
         );
         let labels =
             r#"endpoint="agent_statuses",integration_id="8431",external_system="My \"ACD\"""#;
         for line in [
             "injixo_sync_up 1".to_owned(),
+            "injixo_sync_listen_tls_not_after_timestamp_seconds 1900000000".to_owned(),
+            r#"injixo_sync_webhook_refused_total{source="acd",reason="signature"} 0"#.to_owned(),
             "# TYPE injixo_sync_lane_sent_total counter".to_owned(),
             format!("injixo_sync_lane_sent_total{{{labels}}} 499"),
             format!("injixo_sync_lane_pending_records{{{labels}}} 3"),

@@ -66,6 +66,12 @@ pub struct Observed {
     /// The pollers' schedules, for when they poll next.
     pub schedules: Vec<(String, crate::config::Schedule)>,
     pub address: SocketAddr,
+    /// `[listen] tls_cert`/`tls_key`: the listener speaks HTTPS only.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// What `/metrics` says about the listener.
+    pub listener: metrics::Listener,
+    /// `[listen] trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Who may see the page and `/status.json`, which show parked input and dead letters.
@@ -199,6 +205,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let tls = observed.tls.clone();
     let router = routes(observed);
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -220,38 +227,13 @@ pub async fn serve(
         };
         let router = router.clone();
         let stop = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let stopping = stop.clone();
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                let (mut router, stopping) = (router.clone(), stopping.clone());
-                req.extensions_mut().insert(Peer(peer));
-                async move {
-                    use tower::Service;
-                    let mut answer = router.call(req.map(Body::new)).await?;
-                    if stopping.is_cancelled() {
-                        // The client learns to come back on a new connection, which the
-                        // next generation takes, instead of finding this one closed under it.
-                        answer
-                            .headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    Ok::<_, std::convert::Infallible>(answer)
-                }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    // A request in flight, or one sent in the next moment, is answered with
-                    // `connection: close`; a connection still idle after that is closed.
-                    if tokio::time::timeout(CLOSING_GRACE, conn.as_mut()).await.is_err() {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+            match tls {
+                None => connection(stream, router, peer, stop).await,
+                Some(acceptor) => {
+                    if let Some(stream) = handshake(stream, &acceptor).await {
+                        connection(stream, router, peer, stop).await;
                     }
                 }
             }
@@ -259,6 +241,85 @@ pub async fn serve(
         });
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// Serves one connection's requests until it closes or, after `stop`, drains it.
+async fn connection<I>(io: I, router: Router, peer: SocketAddr, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let stopping = stop.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        let (mut router, stopping) = (router.clone(), stopping.clone());
+        req.extensions_mut().insert(Peer(peer));
+        async move {
+            use tower::Service;
+            let mut answer = router.call(req.map(Body::new)).await?;
+            if stopping.is_cancelled() {
+                // The client learns to come back on a new connection, which the next
+                // generation takes, instead of finding this one closed under it.
+                answer
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(answer)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            // A request in flight, or one sent in the next moment, is answered with
+            // `connection: close`; a connection still idle after that is closed.
+            if tokio::time::timeout(CLOSING_GRACE, conn.as_mut()).await.is_err() {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+            }
+        }
+    }
+}
+
+/// The TLS handshake, within the time a client has for its request headers. A client that
+/// speaks plain HTTP to the HTTPS listener is answered 400 in plain HTTP, saying so, and
+/// closed; one that fails the handshake (no client certificate where one is asked for, an
+/// old protocol) is closed.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(1)) if first[0] != 0x16 => {
+            // Not a TLS record (a handshake starts with 0x16): an HTTP method, most likely.
+            plain_http_refused(stream).await;
+            return None;
+        }
+        Ok(Ok(1)) => {}
+        _ => return None,
+    }
+    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Answers a plain HTTP request on the HTTPS listener with 400 and closes.
+async fn plain_http_refused(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = "this listener speaks HTTPS only: use https://\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The most connections served at once.
@@ -382,7 +443,14 @@ async fn metrics_text(State(o): State<Arc<Observed>>) -> Response {
     reply(
         StatusCode::OK,
         metrics::CONTENT_TYPE,
-        metrics::render(&o.sources, &lanes, o.outbox.usage(), parked, now_ms()),
+        metrics::render(
+            &o.sources,
+            &lanes,
+            o.outbox.usage(),
+            parked,
+            &o.listener,
+            now_ms(),
+        ),
     )
 }
 
@@ -509,13 +577,51 @@ async fn webhook(
         .unwrap_or_default()
         .to_owned();
     let (name, token) = rest.split_once('/').unwrap_or((&rest, ""));
-    let Some(hook) = o
-        .hooks
-        .iter()
-        .find(|h| h.name.as_str() == name && h.token_matches(token))
-    else {
+    let Some(hook) = o.hooks.iter().find(|h| h.name.as_str() == name) else {
         return refuse(StatusCode::NOT_FOUND, "no such webhook");
     };
+    let counters = o.sources.iter().find(|s| s.name.as_str() == name);
+    let count = |n: fn(&SourceMetrics) -> &std::sync::atomic::AtomicU64| {
+        if let Some(c) = counters {
+            n(c).fetch_add(1, Relaxed);
+        }
+    };
+    let client = crate::listen_auth::client_ip(peer.ip(), req.headers(), &o.trusted_proxies);
+    if !hook.allows(client) {
+        count(|c| &c.refused_address);
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!("pushes from {client} are not allowed for this webhook (allow)"),
+        );
+    }
+    // The token in the path, or else as `Authorization: Bearer`.
+    if !token.is_empty() {
+        if !hook.token_matches(token) {
+            count(|c| &c.refused_token);
+            return refuse(StatusCode::NOT_FOUND, "no such webhook");
+        }
+    } else {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_owned());
+        if !bearer.is_some_and(|t| hook.token_matches(&t)) {
+            count(|c| &c.refused_token);
+            let mut r = refuse(
+                StatusCode::UNAUTHORIZED,
+                "send the webhook's token: Authorization: Bearer TOKEN (or at the end of the \
+                 path)",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"injixo-sync\""),
+            );
+            return r;
+        }
+    }
     if req.method() != Method::POST {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "use POST");
     }
@@ -560,13 +666,12 @@ async fn webhook(
     if declared.is_some_and(|n| n > hook.max_body as u64) {
         return too_large();
     }
-    let Some(_reading) = o.reading.enter(peer.ip()) else {
+    let Some(_reading) = o.reading.enter(client) else {
         return busy(&format!(
-            "{} pushes from {} are being read already",
-            MAX_PUSHES_PER_CLIENT,
-            peer.ip()
+            "{MAX_PUSHES_PER_CLIENT} pushes from {client} are being read already"
         ));
     };
+    let headers = req.headers().clone();
     let read = http_body_util::Limited::new(req.into_body(), hook.max_body).collect();
     let body = match tokio::time::timeout(o.body_timeout, read).await {
         Ok(Ok(b)) => b.to_bytes(),
@@ -590,6 +695,16 @@ async fn webhook(
             return r;
         }
     };
+    if let Some((sig, secret)) = &hook.signature
+        && let Err(why) =
+            crate::listen_auth::verify(sig, secret, &headers, &body, now_ms().div_euclid(1000))
+    {
+        match why {
+            crate::listen_auth::Refused::Signature(_) => count(|c| &c.refused_signature),
+            crate::listen_auth::Refused::Timestamp(_) => count(|c| &c.refused_timestamp),
+        }
+        return refuse(StatusCode::UNAUTHORIZED, format!("{why}; nothing was kept"));
+    }
     let objects = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Object(o)) => vec![o],
         Ok(serde_json::Value::Array(items)) => {
@@ -631,7 +746,7 @@ async fn webhook(
     let objects = objects
         .into_iter()
         .enumerate()
-        .map(|(i, o)| (format!("push from {peer} at {at}, item {i}"), o))
+        .map(|(i, o)| (format!("push from {client} at {at}, item {i}"), o))
         .collect();
     let identity = match idempotency {
         Some(key) => format!("key:{key}"),

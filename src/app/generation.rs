@@ -52,6 +52,7 @@ pub(super) async fn run(
         hooks,
         client,
         listen_token,
+        tls,
     } = prepared;
     for w in &config.warnings {
         warn!("{w}");
@@ -82,6 +83,7 @@ pub(super) async fn run(
     };
     let gone = generation.start_tasks(&config);
     if let (Some(listener), Some(listen)) = (listener, &config.listen) {
+        let hooks_names = hooks.iter().map(|h| h.name.as_str().to_owned()).collect();
         let observed = Arc::new(server::Observed {
             outbox: generation.outbox.clone(),
             state_path: config.state.path.clone(),
@@ -100,7 +102,25 @@ pub(super) async fn run(
             glance: crate::page::ConfigGlance::of(&config),
             schedules: config.schedules(),
             address: listen.address,
+            tls: tls
+                .as_ref()
+                .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone())),
+            listener: crate::metrics::Listener {
+                tls_not_after: tls.as_ref().map(|t| t.not_after),
+                webhooks: hooks_names,
+            },
+            trusted_proxies: listen.trusted_proxies.clone(),
         });
+        if let (Some(t), Some(files)) = (&tls, &listen.tls) {
+            match t.expiry_warning(files, crate::outbox::now_ms().div_euclid(1000)) {
+                Some(w) => warn!("{w}"),
+                None => info!(
+                    names = %t.names.join(", "),
+                    "HTTPS with the certificate in {}",
+                    files.cert.display()
+                ),
+            }
+        }
         generation.spawn(crate::page::sample(
             observed.flow.clone(),
             observed.sources.clone(),

@@ -69,6 +69,8 @@ pub enum StartError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Listen(#[from] server::BindError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -342,6 +344,8 @@ pub struct Prepared {
     client: Arc<ApiClient>,
     /// `[listen] token`, read.
     listen_token: Option<crate::types::Secret>,
+    /// `[listen] tls_cert` and `tls_key`, loaded and checked.
+    tls: Option<crate::tls::Loaded>,
 }
 
 /// Builds what a configuration needs before anything runs, so that a secret that cannot be read
@@ -371,12 +375,21 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
         Some(t) => Some(t.load()?),
         None => None,
     };
+    // A pair that does not load refuses the start, or the reload (the running pair stays).
+    let tls = match config.listen.as_ref().and_then(|l| l.tls.as_ref()) {
+        Some(files) => Some(crate::tls::load(
+            files,
+            crate::outbox::now_ms().div_euclid(1000),
+        )?),
+        None => None,
+    };
     Ok(Prepared {
         config,
         built,
         hooks,
         client,
         listen_token,
+        tls,
     })
 }
 

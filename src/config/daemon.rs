@@ -67,6 +67,10 @@ pub struct ListenConfig {
     /// Basic login with the token as its password); without one they are served on a loopback
     /// address only.
     pub token: Option<super::SourceSecret>,
+    /// `tls_cert`, `tls_key`, `tls_client_ca`: HTTPS only, when set.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Only from these are `X-Forwarded-For` and `Forwarded` believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `/readyz` fails while a lane's oldest pending record is older than this.
     pub ready_pending_age: Duration,
     /// A push's body must have arrived this long after its headers.
@@ -309,10 +313,50 @@ impl Validator<'_> {
                 (raw.token, raw.token_file, raw.token_env),
             )
             .unwrap_or(None);
+        let tls = match (raw.tls_cert, raw.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: self.path(&cert),
+                key: self.path(&key),
+                client_ca: raw.tls_client_ca.as_deref().map(|p| self.path(p)),
+            }),
+            (None, None) => {
+                if raw.tls_client_ca.is_some() {
+                    self.problem(
+                        &at("tls_client_ca"),
+                        "listen.tls_client_ca",
+                        "needs tls_cert and tls_key: client certificates are asked for over TLS",
+                    );
+                }
+                None
+            }
+            (Some(_), None) => {
+                self.problem(
+                    &at("tls_cert"),
+                    "listen.tls_key",
+                    "is needed with tls_cert: the certificate's private key (PEM)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    &at("tls_key"),
+                    "listen.tls_cert",
+                    "is needed with tls_key: the certificate, then its chain (PEM)",
+                );
+                None
+            }
+        };
+        let trusted_proxies = self.networks(
+            &at("trusted_proxies"),
+            "listen.trusted_proxies",
+            raw.trusted_proxies,
+        );
         ListenConfig {
             address,
             ui: raw.ui.unwrap_or(true),
             token,
+            tls,
+            trusted_proxies,
             ready_pending_age,
             body_timeout,
         }

@@ -36,7 +36,7 @@ pub use files::{
 };
 pub use http::{HttpAuth, HttpConfig, HttpCursor, Pagination, is_header_name};
 pub use paths::{DEFAULT_API_URL, default_config_path, default_state_path, program_data};
-pub use pollers::{Schedule, SqlConfig, WebhookConfig, When, parse_cron};
+pub use pollers::{Schedule, Signature, SqlConfig, WebhookConfig, When, parse_cron};
 pub use problems::{ConfigError, Problem};
 pub use rows::{QueueLogConfig, RowRules, StatesConfig};
 pub use secret::{SecretError, SourceSecret, TokenSource};

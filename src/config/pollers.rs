@@ -59,7 +59,22 @@ pub struct WebhookConfig {
     /// The secret path token: pushes go to `/webhook/<source name>/<token>`.
     pub token: SourceSecret,
     pub max_body: usize,
+    /// Pushes from other addresses are refused (403) before their body is read; empty: any.
+    pub allow: Vec<ipnet::IpNet>,
+    /// `signature = "hmac-sha256"`: each body's HMAC is checked before it is kept.
+    pub signature: Option<Signature>,
     pub rows: RowRules,
+}
+
+/// How a webhook's pushes are signed: HMAC-SHA256 of the body (or of `TIMESTAMP.BODY` when
+/// `timestamp_header` is set), hex (optionally `sha256=`) or base64 in `header`.
+#[derive(Clone, Debug)]
+pub struct Signature {
+    pub header: String,
+    pub secret: SourceSecret,
+    pub timestamp_header: Option<String>,
+    /// A signed timestamp further than this from now is refused (a replay).
+    pub max_age: Duration,
 }
 
 const COMMON: &[&str] = &[
@@ -101,7 +116,20 @@ const SQL: &[&str] = &[
     "snapshot",
     "timeout",
 ];
-const WEBHOOK: &[&str] = &["token", "token_file", "token_env", "max_body"];
+const WEBHOOK: &[&str] = &[
+    "token",
+    "token_file",
+    "token_env",
+    "max_body",
+    "allow",
+    "signature",
+    "signature_header",
+    "signature_secret",
+    "signature_secret_file",
+    "signature_secret_env",
+    "signature_timestamp_header",
+    "signature_max_age",
+];
 
 impl Validator<'_> {
     /// A problem for every key of source `i` that its type does not take.
@@ -469,12 +497,124 @@ impl Validator<'_> {
             1 << 20,
             (1024, 64 << 20),
         ) as usize;
+        let at = |k: &'static str| [Seg::Key("source"), Seg::Index(i), Seg::Key(k)];
+        let allow = self.networks(&at("allow"), &format!("{label}.allow"), raw.allow.take());
+        let signature = self.signature(i, label, &mut raw);
         let rows = self.rows(i, label, emits, &mut raw, false, false)?;
         Some(SourceKind::Webhook(WebhookConfig {
             token: token?,
             max_body,
+            allow,
+            signature: signature?,
             rows,
         }))
+    }
+
+    /// `signature = "hmac-sha256"` and its keys: `Some(None)` without one, `None` on a problem.
+    fn signature(
+        &mut self,
+        i: usize,
+        label: &str,
+        raw: &mut RawSource,
+    ) -> Option<Option<Signature>> {
+        let at = |k: &'static str| [Seg::Key("source"), Seg::Index(i), Seg::Key(k)];
+        let kind = raw.signature.take();
+        let header = raw.signature_header.take();
+        let timestamp_header = raw.signature_timestamp_header.take();
+        let max_age = raw.signature_max_age.take();
+        let secret = (
+            raw.signature_secret.take(),
+            raw.signature_secret_file.take(),
+            raw.signature_secret_env.take(),
+        );
+        match kind.as_deref() {
+            None => {
+                let stray = [
+                    ("signature_header", header.is_some()),
+                    ("signature_timestamp_header", timestamp_header.is_some()),
+                    ("signature_max_age", max_age.is_some()),
+                    (
+                        "signature_secret",
+                        secret.0.is_some() || secret.1.is_some() || secret.2.is_some(),
+                    ),
+                ];
+                for (key, set) in stray {
+                    if set {
+                        self.problem(
+                            &[
+                                Seg::Key("source"),
+                                Seg::Index(i),
+                                Seg::Owned(key.to_owned()),
+                            ],
+                            &format!("{label}.{key}"),
+                            "applies only with signature = \"hmac-sha256\"",
+                        );
+                    }
+                }
+                Some(None)
+            }
+            Some("hmac-sha256") => {
+                let secret = self.secret(
+                    i,
+                    label,
+                    "signature_secret",
+                    secret,
+                    "the secret the sender signs each body with",
+                );
+                let header = header
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| super::is_header_name(h));
+                if header.is_none() {
+                    self.problem(
+                        &at("signature_header"),
+                        &format!("{label}.signature_header"),
+                        "is required with signature: the header the sender puts the \
+                         signature in, such as \"X-Signature\"",
+                    );
+                }
+                let timestamp_header = match timestamp_header {
+                    Some(h) if super::is_header_name(h.trim()) => Some(h.trim().to_owned()),
+                    Some(h) => {
+                        self.problem(
+                            &at("signature_timestamp_header"),
+                            &format!("{label}.signature_timestamp_header"),
+                            format!("{h:?} is not a header name"),
+                        );
+                        None
+                    }
+                    None => None,
+                };
+                if max_age.is_some() && timestamp_header.is_none() {
+                    self.problem(
+                        &at("signature_max_age"),
+                        &format!("{label}.signature_max_age"),
+                        "needs signature_timestamp_header: the age is that of the signed \
+                         timestamp",
+                    );
+                }
+                let max_age = self.duration(
+                    &at("signature_max_age"),
+                    &format!("{label}.signature_max_age"),
+                    max_age.as_deref(),
+                    Duration::from_secs(300),
+                    (Duration::from_secs(1), Duration::from_secs(86_400)),
+                );
+                Some(Some(Signature {
+                    header: header?,
+                    secret: secret?,
+                    timestamp_header,
+                    max_age,
+                }))
+            }
+            Some(other) => {
+                self.problem(
+                    &at("signature"),
+                    &format!("{label}.signature"),
+                    format!("{other:?} is not supported: use \"hmac-sha256\""),
+                );
+                None
+            }
+        }
     }
 }
 

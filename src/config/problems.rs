@@ -217,6 +217,34 @@ impl Validator<'_> {
         }
     }
 
+    /// Addresses and networks ("203.0.113.0/24", "2001:db8::/32", "10.1.2.3").
+    pub(super) fn networks(
+        &mut self,
+        path: &[Seg],
+        label: &str,
+        raw: Option<Vec<String>>,
+    ) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for text in raw.unwrap_or_default() {
+            let t = text.trim();
+            match t
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(n) => out.push(n.trunc()),
+                Err(_) => self.problem(
+                    path,
+                    label,
+                    format!(
+                        "{text:?} is not an address or a network like \"203.0.113.0/24\" or \
+                         \"2001:db8::/32\""
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
     pub(super) fn path(&self, raw: &str) -> PathBuf {
         let p = PathBuf::from(raw);
         if p.is_absolute() {

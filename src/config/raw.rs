@@ -54,6 +54,10 @@ pub(super) struct RawListen {
     pub(super) token: Option<String>,
     pub(super) token_file: Option<String>,
     pub(super) token_env: Option<String>,
+    pub(super) tls_cert: Option<String>,
+    pub(super) tls_key: Option<String>,
+    pub(super) tls_client_ca: Option<String>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -150,4 +154,12 @@ pub(super) struct RawSource {
     pub(super) cursor_field: Option<String>,
     pub(super) cursor_pointer: Option<String>,
     pub(super) max_body: Option<String>,
+    pub(super) allow: Option<Vec<String>>,
+    pub(super) signature: Option<String>,
+    pub(super) signature_header: Option<String>,
+    pub(super) signature_secret: Option<String>,
+    pub(super) signature_secret_file: Option<String>,
+    pub(super) signature_secret_env: Option<String>,
+    pub(super) signature_timestamp_header: Option<String>,
+    pub(super) signature_max_age: Option<String>,
 }

@@ -64,6 +64,10 @@ pub struct Hook {
     pub name: SourceName,
     token: Secret,
     pub max_body: usize,
+    /// Pushes from other addresses are refused; empty: any.
+    pub allow: Vec<ipnet::IpNet>,
+    /// How pushes are signed, with the secret read.
+    pub signature: Option<(crate::config::Signature, Secret)>,
     tx: mpsc::Sender<Push>,
 }
 
@@ -71,6 +75,11 @@ impl Hook {
     /// Whether `given` is this hook's token (compared in constant time).
     pub fn token_matches(&self, given: &str) -> bool {
         self.token.matches(given)
+    }
+
+    /// Whether a push from `client` may be read.
+    pub fn allows(&self, client: std::net::IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&client))
     }
 
     /// Hands a push to the source thread; `Err` gives it back when the queue is full or the
@@ -117,11 +126,17 @@ impl WebhookSource {
         {
             return Err(HookError::Characters { key: key() });
         }
+        let signature = match &cfg.signature {
+            Some(sig) => Some((sig.clone(), sig.secret.load()?)),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         let hook = Hook {
             name: name.clone(),
             token,
             max_body: cfg.max_body,
+            allow: cfg.allow.clone(),
+            signature,
             tx,
         };
         Ok((Self { cfg, rx }, hook))
