@@ -107,7 +107,7 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
         }
         let page = if listen.ui { "the page (/) and " } else { "" };
         match &listen.token {
-            Some(t) => match t.load() {
+            Some(t) => match crate::server::page_token(t) {
                 Ok(_) => ok.push(format!(
                     "[listen] {page}/status.json ask for the token in {}",
                     t.from.describe_as(&t.key)

@@ -117,7 +117,7 @@ impl LaneMetrics {
 
     pub fn set_paused(&self, reason: Option<String>) {
         self.paused.store(reason.is_some(), Relaxed);
-        *self.pause_reason.lock().expect("pause reason") = reason;
+        *self.pause_reason.lock().expect("pause reason") = reason.map(|r| crate::redact::scrub(&r));
     }
 }
 
@@ -152,6 +152,8 @@ impl SourceMetrics {
     }
 
     pub fn set_problems(&self, problems: Vec<String>) {
+        // What a remote end said may quote a secret back.
+        let problems = problems.iter().map(|p| crate::redact::scrub(p)).collect();
         *self.problems.lock().expect("problems") = problems;
     }
 

@@ -18,8 +18,9 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use crate::config::{Config, FileFormat, FileMode, SourceKind, When};
 use crate::counters::{LaneMetrics, SourceMetrics};
 use crate::flow::{Flow, MINUTES, Series};
-use crate::outbox::{self, DeadGroup, HeldQueue, LaneId, LaneReport, Report, SourceReport};
+use crate::outbox::{self, DeadGroup, HeldQueue, LaneId, LaneReport, Report};
 use crate::status::{ago, cursor_line};
+use crate::text::shell_option;
 
 /// The troubleshooting table (docs/operations.md, served by the daemon itself), for the
 /// page's links.
@@ -107,8 +108,10 @@ impl ConfigGlance {
                 }
             })
             .collect();
+        // The commands the page gives work from any folder.
+        let file = std::path::absolute(&config.file).unwrap_or_else(|_| config.file.clone());
         Self {
-            file: config.file.display().to_string(),
+            file: file.display().to_string(),
             api: crate::redact::url(&config.api.url),
             sources,
         }
@@ -128,6 +131,8 @@ pub struct View<'a> {
     pub report: &'a Report,
     pub dead: &'a [DeadGroup],
     pub held: &'a [HeldQueue],
+    /// Groups of held records in all (`held` shows the first of them).
+    pub held_groups: i64,
     pub sources: &'a [Arc<SourceMetrics>],
     pub lanes: &'a [(LaneId, Arc<LaneMetrics>)],
     pub flow: &'a Flow,
@@ -239,6 +244,13 @@ fn lane_name(l: &LaneReport) -> String {
     name
 }
 
+/// RFC 3339, for `<time datetime>`.
+fn machine_time(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_default()
+}
+
 fn when(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| {
@@ -254,24 +266,9 @@ fn when(ms: i64) -> String {
 fn since(now: i64, ms: Option<i64>) -> Markup {
     match ms {
         Some(t) if t > 0 => html! {
-            (ago(now, t)) " ago" span class="wide" { " (" time datetime=(when(t)) { (when(t)) } ")" }
+            (ago(now, t)) " ago" span class="wide" { " (" time datetime=(machine_time(t)) { (when(t)) } ")" }
         },
         _ => html! { "never" },
-    }
-}
-
-/// A shell word: single quotes (POSIX shells and PowerShell both read them) when needed.
-fn quoted(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._:-=\\".contains(c))
-    {
-        return s.to_owned();
-    }
-    if cfg!(windows) {
-        format!("'{}'", s.replace('\'', "''"))
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
@@ -312,7 +309,7 @@ fn command(text: &str) -> Markup {
 pub fn render(v: &View) -> String {
     let r = v.report;
     let now = v.now_ms;
-    let cli = format!("injixo-sync --config {}", quoted(&v.glance.file));
+    let cli = format!("injixo-sync {}", shell_option("config", &v.glance.file));
     let live_lane = |l: &LaneReport| {
         v.lanes
             .iter()
@@ -367,7 +364,7 @@ pub fn render(v: &View) -> String {
     }
     let parked_now: i64 = r.sources.iter().map(|s| s.parked_now).sum();
     let dead_total: i64 = r.lanes.iter().map(|l| l.dead).sum();
-    let held_total: i64 = v.held.iter().map(|h| h.records).sum();
+    let held_total: i64 = v.held_groups;
     if !troubles.is_empty() || parked_now > 0 || dead_total > 0 || held_total > 0 {
         tone = tone.max(Tone::Attention);
     }
@@ -399,7 +396,7 @@ pub fn render(v: &View) -> String {
                     p id="verdict" { (badge(tone, &verdict)) }
                     p class="meta" id="shown" {
                         "Version " (env!("CARGO_PKG_VERSION")) " · listening on " (v.address)
-                        " · shown at " time datetime=(when(now)) { (when(now)) }
+                        " · shown at " time datetime=(machine_time(now)) { (when(now)) }
                         " · " a href="/status.json" { "the same as JSON" }
                     }
                     nav aria-label="Sections" {
@@ -517,7 +514,10 @@ pub fn render(v: &View) -> String {
                         }
                         (dead_part(v, &cli, dead_total))
                         (parked_part(r, &cli))
-                        (held_part(v.held, &cli))
+                        (held_part(v.held, v.held_groups, &cli))
+                        @if cfg!(windows) && (dead_total > 0 || parked_now > 0 || held_total > 0) {
+                            p class="meta" { "The commands are written for PowerShell." }
+                        }
                     }
                     section id="configuration" aria-labelledby="configuration-h" {
                         h2 id="configuration-h" { "Configuration" }
@@ -594,13 +594,17 @@ fn dead_part(v: &View, cli: &str, total: i64) -> Markup {
                     @if g.damaged { (badge(Tone::Attention, "damaged in the state file: can only be dropped")) }
                     @else { (badge(Tone::Attention, &format!("HTTP {}", g.status))) }
                     p { "For example #" (g.first_id) ": " (g.answer) }
-                    @if g.damaged {
-                        (command(&format!("{cli} dead drop {}", join(&g.ids))))
-                    } @else if g.ids.len() as i64 == g.count {
-                        (command(&format!("{cli} dead retry {}", join(&g.ids))))
+                    @if g.ids.len() as i64 == g.count {
+                        @if g.damaged {
+                            (command(&format!("{cli} dead drop {}", join(&g.ids))))
+                        } @else {
+                            (command(&format!("{cli} dead retry {}", join(&g.ids))))
+                        }
                     } @else {
-                        (command(&format!("{cli} dead list --source {}", quoted(&g.source))))
-                        (command(&format!("{cli} dead retry --all")))
+                        p { "Too many to name here: list them, then "
+                            code { @if g.damaged { "dead drop ID..." } @else { "dead retry ID..." } }
+                            " with the ids shown (" code { "--all" } " would take every dead letter of every source)." }
+                        (command(&format!("{cli} dead list {}", shell_option("source", &g.source))))
                     }
                 }
             }
@@ -629,11 +633,12 @@ fn parked_part(r: &Report, cli: &str) -> Markup {
                     strong { (p.count) " from " (p.source) } " " (badge(Tone::Attention, "parked"))
                     p { (p.reason) }
                     p class="meta" { "First at " (p.first_origin) }
-                    (command(&format!("{cli} preview --parked --source {}", quoted(&p.source))))
                     @if p.reason == outbox::OTHER_REASONS {
-                        (command(&format!("{cli} parked retry --source {} --all", quoted(&p.source))))
+                        p { "Smaller groups of this source, each with a reason of its own: list them." }
+                        (command(&format!("{cli} parked list {}", shell_option("source", &p.source))))
                     } @else {
-                        (command(&format!("{cli} parked retry --source {} --reason {} --all", quoted(&p.source), quoted(&p.reason))))
+                        (command(&format!("{cli} preview --parked {}", shell_option("source", &p.source))))
+                        (command(&format!("{cli} parked retry {} {} --exact", shell_option("source", &p.source), shell_option("reason", &p.reason))))
                     }
                 }
             }
@@ -641,10 +646,11 @@ fn parked_part(r: &Report, cli: &str) -> Markup {
     }
 }
 
-fn held_part(held: &[HeldQueue], cli: &str) -> Markup {
+fn held_part(held: &[HeldQueue], groups: i64, cli: &str) -> Markup {
     if held.is_empty() {
         return html! {};
     }
+    let more = groups - held.len() as i64;
     html! {
         h3 { "Queue names held back" }
         p { "A queue identifier came with a new name; injixo would make a second queue of it. Accept the name, or fix the map and give the records up." }
@@ -654,25 +660,40 @@ fn held_part(held: &[HeldQueue], cli: &str) -> Markup {
                     strong { (h.records) " record(s): " (h.identifier) " as " (format!("{:?}", h.new_name)) } " "
                     (badge(Tone::Attention, "held"))
                     p { "injixo knows it as " (h.known_names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")) " (configuration id " (h.integration_id) ")." }
-                    (command(&format!("{cli} queues confirm --integration-id {} --identifier {} --name {}", h.integration_id, quoted(&h.identifier), quoted(&h.new_name))))
-                    (command(&format!("{cli} queues drop --integration-id {} --identifier {} --name {}", h.integration_id, quoted(&h.identifier), quoted(&h.new_name))))
+                    @let which = format!("--integration-id={} {} {}", h.integration_id, shell_option("identifier", &h.identifier), shell_option("name", &h.new_name));
+                    (command(&format!("{cli} queues confirm {which}")))
+                    (command(&format!("{cli} queues drop {which}")))
                 }
             }
+        }
+        @if more > 0 {
+            p { (more) " more new name(s) held back: " code { "injixo-sync queues" } " lists them all." }
         }
     }
 }
 
-/// Whether a report's source is still configured (a removed one's parked rows still show).
-pub fn configured(glance: &ConfigGlance, s: &SourceReport) -> bool {
-    glance.sources.iter().any(|g| g.name == s.name)
+/// Reads what the page shows from the state file (blocking: call it off the runtime).
+pub fn read(path: &Path) -> Result<Read, outbox::OutboxError> {
+    let report = outbox::inspect(path, 1)?;
+    let dead = outbox::dead_groups(path, SHOWN)?;
+    let (held, held_groups) = outbox::held_queues(path, SHOWN)?;
+    Ok(Read {
+        report,
+        dead,
+        held,
+        held_groups,
+    })
 }
 
-/// Reads what the page shows from the state file (blocking: call it off the runtime).
-pub fn read(path: &Path) -> Result<(Report, Vec<DeadGroup>, Vec<HeldQueue>), outbox::OutboxError> {
-    let report = outbox::inspect(path, 1)?;
-    let dead = outbox::dead_groups(path, 20)?;
-    let (_, held) = outbox::queues(path)?;
-    Ok((report, dead, held))
+/// Groups of dead letters and of held records shown; the page says how many more there are.
+const SHOWN: usize = 20;
+
+/// What [`read`] reads for one rendering.
+pub struct Read {
+    pub report: Report,
+    pub dead: Vec<DeadGroup>,
+    pub held: Vec<HeldQueue>,
+    pub held_groups: i64,
 }
 
 /// The troubleshooting table of docs/operations.md as this build ships it, as a page of its
@@ -752,8 +773,10 @@ const SCRIPT: &str = r#"
     });
   }
   wire();
-  setInterval(function(){
-    fetch(location.pathname,{credentials:'same-origin',cache:'no-store'}).then(function(r){
+  // One refresh at a time, each given 8 s, the next 10 s after the last one ended.
+  function refresh(){
+    var ctl=new AbortController(), timer=setTimeout(function(){ctl.abort();},8000);
+    fetch(location.pathname,{credentials:'same-origin',cache:'no-store',signal:ctl.signal}).then(function(r){
       if(!r.ok){throw new Error(r.status);} return r.text();
     }).then(function(t){
       var d=new DOMParser().parseFromString(t,'text/html');
@@ -761,7 +784,8 @@ const SCRIPT: &str = r#"
         var n=d.getElementById(id),o=document.getElementById(id); if(n&&o){o.replaceWith(n);}
       });
       document.title=d.title; wire();
-    }).catch(function(){});
-  },10000);
+    }).catch(function(){}).then(function(){clearTimeout(timer);setTimeout(refresh,10000);});
+  }
+  setTimeout(refresh,10000);
 })();
 "#;

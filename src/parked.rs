@@ -79,6 +79,9 @@ pub struct ParkedSelection {
     /// Only rows whose reason contains this text.
     #[arg(long)]
     pub reason: Option<String>,
+    /// --reason is the whole reason, as `parked list` shows it, not a part of it.
+    #[arg(long, requires = "reason")]
+    pub exact: bool,
 }
 
 impl From<ParkedSelection> for ParkedFilter {
@@ -86,6 +89,7 @@ impl From<ParkedSelection> for ParkedFilter {
         Self {
             source: s.source,
             reason: s.reason,
+            exact: s.exact,
         }
     }
 }
@@ -609,6 +613,7 @@ fn retry_states(
     let selection = ParkedFilter {
         source: Some(name.to_owned()),
         reason: filter.reason.clone(),
+        exact: filter.exact,
     };
     let mut attempt = 0;
     loop {

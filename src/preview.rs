@@ -282,6 +282,7 @@ pub fn preview_parked(
     let filter = crate::outbox::ParkedFilter {
         source: source.map(str::to_owned),
         reason: None,
+        exact: false,
     };
     let known = crate::outbox::KnownKeys::open(path)?;
     let mut states = StoredStates {

@@ -121,6 +121,85 @@ pub fn text(text: &str) -> String {
         }
     }
     out.push_str(rest);
+    scrub(&out)
+}
+
+/// Secret values the process has read (every [`crate::types::Secret`], the parts of a
+/// connection string that are passwords, the `Authorization` values built from them): text
+/// from elsewhere that quotes one back (an error page that echoes the request's headers) has
+/// it replaced by `***` before anyone sees it. A set: reading a secret again adds nothing.
+static KNOWN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Values shorter than this are not remembered: they would mask ordinary words.
+const SHORTEST: usize = 4;
+
+/// Remembers `value` as a secret, with the password of a connection string in it (the URL
+/// form's, or `password=`/`pwd=` of the key/value form).
+pub fn remember(value: &str) {
+    let value = value.trim();
+    let mut found = vec![value.to_owned()];
+    if let Ok(u) = url::Url::parse(value)
+        && let Some(pw) = u.password()
+    {
+        found.push(pw.to_owned());
+        if let Ok(decoded) = percent_decode(pw) {
+            found.push(decoded);
+        }
+    }
+    for pair in value.split(';') {
+        if let Some((k, v)) = pair.split_once('=') {
+            let k = k.trim().to_ascii_lowercase();
+            if k == "password" || k == "pwd" {
+                found.push(v.trim().trim_matches(['{', '}']).to_owned());
+            }
+        }
+    }
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    for f in found {
+        if f.chars().count() >= SHORTEST {
+            known.insert(f);
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+}
+
+/// `text` with every remembered secret replaced by `***`, the longest first.
+pub fn scrub(text: &str) -> String {
+    let known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if known.is_empty() || !known.iter().any(|k| text.contains(k.as_str())) {
+        return text.to_owned();
+    }
+    let mut by_length: Vec<&String> = known.iter().collect();
+    by_length.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    let mut out = text.to_owned();
+    for k in by_length {
+        if out.contains(k.as_str()) {
+            out = out.replace(k.as_str(), HIDDEN);
+        }
+    }
     out
 }
 
@@ -202,6 +281,20 @@ fn query_end(text: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn secrets_quoted_back_are_masked() {
+        remember("postgres://wfm:S%40cret-pw-77@db:5432/acd");
+        remember("Driver={x};Server=db;Uid=wfm;Pwd={kv-pass-4242};");
+        remember("abc");
+        let echoed = "login failed for wfm with S@cret-pw-77 (S%40cret-pw-77), kv-pass-4242; abc";
+        assert_eq!(
+            scrub(echoed),
+            "login failed for wfm with *** (***), ***; abc",
+            "too short a value is not remembered"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -84,18 +84,50 @@ pub struct Access {
     pub loopback: bool,
 }
 
+/// Whether a `Host` header names this machine's loopback (`localhost`, `127.0.0.1`, `[::1]`,
+/// with or without a port): a page on the loopback address without a token is served only to
+/// those, so that a web site whose name an attacker points at 127.0.0.1 (DNS rebinding) cannot
+/// read it from the operator's browser.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Access {
+    /// Whether `headers` may see the page's details (see [`Access::check`]).
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        self.check(headers).is_none()
+    }
+
     /// `None` when `headers` may see them; else the answer that says why not.
     fn check(&self, headers: &HeaderMap) -> Option<Response> {
         let Some(token) = &self.token else {
-            if self.loopback {
+            if self.loopback && loopback_host(headers) {
                 return None;
+            }
+            if self.loopback {
+                return Some(refuse(
+                    StatusCode::FORBIDDEN,
+                    "without [listen] token the page and /status.json are served only to \
+                     localhost, 127.0.0.1 or [::1] (the Host header named another)",
+                ));
             }
             return Some(refuse(
                 StatusCode::FORBIDDEN,
                 "the page and /status.json show parked input and dead letters: on an address \
                  other than loopback they need [listen] token_file. Or reach them through an \
-                 SSH tunnel or a reverse proxy on this machine",
+                 SSH tunnel (ssh -L 9850:127.0.0.1:9850 HOST), or a reverse proxy on this \
+                 machine that asks for a login",
             ));
         };
         let given = headers
@@ -132,6 +164,22 @@ impl Access {
         );
         Some(r)
     }
+}
+
+/// The shortest `[listen] token` taken: it guards call data from the network.
+pub const PAGE_TOKEN_MIN: usize = 16;
+
+/// Reads `[listen] token` and refuses one shorter than [`PAGE_TOKEN_MIN`].
+pub fn page_token(t: &crate::config::SourceSecret) -> Result<Secret, crate::app::StartError> {
+    let token = t.load()?;
+    if token.expose().chars().count() < PAGE_TOKEN_MIN {
+        return Err(crate::app::StartError::PageToken(format!(
+            "{} is shorter than {PAGE_TOKEN_MIN} characters: use a long random token, e.g. \
+             the output of `openssl rand -hex 24`",
+            t.from.describe_as(&t.key)
+        )));
+    }
+    Ok(token)
 }
 
 /// The client's address, put into each request by the connection loop.
@@ -397,21 +445,37 @@ async fn healthz() -> Response {
     )
 }
 
-async fn readyz(State(o): State<Arc<Observed>>) -> Response {
+/// `GET /readyz`: 200 or 503, with the reasons in words for those who may see the page (what
+/// a source or the API said may name a host, a table, a file); others get their count.
+async fn readyz(State(o): State<Arc<Observed>>, headers: HeaderMap) -> Response {
     let depths = depths(&o).await;
-    let reasons = not_ready(&o, &depths);
+    let mut reasons = not_ready(&o, &depths);
+    let mut warnings = warnings(&o, &depths);
     let status = if reasons.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let ready = reasons.is_empty();
+    if !o.access.allows(&headers) {
+        let hidden = |list: &mut Vec<String>| {
+            if !list.is_empty() {
+                *list = vec![format!(
+                    "{} (in words with the [listen] token, or on loopback)",
+                    list.len()
+                )];
+            }
+        };
+        hidden(&mut reasons);
+        hidden(&mut warnings);
+    }
     reply(
         status,
         "application/json",
         json!({
-            "ready": reasons.is_empty(),
+            "ready": ready,
             "reasons": reasons,
-            "warnings": warnings(&o, &depths),
+            "warnings": warnings,
         })
         .to_string(),
     )
@@ -501,12 +565,12 @@ async fn page(State(o): State<Arc<Observed>>, headers: HeaderMap) -> Response {
         }
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let (report, dead, held) = read;
     let view = crate::page::View {
         now_ms: now_ms(),
-        report: &report,
-        dead: &dead,
-        held: &held,
+        report: &read.report,
+        dead: &read.dead,
+        held: &read.held,
+        held_groups: read.held_groups,
         sources: &o.sources,
         lanes: &o.lanes,
         flow: &o.flow,

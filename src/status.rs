@@ -178,8 +178,7 @@ pub fn queues(
                 println!(
                     "HELD {} record(s): configuration id {}, identifier {:?} under the new name \
                      {:?} (injixo knows it as {}); accept with `injixo-sync queues confirm \
-                     --integration-id {} --identifier {:?} --name {:?}`, or fix the map and \
-                     `queues drop` them",
+                     --integration-id={} {} {}`, or fix the map and `queues drop` them",
                     h.records,
                     h.integration_id,
                     h.identifier,
@@ -190,8 +189,8 @@ pub fn queues(
                         .collect::<Vec<_>>()
                         .join(", "),
                     h.integration_id,
-                    h.identifier,
-                    h.new_name
+                    crate::text::shell_option("identifier", &h.identifier),
+                    crate::text::shell_option("name", &h.new_name)
                 );
             }
             if !held.is_empty() {

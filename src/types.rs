@@ -43,8 +43,12 @@ impl fmt::Display for SourceName {
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret; its value is remembered, so that text from elsewhere that quotes it back is
+    /// masked (see [`crate::redact::scrub`]).
     pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
+        let s = s.into();
+        crate::redact::remember(&s);
+        Self(s)
     }
 
     /// The raw value, for the one place that must send it (the `Authorization` header).

@@ -321,6 +321,32 @@ const CASES: &[(&str, &str, &str)] = &[
          beside it): it would delete them. Move the state file out of the folders sources \
          read",
     ),
+    (
+        "[[source]]\nname = \"acd\"",
+        "[[source]]\nname = \"api\"\ntype = \"http\"\nintegration_id = 1\n\
+         emits = \"contact_events\"\nevery = \"5m\"\n\
+         url = \"https://wfm:pw@acd.example.com/calls\"\nauth = \"basic\"\nusername = \"wfm\"\n\
+         password_env = \"PW\"\nrecords = \"\"\n[source.map]\ntimestamp = \"t\"\n\
+         queueName = \"q\"\nqueueIdentifier = \"q\"\nchannel = { value = \"calls\" }\n\
+         offered = { value = true }\nhandled = { value = true }\nduration = { value = 1 }\n\n\
+         [[source]]\nname = \"acd\"",
+        "source[0] \"api\".url: has a user name (and password) and `auth` is set as well",
+    ),
+    (
+        "[state]\n",
+        "[listen]\ntls_cert = \"/etc/c.pem\"\n\n[state]\n",
+        "listen.tls_key: is needed with tls_cert",
+    ),
+    (
+        "[state]\n",
+        "[listen]\ntrusted_proxies = [\"10.0.0.0/33\"]\n\n[state]\n",
+        "listen.trusted_proxies: \"10.0.0.0/33\" is not an address or a network",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\nsignature = \"hmac-sha256\"",
+        "does not apply to type = \"files\"",
+    ),
 ];
 
 #[test]
@@ -521,6 +547,17 @@ fn the_example_config_is_valid_and_documents_every_key() {
         "cursor_field",
         "cursor_pointer",
         "max_body",
+        "allow",
+        "signature",
+        "signature_header",
+        "signature_secret_file",
+        "signature_timestamp_header",
+        "signature_max_age",
+        "ui",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "trusted_proxies",
         "[source.queues]",
         "[source.agents]",
         "[source.activities]",

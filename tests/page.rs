@@ -26,11 +26,12 @@ const SECRETS: &[&str] = &[
     "QueryKey-Secret-0005",
     "HeaderKey-Secret-0006",
     "Bearer-Secret-0007",
+    "UrlPassw0rd-Secret-0008",
     "cloud-user",
 ];
 const PAGE_TOKEN: &str = "PageTok3n-Secret-0001";
 
-fn config(env: &Env, api: &str, port: u16, page_token: bool) -> String {
+fn config(env: &Env, api: &str, port: u16, echo: u16, page_token: bool) -> String {
     let listen_token = if page_token {
         format!("token = {PAGE_TOKEN:?}\n")
     } else {
@@ -90,8 +91,26 @@ type = "http"
 integration_id = 1234
 emits = "contact_events"
 every = "1h"
-url = "http://cloud-user:HttpPassw0rd-Secret-0004@127.0.0.1:1/api/calls?api_key=QueryKey-Secret-0005"
+url = "http://cloud-user:UrlPassw0rd-Secret-0008@127.0.0.1:{echo}/api/calls?api_key=QueryKey-Secret-0005"
 headers = {{ "X-Api-Key" = "HeaderKey-Secret-0006" }}
+records = "/calls"
+key = "{{id}}"
+[source.map]
+timestamp = "t"
+queueName = "q"
+queueIdentifier = "q"
+channel = {{ value = "calls" }}
+offered = {{ value = true }}
+handled = {{ value = true }}
+duration = {{ value = 1 }}
+
+[[source]]
+name = "cloud-c"
+type = "http"
+integration_id = 1234
+emits = "contact_events"
+every = "1h"
+url = "http://127.0.0.1:{echo}/v2/calls"
 auth = "basic"
 username = "wfm"
 password = "HttpPassw0rd-Secret-0004"
@@ -112,7 +131,7 @@ type = "http"
 integration_id = 1234
 emits = "contact_events"
 every = "1h"
-url = "http://127.0.0.1:1/calls"
+url = "http://127.0.0.1:{echo}/calls"
 token = "Bearer-Secret-0007"
 records = "/calls"
 key = "{{id}}"
@@ -142,9 +161,48 @@ async fn get(url: &str, auth: Option<&str>) -> (u16, String, reqwest::header::He
 }
 
 fn assert_no_secret(what: &str, text: &str) {
-    for s in SECRETS {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    // The Authorization values built from them, too.
+    let derived = [
+        b64("wfm:HttpPassw0rd-Secret-0004"),
+        b64("cloud-user:UrlPassw0rd-Secret-0008"),
+    ];
+    for s in SECRETS
+        .iter()
+        .copied()
+        .chain(derived.iter().map(String::as_str))
+    {
         assert!(!text.contains(s), "{what} shows the secret {s:?}:\n{text}");
     }
+}
+
+/// An API that refuses every request with 401, quoting the whole request (its headers
+/// included) in the answer, as some error pages do: its port.
+async fn echoing_api() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 16 * 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let body = format!("unauthorized; you sent:\n{request}");
+                let answer = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: text/plain\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
 }
 
 /// Where the screenshots are kept (a CI artifact).
@@ -230,7 +288,8 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
     api.reject_records_containing("\"duration\":42,");
     api.refuse_endpoint(Some((Emits::AgentStatuses, 401)));
     let port = free_port();
-    std::fs::write(&env.config_file, config(&env, &api.url(), port, true)).unwrap();
+    let echo = echoing_api().await;
+    std::fs::write(&env.config_file, config(&env, &api.url(), port, echo, true)).unwrap();
     let (code, checked) = env.check_offline();
     assert_eq!(code, 0, "{checked}");
     assert_no_secret("check", &checked);
@@ -240,17 +299,34 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
     daemon.assert_running();
     let base = format!("http://127.0.0.1:{port}");
 
-    // Records: 60 delivered, one refused (a dead letter), one line that is no JSON (parked).
-    std::fs::write(env.exports.join("a.ndjson"), events(1..=60) + "{not json\n").unwrap();
+    // Records: 60 delivered, one refused (a dead letter), one line that is no JSON (parked),
+    // and 21 more queues.
+    let queue = |id: u64, q: &str, name: &str| {
+        event(id)
+            .replace("\"support\"", &format!("{q:?}"))
+            .replace("\"Support\"", &format!("{name:?}"))
+            + "\n"
+    };
+    let more: String = (0..21)
+        .map(|i| queue(200 + i, &format!("zq{i:02}"), "Old"))
+        .collect();
+    std::fs::write(
+        env.exports.join("a.ndjson"),
+        events(1..=60) + &more + "{not json\n",
+    )
+    .unwrap();
     wait_for(LIMIT, "the first file delivered", || {
         env.try_report()
             .is_some_and(|r| r.lanes.iter().any(|l| l.dead >= 1 && l.pending == 0))
     })
     .await;
-    // The same queue under a new name: held back.
+    // The same queues under new names: held back (22 groups, the page shows 20).
+    let renamed: String = (0..21)
+        .map(|i| queue(300 + i, &format!("zq{i:02}"), "New"))
+        .collect();
     std::fs::write(
         env.exports.join("b.ndjson"),
-        event(100).replace("\"Support\"", "\"Support Team\"") + "\n",
+        event(100).replace("\"Support\"", "\"Support Team\"") + "\n" + &renamed,
     )
     .unwrap();
     // Agent states pushed: an interval for a lane the API refuses (401: paused).
@@ -267,11 +343,15 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
     assert_eq!(push.status().as_u16(), 200);
     wait_for(LIMIT, "held, paused and a source problem", || {
         env.try_report().is_some_and(|r| {
-            r.lanes.iter().any(|l| l.held > 0)
+            r.lanes.iter().map(|l| l.held).sum::<i64>() == 22
                 && r.lanes.iter().any(|l| l.health == "paused")
-                && r.sources
+                && ["pbx-db", "cloud-a", "cloud-b", "cloud-c"]
                     .iter()
-                    .any(|s| s.name == "pbx-db" && !s.problems.is_empty())
+                    .all(|name| {
+                        r.sources
+                            .iter()
+                            .any(|s| s.name == *name && !s.problems.is_empty())
+                    })
         })
     })
     .await;
@@ -302,6 +382,10 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
             .contains("default-src 'none'")
     );
     assert_no_secret("the page", &html);
+    // The echoing API's answers are there, with what they quoted masked.
+    assert!(html.contains("you sent"), "{html}");
+    assert!(html.contains("authorization: Basic ***"), "{html}");
+    assert!(html.contains("x-api-key: ***"), "{html}");
     for path in ["/status.json", "/help"] {
         let (status, body, _) = get(&format!("{base}{path}"), Some(&bearer)).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -319,15 +403,37 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
         "Configuration",
         "Paused",
         "dead retry",
-        "parked retry --source calls",
-        "queues confirm --integration-id 1234 --identifier support --name 'Support Team'",
+        "parked retry --source=calls --reason=",
+        "queues confirm --integration-id=1234 --identifier=support --name='Support Team'",
+        "2 more new name(s) held back",
         "pbx-db",
     ] {
         assert!(html.contains(part), "no {part:?} in\n{html}");
     }
+    // A page served without the token on loopback answers only to a loopback Host (DNS
+    // rebinding); /readyz gives its reasons only to those who may see the page.
+    let client = reqwest::Client::new();
+    let rebound = client
+        .get(format!("{base}/status.json"))
+        .header("host", format!("rebind.example:{port}"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status().as_u16(), 200, "with the token, any Host");
+    let (status, readyz, _) = get(&format!("{base}/readyz"), None).await;
+    assert_eq!(status, 503, "{readyz}");
+    assert!(!readyz.contains("pbx-db"), "{readyz}");
+    let (_, readyz, _) = get(&format!("{base}/readyz"), Some(&bearer)).await;
+    assert!(readyz.contains("pbx-db"), "{readyz}");
+    assert_no_secret("/readyz", &readyz);
 
     // The token taken out (a reload): on loopback the page is open; Chromium opens it.
-    std::fs::write(&env.config_file, config(&env, &api.url(), port, false)).unwrap();
+    std::fs::write(
+        &env.config_file,
+        config(&env, &api.url(), port, echo, false),
+    )
+    .unwrap();
     let _ = std::process::Command::new("kill")
         .args(["-HUP", &daemon.pid().to_string()])
         .status();
@@ -339,6 +445,17 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
             .is_ok_and(|o| o.stdout == b"200")
     })
     .await;
+    let rebound = reqwest::Client::new()
+        .get(format!("{base}/status.json"))
+        .header("host", format!("rebind.example:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rebound.status().as_u16(),
+        403,
+        "a Host that is not loopback"
+    );
     // Samples are taken every 5 s: the first minute's chart has data within that.
     tokio::time::sleep(Duration::from_secs(6)).await;
 
@@ -357,6 +474,7 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
             "pbx-db",
             "cloud-a",
             "cloud-b",
+            "cloud-c",
         ] {
             assert!(text.contains(name), "{label}: no {name:?} in\n{text}");
         }
@@ -375,7 +493,7 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
             .collect();
         for wanted in [
             "dead retry",
-            "parked retry --source calls",
+            "parked retry --source=calls",
             "queues confirm",
         ] {
             assert!(
@@ -384,7 +502,7 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
             );
         }
         // Charts: one per source and lane, the busy ones with bars.
-        assert!(seen["charts"].as_u64().unwrap() >= 7, "{label}: {seen}");
+        assert!(seen["charts"].as_u64().unwrap() >= 8, "{label}: {seen}");
         assert_eq!(seen["chartsLabelled"], true, "{label}");
         assert!(
             seen["chartRows"]["calls"].as_u64().unwrap() > 0,

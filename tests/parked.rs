@@ -377,6 +377,7 @@ async fn a_retry_takes_out_only_the_rows_it_read() {
         &ParkedFilter {
             source: Some("acd".into()),
             reason: None,
+            exact: false,
         },
     )
     .unwrap();

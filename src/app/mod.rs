@@ -71,6 +71,8 @@ pub enum StartError {
     Listen(#[from] server::BindError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    PageToken(String),
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -372,7 +374,7 @@ pub fn prepare(config: Config) -> Result<Prepared, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let client = Arc::new(ApiClient::new(&config.api)?);
     let listen_token = match config.listen.as_ref().and_then(|l| l.token.as_ref()) {
-        Some(t) => Some(t.load()?),
+        Some(t) => Some(crate::server::page_token(t)?),
         None => None,
     };
     // A pair that does not load refuses the start, or the reload (the running pair stays).

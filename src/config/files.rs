@@ -157,6 +157,12 @@ impl Validator<'_> {
         emits: Option<Emits>,
         mut raw: RawSource,
     ) -> Option<SourceKind> {
+        let kind = if raw.kind.as_deref() == Some("files") {
+            "files"
+        } else {
+            "asterisk_queue_log"
+        };
+        self.only_keys(i, label, kind, super::pollers::FILES);
         let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
         let key = |k: &str| format!("{label}.{k}");
         let path = match raw.path.take() {

@@ -386,6 +386,22 @@ impl Validator<'_> {
             // The schedule's zone, then; there are no local times to read.
             raw.timezone = None;
         }
+        // Credentials in the URL and `auth` too would send two Authorization headers.
+        let userinfo = url
+            .as_deref()
+            .and_then(|u| url::Url::parse(&fill_example(u)).ok())
+            .is_some_and(|u| !u.username().is_empty() || u.password().is_some());
+        if userinfo && !matches!(auth, Some(HttpAuth::None) | None) {
+            self.source_problem(
+                i,
+                label,
+                "url",
+                "has a user name (and password) and `auth` is set as well: give the \
+                 credentials once, as username and password_file with auth = \"basic\" \
+                 (preferred: the URL is shown in messages, its password never is, but it is \
+                 safer out of it)",
+            );
+        }
         let rows = self.rows(i, label, emits, &mut raw, false, false)?;
         let snapshot = self.snapshot(i, label, &raw, &rows);
         Some(SourceKind::Http(HttpConfig {

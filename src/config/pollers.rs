@@ -100,6 +100,29 @@ const COMMON: &[&str] = &[
     "timestamp_format",
     "timezone",
 ];
+/// A files source's own keys (`asterisk_queue_log` files too: `channel`, `queues`).
+pub(super) const FILES: &[&str] = &[
+    "path",
+    "recursive",
+    "include",
+    "exclude",
+    "format",
+    "mode",
+    "after",
+    "archive_dir",
+    "settle",
+    "poll_interval",
+    "max_line",
+    "start_at",
+    "delimiter",
+    "encoding",
+    "header",
+    "columns",
+    "watch",
+    "marker",
+    "channel",
+    "queues",
+];
 const SQL: &[&str] = &[
     "schedule",
     "every",

@@ -179,7 +179,7 @@ impl Outbox {
             let result = match error {
                 Some(e) => c.execute(
                     "UPDATE lanes SET health = ?1, last_error = ?2, last_error_at = ?3 WHERE id = ?4",
-                    params![name, e, now_ms(), lane.0],
+                    params![name, crate::redact::scrub(&e), now_ms(), lane.0],
                 ),
                 None => c.execute(
                     "UPDATE lanes SET health = ?1 WHERE id = ?2",

@@ -9,6 +9,7 @@
 //! never a silent duplicate. New identifiers are simply remembered.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -170,36 +171,73 @@ pub fn queues(path: &Path) -> Result<(Vec<KnownQueue>, Vec<HeldQueue>), OutboxEr
                 })
             })?
             .collect::<Result<_, _>>()?;
-        let held = conn
-            .prepare(
-                "SELECT l.integration_id, json_extract(payload(r.payload), '$.queueIdentifier'),
-                        json_extract(payload(r.payload), '$.queueName'), count(*)
-                 FROM records r JOIN lanes l ON l.id = r.lane_id
-                 WHERE r.state = 4 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-            )?
-            .query_map([], |r| {
-                Ok(HeldQueue {
-                    integration_id: r.get(0)?,
-                    identifier: r.get(1)?,
-                    new_name: r.get(2)?,
-                    known_names: Vec::new(),
-                    records: r.get(3)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .map(|mut h| {
-                h.known_names = known
-                    .iter()
-                    .filter(|k| {
-                        k.integration_id == h.integration_id && k.identifier == h.identifier
-                    })
-                    .map(|k| k.name.clone())
-                    .collect();
-                h
-            })
-            .collect();
+        let mut held = held_groups(&conn, i64::MAX)?;
+        let mut names: HashMap<(i64, &str), Vec<String>> = HashMap::new();
+        for k in &known {
+            names
+                .entry((k.integration_id, k.identifier.as_str()))
+                .or_default()
+                .push(k.name.clone());
+        }
+        for h in &mut held {
+            h.known_names = names
+                .get(&(h.integration_id, h.identifier.as_str()))
+                .cloned()
+                .unwrap_or_default();
+        }
         Ok((known, held))
+    };
+    read().map_err(|e| OutboxError::sqlite(path, e))
+}
+
+/// The records held back, grouped by configuration id, identifier and new name (at most
+/// `limit` groups), without the names known.
+fn held_groups(conn: &rusqlite::Connection, limit: i64) -> rusqlite::Result<Vec<HeldQueue>> {
+    conn.prepare(
+        "SELECT l.integration_id, json_extract(payload(r.payload), '$.queueIdentifier'),
+                json_extract(payload(r.payload), '$.queueName'), count(*)
+         FROM records r JOIN lanes l ON l.id = r.lane_id
+         WHERE r.state = 4 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 LIMIT ?1",
+    )?
+    .query_map([limit], |r| {
+        Ok(HeldQueue {
+            integration_id: r.get(0)?,
+            identifier: r.get(1)?,
+            new_name: r.get(2)?,
+            known_names: Vec::new(),
+            records: r.get(3)?,
+        })
+    })?
+    .collect()
+}
+
+/// The first `limit` groups of records held back, with the names known for their
+/// identifiers (looked up one group at a time), and how many groups there are in all.
+pub fn held_queues(path: &Path, limit: usize) -> Result<(Vec<HeldQueue>, i64), OutboxError> {
+    let conn = schema::open_ro(path)?;
+    let read = || -> rusqlite::Result<(Vec<HeldQueue>, i64)> {
+        let total: i64 = conn.query_row(
+            "SELECT count(*) FROM (SELECT 1 FROM records r JOIN lanes l ON l.id = r.lane_id
+             WHERE r.state = 4 GROUP BY l.integration_id,
+                   json_extract(payload(r.payload), '$.queueIdentifier'),
+                   json_extract(payload(r.payload), '$.queueName'))",
+            [],
+            |r| r.get(0),
+        )?;
+        if total == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let mut held = held_groups(&conn, limit as i64)?;
+        let mut known = conn.prepare(
+            "SELECT name FROM queues WHERE integration_id = ?1 AND identifier = ?2
+             ORDER BY first_sent",
+        )?;
+        for h in &mut held {
+            h.known_names = known
+                .query_map(params![h.integration_id, h.identifier], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+        }
+        Ok((held, total))
     };
     read().map_err(|e| OutboxError::sqlite(path, e))
 }

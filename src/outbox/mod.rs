@@ -54,7 +54,7 @@ use codec::{Codecs, Packed};
 pub use dead::{
     Changed, DeadGroup, GROUP_IDS, Selection, dead_groups, dead_letters, drop_dead, retry_dead,
 };
-pub use guard::{HeldQueue, KnownQueue, confirm_queue, queues};
+pub use guard::{HeldQueue, KnownQueue, confirm_queue, held_queues, queues};
 pub use keys::{Dkey, dedupe_key, natural_key};
 pub use lock::{Holder, LockError, StateLock, holder as lock_holder, lock_path};
 pub use parked::{
@@ -652,7 +652,12 @@ fn set_problems(
             "INSERT INTO problems (source_id, subject, message, since) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (source_id, subject) DO UPDATE SET message = excluded.message",
         )?
-        .execute(params![source.0, subject, message, now])?;
+        .execute(params![
+            source.0,
+            subject,
+            crate::redact::scrub(message),
+            now
+        ])?;
     }
     Ok(())
 }

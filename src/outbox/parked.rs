@@ -95,10 +95,21 @@ pub struct ParkedGroup {
 pub struct ParkedFilter {
     pub source: Option<String>,
     pub reason: Option<String>,
+    /// `reason` is the whole reason, not a part of it.
+    pub exact: bool,
 }
 
-/// The rows `f` selects, as SQL over `parked p` joined to `sources s`.
-const SELECTED: &str = "(?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR instr(p.reason, ?2) > 0)";
+impl ParkedFilter {
+    /// The rows it selects, as SQL over `parked p` joined to `sources s` (`?1` the source,
+    /// `?2` the reason).
+    fn selected(&self) -> &'static str {
+        if self.exact {
+            "(?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR p.reason = ?2)"
+        } else {
+            "(?1 IS NULL OR s.name = ?1) AND (?2 IS NULL OR instr(p.reason, ?2) > 0)"
+        }
+    }
+}
 
 /// Parked input grouped by source and reason, the largest groups first.
 pub fn parked_groups(path: &Path, f: &ParkedFilter) -> Result<Vec<ParkedGroup>, OutboxError> {
@@ -107,11 +118,12 @@ pub fn parked_groups(path: &Path, f: &ParkedFilter) -> Result<Vec<ParkedGroup>, 
         "WITH g AS (
            SELECT p.source_id, p.reason, count(*) AS n, min(p.id) AS first, max(p.at) AS last_at
            FROM parked p JOIN sources s ON s.id = p.source_id
-           WHERE {SELECTED}
+           WHERE {sel}
            GROUP BY p.source_id, p.reason)
          SELECT s.name, g.reason, g.n, p.at, g.last_at, p.id, p.origin, p.raw
          FROM g JOIN parked p ON p.id = g.first JOIN sources s ON s.id = g.source_id
-         ORDER BY g.n DESC, s.name, g.reason"
+         ORDER BY g.n DESC, s.name, g.reason",
+        sel = f.selected()
     );
     let read = || -> rusqlite::Result<Vec<ParkedGroup>> {
         conn.prepare(&query)?
@@ -157,9 +169,10 @@ fn read_rows(
         "SELECT p.id, s.name, p.origin, p.reason, p.raw, p.replay, h.columns
          FROM parked p JOIN sources s ON s.id = p.source_id
          LEFT JOIN parked_headers h ON h.id = p.header_id
-         WHERE {SELECTED} AND p.id > ?3
+         WHERE {sel} AND p.id > ?3
            AND (?4 IS NULL OR p.id IN (SELECT value FROM json_each(?4)))
-         ORDER BY p.id LIMIT ?5"
+         ORDER BY p.id LIMIT ?5",
+        sel = f.selected()
     );
     c.prepare_cached(&query)?
         .query_map(params![f.source, f.reason, after, ids, limit as i64], |r| {
@@ -383,7 +396,8 @@ pub fn drop_parked(path: &Path, f: &ParkedFilter) -> Result<usize, OutboxError> 
             &format!(
                 "DELETE FROM parked WHERE id IN (
                    SELECT p.id FROM parked p JOIN sources s ON s.id = p.source_id
-                   WHERE {SELECTED})"
+                   WHERE {sel})",
+                sel = f.selected()
             ),
             params![f.source, f.reason],
         )?;

@@ -49,6 +49,23 @@ impl HttpSource {
     /// The source with its HTTP client built, so that a client that cannot be set up stops
     /// the start instead of this source alone.
     pub fn new(cfg: HttpConfig) -> Result<Self, reqwest::Error> {
+        // Header values may be keys (`X-Api-Key`): an answer quoting them back has them
+        // masked. Those that describe the request are no secrets.
+        for (name, value) in &cfg.headers {
+            let n = name.to_ascii_lowercase();
+            if !matches!(
+                n.as_str(),
+                "accept" | "content-type" | "user-agent" | "accept-language"
+            ) {
+                crate::redact::remember(value);
+            }
+        }
+        // Credentials in the URL are sent as `Authorization: Basic`.
+        if let Ok(u) = url::Url::parse(&cfg.url)
+            && let Some(pw) = u.password()
+        {
+            remember_basic(u.username(), pw);
+        }
         Ok(Self {
             client: client(&cfg)?,
             cfg,
@@ -337,6 +354,7 @@ impl HttpPoller {
             }
             HttpAuth::Basic { username, password } => {
                 let password = password.load()?;
+                remember_basic(username, password.expose());
                 req.basic_auth(username, Some(password.expose()))
             }
             HttpAuth::OAuth2 { .. } => {
@@ -372,7 +390,10 @@ impl HttpPoller {
         let resp = self
             .client
             .post(token_url.clone())
-            .basic_auth(client_id, Some(client_secret.expose()))
+            .basic_auth(client_id, {
+                remember_basic(client_id, client_secret.expose());
+                Some(client_secret.expose())
+            })
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -534,6 +555,15 @@ pub fn link_next(headers: &HeaderMap) -> Option<String> {
 /// a secret).
 fn redact(url: &reqwest::Url) -> String {
     crate::redact::url(url)
+}
+
+/// Remembers the `Authorization: Basic` value built from `user` and `password`, so that an
+/// answer quoting the request's headers back has it masked.
+fn remember_basic(user: &str, password: &str) {
+    use base64::Engine;
+    crate::redact::remember(
+        &base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")),
+    );
 }
 
 #[cfg(test)]
