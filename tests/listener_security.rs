@@ -693,3 +693,141 @@ async fn allow_checks_the_client_address_believing_only_trusted_proxies() {
     assert_arrived_once(&api, 1..4);
     assert_eq!(api.record_count(), 3);
 }
+
+/// The nginx configuration docs/operations.md gives, run in front of the daemon: pushes reach
+/// `/webhook/` over its TLS, nothing else is exposed, and `allow` checks the sender's address
+/// that nginx forwards (believed because `trusted_proxies` names nginx).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_documented_nginx_configuration_allow_checks_the_sender() {
+    if !require(
+        "nginx",
+        has_program("nginx", "-v"),
+        "apt-get install nginx-light",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let ca = Ca::new("test CA");
+    let (cert, key) = write_pair(env.dir.path(), "proxy", &ca.sign(&["127.0.0.1"], 90));
+    let port = free_port();
+    std::fs::write(
+        &env.config_file,
+        config(
+            &env,
+            &api.url(),
+            port,
+            "trusted_proxies = [\"127.0.0.1\"]\n",
+            "allow = [\"127.0.0.2\"]\n",
+        ),
+    )
+    .unwrap();
+    let _daemon = Process::start(&env.config_file);
+    wait_serving(port).await;
+
+    // The documented server block, with this test's addresses and files.
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .unwrap();
+    let block = docs
+        .split("```nginx\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/operations.md has an nginx block");
+    let nginx_port = free_port();
+    let server = block
+        .replace(
+            "listen 443 ssl;",
+            &format!("listen 127.0.0.1:{nginx_port} ssl;"),
+        )
+        .replace(
+            "/etc/letsencrypt/live/sync.example.com/fullchain.pem",
+            cert.to_str().unwrap(),
+        )
+        .replace(
+            "/etc/letsencrypt/live/sync.example.com/privkey.pem",
+            key.to_str().unwrap(),
+        )
+        .replace("http://127.0.0.1:9850", &format!("http://127.0.0.1:{port}"));
+    assert_ne!(server, block);
+    let dir = env.dir.path().join("nginx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{server}\n}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let mut nginx = std::process::Command::new("nginx")
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    struct Stop<'a>(&'a mut std::process::Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(&mut nginx);
+    wait_for(LIMIT, "nginx to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", nginx_port)).is_ok()
+    })
+    .await;
+
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .local_address(Some(ip.parse().unwrap()))
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca.pem.as_bytes()).unwrap())
+            .build()
+            .unwrap()
+    };
+    let proxied = format!("https://127.0.0.1:{nginx_port}");
+    let bearer = format!("Bearer {TOKEN}");
+    // The allowed sender, through nginx.
+    let (status, text) = push(
+        &from("127.0.0.2"),
+        &format!("{proxied}/webhook/acd"),
+        &[("authorization", &bearer)],
+        &body(1..3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    // Another sender that writes the allowed address into X-Forwarded-For itself.
+    let (status, text) = push(
+        &from("127.0.0.3"),
+        &format!("{proxied}/webhook/acd"),
+        &[("authorization", &bearer), ("x-forwarded-for", "127.0.0.2")],
+        &body(900..901),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("127.0.0.3"), "{text}");
+    // Nothing else is exposed.
+    for path in ["/", "/status.json", "/metrics", "/healthz"] {
+        let r = from("127.0.0.2")
+            .get(format!("{proxied}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path}");
+    }
+    settled(&env).await;
+    assert_arrived_once(&api, 1..3);
+    assert_eq!(api.record_count(), 2);
+}

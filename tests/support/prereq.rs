@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// The variable naming prerequisites whose tests may be skipped where they are missing
-/// (comma-separated, or `all`): `mount`, `netns`, `systemd`, `postgres`, `mariadb`, `script`, `chromium`.
+/// (comma-separated, or `all`): `mount`, `netns`, `systemd`, `postgres`, `mariadb`, `script`,
+/// `chromium`, `nginx`.
 pub const SKIP_VAR: &str = "INJIXO_TEST_SKIP";
 
 /// Whether the machine has `what`, which the calling test needs (`present`). A test whose
