@@ -322,17 +322,6 @@ const CASES: &[(&str, &str, &str)] = &[
          read",
     ),
     (
-        "[[source]]\nname = \"acd\"",
-        "[[source]]\nname = \"api\"\ntype = \"http\"\nintegration_id = 1\n\
-         emits = \"contact_events\"\nevery = \"5m\"\n\
-         url = \"https://wfm:pw@acd.example.com/calls\"\nauth = \"basic\"\nusername = \"wfm\"\n\
-         password_env = \"PW\"\nrecords = \"\"\n[source.map]\ntimestamp = \"t\"\n\
-         queueName = \"q\"\nqueueIdentifier = \"q\"\nchannel = { value = \"calls\" }\n\
-         offered = { value = true }\nhandled = { value = true }\nduration = { value = 1 }\n\n\
-         [[source]]\nname = \"acd\"",
-        "source[0] \"api\".url: has a user name (and password) and `auth` is set as well",
-    ),
-    (
         "[state]\n",
         "[listen]\ntls_cert = \"/etc/c.pem\"\n\n[state]\n",
         "listen.tls_key: is needed with tls_cert",

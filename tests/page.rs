@@ -547,7 +547,8 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
         .await
         .as_u64()
         .unwrap() as u32;
-    viewport(&browser, 1280, height).await;
+    // As tall as the page, or as tall as Chromium makes a window.
+    browser.viewport(1280, height).await;
     std::fs::write(
         screenshots().join("page-1280-full.png"),
         browser.screenshot().await,

@@ -386,22 +386,23 @@ impl Validator<'_> {
             // The schedule's zone, then; there are no local times to read.
             raw.timezone = None;
         }
-        // Credentials in the URL and `auth` too would send two Authorization headers.
+        // Credentials in the URL and `auth` too would send two Authorization headers: the
+        // URL's are left out, and said so.
         let userinfo = url
             .as_deref()
             .and_then(|u| url::Url::parse(&fill_example(u)).ok())
             .is_some_and(|u| !u.username().is_empty() || u.password().is_some());
-        if userinfo && !matches!(auth, Some(HttpAuth::None) | None) {
-            self.source_problem(
-                i,
-                label,
-                "url",
-                "has a user name (and password) and `auth` is set as well: give the \
-                 credentials once, as username and password_file with auth = \"basic\" \
-                 (preferred: the URL is shown in messages, its password never is, but it is \
-                 safer out of it)",
-            );
-        }
+        let url = if userinfo && !matches!(auth, Some(HttpAuth::None) | None) {
+            self.warnings.push(format!(
+                "{}: the URL has a user name (and password) and `auth` is set as well: the \
+                 URL's credentials are not sent (one Authorization header is); remove them \
+                 from the URL",
+                key("url")
+            ));
+            url.map(|u| without_userinfo(&u))
+        } else {
+            url
+        };
         let rows = self.rows(i, label, emits, &mut raw, false, false)?;
         let snapshot = self.snapshot(i, label, &raw, &rows);
         Some(SourceKind::Http(HttpConfig {
@@ -440,4 +441,17 @@ pub fn is_header_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A URL template without the user info of its authority (`https://user:pw@host/...`).
+fn without_userinfo(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}{}", &url[..start], &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
