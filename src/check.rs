@@ -83,6 +83,18 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
         Err(e) => problems.push(e.to_string()),
     }
     if let Some(listen) = &config.listen {
+        let pushes = config
+            .sources
+            .iter()
+            .any(|s| matches!(s.kind, SourceKind::Webhook(_)));
+        if listen.tls.is_none() && !listen.address.ip().is_loopback() && pushes {
+            eprintln!(
+                "warning: [listen] address {} is not loopback and speaks plain HTTP: pushes \
+                 and their tokens cross the network in clear text. Set tls_cert and tls_key, \
+                 or listen on loopback behind a reverse proxy with TLS",
+                listen.address
+            );
+        }
         if let Some(files) = &listen.tls {
             let now = crate::outbox::now_ms().div_euclid(1000);
             match crate::tls::load(files, now) {

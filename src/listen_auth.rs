@@ -10,31 +10,50 @@ use axum::http::HeaderMap;
 use crate::config::Signature;
 use crate::types::Secret;
 
+/// Which header trusted proxies name the client in (`[listen] forwarded_header`). Only that
+/// one is read: a proxy that sets one passes the other through as the client wrote it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, IIS ARR, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=`.
+    Forwarded,
+}
+
 /// The client's address: the peer's, unless the peer is a trusted proxy; then the last address
-/// in `Forwarded: for=` (or else `X-Forwarded-For`) that is not a trusted proxy itself, read
-/// from the right (a client can write anything to the left of what its proxy adds).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+/// in the forwarded header that is not a trusted proxy itself, read from the right (a client
+/// can write anything to the left of what its proxy adds). IPv4 addresses seen as IPv6
+/// (`::ffff:a.b.c.d` on a `[::]` listener) are taken as IPv4.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+    header: ForwardedHeader,
+) -> IpAddr {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let mut chain = forwarded(headers);
-    if chain.is_empty() {
-        chain = headers
+    let chain: Vec<Option<IpAddr>> = match header {
+        ForwardedHeader::Forwarded => forwarded(headers),
+        ForwardedHeader::XForwardedFor => headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(|s| parse_node(s.trim()))
-            .collect();
-    }
+            .collect(),
+    };
     let mut client = peer;
     for node in chain.iter().rev() {
         // An entry that is not an address ("unknown", a mangled one) ends the trust: the
         // proxy before it is the client as far as anyone can tell.
         let Some(ip) = node else { break };
-        client = *ip;
-        if !is_trusted(ip) {
+        let ip = ip.to_canonical();
+        client = ip;
+        if !is_trusted(&ip) {
             break;
         }
     }
@@ -125,7 +144,7 @@ pub fn verify(
                 "the {ts_header} header is not a time (Unix seconds or RFC 3339)"
             ))
         })?;
-        let age = (now - at).unsigned_abs();
+        let age = now.abs_diff(at);
         if age > sig.max_age.as_secs() {
             return Err(Refused::Timestamp(format!(
                 "the signed time is {age} s from now, more than signature_max_age ({} s): a \
@@ -142,12 +161,13 @@ pub fn verify(
         .map_err(|_| Refused::Signature("the signature does not match the body".into()))
 }
 
-/// A signature as senders write it: hex (any case, optionally after `sha256=`) or base64.
+/// A signature as senders write it: hex (any case, optionally after `sha256=` in any case) or
+/// base64 (standard or URL-safe, padded or not).
 fn decode(v: &str) -> Option<Vec<u8>> {
-    let v = v
-        .strip_prefix("sha256=")
-        .or_else(|| v.strip_prefix("SHA256="))
-        .unwrap_or(v);
+    let v = match v.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("sha256=") => &v[7..],
+        _ => v,
+    };
     if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
         return (0..64)
             .step_by(2)
@@ -155,9 +175,10 @@ fn decode(v: &str) -> Option<Vec<u8>> {
             .collect();
     }
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(v)
-        .ok()
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(v).ok())
         .filter(|b| b.len() == 32)
 }
 
@@ -190,34 +211,41 @@ mod tests {
     fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
         let proxy: IpAddr = "10.0.0.5".parse().unwrap();
         let trusted = [net("10.0.0.0/24")];
+        let xff = ForwardedHeader::XForwardedFor;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]);
         // From a trusted proxy: the right-most untrusted address.
-        assert_eq!(
-            client_ip(proxy, &h, &trusted),
-            "203.0.113.7".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client_ip(proxy, &h, &trusted, xff), ip("203.0.113.7"));
         // From anyone else: the header is ignored.
-        let other: IpAddr = "198.51.100.1".parse().unwrap();
-        assert_eq!(client_ip(other, &h, &trusted), other);
-        // Two proxies deep, and Forwarded before X-Forwarded-For.
+        let other = ip("198.51.100.1");
+        assert_eq!(client_ip(other, &h, &trusted, xff), other);
+        // Only the header chosen is read: a Forwarded the proxy passed through is not.
         let h = headers(&[
             (
                 "forwarded",
                 "for=\"[2001:db8::1]:4711\", for=10.0.0.9;proto=https",
             ),
-            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.8"),
         ]);
+        assert_eq!(client_ip(proxy, &h, &trusted, xff), ip("203.0.113.8"));
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
-            "2001:db8::1".parse::<IpAddr>().unwrap()
+            client_ip(proxy, &h, &trusted, ForwardedHeader::Forwarded),
+            ip("2001:db8::1")
         );
         // No header: the proxy itself.
-        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted, xff), proxy);
         // An entry that is no address stops the walk at the proxy that wrote it.
         let h = headers(&[("x-forwarded-for", "203.0.113.7, unknown, 10.0.0.8")]);
+        assert_eq!(client_ip(proxy, &h, &trusted, xff), ip("10.0.0.8"));
+        // IPv4 seen through an IPv6 socket is IPv4.
+        let h = headers(&[("x-forwarded-for", "::ffff:203.0.113.9")]);
         assert_eq!(
-            client_ip(proxy, &h, &trusted),
-            "10.0.0.8".parse::<IpAddr>().unwrap()
+            client_ip(ip("::ffff:10.0.0.5"), &h, &trusted, xff),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:192.0.2.1"), &h, &[], xff),
+            ip("192.0.2.1")
         );
     }
 
@@ -264,6 +292,26 @@ mod tests {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
         assert_eq!(ok(&headers(&[("x-signature", &b64)])), Ok(()));
+        let url_nopad = b64
+            .replace('+', "-")
+            .replace('/', "_")
+            .trim_end_matches('=')
+            .to_owned();
+        assert_eq!(ok(&headers(&[("x-signature", &url_nopad)])), Ok(()));
+        assert_eq!(
+            ok(&headers(&[("x-signature", &format!("Sha256={good}"))])),
+            Ok(())
+        );
+        // A time far out of range is refused, not a panic.
+        let s = sig(Some("X-Timestamp"));
+        let h = headers(&[
+            ("x-signature", &good),
+            ("x-timestamp", "-9223372036854775807"),
+        ]);
+        assert!(matches!(
+            verify(&s, &secret, &h, body, 1_000),
+            Err(Refused::Timestamp(_))
+        ));
         assert!(matches!(ok(&HeaderMap::new()), Err(Refused::Signature(_))));
         let bad = hmac_hex(b"other body");
         assert!(matches!(

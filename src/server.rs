@@ -72,6 +72,8 @@ pub struct Observed {
     pub listener: metrics::Listener,
     /// `[listen] trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[listen] forwarded_header`: which header trusted proxies name the client in.
+    pub forwarded_header: crate::listen_auth::ForwardedHeader,
 }
 
 /// Who may see the page and `/status.json`, which show parked input and dead letters.
@@ -186,29 +188,32 @@ pub fn page_token(t: &crate::config::SourceSecret) -> Result<Secret, crate::app:
 #[derive(Clone, Copy)]
 struct Peer(SocketAddr);
 
-/// How many push bodies are being read from each client address.
+/// How many of something (push bodies being read, connections) each client address has.
 #[derive(Default)]
-pub struct PushesByClient(Mutex<HashMap<IpAddr, usize>>);
+pub struct PerClient(Mutex<HashMap<IpAddr, usize>>);
 
-impl PushesByClient {
-    /// A slot for one more push from `ip`, or `None` when it has [`MAX_PUSHES_PER_CLIENT`].
-    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<PushSlot> {
-        let mut map = self.0.lock().expect("pushes by client");
+/// Push bodies being read, per client address.
+pub type PushesByClient = PerClient;
+
+impl PerClient {
+    /// A slot for one more from `ip`, or `None` when it has `limit`.
+    fn enter(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<ClientSlot> {
+        let mut map = self.0.lock().expect("per client");
         let n = map.entry(ip).or_default();
-        if *n >= MAX_PUSHES_PER_CLIENT {
+        if *n >= limit {
             return None;
         }
         *n += 1;
-        Some(PushSlot(self.clone(), ip))
+        Some(ClientSlot(self.clone(), ip))
     }
 }
 
-/// One push being read; gives its slot back when dropped.
-struct PushSlot(Arc<PushesByClient>, IpAddr);
+/// One slot of a client's; given back when dropped.
+struct ClientSlot(Arc<PerClient>, IpAddr);
 
-impl Drop for PushSlot {
+impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut map = self.0.0.lock().expect("pushes by client");
+        let mut map = self.0.0.lock().expect("per client");
         if let Some(n) = map.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
@@ -253,7 +258,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_peer = Arc::new(PerClient::default());
     let tls = observed.tls.clone();
+    // Loopback and trusted proxies carry many clients' connections; any other address has
+    // at most its share, so that one sender cannot take every slot.
+    let trusted = observed.trusted_proxies.clone();
     let router = routes(observed);
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -269,8 +278,21 @@ pub async fn serve(
             },
         };
         while connections.try_join_next().is_some() {}
+        let ip = peer.ip().to_canonical();
+        let shared = ip.is_loopback() || trusted.iter().any(|n| n.contains(&ip));
+        let own = if shared {
+            None
+        } else {
+            match per_peer.enter(ip, MAX_CONNECTIONS_PER_CLIENT) {
+                Some(s) => Some(s),
+                None => {
+                    connections.spawn(turn_away(stream, tls.is_some()));
+                    continue;
+                }
+            }
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            connections.spawn(turn_away(stream));
+            connections.spawn(turn_away(stream, tls.is_some()));
             continue;
         };
         let router = router.clone();
@@ -285,7 +307,7 @@ pub async fn serve(
                     }
                 }
             }
-            drop(slot);
+            drop((slot, own));
         });
     }
     while connections.join_next().await.is_some() {}
@@ -340,8 +362,10 @@ async fn handshake(
     stream: tokio::net::TcpStream,
     acceptor: &tokio_rustls::TlsAcceptor,
 ) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    // One deadline for all of it: the first byte and the whole handshake.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(Duration::from_secs(10), stream.peek(&mut first)).await;
+    let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
     match peeked {
         Ok(Ok(1)) if first[0] != 0x16 => {
             // Not a TLS record (a handshake starts with 0x16): an HTTP method, most likely.
@@ -351,7 +375,7 @@ async fn handshake(
         Ok(Ok(1)) => {}
         _ => return None,
     }
-    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+    tokio::time::timeout_at(deadline, acceptor.accept(stream))
         .await
         .ok()?
         .ok()
@@ -375,12 +399,20 @@ const MAX_CONNECTIONS: usize = 1024;
 /// How long a stopping listener keeps serving a kept-alive connection, so that a client's
 /// next request gets an answer that says to reconnect rather than a closed connection.
 const CLOSING_GRACE: Duration = Duration::from_millis(500);
+/// The most connections one address other than loopback and the trusted proxies has at once.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 128;
 /// The most push bodies read at once from one client address.
 pub const MAX_PUSHES_PER_CLIENT: usize = 64;
 
-/// Answers a connection over [`MAX_CONNECTIONS`] with 503 and closes it, without reading it.
-async fn turn_away(mut stream: tokio::net::TcpStream) {
+/// Answers a connection over [`MAX_CONNECTIONS`] (or over its address's
+/// [`MAX_CONNECTIONS_PER_CLIENT`]) with 503 and closes it, without reading it; on the HTTPS
+/// listener it is closed at once (a plain answer would read as a TLS error).
+async fn turn_away(mut stream: tokio::net::TcpStream, tls: bool) {
     use tokio::io::AsyncWriteExt;
+    if tls {
+        let _ = stream.shutdown().await;
+        return;
+    }
     let answer = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
                    content-length: 0\r\nconnection: close\r\n\r\n";
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer)).await;
@@ -481,7 +513,16 @@ async fn readyz(State(o): State<Arc<Observed>>, headers: HeaderMap) -> Response 
     )
 }
 
-async fn metrics_text(State(o): State<Arc<Observed>>) -> Response {
+/// `GET /metrics`. With a `[listen]` token on an address other than loopback it asks for the
+/// token too (Prometheus sends it with `authorization: credentials`): source names and parked
+/// reasons are the site's.
+async fn metrics_text(State(o): State<Arc<Observed>>, headers: HeaderMap) -> Response {
+    if o.access.token.is_some()
+        && !o.access.loopback
+        && let Some(refused) = o.access.check(&headers)
+    {
+        return refused;
+    }
     let depths = depths(&o).await;
     let path = o.state_path.clone();
     // Bounded: ten reasons per source, the rest summed.
@@ -641,28 +682,22 @@ async fn webhook(
         .unwrap_or_default()
         .to_owned();
     let (name, token) = rest.split_once('/').unwrap_or((&rest, ""));
-    let Some(hook) = o.hooks.iter().find(|h| h.name.as_str() == name) else {
-        return refuse(StatusCode::NOT_FOUND, "no such webhook");
-    };
+    let hook = o.hooks.iter().find(|h| h.name.as_str() == name);
     let counters = o.sources.iter().find(|s| s.name.as_str() == name);
     let count = |n: fn(&SourceMetrics) -> &std::sync::atomic::AtomicU64| {
         if let Some(c) = counters {
             n(c).fetch_add(1, Relaxed);
         }
     };
-    let client = crate::listen_auth::client_ip(peer.ip(), req.headers(), &o.trusted_proxies);
-    if !hook.allows(client) {
-        count(|c| &c.refused_address);
-        return refuse(
-            StatusCode::FORBIDDEN,
-            format!("pushes from {client} are not allowed for this webhook (allow)"),
-        );
-    }
-    // The token in the path, or else as `Authorization: Bearer`.
-    if !token.is_empty() {
-        if !hook.token_matches(token) {
-            count(|c| &c.refused_token);
-            return refuse(StatusCode::NOT_FOUND, "no such webhook");
+    // The token first, in the path or else as `Authorization: Bearer`: an unknown source and
+    // a wrong token are answered alike, so that neither can be probed.
+    let hook = if !token.is_empty() {
+        match hook {
+            Some(h) if h.token_matches(token) => h,
+            _ => {
+                count(|c| &c.refused_token);
+                return refuse(StatusCode::NOT_FOUND, "no such webhook");
+            }
         }
     } else {
         let bearer = req
@@ -672,19 +707,35 @@ async fn webhook(
             .and_then(|v| v.trim().split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim().to_owned());
-        if !bearer.is_some_and(|t| hook.token_matches(&t)) {
-            count(|c| &c.refused_token);
-            let mut r = refuse(
-                StatusCode::UNAUTHORIZED,
-                "send the webhook's token: Authorization: Bearer TOKEN (or at the end of the \
-                 path)",
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"injixo-sync\""),
-            );
-            return r;
+        match hook {
+            Some(h) if bearer.as_deref().is_some_and(|t| h.token_matches(t)) => h,
+            _ => {
+                count(|c| &c.refused_token);
+                let mut r = refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "no such webhook, or not its token: send Authorization: Bearer TOKEN \
+                     (or the token at the end of the path)",
+                );
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"injixo-sync\""),
+                );
+                return r;
+            }
         }
+    };
+    let client = crate::listen_auth::client_ip(
+        peer.ip(),
+        req.headers(),
+        &o.trusted_proxies,
+        o.forwarded_header,
+    );
+    if !hook.allows(client) {
+        count(|c| &c.refused_address);
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!("pushes from {client} are not allowed for this webhook (allow)"),
+        );
     }
     if req.method() != Method::POST {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "use POST");
@@ -730,7 +781,7 @@ async fn webhook(
     if declared.is_some_and(|n| n > hook.max_body as u64) {
         return too_large();
     }
-    let Some(_reading) = o.reading.enter(client) else {
+    let Some(_reading) = o.reading.enter(client, MAX_PUSHES_PER_CLIENT) else {
         return busy(&format!(
             "{MAX_PUSHES_PER_CLIENT} pushes from {client} are being read already"
         ));
@@ -813,6 +864,28 @@ async fn webhook(
         .map(|(i, o)| (format!("push from {client} at {at}, item {i}"), o))
         .collect();
     let identity = match idempotency {
+        // A signed push is told apart by what was signed: an `Idempotency-Key` is not signed,
+        // and a push replayed under another key would be kept again.
+        _ if hook.signature.is_some() => {
+            use sha2::Digest;
+            let mut digest = sha2::Sha256::new();
+            if let Some(ts) = hook
+                .signature
+                .as_ref()
+                .and_then(|(sig, _)| sig.timestamp_header.as_deref())
+                .and_then(|h| headers.get(h))
+            {
+                digest.update(ts.as_bytes());
+                digest.update(b".");
+            }
+            digest.update(&body);
+            let hex: String = digest
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("signed:{hex}")
+        }
         Some(key) => format!("key:{key}"),
         None => {
             use sha2::Digest;

@@ -547,6 +547,7 @@ fn the_example_config_is_valid_and_documents_every_key() {
         "tls_key",
         "tls_client_ca",
         "trusted_proxies",
+        "forwarded_header",
         "[source.queues]",
         "[source.agents]",
         "[source.activities]",

@@ -556,6 +556,25 @@ async fn signed_pushes_are_checked_before_anything_is_kept() {
     .unwrap();
     assert_eq!(status, 200, "{text}");
 
+    // The same signed push replayed under other Idempotency-Keys (which are not signed):
+    // recognised as sent before, kept once.
+    for key in ["replay-1", "replay-2"] {
+        let (status, text) = push(
+            &http,
+            &url,
+            &[
+                ("x-timestamp", &ts),
+                ("x-signature", &sig),
+                ("idempotency-key", key),
+            ],
+            &body(1..3),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("\"kept\":0"), "{text}");
+    }
+
     let b = body(100..101);
     let old = now - 3600;
     let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
@@ -669,15 +688,6 @@ async fn allow_checks_the_client_address_believing_only_trusted_proxies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(answered, 200);
-    let (status, _) = push(
-        &http,
-        &url,
-        &[("forwarded", "for=\"[2001:db8::7]:4711\"")],
-        &body(3..4),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200);
     // A client cannot smuggle an allowed address left of its own.
     let (status, text) = push(
         &http,
@@ -689,6 +699,28 @@ async fn allow_checks_the_client_address_believing_only_trusted_proxies() {
     .unwrap();
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("198.51.100.4"), "{text}");
+    // Only the header chosen is read: Forwarded, by default, is not.
+    let forwarded = [("forwarded", "for=\"[2001:db8::7]:4711\"")];
+    let (status, _) = push(&http, &url, &forwarded, &body(903..904))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    run("trusted_proxies = [\"127.0.0.1\"]\nforwarded_header = \"forwarded\"\n");
+    sighup(&daemon);
+    wait_for(LIMIT, "the reload", || generations_started(&log) == 3).await;
+    let mut answered = 0;
+    for _ in 0..100 {
+        answered = push(&http, &url, &forwarded, &body(3..4)).await.unwrap().0;
+        if answered == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered, 200);
+    let (status, _) = push(&http, &url, &from("203.0.113.9"), &body(904..905))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "X-Forwarded-For is not read then");
     settled(&env).await;
     assert_arrived_once(&api, 1..4);
     assert_eq!(api.record_count(), 3);
@@ -818,6 +850,16 @@ async fn behind_the_documented_nginx_configuration_allow_checks_the_sender() {
     .unwrap();
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("127.0.0.3"), "{text}");
+    // Or into Forwarded, which nginx does not pass on and the daemon does not read.
+    let (status, text) = push(
+        &from("127.0.0.3"),
+        &format!("{proxied}/webhook/acd"),
+        &[("authorization", &bearer), ("forwarded", "for=127.0.0.2")],
+        &body(901..902),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403, "{text}");
     // Nothing else is exposed.
     for path in ["/", "/status.json", "/metrics", "/healthz"] {
         let r = from("127.0.0.2")

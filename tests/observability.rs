@@ -143,6 +143,33 @@ async fn status_json_is_refused_off_loopback() {
     let (status, _) = get(&format!("http://127.0.0.1:{port}/healthz")).await;
     assert_eq!(status, 200);
     daemon.stop().await;
+
+    // With a [listen] token: the page, /status.json and /metrics ask for it; /healthz and
+    // /readyz answer, the reasons only with it.
+    let token = "page-token-0123456789abcdef";
+    let port = free_port();
+    let config = env.write_config(&format!(
+        "{}\n[listen]\naddress = \"0.0.0.0:{port}\"\ntoken = {token:?}\n",
+        env.config_text(&api.url(), "", &env.ndjson_source("acd", "drop", ""))
+    ));
+    let daemon = Daemon::start(config);
+    wait_serving(port).await;
+    let client = reqwest::Client::new();
+    for path in ["/", "/status.json", "/metrics"] {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        let r = client
+            .get(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    let (status, _) = get(&format!("http://127.0.0.1:{port}/readyz")).await;
+    assert_eq!(status, 200);
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,7 @@ pub(super) async fn run(
                 webhooks: hooks_names,
             },
             trusted_proxies: listen.trusted_proxies.clone(),
+            forwarded_header: listen.forwarded_header,
         });
         if let (Some(t), Some(files)) = (&tls, &listen.tls) {
             match t.expiry_warning(files, crate::outbox::now_ms().div_euclid(1000)) {

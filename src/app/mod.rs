@@ -176,6 +176,7 @@ pub fn main(config: Config) -> Result<(), RunError> {
 
 /// [`main`], also stopped by `stop` (the Windows service control manager).
 pub fn main_until(config: Config, stop: CancellationToken) -> Result<(), RunError> {
+    raise_open_files_limit();
     let kept = Kept::open(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -318,6 +319,28 @@ async fn wait_for_signals(reload: &tokio::sync::Notify) {
     {
         let _ = reload;
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Raises the soft limit of open files to the hard one (systemd's default soft limit is 1,024):
+/// the listener serves up to 1,024 connections, and the files, the database and the reload
+/// need descriptors beside them.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                limit.rlim_cur = limit.rlim_max;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
     }
 }
 

@@ -71,6 +71,8 @@ pub struct ListenConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Only from these are `X-Forwarded-For` and `Forwarded` believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header trusted proxies name the client in.
+    pub forwarded_header: crate::listen_auth::ForwardedHeader,
     /// `/readyz` fails while a lane's oldest pending record is older than this.
     pub ready_pending_age: Duration,
     /// A push's body must have arrived this long after its headers.
@@ -351,12 +353,26 @@ impl Validator<'_> {
             "listen.trusted_proxies",
             raw.trusted_proxies,
         );
+        let forwarded_header = self.one_of(
+            &at("forwarded_header"),
+            "listen.forwarded_header",
+            raw.forwarded_header.as_deref(),
+            crate::listen_auth::ForwardedHeader::XForwardedFor,
+            &[
+                (
+                    "x-forwarded-for",
+                    crate::listen_auth::ForwardedHeader::XForwardedFor,
+                ),
+                ("forwarded", crate::listen_auth::ForwardedHeader::Forwarded),
+            ],
+        );
         ListenConfig {
             address,
             ui: raw.ui.unwrap_or(true),
             token,
             tls,
             trusted_proxies,
+            forwarded_header,
             ready_pending_age,
             body_timeout,
         }

@@ -58,6 +58,7 @@ pub(super) struct RawListen {
     pub(super) tls_key: Option<String>,
     pub(super) tls_client_ca: Option<String>,
     pub(super) trusted_proxies: Option<Vec<String>>,
+    pub(super) forwarded_header: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
