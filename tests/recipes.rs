@@ -680,3 +680,205 @@ async fn threecx_queue_calls_and_logins_arrive_once() {
     );
     assert_eq!(api.record_count(), 5, "nothing twice");
 }
+
+/// Genesys Info Mart's tables as its PostgreSQL Physical Data Model lays them out: the columns
+/// the recipe reads, with Genesys's types (Unix seconds as integers, keys as integers, the
+/// IDs as numeric(19)), and some of the others around them.
+const GENESYS_TABLES: &str = "\
+CREATE TABLE media_type (media_type_key integer PRIMARY KEY, media_name varchar(64), \
+  media_name_code varchar(32), is_online numeric(1));
+CREATE TABLE resource_ (resource_key integer PRIMARY KEY, tenant_key integer NOT NULL, \
+  resource_type varchar(255), resource_type_code varchar(32), resource_subtype varchar(255), \
+  resource_name varchar(255), employee_id varchar(255), agent_first_name varchar(64), \
+  agent_last_name varchar(64));
+CREATE TABLE technical_descriptor (technical_descriptor_key integer PRIMARY KEY, \
+  resource_role varchar(64), role_reason varchar(64), technical_result varchar(64), \
+  result_reason varchar(64));
+CREATE TABLE interaction_resource_fact (interaction_resource_id numeric(19) PRIMARY KEY, \
+  start_date_time_key integer NOT NULL, resource_key integer NOT NULL, \
+  technical_descriptor_key integer, start_ts integer, end_ts integer, \
+  ring_duration integer, talk_duration integer, hold_duration integer, \
+  after_call_work_duration integer);
+CREATE TABLE mediation_segment_fact (mediation_segment_id numeric(19) PRIMARY KEY, \
+  start_date_time_key integer NOT NULL, end_date_time_key integer, tenant_key integer NOT NULL, \
+  media_type_key integer NOT NULL, resource_key integer NOT NULL, \
+  technical_descriptor_key integer NOT NULL, interaction_id numeric(19), \
+  target_ixn_resource_id numeric(19), start_ts integer, end_ts integer, \
+  mediation_duration integer, create_audit_key numeric(19) NOT NULL);
+CREATE TABLE resource_state (resource_state_key integer PRIMARY KEY, state_type varchar(32), \
+  state_name varchar(64), state_type_code varchar(32), state_name_code varchar(32));
+CREATE TABLE sm_media_neutral_state_fact (start_date_time_key integer NOT NULL, \
+  end_date_time_key integer, resource_key integer NOT NULL, resource_state_key integer NOT NULL, \
+  resource_group_combination_key integer, tenant_key integer NOT NULL, start_ts integer NOT NULL, \
+  end_ts integer, stuck_flag numeric(1) DEFAULT 0, create_audit_key numeric(19) NOT NULL DEFAULT -1);
+INSERT INTO media_type VALUES (1, 'Voice', 'VOICE', 1), (2, 'Chat', 'CHAT', 1);
+INSERT INTO resource_ VALUES \
+  (10, 1, 'Queue', 'QUEUE', 'VirtualQueue', 'VQ_Support', NULL, NULL, NULL), \
+  (11, 1, 'Queue', 'QUEUE', 'VirtualQueue', 'VQ_Chat', NULL, NULL, NULL), \
+  (20, 1, 'Agent', 'AGENT', 'Agent', 'jdoe', 'E100', 'Jane', 'Doe'), \
+  (21, 1, 'Agent', 'AGENT', 'Agent', 'asmith', '', 'Al', 'Smith');
+INSERT INTO technical_descriptor VALUES (1, 'ROUTEDTO', 'UNKNOWN', 'Diverted', 'AnsweredByAgent'), \
+  (2, 'ROUTEDTO', 'UNKNOWN', 'Abandoned', 'AbandonedWhileQueued'), \
+  (3, 'ROUTEDTO', 'UNKNOWN', 'Cleared', 'Unspecified');
+INSERT INTO resource_state VALUES (1, 'Ready', 'Ready', 'READY', 'READY'), \
+  (2, 'NotReady', 'NotReady', 'NOTREADY', 'NOTREADY'), (3, 'Busy', 'Busy', 'BUSY', 'BUSY')";
+
+/// Unix seconds of 2024-05-01 at `hh:mm` UTC.
+fn ts(hh_mm: &str) -> i64 {
+    let (h, m) = hh_mm.split_once(':').unwrap();
+    1_714_521_600 + h.parse::<i64>().unwrap() * 3600 + m.parse::<i64>().unwrap() * 60
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genesys_queue_segments_and_agent_states_arrive_once() {
+    let Some(db) = support::databases::Postgres::start() else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    exec_pg(&pool, GENESYS_TABLES).await;
+    // (id, queue, media, result, irf, entered, left); irf: (id, talk, hold, acw).
+    let segment = |id: i64,
+                   queue: i64,
+                   media: i64,
+                   result: i64,
+                   target: Option<i64>,
+                   from: &str,
+                   to: &str| {
+        format!(
+            "INSERT INTO mediation_segment_fact (mediation_segment_id, start_date_time_key, \
+             tenant_key, media_type_key, resource_key, technical_descriptor_key, interaction_id, \
+             target_ixn_resource_id, start_ts, end_ts, mediation_duration, create_audit_key) \
+             VALUES ({id}, 1, 1, {media}, {queue}, {result}, {id}, {}, {}, {}, {}, 1)",
+            target.map_or("NULL".to_owned(), |t| t.to_string()),
+            ts(from),
+            ts(to),
+            ts(to) - ts(from)
+        )
+    };
+    let irf = |id: i64, talk: i64, hold: i64, acw: i64| {
+        format!(
+            "INSERT INTO interaction_resource_fact VALUES ({id}, 1, 20, 1, 0, 0, 5, {talk}, {hold}, {acw})"
+        )
+    };
+    let state = |agent: i64, state: i64, from: &str, to: Option<&str>| {
+        format!(
+            "INSERT INTO sm_media_neutral_state_fact (start_date_time_key, resource_key, \
+             resource_state_key, tenant_key, start_ts, end_ts) VALUES (1, {agent}, {state}, 1, {}, {})",
+            ts(from),
+            to.map_or("NULL".to_owned(), |t| ts(t).to_string())
+        )
+    };
+    exec_pg(
+        &pool,
+        &[
+            irf(500, 120, 10, 30),
+            irf(501, 0, 0, 0),
+            // Answered: talk, hold and after-call work 160 s.
+            segment(1, 10, 1, 1, Some(500), "07:00", "07:01"),
+            // Abandoned in the queue.
+            segment(2, 10, 1, 2, None, "07:05", "07:06"),
+            // A chat distributed, not taken (no talk).
+            segment(3, 11, 2, 1, Some(501), "07:10", "07:11"),
+            // jdoe: Ready, NotReady cut by an ETL cycle at 08:15, Ready, logged out, Ready.
+            state(20, 1, "08:00", Some("08:10")),
+            state(20, 2, "08:10", Some("08:15")),
+            state(20, 2, "08:15", Some("08:20")),
+            state(20, 1, "08:20", Some("08:30")),
+            state(20, 1, "09:00", Some("09:10")),
+            // asmith (no employee id): Busy, then Ready still going on.
+            state(21, 3, "08:00", Some("08:05")),
+            state(21, 1, "08:05", None),
+        ]
+        .join(";\n"),
+    )
+    .await;
+
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.write_config(&recipe(
+        &env,
+        &api,
+        "genesys-infomart",
+        &db.url(),
+        "Europe/Berlin",
+    ));
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "3 contacts and 4 intervals", || {
+        api.record_count() >= 8
+    })
+    .await;
+    // A segment an ETL cycle commits late, older than the last one read.
+    exec_pg(&pool, &segment(4, 10, 1, 3, None, "07:07", "07:08")).await;
+    wait_for(LIMIT, "the late segment", || api.record_count() >= 9).await;
+    quiesce(&env, daemon, &["genesys-queues", "genesys-agents"]).await;
+
+    assert_eq!(
+        contacts(&api),
+        [
+            contact(
+                "VQ_Support",
+                "VQ_Support",
+                "2024-05-01T07:00:00Z",
+                true,
+                160.0
+            ),
+            contact(
+                "VQ_Support",
+                "VQ_Support",
+                "2024-05-01T07:05:00Z",
+                false,
+                0.0
+            ),
+            contact(
+                "VQ_Support",
+                "VQ_Support",
+                "2024-05-01T07:07:00Z",
+                false,
+                0.0
+            ),
+            contact("VQ_Chat", "VQ_Chat", "2024-05-01T07:10:00Z", false, 0.0),
+        ]
+    );
+    let chats = api
+        .records()
+        .iter()
+        .filter(|r| r["channel"] == "chats")
+        .count();
+    assert_eq!(chats, 1);
+    assert_eq!(
+        statuses(&api),
+        owned([
+            (
+                "E100",
+                "Ready",
+                "2024-05-01T08:00:00Z",
+                "2024-05-01T08:10:00Z"
+            ),
+            (
+                "E100",
+                "NotReady",
+                "2024-05-01T08:10:00Z",
+                "2024-05-01T08:20:00Z"
+            ),
+            (
+                "E100",
+                "Ready",
+                "2024-05-01T08:20:00Z",
+                "2024-05-01T08:30:00Z"
+            ),
+            (
+                "E100",
+                "Ready",
+                "2024-05-01T09:00:00Z",
+                "2024-05-01T09:10:00Z"
+            ),
+            (
+                "asmith",
+                "Busy",
+                "2024-05-01T08:00:00Z",
+                "2024-05-01T08:05:00Z"
+            ),
+        ])
+    );
+    assert_eq!(api.record_count(), 9, "nothing twice");
+}

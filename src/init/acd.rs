@@ -49,6 +49,11 @@ pub const RECIPES: &[Recipe] = &[
         template: include_str!("recipes/asterisk-cdr.toml"),
     },
     Recipe {
+        name: "genesys-infomart",
+        reads: "Genesys Engage Info Mart (PostgreSQL): MEDIATION_SEGMENT_FACT (queue segments), SM_MEDIA_NEUTRAL_STATE_FACT (agent states)",
+        template: include_str!("recipes/genesys-infomart.toml"),
+    },
+    Recipe {
         name: "issabel-callcenter",
         reads: "Issabel/Elastix call center module: call_entry (queue calls), audit (sessions, breaks)",
         template: include_str!("recipes/issabel-callcenter.toml"),
