@@ -882,3 +882,168 @@ async fn genesys_queue_segments_and_agent_states_arrive_once() {
     );
     assert_eq!(api.record_count(), 9, "nothing twice");
 }
+
+/// 3CX V20 Update 6's call records: one row per segment of a call, with the columns
+/// third-party reports on V20 read.
+const THREECX_V20_TABLES: &str = "\
+CREATE TABLE cdroutput (cdr_id uuid PRIMARY KEY DEFAULT gen_random_uuid(), \
+  call_history_id uuid NOT NULL, originating_cdr_id uuid, \
+  source_dn_type varchar(64), source_dn_number varchar(64), source_dn_name varchar(255), \
+  destination_dn_type varchar(64), destination_dn_number varchar(64), \
+  destination_dn_name varchar(255), destination_entity_type varchar(64), \
+  creation_method varchar(64), creation_forward_reason varchar(64), \
+  termination_reason varchar(64), termination_reason_details varchar(255), \
+  cdr_started_at timestamp with time zone NOT NULL, \
+  cdr_answered_at timestamp with time zone, cdr_ended_at timestamp with time zone)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threecx_v20_queue_passages_arrive_once_as_answered_by_an_extension() {
+    let Some(db) = support::databases::Postgres::start() else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    exec_pg(&pool, THREECX_V20_TABLES).await;
+    // A segment: (its id, call, originating segment, destination type, number, name, entity,
+    // started, answered, ended), times on 2024-05-01 UTC.
+    #[allow(clippy::too_many_arguments)]
+    fn seg(
+        id: u32,
+        call: u32,
+        from: Option<u32>,
+        kind: &str,
+        number: &str,
+        name: &str,
+        entity: &str,
+        times: (&str, Option<&str>, &str),
+    ) -> String {
+        let uuid = |n: u32| format!("'00000000-0000-0000-0000-{n:012}'");
+        let at = |t: &str| format!("'2024-05-01 {t}+00'");
+        format!(
+            "INSERT INTO cdroutput (cdr_id, call_history_id, originating_cdr_id, source_dn_type, \
+             destination_dn_type, destination_dn_number, destination_dn_name, \
+             destination_entity_type, cdr_started_at, cdr_answered_at, cdr_ended_at) VALUES \
+             ({}, {}, {}, 'provider', '{kind}', '{number}', '{name}', '{entity}', {}, {}, {})",
+            uuid(id),
+            uuid(1000 + call),
+            from.map_or("NULL".into(), uuid),
+            at(times.0),
+            times.1.map_or("NULL".into(), at),
+            at(times.2)
+        )
+    }
+    let q = |id, call, start: &str, end: &str| {
+        seg(
+            id,
+            call,
+            None,
+            "queue",
+            "800",
+            "Support",
+            "queue",
+            (start, None, end),
+        )
+    };
+    exec_pg(
+        &pool,
+        &[
+            // Call 1: queue 800 rings 100 (no answer), then 101 answers for 120 s.
+            q(1, 1, "07:00:00", "07:00:30"),
+            seg(
+                2,
+                1,
+                Some(1),
+                "extension",
+                "100",
+                "Ann",
+                "",
+                ("07:00:05", None, "07:00:15"),
+            ),
+            seg(
+                3,
+                1,
+                Some(1),
+                "extension",
+                "101",
+                "Ben",
+                "",
+                ("07:00:15", Some("07:00:30"), "07:02:30"),
+            ),
+            // Call 2: abandoned in the queue.
+            q(4, 2, "07:05:00", "07:06:00"),
+            // Call 3: overflows from 800 to 801, answered there for 60 s.
+            q(5, 3, "07:10:00", "07:11:00"),
+            seg(
+                6,
+                3,
+                Some(5),
+                "queue",
+                "801",
+                "Sales",
+                "queue",
+                ("07:11:00", None, "07:11:20"),
+            ),
+            seg(
+                7,
+                3,
+                Some(6),
+                "extension",
+                "102",
+                "Cid",
+                "",
+                ("07:11:05", Some("07:11:20"), "07:12:20"),
+            ),
+            // Call 4: the queue sends it to a voicemail, which answers.
+            q(8, 4, "07:15:00", "07:15:40"),
+            seg(
+                9,
+                4,
+                Some(8),
+                "extension",
+                "100",
+                "Ann",
+                "voicemail",
+                ("07:15:40", Some("07:15:41"), "07:16:00"),
+            ),
+            // Call 5: through 800 twice, answered on the second passage for 30 s.
+            q(10, 5, "07:20:00", "07:21:00"),
+            q(11, 5, "07:22:00", "07:22:30"),
+            seg(
+                12,
+                5,
+                Some(11),
+                "extension",
+                "101",
+                "Ben",
+                "",
+                ("07:22:10", Some("07:22:30"), "07:23:00"),
+            ),
+        ]
+        .join(";\n"),
+    )
+    .await;
+
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.write_config(&recipe(&env, &api, "3cx-v20u6", &db.url(), "Europe/Berlin"));
+    let daemon = Daemon::start(config);
+    wait_for(LIMIT, "6 contacts", || api.record_count() >= 6).await;
+    // A call whose records are committed late, ended before the last one read.
+    exec_pg(&pool, &q(13, 6, "07:03:00", "07:04:00")).await;
+    wait_for(LIMIT, "the late call", || api.record_count() >= 7).await;
+    quiesce(&env, daemon, &["3cx-queue-calls"]).await;
+
+    let c = |q: &str, name: &str, t: &str, h: bool, d: f64| contact(q, name, t, h, d);
+    assert_eq!(
+        contacts(&api),
+        [
+            c("800", "Support", "2024-05-01T07:00:00Z", true, 120.0),
+            c("800", "Support", "2024-05-01T07:03:00Z", false, 0.0),
+            c("800", "Support", "2024-05-01T07:05:00Z", false, 0.0),
+            c("800", "Support", "2024-05-01T07:10:00Z", false, 0.0),
+            c("801", "Sales", "2024-05-01T07:11:00Z", true, 60.0),
+            c("800", "Support", "2024-05-01T07:15:00Z", false, 0.0),
+            c("800", "Support", "2024-05-01T07:20:00Z", true, 30.0),
+        ]
+    );
+    assert_eq!(api.record_count(), 7, "nothing twice");
+}

@@ -34,6 +34,11 @@ pub const RECIPES: &[Recipe] = &[
         template: include_str!("recipes/3cx.toml"),
     },
     Recipe {
+        name: "3cx-v20u6",
+        reads: "3CX V20 Update 6 and later: cdroutput (queue passages, answered by an extension)",
+        template: include_str!("recipes/3cx-v20u6.toml"),
+    },
+    Recipe {
         name: "asterisk-queue-log",
         reads: "Asterisk/FreePBX queues: the queue_log file (calls per queue, agent logins, pauses, calls)",
         template: include_str!("recipes/asterisk-queue-log.toml"),
