@@ -190,14 +190,18 @@ async fn bad_pushes_get_a_clear_4xx_and_mapped_pushes_become_intervals() {
     let good = format!("{base}/acd/{TOKEN}");
     let json = "application/json";
 
-    // Wrong token, unknown source, no token: all alike.
+    // Wrong token and unknown source, alike: 404 in the path form, 401 without a token
+    // (which the Bearer form asks for).
     for url in [
         format!("{base}/acd/{}", TOKEN.replace('0', "1")),
         format!("{base}/nope/{TOKEN}"),
-        format!("{base}/acd"),
     ] {
         let (status, body) = post(&client, &url, json, event(1)).await;
         assert_eq!(status, 404, "{url}: {body}");
+    }
+    for url in [format!("{base}/acd"), format!("{base}/nope")] {
+        let (status, body) = post(&client, &url, json, event(1)).await;
+        assert_eq!(status, 401, "{url}: {body}");
     }
     let r = client.get(&good).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
