@@ -1,7 +1,8 @@
 //! The chaos suite: the real binary with a tailed files source, a webhook source and a sql
 //! source (a real PostgreSQL) delivering to the fake API, while at random moments an operator
-//! scrapes `/metrics` and `/readyz`, runs every operator command, reloads with valid and
-//! invalid configurations (while clients push), starts a second daemon on the same state file,
+//! scrapes `/metrics`, `/readyz`, the page and `/status.json`, runs every operator command,
+//! reloads with valid and invalid configurations (while clients push), starts a second daemon
+//! on the same state file,
 //! kills the daemon with `kill -9` and starts it again, rewrites a tailed file in place from its
 //! start, and the API fails in every way it can.
 //!
@@ -305,7 +306,7 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
                 last_rewrite = Some(from..from + 3);
             }
             "scrape" => {
-                for path in ["/metrics", "/readyz"] {
+                for path in ["/metrics", "/readyz", "/", "/status.json"] {
                     let _ = client
                         .get(format!("http://127.0.0.1:{port}{path}"))
                         .send()

@@ -131,7 +131,7 @@ fn der_of(pem: &str) -> Vec<u8> {
         .unwrap()
 }
 
-async fn wait_https(client: &reqwest::Client, port: u16) {
+async fn wait_https(port: u16) {
     wait_for(LIMIT, "the daemon to serve over HTTPS", || {
         std::process::Command::new("curl")
             .args(["-s", "-k", "-o", "/dev/null", "-w", "%{http_code}"])
@@ -140,7 +140,42 @@ async fn wait_https(client: &reqwest::Client, port: u16) {
             .is_ok_and(|o| o.stdout == b"200")
     })
     .await;
-    let _ = client;
+}
+
+/// A pair for localhost and 127.0.0.1 signed by `ca`, valid `days`, written as `name`, and
+/// the installation's configuration with HTTPS on a free port: the pair, its files, the port.
+fn https_config(
+    env: &Env,
+    api: &FakeApi,
+    ca: &Ca,
+    name: &str,
+    days: i64,
+) -> ((String, String), (PathBuf, PathBuf), u16) {
+    let pair = ca.sign(&["localhost", "127.0.0.1"], days);
+    let (cert, key) = write_pair(env.dir.path(), name, &pair);
+    let port = free_port();
+    std::fs::write(
+        &env.config_file,
+        config(
+            env,
+            &api.url(),
+            port,
+            &format!("tls_cert = {cert:?}\ntls_key = {key:?}\n"),
+            "",
+        ),
+    )
+    .unwrap();
+    (pair, (cert, key), port)
+}
+
+/// The daemon started with its log, once it serves over HTTPS: it, its log, a client that
+/// trusts `ca`, and the base URL.
+async fn start_https(env: &Env, ca: &Ca, port: u16) -> (Process, PathBuf, reqwest::Client, String) {
+    let log = env.dir.path().join("daemon.log");
+    let daemon = Process::start_logged(&env.config_file, &log);
+    let https = client(ca, None);
+    wait_https(port).await;
+    (daemon, log, https, format!("https://127.0.0.1:{port}"))
 }
 
 fn sighup(daemon: &Process) {
@@ -154,31 +189,14 @@ async fn https_pushes_are_kept_plain_http_is_refused_and_bearer_or_path_tokens_w
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
     let ca = Ca::new("test CA");
-    let pair = ca.sign(&["localhost", "127.0.0.1"], 365);
-    let (cert, key) = write_pair(env.dir.path(), "server", &pair);
-    let port = free_port();
-    std::fs::write(
-        &env.config_file,
-        config(
-            &env,
-            &api.url(),
-            port,
-            &format!("tls_cert = {cert:?}\ntls_key = {key:?}\n"),
-            "",
-        ),
-    )
-    .unwrap();
+    let (_, _, port) = https_config(&env, &api, &ca, "server", 365);
     let (code, checked) = env.check_offline();
     assert_eq!(code, 0, "{checked}");
     assert!(
         checked.contains("HTTPS with") && checked.contains("localhost, 127.0.0.1"),
         "{checked}"
     );
-    let log = env.dir.path().join("daemon.log");
-    let daemon = Process::start_logged(&env.config_file, &log);
-    let https = client(&ca, None);
-    wait_https(&https, port).await;
-    let base = format!("https://127.0.0.1:{port}");
+    let (daemon, log, https, base) = start_https(&env, &ca, port).await;
 
     // Plain HTTP: answered 400 saying so, nothing kept.
     let (status, text) = push(
@@ -326,25 +344,8 @@ async fn a_rotated_certificate_is_served_after_a_reload_while_20_clients_push() 
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
     let ca = Ca::new("test CA");
-    let first = ca.sign(&["localhost", "127.0.0.1"], 30);
-    let (cert, key) = write_pair(env.dir.path(), "server", &first);
-    let port = free_port();
-    std::fs::write(
-        &env.config_file,
-        config(
-            &env,
-            &api.url(),
-            port,
-            &format!("tls_cert = {cert:?}\ntls_key = {key:?}\n"),
-            "",
-        ),
-    )
-    .unwrap();
-    let log = env.dir.path().join("daemon.log");
-    let daemon = Process::start_logged(&env.config_file, &log);
-    let https = client(&ca, None);
-    wait_https(&https, port).await;
-    let base = format!("https://127.0.0.1:{port}");
+    let (first, (_, key), port) = https_config(&env, &api, &ca, "server", 30);
+    let (daemon, log, https, base) = start_https(&env, &ca, port).await;
     assert_eq!(
         served_certificate(&https, &format!("{base}/healthz")).await,
         der_of(&first.0)

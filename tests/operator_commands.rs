@@ -425,6 +425,22 @@ async fn parked_input_is_listed_by_reason_and_given_up_on_purpose() {
     let (code, out) = cli(&["--config", cfg, "parked", "list", "--reason", "fax"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("in 1 group(s)"), "{out}");
+    // --exact: the whole reason, as listed; a part of it selects nothing.
+    let (_, out) = cli(&[
+        "--config",
+        cfg,
+        "parked",
+        "list",
+        "--reason",
+        &fax_reason,
+        "--exact",
+    ]);
+    assert!(out.contains("in 1 group(s)"), "{out}");
+    let (_, out) = cli(&[
+        "--config", cfg, "parked", "list", "--reason", "fax", "--exact", "--json",
+    ]);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["parked"].as_array().map(Vec::len), Some(0), "{out}");
 
     // Giving up needs a selection.
     let (code, out) = cli(&["--config", cfg, "parked", "drop"]);

@@ -85,67 +85,39 @@ offered = {{ value = true }}
 handled = {{ value = true }}
 duration = {{ value = 1 }}
 
-[[source]]
-name = "cloud-a"
-type = "http"
-integration_id = 1234
-emits = "contact_events"
-every = "1h"
-url = "http://cloud-user:UrlPassw0rd-Secret-0008@127.0.0.1:{echo}/api/calls?api_key=QueryKey-Secret-0005"
-headers = {{ "X-Api-Key" = "HeaderKey-Secret-0006" }}
-records = "/calls"
-key = "{{id}}"
-[source.map]
-timestamp = "t"
-queueName = "q"
-queueIdentifier = "q"
-channel = {{ value = "calls" }}
-offered = {{ value = true }}
-handled = {{ value = true }}
-duration = {{ value = 1 }}
-
-[[source]]
-name = "cloud-c"
-type = "http"
-integration_id = 1234
-emits = "contact_events"
-every = "1h"
-url = "http://127.0.0.1:{echo}/v2/calls"
-auth = "basic"
-username = "wfm"
-password = "HttpPassw0rd-Secret-0004"
-records = "/calls"
-key = "{{id}}"
-[source.map]
-timestamp = "t"
-queueName = "q"
-queueIdentifier = "q"
-channel = {{ value = "calls" }}
-offered = {{ value = true }}
-handled = {{ value = true }}
-duration = {{ value = 1 }}
-
-[[source]]
-name = "cloud-b"
-type = "http"
-integration_id = 1234
-emits = "contact_events"
-every = "1h"
-url = "http://127.0.0.1:{echo}/calls"
-token = "Bearer-Secret-0007"
-records = "/calls"
-key = "{{id}}"
-[source.map]
-timestamp = "t"
-queueName = "q"
-queueIdentifier = "q"
-channel = {{ value = "calls" }}
-offered = {{ value = true }}
-handled = {{ value = true }}
-duration = {{ value = 1 }}
-"#,
+{cloud_a}{cloud_c}{cloud_b}"#,
         state = env.state.display().to_string(),
+        cloud_a = http_source(
+            "cloud-a",
+            &format!(
+                "url = \"http://cloud-user:UrlPassw0rd-Secret-0008@127.0.0.1:{echo}/api/calls\
+                 ?api_key=QueryKey-Secret-0005\"\n\
+                 headers = {{ \"X-Api-Key\" = \"HeaderKey-Secret-0006\" }}"
+            )
+        ),
+        cloud_c = http_source(
+            "cloud-c",
+            &format!(
+                "url = \"http://127.0.0.1:{echo}/v2/calls\"\nauth = \"basic\"\n\
+                 username = \"wfm\"\npassword = \"HttpPassw0rd-Secret-0004\""
+            )
+        ),
+        cloud_b = http_source(
+            "cloud-b",
+            &format!("url = \"http://127.0.0.1:{echo}/calls\"\ntoken = \"Bearer-Secret-0007\"")
+        ),
         calls = env.ndjson_source("calls", "drop", ""),
+    )
+}
+
+/// An `http` contact-events source polled hourly, with `how` (its URL and credentials).
+fn http_source(name: &str, how: &str) -> String {
+    format!(
+        "[[source]]\nname = {name:?}\ntype = \"http\"\nintegration_id = 1234\n\
+         emits = \"contact_events\"\nevery = \"1h\"\n{how}\nrecords = \"/calls\"\n\
+         key = \"{{id}}\"\n[source.map]\ntimestamp = \"t\"\nqueueName = \"q\"\n\
+         queueIdentifier = \"q\"\nchannel = {{ value = \"calls\" }}\n\
+         offered = {{ value = true }}\nhandled = {{ value = true }}\nduration = {{ value = 1 }}\n\n"
     )
 }
 
