@@ -1,6 +1,7 @@
 //! The local HTTP listener (`[listen] address`): `/healthz`, `/readyz`, `/metrics`, the page
-//! (`/`, with `/help`) and `/status.json`, and the `webhook` sources'
-//! `POST /webhook/<source>/<token>`.
+//! (`/`, with `/help`) and `/status.json`, and the `webhook` sources' `POST /webhook/<source>`
+//! (the token as `Authorization: Bearer`) or `POST /webhook/<source>/<token>`, over HTTPS with
+//! `[listen] tls_cert` (see [`crate::tls`]).
 //!
 //! Everything but the pushes reads the daemon's counters and the outbox (read-only) and changes
 //! nothing; pushes go to their source's thread, which commits them. It binds to loopback unless
@@ -657,18 +658,23 @@ async fn status_json(State(o): State<Arc<Observed>>, headers: HeaderMap) -> Resp
     }
 }
 
-/// `POST /webhook/<source>/<token>`: the body is committed to the outbox before the 2xx.
+/// `POST /webhook/<source>` (`Authorization: Bearer`) or `POST /webhook/<source>/<token>`: the
+/// body is committed to the outbox before the 2xx.
 ///
+/// Before the body is read: 404 for an unknown source or a wrong token in the path, 401 for a
+/// missing or wrong Bearer token (an unknown source alike, so neither can be probed), then 403
+/// for a client `allow` does not name (see [`crate::listen_auth::client_ip`]). After it is
+/// read, before anything is kept: 401 for a signature that does not hold.
 /// 409 when the push's `Idempotency-Key` came before with other records (nothing kept);
 /// 408 for a body that does not arrive within `body_timeout`, 503 when the client has
-/// [`MAX_PUSHES_PER_CLIENT`] bodies being read already; 404 for an unknown source or a wrong
-/// token (alike, so neither can be probed), 405 for a
+/// [`MAX_PUSHES_PER_CLIENT`] bodies being read already, 405 for a
 /// method other than POST, 415 for a body that is not JSON, 413 above `max_body`, 400 for
 /// JSON that is not an object or an array of objects, 422 when nothing in the push could
 /// become a record (kept all the same, parked with the reason), 503 when the outbox cannot take it
 /// now (retry). 200 otherwise, with what was kept, merged (sent before), skipped and rejected.
 /// Every element of a push is a record of its own; a push sent again under the same
-/// `Idempotency-Key` (or, without one, with the same body) is recognised and merged.
+/// `Idempotency-Key` (or, without one, with the same body; a signed one by what was signed) is
+/// recognised and merged.
 async fn webhook(
     State(o): State<Arc<Observed>>,
     Extension(Peer(peer)): Extension<Peer>,
