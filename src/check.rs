@@ -44,7 +44,7 @@ pub fn main(config_path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
             // SQLite's check passes over damage inside a record's bytes; the outbox knows.
             match outbox::lane_depths(&config.state.path, 1) {
                 Ok(lanes) => {
-                    let damaged: i64 = lanes.iter().map(|(_, _, _, d)| d).sum();
+                    let damaged: i64 = lanes.iter().map(|d| d.damaged).sum();
                     if damaged > 0 {
                         problems.push(format!(
                             "state file {}: {damaged} damaged record(s) cannot be decoded and \

@@ -28,6 +28,8 @@ pub struct Depth {
     pub oldest_pending_ms: Option<i64>,
     /// Records set aside because they cannot be decoded, until dropped.
     pub damaged: i64,
+    /// Contact events held back under a new name for a known queue identifier.
+    pub held: i64,
 }
 
 /// The `Content-Type` of [`render`]'s text.
@@ -336,6 +338,13 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "injixo_sync_lane_held_records",
+            "Contact events held back because they bring a new name for a known queue \
+             identifier (injixo would make a second queue): `injixo-sync queues` shows them.",
+            lanes().map(|(k, _, d)| (k, ConstGauge::new(d.held))),
+        )?;
+        family(
+            e,
             "injixo_sync_lane_last_success_timestamp_seconds",
             "When the API last accepted a batch (0 never).",
             lanes().map(|(k, l, _)| (k, seconds(l.last_success_ms.load(Relaxed)))),
@@ -408,6 +417,7 @@ mod tests {
                     pending: 3,
                     oldest_pending_ms: Some(1_000),
                     damaged: 2,
+                    held: 4,
                 },
             )],
             crate::outbox::Usage {
@@ -438,6 +448,7 @@ mod tests {
             format!("injixo_sync_lane_pending_records{{{labels}}} 3"),
             format!("injixo_sync_lane_oldest_pending_age_seconds{{{labels}}} 10.0"),
             format!("injixo_sync_lane_damaged_records{{{labels}}} 2"),
+            format!("injixo_sync_lane_held_records{{{labels}}} 4"),
             format!("injixo_sync_http_responses_total{{{labels},status=\"503\"}} 1"),
             format!("injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"0.05\"}} 1"),
             format!("injixo_sync_batch_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 2"),

@@ -981,13 +981,14 @@ async fn depths(o: &Observed) -> Vec<(LaneId, Depth)> {
             .and_then(Result::ok)
             .unwrap_or_default();
     rows.into_iter()
-        .map(|(lane, pending, oldest, damaged)| {
+        .map(|d| {
             (
-                LaneId(lane),
+                LaneId(d.lane),
                 Depth {
-                    pending,
-                    oldest_pending_ms: oldest,
-                    damaged,
+                    pending: d.pending,
+                    oldest_pending_ms: d.oldest_pending_ms,
+                    damaged: d.damaged,
+                    held: d.held,
                 },
             )
         })
@@ -995,27 +996,38 @@ async fn depths(o: &Observed) -> Vec<(LaneId, Depth)> {
 }
 
 /// What a person must look at although the daemon works, in words: damaged records set
-/// aside. They do not make it unready: their lane flows on, and an unready daemon would be
+/// aside, contact events held back under new queue names. They do not make it unready: their lane flows on, and an unready daemon would be
 /// taken out of a load balancer and refused pushes, which helps nobody; a person must act,
 /// which `/metrics` (`injixo_sync_lane_damaged_records`), `status` and `check` also say.
 fn warnings(o: &Observed, depths: &[(LaneId, Depth)]) -> Vec<String> {
-    depths
-        .iter()
-        .filter(|(_, d)| d.damaged > 0)
-        .map(|(id, d)| {
-            let lane = o
-                .lanes
-                .iter()
-                .find(|(l, _)| l == id)
-                .map_or_else(|| format!("#{}", id.0), |(_, m)| m.key.to_string());
-            format!(
-                "lane {lane}: {} record(s) cannot be decoded (damaged in the state file) and \
+    let name = |id: &LaneId| {
+        o.lanes
+            .iter()
+            .find(|(l, _)| l == id)
+            .map_or_else(|| format!("#{}", id.0), |(_, m)| m.key.to_string())
+    };
+    let mut out = Vec::new();
+    for (id, d) in depths {
+        if d.damaged > 0 {
+            out.push(format!(
+                "lane {}: {} record(s) cannot be decoded (damaged in the state file) and \
                  were set aside as dead letters; the lane goes on. `injixo-sync dead list` \
                  shows them, `injixo-sync dead drop ID` gives them up",
+                name(id),
                 d.damaged
-            )
-        })
-        .collect()
+            ));
+        }
+        if d.held > 0 {
+            out.push(format!(
+                "lane {}: {} contact event(s) held back: they bring a new name for a queue \
+                 identifier injixo knows under another (it would make a second queue). \
+                 `injixo-sync queues` shows them, `queues confirm` or `queues drop` decides",
+                name(id),
+                d.held
+            ));
+        }
+    }
+    out
 }
 
 /// Why the daemon is not ready, in words; empty when it is.

@@ -367,6 +367,19 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
         let (_, body, _) = get(&format!("{base}{path}"), None).await;
         assert_no_secret(path, &body);
     }
+    // Held queue names are counted for monitoring too.
+    let (_, metrics, _) = get(&format!("{base}/metrics"), None).await;
+    let held = metrics
+        .lines()
+        .find(|l| l.starts_with("injixo_sync_lane_held_records{endpoint=\"contact_events\""))
+        .unwrap_or_else(|| panic!("no held gauge:\n{metrics}"));
+    assert!(held.ends_with(" 22"), "{held}");
+    let (_, readyz, _) = get(
+        &format!("{base}/readyz"),
+        Some(&format!("Bearer {PAGE_TOKEN}")),
+    )
+    .await;
+    assert!(readyz.contains("22 contact event(s) held back"), "{readyz}");
     // Without JavaScript (the server's HTML): the parts and the commands are there.
     for part in [
         "Flow",

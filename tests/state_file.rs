@@ -429,7 +429,7 @@ async fn lane_depths_count_open_batches_and_the_tail_up_to_a_cap() {
     let depth = |cap| {
         let rows = lane_depths(&state, cap).unwrap();
         assert_eq!(rows.len(), 1);
-        (rows[0].1, rows[0].2.is_some())
+        (rows[0].pending, rows[0].oldest_pending_ms.is_some())
     };
     assert_eq!(depth(1_000), (25, true));
     assert_eq!(depth(20), (20, true), "counted up to the cap");

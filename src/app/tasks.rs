@@ -266,9 +266,9 @@ impl Supervisor {
         .ok()
         .and_then(Result::ok)
         .map(|rows| {
-            let capped = rows.iter().any(|(_, n, _, _)| *n >= STATUS_COUNT_CAP);
-            let sum: i64 = rows.iter().map(|(_, n, _, _)| n).sum();
-            let damaged: i64 = rows.iter().map(|(_, _, _, d)| d).sum();
+            let capped = rows.iter().any(|d| d.pending >= STATUS_COUNT_CAP);
+            let sum: i64 = rows.iter().map(|d| d.pending).sum();
+            let damaged: i64 = rows.iter().map(|d| d.damaged).sum();
             (format!("{sum}{}", if capped { "+" } else { "" }), damaged)
         })
         .unwrap_or_else(|| ("?".into(), 0));

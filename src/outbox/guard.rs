@@ -74,30 +74,52 @@ pub(super) fn hold_renamed_queues(
     }
     // Ids come in order, so the held ones are found by binary search.
     records.retain(|(id, _)| held.binary_search(id).is_err());
+    // Said once per process and name, the first few of a batch by name and the rest counted,
+    // so that an export full of renamed queues does not flood the log; `status` and
+    // `/metrics` count what is held meanwhile.
+    static TOLD: std::sync::Mutex<Option<std::collections::HashSet<(i64, String, String)>>> =
+        std::sync::Mutex::new(None);
+    let mut told = TOLD.lock().unwrap_or_else(|e| e.into_inner());
+    let told = told.get_or_insert_with(Default::default);
+    let mut new = Vec::new();
     for (identifier, name, allowed) in verdicts {
         if allowed {
             continue;
         }
-        // Said once per process and name; `status` counts what is held meanwhile.
-        static TOLD: std::sync::Mutex<Vec<(i64, String, String)>> =
-            std::sync::Mutex::new(Vec::new());
-        let told = (integration, identifier, name);
-        let mut said = TOLD.lock().unwrap_or_else(|e| e.into_inner());
-        if said.contains(&told) {
-            tracing::debug!(integration_id = integration, "held back {:?} again", told.1);
-            continue;
+        let key = (integration, identifier, name);
+        if told.contains(&key) {
+            tracing::debug!(integration_id = integration, "held back {:?} again", key.1);
+        } else {
+            // Bounded: past that many names, each batch says its own.
+            if told.len() < TOLD_NAMES {
+                told.insert(key.clone());
+            }
+            new.push(key);
         }
-        let (_, identifier, name) = &told;
+    }
+    for (_, identifier, name) in new.iter().take(NAMED_PER_BATCH) {
         tracing::error!(
             integration_id = integration,
             "contact events for queue identifier {identifier:?} came with the new name \
              {name:?}: held back, since injixo would make a second queue of it; see \
              `injixo-sync queues` (said once; `status` counts what is held)"
         );
-        said.push(told);
+    }
+    if new.len() > NAMED_PER_BATCH {
+        tracing::error!(
+            integration_id = integration,
+            "{} more queue identifiers came with new names in this batch: held back too; \
+             `injixo-sync queues` lists them all",
+            new.len() - NAMED_PER_BATCH
+        );
     }
     Ok(held.len())
 }
+
+/// Renamed queues a batch names in the log one by one; the rest are counted in one line.
+const NAMED_PER_BATCH: usize = 5;
+/// Renamed queues remembered as said (per process).
+const TOLD_NAMES: usize = 10_000;
 
 /// Whether a record's queue may be sent: its identifier is new (then remembered) or known
 /// under this name.
@@ -171,7 +193,7 @@ pub fn queues(path: &Path) -> Result<(Vec<KnownQueue>, Vec<HeldQueue>), OutboxEr
                 })
             })?
             .collect::<Result<_, _>>()?;
-        let mut held = held_groups(&conn, i64::MAX)?;
+        let (mut held, _) = held_groups(&conn, i64::MAX)?;
         let mut names: HashMap<(i64, &str), Vec<String>> = HashMap::new();
         for k in &known {
             names
@@ -190,44 +212,56 @@ pub fn queues(path: &Path) -> Result<(Vec<KnownQueue>, Vec<HeldQueue>), OutboxEr
     read().map_err(|e| OutboxError::sqlite(path, e))
 }
 
-/// The records held back, grouped by configuration id, identifier and new name (at most
-/// `limit` groups), without the names known.
-fn held_groups(conn: &rusqlite::Connection, limit: i64) -> rusqlite::Result<Vec<HeldQueue>> {
-    conn.prepare(
-        "SELECT l.integration_id, json_extract(payload(r.payload), '$.queueIdentifier'),
-                json_extract(payload(r.payload), '$.queueName'), count(*)
-         FROM records r JOIN lanes l ON l.id = r.lane_id
-         WHERE r.state = 4 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 LIMIT ?1",
-    )?
-    .query_map([limit], |r| {
-        Ok(HeldQueue {
-            integration_id: r.get(0)?,
-            identifier: r.get(1)?,
-            new_name: r.get(2)?,
-            known_names: Vec::new(),
-            records: r.get(3)?,
+/// The records held back, grouped by configuration id, identifier and new name: the `limit`
+/// with the most records (all of them, in order, for `limit` = `i64::MAX`), without the names
+/// known, and how many groups there are in all.
+fn held_groups(conn: &rusqlite::Connection, limit: i64) -> rusqlite::Result<(Vec<HeldQueue>, i64)> {
+    let by_size = limit != i64::MAX;
+    let mut groups = 0;
+    let held = conn
+        .prepare(&format!(
+            "SELECT integration_id, identifier, name, n, count(*) OVER () FROM (
+               SELECT l.integration_id, json_extract(payload(r.payload), '$.queueIdentifier')
+                        AS identifier,
+                      json_extract(payload(r.payload), '$.queueName') AS name, count(*) AS n
+                 FROM records r JOIN lanes l ON l.id = r.lane_id
+                WHERE r.state = 4 GROUP BY 1, 2, 3)
+             ORDER BY {} LIMIT ?1",
+            if by_size {
+                "n DESC, 1, 2, 3"
+            } else {
+                "1, 2, 3"
+            }
+        ))?
+        .query_map([limit], |r| {
+            Ok((
+                HeldQueue {
+                    integration_id: r.get(0)?,
+                    identifier: r.get(1)?,
+                    new_name: r.get(2)?,
+                    known_names: Vec::new(),
+                    records: r.get(3)?,
+                },
+                r.get::<_, i64>(4)?,
+            ))
+        })?
+        .map(|row| {
+            row.map(|(h, n)| {
+                groups = n;
+                h
+            })
         })
-    })?
-    .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((held, groups))
 }
 
-/// The first `limit` groups of records held back, with the names known for their
-/// identifiers (looked up one group at a time), and how many groups there are in all.
+/// The `limit` groups of records held back with the most records, with the names known for
+/// their identifiers (looked up one group at a time), and how many groups there are in all.
+/// One pass over the held records (through their index), whatever their number.
 pub fn held_queues(path: &Path, limit: usize) -> Result<(Vec<HeldQueue>, i64), OutboxError> {
     let conn = schema::open_ro(path)?;
     let read = || -> rusqlite::Result<(Vec<HeldQueue>, i64)> {
-        let total: i64 = conn.query_row(
-            "SELECT count(*) FROM (SELECT 1 FROM records r JOIN lanes l ON l.id = r.lane_id
-             WHERE r.state = 4 GROUP BY l.integration_id,
-                   json_extract(payload(r.payload), '$.queueIdentifier'),
-                   json_extract(payload(r.payload), '$.queueName'))",
-            [],
-            |r| r.get(0),
-        )?;
-        if total == 0 {
-            return Ok((Vec::new(), 0));
-        }
-        let mut held = held_groups(&conn, limit as i64)?;
+        let (mut held, total) = held_groups(&conn, limit as i64)?;
         let mut known = conn.prepare(
             "SELECT name FROM queues WHERE integration_id = ?1 AND identifier = ?2
              ORDER BY first_sent",

@@ -63,7 +63,7 @@ pub use parked::{
     parked_rows, running_config_hash,
 };
 pub use report::{
-    CursorReport, DeadLetter, LaneReport, ParkedReport, ProblemReport, Report, RowRead,
+    CursorReport, DeadLetter, LaneDepth, LaneReport, ParkedReport, ProblemReport, Report, RowRead,
     SourceReport, inspect, lane_depths, rows_read, verify,
 };
 pub use resend::{AgentSent, Resend, agents_sent, resend};

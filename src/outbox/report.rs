@@ -101,8 +101,8 @@ pub struct ParkedReport {
 }
 
 /// Per lane id: records waiting (counted up to `cap`, so that a large backlog costs a bounded
-/// read; `status` counts them all), the creation time of the oldest, and the damaged records
-/// set aside, for `/metrics`, `/readyz` and the service status. Reads the lane's records above
+/// read; `status` counts them all), the creation time of the oldest, the damaged records set
+/// aside and the records held back, for `/metrics`, `/readyz` and the service status. Reads the lane's records above
 /// its delivered mark in rowid order, where the first is the oldest.
 pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<LaneDepth>, OutboxError> {
     let conn = schema::open_ro(path)?;
@@ -124,6 +124,9 @@ pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<LaneDepth>, OutboxError>
             "SELECT count(*) FROM dead d JOIN records r ON r.id = d.record_id
              WHERE d.damaged = 1 AND r.lane_id = ?1 AND r.state = 2",
         )?;
+        // Through the partial index of held records.
+        let mut held =
+            conn.prepare("SELECT count(*) FROM records WHERE lane_id = ?1 AND state = 4")?;
         let mut out = Vec::with_capacity(lanes.len());
         for (lane, sent) in lanes {
             let n: i64 = pending.query_row(params![sent, lane, cap], |r| r.get(0))?;
@@ -135,16 +138,33 @@ pub fn lane_depths(path: &Path, cap: i64) -> Result<Vec<LaneDepth>, OutboxError>
                 None
             };
             let damaged: i64 = damaged.query_row([lane], |r| r.get(0))?;
-            out.push((lane, n, oldest, damaged));
+            let held: i64 = held.query_row([lane], |r| r.get(0))?;
+            out.push(LaneDepth {
+                lane,
+                pending: n,
+                oldest_pending_ms: oldest,
+                damaged,
+                held,
+            });
         }
         Ok(out)
     };
     read().map_err(|e| OutboxError::sqlite(path, e))
 }
 
-/// A lane's id, pending records (up to a cap), the oldest one's creation time and its damaged
-/// records (see [`lane_depths`]).
-pub type LaneDepth = (i64, i64, Option<i64>, i64);
+/// What waits in a lane (see [`lane_depths`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LaneDepth {
+    pub lane: i64,
+    /// Records waiting, counted up to a cap.
+    pub pending: i64,
+    /// When the oldest of them was made.
+    pub oldest_pending_ms: Option<i64>,
+    /// Records set aside because they cannot be decoded.
+    pub damaged: i64,
+    /// Contact events held back under a new name for a known queue identifier.
+    pub held: i64,
+}
 
 /// Checks the whole file (`PRAGMA integrity_check`) and that it is ours.
 pub fn verify(path: &Path) -> Result<(), OutboxError> {

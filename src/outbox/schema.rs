@@ -13,7 +13,7 @@ use super::OutboxError;
 /// `PRAGMA application_id`: "IJXS".
 pub const APPLICATION_ID: i32 = 0x494A_5853;
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -205,6 +205,10 @@ CREATE TABLE parked_headers (
     UNIQUE (source_id, columns)
 );
 "#;
+
+/// Version 9: records held back by the queue guard are counted per lane for every scrape.
+const SCHEMA_V9: &str =
+    "CREATE INDEX IF NOT EXISTS records_held ON records (lane_id) WHERE state = 4;";
 
 const SCHEMA_V2: &str = r#"
 CREATE TABLE agents (
@@ -734,6 +738,7 @@ fn migrate(conn: &Connection, path: &Path, version: i32) -> Result<(), OutboxErr
     }
     plain(7, SCHEMA_V7)?;
     plain(8, SCHEMA_V8)?;
+    plain(9, SCHEMA_V9)?;
     Ok(())
 }
 
