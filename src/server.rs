@@ -11,10 +11,12 @@
 //! service from the connection loop below, which keeps the loop's limits.
 //!
 //! It stays answerable under floods: a connection is accepted at once (at most
-//! [`MAX_CONNECTIONS`], beyond that answered 503 and closed, never left waiting in the
-//! backlog); a client that sends no request headers within 10 s (also between requests on
-//! a kept-alive connection) is cut off; a push's body must arrive within `body_timeout`; and
-//! one client address has at most [`MAX_PUSHES_PER_CLIENT`] push bodies read at once. The
+//! [`MAX_CONNECTIONS`], and [`MAX_CONNECTIONS_PER_CLIENT`] from one address other than
+//! loopback and the trusted proxies; beyond that answered 503, or on HTTPS closed, never left
+//! waiting in the backlog); a TLS handshake must be done within 10 s; a client that sends no
+//! request headers within 10 s (also between requests on a kept-alive connection) is cut off;
+//! a push's body must arrive within `body_timeout`; and one client address has at most
+//! [`MAX_PUSHES_PER_CLIENT`] push bodies read at once. The
 //! socket itself belongs to the process, not to a generation: a reload that keeps the
 //! address keeps it, so connections made meanwhile wait in the backlog instead of being
 //! refused.
@@ -251,8 +253,9 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
 }
 
 /// Serves until `shutdown` fires: each connection on a task of its own (at most
-/// [`MAX_CONNECTIONS`]; one more is answered 503 and closed at once), a client that sends no
-/// request headers within 10 s cut off. The listener is borrowed: it outlives a generation.
+/// [`MAX_CONNECTIONS`], and [`MAX_CONNECTIONS_PER_CLIENT`] per address; one more is turned
+/// away at once), over TLS when configured, a client that sends no request headers within
+/// 10 s cut off. The listener is borrowed: it outlives a generation.
 pub async fn serve(
     listener: Arc<TcpListener>,
     observed: Arc<Observed>,
