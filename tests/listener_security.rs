@@ -113,6 +113,25 @@ async fn push(
     Ok((r.status().as_u16(), r.text().await.unwrap_or_default()))
 }
 
+/// Pushes until it is answered 200 (a reload just asked for takes a moment), at most 10 s:
+/// the last status.
+async fn push_until_ok(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> u16 {
+    let mut answered = 0;
+    for _ in 0..100 {
+        answered = push(client, url, headers, body).await.unwrap().0;
+        if answered == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answered
+}
+
 /// The DER of the certificate `url` is served with.
 async fn served_certificate(client: &reqwest::Client, url: &str) -> Vec<u8> {
     let r = client.get(url).send().await.expect("an answer over TLS");
@@ -677,18 +696,10 @@ async fn allow_checks_the_client_address_believing_only_trusted_proxies() {
     run("trusted_proxies = [\"127.0.0.1\"]\n");
     sighup(&daemon);
     wait_for(LIMIT, "the reload", || generations_started(&log) == 2).await;
-    let mut answered = 0;
-    for _ in 0..100 {
-        answered = push(&http, &url, &from("203.0.113.9"), &body(1..3))
-            .await
-            .unwrap()
-            .0;
-        if answered == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(answered, 200);
+    assert_eq!(
+        push_until_ok(&http, &url, &from("203.0.113.9"), &body(1..3)).await,
+        200
+    );
     // A client cannot smuggle an allowed address left of its own.
     let (status, text) = push(
         &http,
@@ -709,15 +720,10 @@ async fn allow_checks_the_client_address_believing_only_trusted_proxies() {
     run("trusted_proxies = [\"127.0.0.1\"]\nforwarded_header = \"forwarded\"\n");
     sighup(&daemon);
     wait_for(LIMIT, "the reload", || generations_started(&log) == 3).await;
-    let mut answered = 0;
-    for _ in 0..100 {
-        answered = push(&http, &url, &forwarded, &body(3..4)).await.unwrap().0;
-        if answered == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(answered, 200);
+    assert_eq!(
+        push_until_ok(&http, &url, &forwarded, &body(3..4)).await,
+        200
+    );
     let (status, _) = push(&http, &url, &from("203.0.113.9"), &body(904..905))
         .await
         .unwrap();

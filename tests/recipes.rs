@@ -37,6 +37,16 @@ fn recipe(env: &Env, api: &FakeApi, acd: &str, url: &str, zone: &str) -> String 
     text
 }
 
+/// A test installation running the daemon on the configuration `init --acd acd` writes for
+/// the database at `url` (see [`recipe`]): the installation, the fake API, the daemon.
+async fn run_recipe(acd: &str, url: &str, zone: &str) -> (Env, FakeApi, Daemon) {
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let config = env.write_config(&recipe(&env, &api, acd, url, zone));
+    let daemon = Daemon::start(config);
+    (env, api, daemon)
+}
+
 async fn exec(pool: &sqlx::MySqlPool, sql: &str) {
     for statement in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
         sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
@@ -385,16 +395,7 @@ async fn issabel_calls_and_sessions_with_breaks_arrive_once_in_utc() {
     )
     .await;
 
-    let env = Env::new();
-    let api = FakeApi::start(KEY).await.unwrap();
-    let config = env.write_config(&recipe(
-        &env,
-        &api,
-        "issabel-callcenter",
-        &db.url(),
-        "Europe/Berlin",
-    ));
-    let daemon = Daemon::start(config);
+    let (env, api, daemon) = run_recipe("issabel-callcenter", &db.url(), "Europe/Berlin").await;
     wait_for(LIMIT, "2 calls and 8 intervals", || {
         api.record_count() >= 10
     })
@@ -630,10 +631,7 @@ async fn threecx_queue_calls_and_logins_arrive_once() {
     )
     .await;
 
-    let env = Env::new();
-    let api = FakeApi::start(KEY).await.unwrap();
-    let config = env.write_config(&recipe(&env, &api, "3cx", &db.url(), "Europe/Berlin"));
-    let daemon = Daemon::start(config);
+    let (env, api, daemon) = run_recipe("3cx", &db.url(), "Europe/Berlin").await;
     wait_for(LIMIT, "2 calls", || api.record_count() >= 2).await;
     // A call ending before the last one read, committed late; agent 100 logs out of one queue,
     // then of all; 101 logs out.
@@ -793,16 +791,7 @@ async fn genesys_queue_segments_and_agent_states_arrive_once() {
     )
     .await;
 
-    let env = Env::new();
-    let api = FakeApi::start(KEY).await.unwrap();
-    let config = env.write_config(&recipe(
-        &env,
-        &api,
-        "genesys-infomart",
-        &db.url(),
-        "Europe/Berlin",
-    ));
-    let daemon = Daemon::start(config);
+    let (env, api, daemon) = run_recipe("genesys-infomart", &db.url(), "Europe/Berlin").await;
     wait_for(LIMIT, "3 contacts and 4 intervals", || {
         api.record_count() >= 8
     })
@@ -1022,10 +1011,7 @@ async fn threecx_v20_queue_passages_arrive_once_as_answered_by_an_extension() {
     )
     .await;
 
-    let env = Env::new();
-    let api = FakeApi::start(KEY).await.unwrap();
-    let config = env.write_config(&recipe(&env, &api, "3cx-v20u6", &db.url(), "Europe/Berlin"));
-    let daemon = Daemon::start(config);
+    let (env, api, daemon) = run_recipe("3cx-v20u6", &db.url(), "Europe/Berlin").await;
     wait_for(LIMIT, "6 contacts", || api.record_count() >= 6).await;
     // A call whose records are committed late, ended before the last one read.
     exec_pg(&pool, &q(13, 6, "07:03:00", "07:04:00")).await;
