@@ -1033,3 +1033,148 @@ async fn threecx_v20_queue_passages_arrive_once_as_answered_by_an_extension() {
     );
     assert_eq!(api.record_count(), 7, "nothing twice");
 }
+
+/// Cisco UCCE's HDS tables as its Database Schema Handbook lays them out (the columns the
+/// recipe reads and some beside them), created in PostgreSQL and read through ODBC as the
+/// recipe reads SQL Server: unquoted names, which both engines match without regard to case.
+#[cfg(feature = "odbc")]
+const UCCE_TABLES: &str = "\
+CREATE TABLE Skill_Group (SkillTargetID integer PRIMARY KEY, PeripheralID smallint, \
+  EnterpriseName varchar(32) NOT NULL, PeripheralNumber integer);
+CREATE TABLE Termination_Call_Detail (RecoveryKey double precision PRIMARY KEY, \
+  DateTime timestamp NOT NULL, DbDateTime timestamp, PeripheralCallType smallint, \
+  CallDisposition smallint, CallDispositionFlag integer, SkillGroupSkillTargetID integer, \
+  AgentSkillTargetID integer, CallTypeID integer, LocalQTime integer, RingTime integer, \
+  DelayTime integer, TalkTime integer, HoldTime integer, WorkTime integer, Duration integer);
+CREATE TABLE Agent_State_Trace (RecoveryKey double precision PRIMARY KEY, \
+  DateTime timestamp NOT NULL, DbDateTime timestamp, SkillTargetID integer NOT NULL, \
+  MRDomainID integer NOT NULL, AgentState smallint, ReasonCode integer, \
+  SkillGroupSkillTargetID integer, TimeZone integer, EventName integer);
+INSERT INTO Skill_Group VALUES (5001, 1, 'Support_SG', 1), (5002, 1, 'Sales_SG', 2)";
+
+#[cfg(feature = "odbc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cisco_ucce_legs_and_agent_states_arrive_once_through_odbc() {
+    let Some(db) = support::databases::Postgres::start() else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    exec_pg(&pool, UCCE_TABLES).await;
+    // A leg: (RecoveryKey, type, disposition, skill group, talk, hold, work, duration, DateTime,
+    // DbDateTime), local times of 2024-05-01 (Europe/Berlin, UTC+2).
+    #[allow(clippy::too_many_arguments)]
+    fn leg(
+        key: u32,
+        kind: u32,
+        disposition: u32,
+        group: u32,
+        (talk, hold, work, duration): (u32, u32, u32, u32),
+        ended: &str,
+        written: &str,
+    ) -> String {
+        format!(
+            "INSERT INTO Termination_Call_Detail (RecoveryKey, DateTime, DbDateTime, \
+             PeripheralCallType, CallDisposition, CallDispositionFlag, SkillGroupSkillTargetID, \
+             TalkTime, HoldTime, WorkTime, Duration) VALUES ({key}.0, '2024-05-01 {ended}', \
+             '2024-05-01 {written}', {kind}, {disposition}, 0, {group}, {talk}, {hold}, {work}, \
+             {duration})"
+        )
+    }
+    let state = |key: u32, domain: u32, state: u32, reason: u32, at: &str| {
+        format!(
+            "INSERT INTO Agent_State_Trace (RecoveryKey, DateTime, DbDateTime, SkillTargetID, \
+             MRDomainID, AgentState, ReasonCode) VALUES ({key}.0, '2024-05-01 {at}', \
+             '2024-05-01 {at}', 7001, {domain}, {state}, {reason})"
+        )
+    };
+    exec_pg(
+        &pool,
+        &[
+            // Handled: 120 s talk, 10 s hold, 20 s work, offered 180 s before it ended.
+            leg(100, 2, 13, 5001, (120, 10, 20, 180), "09:03:00", "09:03:05"),
+            // Abandoned while ringing.
+            leg(101, 2, 3, 5001, (0, 0, 0, 40), "09:10:40", "09:10:45"),
+            // A transfer in: not an offered call of the skill group.
+            leg(102, 4, 13, 5001, (30, 0, 0, 30), "09:15:00", "09:15:02"),
+            // Handled in the other skill group (ACD In).
+            leg(103, 1, 13, 5002, (60, 0, 0, 75), "09:21:15", "09:21:20"),
+            state(1, 1, 2, 0, "08:00:00"),
+            state(2, 1, 3, 0, "08:05:00"),
+            state(3, 1, 4, 0, "08:20:00"),
+            state(4, 1, 6, 0, "08:25:00"),
+            state(5, 1, 3, 0, "08:27:00"),
+            state(6, 1, 2, 12, "08:40:00"),
+            state(7, 1, 0, 0, "08:50:00"),
+            // The same agent in the chat domain: not read.
+            state(8, 2, 3, 0, "08:01:00"),
+        ]
+        .join(";\n"),
+    )
+    .await;
+    let odbc = format!(
+        "odbc:Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=acd;Uid=test;",
+        db.port
+    );
+    let (env, api, daemon) = run_recipe("cisco-ucce", &odbc, "Europe/Berlin").await;
+    wait_for(LIMIT, "3 calls and 6 intervals", || api.record_count() >= 9).await;
+    // A leg that reached the HDS late, ended before the last one read.
+    exec_pg(
+        &pool,
+        &leg(104, 2, 13, 5001, (25, 0, 0, 30), "09:05:30", "09:30:00"),
+    )
+    .await;
+    wait_for(LIMIT, "the late leg", || api.record_count() >= 10).await;
+    quiesce(&env, daemon, &["ucce-calls", "ucce-agents"]).await;
+
+    assert_eq!(
+        contacts(&api),
+        [
+            contact("5001", "Support_SG", "2024-05-01T07:00:00Z", true, 150.0),
+            contact("5001", "Support_SG", "2024-05-01T07:05:00Z", true, 25.0),
+            contact("5001", "Support_SG", "2024-05-01T07:10:00Z", false, 0.0),
+            contact("5002", "Sales_SG", "2024-05-01T07:20:00Z", true, 60.0),
+        ]
+    );
+    assert_eq!(
+        statuses(&api),
+        owned([
+            (
+                "7001",
+                "NotReady",
+                "2024-05-01T06:00:00Z",
+                "2024-05-01T06:05:00Z"
+            ),
+            (
+                "7001",
+                "Ready",
+                "2024-05-01T06:05:00Z",
+                "2024-05-01T06:20:00Z"
+            ),
+            (
+                "7001",
+                "Talking",
+                "2024-05-01T06:20:00Z",
+                "2024-05-01T06:25:00Z"
+            ),
+            (
+                "7001",
+                "WorkReady",
+                "2024-05-01T06:25:00Z",
+                "2024-05-01T06:27:00Z"
+            ),
+            (
+                "7001",
+                "Ready",
+                "2024-05-01T06:27:00Z",
+                "2024-05-01T06:40:00Z"
+            ),
+            (
+                "7001",
+                "NotReady:12",
+                "2024-05-01T06:40:00Z",
+                "2024-05-01T06:50:00Z"
+            ),
+        ])
+    );
+    assert_eq!(api.record_count(), 10, "nothing twice");
+}

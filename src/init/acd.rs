@@ -54,6 +54,11 @@ pub const RECIPES: &[Recipe] = &[
         template: include_str!("recipes/asterisk-cdr.toml"),
     },
     Recipe {
+        name: "cisco-ucce",
+        reads: "Cisco UCCE/ICM HDS over ODBC (SQL Server): Termination_Call_Detail (skill group legs), Agent_State_Trace",
+        template: include_str!("recipes/cisco-ucce.toml"),
+    },
+    Recipe {
         name: "genesys-infomart",
         reads: "Genesys Engage Info Mart (PostgreSQL): MEDIATION_SEGMENT_FACT (queue segments), SM_MEDIA_NEUTRAL_STATE_FACT (agent states)",
         template: include_str!("recipes/genesys-infomart.toml"),
