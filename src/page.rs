@@ -236,14 +236,6 @@ fn lane_state(l: &LaneReport, live: Option<&LaneMetrics>) -> (Tone, String, Opti
     }
 }
 
-fn lane_name(l: &LaneReport) -> String {
-    let mut name = format!("{} #{}", l.emits, l.integration_id);
-    if let Some(s) = &l.external_system {
-        name.push_str(&format!(" ({s})"));
-    }
-    name
-}
-
 /// RFC 3339, for `<time datetime>`.
 fn machine_time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
@@ -452,7 +444,7 @@ pub fn render(v: &View) -> String {
                             } }
                             tbody {
                                 @for (l, _, _, _) in &lanes {
-                                    @let name = lane_name(l);
+                                    @let name = l.name();
                                     @let series = v.flow.per_minute(&Series::Lane(name.clone()), now);
                                     tr {
                                         th scope="row" { (name) }
@@ -473,7 +465,7 @@ pub fn render(v: &View) -> String {
                         ul class="items" {
                             @for (l, t, words, advice) in &lanes {
                                 li {
-                                    strong { (lane_name(l)) } " "
+                                    strong { (l.name()) } " "
                                     (badge(*t, words))
                                     p { "Last successful delivery: " (since(now, l.last_success_ms)) "." }
                                     @if let Some(a) = advice { p { (a) " " a href=(TROUBLESHOOTING) { "Troubleshooting" } } }
@@ -574,7 +566,7 @@ fn outbox_bar(r: &Report) -> Markup {
             }
             p { (badge(tone, &format!("{pct}% of the budget"))) " " (u.describe()) }
             p class="meta" {
-                @for l in &r.lanes { (lane_name(l)) ": " (l.pending) " waiting, " (l.sent_kept) " delivered and kept. " }
+                @for l in &r.lanes { (l.name()) ": " (l.pending) " waiting, " (l.sent_kept) " delivered and kept. " }
             }
         }
     }

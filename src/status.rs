@@ -394,10 +394,7 @@ pub fn render(
         "LANE", "HEALTH", "PENDING", "OLDEST", "SENT(KEPT)", "DEAD"
     );
     for l in &r.lanes {
-        let mut name = format!("{} #{}", l.emits, l.integration_id);
-        if let Some(s) = &l.external_system {
-            let _ = write!(name, " ({s})");
-        }
+        let name = l.name();
         // Delivery may be fine while damaged records wait for a person: the column says so.
         let health = if l.health == "ok" && l.damaged > 0 {
             "damaged"

@@ -43,6 +43,18 @@ pub struct LaneReport {
     pub unknown_outcome_retries: i64,
 }
 
+impl LaneReport {
+    /// The lane as `status` and the page name it: `contact_events #1234 (ACD)`, as
+    /// [`crate::types::LaneKey`] displays.
+    pub fn name(&self) -> String {
+        let mut name = format!("{} #{}", self.emits, self.integration_id);
+        if let Some(s) = &self.external_system {
+            name.push_str(&format!(" ({s})"));
+        }
+        name
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct SourceReport {
     pub name: String,
