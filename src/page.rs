@@ -19,7 +19,7 @@ use crate::config::{Config, FileFormat, FileMode, SourceKind, When};
 use crate::counters::{LaneMetrics, SourceMetrics};
 use crate::flow::{Flow, MINUTES, Series};
 use crate::outbox::{self, DeadGroup, HeldQueue, LaneId, LaneReport, Report};
-use crate::status::{ago, cursor_line};
+use crate::status::{ago, cursor_line, when as rfc3339};
 use crate::text::shell_option;
 
 /// The troubleshooting table (docs/operations.md, served by the daemon itself), for the
@@ -236,13 +236,6 @@ fn lane_state(l: &LaneReport, live: Option<&LaneMetrics>) -> (Tone, String, Opti
     }
 }
 
-/// RFC 3339, for `<time datetime>`.
-fn machine_time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
-        .unwrap_or_default()
-}
-
 fn when(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| {
@@ -258,7 +251,7 @@ fn when(ms: i64) -> String {
 fn since(now: i64, ms: Option<i64>) -> Markup {
     match ms {
         Some(t) if t > 0 => html! {
-            (ago(now, t)) " ago" span class="wide" { " (" time datetime=(machine_time(t)) { (when(t)) } ")" }
+            (ago(now, t)) " ago" span class="wide" { " (" time datetime=(rfc3339(t)) { (when(t)) } ")" }
         },
         _ => html! { "never" },
     }
@@ -388,7 +381,7 @@ pub fn render(v: &View) -> String {
                     p id="verdict" { (badge(tone, &verdict)) }
                     p class="meta" id="shown" {
                         "Version " (env!("CARGO_PKG_VERSION")) " · listening on " (v.address)
-                        " · shown at " time datetime=(machine_time(now)) { (when(now)) }
+                        " · shown at " time datetime=(rfc3339(now)) { (when(now)) }
                         " · " a href="/status.json" { "the same as JSON" }
                     }
                     nav aria-label="Sections" {

@@ -187,6 +187,24 @@ pub fn page_token(t: &crate::config::SourceSecret) -> Result<Secret, crate::app:
     Ok(token)
 }
 
+/// The `Authorization` header's scheme and credentials.
+fn authorization(headers: &HeaderMap) -> Option<(&str, &str)> {
+    let (scheme, rest) = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim()
+        .split_once(' ')?;
+    Some((scheme, rest.trim()))
+}
+
+/// The token of `Authorization: Bearer TOKEN`.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    authorization(headers)
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.to_owned())
+}
+
 /// The client's address, put into each request by the connection loop.
 #[derive(Clone, Copy)]
 struct Peer(SocketAddr);
@@ -709,13 +727,7 @@ async fn webhook(
             }
         }
     } else {
-        let bearer = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim().to_owned());
+        let bearer = bearer(req.headers());
         match hook {
             Some(h) if bearer.as_deref().is_some_and(|t| h.token_matches(t)) => h,
             _ => {
@@ -872,36 +884,35 @@ async fn webhook(
         .enumerate()
         .map(|(i, o)| (format!("push from {client} at {at}, item {i}"), o))
         .collect();
+    // The SHA-256 of the body, after `prefix.` when there is one, in hex.
+    let digest = |prefix: Option<&[u8]>| {
+        use sha2::Digest;
+        let mut d = sha2::Sha256::new();
+        if let Some(p) = prefix {
+            d.update(p);
+            d.update(b".");
+        }
+        d.update(&body);
+        d.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
     let identity = match idempotency {
-        // A signed push is told apart by what was signed: an `Idempotency-Key` is not signed,
-        // and a push replayed under another key would be kept again.
+        // A signed push is told apart by what was signed (its time and body): an
+        // `Idempotency-Key` is not signed, and a push replayed under another key would be
+        // kept again.
         _ if hook.signature.is_some() => {
-            use sha2::Digest;
-            let mut digest = sha2::Sha256::new();
-            if let Some(ts) = hook
+            let signed_time = hook
                 .signature
                 .as_ref()
                 .and_then(|(sig, _)| sig.timestamp_header.as_deref())
                 .and_then(|h| headers.get(h))
-            {
-                digest.update(ts.as_bytes());
-                digest.update(b".");
-            }
-            digest.update(&body);
-            let hex: String = digest
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            format!("signed:{hex}")
+                .map(|v| v.as_bytes());
+            format!("signed:{}", digest(signed_time))
         }
         Some(key) => format!("key:{key}"),
-        None => {
-            use sha2::Digest;
-            let digest = sha2::Sha256::digest(&body);
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            format!("body:{hex}")
-        }
+        None => format!("body:{}", digest(None)),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let push = Push {

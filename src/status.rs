@@ -229,7 +229,8 @@ pub fn resend(
     Ok(ExitCode::SUCCESS)
 }
 
-fn when(ms: i64) -> String {
+/// A time to the second, RFC 3339 in UTC.
+pub(crate) fn when(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
         .unwrap_or_default()

@@ -516,12 +516,7 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
         // Readable: nothing wider than the screen, no text below 12 px.
         assert!(seen["overflow"].as_i64().unwrap() <= 0, "{label}: {seen}");
         assert!(seen["smallestText"].as_f64().unwrap() >= 12.0, "{label}");
-        let errors: Vec<Value> = browser
-            .console()
-            .await
-            .into_iter()
-            .filter(|e| e["level"] == "SEVERE")
-            .collect();
+        let errors = browser.console_errors().await;
         assert!(errors.is_empty(), "{label}: console errors {errors:?}");
     }
     // The whole page at 1280 wide, for the README.
@@ -548,12 +543,7 @@ async fn the_page_shows_what_flows_what_is_stuck_and_what_to_do_and_no_secret() 
         .run("return document.getElementById('main').dataset.old || null;")
         .await;
     assert_eq!(old, Value::Null, "the page did not refresh itself");
-    let errors: Vec<Value> = browser
-        .console()
-        .await
-        .into_iter()
-        .filter(|e| e["level"] == "SEVERE")
-        .collect();
+    let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors after refresh {errors:?}");
     browser.quit().await;
     daemon.terminate();

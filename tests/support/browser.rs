@@ -128,6 +128,15 @@ impl Browser {
             .expect("png")
     }
 
+    /// The console's errors since the last call (level SEVERE).
+    pub async fn console_errors(&self) -> Vec<Value> {
+        self.console()
+            .await
+            .into_iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .collect()
+    }
+
     /// The browser console's entries since the last call (chromedriver's log endpoint).
     pub async fn console(&self) -> Vec<Value> {
         let v = self
