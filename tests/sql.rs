@@ -133,6 +133,88 @@ async fn postgres_rows_arrive_once_through_ties_late_commits_and_a_restart() {
     assert_eq!(report.lanes[0].pending, 0);
 }
 
+/// A `DATE` cursor far east of Greenwich: a day means that day's midnight in the source's zone
+/// (not UTC's, which is 09:00 in Tokyo), so a row added later to the day last read is found by
+/// the next poll without any overlap, and the rows read again are not sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_date_cursor_reads_the_last_day_again_in_the_sources_zone() {
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE daily (id bigint PRIMARY KEY, day date NOT NULL, queue text NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+    let today = tokyo.to_datetime(jiff::Timestamp::now()).date();
+    let yesterday = today.yesterday().unwrap();
+    let insert = |ids: std::ops::RangeInclusive<i64>, day: jiff::civil::Date| {
+        let pool = pool.clone();
+        async move {
+            for id in ids {
+                sqlx::query("INSERT INTO daily VALUES ($1, $2::date, 'support')")
+                    .bind(id)
+                    .bind(day.to_string())
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    insert(1..=3, yesterday).await;
+    insert(4..=5, today).await;
+
+    let env = Env::new();
+    let api = FakeApi::start(KEY).await.unwrap();
+    let url_file = env.dir.path().join("db-url");
+    std::fs::write(&url_file, pg.url()).unwrap();
+    let source = format!(
+        "[[source]]\nname = \"daily\"\ntype = \"sql\"\nintegration_id = 1234\n\
+         emits = \"contact_events\"\nconnection_file = {file:?}\nevery = \"1s\"\n\
+         timezone = \"Asia/Tokyo\"\nquery = \"SELECT id, day, queue FROM daily\"\n\
+         cursor_column = \"day\"\ninitial_cursor = \"{start}\"\nkey = \"{{id}}\"\n\
+         [source.map]\ntimestamp = {{ expr = \"local(day + ' 00:00', '%Y-%m-%d %H:%M')\" }}\n\
+         queueName = \"queue\"\nqueueIdentifier = \"queue\"\nchannel = {{ value = \"calls\" }}\n\
+         offered = {{ value = true }}\nhandled = {{ value = true }}\n\
+         duration = {{ expr = \"seconds(id)\" }}\n",
+        file = url_file.display().to_string(),
+        start = yesterday.yesterday().unwrap(),
+    );
+    let (text, port) = listening(&env.config_text(&api.url(), "", &source));
+    let daemon = Daemon::start(env.write_config(&text));
+    wait_for(Duration::from_secs(30), "5 records", || {
+        api.record_count() >= 5
+    })
+    .await;
+    more_scans(port, "daily", 1).await;
+    insert(6..=7, today).await;
+    wait_for(Duration::from_secs(30), "7 records", || {
+        api.record_count() >= 7
+    })
+    .await;
+    more_scans(port, "daily", 2).await;
+    settled(&env).await;
+    daemon.stop().await;
+    assert_arrived_once(&api, 1..=7);
+    // Each day is given to the map as it is, and is that day's start in Tokyo.
+    let first = api
+        .records()
+        .into_iter()
+        .find(|r| id_of(r) == 1)
+        .expect("row 1");
+    let start = tokyo
+        .to_ambiguous_timestamp(yesterday.to_datetime(jiff::civil::Time::midnight()))
+        .compatible()
+        .unwrap();
+    assert_eq!(
+        first["timestamp"].as_str(),
+        Some(start.to_string().as_str())
+    );
+}
+
 /// `check` connects to each sql source's database and to the API, and names the source whose
 /// database does not answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

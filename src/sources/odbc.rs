@@ -36,8 +36,10 @@ pub enum Kind {
     Integer,
     Number,
     Bool,
-    /// A date or a time without a zone.
+    /// A time without a zone.
     Local,
+    /// A calendar day: given as it is (`2024-05-01`), as the native drivers give it.
+    Date,
     Text,
 }
 
@@ -53,7 +55,8 @@ fn kind(t: DataType) -> Kind {
         | DataType::Real
         | DataType::Double => Kind::Number,
         DataType::Bit => Kind::Bool,
-        DataType::Timestamp { .. } | DataType::Date => Kind::Local,
+        DataType::Timestamp { .. } => Kind::Local,
+        DataType::Date => Kind::Date,
         _ => Kind::Text,
     }
 }
@@ -203,7 +206,7 @@ fn value(text: &str, kind: Kind, zone: &jiff::tz::TimeZone) -> Value {
                 None => Value::String(text.to_owned()),
             }
         }
-        Kind::Text => Value::String(text.to_owned()),
+        Kind::Date | Kind::Text => Value::String(text.to_owned()),
     }
 }
 
@@ -222,8 +225,8 @@ mod tests {
             Value::String("2024-05-01T08:00:00.25Z".into())
         );
         assert_eq!(
-            value("2024-05-01", Kind::Local, &berlin),
-            Value::String("2024-04-30T22:00:00Z".into())
+            value("2024-05-01", Kind::Date, &berlin),
+            Value::String("2024-05-01".into())
         );
     }
 }

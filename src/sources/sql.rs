@@ -458,6 +458,16 @@ fn parse_bound(kind: CursorKind, text: &str, zone: &jiff::tz::TimeZone) -> Resul
             .parse::<i64>()
             .map(Bound::Integer)
             .map_err(|_| format!("{text:?} is not an integer")),
+        CursorKind::Local if text.trim().parse::<jiff::civil::Date>().is_ok() => {
+            // A day (a DATE column's value, or a `since` date) is that day's start where the
+            // database's times are: midnight UTC would skip the first hours of it east of
+            // Greenwich, and with them the rows of a day read again.
+            let day: chrono::NaiveDate = text
+                .trim()
+                .parse()
+                .map_err(|e| format!("{text:?} is not a date: {e}"))?;
+            Ok(Bound::Local(day.and_time(chrono::NaiveTime::MIN)))
+        }
         CursorKind::Instant | CursorKind::Local => {
             let ts = crate::normalize::time::parse_since(text)?;
             let utc = DateTime::from_timestamp_millis(ts.as_millisecond())
@@ -504,7 +514,7 @@ async fn cursor_kind(db: &Db, base: &str, column: &str) -> Result<CursorKind, Po
                 )));
             };
             return match k {
-                Kind::Local => Ok(CursorKind::Local),
+                Kind::Local | Kind::Date => Ok(CursorKind::Local),
                 Kind::Integer => Ok(CursorKind::Integer),
                 other => Err(PollError::Remote(format!(
                     "cursor_column {column:?} is of kind {other:?}: use a time or an integer column"
