@@ -177,6 +177,16 @@ const CASES: &[(&str, &str, &str)] = &[
     ),
     (
         "format = \"csv\"",
+        "format = \"csv\"\nexpand = \"interval\"\ninterval = \"15m\"\ninterval_column = \"intrvl\"",
+        "f.toml:17: source[0] \"acd\".interval_column: and `interval` both give the interval's length: keep one",
+    ),
+    (
+        "format = \"csv\"",
+        "format = \"csv\"\ninterval_column = \"intrvl\"",
+        "f.toml:15: source[0] \"acd\".interval_column: applies only with expand = \"interval\"",
+    ),
+    (
+        "format = \"csv\"",
         "format = \"csv\"\ninterval = \"15m\"",
         "f.toml:15: source[0] \"acd\".interval: applies only with expand = \"interval\"",
     ),
@@ -498,6 +508,7 @@ fn the_example_config_is_valid_and_documents_every_key() {
         "skip_if",
         "expand",
         "interval",
+        "interval_column",
         "expand_duration",
         "duration_unit",
         "logout_states",

@@ -90,6 +90,7 @@ const COMMON: &[&str] = &[
     "skip_if",
     "expand",
     "interval",
+    "interval_column",
     "expand_duration",
     "duration_unit",
     "agents",

@@ -100,6 +100,7 @@ pub(super) struct RawSource {
     pub(super) skip_if: Option<toml::Table>,
     pub(super) expand: Option<String>,
     pub(super) interval: Option<String>,
+    pub(super) interval_column: Option<String>,
     pub(super) expand_duration: Option<String>,
     pub(super) duration_unit: Option<String>,
     pub(super) agents: Option<toml::Table>,

@@ -8,7 +8,9 @@ use super::problems::{Seg, Validator};
 use super::raw::RawSource;
 use crate::normalize::expr::{Expr, Reading, Want};
 use crate::normalize::key::KeyTemplate;
-use crate::normalize::map::{ApiField, Expand, ExpandDuration, FieldSource, Lookup, Mapping};
+use crate::normalize::map::{
+    ApiField, Expand, ExpandDuration, FieldSource, INTERVAL_RANGE, IntervalLength, Lookup, Mapping,
+};
 use crate::normalize::skip::SkipIf;
 use crate::normalize::time::{TimeFormat, TimeParser};
 use crate::types::Emits;
@@ -285,25 +287,55 @@ impl Validator<'_> {
         })
     }
 
-    /// `expand = "interval"` with its `interval` and `expand_duration`.
+    /// `expand = "interval"` with its `interval` (or `interval_column`) and `expand_duration`.
     fn expand(&mut self, i: usize, label: &str, raw: &RawSource) -> Option<Expand> {
         let at = |key: &'static str| vec![Seg::Key("source"), Seg::Index(i), Seg::Key(key)];
         let key = |k: &str| format!("{label}.{k}");
+        let column = raw.interval_column.as_deref();
         let expand = match (raw.expand.as_deref(), raw.interval.as_deref()) {
-            (None, None) if raw.expand_duration.is_none() => None,
+            (None, None) if raw.expand_duration.is_none() && column.is_none() => None,
             (Some("interval"), interval) => {
-                if interval.is_none() {
-                    self.source_problem(i, label, "interval",
-                        "is required with expand = \"interval\": the length of the report's intervals, e.g. \"15m\"",
-                    );
-                }
-                let interval = self.duration(
-                    &at("interval"),
-                    &key("interval"),
-                    interval,
-                    Duration::from_secs(900),
-                    (Duration::from_secs(1), Duration::from_secs(86_400)),
-                );
+                let length = match (interval, column) {
+                    (Some(_), Some(_)) => {
+                        self.source_problem(
+                            i,
+                            label,
+                            "interval_column",
+                            "and `interval` both give the interval's length: keep one",
+                        );
+                        None
+                    }
+                    (None, Some(c)) if c.trim().is_empty() => {
+                        self.source_problem(
+                            i,
+                            label,
+                            "interval_column",
+                            "is empty: name the column that holds each row's interval length",
+                        );
+                        None
+                    }
+                    (None, Some(c)) => Some(IntervalLength::Column(c.to_owned())),
+                    (interval, None) => {
+                        if interval.is_none() {
+                            self.source_problem(
+                                i,
+                                label,
+                                "interval",
+                                "is required with expand = \"interval\": the length of the \
+                                 report's intervals, e.g. \"15m\" (or interval_column, the \
+                                 column that holds each row's)",
+                            );
+                        }
+                        let (least, most) = INTERVAL_RANGE;
+                        Some(IntervalLength::Fixed(self.duration(
+                            &at("interval"),
+                            &key("interval"),
+                            interval,
+                            Duration::from_secs(900),
+                            (least, most),
+                        )))
+                    }
+                };
                 let duration = self.one_of(
                     &at("expand_duration"),
                     &key("expand_duration"),
@@ -314,7 +346,7 @@ impl Validator<'_> {
                         ("average", ExpandDuration::Average),
                     ],
                 );
-                Some(Expand { interval, duration })
+                length.map(|interval| Expand { interval, duration })
             }
             (Some(other), _) => {
                 self.source_problem(
@@ -328,6 +360,8 @@ impl Validator<'_> {
             (None, _) => {
                 let k = if raw.interval.is_some() {
                     "interval"
+                } else if column.is_some() {
+                    "interval_column"
                 } else {
                     "expand_duration"
                 };

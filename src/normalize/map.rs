@@ -241,12 +241,62 @@ pub(super) fn out_text(out: Out) -> String {
 }
 
 /// `expand = "interval"`: a row of interval totals becomes one contact event per contact.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Expand {
     /// The length of the report's intervals; `timestamp` is the start of one.
-    pub interval: std::time::Duration,
+    pub interval: IntervalLength,
     /// What the `duration` column holds.
     pub duration: ExpandDuration,
+}
+
+/// How long a report's interval is: the same for every row (`interval`), or the row's own
+/// (`interval_column`), as interval tables that keep each row's length have it (Avaya CMS's
+/// INTRVL, Cisco's ReportingInterval: both in minutes).
+#[derive(Clone, Debug, PartialEq)]
+pub enum IntervalLength {
+    Fixed(std::time::Duration),
+    /// A column holding minutes as a whole number, or a length such as `15m`.
+    Column(String),
+}
+
+/// The shortest and the longest interval a row may report.
+pub const INTERVAL_RANGE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(86_400),
+);
+
+impl IntervalLength {
+    fn of(&self, row: &dyn Row) -> Result<std::time::Duration, RowError> {
+        let column = match self {
+            IntervalLength::Fixed(d) => return Ok(*d),
+            IntervalLength::Column(c) => c,
+        };
+        let error = |message: String| RowError {
+            field: "interval",
+            column: Some(column.clone()),
+            message,
+        };
+        let raw = row.get(column).unwrap_or_default();
+        let text = raw.trim();
+        if text.is_empty() {
+            return Err(error("is empty: the interval's length is needed".into()));
+        }
+        let length = match text.parse::<u64>() {
+            Ok(minutes) => std::time::Duration::from_secs(minutes.saturating_mul(60)),
+            Err(_) => humantime::parse_duration(text).map_err(|_| {
+                error(format!(
+                    "{text:?} is neither a number of minutes nor a length such as 15m"
+                ))
+            })?,
+        };
+        let (least, most) = INTERVAL_RANGE;
+        if length < least || length > most {
+            return Err(error(format!(
+                "{text:?} is not an interval length between one second and one day"
+            )));
+        }
+        Ok(length)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -434,9 +484,17 @@ impl Mapping {
         self.expand.is_some()
     }
 
-    /// Every column the map reads.
+    /// Every column the map reads, with the interval's length when a column holds it.
     pub fn columns(&self) -> Vec<&str> {
-        self.fields.iter().flat_map(|(_, s)| s.columns()).collect()
+        let mut all: Vec<&str> = self.fields.iter().flat_map(|(_, s)| s.columns()).collect();
+        if let Some(Expand {
+            interval: IntervalLength::Column(c),
+            ..
+        }) = &self.expand
+        {
+            all.push(c);
+        }
+        all
     }
 
     /// Maps one row to an API record as compact JSON.
@@ -448,10 +506,11 @@ impl Mapping {
     /// Maps one row to its records: one, or with `expand` one per contact of the interval
     /// (none for an interval without contacts).
     pub fn apply_all(&self, row: &dyn Row) -> Result<Vec<String>, RowError> {
-        let Some(expand) = self.expand else {
+        let Some(expand) = &self.expand else {
             return self.apply(row).map(|r| vec![r]);
         };
         let values = self.values(row)?;
+        let interval = expand.interval.of(row)?;
         let count = |values: &[Option<Value>; 11], f: ApiField| {
             values[f as usize]
                 .as_ref()
@@ -493,7 +552,7 @@ impl Mapping {
             .and_then(Value::as_str)
             .and_then(|s| time::parse_rfc3339(s).ok())
             .ok_or_else(|| error(ApiField::Timestamp, "no interval start".into()))?;
-        let interval_ms = expand.interval.as_millis() as i64;
+        let interval_ms = interval.as_millis() as i64;
         let mut out = Vec::with_capacity(offered as usize);
         for k in 0..offered {
             // Evenly inside the interval, at whole seconds: the middle of the k-th of `offered`
@@ -863,7 +922,7 @@ mod tests {
         )
         .unwrap();
         let expand = |duration| Expand {
-            interval: std::time::Duration::from_secs(900),
+            interval: IntervalLength::Fixed(std::time::Duration::from_secs(900)),
             duration,
         };
         let row = |offered: &'static str, handled: &'static str| {
@@ -925,6 +984,68 @@ mod tests {
                 .with_expand(expand(ExpandDuration::Total))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn an_interval_row_may_carry_its_own_length() {
+        use ApiField::*;
+        let map = Mapping::new(
+            Emits::ContactEvents,
+            vec![
+                (Timestamp, FieldSource::Column("start".into())),
+                (QueueName, FieldSource::Column("queue".into())),
+                (QueueIdentifier, FieldSource::Column("queue".into())),
+                (Channel, FieldSource::Literal("calls".into())),
+                (Offered, FieldSource::Column("offered".into())),
+                (Handled, FieldSource::Column("handled".into())),
+                (Duration, FieldSource::Column("handle".into())),
+            ],
+            TimeParser::utc_rfc3339(),
+        )
+        .unwrap()
+        .with_expand(Expand {
+            interval: IntervalLength::Column("intrvl".into()),
+            duration: ExpandDuration::Total,
+        })
+        .unwrap();
+        assert!(map.columns().contains(&"intrvl"));
+        let row = |length: &'static str| {
+            MapRow(HashMap::from([
+                ("start", "2021-12-06T11:00:00Z"),
+                ("queue", "Sales"),
+                ("offered", "2"),
+                ("handled", "2"),
+                ("handle", "300"),
+                ("intrvl", length),
+            ]))
+        };
+        let times = |length| -> Vec<String> {
+            map.apply_all(&row(length))
+                .unwrap()
+                .iter()
+                .map(|r| serde_json::from_str::<Value>(r).unwrap()["timestamp"].to_string())
+                .collect()
+        };
+        // Two contacts in the middles of the two halves: of 30 minutes, and of an hour.
+        assert_eq!(
+            times("30"),
+            ["\"2021-12-06T11:07:30Z\"", "\"2021-12-06T11:22:30Z\""]
+        );
+        assert_eq!(times("1h"), times("60"));
+        assert_eq!(
+            times("60"),
+            ["\"2021-12-06T11:15:00Z\"", "\"2021-12-06T11:45:00Z\""]
+        );
+        for (bad, why) in [
+            ("", "is empty"),
+            ("0", "between one second and one day"),
+            ("1441", "between one second and one day"),
+            ("quarter", "neither a number of minutes"),
+        ] {
+            let err = map.apply_all(&row(bad)).unwrap_err();
+            assert_eq!(err.column.as_deref(), Some("intrvl"), "{bad:?}");
+            assert!(err.to_string().contains(why), "{bad:?}: {err}");
+        }
     }
 
     #[test]
