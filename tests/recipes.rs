@@ -1178,3 +1178,158 @@ async fn cisco_ucce_legs_and_agent_states_arrive_once_through_odbc() {
     );
     assert_eq!(api.record_count(), 10, "nothing twice");
 }
+
+/// Avaya CMS's tables as its ODBC database items lay them out (the columns the recipe reads
+/// and some beside them; Informix `date`, `smallint`, `integer`, `char`), created in
+/// PostgreSQL and read through ODBC as the recipe reads Informix.
+#[cfg(feature = "odbc")]
+const CMS_TABLES: &str = "\
+CREATE TABLE hsplit (ACD smallint NOT NULL, SPLIT smallint NOT NULL, ROW_DATE date NOT NULL, \
+  STARTTIME smallint NOT NULL, INTRVL smallint NOT NULL, CALLSOFFERED integer, ACDCALLS integer, \
+  ABNCALLS integer, ACDTIME integer, ACWTIME integer, ANSTIME integer, OTHERCALLS integer, \
+  OUTFLOWCALLS integer, ACCEPTABLE integer);
+CREATE TABLE haglog (ACD smallint NOT NULL, SPLIT smallint NOT NULL, ROW_DATE date NOT NULL, \
+  LOGID char(10) NOT NULL, EXTN char(6), LOGIN integer, LOGOUT integer, LOGOUT_DATE date, \
+  LOGOUT_REASON smallint, INFLAG char(1), OUTFLAG char(1), LOC_ID integer);
+CREATE TABLE synonyms (ACD_NO smallint, ITEM_TYPE char(20), ITEM_NAME char(100), \
+  VALUE char(40), STANDARD smallint, DESCR char(150));
+INSERT INTO synonyms (ACD_NO, ITEM_TYPE, ITEM_NAME, VALUE) VALUES \
+  (1, 'split', 'Support', '1'), (1, 'split', 'Sales', '2'), (1, 'agname', 'Ann', '4001')";
+
+#[cfg(feature = "odbc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avaya_cms_intervals_and_logins_arrive_once_through_odbc() {
+    let Some(db) = support::databases::Postgres::start() else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    exec_pg(&pool, CMS_TABLES).await;
+    // An interval row: (split, day, hhmm, minutes, offered, answered, talk, after-call work).
+    #[allow(clippy::too_many_arguments)]
+    fn interval(
+        split: u32,
+        day: &str,
+        start: u32,
+        minutes: u32,
+        offered: u32,
+        answered: u32,
+        talk: u32,
+        acw: u32,
+    ) -> String {
+        format!(
+            "INSERT INTO hsplit (ACD, SPLIT, ROW_DATE, STARTTIME, INTRVL, CALLSOFFERED, \
+             ACDCALLS, ABNCALLS, ACDTIME, ACWTIME) VALUES (1, {split}, '{day}', {start}, \
+             {minutes}, {offered}, {answered}, {}, {talk}, {acw})",
+            offered - answered
+        )
+    }
+    // A login row: (split, login id, login and logout as Berlin wall-clock on 2024-05-01/02).
+    let login = |split: u32, id: &str, from: &str, to: Option<&str>| {
+        let unix = |t: &str| {
+            let wall = jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M", t).unwrap();
+            jiff::tz::TimeZone::get("Europe/Berlin")
+                .unwrap()
+                .to_ambiguous_timestamp(wall)
+                .compatible()
+                .unwrap()
+                .as_second()
+        };
+        let (logout, day) = match to {
+            Some(t) => (unix(t).to_string(), format!("'{}'", &t[..10])),
+            None => ("0".to_owned(), "NULL".to_owned()),
+        };
+        format!(
+            "INSERT INTO haglog (ACD, SPLIT, ROW_DATE, LOGID, LOGIN, LOGOUT, LOGOUT_DATE, \
+             LOGOUT_REASON) VALUES (1, {split}, '{}', '{id}', {}, {logout}, {day}, 0)",
+            &from[..10],
+            unix(from)
+        )
+    };
+    exec_pg(
+        &pool,
+        &[
+            // 09:00-09:30: three offered, two answered with 200 s talk and 40 s wrap-up.
+            interval(1, "2024-05-01", 900, 30, 3, 2, 200, 40),
+            // 09:30-10:00 in the other split, one answered.
+            interval(2, "2024-05-01", 930, 30, 1, 1, 90, 0),
+            // A split without a dictionary name, in quarter hours; an interval without calls.
+            interval(3, "2024-05-01", 915, 15, 1, 0, 0, 0),
+            interval(1, "2024-05-01", 930, 30, 0, 0, 0, 0),
+            // After the site went to hourly intervals: two unanswered in 10:00-11:00.
+            interval(1, "2024-05-01", 1000, 60, 2, 0, 0, 0),
+            // The next day's first interval, 00:00-00:30.
+            interval(2, "2024-05-02", 0, 30, 1, 1, 60, 0),
+            // A session, written once per split it was logged into.
+            login(1, "4001", "2024-05-01 08:00", Some("2024-05-01 12:00")),
+            login(2, "4001", "2024-05-01 08:00", Some("2024-05-01 12:00")),
+            // A session over midnight.
+            login(1, "4002", "2024-05-01 22:00", Some("2024-05-02 02:00")),
+            // A session still open.
+            login(1, "4003", "2024-05-02 06:00", None),
+        ]
+        .join(";\n"),
+    )
+    .await;
+    let odbc = format!(
+        "odbc:Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=acd;Uid=test;",
+        db.port
+    );
+    let (env, api, daemon) = run_recipe("avaya-cms", &odbc, "Europe/Berlin").await;
+    wait_for(LIMIT, "8 calls and 2 sessions", || api.record_count() >= 10).await;
+    // An interval of the day before the cursor's, archived late, and the open session ended.
+    exec_pg(
+        &pool,
+        &[
+            interval(2, "2024-05-01", 1000, 60, 1, 1, 30, 0),
+            "UPDATE haglog SET LOGOUT = LOGIN + 5400, LOGOUT_DATE = '2024-05-02' \
+             WHERE LOGID = '4003'"
+                .to_owned(),
+        ]
+        .join(";\n"),
+    )
+    .await;
+    wait_for(LIMIT, "the late interval and the ended session", || {
+        api.record_count() >= 12
+    })
+    .await;
+    quiesce(&env, daemon, &["cms-splits", "cms-logins"]).await;
+
+    assert_eq!(
+        contacts(&api),
+        [
+            contact("1", "Support", "2024-05-01T07:05:00Z", true, 120.0),
+            contact("1", "Support", "2024-05-01T07:15:00Z", true, 120.0),
+            contact("3", "Split 3", "2024-05-01T07:22:30Z", false, 0.0),
+            contact("1", "Support", "2024-05-01T07:25:00Z", false, 0.0),
+            contact("2", "Sales", "2024-05-01T07:45:00Z", true, 90.0),
+            contact("1", "Support", "2024-05-01T08:15:00Z", false, 0.0),
+            contact("2", "Sales", "2024-05-01T08:30:00Z", true, 30.0),
+            contact("1", "Support", "2024-05-01T08:45:00Z", false, 0.0),
+            contact("2", "Sales", "2024-05-01T22:15:00Z", true, 60.0),
+        ]
+    );
+    assert_eq!(
+        statuses(&api),
+        owned([
+            (
+                "4001",
+                "LoggedIn",
+                "2024-05-01T06:00:00Z",
+                "2024-05-01T10:00:00Z"
+            ),
+            (
+                "4002",
+                "LoggedIn",
+                "2024-05-01T20:00:00Z",
+                "2024-05-02T00:00:00Z"
+            ),
+            (
+                "4003",
+                "LoggedIn",
+                "2024-05-02T04:00:00Z",
+                "2024-05-02T05:30:00Z"
+            ),
+        ])
+    );
+    assert_eq!(api.record_count(), 12, "nothing twice");
+}

@@ -54,6 +54,11 @@ pub const RECIPES: &[Recipe] = &[
         template: include_str!("recipes/asterisk-cdr.toml"),
     },
     Recipe {
+        name: "avaya-cms",
+        reads: "Avaya CMS over ODBC (Informix): hsplit (calls per split/skill and interval, expanded), haglog (agent logins)",
+        template: include_str!("recipes/avaya-cms.toml"),
+    },
+    Recipe {
         name: "cisco-ucce",
         reads: "Cisco UCCE/ICM HDS over ODBC (SQL Server): Termination_Call_Detail (skill group legs), Agent_State_Trace",
         template: include_str!("recipes/cisco-ucce.toml"),
@@ -293,5 +298,6 @@ mod tests {
         assert!(text.contains("# TODO: the zone the ACD writes its local times in"));
         assert!(text.contains("start reading at"));
         assert!(recipe("avaya").is_err());
+        assert!(recipe("avaya-cms").is_ok());
     }
 }

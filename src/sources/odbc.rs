@@ -8,9 +8,11 @@
 //!
 //! Differences from the native drivers: parameters are `?`; a page is limited with the
 //! standard `OFFSET 0 ROWS FETCH NEXT n ROWS ONLY` (SQL Server 2012+, PostgreSQL, Oracle 12c+,
-//! DB2); identifiers are quoted with `"`; times come without a zone and are read in the
-//! source's `timezone`, as times with a zone are not described alike by all drivers (cast a
-//! `datetimeoffset` to UTC `datetime2` in the query).
+//! DB2), or on Informix (which the driver names as the database) with `SELECT FIRST n`;
+//! identifiers are quoted with `"`, except on Informix a plain lower-case name, as Informix
+//! reads `"name"` as text unless the connection sets `DELIMIDENT=y`; times come without a zone
+//! and are read in the source's `timezone`, as times with a zone are not described alike by
+//! all drivers (cast a `datetimeoffset` to UTC `datetime2` in the query).
 
 use std::sync::{Arc, Mutex};
 
@@ -23,12 +25,34 @@ use serde_json::{Map, Value};
 use super::poll::PollError;
 use super::sql::ConnectError;
 
-/// One connection, shared by the poller's clones, and the time a query may take.
+/// One connection, shared by the poller's clones, the time a query may take, and the SQL the
+/// database speaks.
 #[derive(Clone)]
 pub struct Odbc(
     Arc<Mutex<odbc_api::Connection<'static>>>,
     std::time::Duration,
+    Dialect,
 );
+
+/// What differs in the SQL the daemon adds around a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// `OFFSET 0 ROWS FETCH NEXT n ROWS ONLY`, identifiers in `"`.
+    Standard,
+    /// Informix (Avaya CMS): `SELECT FIRST n`, plain names unquoted.
+    Informix,
+}
+
+impl Dialect {
+    /// From the name the driver gives the database (`SQL_DBMS_NAME`).
+    pub fn of(dbms: &str) -> Self {
+        if dbms.to_ascii_lowercase().contains("informix") {
+            Dialect::Informix
+        } else {
+            Dialect::Standard
+        }
+    }
+}
 
 /// A column type, as far as reading it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +110,16 @@ impl Odbc {
                 what: "ODBC connect",
                 source,
             })?;
-        Ok(Self(Arc::new(Mutex::new(conn)), query_timeout))
+        // A driver that cannot name its database speaks the standard.
+        let dialect = conn
+            .database_management_system_name()
+            .map(|name| Dialect::of(&name))
+            .unwrap_or(Dialect::Standard);
+        Ok(Self(Arc::new(Mutex::new(conn)), query_timeout, dialect))
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.2
     }
 
     /// The query's columns and their kinds, from preparing it.
@@ -213,6 +246,14 @@ fn value(text: &str, kind: Kind, zone: &jiff::tz::TimeZone) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn informix_is_told_by_the_name_its_driver_gives() {
+        assert_eq!(Dialect::of("Informix Dynamic Server"), Dialect::Informix);
+        assert_eq!(Dialect::of("IBM INFORMIX-OnLine"), Dialect::Informix);
+        assert_eq!(Dialect::of("PostgreSQL"), Dialect::Standard);
+        assert_eq!(Dialect::of("Microsoft SQL Server"), Dialect::Standard);
+    }
 
     #[test]
     fn values_are_read_by_their_column_kind() {

@@ -326,10 +326,8 @@ impl SqlPoller {
                 k
             }
         };
-        let quoted = match db {
-            Db::My(_) => format!("`{}`", column.replace('`', "``")),
-            _ => format!("\"{}\"", column.replace('"', "\"\"")),
-        };
+        let quoted = quote(style(&db), &column);
+        let paged = paged(style(&db), &self.cfg.query, self.cfg.page_size as usize);
         let now = Utc::now();
         let until = now - chrono::Duration::from_std(self.cfg.lag).unwrap_or_default();
         let zone = &self.cfg.zone;
@@ -354,7 +352,8 @@ impl SqlPoller {
         loop {
             let (p1, p2) = placeholders(&db);
             let mut sql = format!(
-                "{base} WHERE {quoted} {} {p1}",
+                "{} WHERE {quoted} {} {p1}",
+                paged.head,
                 if strict { ">" } else { ">=" }
             );
             let mut binds = vec![lower.clone()];
@@ -362,7 +361,7 @@ impl SqlPoller {
                 sql.push_str(&format!(" AND {quoted} <= {p2}"));
                 binds.push(u.clone());
             }
-            sql.push_str(&format!(" ORDER BY {quoted} {}", limit(&db, page)));
+            sql.push_str(&format!(" ORDER BY {quoted}{}", paged.tail));
             let rows = remote(within, fetch(&db, &sql, &binds, zone)).await?;
             let full = rows.len() == page;
             let last = rows.last().and_then(|r| r.get(&column)).cloned();
@@ -417,12 +416,59 @@ fn placeholders(db: &Db) -> (&'static str, &'static str) {
     }
 }
 
-/// The clause that limits a page to `n` rows.
-fn limit(db: &Db, n: usize) -> String {
+/// The SQL the daemon writes around a query, by database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "odbc"), allow(dead_code))]
+enum Style {
+    /// PostgreSQL: `LIMIT n`, names in `"`.
+    Postgres,
+    /// MySQL/MariaDB: `LIMIT n`, names in backticks.
+    MySql,
+    /// ODBC: `OFFSET 0 ROWS FETCH NEXT n ROWS ONLY`, names in `"`.
+    Standard,
+    /// ODBC to Informix: `SELECT FIRST n`, plain lower-case names unquoted.
+    Informix,
+}
+
+fn style(db: &Db) -> Style {
     match db {
+        Db::Pg(_) => Style::Postgres,
+        Db::My(_) => Style::MySql,
         #[cfg(feature = "odbc")]
-        Db::Odbc(_) => format!("OFFSET 0 ROWS FETCH NEXT {n} ROWS ONLY"),
-        _ => format!("LIMIT {n}"),
+        Db::Odbc(o) => match o.dialect() {
+            super::odbc::Dialect::Informix => Style::Informix,
+            super::odbc::Dialect::Standard => Style::Standard,
+        },
+    }
+}
+
+/// A page of the query: what comes before its `WHERE`, and what after its `ORDER BY`.
+struct Paged {
+    head: String,
+    tail: String,
+}
+
+/// The query as a derived table, limited to `n` rows as the database says it.
+fn paged(style: Style, query: &str, n: usize) -> Paged {
+    let rows = |first: &str| format!("SELECT {first}* FROM ({query}) AS injixo_rows");
+    let (head, tail) = match style {
+        Style::Informix => (rows(&format!("FIRST {n} ")), String::new()),
+        Style::Standard => (rows(""), format!(" OFFSET 0 ROWS FETCH NEXT {n} ROWS ONLY")),
+        Style::Postgres | Style::MySql => (rows(""), format!(" LIMIT {n}")),
+    };
+    Paged { head, tail }
+}
+
+/// The cursor column's name in the database's quoting.
+fn quote(style: Style, column: &str) -> String {
+    let plain = column.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && column
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    match style {
+        Style::MySql => format!("`{}`", column.replace('`', "``")),
+        Style::Informix if plain => column.to_owned(),
+        _ => format!("\"{}\"", column.replace('"', "\"\"")),
     }
 }
 
@@ -809,7 +855,35 @@ fn my_row(
 
 #[cfg(test)]
 mod tests {
-    use super::numeric_from_binary;
+    use super::{Style, numeric_from_binary, paged, quote};
+
+    #[test]
+    fn a_page_is_limited_and_the_cursor_named_as_each_database_says_it() {
+        let q = "SELECT a FROM t";
+        let page = |style| {
+            let p = paged(style, q, 500);
+            format!("{} WHERE c >= ? ORDER BY c{}", p.head, p.tail)
+        };
+        assert_eq!(
+            page(Style::Postgres),
+            "SELECT * FROM (SELECT a FROM t) AS injixo_rows WHERE c >= ? ORDER BY c LIMIT 500"
+        );
+        assert_eq!(
+            page(Style::Standard),
+            "SELECT * FROM (SELECT a FROM t) AS injixo_rows WHERE c >= ? ORDER BY c \
+             OFFSET 0 ROWS FETCH NEXT 500 ROWS ONLY"
+        );
+        assert_eq!(
+            page(Style::Informix),
+            "SELECT FIRST 500 * FROM (SELECT a FROM t) AS injixo_rows WHERE c >= ? ORDER BY c"
+        );
+        assert_eq!(quote(Style::Postgres, "row_date"), "\"row_date\"");
+        assert_eq!(quote(Style::MySql, "row`date"), "`row``date`");
+        // Informix reads "row_date" as text unless DELIMIDENT is set: plain names go bare.
+        assert_eq!(quote(Style::Informix, "row_date"), "row_date");
+        assert_eq!(quote(Style::Informix, "RowDate"), "\"RowDate\"");
+        assert_eq!(quote(Style::Informix, "2nd"), "\"2nd\"");
+    }
 
     /// ndigits, weight, sign, dscale, then the base-10000 digits, big-endian.
     fn binary(weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
