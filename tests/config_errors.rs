@@ -378,6 +378,42 @@ fn all_problems_are_reported_at_once() {
     assert!(err.to_string().starts_with("f.toml has 2 problems:"));
 }
 
+/// A `sql` source reads rows again behind its cursor; records (and their dedupe keys) kept for
+/// less than that would let a row read again be sent twice.
+#[test]
+fn records_are_kept_longer_than_a_poller_reads_rows_again() {
+    let sql = |keep: &str, overlap: &str| {
+        format!(
+            "[api]\ntoken_file = \"/k\"\n\n[state]\npath = \"/tmp/o.db\"\nkeep_sent = \"{keep}\"\n\n\
+             [[source]]\nname = \"cms\"\ntype = \"sql\"\nintegration_id = 1\n\
+             emits = \"contact_events\"\nconnection = \"postgres://u@h/d\"\nevery = \"5m\"\n\
+             query = \"SELECT * FROM t\"\ncursor_column = \"day\"\ninitial_cursor = \"2024-05-01\"\noverlap = \"{overlap}\"\n\
+             lag = \"1h\"\nkey = \"{{id}}\"\n\n[source.map]\ntimestamp = \"at\"\n\
+             queueName = \"q\"\nqueueIdentifier = \"q\"\nchannel = {{ value = \"calls\" }}\n\
+             offered = {{ value = true }}\nhandled = {{ value = true }}\nduration = \"d\"\n"
+        )
+    };
+    let err = Config::parse(&sql("1d", "1d"), Path::new("f.toml")).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "f.toml:6: state.keep_sent: 1day is shorter than source \"cms\" reads rows again \
+             (overlap 1day and lag 1h, and ten minutes)"
+        ),
+        "{err}"
+    );
+    let close = Config::parse(&sql("2d", "1d"), Path::new("f.toml")).unwrap();
+    assert!(
+        close
+            .warnings
+            .iter()
+            .any(|w| w.contains("if its cursor column is a DATE")),
+        "{:?}",
+        close.warnings
+    );
+    let fine = Config::parse(&sql("14d", "1d"), Path::new("f.toml")).unwrap();
+    assert!(fine.warnings.iter().all(|w| !w.contains("keep_sent")));
+}
+
 #[test]
 fn an_inline_token_works_but_is_warned_about_and_never_printed() {
     let text = VALID.replace(

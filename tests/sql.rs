@@ -133,9 +133,10 @@ async fn postgres_rows_arrive_once_through_ties_late_commits_and_a_restart() {
     assert_eq!(report.lanes[0].pending, 0);
 }
 
-/// A `DATE` cursor far east of Greenwich: a day means that day's midnight in the source's zone
-/// (not UTC's, which is 09:00 in Tokyo), so a row added later to the day last read is found by
-/// the next poll without any overlap, and the rows read again are not sent twice.
+/// A `DATE` cursor far east of Greenwich: a day is compared as a day in the source's zone (not
+/// as UTC's midnight, which is 09:00 in Tokyo), so a row added later to the day last read is
+/// found by the next poll without any overlap, days larger than a page are read whole, and the
+/// rows read again are not sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_date_cursor_reads_the_last_day_again_in_the_sources_zone() {
     let Some(pg) = Postgres::start() else {
@@ -176,6 +177,7 @@ async fn a_date_cursor_reads_the_last_day_again_in_the_sources_zone() {
          emits = \"contact_events\"\nconnection_file = {file:?}\nevery = \"1s\"\n\
          timezone = \"Asia/Tokyo\"\nquery = \"SELECT id, day, queue FROM daily\"\n\
          cursor_column = \"day\"\ninitial_cursor = \"{start}\"\nkey = \"{{id}}\"\n\
+         page_size = 2\n\
          [source.map]\ntimestamp = {{ expr = \"local(day + ' 00:00', '%Y-%m-%d %H:%M')\" }}\n\
          queueName = \"queue\"\nqueueIdentifier = \"queue\"\nchannel = {{ value = \"calls\" }}\n\
          offered = {{ value = true }}\nhandled = {{ value = true }}\n\

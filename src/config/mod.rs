@@ -232,6 +232,7 @@ impl Config {
             .map(|(i, s)| (i, s.name.clone().unwrap_or_default()))
             .collect();
         let sources = v.sources(raw.sources, &state.path);
+        v.keys_outlive_reads(&state, &sources);
         if listen.is_none() {
             for (i, name) in webhooks {
                 v.problem(
@@ -272,6 +273,52 @@ impl Config {
 }
 
 impl Validator<'_> {
+    /// A `sql` source reads rows again for `overlap` behind its cursor, which trails now by
+    /// `lag` (and, for a `DATE` column, by up to a day): a row read again after its dedupe key
+    /// was dropped (`state.keep_sent`) would be sent twice. Shorter than `overlap` and `lag`
+    /// with ten minutes for ties and slow polls is refused; shorter than that plus a day is
+    /// warned about.
+    fn keys_outlive_reads(&mut self, state: &daemon::StateConfig, sources: &[SourceConfig]) {
+        const MARGIN: Duration = Duration::from_secs(600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let human = |d: Duration| humantime::format_duration(d).to_string();
+        for s in sources {
+            let SourceKind::Sql(sql) = &s.kind else {
+                continue;
+            };
+            if sql.cursor_column.is_none() {
+                continue;
+            }
+            let reread = sql.overlap + sql.lag;
+            if state.keep_sent < reread + MARGIN {
+                self.problem(
+                    &[Seg::Key("state"), Seg::Key("keep_sent")],
+                    "state.keep_sent",
+                    format!(
+                        "{} is shorter than source {:?} reads rows again (overlap {} and lag {}, \
+                         and ten minutes): a row read again after its key is dropped would be \
+                         sent twice; keep records at least {}",
+                        human(state.keep_sent),
+                        s.name.as_str(),
+                        human(sql.overlap),
+                        human(sql.lag),
+                        human(reread + DAY),
+                    ),
+                );
+            } else if state.keep_sent < reread + DAY {
+                self.warnings.push(format!(
+                    "state.keep_sent ({}) is less than a day longer than source {:?} reads rows \
+                     again (overlap {} and lag {}): if its cursor column is a DATE, rows of the \
+                     last day read again after their keys are dropped would be sent twice",
+                    human(state.keep_sent),
+                    s.name.as_str(),
+                    human(sql.overlap),
+                    human(sql.lag),
+                ));
+            }
+        }
+    }
+
     fn sources(&mut self, raws: Vec<RawSource>, state: &Path) -> Vec<SourceConfig> {
         if raws.is_empty() {
             self.problem(

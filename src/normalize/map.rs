@@ -276,10 +276,17 @@ impl IntervalLength {
             column: Some(column.clone()),
             message,
         };
-        let raw = row.get(column).unwrap_or_default();
+        let Some(raw) = row.get(column) else {
+            return Err(error(format!(
+                "has no value: a row with contacts needs its interval's length (is `{column}` \
+                 a column of the rows?)"
+            )));
+        };
         let text = raw.trim();
         if text.is_empty() {
-            return Err(error("is empty: the interval's length is needed".into()));
+            return Err(error(
+                "is empty: a row with contacts needs its interval's length".into(),
+            ));
         }
         let length = match text.parse::<u64>() {
             Ok(minutes) => std::time::Duration::from_secs(minutes.saturating_mul(60)),
@@ -510,7 +517,6 @@ impl Mapping {
             return self.apply(row).map(|r| vec![r]);
         };
         let values = self.values(row)?;
-        let interval = expand.interval.of(row)?;
         let count = |values: &[Option<Value>; 11], f: ApiField| {
             values[f as usize]
                 .as_ref()
@@ -538,6 +544,10 @@ impl Mapping {
                 ),
             ));
         }
+        if offered == 0 {
+            return Ok(Vec::new());
+        }
+        let interval = expand.interval.of(row)?;
         let duration = values[ApiField::Duration as usize]
             .as_ref()
             .and_then(Value::as_f64)
@@ -1046,6 +1056,15 @@ mod tests {
             assert_eq!(err.column.as_deref(), Some("intrvl"), "{bad:?}");
             assert!(err.to_string().contains(why), "{bad:?}: {err}");
         }
+        let mut without = row("30");
+        without.0.remove("intrvl");
+        let err = map.apply_all(&without).unwrap_err();
+        assert!(err.to_string().contains("is `intrvl` a column"), "{err}");
+        // An interval without contacts needs no length.
+        let mut quiet = row("");
+        quiet.0.insert("offered", "0");
+        quiet.0.insert("handled", "0");
+        assert!(map.apply_all(&quiet).unwrap().is_empty());
     }
 
     #[test]

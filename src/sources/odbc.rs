@@ -17,41 +17,30 @@
 use std::sync::{Arc, Mutex};
 
 use odbc_api::{
-    ConnectionOptions, Cursor, DataType, ResultSetMetadata, buffers::TextRowSet,
-    parameter::WithDataType, sys::Timestamp,
+    ConnectionOptions, Cursor, DataType, ResultSetMetadata,
+    buffers::TextRowSet,
+    parameter::WithDataType,
+    sys::{Date, Timestamp},
 };
 use serde_json::{Map, Value};
 
 use super::poll::PollError;
 use super::sql::ConnectError;
 
-/// One connection, shared by the poller's clones, the time a query may take, and the SQL the
-/// database speaks.
+/// One connection, shared by the poller's clones, the time a query may take, and whether the
+/// database is Informix (which pages and quotes its own way).
 #[derive(Clone)]
 pub struct Odbc(
     Arc<Mutex<odbc_api::Connection<'static>>>,
     std::time::Duration,
-    Dialect,
+    bool,
 );
 
-/// What differs in the SQL the daemon adds around a query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    /// `OFFSET 0 ROWS FETCH NEXT n ROWS ONLY`, identifiers in `"`.
-    Standard,
-    /// Informix (Avaya CMS): `SELECT FIRST n`, plain names unquoted.
-    Informix,
-}
-
-impl Dialect {
-    /// From the name the driver gives the database (`SQL_DBMS_NAME`).
-    pub fn of(dbms: &str) -> Self {
-        if dbms.to_ascii_lowercase().contains("informix") {
-            Dialect::Informix
-        } else {
-            Dialect::Standard
-        }
-    }
+/// Whether the database the driver names (`SQL_DBMS_NAME`) is Informix: IBM's Informix driver
+/// says "Informix Dynamic Server", its DRDA driver "IDS/UNIX64" and the like.
+pub fn is_informix(dbms: &str) -> bool {
+    let name = dbms.trim().to_ascii_lowercase();
+    name.contains("informix") || name == "ids" || name.starts_with("ids/")
 }
 
 /// A column type, as far as reading it goes.
@@ -111,14 +100,13 @@ impl Odbc {
                 source,
             })?;
         // A driver that cannot name its database speaks the standard.
-        let dialect = conn
-            .database_management_system_name()
-            .map(|name| Dialect::of(&name))
-            .unwrap_or(Dialect::Standard);
-        Ok(Self(Arc::new(Mutex::new(conn)), query_timeout, dialect))
+        let dbms = conn.database_management_system_name().unwrap_or_default();
+        tracing::debug!(database = %dbms, "connected over ODBC");
+        let informix = is_informix(&dbms);
+        Ok(Self(Arc::new(Mutex::new(conn)), query_timeout, informix))
     }
 
-    pub fn dialect(&self) -> Dialect {
+    pub fn is_informix(&self) -> bool {
         self.2
     }
 
@@ -155,6 +143,11 @@ impl Odbc {
                 _ => unreachable!("one or two bounds"),
             },
             Params::Times(v) => match v.as_slice() {
+                [a] => conn.execute(sql, (a,), secs),
+                [a, b] => conn.execute(sql, (a, b), secs),
+                _ => unreachable!("one or two bounds"),
+            },
+            Params::Dates(v) => match v.as_slice() {
                 [a] => conn.execute(sql, (a,), secs),
                 [a, b] => conn.execute(sql, (a, b), secs),
                 _ => unreachable!("one or two bounds"),
@@ -199,6 +192,20 @@ pub enum Params {
     None,
     Integers(Vec<i64>),
     Times(Vec<WithDataType<Timestamp>>),
+    Dates(Vec<WithDataType<Date>>),
+}
+
+/// A day as an ODBC date parameter.
+pub fn date(d: chrono::NaiveDate) -> WithDataType<Date> {
+    use chrono::Datelike;
+    WithDataType {
+        value: Date {
+            year: d.year() as i16,
+            month: d.month() as u16,
+            day: d.day() as u16,
+        },
+        data_type: DataType::Date,
+    }
 }
 
 /// A wall-clock time as an ODBC timestamp parameter (milliseconds).
@@ -249,10 +256,12 @@ mod tests {
 
     #[test]
     fn informix_is_told_by_the_name_its_driver_gives() {
-        assert_eq!(Dialect::of("Informix Dynamic Server"), Dialect::Informix);
-        assert_eq!(Dialect::of("IBM INFORMIX-OnLine"), Dialect::Informix);
-        assert_eq!(Dialect::of("PostgreSQL"), Dialect::Standard);
-        assert_eq!(Dialect::of("Microsoft SQL Server"), Dialect::Standard);
+        assert!(is_informix("Informix Dynamic Server"));
+        assert!(is_informix("IDS/UNIX64"));
+        assert!(is_informix("IBM INFORMIX-OnLine"));
+        assert!(!is_informix("PostgreSQL"));
+        assert!(!is_informix("Microsoft SQL Server"));
+        assert!(!is_informix("IDSX"));
     }
 
     #[test]

@@ -91,8 +91,11 @@ pub enum Db {
 enum CursorKind {
     /// A time with a zone (PostgreSQL `timestamptz`, MySQL `TIMESTAMP`).
     Instant,
-    /// A wall-clock time (`timestamp`, `DATETIME`, `date`), read in the source's zone.
+    /// A wall-clock time (`timestamp`, `DATETIME`), read in the source's zone.
     Local,
+    /// A calendar day (`DATE`), in the source's zone: bound as a date, so that a database
+    /// compares it with a day and not with a time.
+    Day,
     Integer,
 }
 
@@ -101,6 +104,7 @@ enum CursorKind {
 enum Bound {
     Instant(DateTime<Utc>),
     Local(NaiveDateTime),
+    Day(chrono::NaiveDate),
     Integer(i64),
 }
 
@@ -310,7 +314,7 @@ impl SqlPoller {
     async fn read(&mut self, sink: &mut Sink<'_>) -> Result<(), PollError> {
         let db = self.db.clone().expect("connected");
         let within = self.cfg.timeout;
-        let base = format!("SELECT * FROM ({}) AS injixo_rows", self.cfg.query);
+        let base = derived(&self.cfg.query, "");
         let Some(column) = self.cfg.cursor_column.clone() else {
             let rows = remote(within, fetch(&db, &base, &[], &self.cfg.zone)).await?;
             let n = rows.len();
@@ -337,14 +341,19 @@ impl SqlPoller {
                 "the cursor {start:?} does not fit the column {column}: {e}"
             ))
         })?;
-        if let Bound::Instant(t) = &mut lower {
-            *t -= chrono::Duration::from_std(self.cfg.overlap).unwrap_or_default();
-        } else if let Bound::Local(t) = &mut lower {
-            *t -= chrono::Duration::from_std(self.cfg.overlap).unwrap_or_default();
+        let overlap = chrono::Duration::from_std(self.cfg.overlap).unwrap_or_default();
+        match &mut lower {
+            Bound::Instant(t) => *t -= overlap,
+            Bound::Local(t) => *t -= overlap,
+            // The day that holds the time `overlap` before the cursor's midnight: a whole day
+            // more for any overlap, never less than it asks.
+            Bound::Day(d) => *d = (d.and_time(chrono::NaiveTime::MIN) - overlap).date(),
+            Bound::Integer(_) => {}
         }
         let upper = match kind {
             CursorKind::Instant => Some(Bound::Instant(until)),
             CursorKind::Local => Some(Bound::Local(local(until, zone))),
+            CursorKind::Day => Some(Bound::Day(local(until, zone).date())),
             CursorKind::Integer => None,
         };
         let mut strict = false;
@@ -435,10 +444,9 @@ fn style(db: &Db) -> Style {
         Db::Pg(_) => Style::Postgres,
         Db::My(_) => Style::MySql,
         #[cfg(feature = "odbc")]
-        Db::Odbc(o) => match o.dialect() {
-            super::odbc::Dialect::Informix => Style::Informix,
-            super::odbc::Dialect::Standard => Style::Standard,
-        },
+        Db::Odbc(o) if o.is_informix() => Style::Informix,
+        #[cfg(feature = "odbc")]
+        Db::Odbc(_) => Style::Standard,
     }
 }
 
@@ -448,13 +456,21 @@ struct Paged {
     tail: String,
 }
 
+/// The configured query as a derived table, all its rows (`first` empty) or Informix's first
+/// n (`FIRST n `).
+fn derived(query: &str, first: &str) -> String {
+    format!("SELECT {first}* FROM ({query}) AS injixo_rows")
+}
+
 /// The query as a derived table, limited to `n` rows as the database says it.
 fn paged(style: Style, query: &str, n: usize) -> Paged {
-    let rows = |first: &str| format!("SELECT {first}* FROM ({query}) AS injixo_rows");
     let (head, tail) = match style {
-        Style::Informix => (rows(&format!("FIRST {n} ")), String::new()),
-        Style::Standard => (rows(""), format!(" OFFSET 0 ROWS FETCH NEXT {n} ROWS ONLY")),
-        Style::Postgres | Style::MySql => (rows(""), format!(" LIMIT {n}")),
+        Style::Informix => (derived(query, &format!("FIRST {n} ")), String::new()),
+        Style::Standard => (
+            derived(query, ""),
+            format!(" OFFSET 0 ROWS FETCH NEXT {n} ROWS ONLY"),
+        ),
+        Style::Postgres | Style::MySql => (derived(query, ""), format!(" LIMIT {n}")),
     };
     Paged { head, tail }
 }
@@ -504,23 +520,28 @@ fn parse_bound(kind: CursorKind, text: &str, zone: &jiff::tz::TimeZone) -> Resul
             .parse::<i64>()
             .map(Bound::Integer)
             .map_err(|_| format!("{text:?} is not an integer")),
-        CursorKind::Local if text.trim().parse::<jiff::civil::Date>().is_ok() => {
-            // A day (a DATE column's value, or a `since` date) is that day's start where the
-            // database's times are: midnight UTC would skip the first hours of it east of
-            // Greenwich, and with them the rows of a day read again.
-            let day: chrono::NaiveDate = text
-                .trim()
-                .parse()
-                .map_err(|e| format!("{text:?} is not a date: {e}"))?;
-            Ok(Bound::Local(day.and_time(chrono::NaiveTime::MIN)))
-        }
-        CursorKind::Instant | CursorKind::Local => {
-            let ts = crate::normalize::time::parse_since(text)?;
-            let utc = DateTime::from_timestamp_millis(ts.as_millisecond())
-                .ok_or_else(|| format!("{text:?} is out of range"))?;
-            Ok(match kind {
-                CursorKind::Instant => Bound::Instant(utc),
-                _ => Bound::Local(local(utc, zone)),
+        _ => {
+            // A day (a DATE column's value, or a `since` date) against a column without a
+            // zone is that day where the database's times are: taken as midnight UTC, it would
+            // start later that day east of Greenwich.
+            let day = text.trim().parse::<chrono::NaiveDate>().ok();
+            let utc = match day {
+                Some(_) if kind != CursorKind::Instant => None,
+                _ => {
+                    let ts = crate::normalize::time::parse_since(text)?;
+                    Some(
+                        DateTime::from_timestamp_millis(ts.as_millisecond())
+                            .ok_or_else(|| format!("{text:?} is out of range"))?,
+                    )
+                }
+            };
+            Ok(match (kind, day, utc) {
+                (CursorKind::Instant, _, Some(utc)) => Bound::Instant(utc),
+                (CursorKind::Day, Some(day), _) => Bound::Day(day),
+                (CursorKind::Day, None, Some(utc)) => Bound::Day(local(utc, zone).date()),
+                (_, Some(day), _) => Bound::Local(day.and_time(chrono::NaiveTime::MIN)),
+                (_, None, Some(utc)) => Bound::Local(local(utc, zone)),
+                (_, None, None) => unreachable!("a time was parsed"),
             })
         }
     }
@@ -560,7 +581,8 @@ async fn cursor_kind(db: &Db, base: &str, column: &str) -> Result<CursorKind, Po
                 )));
             };
             return match k {
-                Kind::Local | Kind::Date => Ok(CursorKind::Local),
+                Kind::Local => Ok(CursorKind::Local),
+                Kind::Date => Ok(CursorKind::Day),
                 Kind::Integer => Ok(CursorKind::Integer),
                 other => Err(PollError::Remote(format!(
                     "cursor_column {column:?} is of kind {other:?}: use a time or an integer column"
@@ -577,7 +599,8 @@ async fn cursor_kind(db: &Db, base: &str, column: &str) -> Result<CursorKind, Po
     };
     let kind = match (db, ty.to_ascii_uppercase().as_str()) {
         (_, "TIMESTAMPTZ") | (Db::My(_), "TIMESTAMP") => CursorKind::Instant,
-        (_, "TIMESTAMP" | "DATETIME" | "DATE") => CursorKind::Local,
+        (_, "TIMESTAMP" | "DATETIME") => CursorKind::Local,
+        (_, "DATE") => CursorKind::Day,
         (_, t) if t.contains("INT") => CursorKind::Integer,
         (_, t) => {
             return Err(PollError::Remote(format!(
@@ -603,6 +626,7 @@ async fn fetch(
                 q = match b {
                     Bound::Instant(t) => q.bind(*t),
                     Bound::Local(t) => q.bind(*t),
+                    Bound::Day(d) => q.bind(*d),
                     Bound::Integer(n) => q.bind(*n),
                 };
             }
@@ -615,6 +639,7 @@ async fn fetch(
                 q = match b {
                     Bound::Instant(t) => q.bind(*t),
                     Bound::Local(t) => q.bind(*t),
+                    Bound::Day(d) => q.bind(*d),
                     Bound::Integer(n) => q.bind(*n),
                 };
             }
@@ -623,7 +648,7 @@ async fn fetch(
         }
         #[cfg(feature = "odbc")]
         Db::Odbc(o) => {
-            use super::odbc::{Params, timestamp};
+            use super::odbc::{Params, date, timestamp};
             let params = match binds.first() {
                 None => Params::None,
                 Some(Bound::Integer(_)) => Params::Integers(
@@ -635,13 +660,24 @@ async fn fetch(
                         })
                         .collect(),
                 ),
+                Some(Bound::Day(_)) => Params::Dates(
+                    binds
+                        .iter()
+                        .map(|b| match b {
+                            Bound::Day(d) => date(*d),
+                            _ => unreachable!("bounds of one kind"),
+                        })
+                        .collect(),
+                ),
                 Some(_) => Params::Times(
                     binds
                         .iter()
                         .map(|b| match b {
                             Bound::Local(t) => timestamp(*t),
                             Bound::Instant(t) => timestamp(local(*t, zone)),
-                            Bound::Integer(_) => unreachable!("bounds of one kind"),
+                            Bound::Day(_) | Bound::Integer(_) => {
+                                unreachable!("bounds of one kind")
+                            }
                         })
                         .collect(),
                 ),
