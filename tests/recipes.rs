@@ -1111,10 +1111,7 @@ async fn cisco_ucce_legs_and_agent_states_arrive_once_through_odbc() {
         .join(";\n"),
     )
     .await;
-    let odbc = format!(
-        "odbc:Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=acd;Uid=test;",
-        db.port
-    );
+    let odbc = db.odbc_url();
     let (env, api, daemon) = run_recipe("cisco-ucce", &odbc, "Europe/Berlin").await;
     wait_for(LIMIT, "3 calls and 6 intervals", || api.record_count() >= 9).await;
     // A leg that reached the HDS late, ended before the last one read.
@@ -1270,10 +1267,7 @@ async fn avaya_cms_intervals_and_logins_arrive_once_through_odbc() {
         .join(";\n"),
     )
     .await;
-    let odbc = format!(
-        "odbc:Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=acd;Uid=test;",
-        db.port
-    );
+    let odbc = db.odbc_url();
     let (env, api, daemon) = run_recipe("avaya-cms", &odbc, "Europe/Berlin").await;
     wait_for(LIMIT, "8 calls and 2 sessions", || api.record_count() >= 10).await;
     // An interval of the day before the cursor's, archived late, and the open session ended.

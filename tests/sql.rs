@@ -634,10 +634,7 @@ async fn odbc_rows_arrive_once_through_the_postgresql_odbc_driver() {
     insert(1..=25, "2024-05-01 10:00:00").await;
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
-    let odbc = format!(
-        "odbc:Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=acd;Uid=test;",
-        pg.port
-    );
+    let odbc = pg.odbc_url();
     let config = env.write_config(&env.config_text(
         &api.url(),
         "",
@@ -679,10 +676,7 @@ async fn a_reload_that_cannot_stop_a_blocked_source_exits_non_zero() {
     .await
     .unwrap();
     let env = Env::new();
-    let odbc = format!(
-        "odbc:Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=acd;Uid=test;",
-        pg.port
-    );
+    let odbc = pg.odbc_url();
     // Every read of the query sleeps for a minute inside the driver.
     let source = sql_source(&env, &odbc, "timeout = \"120s\"")
         .replace("FROM calls", "FROM calls, (SELECT pg_sleep(60)) AS slow");

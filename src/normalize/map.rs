@@ -914,10 +914,10 @@ mod tests {
         assert_eq!(v["properties"]["duration"], 124.6);
     }
 
-    #[test]
-    fn an_interval_row_expands_inside_its_interval_with_its_totals() {
+    /// Interval rows: their start, queue, counts of offered and handled, and `duration`.
+    fn interval_mapping(duration: &str) -> Mapping {
         use ApiField::*;
-        let map = Mapping::new(
+        Mapping::new(
             Emits::ContactEvents,
             vec![
                 (Timestamp, FieldSource::Column("start".into())),
@@ -926,11 +926,16 @@ mod tests {
                 (Channel, FieldSource::Literal("calls".into())),
                 (Offered, FieldSource::Column("offered".into())),
                 (Handled, FieldSource::Column("handled".into())),
-                (Duration, FieldSource::Column("aht".into())),
+                (Duration, FieldSource::Column(duration.into())),
             ],
             TimeParser::utc_rfc3339(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn an_interval_row_expands_inside_its_interval_with_its_totals() {
+        let map = interval_mapping("aht");
         let expand = |duration| Expand {
             interval: IntervalLength::Fixed(std::time::Duration::from_secs(900)),
             duration,
@@ -998,26 +1003,12 @@ mod tests {
 
     #[test]
     fn an_interval_row_may_carry_its_own_length() {
-        use ApiField::*;
-        let map = Mapping::new(
-            Emits::ContactEvents,
-            vec![
-                (Timestamp, FieldSource::Column("start".into())),
-                (QueueName, FieldSource::Column("queue".into())),
-                (QueueIdentifier, FieldSource::Column("queue".into())),
-                (Channel, FieldSource::Literal("calls".into())),
-                (Offered, FieldSource::Column("offered".into())),
-                (Handled, FieldSource::Column("handled".into())),
-                (Duration, FieldSource::Column("handle".into())),
-            ],
-            TimeParser::utc_rfc3339(),
-        )
-        .unwrap()
-        .with_expand(Expand {
-            interval: IntervalLength::Column("intrvl".into()),
-            duration: ExpandDuration::Total,
-        })
-        .unwrap();
+        let map = interval_mapping("handle")
+            .with_expand(Expand {
+                interval: IntervalLength::Column("intrvl".into()),
+                duration: ExpandDuration::Total,
+            })
+            .unwrap();
         assert!(map.columns().contains(&"intrvl"));
         let row = |length: &'static str| {
             MapRow(HashMap::from([

@@ -143,6 +143,14 @@ impl Postgres {
         format!("postgres://test@127.0.0.1:{}/acd", self.port)
     }
 
+    /// The same database as an `odbc:` connection through the PostgreSQL ODBC driver.
+    pub fn odbc_url(&self) -> String {
+        format!(
+            "odbc:Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={};Database=acd;Uid=test;",
+            self.port
+        )
+    }
+
     /// Stops the server (fast shutdown: connections are cut).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
