@@ -23,6 +23,8 @@ pub struct Recipe {
     pub name: &'static str,
     /// What it reads, in one line.
     pub reads: &'static str,
+    /// What its connection file holds, as an example (empty for recipes that read files).
+    connection: &'static str,
     template: &'static str,
 }
 
@@ -31,51 +33,61 @@ pub const RECIPES: &[Recipe] = &[
     Recipe {
         name: "3cx",
         reads: "3CX V18 (and V20 before Update 6) queues: callcent_queuecalls, callcent_ag_queuestatus",
+        connection: "postgres://injixo:PASSWORD@3cx-host:5480/database_single",
         template: include_str!("recipes/3cx.toml"),
     },
     Recipe {
         name: "3cx-v20u6",
         reads: "3CX V20 Update 6 and later: cdroutput (queue passages, answered by an extension)",
+        connection: "postgres://injixo:PASSWORD@3cx-host:5480/database_single",
         template: include_str!("recipes/3cx-v20u6.toml"),
     },
     Recipe {
         name: "asterisk-queue-log",
         reads: "Asterisk/FreePBX queues: the queue_log file (calls per queue, agent logins, pauses, calls)",
+        connection: "",
         template: include_str!("recipes/asterisk-queue-log.toml"),
     },
     Recipe {
         name: "asterisk-realtime",
         reads: "Asterisk/FreePBX queues: the realtime queue_log table in MySQL/MariaDB",
+        connection: "mysql://injixo:PASSWORD@pbx-db/asterisk",
         template: include_str!("recipes/asterisk-realtime.toml"),
     },
     Recipe {
         name: "asterisk-cdr",
         reads: "Asterisk call detail records: cdr_csv's Master.csv, one record per call leg",
+        connection: "",
         template: include_str!("recipes/asterisk-cdr.toml"),
     },
     Recipe {
         name: "avaya-cms",
         reads: "Avaya CMS over ODBC (Informix): hsplit (calls per split/skill and interval, expanded), haglog (agent logins)",
+        connection: "odbc:Driver={IBM INFORMIX ODBC DRIVER};Host=CMS_HOST;Server=cms_net;Service=50001;Protocol=onsoctcp;Database=cms;UID=injixo;PWD=PASSWORD",
         template: include_str!("recipes/avaya-cms.toml"),
     },
     Recipe {
         name: "cisco-ucce",
         reads: "Cisco UCCE/ICM HDS over ODBC (SQL Server): Termination_Call_Detail (skill group legs), Agent_State_Trace",
+        connection: "odbc:Driver={ODBC Driver 18 for SQL Server};Server=HDS_HOST;Database=INSTANCE_hds;UID=injixo;PWD=PASSWORD",
         template: include_str!("recipes/cisco-ucce.toml"),
     },
     Recipe {
         name: "genesys-infomart",
         reads: "Genesys Engage Info Mart (PostgreSQL): MEDIATION_SEGMENT_FACT (queue segments), SM_MEDIA_NEUTRAL_STATE_FACT (agent states)",
+        connection: "postgres://injixo:PASSWORD@infomart-db/infomart",
         template: include_str!("recipes/genesys-infomart.toml"),
     },
     Recipe {
         name: "issabel-callcenter",
         reads: "Issabel/Elastix call center module: call_entry (queue calls), audit (sessions, breaks)",
+        connection: "mysql://injixo:PASSWORD@issabel-host/call_center",
         template: include_str!("recipes/issabel-callcenter.toml"),
     },
     Recipe {
         name: "vicidial",
         reads: "VICIdial: vicidial_closer_log (inbound calls per in-group), vicidial_agent_log (agent time)",
+        connection: "mysql://injixo:PASSWORD@vicidial-db/asterisk",
         template: include_str!("recipes/vicidial.toml"),
     },
 ];
@@ -167,13 +179,20 @@ pub fn render(recipe: &Recipe, site: &Site) -> anyhow::Result<String> {
             },
             "@connection" => match &site.connection_file {
                 Some(path) => {
-                    let _ = writeln!(out, "connection_file = {}", toml_str(&path.display().to_string()));
+                    let _ = writeln!(
+                        out,
+                        "connection_file = {}",
+                        toml_str(&path.display().to_string())
+                    );
                 }
-                None => out.push_str(
-                    "# TODO: a file only the service user may read, holding the database's URL, e.g.\n\
-                     # mysql://injixo:PASSWORD@acd-db/asterisk or postgres://injixo:PASSWORD@acd-db/db\n\
-                     connection_file = \"/etc/injixo-sync/acd-db.url\"\n",
-                ),
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "# TODO: a file only the service user may read, holding the database's \
+                         connection, e.g.\n# {}\nconnection_file = \"/etc/injixo-sync/acd-db.url\"",
+                        recipe.connection
+                    );
+                }
             },
             "@timezone" => match &site.timezone {
                 Some(name) => {
@@ -254,6 +273,12 @@ mod tests {
                 connection_file: Some(url.clone()),
                 since: Some("2024-05-01".into()),
             };
+            assert_eq!(
+                r.template.contains("@connection"),
+                !r.connection.is_empty(),
+                "{}: a recipe that reads a database gives an example of its connection",
+                r.name
+            );
             let text = render(r, &site).unwrap();
             for mark in ["@integration_id", "@connection", "@timezone", "@since"] {
                 assert!(!text.contains(mark), "{}: {mark} is left: {text}", r.name);
@@ -295,6 +320,12 @@ mod tests {
         let text = render(recipe("issabel-callcenter").unwrap(), &Site::default()).unwrap();
         assert!(text.contains("# TODO: the configuration id"));
         assert!(text.contains("# TODO: a file only the service user may read"));
+        assert!(text.contains("# mysql://injixo:PASSWORD@issabel-host/call_center\n"));
+        let avaya = render(recipe("avaya-cms").unwrap(), &Site::default()).unwrap();
+        assert!(
+            avaya.contains("# odbc:Driver={IBM INFORMIX ODBC DRIVER};"),
+            "{avaya}"
+        );
         assert!(text.contains("# TODO: the zone the ACD writes its local times in"));
         assert!(text.contains("start reading at"));
         assert!(recipe("avaya").is_err());
