@@ -396,8 +396,9 @@ fn records_are_kept_longer_than_a_poller_reads_rows_again() {
     let err = Config::parse(&sql("1d", "1d"), Path::new("f.toml")).unwrap_err();
     assert!(
         err.to_string().contains(
-            "f.toml:6: state.keep_sent: 1day is shorter than source \"cms\" reads rows again \
-             (overlap 1day and lag 1h, and ten minutes)"
+            "f.toml:6: state.keep_sent: 1day must be longer than source \"cms\" reads rows \
+             again (overlap 1day + lag 1h + 10m), as rows read again are recognised only while \
+             their records are kept: set it to at least 2days 1h 10m"
         ),
         "{err}"
     );
@@ -406,7 +407,7 @@ fn records_are_kept_longer_than_a_poller_reads_rows_again() {
         close
             .warnings
             .iter()
-            .any(|w| w.contains("if its cursor column is a DATE")),
+            .any(|w| w.contains("with a DATE column, rows committed late")),
         "{:?}",
         close.warnings
     );

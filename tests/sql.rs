@@ -217,6 +217,68 @@ async fn a_date_cursor_reads_the_last_day_again_in_the_sources_zone() {
     );
 }
 
+/// Rows read again are recognised by their keys only while records are kept (`keep_sent`): a
+/// table whose cursor has not moved for nearly that long (no new rows) is no longer read
+/// behind its cursor, so its last rows are not sent a second time once their records are
+/// pruned. Here `keep_sent` is as short as the look-back allows (ten minutes, no overlap or
+/// lag): the polls after the first read nothing again. With the default, each poll reads the
+/// cursor's own rows again and recognises them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_table_is_not_read_again_past_the_time_records_are_kept() {
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
+         started timestamptz NOT NULL, updated_at timestamptz NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Rows of an hour and of half an hour ago.
+    let ago = |minutes: i64| {
+        // Microseconds, which the cursor keeps to the millisecond.
+        let at = jiff::Timestamp::now().as_second() - minutes * 60;
+        format!(
+            "{}",
+            jiff::Timestamp::from_microsecond(at * 1_000_000 + 123_456).unwrap()
+        )
+    };
+    insert_pg(&pool, 1..=3, &ago(60)).await;
+    insert_pg(&pool, 4..=5, &ago(30)).await;
+    for (keep, read_again) in [("10m", false), ("14d", true)] {
+        let env = Env::new();
+        let api = FakeApi::start(KEY).await.unwrap();
+        let (text, port) = listening(&env.config_text(
+            &api.url(),
+            "",
+            &sql_source(&env, &pg.url(), "overlap = \"0s\""),
+        ));
+        let text = text.replacen("[state]\n", &format!("[state]\nkeep_sent = {keep:?}\n"), 1);
+        let daemon = Daemon::start(env.write_config(&text));
+        wait_for(Duration::from_secs(30), "5 records", || {
+            api.record_count() >= 5
+        })
+        .await;
+        more_scans(port, "acd-db", 3).await;
+        let repeats = metric(
+            port,
+            "injixo_sync_source_duplicates_total{source=\"acd-db\"}",
+        )
+        .await
+        .unwrap_or_default();
+        settled(&env).await;
+        daemon.stop().await;
+        assert_arrived_once(&api, 1..=5);
+        assert_eq!(
+            repeats > 0,
+            read_again,
+            "keep_sent {keep}: {repeats} rows recognised as read again"
+        );
+    }
+}
+
 /// `check` connects to each sql source's database and to the API, and names the source whose
 /// database does not answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,7 +232,8 @@ impl Config {
             .map(|(i, s)| (i, s.name.clone().unwrap_or_default()))
             .collect();
         let sources = v.sources(raw.sources, &state.path);
-        v.keys_outlive_reads(&state, &sources);
+        let mut sources = sources;
+        v.keys_outlive_reads(&state, &mut sources);
         if listen.is_none() {
             for (i, name) in webhooks {
                 v.problem(
@@ -274,46 +275,52 @@ impl Config {
 
 impl Validator<'_> {
     /// A `sql` source reads rows again for `overlap` behind its cursor, which trails now by
-    /// `lag` (and, for a `DATE` column, by up to a day): a row read again after its dedupe key
-    /// was dropped (`state.keep_sent`) would be sent twice. Shorter than `overlap` and `lag`
-    /// with ten minutes for ties and slow polls is refused; shorter than that plus a day is
-    /// warned about.
-    fn keys_outlive_reads(&mut self, state: &daemon::StateConfig, sources: &[SourceConfig]) {
+    /// `lag`; a `DATE` cursor reads whole days, the cursor's and `overlap` rounded up to days
+    /// before it. Rows read again are recognised by their keys while records are kept
+    /// (`state.keep_sent`), and a poll never reads back further than that (the source learns
+    /// `keep_sent` here). So `keep_sent` shorter than `overlap` and `lag` with ten minutes
+    /// would cut the look-back short (late rows not read) and is refused; shorter than a
+    /// `DATE` cursor's look-back is warned about, as the column's type is known only to the
+    /// database.
+    fn keys_outlive_reads(&mut self, state: &daemon::StateConfig, sources: &mut [SourceConfig]) {
         const MARGIN: Duration = Duration::from_secs(600);
         const DAY: Duration = Duration::from_secs(86_400);
         let human = |d: Duration| humantime::format_duration(d).to_string();
         for s in sources {
-            let SourceKind::Sql(sql) = &s.kind else {
+            let SourceKind::Sql(sql) = &mut s.kind else {
                 continue;
             };
+            sql.keys_kept = state.keep_sent;
             if sql.cursor_column.is_none() {
                 continue;
             }
-            let reread = sql.overlap + sql.lag;
-            if state.keep_sent < reread + MARGIN {
+            let reread = sql.overlap + sql.lag + MARGIN;
+            let days = sql.overlap.as_secs().div_ceil(DAY.as_secs()) as u32;
+            let reread_days = DAY * (days + 1) + sql.lag + MARGIN;
+            let said = format!(
+                "source {:?} reads rows again (overlap {} + lag {} + 10m",
+                s.name.as_str(),
+                human(sql.overlap),
+                human(sql.lag)
+            );
+            if state.keep_sent < reread {
                 self.problem(
                     &[Seg::Key("state"), Seg::Key("keep_sent")],
                     "state.keep_sent",
                     format!(
-                        "{} is shorter than source {:?} reads rows again (overlap {} and lag {}, \
-                         and ten minutes): a row read again after its key is dropped would be \
-                         sent twice; keep records at least {}",
+                        "{} must be longer than {said}), as rows read again are recognised only \
+                         while their records are kept: set it to at least {}",
                         human(state.keep_sent),
-                        s.name.as_str(),
-                        human(sql.overlap),
-                        human(sql.lag),
-                        human(reread + DAY),
+                        human(reread_days),
                     ),
                 );
-            } else if state.keep_sent < reread + DAY {
+            } else if state.keep_sent < reread_days {
                 self.warnings.push(format!(
-                    "state.keep_sent ({}) is less than a day longer than source {:?} reads rows \
-                     again (overlap {} and lag {}): if its cursor column is a DATE, rows of the \
-                     last day read again after their keys are dropped would be sent twice",
+                    "state.keep_sent ({}) is shorter than {said}, and with a DATE cursor column a \
+                     whole day more): with a DATE column, rows committed late into the oldest \
+                     day would not be read; set it to at least {}",
                     human(state.keep_sent),
-                    s.name.as_str(),
-                    human(sql.overlap),
-                    human(sql.lag),
+                    human(reread_days),
                 ));
             }
         }

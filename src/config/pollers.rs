@@ -44,6 +44,9 @@ pub struct SqlConfig {
     pub overlap: Duration,
     /// Every poll returns all agents' current states (`snapshot = true`).
     pub snapshot: bool,
+    /// How long records, and so the keys that recognise rows read again, are kept
+    /// (`state.keep_sent`): a poll never reads back further than that.
+    pub keys_kept: Duration,
     /// How timestamps without a zone in the database are read.
     pub zone: jiff::tz::TimeZone,
     pub timeout: Duration,
@@ -488,6 +491,8 @@ impl Validator<'_> {
             lag,
             overlap,
             snapshot,
+            // Set from `state.keep_sent` once the sources are read.
+            keys_kept: Duration::MAX,
             zone,
             timeout,
             rows,

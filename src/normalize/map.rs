@@ -278,8 +278,8 @@ impl IntervalLength {
         };
         let Some(raw) = row.get(column) else {
             return Err(error(format!(
-                "has no value: a row with contacts needs its interval's length (is `{column}` \
-                 a column of the rows?)"
+                "has no value (NULL, or `{column}` is not a column of the rows): a row with \
+                 contacts needs its interval's length"
             )));
         };
         let text = raw.trim();
@@ -1050,7 +1050,11 @@ mod tests {
         let mut without = row("30");
         without.0.remove("intrvl");
         let err = map.apply_all(&without).unwrap_err();
-        assert!(err.to_string().contains("is `intrvl` a column"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`intrvl` is not a column of the rows"),
+            "{err}"
+        );
         // An interval without contacts needs no length.
         let mut quiet = row("");
         quiet.0.insert("offered", "0");

@@ -34,6 +34,9 @@ pub struct PollCursor {
     pub value: Option<String>,
     /// When the last complete poll started (Unix ms).
     pub last_poll_ms: Option<i64>,
+    /// When `value` last changed (Unix ms); `None` before the first page moved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_ms: Option<i64>,
 }
 
 /// Why a poll failed.
@@ -331,6 +334,11 @@ impl Sink<'_> {
         self.cursor.value.as_deref()
     }
 
+    /// When the committed cursor value last changed (Unix ms), if a page has moved it.
+    pub fn cursor_moved_ms(&self) -> Option<i64> {
+        self.cursor.moved_ms
+    }
+
     /// Whether another page is wanted (`preview` takes one).
     pub fn wants_more(&self) -> bool {
         self.pages_left != Some(0)
@@ -393,8 +401,9 @@ impl Sink<'_> {
             );
         }
         let mut after = self.cursor.clone();
-        if next.is_some() {
+        if next.is_some() && next != after.value {
             after.value = next;
+            after.moved_ms = Some(jiff::Timestamp::now().as_millisecond());
         }
         let done = self
             .commit_with_cursor(

@@ -16,6 +16,13 @@
 //!   and the next page starts strictly after it: no tie is ever lost, however many.
 //! * **Late rows**: each poll starts `overlap` before the cursor, so a row committed late with
 //!   an older timestamp is still found.
+//! * **The cursor** committed with a page is the newest value whose rows have all been read,
+//!   and never one before the cursor the poll started from: every row at or before it was
+//!   read, and a poll cut short leaves it where it was.
+//! * **Kept keys**: rows read again are recognised by their keys as long as records are kept
+//!   (`state.keep_sent`). When a cursor has not moved for nearly that long (a table without
+//!   new rows), its look-back is no longer read, only rows after it: a quiet table does not
+//!   send its last rows again once their keys are gone.
 //! * **Lag**: rows younger than `lag` are left for a later poll (`$until` = now - lag).
 //! * **Types**: the cursor column's type is read from the database (`describe`): a time
 //!   with a zone, a time without one (read in the source's `timezone`), or an integer. Values
@@ -336,11 +343,12 @@ impl SqlPoller {
         let until = now - chrono::Duration::from_std(self.cfg.lag).unwrap_or_default();
         let zone = &self.cfg.zone;
         let start = sink.cursor().unwrap_or_default().to_owned();
-        let mut lower = parse_bound(kind, &start, zone).map_err(|e| {
+        let cursor = parse_bound(kind, &start, zone).map_err(|e| {
             PollError::Remote(format!(
                 "the cursor {start:?} does not fit the column {column}: {e}"
             ))
         })?;
+        let mut lower = cursor.clone();
         let overlap = chrono::Duration::from_std(self.cfg.overlap).unwrap_or_default();
         match &mut lower {
             Bound::Instant(t) => *t -= overlap,
@@ -357,6 +365,35 @@ impl SqlPoller {
             CursorKind::Integer => None,
         };
         let mut strict = false;
+        // Rows read again are recognised by their keys as long as records are kept
+        // (`keep_sent`). A table that has had no new rows for nearly that long (its cursor has
+        // not moved) would have its look-back read again after those keys are gone, and its
+        // last rows sent twice: then only rows after the cursor are read. Every row at or
+        // before a committed cursor has been read (see the pages below); the initial
+        // cursor's own rows have not.
+        let first_read = self.cfg.initial_cursor.as_deref() == Some(start.as_str());
+        if !first_read
+            && let Some(moved) = sink.cursor_moved_ms()
+            && quiet(
+                kind,
+                now.timestamp_millis() - moved,
+                self.cfg.keys_kept,
+                self.cfg.overlap + self.cfg.lag,
+            )
+        {
+            lower = just_past(&cursor);
+        }
+        // The cursor committed with a page: never one before the cursor this poll started
+        // from (its look-back reads earlier rows again), so a poll cut short between pages
+        // leaves the cursor where it was, not further back.
+        let advance = |text: &str| -> Result<Option<String>, PollError> {
+            let at = parse_bound(kind, text, zone).map_err(|e| {
+                PollError::Remote(format!(
+                    "the value {text:?} of {column} cannot be a cursor: {e}"
+                ))
+            })?;
+            Ok(earlier(&cursor, &at).then(|| text.to_owned()))
+        };
         let page = self.cfg.page_size as usize;
         loop {
             let (p1, p2) = placeholders(&db);
@@ -381,7 +418,8 @@ impl SqlPoller {
             };
             let last_text = value_text(&last);
             if !full {
-                sink.page(origins(rows, &column), Some(last_text)).await?;
+                let next = advance(&last_text)?;
+                sink.page(origins(rows, &column), next).await?;
                 return Ok(());
             }
             if first.as_ref() == Some(&last) {
@@ -394,7 +432,8 @@ impl SqlPoller {
                     fetch(&db, &tie_sql, std::slice::from_ref(&tie), zone),
                 )
                 .await?;
-                sink.page(origins(ties, &column), Some(last_text)).await?;
+                let next = advance(&last_text)?;
+                sink.page(origins(ties, &column), next).await?;
                 lower = tie;
                 strict = true;
                 if !sink.wants_more() {
@@ -402,12 +441,19 @@ impl SqlPoller {
                 }
             } else {
                 // Rows before the last value are complete; the last value's rows come again.
+                // The cursor is the newest complete value, so that every row at or before a
+                // committed cursor has been read.
                 let before: Vec<_> = rows
                     .into_iter()
                     .filter(|r| r.get(&column) != Some(&last))
                     .collect();
-                sink.page(origins(before, &column), Some(last_text.clone()))
-                    .await?;
+                let complete = before
+                    .last()
+                    .and_then(|r| r.get(&column))
+                    .map(value_text)
+                    .unwrap_or_default();
+                let next = advance(&complete)?;
+                sink.page(origins(before, &column), next).await?;
                 lower = parse_bound(kind, &last_text, zone).map_err(PollError::Remote)?;
                 strict = false;
                 if !sink.wants_more() {
@@ -510,6 +556,42 @@ fn local(t: DateTime<Utc>, zone: &jiff::tz::TimeZone) -> NaiveDateTime {
     let ts = jiff::Timestamp::from_millisecond(t.timestamp_millis()).unwrap_or_default();
     let offset = zone.to_offset(ts).seconds();
     t.naive_utc() + chrono::Duration::seconds(offset as i64)
+}
+
+/// Whether `a` is before `b` (bounds of one kind; others are never before each other).
+fn earlier(a: &Bound, b: &Bound) -> bool {
+    match (a, b) {
+        (Bound::Instant(a), Bound::Instant(b)) => a < b,
+        (Bound::Local(a), Bound::Local(b)) => a < b,
+        (Bound::Day(a), Bound::Day(b)) => a < b,
+        (Bound::Integer(a), Bound::Integer(b)) => a < b,
+        _ => false,
+    }
+}
+
+/// Whether a cursor that has not moved for `quiet_ms` has rows in its look-back (`reread`:
+/// overlap and lag, whole days more for a `DATE`) whose keys may be gone: records, and their
+/// keys, are kept `kept` after they were read, and ten minutes allow for slow polls.
+fn quiet(kind: CursorKind, quiet_ms: i64, kept: Duration, reread: Duration) -> bool {
+    const MARGIN: Duration = Duration::from_secs(600);
+    const DAY: u64 = 86_400;
+    let reread = match kind {
+        CursorKind::Day => Duration::from_secs((reread.as_secs().div_ceil(DAY) + 1) * DAY),
+        _ => reread,
+    };
+    let within = kept.saturating_sub(reread + MARGIN);
+    quiet_ms >= 0 && quiet_ms as u128 >= within.as_millis()
+}
+
+/// The first bound after every value `cursor` stands for: times are kept to the millisecond,
+/// so a row at .123456 belongs to the cursor .123.
+fn just_past(cursor: &Bound) -> Bound {
+    match cursor {
+        Bound::Instant(t) => Bound::Instant(*t + chrono::Duration::milliseconds(1)),
+        Bound::Local(t) => Bound::Local(*t + chrono::Duration::milliseconds(1)),
+        Bound::Day(d) => Bound::Day(d.succ_opt().unwrap_or(*d)),
+        Bound::Integer(n) => Bound::Integer(n.saturating_add(1)),
+    }
 }
 
 /// A cursor text as a bound of the column's kind.
@@ -891,7 +973,35 @@ fn my_row(
 
 #[cfg(test)]
 mod tests {
-    use super::{Style, numeric_from_binary, paged, quote};
+    use super::{Bound, CursorKind, Style, just_past, numeric_from_binary, paged, quiet, quote};
+    use std::time::Duration;
+
+    #[test]
+    fn a_cursor_is_quiet_once_its_look_back_may_outlive_the_keys() {
+        let (h, d) = (3_600_000_i64, 86_400_000_i64);
+        let kept = Duration::from_secs(14 * 86_400);
+        let reread = Duration::from_secs(7_200);
+        // 14 days less 2 hours of look-back and 10 minutes of margin.
+        let within = 14 * d - 2 * h - 600_000;
+        assert!(!quiet(CursorKind::Instant, within - 1, kept, reread));
+        assert!(quiet(CursorKind::Instant, within, kept, reread));
+        // A day reads whole days: 2 hours are a day, and the cursor's own day one more.
+        let within = 14 * d - 2 * d - 600_000;
+        assert!(!quiet(CursorKind::Day, within - 1, kept, reread));
+        assert!(quiet(CursorKind::Day, within, kept, reread));
+        // A clock that went back is not quiet.
+        assert!(!quiet(
+            CursorKind::Integer,
+            -1,
+            Duration::ZERO,
+            Duration::ZERO
+        ));
+        let day = chrono::NaiveDate::from_ymd_opt(2024, 5, 1).unwrap();
+        assert!(
+            matches!(just_past(&Bound::Day(day)), Bound::Day(d) if d == day.succ_opt().unwrap())
+        );
+        assert!(matches!(just_past(&Bound::Integer(7)), Bound::Integer(8)));
+    }
 
     #[test]
     fn a_page_is_limited_and_the_cursor_named_as_each_database_says_it() {
