@@ -196,14 +196,7 @@ async fn every_acknowledged_record_arrives_whatever_operators_do_around_the_daem
     let Some(pg) = Postgres::start() else {
         return;
     };
-    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
-         started timestamptz NOT NULL, updated_at timestamptz NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = pg.calls("timestamptz").await;
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();
     // Some pushed records are refused by the API: dead letters, for `dead retry` at the end.

@@ -53,14 +53,7 @@ async fn postgres_rows_arrive_once_through_ties_late_commits_and_a_restart() {
     let Some(mut pg) = Postgres::start() else {
         return;
     };
-    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
-         started timestamptz NOT NULL, updated_at timestamptz NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = pg.calls("timestamptz").await;
     // 25 rows with one timestamp: more ties than a page holds, across two page boundaries.
     insert_pg(&pool, 1..=25, "2024-05-01T08:00:00Z").await;
     // Then 12 rows, two per second.
@@ -228,14 +221,7 @@ async fn a_quiet_table_is_not_read_again_past_the_time_records_are_kept() {
     let Some(pg) = Postgres::start() else {
         return;
     };
-    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
-         started timestamptz NOT NULL, updated_at timestamptz NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = pg.calls("timestamptz").await;
     // Rows of an hour and of half an hour ago.
     let ago = |minutes: i64| {
         // Microseconds, which the cursor keeps to the millisecond.
@@ -337,14 +323,7 @@ async fn check_reaches_the_database_and_names_one_that_does_not_answer() {
     assert!(out.contains("next attempt at"), "{out}");
     assert!(!out.contains("hunter2"), "{out}");
     // The database is back at its address: the problem ends, and its rows are read.
-    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
-         started timestamptz NOT NULL, updated_at timestamptz NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = pg.calls("timestamptz").await;
     insert_pg(&pool, 1..=2, "2024-05-01T08:00:00Z").await;
     std::fs::write(env.dir.path().join("db-url"), pg.url()).unwrap();
     wait_for(Duration::from_secs(60), "2 records", || {
@@ -670,14 +649,7 @@ async fn odbc_rows_arrive_once_through_the_postgresql_odbc_driver() {
     let Some(pg) = Postgres::start() else {
         return;
     };
-    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
-         started timestamp NOT NULL, updated_at timestamp NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = pg.calls("timestamp").await;
     let insert = |ids: std::ops::RangeInclusive<i64>, at: &'static str| {
         let pool = pool.clone();
         async move {
@@ -729,14 +701,7 @@ async fn a_reload_that_cannot_stop_a_blocked_source_exits_non_zero() {
     let Some(pg) = Postgres::start() else {
         return;
     };
-    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
-         started timestamp NOT NULL, updated_at timestamp NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = pg.calls("timestamp").await;
     let env = Env::new();
     let odbc = pg.odbc_url();
     // Every read of the query sleeps for a minute inside the driver.
@@ -921,14 +886,7 @@ async fn preview_shows_the_first_page_of_rows_and_writes_nothing() {
     let Some(pg) = Postgres::start() else {
         return;
     };
-    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
-         started timestamptz NOT NULL, updated_at timestamptz NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let pool = pg.calls("timestamptz").await;
     insert_pg(&pool, 1..=5, "2024-05-01T08:00:00Z").await;
     let env = Env::new();
     let api = FakeApi::start(KEY).await.unwrap();

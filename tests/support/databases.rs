@@ -143,6 +143,20 @@ impl Postgres {
         format!("postgres://test@127.0.0.1:{}/acd", self.port)
     }
 
+    /// A pool on the database with the `calls` table the `sql` tests read (`id`, `queue`,
+    /// `started`, `updated_at`), its times of type `time` (`timestamptz` or `timestamp`).
+    pub async fn calls(&self, time: &str) -> sqlx::PgPool {
+        let pool = sqlx::PgPool::connect(&self.url()).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE calls (id bigint PRIMARY KEY, queue text NOT NULL, \
+             started {time} NOT NULL, updated_at {time} NOT NULL)"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool
+    }
+
     /// The same database as an `odbc:` connection through the PostgreSQL ODBC driver.
     pub fn odbc_url(&self) -> String {
         format!(
