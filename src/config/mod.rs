@@ -231,8 +231,7 @@ impl Config {
             .filter(|(_, s)| s.kind.as_deref() == Some("webhook"))
             .map(|(i, s)| (i, s.name.clone().unwrap_or_default()))
             .collect();
-        let sources = v.sources(raw.sources, &state.path);
-        let mut sources = sources;
+        let mut sources = v.sources(raw.sources, &state.path);
         v.keys_outlive_reads(&state, &mut sources);
         if listen.is_none() {
             for (i, name) in webhooks {
@@ -277,11 +276,11 @@ impl Validator<'_> {
     /// A `sql` source reads rows again for `overlap` behind its cursor, which trails now by
     /// `lag`; a `DATE` cursor reads whole days, the cursor's and `overlap` rounded up to days
     /// before it. Rows read again are recognised by their keys while records are kept
-    /// (`state.keep_sent`), and a poll never reads back further than that (the source learns
-    /// `keep_sent` here). So `keep_sent` shorter than `overlap` and `lag` with ten minutes
-    /// would cut the look-back short (late rows not read) and is refused; shorter than a
-    /// `DATE` cursor's look-back is warned about, as the column's type is known only to the
-    /// database.
+    /// (`state.keep_sent`, which each source learns here), and a cursor that has not moved for
+    /// nearly that long reads only after itself. So `keep_sent` shorter than `overlap` and
+    /// `lag` with ten minutes would stop the look-back of any cursor that has not just moved
+    /// (late rows not read) and is refused; shorter than a `DATE` cursor's look-back is
+    /// warned about, as the column's type is known only to the database.
     fn keys_outlive_reads(&mut self, state: &daemon::StateConfig, sources: &mut [SourceConfig]) {
         const MARGIN: Duration = Duration::from_secs(600);
         const DAY: Duration = Duration::from_secs(86_400);

@@ -45,7 +45,8 @@ pub struct SqlConfig {
     /// Every poll returns all agents' current states (`snapshot = true`).
     pub snapshot: bool,
     /// How long records, and so the keys that recognise rows read again, are kept
-    /// (`state.keep_sent`): a poll never reads back further than that.
+    /// (`state.keep_sent`): a cursor that has not moved for nearly that long reads only after
+    /// itself.
     pub keys_kept: Duration,
     /// How timestamps without a zone in the database are read.
     pub zone: jiff::tz::TimeZone,
