@@ -401,9 +401,12 @@ impl Sink<'_> {
             );
         }
         let mut after = self.cursor.clone();
-        if next.is_some() && next != after.value {
-            after.value = next;
+        // A cursor stored before `moved_ms` was kept counts from its first commit now.
+        if (next.is_some() && next != after.value) || after.moved_ms.is_none() {
             after.moved_ms = Some(jiff::Timestamp::now().as_millisecond());
+        }
+        if next.is_some() {
+            after.value = next;
         }
         let done = self
             .commit_with_cursor(

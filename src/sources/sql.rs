@@ -364,19 +364,20 @@ impl SqlPoller {
             CursorKind::Day => Some(Bound::Day(local(until, zone).date())),
             CursorKind::Integer => None,
         };
-        let mut strict = false;
         // Rows read again are recognised by their keys as long as records are kept
         // (`keep_sent`). A table that has had no new rows for nearly that long (its cursor has
         // not moved) would have its look-back read again after those keys are gone, and its
         // last rows sent twice: then only rows after the cursor are read. Every row at or
         // before a committed cursor has been read (see the pages below); the initial
         // cursor's own rows have not.
-        let first_read = self.cfg.initial_cursor.as_deref() == Some(start.as_str());
+        // A day's rows go on arriving until it ends: a `DATE` cursor is quiet from then.
+        let first_read = self.cfg.initial_cursor.as_deref() == Some(start.as_str())
+            && sink.cursor_moved_ms().is_none();
         if !first_read
             && let Some(moved) = sink.cursor_moved_ms()
             && quiet(
                 kind,
-                now.timestamp_millis() - moved,
+                now.timestamp_millis() - moved.max(day_end_ms(&cursor, zone)),
                 self.cfg.keys_kept,
                 self.cfg.overlap + self.cfg.lag,
             )
@@ -397,11 +398,7 @@ impl SqlPoller {
         let page = self.cfg.page_size as usize;
         loop {
             let (p1, p2) = placeholders(&db);
-            let mut sql = format!(
-                "{} WHERE {quoted} {} {p1}",
-                paged.head,
-                if strict { ">" } else { ">=" }
-            );
+            let mut sql = format!("{} WHERE {quoted} >= {p1}", paged.head);
             let mut binds = vec![lower.clone()];
             if let Some(u) = &upper {
                 sql.push_str(&format!(" AND {quoted} <= {p2}"));
@@ -423,19 +420,24 @@ impl SqlPoller {
                 return Ok(());
             }
             if first.as_ref() == Some(&last) {
-                // A whole page of one value: read all of its ties, then go past it.
-                let (p1, _) = placeholders(&db);
-                let tie_sql = format!("{base} WHERE {quoted} = {p1}");
+                // A whole page of one value: read all of its ties, then go past it. Times are
+                // kept to the millisecond, so a value's ties are the rows of its millisecond.
+                let (p1, p2) = placeholders(&db);
                 let tie = parse_bound(kind, &last_text, zone).map_err(PollError::Remote)?;
-                let ties = remote(
-                    within,
-                    fetch(&db, &tie_sql, std::slice::from_ref(&tie), zone),
-                )
-                .await?;
+                let past = just_past(&tie);
+                let (tie_sql, binds) = match kind {
+                    CursorKind::Instant | CursorKind::Local => (
+                        format!("{base} WHERE {quoted} >= {p1} AND {quoted} < {p2}"),
+                        vec![tie, past.clone()],
+                    ),
+                    CursorKind::Day | CursorKind::Integer => {
+                        (format!("{base} WHERE {quoted} = {p1}"), vec![tie])
+                    }
+                };
+                let ties = remote(within, fetch(&db, &tie_sql, &binds, zone)).await?;
                 let next = advance(&last_text)?;
                 sink.page(origins(ties, &column), next).await?;
-                lower = tie;
-                strict = true;
+                lower = past;
                 if !sink.wants_more() {
                     return Ok(());
                 }
@@ -455,7 +457,6 @@ impl SqlPoller {
                 let next = advance(&complete)?;
                 sink.page(origins(before, &column), next).await?;
                 lower = parse_bound(kind, &last_text, zone).map_err(PollError::Remote)?;
-                strict = false;
                 if !sink.wants_more() {
                     return Ok(());
                 }
@@ -581,6 +582,26 @@ fn quiet(kind: CursorKind, quiet_ms: i64, kept: Duration, reread: Duration) -> b
     };
     let within = kept.saturating_sub(reread + MARGIN);
     quiet_ms >= 0 && quiet_ms as u128 >= within.as_millis()
+}
+
+/// When a `DATE` cursor's day ends in `zone` (Unix ms); other cursors: never later than any
+/// time (`i64::MIN`).
+fn day_end_ms(cursor: &Bound, zone: &jiff::tz::TimeZone) -> i64 {
+    use chrono::Datelike;
+    let Bound::Day(d) = cursor else {
+        return i64::MIN;
+    };
+    let Some(next) = d.succ_opt() else {
+        return i64::MAX;
+    };
+    jiff::civil::Date::new(next.year() as i16, next.month() as i8, next.day() as i8)
+        .ok()
+        .and_then(|day| {
+            zone.to_ambiguous_timestamp(day.to_datetime(jiff::civil::Time::midnight()))
+                .compatible()
+                .ok()
+        })
+        .map_or(i64::MAX, |t| t.as_millisecond())
 }
 
 /// The first bound after every value `cursor` stands for: times are kept to the millisecond,
@@ -973,7 +994,9 @@ fn my_row(
 
 #[cfg(test)]
 mod tests {
-    use super::{Bound, CursorKind, Style, just_past, numeric_from_binary, paged, quiet, quote};
+    use super::{
+        Bound, CursorKind, Style, day_end_ms, just_past, numeric_from_binary, paged, quiet, quote,
+    };
     use std::time::Duration;
 
     #[test]
@@ -1001,6 +1024,16 @@ mod tests {
             matches!(just_past(&Bound::Day(day)), Bound::Day(d) if d == day.succ_opt().unwrap())
         );
         assert!(matches!(just_past(&Bound::Integer(7)), Bound::Integer(8)));
+        // A day is quiet from its end, in the source's zone: rows of it arrive until then.
+        let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+        assert_eq!(
+            day_end_ms(&Bound::Day(day), &berlin),
+            jiff::Timestamp::from_second(1_714_600_800)
+                .unwrap()
+                .as_millisecond(),
+            "2024-05-02T00:00+02:00"
+        );
+        assert_eq!(day_end_ms(&Bound::Integer(7), &berlin), i64::MIN);
     }
 
     #[test]
