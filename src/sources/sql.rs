@@ -337,8 +337,9 @@ impl SqlPoller {
                 k
             }
         };
-        let quoted = quote(style(&db), &column);
-        let paged = paged(style(&db), &self.cfg.query, self.cfg.page_size as usize);
+        let style = style(&db);
+        let quoted = quote(style, &column);
+        let paged = paged(style, &self.cfg.query, self.cfg.page_size as usize);
         let now = Utc::now();
         let until = now - chrono::Duration::from_std(self.cfg.lag).unwrap_or_default();
         let zone = &self.cfg.zone;
@@ -368,13 +369,11 @@ impl SqlPoller {
         // (`keep_sent`). A table that has had no new rows for nearly that long (its cursor has
         // not moved) would have its look-back read again after those keys are gone, and its
         // last rows sent twice: then only rows after the cursor are read. Every row at or
-        // before a committed cursor has been read (see the pages below); the initial
-        // cursor's own rows have not.
-        // A day's rows go on arriving until it ends: a `DATE` cursor is quiet from then.
-        let first_read = self.cfg.initial_cursor.as_deref() == Some(start.as_str())
-            && sink.cursor_moved_ms().is_none();
-        if !first_read
-            && let Some(moved) = sink.cursor_moved_ms()
+        // before a committed cursor has been read (see the pages below). A cursor no page has
+        // committed yet (the initial one, whose own rows have not been read) has no time it
+        // moved, and a day's rows go on arriving until it ends: a `DATE` cursor is quiet from
+        // then.
+        if let Some(moved) = sink.cursor_moved_ms()
             && quiet(
                 kind,
                 now.timestamp_millis() - moved.max(day_end_ms(&cursor, zone)),
@@ -421,19 +420,13 @@ impl SqlPoller {
             }
             if first.as_ref() == Some(&last) {
                 // A whole page of one value: read all of its ties, then go past it. Times are
-                // kept to the millisecond, so a value's ties are the rows of its millisecond.
+                // kept to the millisecond, so a value's ties are the rows up to the next one
+                // (for a day or an integer, the value itself).
                 let (p1, p2) = placeholders(&db);
                 let tie = parse_bound(kind, &last_text, zone).map_err(PollError::Remote)?;
                 let past = just_past(&tie);
-                let (tie_sql, binds) = match kind {
-                    CursorKind::Instant | CursorKind::Local => (
-                        format!("{base} WHERE {quoted} >= {p1} AND {quoted} < {p2}"),
-                        vec![tie, past.clone()],
-                    ),
-                    CursorKind::Day | CursorKind::Integer => {
-                        (format!("{base} WHERE {quoted} = {p1}"), vec![tie])
-                    }
-                };
+                let tie_sql = format!("{base} WHERE {quoted} >= {p1} AND {quoted} < {p2}");
+                let binds = [tie, past.clone()];
                 let ties = remote(within, fetch(&db, &tie_sql, &binds, zone)).await?;
                 let next = advance(&last_text)?;
                 sink.page(origins(ties, &column), next).await?;
